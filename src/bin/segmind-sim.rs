@@ -1,0 +1,102 @@
+//! `segmind-sim`: the Segmind API simulator as a standalone server.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use tts_worker::simulator::{self, OutputMode, SimConfig};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Preset {
+    /// ~43.5 s per job, like the real service.
+    Realistic,
+    /// A few seconds per job, 50 submits a minute.
+    Demo,
+    /// Sub-second jobs, no limits.
+    Fast,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Url,
+    DataUri,
+    Base64,
+}
+
+/// Simulates Segmind's serverless API (v2 async and v1 sync) for Gemini 2.5 Pro TTS.
+#[derive(Debug, Parser)]
+#[command(name = "segmind-sim", version)]
+struct Args {
+    /// API listen address.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    listen: SocketAddr,
+    /// Media (CDN) listen address: another origin than the API.
+    #[arg(long, default_value = "127.0.0.1:8091")]
+    media_listen: SocketAddr,
+    /// The accepted API key.
+    #[arg(long, env = "SEGMIND_API_KEY")]
+    api_key: String,
+    #[arg(long, value_enum, default_value = "demo")]
+    preset: Preset,
+    /// Override the preset's mean inference time (seconds).
+    #[arg(long)]
+    latency: Option<f64>,
+    /// Seconds a result is kept before its id answers 404.
+    #[arg(long, default_value_t = 3600)]
+    retention: u64,
+    /// Submits per minute before 429 (0 = unlimited).
+    #[arg(long)]
+    rate_limit: Option<u32>,
+    /// Credit balance (406 when spent); unlimited if absent.
+    #[arg(long)]
+    credits: Option<f64>,
+    /// Probability of a random 500/502/504 on any API call.
+    #[arg(long, default_value_t = 0.0)]
+    fault_rate: f64,
+    #[arg(long, value_enum, default_value = "url")]
+    output: Output,
+    /// Never use espeak-ng, even when installed (tone audio instead).
+    #[arg(long)]
+    no_espeak: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mut config = match args.preset {
+        Preset::Realistic => SimConfig::realistic(&args.api_key),
+        Preset::Demo => SimConfig::demo(&args.api_key),
+        Preset::Fast => SimConfig::fast(&args.api_key),
+    };
+    if let Some(l) = args.latency {
+        config.latency_mean = Duration::try_from_secs_f64(l)?;
+        config.latency_spread = config.latency_spread.min(config.latency_mean / 2);
+    }
+    config.retention = Duration::from_secs(args.retention);
+    if let Some(r) = args.rate_limit {
+        config.rate_limit_per_minute = (r > 0).then_some(r);
+    }
+    config.credits = args.credits;
+    config.fault_rate = args.fault_rate;
+    config.output_mode = match args.output {
+        Output::Url => OutputMode::Url,
+        Output::DataUri => OutputMode::DataUri,
+        Output::Base64 => OutputMode::Base64,
+    };
+    if args.no_espeak {
+        config.espeak = false;
+    }
+    let espeak = config.espeak;
+    let handle = simulator::spawn(config, args.listen, args.media_listen).await?;
+    tracing::info!(
+        api = %handle.api_addr,
+        media = %handle.media_addr,
+        espeak,
+        "segmind-sim listening"
+    );
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

@@ -1,0 +1,729 @@
+//! Layered configuration: the compiled-in `config/default.toml`, an optional
+//! file, then `TTS__SECTION__KEY` environment variables.
+//!
+//! Raw values are deserialized into `Raw*` structs and then validated into
+//! [`Settings`], whose fields are already the types the rest of the crate wants
+//! (`Duration`, `Url`, `SocketAddr`, a secret key). Validation errors name the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use url::Url;
+
+const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("could not read configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key `{key}` {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+    }
+}
+
+/// Validated settings of every component.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub amqp: AmqpSettings,
+    pub segmind: SegmindSettings,
+    pub s3: S3Settings,
+    pub http: HttpSettings,
+    pub limits: RequestLimits,
+    pub telemetry: TelemetrySettings,
+    pub shutdown: ShutdownSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct AmqpSettings {
+    /// Broker URL; it may hold a password, so it is kept secret.
+    pub url: SecretString,
+    pub requests_queue: String,
+    pub events_exchange: String,
+    /// `None` when no default events queue is to be declared.
+    pub events_queue: Option<String>,
+    pub dead_letter_queue: String,
+    /// Bound on in-flight jobs; also the AMQP prefetch count.
+    pub max_in_flight: u16,
+    pub queue_depth_interval: Duration,
+    pub connect_timeout: Duration,
+    pub publish_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SegmindSettings {
+    pub base_url: Url,
+    pub model: String,
+    /// `None` is allowed for commands that do not call the API (`submit`).
+    pub api_key: Option<SecretString>,
+    pub request_timeout: Duration,
+    pub job_deadline: Duration,
+    pub poll: PollSettings,
+    pub retry: RetrySettings,
+    pub download_timeout: Duration,
+    pub max_audio_bytes: u64,
+    /// Lower-cased substrings that classify a FAILED error as a content block.
+    pub content_blocked_patterns: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PollSettings {
+    pub initial: Duration,
+    pub max: Duration,
+    pub multiplier: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RetrySettings {
+    pub base: Duration,
+    pub max: Duration,
+    /// Total attempts of one call, the first included.
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    pub bucket: String,
+    pub endpoint: Option<Url>,
+    pub region: String,
+    pub prefix: String,
+    pub force_path_style: bool,
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub addr: SocketAddr,
+}
+
+/// Limits applied to incoming requests.
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    pub max_text_chars: usize,
+    pub max_metadata_bytes: usize,
+    pub max_job_id_len: usize,
+    pub max_output_key_len: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_text_chars: 32_000,
+            max_metadata_bytes: 8_192,
+            max_job_id_len: 128,
+            max_output_key_len: 512,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    pub otlp_endpoint: Option<Url>,
+    pub service_name: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ShutdownSettings {
+    pub grace_period: Duration,
+}
+
+// ---- raw, as deserialized ------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    amqp: RawAmqp,
+    segmind: RawSegmind,
+    s3: RawS3,
+    http: RawHttp,
+    limits: RawLimits,
+    telemetry: RawTelemetry,
+    shutdown: RawShutdown,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAmqp {
+    url: String,
+    requests_queue: String,
+    events_exchange: String,
+    events_queue: String,
+    dead_letter_queue: String,
+    max_in_flight: u32,
+    queue_depth_interval: f64,
+    connect_timeout: f64,
+    publish_timeout: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSegmind {
+    base_url: String,
+    model: String,
+    api_key: Option<String>,
+    api_key_file: Option<PathBuf>,
+    request_timeout: f64,
+    job_deadline: f64,
+    poll_initial: f64,
+    poll_max: f64,
+    poll_multiplier: f64,
+    retry_base: f64,
+    retry_max: f64,
+    retry_attempts: u32,
+    download_timeout: f64,
+    max_audio_bytes: u64,
+    content_blocked_patterns: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawS3 {
+    bucket: String,
+    endpoint: Option<String>,
+    region: String,
+    prefix: String,
+    force_path_style: bool,
+    max_attempts: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    addr: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_text_chars: usize,
+    max_metadata_bytes: usize,
+    max_job_id_len: usize,
+    max_output_key_len: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    log_format: String,
+    otlp_endpoint: String,
+    service_name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShutdown {
+    grace_period: f64,
+}
+
+impl Settings {
+    /// Loads defaults, then `file`, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(file, &vars)
+    }
+
+    /// Like [`Settings::load`] with an explicit environment, so tests do not
+    /// have to mutate the process environment.
+    pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let tts_env: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("TTS__"))
+            .cloned()
+            .collect();
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let raw: RawSettings = builder
+            .add_source(
+                config::Environment::with_prefix("TTS")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .list_separator(",")
+                    .with_list_parse_key("segmind.content_blocked_patterns")
+                    .try_parsing(true)
+                    .source(Some(tts_env)),
+            )
+            .build()?
+            .try_deserialize()?;
+        let segmind_env_key = env
+            .iter()
+            .find(|(k, _)| k == "SEGMIND_API_KEY")
+            .map(|(_, v)| v.clone());
+        let otel_env = env
+            .iter()
+            .find(|(k, _)| k == "OTEL_EXPORTER_OTLP_ENDPOINT")
+            .map(|(_, v)| v.clone());
+        raw.validate(segmind_env_key, otel_env)
+    }
+
+    /// The API key, or an error naming how to provide it.
+    pub fn require_api_key(&self) -> Result<&SecretString, ConfigError> {
+        self.segmind.api_key.as_ref().ok_or_else(|| {
+            invalid(
+                "segmind.api_key",
+                "is missing: set SEGMIND_API_KEY, TTS__SEGMIND__API_KEY or TTS__SEGMIND__API_KEY_FILE",
+            )
+        })
+    }
+}
+
+fn seconds(key: &'static str, value: f64) -> Result<Duration, ConfigError> {
+    if !value.is_finite() || value <= 0.0 {
+        return Err(invalid(
+            key,
+            format!("must be a positive number of seconds, got {value}"),
+        ));
+    }
+    Duration::try_from_secs_f64(value).map_err(|e| invalid(key, e.to_string()))
+}
+
+fn queue_name(key: &'static str, value: String) -> Result<String, ConfigError> {
+    if value.is_empty() || value.len() > 255 || value.starts_with("amq.") {
+        return Err(invalid(
+            key,
+            "must be 1 to 255 bytes and not start with `amq.` (reserved by the broker)",
+        ));
+    }
+    Ok(value)
+}
+
+fn http_url(key: &'static str, value: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(value).map_err(|e| invalid(key, format!("is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(invalid(
+            key,
+            "must be an http:// or https:// URL with a host",
+        ));
+    }
+    Ok(url)
+}
+
+impl RawSettings {
+    fn validate(
+        self,
+        segmind_env_key: Option<String>,
+        otel_env: Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        Ok(Settings {
+            amqp: self.amqp.validate()?,
+            segmind: self.segmind.validate(segmind_env_key)?,
+            s3: self.s3.validate()?,
+            http: HttpSettings {
+                addr: self.http.addr.parse().map_err(|_| {
+                    invalid(
+                        "http.addr",
+                        format!("must be IP:PORT, got {:?}", self.http.addr),
+                    )
+                })?,
+            },
+            limits: self.limits.validate()?,
+            telemetry: self.telemetry.validate(otel_env)?,
+            shutdown: ShutdownSettings {
+                grace_period: seconds("shutdown.grace_period", self.shutdown.grace_period)?,
+            },
+        })
+    }
+}
+
+impl RawAmqp {
+    fn validate(self) -> Result<AmqpSettings, ConfigError> {
+        let scheme_ok = self.url.starts_with("amqp://") || self.url.starts_with("amqps://");
+        if !scheme_ok || self.url.parse::<lapin::uri::AMQPUri>().is_err() {
+            // Do not echo the URL: it may contain a password.
+            return Err(invalid(
+                "amqp.url",
+                "must be an amqp:// or amqps:// URL (amqp://user:pass@host:port/vhost)",
+            ));
+        }
+        if self.max_in_flight == 0 || self.max_in_flight > u32::from(u16::MAX) {
+            return Err(invalid(
+                "amqp.max_in_flight",
+                format!("must be between 1 and 65535, got {}", self.max_in_flight),
+            ));
+        }
+        let events_queue = if self.events_queue.is_empty() {
+            None
+        } else {
+            Some(queue_name("amqp.events_queue", self.events_queue)?)
+        };
+        Ok(AmqpSettings {
+            url: SecretString::from(self.url),
+            requests_queue: queue_name("amqp.requests_queue", self.requests_queue)?,
+            events_exchange: queue_name("amqp.events_exchange", self.events_exchange)?,
+            events_queue,
+            dead_letter_queue: queue_name("amqp.dead_letter_queue", self.dead_letter_queue)?,
+            max_in_flight: self.max_in_flight as u16,
+            queue_depth_interval: seconds("amqp.queue_depth_interval", self.queue_depth_interval)?,
+            connect_timeout: seconds("amqp.connect_timeout", self.connect_timeout)?,
+            publish_timeout: seconds("amqp.publish_timeout", self.publish_timeout)?,
+        })
+    }
+}
+
+impl RawSegmind {
+    fn validate(self, env_key: Option<String>) -> Result<SegmindSettings, ConfigError> {
+        let base_url = http_url("segmind.base_url", &self.base_url)?;
+        if base_url.path() != "/" || base_url.query().is_some() {
+            return Err(invalid(
+                "segmind.base_url",
+                "must be an origin without path or query, e.g. https://api.segmind.com",
+            ));
+        }
+        let model_ok = !self.model.is_empty()
+            && self.model.len() <= 100
+            && self
+                .model
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !model_ok {
+            return Err(invalid(
+                "segmind.model",
+                "must be a model slug of letters, digits, '-', '.' and '_'",
+            ));
+        }
+        let api_key = match (self.api_key, self.api_key_file) {
+            (Some(key), _) if !key.trim().is_empty() => Some(key.trim().to_owned()),
+            (_, Some(path)) => {
+                let key = std::fs::read_to_string(&path).map_err(|e| {
+                    invalid(
+                        "segmind.api_key_file",
+                        format!("cannot be read ({}: {e})", path.display()),
+                    )
+                })?;
+                let key = key.trim().to_owned();
+                if key.is_empty() {
+                    return Err(invalid("segmind.api_key_file", "holds an empty key"));
+                }
+                Some(key)
+            }
+            _ => env_key
+                .map(|k| k.trim().to_owned())
+                .filter(|k| !k.is_empty()),
+        };
+        if let Some(key) = &api_key
+            && key.bytes().any(|b| !(0x21..0x7f).contains(&b))
+        {
+            return Err(invalid(
+                "segmind.api_key",
+                "must be printable ASCII without spaces",
+            ));
+        }
+        let poll = PollSettings {
+            initial: seconds("segmind.poll_initial", self.poll_initial)?,
+            max: seconds("segmind.poll_max", self.poll_max)?,
+            multiplier: self.poll_multiplier,
+        };
+        if !(1.0..=10.0).contains(&poll.multiplier) {
+            return Err(invalid(
+                "segmind.poll_multiplier",
+                "must be between 1.0 and 10.0",
+            ));
+        }
+        if poll.max < poll.initial {
+            return Err(invalid(
+                "segmind.poll_max",
+                "must not be smaller than segmind.poll_initial",
+            ));
+        }
+        let retry = RetrySettings {
+            base: seconds("segmind.retry_base", self.retry_base)?,
+            max: seconds("segmind.retry_max", self.retry_max)?,
+            attempts: self.retry_attempts,
+        };
+        if retry.attempts == 0 {
+            return Err(invalid("segmind.retry_attempts", "must be at least 1"));
+        }
+        let job_deadline = seconds("segmind.job_deadline", self.job_deadline)?;
+        if job_deadline <= poll.initial {
+            return Err(invalid(
+                "segmind.job_deadline",
+                "must be longer than segmind.poll_initial",
+            ));
+        }
+        if self.max_audio_bytes == 0 {
+            return Err(invalid("segmind.max_audio_bytes", "must be positive"));
+        }
+        Ok(SegmindSettings {
+            base_url,
+            model: self.model,
+            api_key: api_key.map(SecretString::from),
+            request_timeout: seconds("segmind.request_timeout", self.request_timeout)?,
+            job_deadline,
+            poll,
+            retry,
+            download_timeout: seconds("segmind.download_timeout", self.download_timeout)?,
+            max_audio_bytes: self.max_audio_bytes,
+            content_blocked_patterns: self
+                .content_blocked_patterns
+                .into_iter()
+                .map(|p| p.trim().to_lowercase())
+                .filter(|p| !p.is_empty())
+                .collect(),
+        })
+    }
+}
+
+impl RawS3 {
+    fn validate(self) -> Result<S3Settings, ConfigError> {
+        // S3 bucket naming rules, the subset every implementation accepts.
+        let bucket_ok = (3..=63).contains(&self.bucket.len())
+            && self
+                .bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !bucket_ok {
+            return Err(invalid(
+                "s3.bucket",
+                "must be 3 to 63 lower-case letters, digits, '-' or '.'",
+            ));
+        }
+        let endpoint = match self.endpoint.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(e) => Some(http_url("s3.endpoint", e)?),
+        };
+        if self.region.trim().is_empty() {
+            return Err(invalid("s3.region", "must not be empty"));
+        }
+        if self.prefix.starts_with('/') || self.prefix.split('/').any(|s| s == "..") {
+            return Err(invalid(
+                "s3.prefix",
+                "must be relative: no leading '/' and no '..' segment",
+            ));
+        }
+        if self.max_attempts == 0 {
+            return Err(invalid("s3.max_attempts", "must be at least 1"));
+        }
+        Ok(S3Settings {
+            bucket: self.bucket,
+            endpoint,
+            region: self.region,
+            prefix: self.prefix,
+            force_path_style: self.force_path_style,
+            max_attempts: self.max_attempts,
+        })
+    }
+}
+
+impl RawLimits {
+    fn validate(self) -> Result<RequestLimits, ConfigError> {
+        if self.max_text_chars == 0 {
+            return Err(invalid("limits.max_text_chars", "must be positive"));
+        }
+        if !(8..=255).contains(&self.max_job_id_len) {
+            return Err(invalid(
+                "limits.max_job_id_len",
+                "must be between 8 and 255",
+            ));
+        }
+        if !(16..=1024).contains(&self.max_output_key_len) {
+            return Err(invalid(
+                "limits.max_output_key_len",
+                "must be between 16 and 1024 (S3 keys are at most 1024 bytes)",
+            ));
+        }
+        Ok(RequestLimits {
+            max_text_chars: self.max_text_chars,
+            max_metadata_bytes: self.max_metadata_bytes,
+            max_job_id_len: self.max_job_id_len,
+            max_output_key_len: self.max_output_key_len,
+        })
+    }
+}
+
+impl RawTelemetry {
+    fn validate(self, otel_env: Option<String>) -> Result<TelemetrySettings, ConfigError> {
+        let log_format = match self.log_format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "telemetry.log_format",
+                    format!("must be \"text\" or \"json\", got {other:?}"),
+                ));
+            }
+        };
+        let endpoint = Some(self.otlp_endpoint)
+            .filter(|e| !e.trim().is_empty())
+            .or(otel_env.filter(|e| !e.trim().is_empty()));
+        let otlp_endpoint = match endpoint {
+            Some(e) => Some(http_url("telemetry.otlp_endpoint", e.trim())?),
+            None => None,
+        };
+        Ok(TelemetrySettings {
+            log_format,
+            otlp_endpoint,
+            service_name: self.service_name,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_and_match_the_documented_contract() {
+        let s = Settings::load_from(None, &[]).expect("defaults are valid");
+        assert_eq!(
+            s.amqp.url.expose_secret(),
+            "amqp://guest:guest@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(s.segmind.base_url.as_str(), "https://api.segmind.com/");
+        assert_eq!(s.segmind.model, "gemini-2.5-pro-tts");
+        assert_eq!(s.http.addr.to_string(), "0.0.0.0:9090");
+        assert_eq!(s.amqp.requests_queue, "tts.requests");
+        assert_eq!(s.amqp.events_queue.as_deref(), Some("tts.events"));
+        assert!(s.amqp.max_in_flight >= 100, "sized for ~45 s jobs");
+        assert!(s.segmind.api_key.is_none());
+        assert!(s.s3.endpoint.is_none());
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys() {
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("TTS__AMQP__URL", "amqp://u:p@broker:5672/v"),
+                ("TTS__S3__BUCKET", "my-bucket"),
+                ("TTS__S3__ENDPOINT", "http://127.0.0.1:3900"),
+                ("TTS__S3__FORCE_PATH_STYLE", "true"),
+                ("TTS__AMQP__MAX_IN_FLIGHT", "64"),
+                ("TTS__SEGMIND__CONTENT_BLOCKED_PATTERNS", "Nope, unsafe"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(s.amqp.url.expose_secret(), "amqp://u:p@broker:5672/v");
+        assert_eq!(s.s3.bucket, "my-bucket");
+        assert!(s.s3.force_path_style);
+        assert_eq!(s.amqp.max_in_flight, 64);
+        assert_eq!(s.segmind.content_blocked_patterns, vec!["nope", "unsafe"]);
+    }
+
+    #[test]
+    fn api_key_precedence_is_config_then_file_then_segmind_env() {
+        let dir = std::env::temp_dir().join(format!("tts-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("key");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let file_str = file.to_str().unwrap();
+
+        let only_env = Settings::load_from(None, &env(&[("SEGMIND_API_KEY", "from-env")])).unwrap();
+        assert_eq!(
+            only_env.require_api_key().unwrap().expose_secret(),
+            "from-env"
+        );
+
+        let file_wins = Settings::load_from(
+            None,
+            &env(&[
+                ("SEGMIND_API_KEY", "from-env"),
+                ("TTS__SEGMIND__API_KEY_FILE", file_str),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            file_wins.require_api_key().unwrap().expose_secret(),
+            "from-file"
+        );
+
+        let explicit = Settings::load_from(
+            None,
+            &env(&[
+                ("SEGMIND_API_KEY", "from-env"),
+                ("TTS__SEGMIND__API_KEY_FILE", file_str),
+                ("TTS__SEGMIND__API_KEY", "explicit"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            explicit.require_api_key().unwrap().expose_secret(),
+            "explicit"
+        );
+
+        let none = Settings::load_from(None, &[]).unwrap();
+        let err = none.require_api_key().unwrap_err().to_string();
+        assert!(
+            err.contains("segmind.api_key") && err.contains("SEGMIND_API_KEY"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let cases = [
+            ("TTS__AMQP__URL", "http://nope", "amqp.url"),
+            ("TTS__SEGMIND__BASE_URL", "ftp://x", "segmind.base_url"),
+            (
+                "TTS__SEGMIND__BASE_URL",
+                "https://api.segmind.com/v2",
+                "segmind.base_url",
+            ),
+            ("TTS__S3__BUCKET", "Bad_Bucket", "s3.bucket"),
+            ("TTS__S3__PREFIX", "/abs/", "s3.prefix"),
+            ("TTS__HTTP__ADDR", "localhost", "http.addr"),
+            ("TTS__AMQP__MAX_IN_FLIGHT", "0", "amqp.max_in_flight"),
+            ("TTS__SEGMIND__JOB_DEADLINE", "-1", "segmind.job_deadline"),
+            ("TTS__TELEMETRY__LOG_FORMAT", "xml", "telemetry.log_format"),
+            (
+                "TTS__SEGMIND__API_KEY_FILE",
+                "/nonexistent/key",
+                "segmind.api_key_file",
+            ),
+            ("TTS__SEGMIND__MODEL", "../x", "segmind.model"),
+        ];
+        for (var, value, key) in cases {
+            let err = Settings::load_from(None, &env(&[(var, value)]))
+                .expect_err(var)
+                .to_string();
+            assert!(err.contains(key), "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn amqp_url_errors_never_echo_the_password() {
+        let err = Settings::load_from(None, &env(&[("TTS__AMQP__URL", "http://u:hunter2@x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_in_a_file_are_rejected() {
+        let dir = std::env::temp_dir().join(format!("tts-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "[amqp]\nprefech = 3\n").unwrap();
+        let err = Settings::load_from(Some(&file), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prefech"), "{err}");
+    }
+}

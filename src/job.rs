@@ -1,0 +1,300 @@
+//! Domain types of a TTS job. Values here are valid by construction: wire
+//! formats are parsed into them at the edge (`wire`), and the rest of the crate
+//! never re-checks them.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+/// The 30 Gemini TTS voices, in Google's exact spelling.
+pub const VOICES: [&str; 30] = [
+    "Zephyr",
+    "Puck",
+    "Charon",
+    "Kore",
+    "Fenrir",
+    "Leda",
+    "Orus",
+    "Aoede",
+    "Callirrhoe",
+    "Autonoe",
+    "Enceladus",
+    "Iapetus",
+    "Umbriel",
+    "Algieba",
+    "Despina",
+    "Erinome",
+    "Algenib",
+    "Rasalgethi",
+    "Laomedeia",
+    "Achernar",
+    "Alnilam",
+    "Schedar",
+    "Gacrux",
+    "Pulcherrima",
+    "Achird",
+    "Zubenelgenubi",
+    "Vindemiatrix",
+    "Sadachbia",
+    "Sadaltager",
+    "Sulafat",
+];
+
+/// Misspellings seen in the wild, with the voice they mean.
+const MISSPELLINGS: [(&str, &str); 2] = [("callirhoe", "Callirrhoe"), ("sulafar", "Sulafat")];
+
+pub const DEFAULT_VOICE: Voice = Voice(3); // Kore
+pub const DEFAULT_TEMPERATURE: f64 = 0.4;
+pub const TEMPERATURE_RANGE: std::ops::RangeInclusive<f64> = 0.0..=2.0;
+
+/// One of [`VOICES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Voice(usize);
+
+impl Voice {
+    /// Accepts any letter case; rejects misspellings with a hint.
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let wanted = input.trim();
+        if let Some(i) = VOICES.iter().position(|v| v.eq_ignore_ascii_case(wanted)) {
+            return Ok(Voice(i));
+        }
+        let lower = wanted.to_ascii_lowercase();
+        match MISSPELLINGS.iter().find(|(typo, _)| *typo == lower) {
+            Some((_, meant)) => Err(format!(
+                "unknown voice {wanted:?} (did you mean {meant:?}?)"
+            )),
+            None => Err(format!(
+                "unknown voice {wanted:?}; expected one of the 30 Gemini voices, e.g. Kore, Puck, Charon"
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        VOICES[self.0]
+    }
+}
+
+impl fmt::Display for Voice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A job identifier: 1..=max ASCII letters, digits, '.', '_' or '-', not
+/// starting with '.', so it is safe in an S3 key, a log line and a header.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct JobId(String);
+
+impl JobId {
+    pub fn parse(input: &str, max_len: usize) -> Result<Self, String> {
+        if input.is_empty() || input.len() > max_len {
+            return Err(format!("must be 1 to {max_len} characters long"));
+        }
+        if input.starts_with('.') {
+            return Err("must not start with '.'".into());
+        }
+        if let Some(bad) = input
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(format!(
+                "contains {bad:?}; only ASCII letters, digits, '.', '_' and '-' are allowed"
+            ));
+        }
+        Ok(JobId(input.to_owned()))
+    }
+
+    /// A stable id derived from the message bytes, so a redelivery of the same
+    /// body keeps its id.
+    pub fn derive_from_body(body: &[u8]) -> Self {
+        const NAMESPACE: uuid::Uuid =
+            uuid::Uuid::from_u128(0x5f1e_8d2c_7a41_4b8e_9c3d_2e6f_a1b0_c9d8);
+        JobId(uuid::Uuid::new_v5(&NAMESPACE, body).to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A relative S3 key: no leading '/', no '.' or '..' segment, no empty segment,
+/// no control characters, at most `max_len` bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectKey(String);
+
+impl ObjectKey {
+    pub fn parse(input: &str, max_len: usize) -> Result<Self, String> {
+        if input.is_empty() || input.len() > max_len {
+            return Err(format!("must be 1 to {max_len} bytes long"));
+        }
+        if input.starts_with('/') {
+            return Err("must be relative (no leading '/')".into());
+        }
+        if input.chars().any(|c| c.is_control() || c == '\\') {
+            return Err("must not contain control characters or '\\'".into());
+        }
+        if input
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        {
+            return Err("must not contain empty, '.' or '..' path segments".into());
+        }
+        Ok(ObjectKey(input.to_owned()))
+    }
+
+    /// The default key of a job: `{prefix}{job_id}.{ext}`. A prefix is
+    /// validated at start-up and a job id is a safe single segment.
+    pub fn default_for(prefix: &str, job_id: &JobId, extension: &str) -> Self {
+        ObjectKey(format!("{prefix}{job_id}.{extension}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the model is asked to say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Speech {
+    pub text: String,
+    pub voice_1: Voice,
+    pub voice_2: Option<Voice>,
+    pub temperature: f64,
+}
+
+/// A validated TTS request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TtsJob {
+    pub id: JobId,
+    pub speech: Speech,
+    /// Overrides the default storage key.
+    pub output_key: Option<ObjectKey>,
+    /// Opaque producer data echoed in events.
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// Where audio was stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredAudio {
+    pub bucket: String,
+    pub key: String,
+    pub content_type: &'static str,
+    pub size_bytes: u64,
+    pub sha256: String,
+    pub duration_seconds: Option<f64>,
+}
+
+/// A finished job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completed {
+    pub job_id: JobId,
+    pub audio: StoredAudio,
+    pub request_id: String,
+    pub inference_time_seconds: Option<f64>,
+    pub attempts: u32,
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// A job that ended in failure; `code` and `retryable` come from
+/// [`crate::failure`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failed {
+    pub job_id: JobId,
+    pub failure: crate::failure::Failure,
+    pub request_id: Option<String>,
+    pub attempts: u32,
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// The terminal state of a job, published as one event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Completed(Completed),
+    Failed(Failed),
+}
+
+impl Outcome {
+    pub fn job_id(&self) -> &JobId {
+        match self {
+            Outcome::Completed(c) => &c.job_id,
+            Outcome::Failed(f) => &f.job_id,
+        }
+    }
+
+    /// A low-cardinality label for metrics: "completed" or the error code.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Completed(_) => "completed",
+            Outcome::Failed(f) => f.failure.code.as_str(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn voices_accept_any_case_and_return_canonical_spelling() {
+        assert_eq!(Voice::parse("kore").unwrap().name(), "Kore");
+        assert_eq!(
+            Voice::parse("ZUBENELGENUBI").unwrap().name(),
+            "Zubenelgenubi"
+        );
+        assert_eq!(DEFAULT_VOICE.name(), "Kore");
+        for v in VOICES {
+            assert_eq!(Voice::parse(v).unwrap().name(), v);
+        }
+    }
+
+    #[test]
+    fn known_misspellings_get_a_hint() {
+        let err = Voice::parse("Sulafar").unwrap_err();
+        assert!(err.contains("Sulafat"), "{err}");
+        let err = Voice::parse("Callirhoe").unwrap_err();
+        assert!(err.contains("Callirrhoe"), "{err}");
+        assert!(Voice::parse("Alexa").is_err());
+    }
+
+    #[test]
+    fn job_ids_are_restricted_to_a_safe_set() {
+        assert!(JobId::parse("order-42_v1.2", 128).is_ok());
+        for bad in ["", "../etc", ".hidden", "a/b", "a b", "a\nb", "é"] {
+            assert!(JobId::parse(bad, 128).is_err(), "{bad:?}");
+        }
+        assert!(JobId::parse(&"x".repeat(129), 128).is_err());
+    }
+
+    #[test]
+    fn derived_job_ids_are_deterministic_and_safe() {
+        let a = JobId::derive_from_body(b"{\"text\":\"hi\"}");
+        let b = JobId::derive_from_body(b"{\"text\":\"hi\"}");
+        let c = JobId::derive_from_body(b"{\"text\":\"ho\"}");
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(JobId::parse(a.as_str(), 128).is_ok());
+    }
+
+    #[test]
+    fn object_keys_reject_traversal_and_absolute_paths() {
+        assert!(ObjectKey::parse("audio/2026/job.wav", 512).is_ok());
+        for bad in [
+            "", "/abs", "a/../b", "..", "a//b", "./a", "a/", "a\u{0}b", "a\\b",
+        ] {
+            assert!(ObjectKey::parse(bad, 512).is_err(), "{bad:?}");
+        }
+        assert!(ObjectKey::parse(&"k".repeat(513), 512).is_err());
+    }
+}

@@ -1,0 +1,785 @@
+//! Wire formats: the request message producers publish and the CloudEvents
+//! the worker emits. Bytes are turned into domain types (`crate::job`) here
+//! and nowhere else; the rest of the crate never sees JSON of these formats.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::config::RequestLimits;
+use crate::job::{
+    DEFAULT_TEMPERATURE, DEFAULT_VOICE, JobId, ObjectKey, Outcome, Speech, TEMPERATURE_RANGE,
+    TtsJob, Voice,
+};
+
+/// Routing key (and CloudEvents `type`) of a completion event.
+pub const COMPLETED_TYPE: &str = "tts.job.completed";
+/// Routing key (and CloudEvents `type`) of a failure event.
+pub const FAILED_TYPE: &str = "tts.job.failed";
+/// Content type of events: CloudEvents 1.0 structured mode, JSON.
+pub const EVENT_CONTENT_TYPE: &str = "application/cloudevents+json";
+/// Dead-letter copy headers: why the request was rejected.
+pub const DEAD_LETTER_CODE_HEADER: &str = "x-tts-error-code";
+pub const DEAD_LETTER_MESSAGE_HEADER: &str = "x-tts-error-message";
+pub const DEAD_LETTER_JOB_HEADER: &str = "x-tts-job-id";
+
+const KNOWN_FIELDS: [&str; 7] = [
+    "text",
+    "voice_1",
+    "voice_2",
+    "temperature",
+    "job_id",
+    "output_key",
+    "metadata",
+];
+
+/// One broken rule of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The JSON field, `body` for the whole message, or `message_id` for the
+    /// AMQP property.
+    pub field: String,
+    pub rule: String,
+}
+
+/// Every broken rule of a rejected request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .errors.iter().map(|e| format!("{}: {}", e.field, e.rule)).collect::<Vec<_>>().join("; "))]
+pub struct InvalidRequest {
+    pub errors: Vec<FieldError>,
+}
+
+impl InvalidRequest {
+    fn single(field: &str, rule: impl Into<String>) -> Self {
+        InvalidRequest {
+            errors: vec![FieldError {
+                field: field.into(),
+                rule: rule.into(),
+            }],
+        }
+    }
+}
+
+/// A request message, decoded as far as it goes.
+///
+/// `job_id` and `metadata` are known even for invalid requests whenever they
+/// can be, so the failure event can carry them.
+#[derive(Debug)]
+pub struct DecodedRequest {
+    pub job_id: JobId,
+    pub metadata: Option<Map<String, Value>>,
+    pub job: Result<TtsJob, InvalidRequest>,
+}
+
+/// Decodes and validates a request body. Never panics, whatever the bytes.
+///
+/// The job id is the body's `job_id`, else the AMQP `message_id`, else one
+/// derived from the bytes (so a redelivery keeps its id).
+pub fn decode_request(
+    body: &[u8],
+    message_id: Option<&str>,
+    limits: &RequestLimits,
+) -> DecodedRequest {
+    let fallback_id = || match message_id.map(|m| JobId::parse(m, limits.max_job_id_len)) {
+        Some(Ok(id)) => id,
+        _ => JobId::derive_from_body(body),
+    };
+    let object = match parse_object(body) {
+        Ok(o) => o,
+        Err(e) => {
+            return DecodedRequest {
+                job_id: fallback_id(),
+                metadata: None,
+                job: Err(e),
+            };
+        }
+    };
+
+    let mut errors = Vec::new();
+    let mut reject = |field: &str, rule: String| {
+        errors.push(FieldError {
+            field: field.into(),
+            rule,
+        })
+    };
+
+    let job_id = match object.get("job_id") {
+        None | Some(Value::Null) => {
+            match message_id.map(|m| JobId::parse(m, limits.max_job_id_len)) {
+                Some(Ok(id)) => id,
+                Some(Err(rule)) => {
+                    reject("message_id", format!("used as job id: {rule}"));
+                    JobId::derive_from_body(body)
+                }
+                None => JobId::derive_from_body(body),
+            }
+        }
+        Some(Value::String(s)) => JobId::parse(s, limits.max_job_id_len).unwrap_or_else(|rule| {
+            reject("job_id", rule);
+            fallback_id()
+        }),
+        Some(other) => {
+            reject(
+                "job_id",
+                format!("must be a string, got {}", type_name(other)),
+            );
+            fallback_id()
+        }
+    };
+
+    let metadata = match object.get("metadata") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) => {
+            let size = serde_json::to_vec(m).map(|v| v.len()).unwrap_or(usize::MAX);
+            if size > limits.max_metadata_bytes {
+                reject(
+                    "metadata",
+                    format!(
+                        "is {size} bytes serialized; at most {} allowed",
+                        limits.max_metadata_bytes
+                    ),
+                );
+                None
+            } else {
+                Some(m.clone())
+            }
+        }
+        Some(other) => {
+            reject(
+                "metadata",
+                format!("must be a JSON object, got {}", type_name(other)),
+            );
+            None
+        }
+    };
+
+    for key in object.keys() {
+        if !KNOWN_FIELDS.contains(&key.as_str()) {
+            let shown: String = key.chars().take(64).collect();
+            let rule = match suggest_field(key) {
+                Some(known) => format!("unknown field {shown:?} (did you mean {known:?}?)"),
+                None => format!(
+                    "unknown field {shown:?}; allowed: {}",
+                    KNOWN_FIELDS.join(", ")
+                ),
+            };
+            reject(key_label(key), rule);
+        }
+    }
+
+    let text = match object.get("text") {
+        None | Some(Value::Null) => {
+            reject("text", "is required".into());
+            None
+        }
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            reject("text", "must not be blank".into());
+            None
+        }
+        Some(Value::String(s)) => {
+            let chars = s.chars().count();
+            if chars > limits.max_text_chars {
+                reject(
+                    "text",
+                    format!(
+                        "is {chars} characters; at most {} allowed",
+                        limits.max_text_chars
+                    ),
+                );
+                None
+            } else {
+                Some(s.clone())
+            }
+        }
+        Some(other) => {
+            reject(
+                "text",
+                format!("must be a string, got {}", type_name(other)),
+            );
+            None
+        }
+    };
+
+    let mut voice = |field: &str| -> Option<Voice> {
+        match object.get(field) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Voice::parse(s).map_err(|rule| reject(field, rule)).ok(),
+            Some(other) => {
+                reject(field, format!("must be a string, got {}", type_name(other)));
+                None
+            }
+        }
+    };
+    let voice_1 = voice("voice_1").unwrap_or(DEFAULT_VOICE);
+    let voice_2 = voice("voice_2");
+
+    let temperature = match object.get("temperature") {
+        None | Some(Value::Null) => DEFAULT_TEMPERATURE,
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(t) if TEMPERATURE_RANGE.contains(&t) => t,
+            _ => {
+                reject("temperature", format!("must be between 0 and 2, got {n}"));
+                DEFAULT_TEMPERATURE
+            }
+        },
+        Some(other) => {
+            reject(
+                "temperature",
+                format!("must be a number, got {}", type_name(other)),
+            );
+            DEFAULT_TEMPERATURE
+        }
+    };
+
+    let output_key = match object.get("output_key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => ObjectKey::parse(s, limits.max_output_key_len)
+            .map_err(|rule| reject("output_key", rule))
+            .ok(),
+        Some(other) => {
+            reject(
+                "output_key",
+                format!("must be a string, got {}", type_name(other)),
+            );
+            None
+        }
+    };
+
+    let job = match text {
+        Some(text) if errors.is_empty() => Ok(TtsJob {
+            id: job_id.clone(),
+            speech: Speech {
+                text,
+                voice_1,
+                voice_2,
+                temperature,
+            },
+            output_key,
+            metadata: metadata.clone(),
+        }),
+        _ => Err(InvalidRequest { errors }),
+    };
+    DecodedRequest {
+        job_id,
+        metadata,
+        job,
+    }
+}
+
+fn parse_object(body: &[u8]) -> Result<Map<String, Value>, InvalidRequest> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        InvalidRequest::single(
+            "body",
+            format!(
+                "is not valid UTF-8 (invalid byte at offset {})",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    if text.trim().is_empty() {
+        return Err(InvalidRequest::single(
+            "body",
+            "is empty; expected a JSON object",
+        ));
+    }
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(InvalidRequest::single(
+            "body",
+            format!("must be a JSON object, got {}", type_name(&other)),
+        )),
+        Err(e) => Err(InvalidRequest::single(
+            "body",
+            format!("is not valid JSON ({e})"),
+        )),
+    }
+}
+
+/// Field names in error messages are cut and cleaned, so a hostile key cannot
+/// flood a log line or an AMQP header.
+fn key_label(key: &str) -> &str {
+    if key.len() <= 64 && key.chars().all(|c| !c.is_control()) {
+        key
+    } else {
+        "(unknown field)"
+    }
+}
+
+fn suggest_field(key: &str) -> Option<&'static str> {
+    let norm = |s: &str| {
+        s.chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_ascii_lowercase()
+    };
+    let wanted = norm(key);
+    KNOWN_FIELDS.iter().copied().find(|k| {
+        let k = norm(k);
+        k == wanted
+            || (wanted == "voice" && k == "voice1")
+            || (wanted == "temp" && k == "temperature")
+    })
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+// ---- requests, as producers write them -----------------------------------
+
+/// A request body as a producer writes it (used by `tts-worker submit`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RequestBody {
+    pub text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub voice_1: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub voice_2: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+// ---- events --------------------------------------------------------------
+
+/// A CloudEvents 1.0 envelope in structured JSON mode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CloudEvent<D> {
+    pub specversion: String,
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub subject: String,
+    pub time: String,
+    pub datacontenttype: String,
+    pub data: D,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AudioData {
+    pub bucket: String,
+    pub key: String,
+    pub uri: String,
+    pub content_type: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmindData {
+    pub request_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_time_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorData {
+    pub code: String,
+    pub message: String,
+    pub retryable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+}
+
+/// `data` of a `tts.job.completed` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompletedData {
+    pub job_id: String,
+    pub audio: AudioData,
+    pub segmind: SegmindData,
+    pub attempts: u32,
+    #[serde(default)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// `data` of a `tts.job.failed` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailedData {
+    pub job_id: String,
+    pub error: ErrorData,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segmind: Option<SegmindRef>,
+    pub attempts: u32,
+    #[serde(default)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmindRef {
+    pub request_id: String,
+}
+
+/// Either kind of event `data`, for consumers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventData {
+    Completed(CompletedData),
+    Failed(FailedData),
+}
+
+/// An event ready to publish.
+#[derive(Debug, Clone)]
+pub struct EncodedEvent {
+    pub id: String,
+    pub routing_key: &'static str,
+    pub body: Vec<u8>,
+}
+
+/// Encodes a terminal outcome as a CloudEvent.
+pub fn encode_event(outcome: &Outcome, source: &str, now: DateTime<Utc>) -> EncodedEvent {
+    let id = uuid::Uuid::new_v4().to_string();
+    let envelope = |kind: &'static str, subject: &str| CloudEvent {
+        specversion: "1.0".into(),
+        id: id.clone(),
+        source: source.into(),
+        kind: kind.into(),
+        subject: subject.into(),
+        time: now.to_rfc3339_opts(SecondsFormat::Millis, true),
+        datacontenttype: "application/json".into(),
+        data: (),
+    };
+    let (routing_key, body) = match outcome {
+        Outcome::Completed(c) => {
+            let data = CompletedData {
+                job_id: c.job_id.to_string(),
+                audio: AudioData {
+                    uri: format!("s3://{}/{}", c.audio.bucket, c.audio.key),
+                    bucket: c.audio.bucket.clone(),
+                    key: c.audio.key.clone(),
+                    content_type: c.audio.content_type.into(),
+                    size_bytes: c.audio.size_bytes,
+                    sha256: c.audio.sha256.clone(),
+                    duration_seconds: c.audio.duration_seconds,
+                },
+                segmind: SegmindData {
+                    request_id: c.request_id.clone(),
+                    inference_time_seconds: c.inference_time_seconds,
+                },
+                attempts: c.attempts,
+                metadata: c.metadata.clone(),
+            };
+            (
+                COMPLETED_TYPE,
+                to_json(envelope(COMPLETED_TYPE, c.job_id.as_str()), data),
+            )
+        }
+        Outcome::Failed(f) => {
+            let data = FailedData {
+                job_id: f.job_id.to_string(),
+                error: ErrorData {
+                    code: f.failure.code.as_str().into(),
+                    message: f.failure.message.clone(),
+                    retryable: f.failure.retryable(),
+                    http_status: f.failure.http_status,
+                },
+                segmind: f
+                    .request_id
+                    .clone()
+                    .map(|request_id| SegmindRef { request_id }),
+                attempts: f.attempts,
+                metadata: f.metadata.clone(),
+            };
+            (
+                FAILED_TYPE,
+                to_json(envelope(FAILED_TYPE, f.job_id.as_str()), data),
+            )
+        }
+    };
+    EncodedEvent {
+        id,
+        routing_key,
+        body,
+    }
+}
+
+fn to_json<D: Serialize>(envelope: CloudEvent<()>, data: D) -> Vec<u8> {
+    let event = CloudEvent {
+        specversion: envelope.specversion,
+        id: envelope.id,
+        source: envelope.source,
+        kind: envelope.kind,
+        subject: envelope.subject,
+        time: envelope.time,
+        datacontenttype: envelope.datacontenttype,
+        data,
+    };
+    // Serializing plain structs of strings and numbers cannot fail.
+    serde_json::to_vec(&event).unwrap_or_default()
+}
+
+/// Decodes an event published by a worker (for `submit --wait` and tests).
+pub fn decode_event(body: &[u8]) -> Result<CloudEvent<EventData>, serde_json::Error> {
+    let raw: CloudEvent<Value> = serde_json::from_slice(body)?;
+    let data = match raw.kind.as_str() {
+        COMPLETED_TYPE => EventData::Completed(serde_json::from_value(raw.data)?),
+        _ => EventData::Failed(serde_json::from_value(raw.data)?),
+    };
+    Ok(CloudEvent {
+        specversion: raw.specversion,
+        id: raw.id,
+        source: raw.source,
+        kind: raw.kind,
+        subject: raw.subject,
+        time: raw.time,
+        datacontenttype: raw.datacontenttype,
+        data,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failure::Failure;
+    use crate::job::{Completed, Failed, StoredAudio};
+    use serde_json::json;
+
+    fn limits() -> RequestLimits {
+        RequestLimits::default()
+    }
+
+    fn decode(v: Value) -> DecodedRequest {
+        decode_request(v.to_string().as_bytes(), None, &limits())
+    }
+
+    fn rejected(v: Value) -> InvalidRequest {
+        decode(v.clone()).job.expect_err(&v.to_string())
+    }
+
+    fn fields(e: &InvalidRequest) -> Vec<&str> {
+        e.errors.iter().map(|f| f.field.as_str()).collect()
+    }
+
+    #[test]
+    fn a_minimal_request_gets_the_defaults() {
+        let job = decode(json!({"text": "Hello"})).job.unwrap();
+        assert_eq!(job.speech.text, "Hello");
+        assert_eq!(job.speech.voice_1.name(), "Kore");
+        assert_eq!(job.speech.voice_2, None);
+        assert_eq!(job.speech.temperature, 0.4);
+        assert_eq!(job.output_key, None);
+    }
+
+    #[test]
+    fn a_full_request_is_decoded_with_canonical_voices() {
+        let job = decode(json!({
+            "text": "Speaker 1: Hi\nSpeaker 2: Hello",
+            "voice_1": "puck", "voice_2": "CHARON", "temperature": 1.2,
+            "job_id": "order-7", "output_key": "dialogues/7.wav",
+            "metadata": {"tenant": "acme"}
+        }))
+        .job
+        .unwrap();
+        assert_eq!(job.id.as_str(), "order-7");
+        assert_eq!(job.speech.voice_1.name(), "Puck");
+        assert_eq!(job.speech.voice_2.map(|v| v.name()), Some("Charon"));
+        assert_eq!(job.speech.temperature, 1.2);
+        assert_eq!(job.output_key.unwrap().as_str(), "dialogues/7.wav");
+        assert_eq!(job.metadata.unwrap()["tenant"], "acme");
+    }
+
+    #[test]
+    fn every_rule_names_its_field() {
+        let cases: Vec<(Value, &str, &str)> = vec![
+            (json!({}), "text", "required"),
+            (json!({"text": "   "}), "text", "blank"),
+            (json!({"text": 5}), "text", "string"),
+            (json!({"text": "x".repeat(32_001)}), "text", "at most"),
+            (
+                json!({"text": "a", "voice_1": "Alexa"}),
+                "voice_1",
+                "unknown voice",
+            ),
+            (json!({"text": "a", "voice_1": 3}), "voice_1", "string"),
+            (
+                json!({"text": "a", "voice_2": "Sulafar"}),
+                "voice_2",
+                "Sulafat",
+            ),
+            (
+                json!({"text": "a", "temperature": 2.5}),
+                "temperature",
+                "between 0 and 2",
+            ),
+            (
+                json!({"text": "a", "temperature": -0.1}),
+                "temperature",
+                "between 0 and 2",
+            ),
+            (
+                json!({"text": "a", "temperature": "hot"}),
+                "temperature",
+                "number",
+            ),
+            (
+                json!({"text": "a", "job_id": "../x"}),
+                "job_id",
+                "must not start",
+            ),
+            (
+                json!({"text": "a", "job_id": "a/b"}),
+                "job_id",
+                "only ASCII",
+            ),
+            (json!({"text": "a", "job_id": 7}), "job_id", "string"),
+            (
+                json!({"text": "a", "output_key": "/etc/passwd"}),
+                "output_key",
+                "relative",
+            ),
+            (
+                json!({"text": "a", "output_key": "a/../../b"}),
+                "output_key",
+                "'..'",
+            ),
+            (json!({"text": "a", "metadata": [1]}), "metadata", "object"),
+            (
+                json!({"text": "a", "metadata": {"x": "y".repeat(9000)}}),
+                "metadata",
+                "at most",
+            ),
+            (
+                json!({"text": "a", "voice1": "Puck"}),
+                "voice1",
+                "did you mean \"voice_1\"",
+            ),
+            (json!({"text": "a", "speed": 2}), "speed", "unknown field"),
+        ];
+        for (body, field, needle) in cases {
+            let err = rejected(body.clone());
+            assert!(fields(&err).contains(&field), "{body}: {err}");
+            assert!(err.to_string().contains(needle), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn all_errors_are_reported_at_once() {
+        let err = rejected(json!({"voice1": "x", "temperature": 9}));
+        assert_eq!(fields(&err), vec!["voice1", "text", "temperature"]);
+    }
+
+    #[test]
+    fn malformed_bodies_are_named() {
+        for (body, needle) in [
+            (&b"\xff\xfe"[..], "UTF-8"),
+            (b"", "empty"),
+            (b"{\"text\":", "not valid JSON"),
+            (b"[1,2]", "JSON object"),
+            (b"\"text\"", "JSON object"),
+        ] {
+            let d = decode_request(body, None, &limits());
+            let err = d.job.unwrap_err();
+            assert_eq!(fields(&err), vec!["body"]);
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn job_id_comes_from_body_then_message_id_then_bytes() {
+        let body = br#"{"text":"a","job_id":"from-body"}"#;
+        assert_eq!(
+            decode_request(body, Some("from-msg"), &limits())
+                .job_id
+                .as_str(),
+            "from-body"
+        );
+        let body = br#"{"text":"a"}"#;
+        assert_eq!(
+            decode_request(body, Some("from-msg"), &limits())
+                .job_id
+                .as_str(),
+            "from-msg"
+        );
+        let a = decode_request(body, None, &limits()).job_id;
+        let b = decode_request(body, None, &limits()).job_id;
+        assert_eq!(a, b, "a redelivery keeps its derived id");
+        // An invalid body still gets an id for its failure event.
+        let d = decode_request(b"garbage", Some("m-1"), &limits());
+        assert_eq!(d.job_id.as_str(), "m-1");
+        // A hostile message_id is rejected, not used.
+        let d = decode_request(body, Some("../../x"), &limits());
+        assert!(fields(&d.job.unwrap_err()).contains(&"message_id"));
+    }
+
+    #[test]
+    fn metadata_is_kept_for_failure_events() {
+        let d = decode(json!({"text": "", "metadata": {"k": 1}}));
+        assert!(d.job.is_err());
+        assert_eq!(d.metadata.unwrap()["k"], 1);
+    }
+
+    fn completed() -> Outcome {
+        Outcome::Completed(Completed {
+            job_id: JobId::parse("j-1", 128).unwrap(),
+            audio: StoredAudio {
+                bucket: "b".into(),
+                key: "tts/j-1.wav".into(),
+                content_type: "audio/wav",
+                size_bytes: 10,
+                sha256: "ab".into(),
+                duration_seconds: Some(1.5),
+            },
+            request_id: "r-1".into(),
+            inference_time_seconds: Some(40.0),
+            attempts: 1,
+            metadata: Some(json!({"t": "x"}).as_object().unwrap().clone()),
+        })
+    }
+
+    #[test]
+    fn completed_events_follow_cloudevents_and_the_documented_data() {
+        let now = DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let e = encode_event(&completed(), "tts-worker/host-1", now);
+        assert_eq!(e.routing_key, "tts.job.completed");
+        let v: Value = serde_json::from_slice(&e.body).unwrap();
+        assert_eq!(v["specversion"], "1.0");
+        assert_eq!(v["type"], "tts.job.completed");
+        assert_eq!(v["subject"], "j-1");
+        assert_eq!(v["id"], e.id.as_str());
+        assert_eq!(v["time"], "2026-11-24T10:00:00.000Z");
+        assert_eq!(v["datacontenttype"], "application/json");
+        assert_eq!(v["data"]["audio"]["uri"], "s3://b/tts/j-1.wav");
+        assert_eq!(v["data"]["audio"]["duration_seconds"], 1.5);
+        assert_eq!(v["data"]["segmind"]["request_id"], "r-1");
+        assert_eq!(v["data"]["segmind"]["inference_time_seconds"], 40.0);
+        assert_eq!(v["data"]["metadata"]["t"], "x");
+        let back = decode_event(&e.body).unwrap();
+        assert!(matches!(back.data, EventData::Completed(c) if c.audio.sha256 == "ab"));
+    }
+
+    #[test]
+    fn failed_events_carry_code_message_and_retryability() {
+        let failed = Outcome::Failed(Failed {
+            job_id: JobId::parse("j-2", 128).unwrap(),
+            failure: Failure::invalid_request("text: is required"),
+            request_id: None,
+            attempts: 1,
+            metadata: None,
+        });
+        let e = encode_event(&failed, "s", Utc::now());
+        assert_eq!(e.routing_key, "tts.job.failed");
+        let v: Value = serde_json::from_slice(&e.body).unwrap();
+        assert_eq!(v["data"]["error"]["code"], "invalid_request");
+        assert_eq!(v["data"]["error"]["message"], "text: is required");
+        assert_eq!(v["data"]["error"]["retryable"], false);
+        assert!(v["data"].get("segmind").is_none());
+        assert!(v["data"]["error"].get("http_status").is_none());
+        let a = encode_event(&failed, "s", Utc::now());
+        assert_ne!(a.id, e.id, "event ids are unique");
+    }
+}

@@ -1,0 +1,226 @@
+//! Jobs that end in failure events: content blocks, inference failures,
+//! invalid input (with byte-identical dead-letter copies), upstream errors.
+
+use lapin::BasicProperties;
+use serde_json::json;
+use tts_worker::broker::header_str;
+
+use crate::helpers::{spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn an_rai_block_ends_as_content_blocked() {
+    let app = spawn_app().await;
+    app.publish_json(
+        json!({"text": "Something unsafe [[sim:rai]]", "job_id": "bad-1", "metadata": {"k": "v"}}),
+    )
+    .await;
+    let received = app.next_event().await;
+    assert_eq!(received.event.kind, "tts.job.failed");
+    let f = received.failed();
+    assert_eq!(f.job_id, "bad-1");
+    assert_eq!(f.error.code, "content_blocked");
+    assert_eq!(f.error.http_status, Some(422));
+    assert!(!f.error.retryable);
+    assert!(f.error.message.contains("RAI"), "{}", f.error.message);
+    assert!(f.segmind.is_some(), "the Segmind request id is reported");
+    assert_eq!(f.metadata.as_ref().unwrap()["k"], "v");
+    // A valid request is not dead-lettered, and nothing was stored.
+    let dead = app
+        .get_from(
+            &app.settings.amqp.dead_letter_queue,
+            std::time::Duration::from_millis(300),
+        )
+        .await;
+    assert!(dead.is_none());
+    let key = format!("{}bad-1.wav", app.settings.s3.prefix);
+    assert!(app.storage.get(&key).await.is_err());
+    assert_eq!(app.stop().await, 0);
+}
+
+#[tokio::test]
+async fn other_failed_jobs_end_as_inference_failed() {
+    let app = spawn_app().await;
+    app.publish_json(json!({"text": "This will break [[sim:fail]]"}))
+        .await;
+    let f = app.next_event().await;
+    let f = f.failed();
+    assert_eq!(f.error.code, "inference_failed");
+    assert_eq!(f.error.http_status, Some(422));
+    assert!(f.error.retryable);
+    assert_eq!(app.stop().await, 0);
+}
+
+#[tokio::test]
+async fn content_block_patterns_are_configurable() {
+    // With patterns that do not match the simulator's RAI message, the same
+    // failure is an ordinary inference failure.
+    let app = spawn_app_with(
+        |_| {},
+        |s| s.segmind.content_blocked_patterns = vec!["nsfw".into()],
+    )
+    .await;
+    app.publish_json(json!({"text": "x [[sim:rai]]"})).await;
+    assert_eq!(
+        app.next_event().await.failed().error.code,
+        "inference_failed"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_requests_fail_with_a_byte_identical_dead_letter_and_no_api_call() {
+    let app = spawn_app().await;
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (br#"{"text":"hi","voice1":"Puck"}"#.to_vec(), "voice1"),
+        (br#"{"text":"hi","voice_1":"Sulafar"}"#.to_vec(), "Sulafat"),
+        (br#"{"text":"hi","temperature":3}"#.to_vec(), "temperature"),
+        (br#"{"voice_1":"Kore"}"#.to_vec(), "text: is required"),
+        (br#"{"text":"   "}"#.to_vec(), "text: must not be blank"),
+        (
+            br#"{"text":"hi","output_key":"../../etc/passwd"}"#.to_vec(),
+            "output_key",
+        ),
+        (br#"{"text":"hi","job_id":"a/b"}"#.to_vec(), "job_id"),
+        (br#"{"text":"hi","metadata":"nope"}"#.to_vec(), "metadata"),
+        (
+            format!(r#"{{"text":"{}"}}"#, "a".repeat(40_000)).into_bytes(),
+            "at most",
+        ),
+        (b"{\"text\": \"unterminated".to_vec(), "not valid JSON"),
+        (b"\xff\xfe\x00garbage".to_vec(), "UTF-8"),
+        (b"[\"not\", \"an object\"]".to_vec(), "JSON object"),
+        (Vec::new(), "empty"),
+    ];
+    for (i, (body, needle)) in cases.iter().enumerate() {
+        let props = BasicProperties::default()
+            .with_message_id(format!("bad-{i}").into())
+            .with_content_type("application/json".into());
+        app.publish_raw(body, props).await;
+        let received = app.next_event().await;
+        let f = received.failed();
+        assert_eq!(f.error.code, "invalid_request", "case {i}");
+        assert!(
+            f.error.message.contains(needle),
+            "case {i}: {}",
+            f.error.message
+        );
+        assert_eq!(
+            f.job_id,
+            format!("bad-{i}"),
+            "case {i}: message_id names the job"
+        );
+        assert!(!f.error.retryable);
+
+        let dead = app.next_dead_letter().await;
+        assert_eq!(
+            dead.delivery.data, *body,
+            "case {i}: dead letter is byte-identical"
+        );
+        let props = &dead.delivery.properties;
+        assert_eq!(
+            header_str(props, "x-tts-error-code"),
+            Some("invalid_request")
+        );
+        assert!(
+            header_str(props, "x-tts-error-message")
+                .unwrap()
+                .contains(needle),
+            "case {i}"
+        );
+        assert_eq!(
+            props.message_id().as_ref().map(|m| m.as_str()),
+            Some(format!("bad-{i}").as_str())
+        );
+        assert_eq!(
+            props.content_type().as_ref().map(|c| c.as_str()),
+            Some("application/json"),
+            "original properties are kept"
+        );
+    }
+    let stats = app.sim.stats();
+    assert_eq!(
+        stats.submits_accepted + stats.submits_rejected + stats.unauthorized,
+        0,
+        "no API call"
+    );
+    assert_eq!(stats.status_polls, 0);
+    assert_eq!(app.stop().await, 0);
+}
+
+#[tokio::test]
+async fn empty_audio_fails_as_audio_invalid() {
+    let app = spawn_app().await;
+    app.publish_json(json!({"text": "say nothing [[sim:empty]]"}))
+        .await;
+    let f = app.next_event().await;
+    assert_eq!(f.failed().error.code, "audio_invalid");
+    assert!(
+        f.failed().error.message.contains("no samples"),
+        "{}",
+        f.failed().error.message
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_api_key_fails_as_unauthorized() {
+    let app = spawn_app_with(|c| c.api_key = "the-real-key".into(), |_| {}).await;
+    app.publish_json(json!({"text": "hello"})).await;
+    let f = app.next_event().await;
+    let f = f.failed();
+    assert_eq!(f.error.code, "unauthorized");
+    assert_eq!(f.error.http_status, Some(401));
+    assert!(
+        f.error.retryable,
+        "an account problem, not a problem of the job"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn exhausted_credits_fail_as_insufficient_credits() {
+    let app = spawn_app_with(|c| c.credits = Some(0.0), |_| {}).await;
+    app.publish_json(json!({"text": "hello"})).await;
+    let f = app.next_event().await;
+    assert_eq!(f.failed().error.code, "insufficient_credits");
+    assert_eq!(f.failed().error.http_status, Some(406));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_result_gone_before_it_is_fetched_fails_as_expired() {
+    let app = spawn_app_with(|c| c.retention = std::time::Duration::ZERO, |_| {}).await;
+    app.publish_json(json!({"text": "gone too soon"})).await;
+    let f = app.next_event().await;
+    assert_eq!(f.failed().error.code, "expired");
+    assert_eq!(f.failed().error.http_status, Some(404));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_past_its_deadline_fails_as_timeout() {
+    let app = spawn_app_with(
+        |_| {},
+        |s| s.segmind.job_deadline = std::time::Duration::from_secs(1),
+    )
+    .await;
+    app.publish_json(json!({"text": "very slow [[sim:latency=30]]"}))
+        .await;
+    let f = app.next_event().await;
+    let f = f.failed();
+    assert_eq!(f.error.code, "timeout");
+    assert!(
+        f.segmind.is_some(),
+        "the request id is reported so the result can be recovered"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_model_fails_as_model_unavailable() {
+    let app = spawn_app_with(|_| {}, |s| s.segmind.model = "gemini-9-tts".into()).await;
+    app.publish_json(json!({"text": "hello"})).await;
+    let f = app.next_event().await;
+    assert_eq!(f.failed().error.code, "model_unavailable");
+    app.stop().await;
+}

@@ -1,0 +1,314 @@
+//! Test harness: a worker built exactly as `main` builds it, against real
+//! RabbitMQ and Garage, with an in-process Segmind simulator. Every test gets
+//! its own queue names, exchange and S3 prefix, so tests run in parallel.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::{BasicProperties, Channel, Connection};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tts_worker::app::Application;
+use tts_worker::broker::{self, Publisher};
+use tts_worker::config::Settings;
+use tts_worker::metrics::Metrics;
+use tts_worker::simulator::{self, SimConfig, SimHandle};
+use tts_worker::storage::Storage;
+use tts_worker::wire::{self, CloudEvent, EventData};
+
+/// Environment of the local stack: the process environment, falling back to
+/// the file `scripts/stack.sh up` writes.
+pub fn stack_env() -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    if !env.iter().any(|(k, _)| k == "TTS__S3__ENDPOINT") {
+        let dir = std::env::var("TTS_STACK_DIR").unwrap_or_else(|_| {
+            format!(
+                "{}/.local/share/tts-worker",
+                std::env::var("HOME").unwrap_or_default()
+            )
+        });
+        let file = std::fs::read_to_string(format!("{dir}/env.sh")).unwrap_or_else(|_| {
+            panic!("no local stack: run scripts/test.sh (or scripts/stack.sh up) first")
+        });
+        for line in file.lines() {
+            if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
+                env.push((k.to_owned(), v.to_owned()));
+            }
+        }
+    }
+    env
+}
+
+pub fn env_value(env: &[(String, String)], key: &str) -> String {
+    env.iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("{key} is not set by the local stack"))
+}
+
+/// Settings for one test: unique names, fast schedules, the simulator's URL.
+pub fn test_settings(sim: &SimHandle, api_key: &str, tag: &str) -> Settings {
+    let mut env = stack_env();
+    env.retain(|(k, _)| !k.starts_with("TTS__AMQP__") || k == "TTS__AMQP__URL");
+    let overrides = [
+        ("TTS__SEGMIND__BASE_URL", sim.base_url()),
+        ("TTS__SEGMIND__API_KEY", api_key.to_owned()),
+        ("TTS__AMQP__REQUESTS_QUEUE", format!("{tag}.requests")),
+        ("TTS__AMQP__EVENTS_EXCHANGE", format!("{tag}.events")),
+        ("TTS__AMQP__EVENTS_QUEUE", format!("{tag}.events")),
+        (
+            "TTS__AMQP__DEAD_LETTER_QUEUE",
+            format!("{tag}.requests.dead"),
+        ),
+        ("TTS__AMQP__MAX_IN_FLIGHT", "32".into()),
+        ("TTS__AMQP__QUEUE_DEPTH_INTERVAL", "0.2".into()),
+        ("TTS__HTTP__ADDR", "127.0.0.1:0".into()),
+        ("TTS__S3__PREFIX", format!("{tag}/")),
+        ("TTS__SEGMIND__POLL_INITIAL", "0.05".into()),
+        ("TTS__SEGMIND__POLL_MAX", "0.2".into()),
+        ("TTS__SEGMIND__RETRY_BASE", "0.05".into()),
+        ("TTS__SEGMIND__RETRY_MAX", "0.5".into()),
+        ("TTS__SEGMIND__JOB_DEADLINE", "30".into()),
+        ("TTS__SHUTDOWN__GRACE_PERIOD", "5".into()),
+    ];
+    env.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    Settings::load_from(None, &env).expect("test settings are valid")
+}
+
+pub fn storage_for(settings: &Settings) -> Storage {
+    let env = stack_env();
+    Storage::with_static_credentials(
+        &settings.s3,
+        &env_value(&env, "AWS_ACCESS_KEY_ID"),
+        &env_value(&env, "AWS_SECRET_ACCESS_KEY"),
+        Metrics::new(),
+    )
+}
+
+/// A running worker plus handles to inspect what it did.
+pub struct TestApp {
+    pub sim: SimHandle,
+    pub settings: Settings,
+    pub api_key: String,
+    pub ops_addr: SocketAddr,
+    pub channel: Channel,
+    pub publisher: Publisher,
+    pub storage: Storage,
+    connection: Connection,
+    shutdown: Option<oneshot::Sender<()>>,
+    worker: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}, |_| {}).await
+}
+
+/// Starts a simulator and a worker; the closures adjust their configuration.
+pub async fn spawn_app_with(
+    sim_config: impl FnOnce(&mut SimConfig),
+    settings_fn: impl FnOnce(&mut Settings),
+) -> TestApp {
+    let api_key = format!("sk-test-{}", uuid::Uuid::new_v4().simple());
+    let mut config = SimConfig::fast(&api_key);
+    config.espeak = false; // tone audio: fast and deterministic
+    sim_config(&mut config);
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let sim = simulator::spawn(config, any, any)
+        .await
+        .expect("simulator starts");
+    let tag = format!("t-{}", uuid::Uuid::new_v4().simple());
+    let mut settings = test_settings(&sim, &api_key, &tag);
+    settings_fn(&mut settings);
+
+    let storage = storage_for(&settings);
+    let app = Application::build_with_storage(settings.clone(), storage.clone(), Metrics::new())
+        .await
+        .expect("the worker starts");
+    let ops_addr = app.ops_addr();
+    let (tx, rx) = oneshot::channel::<()>();
+    let worker = tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+
+    let connection = broker::connect(&settings.amqp.url, Duration::from_secs(10), "tests")
+        .await
+        .expect("test connection");
+    let channel = connection.create_channel().await.expect("test channel");
+    let publisher = Publisher::new(
+        connection.create_channel().await.unwrap(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    TestApp {
+        sim,
+        settings,
+        api_key,
+        ops_addr,
+        channel,
+        publisher,
+        storage,
+        connection,
+        shutdown: Some(tx),
+        worker: Some(worker),
+    }
+}
+
+/// A decoded event and the AMQP properties it came with.
+pub struct Received {
+    pub event: CloudEvent<EventData>,
+    pub properties: BasicProperties,
+    pub raw: Vec<u8>,
+}
+
+impl Received {
+    pub fn completed(&self) -> &wire::CompletedData {
+        match &self.event.data {
+            EventData::Completed(c) => c,
+            EventData::Failed(f) => panic!("expected completed, got failed: {f:?}"),
+        }
+    }
+
+    pub fn failed(&self) -> &wire::FailedData {
+        match &self.event.data {
+            EventData::Failed(f) => f,
+            EventData::Completed(c) => panic!("expected failed, got completed: {c:?}"),
+        }
+    }
+}
+
+impl TestApp {
+    pub fn requests_queue(&self) -> &str {
+        &self.settings.amqp.requests_queue
+    }
+
+    pub fn events_queue(&self) -> &str {
+        self.settings
+            .amqp
+            .events_queue
+            .as_deref()
+            .expect("events queue configured")
+    }
+
+    /// Publishes raw bytes as a request.
+    pub async fn publish_raw(&self, body: &[u8], properties: BasicProperties) {
+        self.publisher
+            .publish("", self.requests_queue(), body, properties, true)
+            .await
+            .expect("request published");
+    }
+
+    pub async fn publish_json(&self, body: serde_json::Value) {
+        self.publish_raw(body.to_string().as_bytes(), BasicProperties::default())
+            .await;
+    }
+
+    /// Takes one message from `queue`, waiting up to `timeout`.
+    pub async fn get_from(
+        &self,
+        queue: &str,
+        timeout: Duration,
+    ) -> Option<lapin::message::BasicGetMessage> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let got = self
+                .channel
+                .basic_get(queue.into(), BasicGetOptions::default())
+                .await
+                .expect("basic.get");
+            if let Some(message) = got {
+                message
+                    .delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .unwrap();
+                return Some(message);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The next terminal event on the events queue.
+    pub async fn next_event(&self) -> Received {
+        let queue = self.events_queue().to_owned();
+        self.next_event_from(&queue).await
+    }
+
+    pub async fn next_event_from(&self, queue: &str) -> Received {
+        let message = self
+            .get_from(queue, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("no event on {queue} within 30 s"));
+        let raw = message.delivery.data.clone();
+        let event = wire::decode_event(&raw).expect("events are valid CloudEvents");
+        Received {
+            event,
+            properties: message.delivery.properties.clone(),
+            raw,
+        }
+    }
+
+    /// The next dead-lettered message.
+    pub async fn next_dead_letter(&self) -> lapin::message::BasicGetMessage {
+        let queue = self.settings.amqp.dead_letter_queue.clone();
+        self.get_from(&queue, Duration::from_secs(10))
+            .await
+            .expect("a dead-letter copy within 10 s")
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.ops_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Stops the worker and returns how many requests are left in the queue
+    /// (unacked deliveries return to it when the worker's connection closes).
+    pub async fn stop(mut self) -> u32 {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(worker) = self.worker.take() {
+            worker
+                .await
+                .expect("worker task")
+                .expect("worker stops cleanly");
+        }
+        let left = broker::queue_depth(&self.channel, self.requests_queue())
+            .await
+            .expect("requests queue exists");
+        self.cleanup().await;
+        left
+    }
+
+    async fn cleanup(&self) {
+        let amqp = &self.settings.amqp;
+        for q in [
+            amqp.requests_queue.as_str(),
+            amqp.dead_letter_queue.as_str(),
+            self.events_queue(),
+        ] {
+            let _ = self
+                .channel
+                .queue_delete(q.into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = self
+            .channel
+            .exchange_delete(
+                amqp.events_exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+        let _ = self.connection.close(200, "test done".into()).await;
+    }
+}

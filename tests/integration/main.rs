@@ -1,0 +1,8 @@
+//! Integration tests: one binary, real RabbitMQ and Garage (started by
+//! `scripts/test.sh`), the Segmind simulator in-process.
+
+mod failures;
+mod helpers;
+mod observability;
+mod pipeline;
+mod resilience;
