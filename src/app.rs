@@ -35,17 +35,13 @@ impl Application {
     /// binds the operations endpoint. Storage is reached with the standard
     /// AWS credential chain.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let metrics = Metrics::new();
-        let storage = Storage::new(&settings.s3, metrics.clone()).await;
-        Self::build_with_storage(settings, storage, metrics).await
+        let storage = Storage::new(&settings.s3).await;
+        Self::build_with_storage(settings, storage).await
     }
 
     /// Like [`Application::build`] with a storage client made by the caller.
-    pub async fn build_with_storage(
-        settings: Settings,
-        storage: Storage,
-        metrics: Metrics,
-    ) -> anyhow::Result<Self> {
+    pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow::Result<Self> {
+        let metrics = Metrics::new();
         let api_key = settings.require_api_key()?.clone();
         let segmind = SegmindClient::new(&settings.segmind, api_key, metrics.clone())
             .context("building the HTTP client")?;

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use crate::broker;
 use crate::config::Settings;
-use crate::metrics::Metrics;
 use crate::storage::Storage;
 
 /// Prints one line per check; returns whether all passed.
@@ -46,7 +45,7 @@ pub async fn run(settings: &Settings) -> bool {
         ),
     }
 
-    let storage = Storage::new(&settings.s3, Metrics::new()).await;
+    let storage = Storage::new(&settings.s3).await;
     match tokio::time::timeout(Duration::from_secs(20), storage.check()).await {
         Ok(Ok(())) => report(true, "bucket", format!("{} reachable", settings.s3.bucket)),
         Ok(Err(e)) => report(

@@ -5,8 +5,6 @@
 //! Retries are the SDK's own (standard mode, `s3.max_attempts`): this module
 //! adds none, so there is exactly one retry layer per call.
 
-use std::time::Instant;
-
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
@@ -18,7 +16,6 @@ use sha2::{Digest, Sha256};
 use crate::audio::Audio;
 use crate::config::S3Settings;
 use crate::job::{JobId, ObjectKey, StoredAudio};
-use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -35,18 +32,17 @@ pub enum StorageError {
 pub struct Storage {
     client: Client,
     bucket: String,
-    metrics: Metrics,
 }
 
 impl Storage {
     /// Builds a client from the standard AWS credential chain (environment,
     /// profile, web identity, IMDS…) and `settings`.
-    pub async fn new(settings: &S3Settings, metrics: Metrics) -> Self {
+    pub async fn new(settings: &S3Settings) -> Self {
         let shared = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(settings.region.clone()))
             .load()
             .await;
-        Self::from_shared(&shared, settings, metrics)
+        Self::from_shared(&shared, settings)
     }
 
     /// Builds a client with static credentials (tests, tools).
@@ -54,7 +50,6 @@ impl Storage {
         settings: &S3Settings,
         access_key_id: &str,
         secret_access_key: &str,
-        metrics: Metrics,
     ) -> Self {
         let shared = aws_config::SdkConfig::builder()
             .behavior_version(BehaviorVersion::latest())
@@ -63,14 +58,10 @@ impl Storage {
                 Credentials::new(access_key_id, secret_access_key, None, None, "static"),
             ))
             .build();
-        Self::from_shared(&shared, settings, metrics)
+        Self::from_shared(&shared, settings)
     }
 
-    fn from_shared(
-        shared: &aws_config::SdkConfig,
-        settings: &S3Settings,
-        metrics: Metrics,
-    ) -> Self {
+    fn from_shared(shared: &aws_config::SdkConfig, settings: &S3Settings) -> Self {
         let mut config = aws_sdk_s3::config::Builder::from(shared)
             .force_path_style(settings.force_path_style)
             .retry_config(
@@ -87,7 +78,6 @@ impl Storage {
         Storage {
             client: Client::from_conf(config.build()),
             bucket: settings.bucket.clone(),
-            metrics,
         }
     }
 
@@ -103,9 +93,7 @@ impl Storage {
         job_id: &JobId,
     ) -> Result<StoredAudio, StorageError> {
         let sha256 = hex::encode(Sha256::digest(&audio.bytes));
-        let started = Instant::now();
-        let result = self
-            .client
+        self.client
             .put_object()
             .bucket(&self.bucket)
             .key(key.as_str())
@@ -114,15 +102,11 @@ impl Storage {
             .metadata("job-id", job_id.as_str())
             .body(ByteStream::from(audio.bytes.clone()))
             .send()
-            .await;
-        self.metrics
-            .s3_upload
-            .observe(started.elapsed().as_secs_f64());
-        result.map_err(|e| StorageError::Upload {
-            key: key.to_string(),
-            detail: DisplayErrorContext(&e).to_string(),
-        })?;
-        self.metrics.audio_bytes.observe(audio.bytes.len() as f64);
+            .await
+            .map_err(|e| StorageError::Upload {
+                key: key.to_string(),
+                detail: DisplayErrorContext(&e).to_string(),
+            })?;
         Ok(StoredAudio {
             bucket: self.bucket.clone(),
             key: key.to_string(),

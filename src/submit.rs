@@ -178,7 +178,7 @@ async fn save_audio(
     sha256: &str,
     path: &PathBuf,
 ) -> anyhow::Result<()> {
-    let storage = Storage::new(&settings.s3, crate::metrics::Metrics::new()).await;
+    let storage = Storage::new(&settings.s3).await;
     let object = storage.get(key).await?;
     let actual = hex::encode(Sha256::digest(&object.bytes));
     if actual != sha256 {

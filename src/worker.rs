@@ -162,7 +162,13 @@ async fn run_job(ctx: &JobContext, job: &TtsJob, attempt: u32) -> Outcome {
             Some(key) => key.clone(),
             None => ObjectKey::default_for(&ctx.s3_prefix, &job.id, audio.format.extension()),
         };
-        let stored = ctx.storage.put(&key, &audio, &job.id).await?;
+        let upload_started = Instant::now();
+        let stored = ctx.storage.put(&key, &audio, &job.id).await;
+        ctx.metrics
+            .s3_upload
+            .observe(upload_started.elapsed().as_secs_f64());
+        let stored = stored?;
+        ctx.metrics.audio_bytes.observe(stored.size_bytes as f64);
         info!(
             key = %key,
             bytes = stored.size_bytes,

@@ -12,7 +12,6 @@ use tokio::task::JoinHandle;
 use tts_worker::app::Application;
 use tts_worker::broker::{self, Publisher};
 use tts_worker::config::Settings;
-use tts_worker::metrics::Metrics;
 use tts_worker::simulator::{self, SimConfig, SimHandle};
 use tts_worker::storage::Storage;
 use tts_worker::wire::{self, CloudEvent, EventData};
@@ -83,7 +82,6 @@ pub fn storage_for(settings: &Settings) -> Storage {
         &settings.s3,
         &env_value(&env, "AWS_ACCESS_KEY_ID"),
         &env_value(&env, "AWS_SECRET_ACCESS_KEY"),
-        Metrics::new(),
     )
 }
 
@@ -123,7 +121,7 @@ pub async fn spawn_app_with(
     settings_fn(&mut settings);
 
     let storage = storage_for(&settings);
-    let app = Application::build_with_storage(settings.clone(), storage.clone(), Metrics::new())
+    let app = Application::build_with_storage(settings.clone(), storage.clone())
         .await
         .expect("the worker starts");
     let ops_addr = app.ops_addr();
