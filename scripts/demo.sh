@@ -46,12 +46,17 @@ submit() { # name, then submit args
   target/debug/tts-worker submit --wait --timeout 120 --job-id "demo-$name-$(date +%s)" --out "$OUT/$name.wav" "$@" \
     > "$RUN/$name.out" 2>&1 || true
 }
+pids=()
 submit narration --text "Narrate softly: In a quiet village by the sea, the lighthouse keeper counted the ships that came home." --voice-1 Kore &
+pids+=($!)
 submit dialogue --voice-1 Puck --voice-2 Charon --temperature 0.7 \
   --text $'Speaker 1: Did you see the storm last night?\nSpeaker 2: I did. The whole harbour was lit by lightning.' &
+pids+=($!)
 submit cheerful --text "Say cheerfully: Your order has shipped and will arrive tomorrow!" --voice-1 zephyr &
+pids+=($!)
 submit blocked --text "Something the safety filter refuses [[sim:rai]]" &
-wait
+pids+=($!)
+wait "${pids[@]}" # not a bare wait: the simulator and worker run in the background too
 
 echo
 echo "================ demo summary ================"

@@ -16,4 +16,13 @@ cargo fmt --all -- --check
 echo "[test] cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "[test] cargo test"
-cargo test --locked "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --locked "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p + 0, f + 0 }' "$log")
+echo
+echo "tests: ${passed:-0} passed, ${failed:-0} failed"
+exit "$status"

@@ -23,6 +23,9 @@ use crate::worker::{self, JobContext};
 pub struct Application {
     settings: Settings,
     connection: Arc<lapin::Connection>,
+    /// The channel `consumer` lives on; closed first at shutdown so prefetched
+    /// but unstarted deliveries go back to the queue at once.
+    consume_channel: lapin::Channel,
     consumer: lapin::Consumer,
     ctx: Arc<JobContext>,
     ops: OpsServer,
@@ -91,6 +94,7 @@ impl Application {
         Ok(Application {
             settings,
             connection: Arc::new(connection),
+            consume_channel: channel,
             consumer,
             ctx,
             ops,
@@ -110,6 +114,7 @@ impl Application {
         let Application {
             settings,
             connection,
+            consume_channel,
             consumer,
             ctx,
             ops,
@@ -139,9 +144,13 @@ impl Application {
         .await;
         depth_task.abort();
         ops_task.abort();
+        if let Err(e) = consume_channel.close(200, "shutting down".into()).await {
+            warn!(error = %e, "closing the consumer channel");
+        }
         if let Err(e) = connection.close(200, "shutting down".into()).await {
             warn!(error = %e, "closing the broker connection");
         }
+        info!("tts-worker stopped");
         result.context("consuming requests")
     }
 }

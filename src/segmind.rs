@@ -235,7 +235,6 @@ impl SegmindClient {
                     waited: started.elapsed(),
                 })??;
         let request_id = submitted.request_id.clone();
-        tracing::Span::current().record("request_id", request_id.as_str());
         let result = tokio::time::timeout_at(
             deadline,
             self.finish(&submitted, started, deadline, &mut calls),

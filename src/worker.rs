@@ -190,6 +190,9 @@ async fn run_job(ctx: &JobContext, job: &TtsJob, attempt: u32) -> Outcome {
         Err(err) => {
             let failure = failure::classify(&err, &ctx.block_patterns);
             let request_id = request_id.or_else(|| failed_request_id(&err));
+            if let Some(id) = &request_id {
+                Span::current().record("request_id", id.as_str());
+            }
             warn!(code = failure.code.as_str(), error = %err, "job failed");
             Outcome::Failed(Failed {
                 job_id: job.id.clone(),
