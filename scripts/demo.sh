@@ -43,7 +43,7 @@ echo "[demo] worker ready; submitting 4 jobs"
 
 submit() { # name, then submit args
   local name=$1; shift
-  target/debug/tts-worker submit --wait --timeout 120 --job-id "demo-$name-$(date +%s)" --out "$OUT/$name.wav" "$@" \
+  target/debug/tts-worker submit --wait --print-event --timeout 120 --job-id "demo-$name-$(date +%s)" --out "$OUT/$name.wav" "$@" \
     > "$RUN/$name.out" 2>&1 || true
 }
 pids=()
@@ -62,6 +62,11 @@ echo
 echo "================ demo summary ================"
 for name in narration dialogue cheerful blocked; do
   printf '%-10s %s\n' "$name" "$(grep -E '^(completed|failed)' "$RUN/$name.out" || tail -1 "$RUN/$name.out")"
+done
+echo
+echo "events (CloudEvents 1.0, as published to tts.events and the reply queue):"
+for name in narration dialogue cheerful blocked; do
+  sed -n '/^{/,/^}/p' "$RUN/$name.out"
 done
 echo
 echo "audio files:"

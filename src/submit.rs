@@ -45,6 +45,9 @@ pub struct SubmitArgs {
     /// With --wait: save the audio to this file.
     #[arg(long, requires = "wait")]
     pub out: Option<PathBuf>,
+    /// With --wait: also print the event as received (CloudEvents JSON).
+    #[arg(long = "print-event", requires = "wait")]
+    pub print_event: bool,
     /// With --wait: give up after this many seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout: u64,
@@ -139,6 +142,10 @@ pub async fn run(settings: &Settings, args: SubmitArgs) -> anyhow::Result<bool> 
     };
     delivery.acker.ack(BasicAckOptions::default()).await?;
     let event = wire::decode_event(&delivery.data).context("decoding the event")?;
+    if args.print_event {
+        let value: serde_json::Value = serde_json::from_slice(&delivery.data)?;
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    }
     let secs = started.elapsed().as_secs_f64();
     let completed = match event.data {
         EventData::Completed(c) => {
