@@ -448,49 +448,14 @@ impl SegmindClient {
     async fn poll_status(&self, job: &Submitted) -> Result<bool, SegmindError> {
         let request = self.api.get(job.status_url.clone());
         let (status, headers, bytes) = self.send_api(Endpoint::Status, request).await?;
-        let body: Option<StatusBody> = serde_json::from_slice(&bytes).ok();
-        match body.as_ref().and_then(|b| b.status.as_deref()) {
-            Some("COMPLETED") => Ok(true),
-            Some("FAILED") => Err(job_failed(job, body.as_ref(), status)),
-            _ if !status.is_success() => {
-                Err(status_error(Endpoint::Status, status, &headers, &bytes))
-            }
-            Some(_) => Ok(false), // QUEUED, PROCESSING, or a state we do not know yet
-            None => Err(SegmindError::Protocol {
-                endpoint: Endpoint::Status,
-                detail: "a 2xx status answer without a status field".into(),
-            }),
-        }
+        interpret_status(&job.request_id, status, &headers, &bytes)
     }
 
     /// Fetches the result of a COMPLETED job: its `output` and inference time.
     async fn fetch_result(&self, job: &Submitted) -> Result<(Value, Option<f64>), SegmindError> {
         let request = self.api.get(job.response_url.clone());
         let (status, headers, bytes) = self.send_api(Endpoint::Result, request).await?;
-        let body: Option<StatusBody> = serde_json::from_slice(&bytes).ok();
-        match body {
-            Some(b) if b.status.as_deref() == Some("FAILED") => {
-                Err(job_failed(job, Some(&b), status))
-            }
-            _ if !status.is_success() => {
-                Err(status_error(Endpoint::Result, status, &headers, &bytes))
-            }
-            Some(StatusBody {
-                output: Some(output),
-                metrics,
-                ..
-            }) if !output.is_null() => {
-                let inference = metrics
-                    .as_ref()
-                    .and_then(|m| m.get("inference_time"))
-                    .and_then(number);
-                Ok((output, inference))
-            }
-            _ => Err(SegmindError::Protocol {
-                endpoint: Endpoint::Result,
-                detail: "a completed result without output".into(),
-            }),
-        }
+        interpret_result(&job.request_id, status, &headers, &bytes)
     }
 
     /// Downloads audio from the media host: no API key, size-capped.
@@ -551,14 +516,67 @@ fn status_error(
     }
 }
 
-fn job_failed(job: &Submitted, body: Option<&StatusBody>, status: StatusCode) -> SegmindError {
+/// What a status answer means: `Ok(true)` COMPLETED, `Ok(false)` still
+/// pending. A body announcing a terminal state is an answer whatever the HTTP
+/// code (FAILED comes as 422); any other non-2xx is an error of the call.
+fn interpret_status(
+    request_id: &str,
+    status: StatusCode,
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> Result<bool, SegmindError> {
+    let body: Option<StatusBody> = serde_json::from_slice(bytes).ok();
+    match body.as_ref().and_then(|b| b.status.as_deref()) {
+        Some("COMPLETED") => Ok(true),
+        Some("FAILED") => Err(job_failed(request_id, body.as_ref(), status)),
+        _ if !status.is_success() => Err(status_error(Endpoint::Status, status, headers, bytes)),
+        Some(_) => Ok(false), // QUEUED, PROCESSING, or a state we do not know yet
+        None => Err(SegmindError::Protocol {
+            endpoint: Endpoint::Status,
+            detail: "a 2xx status answer without a status field".into(),
+        }),
+    }
+}
+
+/// What a result answer means: the `output` and the reported inference time.
+fn interpret_result(
+    request_id: &str,
+    status: StatusCode,
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> Result<(Value, Option<f64>), SegmindError> {
+    let body: Option<StatusBody> = serde_json::from_slice(bytes).ok();
+    match body {
+        Some(b) if b.status.as_deref() == Some("FAILED") => {
+            Err(job_failed(request_id, Some(&b), status))
+        }
+        _ if !status.is_success() => Err(status_error(Endpoint::Result, status, headers, bytes)),
+        Some(StatusBody {
+            output: Some(output),
+            metrics,
+            ..
+        }) if !output.is_null() => {
+            let inference = metrics
+                .as_ref()
+                .and_then(|m| m.get("inference_time"))
+                .and_then(number);
+            Ok((output, inference))
+        }
+        _ => Err(SegmindError::Protocol {
+            endpoint: Endpoint::Result,
+            detail: "a completed result without output".into(),
+        }),
+    }
+}
+
+fn job_failed(request_id: &str, body: Option<&StatusBody>, status: StatusCode) -> SegmindError {
     let message = match body.and_then(|b| b.error.as_ref()) {
         Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
         Some(Value::Null) | None => "the job FAILED without an error message".into(),
         Some(other) => other.to_string(),
     };
     SegmindError::JobFailed {
-        request_id: job.request_id.clone(),
+        request_id: request_id.to_owned(),
         message,
         http_status: Some(status.as_u16()),
     }
@@ -860,5 +878,155 @@ mod tests {
         ));
         assert_eq!(calls, 1, "a 30 s wait does not fit in a 5 s deadline");
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    fn answer(code: u16, body: &str) -> (StatusCode, HeaderMap, Vec<u8>) {
+        (
+            StatusCode::from_u16(code).unwrap(),
+            HeaderMap::new(),
+            body.as_bytes().to_vec(),
+        )
+    }
+
+    #[test]
+    fn every_status_body_shape_is_interpreted() {
+        let pending = [
+            answer(200, r#"{"status":"QUEUED"}"#),
+            answer(200, r#"{"status":"PROCESSING","request_id":"r"}"#),
+            answer(200, r#"{"status":"STARTING"}"#), // unknown non-terminal: keep polling
+        ];
+        for (code, headers, body) in &pending {
+            assert!(!interpret_status("r", *code, headers, body).unwrap());
+        }
+        let (code, headers, body) = answer(200, r#"{"status":"COMPLETED","extra":[1]}"#);
+        assert!(interpret_status("r", code, &headers, &body).unwrap());
+
+        // FAILED is an answer whatever the code: 422 (Segmind's quirk) or 200.
+        for code in [422, 200] {
+            let (code, headers, body) = answer(
+                code,
+                r#"{"status":"FAILED","error":"PROHIBITED_CONTENT","request_id":"r"}"#,
+            );
+            match interpret_status("r", code, &headers, &body) {
+                Err(SegmindError::JobFailed {
+                    message,
+                    http_status,
+                    request_id,
+                }) => {
+                    assert_eq!(message, "PROHIBITED_CONTENT");
+                    assert_eq!(http_status, Some(code.as_u16()));
+                    assert_eq!(request_id, "r");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // FAILED without a message, or with a structured one.
+        let (code, headers, body) = answer(422, r#"{"status":"FAILED","error":null}"#);
+        assert!(matches!(
+            interpret_status("r", code, &headers, &body),
+            Err(SegmindError::JobFailed { message, .. }) if message.contains("without an error message")
+        ));
+        let (code, headers, body) =
+            answer(422, r#"{"status":"FAILED","error":{"reason":"safety"}}"#);
+        assert!(matches!(
+            interpret_status("r", code, &headers, &body),
+            Err(SegmindError::JobFailed { message, .. }) if message.contains("safety")
+        ));
+        // Non-terminal bodies with an error code are errors of the call.
+        for (code, body) in [
+            (404, r#"{"error":"not found"}"#),
+            (502, "<html>bad gateway</html>"),
+            (429, ""),
+        ] {
+            let (code, headers, bytes) = answer(code, body);
+            assert!(matches!(
+                interpret_status("r", code, &headers, &bytes),
+                Err(SegmindError::Status { status, .. }) if status == code.as_u16()
+            ));
+        }
+        // A 2xx that says nothing is a protocol error, not a pending job.
+        for body in ["{}", "not json", r#"{"state":"DONE"}"#] {
+            let (code, headers, bytes) = answer(200, body);
+            assert!(matches!(
+                interpret_status("r", code, &headers, &bytes),
+                Err(SegmindError::Protocol { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn every_result_body_shape_is_interpreted() {
+        let (code, headers, body) = answer(
+            200,
+            r#"{"status":"COMPLETED","error":null,"metrics":{"inference_time":41.5,"cost":0.1},"output":"https://cdn/a.wav","seed":7}"#,
+        );
+        let (output, inference) = interpret_result("r", code, &headers, &body).unwrap();
+        assert_eq!(output, serde_json::json!("https://cdn/a.wav"));
+        assert_eq!(inference, Some(41.5));
+
+        let (code, headers, body) = answer(
+            200,
+            r#"{"status":"COMPLETED","metrics":{"inference_time":"12.5"},"output":["x"]}"#,
+        );
+        assert_eq!(
+            interpret_result("r", code, &headers, &body).unwrap().1,
+            Some(12.5)
+        );
+
+        let (code, headers, body) = answer(200, r#"{"status":"COMPLETED","output":"u"}"#);
+        assert_eq!(
+            interpret_result("r", code, &headers, &body).unwrap().1,
+            None,
+            "metrics are optional"
+        );
+
+        let (code, headers, body) = answer(422, r#"{"status":"FAILED","error":"blocked"}"#);
+        assert!(matches!(
+            interpret_result("r", code, &headers, &body),
+            Err(SegmindError::JobFailed { .. })
+        ));
+
+        let (code, headers, body) = answer(404, r#"{"error":"expired"}"#);
+        assert!(matches!(
+            interpret_result("r", code, &headers, &body),
+            Err(SegmindError::Status { status: 404, .. })
+        ));
+
+        for body in [
+            r#"{"status":"COMPLETED","output":null}"#,
+            r#"{"status":"COMPLETED"}"#,
+            "garbage",
+        ] {
+            let (code, headers, bytes) = answer(200, body);
+            assert!(
+                matches!(
+                    interpret_result("r", code, &headers, &bytes),
+                    Err(SegmindError::Protocol { .. })
+                ),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn rate_limit_headers_become_the_retry_hint() {
+        let mut headers = HeaderMap::new();
+        let reset = (chrono::Utc::now() + chrono::Duration::seconds(20))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        headers.insert(
+            crate::retry::RATE_LIMIT_RESET_HEADER,
+            reset.parse().unwrap(),
+        );
+        let err = status_error(
+            Endpoint::Submit,
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers,
+            b"{}",
+        );
+        let hint = err.retry_hint().unwrap();
+        assert!(
+            hint > Duration::from_secs(18) && hint <= Duration::from_secs(20),
+            "{hint:?}"
+        );
     }
 }

@@ -30,6 +30,11 @@ use crate::wire::{
     self, DEAD_LETTER_CODE_HEADER, DEAD_LETTER_JOB_HEADER, DEAD_LETTER_MESSAGE_HEADER,
 };
 
+/// Wait before requeueing a delivery whose event could not be published, so a
+/// broker-side problem (an unroutable events exchange, a full disk) does not
+/// become a tight redelivery loop.
+const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+
 /// Everything a job needs, shared by all in-flight jobs.
 pub struct JobContext {
     pub segmind: SegmindClient,
@@ -71,6 +76,7 @@ pub async fn process(ctx: &JobContext, delivery: Delivery) -> Settlement {
     let ack_result = match settlement.0 {
         Settlement::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
         Settlement::Requeue => {
+            tokio::time::sleep(REQUEUE_PAUSE).await;
             delivery
                 .acker
                 .nack(BasicNackOptions {

@@ -224,3 +224,19 @@ async fn an_unknown_model_fails_as_model_unavailable() {
     assert_eq!(f.failed().error.code, "model_unavailable");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_whose_event_cannot_be_confirmed_is_requeued_not_acked() {
+    // No events queue and nothing bound: every event is unroutable (returned
+    // by the broker), so the worker must not ack.
+    let app = spawn_app_with(|_| {}, |s| s.amqp.events_queue = None).await;
+    app.publish_json(json!({"text": ""})).await;
+    // One attempt, its requeue pause, and a redelivery.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let metrics = app.metrics().await;
+    assert!(
+        !metrics.contains("tts_jobs_total{"),
+        "no job may count as finished:\n{metrics}"
+    );
+    assert_eq!(app.stop().await, 1, "the request is back in the queue");
+}

@@ -290,11 +290,12 @@ impl TestApp {
 
     async fn cleanup(&self) {
         let amqp = &self.settings.amqp;
-        for q in [
-            amqp.requests_queue.as_str(),
-            amqp.dead_letter_queue.as_str(),
-            self.events_queue(),
-        ] {
+        let queues = [
+            Some(amqp.requests_queue.as_str()),
+            Some(amqp.dead_letter_queue.as_str()),
+            amqp.events_queue.as_deref(),
+        ];
+        for q in queues.into_iter().flatten() {
             let _ = self
                 .channel
                 .queue_delete(q.into(), QueueDeleteOptions::default())

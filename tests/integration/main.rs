@@ -6,3 +6,4 @@ mod helpers;
 mod observability;
 mod pipeline;
 mod resilience;
+mod simulator;

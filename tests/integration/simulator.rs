@@ -1,0 +1,243 @@
+//! The simulator speaks Segmind's protocol as `segmind-api.md` describes it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tts_worker::audio::{AudioFormat, sniff};
+use tts_worker::simulator::{self, SimConfig, SimHandle};
+
+const KEY: &str = "sim-key";
+const MODEL: &str = "gemini-2.5-pro-tts";
+
+async fn sim(adjust: impl FnOnce(&mut SimConfig)) -> SimHandle {
+    let mut config = SimConfig::fast(KEY);
+    config.espeak = false;
+    adjust(&mut config);
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    simulator::spawn(config, any, any).await.unwrap()
+}
+
+async fn post(sim: &SimHandle, path: &str, key: &str, body: Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}{path}", sim.base_url()))
+        .header("x-api-key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn get(url: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(url)
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_v2_flow_submit_poll_result_download() {
+    let sim = sim(|c| c.latency_mean = Duration::from_millis(300)).await;
+    let r = post(
+        &sim,
+        &format!("/v2/{MODEL}"),
+        KEY,
+        json!({"text": "Hello there"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let submitted: Value = r.json().await.unwrap();
+    assert_eq!(submitted["status"], "QUEUED");
+    let id = submitted["request_id"].as_str().unwrap();
+    for field in ["poll_url", "status_url", "response_url"] {
+        assert!(submitted[field].as_str().unwrap().contains(id), "{field}");
+    }
+    let status_url = submitted["status_url"].as_str().unwrap();
+    let first: Value = get(status_url).await.json().await.unwrap();
+    assert!(["QUEUED", "PROCESSING"].contains(&first["status"].as_str().unwrap()));
+    // The SDK's v1 poll URL answers too.
+    assert_eq!(
+        get(submitted["poll_url"].as_str().unwrap()).await.status(),
+        200
+    );
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let done: Value = get(status_url).await.json().await.unwrap();
+    assert_eq!(done["status"], "COMPLETED");
+    let result = get(submitted["response_url"].as_str().unwrap()).await;
+    assert!(result.headers().contains_key("content-type"));
+    let result: Value = result.json().await.unwrap();
+    assert_eq!(result["status"], "COMPLETED");
+    assert!(result["error"].is_null());
+    assert!(result["metrics"]["inference_time"].as_f64().unwrap() > 0.0);
+    let output = result["output"].as_str().unwrap();
+    assert!(
+        output.starts_with(&format!("http://{}", sim.media_addr)),
+        "media is served from another origin: {output}"
+    );
+    let audio = reqwest::get(output).await.unwrap();
+    assert_eq!(audio.headers()["content-type"], "audio/wav");
+    assert_eq!(sniff(&audio.bytes().await.unwrap()), Some(AudioFormat::Wav));
+}
+
+#[tokio::test]
+async fn failed_jobs_are_served_as_422_with_the_error() {
+    let sim = sim(|c| c.latency_mean = Duration::from_millis(50)).await;
+    let submitted: Value = post(
+        &sim,
+        &format!("/v2/{MODEL}"),
+        KEY,
+        json!({"text": "no [[sim:rai]]"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = get(submitted["status_url"].as_str().unwrap()).await;
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "FAILED");
+    assert!(body["error"].as_str().unwrap().contains("RAI"));
+    assert!(body["metrics"].is_object());
+}
+
+#[tokio::test]
+async fn parameters_are_checked_like_the_real_model() {
+    let sim = sim(|_| {}).await;
+    let path = format!("/v2/{MODEL}");
+    for bad in [
+        json!({}),
+        json!({"text": ""}),
+        json!({"text": "a", "temperature": 2.5}),
+        json!({"text": "a", "voice_1": "kore"}), // the API wants the exact spelling
+        json!({"text": "a", "voice_2": "Nobody"}),
+    ] {
+        let r = post(&sim, &path, KEY, bad.clone()).await;
+        assert_eq!(r.status(), 400, "{bad}");
+        assert!(r.json::<Value>().await.unwrap()["error"].is_string());
+    }
+    assert_eq!(
+        post(&sim, &path, "wrong", json!({"text": "a"}))
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        post(&sim, "/v2/no-such-model", KEY, json!({"text": "a"}))
+            .await
+            .status(),
+        404
+    );
+    let unknown = format!(
+        "{}/v2/requests/00000000-0000-0000-0000-000000000000/status",
+        sim.base_url()
+    );
+    assert_eq!(get(&unknown).await.status(), 404);
+    let stats = sim.stats();
+    assert_eq!(stats.submits_accepted, 0);
+    assert_eq!(stats.unauthorized, 1);
+}
+
+#[tokio::test]
+async fn results_expire_after_the_retention_window() {
+    let sim = sim(|c| {
+        c.latency_mean = Duration::from_millis(50);
+        c.latency_spread = Duration::ZERO;
+        c.retention = Duration::from_millis(200);
+    })
+    .await;
+    let submitted: Value = post(&sim, &format!("/v2/{MODEL}"), KEY, json!({"text": "brief"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(
+        get(submitted["response_url"].as_str().unwrap())
+            .await
+            .status(),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        get(submitted["response_url"].as_str().unwrap())
+            .await
+            .status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn rate_limits_credits_and_injected_faults() {
+    let sim = sim(|c| {
+        c.rate_limit_per_minute = Some(2);
+        c.credits = Some(1.0);
+        c.cost_per_job = 0.25;
+    })
+    .await;
+    let path = format!("/v2/{MODEL}");
+    for _ in 0..2 {
+        let r = post(&sim, &path, KEY, json!({"text": "a"})).await;
+        assert_eq!(r.status(), 200);
+        assert!(r.headers().contains_key("x-remaining-credits"));
+    }
+    let limited = post(&sim, &path, KEY, json!({"text": "a"})).await;
+    assert_eq!(limited.status(), 429);
+    let reset = limited.headers()["x-rate-limit-reset-at-utc"]
+        .to_str()
+        .unwrap();
+    let reset = chrono::DateTime::parse_from_rfc3339(reset).expect("ISO-8601 reset time");
+    assert!(reset > chrono::Utc::now());
+
+    let sim = sim_with_credits(0.3).await;
+    assert_eq!(
+        post(&sim, &path, KEY, json!({"text": "a"})).await.status(),
+        200
+    );
+    assert_eq!(
+        post(&sim, &path, KEY, json!({"text": "a"})).await.status(),
+        406
+    );
+
+    sim.inject(&[502, 504, 500]);
+    for code in [502, 504, 500] {
+        assert_eq!(
+            post(&sim, &path, KEY, json!({"text": "a"})).await.status(),
+            code
+        );
+    }
+}
+
+async fn sim_with_credits(credits: f64) -> SimHandle {
+    sim(|c| {
+        c.credits = Some(credits);
+        c.cost_per_job = 0.25;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn v1_answers_the_audio_directly() {
+    let sim = sim(|c| c.latency_mean = Duration::from_millis(50)).await;
+    let r = post(
+        &sim,
+        &format!("/v1/{MODEL}"),
+        KEY,
+        json!({"text": "sync please", "voice_1": "Puck"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "audio/wav");
+    assert_eq!(sniff(&r.bytes().await.unwrap()), Some(AudioFormat::Wav));
+    let r = post(
+        &sim,
+        &format!("/v1/{MODEL}"),
+        KEY,
+        json!({"text": "x [[sim:fail]]"}),
+    )
+    .await;
+    assert_eq!(r.status(), 422);
+}
