@@ -33,8 +33,10 @@ pub const EVENTS_BINDING: &str = "tts.job.#";
 pub enum BrokerError {
     #[error("could not connect to the broker within {0:?}")]
     ConnectTimeout(Duration),
+    /// Shown in the message rather than as a source: log lines print errors
+    /// with `Display`, and lapin's own error already carries its cause.
     #[error("AMQP error: {0}")]
-    Amqp(#[from] lapin::Error),
+    Amqp(lapin::Error),
     #[error("the broker refused (nacked) the message")]
     Nacked,
     #[error(
@@ -46,6 +48,12 @@ pub enum BrokerError {
     },
     #[error("the broker did not confirm the message within {0:?}")]
     ConfirmTimeout(Duration),
+}
+
+impl From<lapin::Error> for BrokerError {
+    fn from(e: lapin::Error) -> Self {
+        BrokerError::Amqp(e)
+    }
 }
 
 /// Names of everything the worker declares.

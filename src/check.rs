@@ -26,7 +26,14 @@ pub async fn run(settings: &Settings) -> bool {
         Ok(conn) => {
             let queue = &amqp.requests_queue;
             let depth = match conn.create_channel().await {
-                Ok(ch) => broker::queue_depth(&ch, queue).await.ok(),
+                Ok(ch) => {
+                    let depth = broker::queue_depth(&ch, queue).await.ok();
+                    // A failed passive declare has closed the channel already.
+                    if ch.status().connected() {
+                        let _ = ch.close(200, "check done".into()).await;
+                    }
+                    depth
+                }
                 Err(_) => None,
             };
             let detail = match depth {

@@ -87,7 +87,12 @@ pub async fn shutdown_signal() {
 
 /// Formats an error with its whole cause chain, for the last line on stderr.
 pub fn report(err: &anyhow::Error) -> String {
-    format!(
-        "error: {err:#}\nhint: run `tts-worker check` to diagnose configuration and connectivity"
-    )
+    if err.downcast_ref::<crate::config::ConfigError>().is_some() {
+        // The message already names the key; `check` would fail the same way.
+        format!("error: {err:#}")
+    } else {
+        format!(
+            "error: {err:#}\nhint: run `tts-worker check` to diagnose configuration and connectivity"
+        )
+    }
 }
