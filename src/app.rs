@@ -1,55 +1,45 @@
 //! Wiring: builds every component from [`Settings`] and runs the worker until
-//! told to stop. `main` and the integration tests start exactly this.
+//! told to stop, reconnecting to the broker whenever it is lost. `main` and
+//! the integration tests start exactly this.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use anyhow::Context;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicQosOptions;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::broker::{self, Publisher, Topology};
+use crate::checkpoint::Checkpoints;
 use crate::config::Settings;
 use crate::http::OpsServer;
 use crate::metrics::Metrics;
+use crate::pause::PauseGate;
 use crate::segmind::SegmindClient;
 use crate::storage::Storage;
-use crate::worker::{self, JobContext};
+use crate::worker::{self, Consuming, JobContext, Stopped};
 
-/// A worker ready to run: connected, topology declared, HTTP bound.
-pub struct Application {
-    settings: Settings,
+/// Longest wait between two attempts to reach a lost broker.
+const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(30);
+
+/// What a broker connection carries; replaced whole after a broker loss.
+struct Session {
     connection: Arc<lapin::Connection>,
-    /// The channel `consumer` lives on; closed first at shutdown so prefetched
-    /// but unstarted deliveries go back to the queue at once.
-    consume_channel: lapin::Channel,
-    consumer: lapin::Consumer,
-    ctx: Arc<JobContext>,
-    ops: OpsServer,
-    ops_addr: SocketAddr,
-    ready: Arc<AtomicBool>,
+    consuming: Consuming,
+    publisher: Publisher,
 }
 
-impl Application {
-    /// Connects to the broker, declares the topology, starts consuming and
-    /// binds the operations endpoint. Storage is reached with the standard
-    /// AWS credential chain.
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let storage = Storage::new(&settings.s3).await;
-        Self::build_with_storage(settings, storage).await
-    }
-
-    /// Like [`Application::build`] with a storage client made by the caller.
-    pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow::Result<Self> {
-        let metrics = Metrics::new();
-        let api_key = settings.require_api_key()?.clone();
-        let segmind = SegmindClient::new(&settings.segmind, api_key, metrics.clone())
-            .context("building the HTTP client")?;
+impl Session {
+    /// Connects, declares the topology (idempotently), sets the prefetch and
+    /// opens the publishing channel in confirm mode.
+    async fn open(settings: &Settings) -> anyhow::Result<Self> {
         let amqp = &settings.amqp;
-        let connection = broker::connect(&amqp.url, amqp.connect_timeout, &connection_name())
+        let name = connection_name();
+        let connection = broker::connect(&amqp.url, amqp.connect_timeout, &name)
             .await
             .context("connecting to the broker (amqp.url)")?;
         let topology = Topology::from(amqp);
@@ -63,40 +53,77 @@ impl Application {
         channel
             .basic_qos(amqp.max_in_flight, BasicQosOptions::default())
             .await?;
-        let consumer = channel
-            .basic_consume(
-                topology.requests_queue.as_str().into(),
-                connection_name().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .context("consuming the requests queue")?;
+        Ok(Session {
+            connection: Arc::new(connection),
+            consuming: Consuming {
+                channel,
+                queue: topology.requests_queue,
+                tag: name,
+            },
+            publisher,
+        })
+    }
 
+    /// Closes the consumer channel first, so prefetched deliveries go back to
+    /// the queue at once, then the connection.
+    async fn close(self) {
+        if self.consuming.channel.status().connected()
+            && let Err(e) = self
+                .consuming
+                .channel
+                .close(200, "shutting down".into())
+                .await
+        {
+            warn!(error = %e, "closing the consumer channel");
+        }
+        if self.connection.status().connected()
+            && let Err(e) = self.connection.close(200, "shutting down".into()).await
+        {
+            warn!(error = %e, "closing the broker connection");
+        }
+    }
+}
+
+/// A worker ready to run: connected, topology declared, HTTP bound.
+pub struct Application {
+    settings: Settings,
+    session: Session,
+    segmind: Arc<SegmindClient>,
+    storage: Storage,
+    metrics: Metrics,
+    pause: PauseGate,
+    ops: OpsServer,
+    ops_addr: SocketAddr,
+    ready: Arc<AtomicBool>,
+}
+
+impl Application {
+    /// Connects to the broker, declares the topology and binds the operations
+    /// endpoint. Storage is reached with the standard AWS credential chain.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let storage = Storage::new(&settings.s3).await;
+        Self::build_with_storage(settings, storage).await
+    }
+
+    /// Like [`Application::build`] with a storage client made by the caller.
+    pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow::Result<Self> {
+        let metrics = Metrics::new();
+        let api_key = settings.require_api_key()?.clone();
+        let segmind = SegmindClient::new(&settings.segmind, api_key, metrics.clone())
+            .context("building the HTTP client")?;
+        let session = Session::open(&settings).await?;
         let ready = Arc::new(AtomicBool::new(false));
         let ops = OpsServer::bind(settings.http.addr, metrics.clone(), ready.clone())
             .await
             .with_context(|| format!("binding http.addr {}", settings.http.addr))?;
         let ops_addr = ops.local_addr()?;
-
-        let ctx = Arc::new(JobContext {
-            segmind,
-            storage,
-            publisher,
-            metrics,
-            topology,
-            limits: settings.limits.clone(),
-            s3_prefix: settings.s3.prefix.clone(),
-            job_deadline: settings.segmind.job_deadline,
-            block_patterns: settings.segmind.content_blocked_patterns.clone(),
-            event_source: format!("tts-worker/{}", hostname()),
-        });
         Ok(Application {
+            pause: PauseGate::new(metrics.clone()),
             settings,
-            connection: Arc::new(connection),
-            consume_channel: channel,
-            consumer,
-            ctx,
+            session,
+            segmind: Arc::new(segmind),
+            storage,
+            metrics,
             ops,
             ops_addr,
             ready,
@@ -108,50 +135,129 @@ impl Application {
         self.ops_addr
     }
 
-    /// Runs until `shutdown` resolves (then drains in-flight jobs within the
-    /// grace period) or the broker connection fails.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    /// Runs until `shutdown` resolves, then drains in-flight jobs within the
+    /// grace period. A lost broker is reconnected with backoff; meanwhile
+    /// `/readyz` reports not ready.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let Application {
             settings,
-            connection,
-            consume_channel,
-            consumer,
-            ctx,
+            session,
+            segmind,
+            storage,
+            metrics,
+            pause,
             ops,
             ops_addr,
             ready,
         } = self;
-        info!(%ops_addr, queue = %ctx.topology.requests_queue, max_in_flight = settings.amqp.max_in_flight, "tts-worker running");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
         let ops_task = tokio::spawn(async move {
             if let Err(e) = ops.serve().await {
                 warn!(error = %e, "operations endpoint stopped");
             }
         });
-        let depth_task = tokio::spawn(refresh_queue_depth(
-            connection.clone(),
-            ctx.topology.clone(),
-            ctx.metrics.clone(),
-            settings.amqp.queue_depth_interval,
-        ));
-        let result = worker::run(
-            ctx,
-            consumer,
-            usize::from(settings.amqp.max_in_flight),
+        let amqp = &settings.amqp;
+        info!(%ops_addr, queue = %amqp.requests_queue, max_in_flight = amqp.max_in_flight, "tts-worker running");
+        let runner = Runner {
+            settings,
+            segmind,
+            storage,
+            metrics,
+            pause,
             ready,
-            shutdown,
-            settings.shutdown.grace_period,
-        )
-        .await;
-        depth_task.abort();
+        };
+        runner.run(session, stop_rx).await;
         ops_task.abort();
-        if let Err(e) = consume_channel.close(200, "shutting down".into()).await {
-            warn!(error = %e, "closing the consumer channel");
-        }
-        if let Err(e) = connection.close(200, "shutting down".into()).await {
-            warn!(error = %e, "closing the broker connection");
-        }
         info!("tts-worker stopped");
-        result.context("consuming requests")
+        Ok(())
+    }
+}
+
+/// The long-lived parts, from which each broker session's context is made.
+struct Runner {
+    settings: Settings,
+    segmind: Arc<SegmindClient>,
+    storage: Storage,
+    metrics: Metrics,
+    pause: PauseGate,
+    ready: Arc<AtomicBool>,
+}
+
+impl Runner {
+    fn job_context(&self, publisher: Publisher) -> JobContext {
+        let s = &self.settings;
+        JobContext {
+            segmind: self.segmind.clone(),
+            storage: self.storage.clone(),
+            checkpoints: Checkpoints::new(self.storage.clone(), &s.s3.prefix, s.jobs.resume_window),
+            publisher,
+            metrics: self.metrics.clone(),
+            pause: self.pause.clone(),
+            topology: Topology::from(&s.amqp),
+            limits: s.limits.clone(),
+            jobs: s.jobs.clone(),
+            s3_prefix: s.s3.prefix.clone(),
+            job_deadline: s.segmind.job_deadline,
+            block_patterns: s.segmind.content_blocked_patterns.clone(),
+            event_source: format!("tts-worker/{}", hostname()),
+        }
+    }
+
+    /// Runs sessions until shutdown, reconnecting after each broker loss.
+    async fn run(&self, mut session: Session, stop: watch::Receiver<bool>) {
+        let mut wait = Duration::from_secs(1);
+        loop {
+            let depth_task = tokio::spawn(refresh_queue_depth(
+                session.connection.clone(),
+                Topology::from(&self.settings.amqp),
+                self.metrics.clone(),
+                self.settings.amqp.queue_depth_interval,
+            ));
+            let ctx = Arc::new(self.job_context(session.publisher.clone()));
+            let stopped = worker::run(
+                ctx,
+                &session.consuming,
+                usize::from(self.settings.amqp.max_in_flight),
+                &self.ready,
+                stop.clone(),
+                self.settings.shutdown.grace_period,
+            )
+            .await;
+            depth_task.abort();
+            session.close().await;
+            match stopped {
+                Stopped::Shutdown => return,
+                Stopped::BrokerLost(e) => warn!(error = %e, "broker connection lost; reconnecting"),
+            }
+            session = loop {
+                let mut stop = stop.clone();
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => {
+                        info!("shutdown asked while the broker was unreachable");
+                        return;
+                    }
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                match Session::open(&self.settings).await {
+                    Ok(s) => {
+                        info!("reconnected to the broker");
+                        wait = Duration::from_secs(1);
+                        break s;
+                    }
+                    Err(e) => {
+                        wait = (wait * 2).min(MAX_RECONNECT_WAIT);
+                        warn!(error = %format!("{e:#}"), retry_in_s = wait.as_secs_f64(), "broker still unreachable");
+                    }
+                }
+            };
+        }
     }
 }
 
@@ -160,7 +266,7 @@ async fn refresh_queue_depth(
     connection: Arc<lapin::Connection>,
     topology: Topology,
     metrics: Metrics,
-    every: std::time::Duration,
+    every: Duration,
 ) {
     let mut channel: Option<lapin::Channel> = None;
     let mut ticker = tokio::time::interval(every);
@@ -195,5 +301,10 @@ fn hostname() -> String {
 }
 
 fn connection_name() -> String {
-    format!("tts-worker@{}:{}", hostname(), std::process::id())
+    format!(
+        "tts-worker@{}:{}:{}",
+        hostname(),
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    )
 }

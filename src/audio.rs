@@ -33,12 +33,16 @@ impl AudioFormat {
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, PartialEq)]
 pub enum AudioError {
     #[error("the audio is empty")]
     Empty,
     #[error("the WAV file holds no samples")]
     NoSamples,
+    #[error(
+        "{seconds:.2} s of audio is implausibly short for {words} words (Gemini's silent truncation)"
+    )]
+    Implausible { seconds: f64, words: usize },
     #[error(
         "the bytes are not a known audio format (content type {content_type:?}, starts with {head})"
     )]
@@ -101,6 +105,22 @@ impl Audio {
             content_type: content_type.map(str::to_owned),
             head,
         })
+    }
+}
+
+/// Rejects audio too short for its text: Gemini sometimes answers success
+/// with truncated audio. Only checked when the duration is known (WAV).
+pub fn check_plausible(
+    audio: &Audio,
+    text: &str,
+    min_seconds_per_word: f64,
+) -> Result<(), AudioError> {
+    let words = text.split_whitespace().count();
+    match audio.duration_seconds {
+        Some(seconds) if seconds < words as f64 * min_seconds_per_word => {
+            Err(AudioError::Implausible { seconds, words })
+        }
+        _ => Ok(()),
     }
 }
 
@@ -232,6 +252,25 @@ mod tests {
         assert_eq!(a.format, AudioFormat::Wav);
         assert_eq!(a.duration_seconds, Some(1.0));
         assert_eq!(sniff(&a.bytes), Some(AudioFormat::Wav));
+    }
+
+    #[test]
+    fn audio_too_short_for_its_text_is_implausible() {
+        let half_second =
+            Audio::parse(Bytes::from(wav_from_pcm(&[0; 24_000], 24_000)), None).unwrap();
+        let ten_words = "one two three four five six seven eight nine ten";
+        assert!(check_plausible(&half_second, "hello there", 0.1).is_ok());
+        assert_eq!(
+            check_plausible(&half_second, ten_words, 0.1).unwrap_err(),
+            AudioError::Implausible {
+                seconds: 0.5,
+                words: 10
+            }
+        );
+        assert!(
+            check_plausible(&half_second, ten_words, 0.0).is_ok(),
+            "0 disables the check"
+        );
     }
 
     #[test]

@@ -13,6 +13,8 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
+pub use crate::failure::AccountPolicy;
+
 const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
 /// Why configuration could not be loaded.
@@ -38,9 +40,23 @@ pub struct Settings {
     pub segmind: SegmindSettings,
     pub s3: S3Settings,
     pub http: HttpSettings,
+    pub jobs: JobSettings,
     pub limits: RequestLimits,
     pub telemetry: TelemetrySettings,
     pub shutdown: ShutdownSettings,
+}
+
+/// How jobs are retried, resumed and paused.
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    pub max_deliveries: u32,
+    pub requeue_delay: Duration,
+    pub on_account_error: AccountPolicy,
+    pub probe_initial: Duration,
+    pub probe_max: Duration,
+    pub resume_window: Duration,
+    pub audio_retries: u32,
+    pub min_seconds_per_word: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -152,6 +168,7 @@ struct RawSettings {
     segmind: RawSegmind,
     s3: RawS3,
     http: RawHttp,
+    jobs: RawJobs,
     limits: RawLimits,
     telemetry: RawTelemetry,
     shutdown: RawShutdown,
@@ -206,6 +223,19 @@ struct RawS3 {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     addr: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJobs {
+    max_deliveries: u32,
+    requeue_delay: f64,
+    on_account_error: String,
+    probe_initial: f64,
+    probe_max: f64,
+    resume_window: f64,
+    audio_retries: u32,
+    min_seconds_per_word: f64,
 }
 
 #[derive(Deserialize)]
@@ -336,6 +366,7 @@ impl RawSettings {
                     )
                 })?,
             },
+            jobs: self.jobs.validate()?,
             limits: self.limits.validate()?,
             telemetry: self.telemetry.validate(otel_env)?,
             shutdown: ShutdownSettings {
@@ -520,6 +551,49 @@ impl RawS3 {
             prefix: self.prefix,
             force_path_style: self.force_path_style,
             max_attempts: self.max_attempts,
+        })
+    }
+}
+
+impl RawJobs {
+    fn validate(self) -> Result<JobSettings, ConfigError> {
+        if self.max_deliveries == 0 {
+            return Err(invalid("jobs.max_deliveries", "must be at least 1"));
+        }
+        let on_account_error = match self.on_account_error.as_str() {
+            "pause" => AccountPolicy::Pause,
+            "fail" => AccountPolicy::Fail,
+            other => {
+                return Err(invalid(
+                    "jobs.on_account_error",
+                    format!("must be \"pause\" or \"fail\", got {other:?}"),
+                ));
+            }
+        };
+        if !(0.0..=10.0).contains(&self.min_seconds_per_word) {
+            return Err(invalid(
+                "jobs.min_seconds_per_word",
+                "must be between 0 and 10",
+            ));
+        }
+        let probe_initial = seconds("jobs.probe_initial", self.probe_initial)?;
+        let probe_max = seconds("jobs.probe_max", self.probe_max)?;
+        if probe_max < probe_initial {
+            return Err(invalid(
+                "jobs.probe_max",
+                "must not be smaller than jobs.probe_initial",
+            ));
+        }
+        Ok(JobSettings {
+            max_deliveries: self.max_deliveries,
+            requeue_delay: Duration::try_from_secs_f64(self.requeue_delay)
+                .map_err(|e| invalid("jobs.requeue_delay", e.to_string()))?,
+            on_account_error,
+            probe_initial,
+            probe_max,
+            resume_window: seconds("jobs.resume_window", self.resume_window)?,
+            audio_retries: self.audio_retries,
+            min_seconds_per_word: self.min_seconds_per_word,
         })
     }
 }

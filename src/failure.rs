@@ -45,6 +45,9 @@ pub enum ErrorCode {
     StorageFailed,
     /// The audio was empty, too large, or not audio.
     AudioInvalid,
+    /// The message was delivered more times than allowed without finishing
+    /// (it crashed or stalled workers); dead-lettered.
+    PoisonMessage,
 }
 
 impl ErrorCode {
@@ -64,6 +67,7 @@ impl ErrorCode {
             ErrorCode::ProtocolError => "protocol_error",
             ErrorCode::StorageFailed => "storage_failed",
             ErrorCode::AudioInvalid => "audio_invalid",
+            ErrorCode::PoisonMessage => "poison_message",
         }
     }
 }
@@ -110,6 +114,42 @@ impl Failure {
             message: message.into(),
             http_status: None,
         }
+    }
+}
+
+/// What to do with a delivery whose job failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Publish the failure event and ack.
+    Fail,
+    /// Requeue it: a later delivery will likely succeed (and resume from the
+    /// job's checkpoint, so nothing is paid twice).
+    Requeue,
+    /// Requeue it and stop taking work until the account is fixed.
+    Pause,
+}
+
+/// What to do on an account-level failure (401, 403, 406).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountPolicy {
+    /// Stop consuming, requeue, probe until the account works again.
+    Pause,
+    /// Fail the job like any other permanent failure.
+    Fail,
+}
+
+/// Decides a failed job's fate. `attempt` counts deliveries from 1;
+/// `max_deliveries` is the limit after which a message is never requeued.
+pub fn disposition(
+    failure: &Failure,
+    attempt: u32,
+    max_deliveries: u32,
+    policy: AccountPolicy,
+) -> Disposition {
+    match failure.class {
+        Class::Account if policy == AccountPolicy::Pause => Disposition::Pause,
+        Class::Transient if attempt < max_deliveries => Disposition::Requeue,
+        _ => Disposition::Fail,
     }
 }
 
@@ -352,6 +392,40 @@ mod tests {
         );
         assert_eq!(f.code, ErrorCode::StorageFailed);
         assert!(f.retryable());
+    }
+
+    #[test]
+    fn disposition_is_decided_by_class_attempt_and_policy() {
+        let f = |code, class| Failure {
+            code,
+            class,
+            message: String::new(),
+            http_status: None,
+        };
+        let transient = f(ErrorCode::StorageFailed, Class::Transient);
+        let permanent = f(ErrorCode::ContentBlocked, Class::Permanent);
+        let account = f(ErrorCode::Unauthorized, Class::Account);
+        use AccountPolicy as P;
+        use Disposition as D;
+        let table = [
+            (&transient, 1, 5, P::Pause, D::Requeue),
+            (&transient, 4, 5, P::Pause, D::Requeue),
+            (&transient, 5, 5, P::Pause, D::Fail), // the last allowed delivery ends the job
+            (&transient, 9, 5, P::Fail, D::Fail),
+            (&permanent, 1, 5, P::Pause, D::Fail),
+            (&permanent, 1, 5, P::Fail, D::Fail),
+            (&account, 1, 5, P::Pause, D::Pause),
+            (&account, 7, 5, P::Pause, D::Pause), // pausing is not the job's fault
+            (&account, 1, 5, P::Fail, D::Fail),
+        ];
+        for (failure, attempt, max, policy, expected) in table {
+            assert_eq!(
+                disposition(failure, attempt, max, policy),
+                expected,
+                "{:?} attempt {attempt}/{max} {policy:?}",
+                failure.code
+            );
+        }
     }
 
     #[test]

@@ -190,7 +190,7 @@ pub struct TtsJob {
 pub struct StoredAudio {
     pub bucket: String,
     pub key: String,
-    pub content_type: &'static str,
+    pub content_type: String,
     pub size_bytes: u64,
     pub sha256: String,
     pub duration_seconds: Option<f64>,
@@ -205,6 +205,8 @@ pub struct Completed {
     pub inference_time_seconds: Option<f64>,
     pub attempts: u32,
     pub metadata: Option<Map<String, Value>>,
+    /// True when the audio was already stored and no Segmind call was made.
+    pub served_from_storage: bool,
 }
 
 /// A job that ended in failure; `code` and `retryable` come from

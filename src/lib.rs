@@ -6,6 +6,8 @@
 //!
 //! - [`app`]: wiring; builds everything from [`config::Settings`] and runs.
 //! - [`worker`]: one delivery to one confirmed terminal event ([`worker::process`]), and the bounded loop.
+//! - [`checkpoint`]: a job's durable record in the bucket (crash-resume, idempotent replays).
+//! - [`pause`]: pausing consumption on account-level failures.
 //! - [`wire`]: request JSON and CloudEvents, decoded into / encoded from [`job`] types.
 //! - [`job`]: domain types, valid by construction (voices, job ids, keys, outcomes).
 //! - [`segmind`]: the API client (submit, poll, result, download).
@@ -22,12 +24,14 @@ pub mod app;
 pub mod audio;
 pub mod broker;
 pub mod check;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod failure;
 pub mod http;
 pub mod job;
 pub mod metrics;
+pub mod pause;
 pub mod poll;
 pub mod retry;
 pub mod segmind;

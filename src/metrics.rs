@@ -44,6 +44,13 @@ pub struct Metrics {
     pub audio_bytes: Histogram,
     /// Terminal events and dead-letter copies published, by kind.
     pub published: IntCounterVec,
+    /// 1 while consumption is paused for an account-level reason (error code).
+    pub paused: IntGaugeVec,
+    /// Deliveries requeued instead of finished, by reason (an error code).
+    pub requeues: IntCounterVec,
+    /// Jobs resumed from a checkpoint instead of submitted again, and jobs
+    /// answered from storage, by kind.
+    pub resumed: IntCounterVec,
 }
 
 impl Metrics {
@@ -128,9 +135,36 @@ impl Metrics {
                 &["kind"],
             )
             .expect("static metric definition"),
+            paused: IntGaugeVec::new(
+                Opts::new(
+                    "tts_consumption_paused",
+                    "1 while consumption is paused, by reason (an account-level error code)",
+                ),
+                &["reason"],
+            )
+            .expect("static metric definition"),
+            requeues: IntCounterVec::new(
+                Opts::new(
+                    "tts_requeues_total",
+                    "Deliveries requeued instead of finished, by reason",
+                ),
+                &["reason"],
+            )
+            .expect("static metric definition"),
+            resumed: IntCounterVec::new(
+                Opts::new(
+                    "tts_jobs_resumed_total",
+                    "Jobs that reused earlier work: resumed polling or served from storage",
+                ),
+                &["kind"],
+            )
+            .expect("static metric definition"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
+            Box::new(m.paused.clone()),
+            Box::new(m.requeues.clone()),
+            Box::new(m.resumed.clone()),
             Box::new(m.queue_depth.clone()),
             Box::new(m.inference_duration.clone()),
             Box::new(m.job_duration.clone()),

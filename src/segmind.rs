@@ -129,12 +129,21 @@ pub struct Synthesis {
     pub http_calls: u32,
 }
 
-/// Where the API says a submitted job can be followed.
+/// A submission accepted by Segmind, and where to follow it.
 #[derive(Debug, Clone)]
-struct Submitted {
-    request_id: String,
+pub struct Submitted {
+    pub request_id: String,
     status_url: Url,
     response_url: Url,
+}
+
+/// What probing the account said.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Probe {
+    /// The key is accepted (and credits, when reported, are left).
+    Healthy,
+    /// Still failing, with the error to report.
+    Failing(String),
 }
 
 /// The body POSTed to `/v2/{model}`.
@@ -219,40 +228,85 @@ impl SegmindClient {
         self
     }
 
-    /// Runs the whole v2 flow for `speech`, bounded by `deadline`.
-    pub async fn synthesize(
+    /// Submits `speech`; `calls` counts the HTTP calls, retries included.
+    pub async fn submit(
         &self,
         speech: &Speech,
         deadline: Instant,
+        calls: &mut u32,
+    ) -> Result<Submitted, SegmindError> {
+        let started = Instant::now();
+        tokio::time::timeout_at(deadline, self.submit_call(speech, deadline, calls))
+            .await
+            .map_err(|_| SegmindError::Deadline {
+                request_id: None,
+                waited: started.elapsed(),
+            })?
+    }
+
+    /// Follows a request submitted earlier (by this or another worker).
+    pub fn resume(&self, request_id: &str) -> Submitted {
+        let mut status_url = self.base.clone();
+        status_url.set_path(&format!("v2/requests/{request_id}/status"));
+        let mut response_url = self.base.clone();
+        response_url.set_path(&format!("v2/requests/{request_id}"));
+        Submitted {
+            request_id: request_id.to_owned(),
+            status_url,
+            response_url,
+        }
+    }
+
+    /// Polls `job` until it is done, fetches the result and the audio, all
+    /// before `deadline`.
+    pub async fn wait_for_audio(
+        &self,
+        job: &Submitted,
+        deadline: Instant,
+        calls: &mut u32,
     ) -> Result<Synthesis, SegmindError> {
         let started = Instant::now();
-        let mut calls = 0u32;
-        let submitted =
-            tokio::time::timeout_at(deadline, self.submit(speech, deadline, &mut calls))
-                .await
-                .map_err(|_| SegmindError::Deadline {
-                    request_id: None,
-                    waited: started.elapsed(),
-                })??;
-        let request_id = submitted.request_id.clone();
-        let result = tokio::time::timeout_at(
-            deadline,
-            self.finish(&submitted, started, deadline, &mut calls),
-        )
-        .await
-        .map_err(|_| SegmindError::Deadline {
-            request_id: Some(request_id.clone()),
-            waited: started.elapsed(),
-        });
-        self.metrics.segmind_calls_per_job.observe(f64::from(calls));
+        let first_call = *calls;
+        let result = tokio::time::timeout_at(deadline, self.finish(job, started, deadline, calls))
+            .await
+            .map_err(|_| SegmindError::Deadline {
+                request_id: Some(job.request_id.clone()),
+                waited: started.elapsed(),
+            });
         let (audio, content_type, inference_time_seconds) = result??;
         Ok(Synthesis {
-            request_id,
+            request_id: job.request_id.clone(),
             audio,
             content_type,
             inference_time_seconds,
-            http_calls: calls,
+            http_calls: *calls - first_call,
         })
+    }
+
+    /// Checks whether the account works again, with one cheap call: the
+    /// status of a request id that does not exist. 404 means the key is
+    /// accepted; `x-remaining-credits`, when sent, must be positive.
+    pub async fn probe(&self) -> Probe {
+        let mut url = self.base.clone();
+        url.set_path(&format!("v2/requests/{}/status", uuid::Uuid::new_v4()));
+        match self.send_api(Endpoint::Status, self.api.get(url)).await {
+            Ok((status, headers, body)) => {
+                let credits = headers
+                    .get(REMAINING_CREDITS_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<f64>().ok());
+                match status.as_u16() {
+                    401 | 403 | 406 => Probe::Failing(
+                        status_error(Endpoint::Status, status, &headers, &body).to_string(),
+                    ),
+                    _ if credits.is_some_and(|c| c <= 0.0) => {
+                        Probe::Failing("no credits left (x-remaining-credits)".into())
+                    }
+                    _ => Probe::Healthy,
+                }
+            }
+            Err(e) => Probe::Failing(e.to_string()),
+        }
     }
 
     /// Polls until the job is done, fetches the result and the audio.
@@ -372,7 +426,7 @@ impl SegmindClient {
         result.map_err(|source| transport(endpoint, source))
     }
 
-    async fn submit(
+    async fn submit_call(
         &self,
         speech: &Speech,
         deadline: Instant,

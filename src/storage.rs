@@ -23,6 +23,8 @@ pub enum StorageError {
     Upload { key: String, detail: String },
     #[error("could not read s3 object {key}: {detail}")]
     Download { key: String, detail: String },
+    #[error("could not delete s3 object {key}: {detail}")]
+    Delete { key: String, detail: String },
     #[error("bucket {bucket} is not reachable: {detail}")]
     Bucket { bucket: String, detail: String },
 }
@@ -85,21 +87,29 @@ impl Storage {
         &self.bucket
     }
 
-    /// Uploads `audio` under `key`.
+    /// Uploads `audio` under `key`. The object's metadata carries what a
+    /// replayed completion event needs (checksum, job and request ids).
     pub async fn put(
         &self,
         key: &ObjectKey,
         audio: &Audio,
         job_id: &JobId,
+        request_id: &str,
     ) -> Result<StoredAudio, StorageError> {
         let sha256 = hex::encode(Sha256::digest(&audio.bytes));
-        self.client
+        let mut request = self
+            .client
             .put_object()
             .bucket(&self.bucket)
             .key(key.as_str())
             .content_type(audio.format.content_type())
             .metadata("sha256", &sha256)
             .metadata("job-id", job_id.as_str())
+            .metadata("segmind-request-id", request_id);
+        if let Some(d) = audio.duration_seconds {
+            request = request.metadata("duration-seconds", d.to_string());
+        }
+        request
             .body(ByteStream::from(audio.bytes.clone()))
             .send()
             .await
@@ -110,7 +120,7 @@ impl Storage {
         Ok(StoredAudio {
             bucket: self.bucket.clone(),
             key: key.to_string(),
-            content_type: audio.format.content_type(),
+            content_type: audio.format.content_type().to_owned(),
             size_bytes: audio.bytes.len() as u64,
             sha256,
             duration_seconds: audio.duration_seconds,
@@ -146,6 +156,96 @@ impl Storage {
         })
     }
 
+    /// Reads a small object whole; `None` when it does not exist.
+    pub async fn get_optional(&self, key: &str) -> Result<Option<bytes::Bytes>, StorageError> {
+        let err = |detail: String| StorageError::Download {
+            key: key.to_owned(),
+            detail,
+        };
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let body = out.body.collect().await.map_err(|e| err(e.to_string()))?;
+                Ok(Some(body.into_bytes()))
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(err(DisplayErrorContext(&e).to_string())),
+        }
+    }
+
+    /// Writes a small object (checkpoints).
+    pub async fn put_bytes(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+    ) -> Result<(), StorageError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| StorageError::Upload {
+                key: key.to_owned(),
+                detail: DisplayErrorContext(&e).to_string(),
+            })
+    }
+
+    /// Deletes an object; deleting a missing object is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| StorageError::Delete {
+                key: key.to_owned(),
+                detail: DisplayErrorContext(&e).to_string(),
+            })
+    }
+
+    /// What an object's metadata says, without reading it; `None` when missing.
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let meta = out.metadata();
+                let get = |k: &str| meta.and_then(|m| m.get(k)).cloned();
+                Ok(Some(ObjectInfo {
+                    size_bytes: out.content_length().and_then(|n| u64::try_from(n).ok()),
+                    content_type: out.content_type().map(str::to_owned),
+                    sha256: get("sha256"),
+                    job_id: get("job-id"),
+                    request_id: get("segmind-request-id"),
+                    duration_seconds: get("duration-seconds").and_then(|d| d.parse().ok()),
+                }))
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(StorageError::Download {
+                key: key.to_owned(),
+                detail: DisplayErrorContext(&e).to_string(),
+            }),
+        }
+    }
+
     /// Checks the bucket exists and the credentials can reach it.
     pub async fn check(&self) -> Result<(), StorageError> {
         self.client
@@ -168,4 +268,15 @@ pub struct StoredObject {
     pub content_type: Option<String>,
     /// The `sha256` metadata written at upload.
     pub sha256: Option<String>,
+}
+
+/// An object's size and the metadata the worker wrote with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectInfo {
+    pub size_bytes: Option<u64>,
+    pub content_type: Option<String>,
+    pub sha256: Option<String>,
+    pub job_id: Option<String>,
+    pub request_id: Option<String>,
+    pub duration_seconds: Option<f64>,
 }

@@ -405,6 +405,10 @@ pub struct CompletedData {
     pub attempts: u32,
     #[serde(default)]
     pub metadata: Option<Map<String, Value>>,
+    /// True when the audio was found in storage and no Segmind call was made
+    /// (a repeated or redelivered job).
+    #[serde(default)]
+    pub served_from_storage: bool,
 }
 
 /// `data` of a `tts.job.failed` event.
@@ -439,9 +443,29 @@ pub struct EncodedEvent {
     pub body: Vec<u8>,
 }
 
+/// The CloudEvents `id` of an outcome: the same outcome of the same job always
+/// gets the same id, so a consumer that meets an event twice (a redelivered
+/// job replays its completion) can drop the copy by `id`.
+pub fn event_id(outcome: &Outcome) -> String {
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x2b7c_1d9e_54a3_4f60_8e1b_c0d2_93a4_77f5);
+    let name = match outcome {
+        Outcome::Completed(c) => format!(
+            "completed\0{}\0{}\0{}",
+            c.job_id, c.audio.key, c.audio.sha256
+        ),
+        Outcome::Failed(f) => format!(
+            "failed\0{}\0{}\0{}",
+            f.job_id,
+            f.failure.code.as_str(),
+            f.request_id.as_deref().unwrap_or("")
+        ),
+    };
+    uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes()).to_string()
+}
+
 /// Encodes a terminal outcome as a CloudEvent.
 pub fn encode_event(outcome: &Outcome, source: &str, now: DateTime<Utc>) -> EncodedEvent {
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = event_id(outcome);
     let envelope = |kind: &'static str, subject: &str| CloudEvent {
         specversion: "1.0".into(),
         id: id.clone(),
@@ -460,7 +484,7 @@ pub fn encode_event(outcome: &Outcome, source: &str, now: DateTime<Utc>) -> Enco
                     uri: format!("s3://{}/{}", c.audio.bucket, c.audio.key),
                     bucket: c.audio.bucket.clone(),
                     key: c.audio.key.clone(),
-                    content_type: c.audio.content_type.into(),
+                    content_type: c.audio.content_type.clone(),
                     size_bytes: c.audio.size_bytes,
                     sha256: c.audio.sha256.clone(),
                     duration_seconds: c.audio.duration_seconds,
@@ -471,6 +495,7 @@ pub fn encode_event(outcome: &Outcome, source: &str, now: DateTime<Utc>) -> Enco
                 },
                 attempts: c.attempts,
                 metadata: c.metadata.clone(),
+                served_from_storage: c.served_from_storage,
             };
             (
                 COMPLETED_TYPE,
@@ -727,7 +752,7 @@ mod tests {
             audio: StoredAudio {
                 bucket: "b".into(),
                 key: "tts/j-1.wav".into(),
-                content_type: "audio/wav",
+                content_type: "audio/wav".into(),
                 size_bytes: 10,
                 sha256: "ab".into(),
                 duration_seconds: Some(1.5),
@@ -736,6 +761,7 @@ mod tests {
             inference_time_seconds: Some(40.0),
             attempts: 1,
             metadata: Some(json!({"t": "x"}).as_object().unwrap().clone()),
+            served_from_storage: false,
         })
     }
 
@@ -779,7 +805,11 @@ mod tests {
         assert_eq!(v["data"]["error"]["retryable"], false);
         assert!(v["data"].get("segmind").is_none());
         assert!(v["data"]["error"].get("http_status").is_none());
-        let a = encode_event(&failed, "s", Utc::now());
-        assert_ne!(a.id, e.id, "event ids are unique");
+        let again = encode_event(&failed, "s", Utc::now());
+        assert_eq!(
+            again.id, e.id,
+            "the same outcome keeps its id, so copies can be dropped"
+        );
+        assert_ne!(encode_event(&completed(), "s", Utc::now()).id, e.id);
     }
 }

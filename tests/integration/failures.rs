@@ -4,6 +4,7 @@
 use lapin::BasicProperties;
 use serde_json::json;
 use tts_worker::broker::header_str;
+use tts_worker::config::AccountPolicy;
 
 use crate::helpers::{spawn_app, spawn_app_with};
 
@@ -163,8 +164,12 @@ async fn empty_audio_fails_as_audio_invalid() {
 }
 
 #[tokio::test]
-async fn a_wrong_api_key_fails_as_unauthorized() {
-    let app = spawn_app_with(|c| c.api_key = "the-real-key".into(), |_| {}).await;
+async fn a_wrong_api_key_fails_as_unauthorized_when_configured_to_fail() {
+    let app = spawn_app_with(
+        |c| c.api_key = "the-real-key".into(),
+        |s| s.jobs.on_account_error = AccountPolicy::Fail,
+    )
+    .await;
     app.publish_json(json!({"text": "hello"})).await;
     let f = app.next_event().await;
     let f = f.failed();
@@ -178,8 +183,12 @@ async fn a_wrong_api_key_fails_as_unauthorized() {
 }
 
 #[tokio::test]
-async fn exhausted_credits_fail_as_insufficient_credits() {
-    let app = spawn_app_with(|c| c.credits = Some(0.0), |_| {}).await;
+async fn exhausted_credits_fail_as_insufficient_credits_when_configured_to_fail() {
+    let app = spawn_app_with(
+        |c| c.credits = Some(0.0),
+        |s| s.jobs.on_account_error = AccountPolicy::Fail,
+    )
+    .await;
     app.publish_json(json!({"text": "hello"})).await;
     let f = app.next_event().await;
     assert_eq!(f.failed().error.code, "insufficient_credits");

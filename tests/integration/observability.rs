@@ -99,6 +99,17 @@ async fn the_api_key_stays_secret() {
         .kill_on_drop(true)
         .spawn()
         .expect("the binary starts");
+    // Read both pipes as the binary writes: a full pipe would block it.
+    let mut stderr = child.stderr.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let logs_task = tokio::spawn(async move {
+        let (mut err, mut out) = (String::new(), String::new());
+        let _ = tokio::join!(
+            stderr.read_to_string(&mut err),
+            stdout.read_to_string(&mut out)
+        );
+        err + &out
+    });
 
     // Wait for the binary to declare its queue, then give it a job.
     let queue = format!("{}.bin", amqp.requests_queue);
@@ -122,7 +133,22 @@ async fn the_api_key_stays_secret() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(declared, "the binary declared its queue");
-    let received = app.next_event().await;
+    let events = app.events_queue().to_owned();
+    if app
+        .get_from(&events, Duration::from_secs(0))
+        .await
+        .is_some()
+    {
+        panic!("an event arrived before the job was processed");
+    }
+    let received = match tokio::time::timeout(Duration::from_secs(30), app.next_event()).await {
+        Ok(r) => r,
+        Err(_) => {
+            let _ = child.start_kill();
+            let logs = logs_task.await.unwrap();
+            panic!("no event from the binary; its logs:\n{logs}");
+        }
+    };
     assert_eq!(received.completed().job_id, "secret-1");
     assert!(!String::from_utf8_lossy(&received.raw).contains(&app.api_key));
 
@@ -136,23 +162,7 @@ async fn the_api_key_stays_secret() {
         .expect("exits after SIGTERM")
         .unwrap();
     assert!(status.success(), "{status:?}");
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .await
-        .unwrap();
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .await
-        .unwrap();
-    logs.push_str(&out);
+    let logs = logs_task.await.unwrap();
     assert!(
         logs.contains("secret-1"),
         "debug logs were captured:\n{logs}"

@@ -57,7 +57,10 @@ async fn a_rate_limit_window_is_waited_out_from_its_reset_header() {
     // shorter than the window and few attempts, the job ends rate_limited.
     let app = spawn_app_with(
         |c| c.rate_limit_per_minute = Some(1),
-        |s| s.segmind.retry.attempts = 3,
+        |s| {
+            s.segmind.retry.attempts = 3;
+            s.jobs.max_deliveries = 1;
+        },
     )
     .await;
     app.publish_json(json!({"text": "first", "job_id": "first"}))

@@ -1,0 +1,197 @@
+//! A job's checkpoint: a small JSON object in the bucket, at
+//! `{s3.prefix}_checkpoints/{job_id}.json`.
+//!
+//! It is written right after Segmind accepts a submission (so a redelivered
+//! job resumes polling the same request instead of paying for a second one)
+//! and updated once the audio is stored (so a repeated job is answered from
+//! storage without calling Segmind at all). The bucket is the one durable
+//! store the worker already depends on, and it is shared by every replica,
+//! which is what resuming another worker's job needs.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::job::{JobId, Speech, StoredAudio};
+use crate::storage::{Storage, StorageError};
+
+/// The persisted form of a checkpoint (versioned by its fields' defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub job_id: String,
+    /// Segmind's request id of the submission this job is waiting on.
+    pub request_id: String,
+    pub submitted_at: DateTime<Utc>,
+    /// Hash of what was asked; a job id reused for different speech is never
+    /// resumed or replayed.
+    pub fingerprint: String,
+    /// Set once the audio is in the bucket.
+    #[serde(default)]
+    pub stored: Option<StoredRecord>,
+}
+
+/// Where a job's audio went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredRecord {
+    pub key: String,
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub content_type: String,
+    #[serde(default)]
+    pub duration_seconds: Option<f64>,
+    #[serde(default)]
+    pub inference_time_seconds: Option<f64>,
+}
+
+impl StoredRecord {
+    pub fn from_stored(audio: &StoredAudio, inference_time_seconds: Option<f64>) -> Self {
+        StoredRecord {
+            key: audio.key.clone(),
+            sha256: audio.sha256.clone(),
+            size_bytes: audio.size_bytes,
+            content_type: audio.content_type.to_owned(),
+            duration_seconds: audio.duration_seconds,
+            inference_time_seconds,
+        }
+    }
+}
+
+/// A stable hash of the speech a job asks for.
+pub fn fingerprint(speech: &Speech) -> String {
+    let mut h = Sha256::new();
+    h.update(speech.text.as_bytes());
+    h.update([0]);
+    h.update(speech.voice_1.name().as_bytes());
+    h.update([0]);
+    h.update(speech.voice_2.map_or("", |v| v.name()).as_bytes());
+    h.update([0]);
+    h.update(speech.temperature.to_bits().to_le_bytes());
+    hex::encode(h.finalize())
+}
+
+/// Reads and writes checkpoints.
+#[derive(Clone)]
+pub struct Checkpoints {
+    storage: Storage,
+    prefix: String,
+    /// How long after submission a result can still be fetched (Segmind keeps
+    /// results for 1 hour; this is kept below that).
+    resume_window: Duration,
+}
+
+impl Checkpoints {
+    pub fn new(storage: Storage, s3_prefix: &str, resume_window: Duration) -> Self {
+        Checkpoints {
+            storage,
+            prefix: format!("{s3_prefix}_checkpoints/"),
+            resume_window,
+        }
+    }
+
+    pub fn key(&self, job_id: &JobId) -> String {
+        format!("{}{job_id}.json", self.prefix)
+    }
+
+    /// The checkpoint of `job_id` if it is for the same `speech`.
+    pub async fn load(
+        &self,
+        job_id: &JobId,
+        speech: &Speech,
+    ) -> Result<Option<Checkpoint>, StorageError> {
+        let Some(bytes) = self.storage.get_optional(&self.key(job_id)).await? else {
+            return Ok(None);
+        };
+        let checkpoint: Checkpoint = match serde_json::from_slice(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring an unreadable checkpoint");
+                return Ok(None);
+            }
+        };
+        if checkpoint.fingerprint != fingerprint(speech) {
+            tracing::warn!("job id reused for different speech; ignoring its checkpoint");
+            return Ok(None);
+        }
+        Ok(Some(checkpoint))
+    }
+
+    pub async fn save(&self, checkpoint: &Checkpoint) -> Result<(), StorageError> {
+        let job_id = JobId::parse(&checkpoint.job_id, usize::MAX).map_err(|detail| {
+            StorageError::Upload {
+                key: checkpoint.job_id.clone(),
+                detail,
+            }
+        })?;
+        // Serializing a struct of strings and numbers cannot fail.
+        let body = serde_json::to_vec(checkpoint).unwrap_or_default();
+        self.storage
+            .put_bytes(&self.key(&job_id), body, "application/json")
+            .await
+    }
+
+    pub async fn delete(&self, job_id: &JobId) -> Result<(), StorageError> {
+        self.storage.delete(&self.key(job_id)).await
+    }
+
+    /// Whether the checkpoint's Segmind result may still exist.
+    pub fn resumable(&self, checkpoint: &Checkpoint, now: DateTime<Utc>) -> bool {
+        (now - checkpoint.submitted_at)
+            .to_std()
+            .is_ok_and(|age| age < self.resume_window)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::Voice;
+
+    fn speech(text: &str) -> Speech {
+        Speech {
+            text: text.into(),
+            voice_1: Voice::parse("Kore").unwrap(),
+            voice_2: None,
+            temperature: 0.4,
+        }
+    }
+
+    #[test]
+    fn fingerprints_differ_for_any_change_of_speech() {
+        let base = fingerprint(&speech("hello"));
+        assert_eq!(base, fingerprint(&speech("hello")));
+        assert_ne!(base, fingerprint(&speech("hello!")));
+        let mut s = speech("hello");
+        s.voice_2 = Some(Voice::parse("Puck").unwrap());
+        assert_ne!(base, fingerprint(&s));
+        let mut s = speech("hello");
+        s.temperature = 0.41;
+        assert_ne!(base, fingerprint(&s));
+    }
+
+    #[test]
+    fn old_checkpoints_are_not_resumed() {
+        let storage = Storage::with_static_credentials(
+            &crate::config::Settings::load_from(None, &[]).unwrap().s3,
+            "k",
+            "s",
+        );
+        let c = Checkpoints::new(storage, "tts/", Duration::from_secs(3300));
+        let now = Utc::now();
+        let mut cp = Checkpoint {
+            job_id: "j".into(),
+            request_id: "r".into(),
+            submitted_at: now - chrono::Duration::minutes(10),
+            fingerprint: String::new(),
+            stored: None,
+        };
+        assert!(c.resumable(&cp, now));
+        cp.submitted_at = now - chrono::Duration::minutes(56);
+        assert!(!c.resumable(&cp, now));
+        assert_eq!(
+            c.key(&JobId::parse("j-1", 64).unwrap()),
+            "tts/_checkpoints/j-1.json"
+        );
+    }
+}
