@@ -64,7 +64,7 @@ pub enum Settlement {
 
 /// How a job's processing ended.
 enum JobEnd {
-    Finished(Outcome),
+    Finished(Box<Outcome>),
     /// Try again on a later delivery; the reason is an error code.
     Requeue(ErrorCode),
 }
@@ -153,7 +153,7 @@ async fn settle(ctx: &JobContext, delivery: &Delivery) -> (Settlement, Option<&'
                 )
             }
             Ok(job) => match run_job(ctx, job, attempt).await {
-                JobEnd::Finished(outcome) => (outcome, false),
+                JobEnd::Finished(outcome) => (*outcome, false),
                 JobEnd::Requeue(reason) => {
                     ctx.metrics
                         .requeues
@@ -213,7 +213,7 @@ async fn run_job(ctx: &JobContext, job: &TtsJob, attempt: u32) -> JobEnd {
         ctx.metrics.segmind_calls_per_job.observe(f64::from(calls));
     }
     let err = match result {
-        Ok(completed) => return JobEnd::Finished(Outcome::Completed(completed)),
+        Ok(completed) => return JobEnd::Finished(Box::new(Outcome::Completed(completed))),
         Err(err) => err,
     };
     let failure = failure::classify(&err, &ctx.block_patterns);
@@ -229,13 +229,13 @@ async fn run_job(ctx: &JobContext, job: &TtsJob, attempt: u32) -> JobEnd {
     ) {
         Disposition::Fail => {
             warn!(code = failure.code.as_str(), error = %err, "job failed");
-            JobEnd::Finished(Outcome::Failed(Failed {
+            JobEnd::Finished(Box::new(Outcome::Failed(Failed {
                 job_id: job.id.clone(),
                 failure,
                 request_id,
                 attempts: attempt,
                 metadata: job.metadata.clone(),
-            }))
+            })))
         }
         Disposition::Requeue => {
             warn!(code = failure.code.as_str(), error = %err, "transient failure");
