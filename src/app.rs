@@ -38,7 +38,7 @@ impl Session {
     /// opens the publishing channel in confirm mode.
     async fn open(settings: &Settings) -> anyhow::Result<Self> {
         let amqp = &settings.amqp;
-        let name = connection_name();
+        let name = connection_name(&amqp.requests_queue);
         let connection = broker::connect(&amqp.url, amqp.connect_timeout, &name)
             .await
             .context("connecting to the broker (amqp.url)")?;
@@ -300,11 +300,14 @@ fn hostname() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn connection_name() -> String {
+/// Shown in the broker's connection list: host, process and queue, plus a
+/// random part so a reconnection is told apart from its predecessor.
+fn connection_name(queue: &str) -> String {
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
     format!(
-        "tts-worker@{}:{}:{}",
+        "tts-worker@{}:{} {queue} {}",
         hostname(),
         std::process::id(),
-        uuid::Uuid::new_v4().simple()
+        &nonce[..8]
     )
 }

@@ -221,6 +221,11 @@ impl SimHandle {
         lock(&self.shared).injected.extend(statuses.iter().copied());
     }
 
+    /// Changes the accepted API key (to break or fix the "account").
+    pub fn set_api_key(&self, key: &str) {
+        lock(&self.shared).config.api_key = key.to_owned();
+    }
+
     pub fn set_credits(&self, credits: Option<f64>) {
         lock(&self.shared).credits = credits;
     }

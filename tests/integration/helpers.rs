@@ -121,14 +121,7 @@ pub async fn spawn_app_with(
     settings_fn(&mut settings);
 
     let storage = storage_for(&settings);
-    let app = Application::build_with_storage(settings.clone(), storage.clone())
-        .await
-        .expect("the worker starts");
-    let ops_addr = app.ops_addr();
-    let (tx, rx) = oneshot::channel::<()>();
-    let worker = tokio::spawn(app.run_until_stopped(async {
-        let _ = rx.await;
-    }));
+    let (ops_addr, tx, worker) = start_worker(&settings, &storage).await;
 
     let connection = broker::connect(&settings.amqp.url, Duration::from_secs(10), "tests")
         .await
@@ -152,6 +145,24 @@ pub async fn spawn_app_with(
         shutdown: Some(tx),
         worker: Some(worker),
     }
+}
+
+type WorkerHandle = (
+    SocketAddr,
+    oneshot::Sender<()>,
+    JoinHandle<anyhow::Result<()>>,
+);
+
+async fn start_worker(settings: &Settings, storage: &Storage) -> WorkerHandle {
+    let app = Application::build_with_storage(settings.clone(), storage.clone())
+        .await
+        .expect("the worker starts");
+    let ops_addr = app.ops_addr();
+    let (tx, rx) = oneshot::channel::<()>();
+    let worker = tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    (ops_addr, tx, worker)
 }
 
 /// A decoded event and the AMQP properties it came with.
@@ -267,6 +278,83 @@ impl TestApp {
             .text()
             .await
             .unwrap()
+    }
+
+    /// Stops the worker (as SIGTERM would) and starts a new one on the same
+    /// queues, bucket prefix and simulator, with `adjust` applied.
+    pub async fn restart_worker(&mut self, adjust: impl FnOnce(&mut Settings)) {
+        self.stop_worker().await;
+        adjust(&mut self.settings);
+        let (ops_addr, tx, worker) = start_worker(&self.settings, &self.storage).await;
+        self.ops_addr = ops_addr;
+        self.shutdown = Some(tx);
+        self.worker = Some(worker);
+    }
+
+    /// Stops the worker, leaving queues in place.
+    pub async fn stop_worker(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(worker) = self.worker.take() {
+            worker
+                .await
+                .expect("worker task")
+                .expect("worker stops cleanly");
+        }
+    }
+
+    /// Messages ready in the requests queue.
+    pub async fn requests_ready(&self) -> u32 {
+        broker::queue_depth(&self.channel, self.requests_queue())
+            .await
+            .expect("requests queue exists")
+    }
+
+    /// Closes the worker's broker connection from the broker's side, as a
+    /// broker restart or network cut would.
+    pub fn kill_worker_connection(&self) -> usize {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "list_connections", "pid", "client_properties"])
+            .output()
+            .expect("rabbitmqctl runs");
+        let listing = String::from_utf8_lossy(&out.stdout);
+        let queue = self.requests_queue().to_owned();
+        let mut closed = 0;
+        for line in listing
+            .lines()
+            .filter(|l| l.contains(&format!(" {queue} ")))
+        {
+            let Some(pid) = line.split_whitespace().next() else {
+                continue;
+            };
+            let status = std::process::Command::new("rabbitmqctl")
+                .args(["-q", "close_connection", pid, "test: simulated broker loss"])
+                .status()
+                .expect("rabbitmqctl runs");
+            closed += usize::from(status.success());
+        }
+        closed
+    }
+
+    /// How many broker connections the worker has open now.
+    pub fn kill_worker_connection_count(&self) -> usize {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "list_connections", "client_properties"])
+            .output()
+            .expect("rabbitmqctl runs");
+        let queue = format!(" {} ", self.requests_queue());
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&queue))
+            .count()
+    }
+
+    pub async fn ready(&self) -> u16 {
+        match reqwest::get(format!("http://{}/readyz", self.ops_addr)).await {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        }
     }
 
     /// Stops the worker and returns how many requests are left in the queue

@@ -5,5 +5,6 @@ mod failures;
 mod helpers;
 mod observability;
 mod pipeline;
+mod recovery;
 mod resilience;
 mod simulator;

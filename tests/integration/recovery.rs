@@ -1,0 +1,371 @@
+//! Nothing lost, nothing paid twice: crash-resume, idempotent replays,
+//! account-level pause, graceful shutdown, broker loss, storage outages,
+//! poison messages.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tts_worker::checkpoint::{self, Checkpoint, Checkpoints};
+use tts_worker::job::{JobId, Speech, Voice};
+
+use crate::helpers::{TestApp, spawn_app, spawn_app_with};
+
+fn speech(text: &str) -> Speech {
+    Speech {
+        text: text.into(),
+        voice_1: Voice::parse("Kore").unwrap(),
+        voice_2: None,
+        temperature: 0.4,
+    }
+}
+
+fn checkpoints(app: &TestApp) -> Checkpoints {
+    Checkpoints::new(
+        app.storage.clone(),
+        &app.settings.s3.prefix,
+        Duration::from_secs(3300),
+    )
+}
+
+/// Submits straight to the simulator, as a worker that died right after its
+/// checkpoint would have, and writes that checkpoint.
+async fn submitted_by_a_dead_worker(app: &TestApp, job_id: &str, text: &str) -> String {
+    let submitted: Value = reqwest::Client::new()
+        .post(format!("{}/v2/gemini-2.5-pro-tts", app.sim.base_url()))
+        .header("x-api-key", &app.api_key)
+        .json(&json!({"text": text, "voice_1": "Kore", "temperature": 0.4}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let request_id = submitted["request_id"].as_str().unwrap().to_owned();
+    checkpoints(app)
+        .save(&Checkpoint {
+            job_id: job_id.into(),
+            request_id: request_id.clone(),
+            submitted_at: chrono::Utc::now(),
+            fingerprint: checkpoint::fingerprint(&speech(text)),
+            stored: None,
+        })
+        .await
+        .unwrap();
+    request_id
+}
+
+#[tokio::test]
+async fn a_redelivered_job_resumes_its_segmind_request_instead_of_paying_again() {
+    let app = spawn_app().await;
+    let request_id = submitted_by_a_dead_worker(&app, "resume-1", "already paid for").await;
+    app.publish_json(json!({"text": "already paid for", "job_id": "resume-1"}))
+        .await;
+    let received = app.next_event().await;
+    let data = received.completed();
+    assert_eq!(
+        data.segmind.request_id, request_id,
+        "the earlier request was resumed"
+    );
+    assert_eq!(app.sim.stats().submits_accepted, 1, "no second submission");
+    assert!(
+        app.metrics()
+            .await
+            .contains("tts_jobs_resumed_total{kind=\"poll\"} 1")
+    );
+    assert_eq!(app.stop().await, 0);
+}
+
+#[tokio::test]
+async fn an_expired_checkpoint_falls_back_to_a_fresh_submit() {
+    let app = spawn_app_with(
+        |c| {
+            c.retention = Duration::ZERO;
+            c.latency_mean = Duration::from_millis(50);
+        },
+        |_| {},
+    )
+    .await;
+    let old = submitted_by_a_dead_worker(&app, "resume-2", "expired at segmind").await;
+    // Let the simulator drop the old result, then serve the new job normally.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.publish_json(json!({"text": "expired at segmind", "job_id": "resume-2"}))
+        .await;
+    let received = app.next_event().await;
+    let stats = app.sim.stats();
+    assert_eq!(
+        stats.submits_accepted, 2,
+        "a 404 on resume leads to one fresh submission"
+    );
+    // With zero retention the fresh result expires as soon as it is ready,
+    // so the job ends `expired` — on the new request, not the old one.
+    let f = received.failed();
+    assert_eq!(f.error.code, "expired");
+    let new = f
+        .segmind
+        .as_ref()
+        .expect("the request is named")
+        .request_id
+        .clone();
+    assert_ne!(new, old);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_checkpoint_for_different_speech_is_not_resumed() {
+    let app = spawn_app().await;
+    let other = submitted_by_a_dead_worker(&app, "reused-id", "the first request").await;
+    app.publish_json(json!({"text": "a different request", "job_id": "reused-id"}))
+        .await;
+    let received = app.next_event().await;
+    assert_ne!(received.completed().segmind.request_id, other);
+    assert_eq!(app.sim.stats().submits_accepted, 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_repeated_job_is_served_from_storage_with_the_same_event_id() {
+    let app = spawn_app().await;
+    let body = json!({"text": "say it once", "job_id": "once-1"});
+    app.publish_json(body.clone()).await;
+    let first = app.next_event().await;
+    assert!(!first.completed().served_from_storage);
+    app.publish_json(body).await;
+    let second = app.next_event().await;
+    let data = second.completed();
+    assert!(data.served_from_storage);
+    assert_eq!(data.audio.sha256, first.completed().audio.sha256);
+    assert_eq!(
+        second.event.id, first.event.id,
+        "consumers can drop the copy by id"
+    );
+    assert_eq!(
+        app.sim.stats().submits_accepted,
+        1,
+        "no Segmind call for the repeat"
+    );
+    assert_eq!(app.sim.stats().status_polls, first_polls(&app, &first));
+    assert_eq!(app.stop().await, 0);
+}
+
+fn first_polls(app: &TestApp, first: &crate::helpers::Received) -> u64 {
+    u64::from(app.sim.stats().requests[&first.completed().segmind.request_id].status_polls)
+}
+
+#[tokio::test]
+async fn a_tampered_object_is_produced_again_rather_than_replayed() {
+    let app = spawn_app().await;
+    let body = json!({"text": "check my checksum", "job_id": "tamper-1"});
+    app.publish_json(body.clone()).await;
+    let first = app.next_event().await;
+    let key = first.completed().audio.key.clone();
+    // Someone overwrites the object (no checksum metadata).
+    app.storage
+        .put_bytes(&key, b"not the audio".to_vec(), "audio/wav")
+        .await
+        .unwrap();
+    app.publish_json(body).await;
+    let second = app.next_event().await;
+    assert!(!second.completed().served_from_storage);
+    let object = app.storage.get(&key).await.unwrap();
+    assert_eq!(
+        object.sha256.as_deref(),
+        Some(second.completed().audio.sha256.as_str())
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn account_errors_pause_consumption_and_resume_when_fixed() {
+    let app = spawn_app_with(
+        |c| c.api_key = "not-yet-valid".into(),
+        |s| {
+            s.jobs.probe_initial = Duration::from_millis(200);
+            s.jobs.probe_max = Duration::from_millis(400);
+        },
+    )
+    .await;
+    app.publish_json(json!({"text": "wait for the account", "job_id": "acct-1"}))
+        .await;
+    // The job meets a 401: the worker pauses instead of failing it.
+    let mut paused = false;
+    for _ in 0..50 {
+        let m = app.metrics().await;
+        if m.contains("tts_consumption_paused{reason=\"unauthorized\"} 1") {
+            paused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(paused, "the pause gauge was set");
+    assert_eq!(app.ready().await, 503, "not ready while paused");
+    let early = app
+        .get_from(app.events_queue(), Duration::from_millis(300))
+        .await;
+    assert!(early.is_none(), "the job was not failed");
+    tokio::time::sleep(Duration::from_millis(1500)).await; // probes keep failing
+    assert!(
+        app.metrics()
+            .await
+            .contains("tts_requeues_total{reason=\"unauthorized\"} 1")
+    );
+
+    // The account is fixed: the probe notices, consumption resumes by itself.
+    let key = app.api_key.clone();
+    app.sim.set_api_key(&key);
+    let received = app.next_event().await;
+    assert_eq!(received.completed().job_id, "acct-1");
+    assert!(
+        app.metrics()
+            .await
+            .contains("tts_consumption_paused{reason=\"unauthorized\"} 0")
+    );
+    assert_eq!(app.ready().await, 200);
+    assert_eq!(app.stop().await, 0);
+}
+
+#[tokio::test]
+async fn exhausted_credits_pause_until_credits_return() {
+    let app = spawn_app_with(
+        |c| c.credits = Some(0.0),
+        |s| s.jobs.probe_initial = Duration::from_millis(200),
+    )
+    .await;
+    app.publish_json(json!({"text": "needs credits", "job_id": "credits-1"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        app.metrics()
+            .await
+            .contains("tts_consumption_paused{reason=\"insufficient_credits\"} 1")
+    );
+    app.sim.set_credits(Some(10.0));
+    assert_eq!(app.next_event().await.completed().job_id, "credits-1");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_requeues_unfinished_jobs_and_the_next_worker_resumes_them() {
+    let mut app = spawn_app_with(
+        |_| {},
+        |s| s.shutdown.grace_period = Duration::from_millis(300),
+    )
+    .await;
+    app.publish_json(json!({"text": "a long one [[sim:latency=3]]", "job_id": "long-1"}))
+        .await;
+    // Wait until it is submitted (and checkpointed).
+    for _ in 0..50 {
+        if app.sim.stats().submits_accepted == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.stop_worker().await;
+    assert_eq!(
+        app.requests_ready().await,
+        1,
+        "the unfinished job is back in the queue"
+    );
+    let saved = checkpoints(&app)
+        .load(
+            &JobId::parse("long-1", 64).unwrap(),
+            &speech("a long one [[sim:latency=3]]"),
+        )
+        .await
+        .unwrap();
+    assert!(saved.is_some(), "its checkpoint survives the worker");
+
+    app.restart_worker(|_| {}).await;
+    let received = app.next_event().await;
+    let data = received.completed();
+    assert_eq!(data.attempts, 2, "second delivery");
+    assert_eq!(
+        app.sim.stats().submits_accepted,
+        1,
+        "resumed, not submitted again"
+    );
+    assert_eq!(app.stop().await, 0);
+}
+
+#[tokio::test]
+async fn a_message_that_never_finishes_is_dead_lettered_as_poison() {
+    let mut app = spawn_app_with(
+        |_| {},
+        |s| {
+            s.shutdown.grace_period = Duration::from_millis(100);
+            s.jobs.max_deliveries = 1;
+        },
+    )
+    .await;
+    let body = br#"{"text":"I stall every worker [[sim:latency=30]]","job_id":"poison-1"}"#;
+    app.publish_raw(body, Default::default()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The worker is stopped mid-job (as a crash or a timeout would), so the
+    // broker redelivers; the second delivery is over the limit.
+    app.restart_worker(|_| {}).await;
+    let received = app.next_event().await;
+    let f = received.failed();
+    assert_eq!(f.error.code, "poison_message");
+    assert!(
+        f.error.message.contains("delivered 2 times"),
+        "{}",
+        f.error.message
+    );
+    let dead = app.next_dead_letter().await;
+    assert_eq!(dead.delivery.data, body.to_vec());
+    assert_eq!(app.stop().await, 0);
+}
+
+#[tokio::test]
+async fn a_storage_outage_requeues_until_the_last_delivery_then_fails() {
+    let app = spawn_app_with(
+        |_| {},
+        |s| {
+            s.s3.endpoint = Some("http://127.0.0.1:9".parse().unwrap()); // nothing listens
+            s.s3.max_attempts = 1;
+            s.jobs.max_deliveries = 2;
+            s.jobs.requeue_delay = Duration::from_millis(100);
+        },
+    )
+    .await;
+    app.publish_json(json!({"text": "store me", "job_id": "s3-down-1"}))
+        .await;
+    let received = app.next_event().await;
+    let f = received.failed();
+    assert_eq!(f.error.code, "storage_failed");
+    assert!(f.error.retryable);
+    assert_eq!(f.attempts, 2);
+    assert!(
+        app.metrics()
+            .await
+            .contains("tts_requeues_total{reason=\"storage_failed\"} 1")
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_lost_broker_connection_is_reestablished() {
+    let app = spawn_app().await;
+    app.publish_json(json!({"text": "before", "job_id": "before-1"}))
+        .await;
+    app.next_event().await.completed();
+    assert!(
+        app.kill_worker_connection() >= 1,
+        "found the worker's connection"
+    );
+    // Readiness reports the outage or has already recovered; either way the
+    // worker must come back and take new work.
+    let mut recovered = false;
+    for _ in 0..100 {
+        if app.ready().await == 200 && app.kill_worker_connection_count() == 1 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "the worker reconnected");
+    app.publish_json(json!({"text": "after", "job_id": "after-1"}))
+        .await;
+    assert_eq!(app.next_event().await.completed().job_id, "after-1");
+    assert_eq!(app.stop().await, 0);
+}
