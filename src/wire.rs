@@ -453,12 +453,9 @@ pub fn event_id(outcome: &Outcome) -> String {
             "completed\0{}\0{}\0{}",
             c.job_id, c.audio.key, c.audio.sha256
         ),
-        Outcome::Failed(f) => format!(
-            "failed\0{}\0{}\0{}",
-            f.job_id,
-            f.failure.code.as_str(),
-            f.request_id.as_deref().unwrap_or("")
-        ),
+        // Not the Segmind request: a job redelivered mid-failure may fail
+        // again on another request, and must still be one event.
+        Outcome::Failed(f) => format!("failed\0{}\0{}", f.job_id, f.failure.code.as_str()),
     };
     uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes()).to_string()
 }

@@ -147,6 +147,9 @@ pub struct SimStats {
     pub faults_injected: u64,
     /// The most jobs queued or processing at once.
     pub peak_in_progress: u64,
+    /// Accepted submissions per text (markers removed, first 80 characters):
+    /// tells how many times one job was paid for.
+    pub submits_by_text: HashMap<String, u32>,
     pub requests: HashMap<String, RequestCounts>,
 }
 
@@ -481,6 +484,8 @@ async fn submit_v2(
     }
     let id = uuid::Uuid::new_v4().to_string();
     let job = new_job(&inner.config, text, two_speakers);
+    let text_key: String = job.text.chars().take(80).collect();
+    *inner.stats.submits_by_text.entry(text_key).or_default() += 1;
     inner.jobs.insert(id.clone(), job);
     let now = Instant::now();
     let in_progress = inner.jobs.values().filter(|j| j.done_at > now).count() as u64;
