@@ -809,4 +809,97 @@ mod tests {
         );
         assert_ne!(encode_event(&completed(), "s", Utc::now()).id, e.id);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// What every decode must guarantee, whatever the input.
+        fn check_invariants(d: &DecodedRequest, limits: &RequestLimits) {
+            assert!(JobId::parse(d.job_id.as_str(), limits.max_job_id_len).is_ok());
+            match &d.job {
+                Ok(job) => {
+                    assert!(!job.speech.text.trim().is_empty());
+                    assert!(job.speech.text.chars().count() <= limits.max_text_chars);
+                    assert!(TEMPERATURE_RANGE.contains(&job.speech.temperature));
+                    assert_eq!(job.id, d.job_id);
+                    if let Some(k) = &job.output_key {
+                        assert!(ObjectKey::parse(k.as_str(), limits.max_output_key_len).is_ok());
+                    }
+                }
+                Err(e) => assert!(!e.errors.is_empty(), "a rejection names at least one rule"),
+            }
+        }
+
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<f64>().prop_map(
+                    |f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+                ),
+                any::<i64>().prop_map(|i| Value::Number(i.into())),
+                ".{0,40}".prop_map(Value::String),
+                prop::sample::select(crate::job::VOICES.to_vec())
+                    .prop_map(|v| Value::String(v.into())),
+            ];
+            leaf.prop_recursive(3, 16, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::btree_map(".{0,8}", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn request_object() -> impl Strategy<Value = Value> {
+            let key = prop_oneof![
+                prop::sample::select(KNOWN_FIELDS.to_vec()).prop_map(str::to_owned),
+                ".{0,12}",
+            ];
+            prop::collection::btree_map(key, json_value(), 0..8)
+                .prop_map(|m| Value::Object(m.into_iter().collect()))
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512),
+                                           message_id in prop::option::of(".{0,40}")) {
+                let limits = RequestLimits::default();
+                let d = decode_request(&bytes, message_id.as_deref(), &limits);
+                check_invariants(&d, &limits);
+            }
+
+            #[test]
+            fn arbitrary_json_objects_never_panic(obj in request_object()) {
+                let limits = RequestLimits::default();
+                let bytes = serde_json::to_vec(&obj).unwrap();
+                let d = decode_request(&bytes, None, &limits);
+                check_invariants(&d, &limits);
+                // Unknown keys are always rejected.
+                let unknown = obj.as_object().unwrap().keys().any(|k| !KNOWN_FIELDS.contains(&k.as_str()));
+                if unknown {
+                    prop_assert!(d.job.is_err());
+                }
+            }
+
+            #[test]
+            fn valid_requests_are_accepted_as_written(
+                text in "[a-zA-Z][a-zA-Z ,.!?]{0,200}",
+                voice in prop::sample::select(crate::job::VOICES.to_vec()),
+                temperature in 0.0f64..=2.0,
+                job_id in "[a-z0-9][a-z0-9_-]{0,40}",
+            ) {
+                let limits = RequestLimits::default();
+                let body = serde_json::json!({
+                    "text": text, "voice_1": voice.to_lowercase(), "temperature": temperature, "job_id": job_id
+                });
+                let job = decode_request(body.to_string().as_bytes(), None, &limits).job.unwrap();
+                prop_assert_eq!(job.speech.text, text);
+                prop_assert_eq!(job.speech.voice_1.name(), voice);
+                prop_assert_eq!(job.speech.temperature, temperature);
+                prop_assert_eq!(job.id.as_str(), job_id.as_str());
+            }
+        }
+    }
 }
