@@ -16,8 +16,9 @@
 //!
 //! Markers in the text trigger outcomes (they are not spoken):
 //! `[[sim:rai]]` a content/RAI block, `[[sim:fail]]` an inference failure,
-//! `[[sim:empty]]` a COMPLETED job with empty audio, `[[sim:latency=S]]` a
-//! job taking S seconds.
+//! `[[sim:empty]]` a COMPLETED job with empty audio, `[[sim:truncated]]` one
+//! with only the first word of audio (`[[sim:truncated-once]]`: only on the
+//! first submission of that text), `[[sim:latency=S]]` a job taking S seconds.
 //!
 //! Test hooks, not part of Segmind's API: `GET /_sim/stats` (call counts, in
 //! total and per request id), `POST /_sim/faults` (`{"statuses":[429,502]}`:
@@ -157,6 +158,8 @@ enum Fate {
     Complete,
     Fail(String),
     Empty,
+    /// Success with only the first word of audio (Gemini's silent truncation).
+    Truncated,
 }
 
 struct SimJob {
@@ -188,6 +191,7 @@ struct Inner {
     media_base: String,
     jobs: HashMap<String, SimJob>,
     injected: VecDeque<u16>,
+    media_injected: VecDeque<u16>,
     window: (Instant, u32),
     credits: Option<f64>,
     stats: SimStats,
@@ -224,6 +228,13 @@ impl SimHandle {
         lock(&self.shared).injected.extend(statuses.iter().copied());
     }
 
+    /// The next media (audio download) requests answer these HTTP statuses.
+    pub fn inject_media(&self, statuses: &[u16]) {
+        lock(&self.shared)
+            .media_injected
+            .extend(statuses.iter().copied());
+    }
+
     /// Changes the accepted API key (to break or fix the "account").
     pub fn set_api_key(&self, key: &str) {
         lock(&self.shared).config.api_key = key.to_owned();
@@ -251,6 +262,7 @@ pub async fn spawn(
         config,
         jobs: HashMap::new(),
         injected: VecDeque::new(),
+        media_injected: VecDeque::new(),
         window: (Instant::now(), 0),
         stats: SimStats::default(),
     }));
@@ -422,7 +434,16 @@ fn strip_markers(text: &str) -> String {
     out
 }
 
-fn new_job(config: &SimConfig, text: String, two_speakers: bool) -> SimJob {
+fn first_word(text: &str) -> String {
+    text.split_whitespace().next().unwrap_or("").to_owned()
+}
+
+fn new_job(
+    config: &SimConfig,
+    text: String,
+    two_speakers: bool,
+    first_of_its_text: bool,
+) -> SimJob {
     let now = Instant::now();
     let latency = marker_latency(&text).unwrap_or_else(|| {
         let mean = config.latency_mean.as_secs_f64();
@@ -440,6 +461,10 @@ fn new_job(config: &SimConfig, text: String, two_speakers: bool) -> SimJob {
         )
     } else if text.contains("[[sim:empty]]") {
         Fate::Empty
+    } else if text.contains("[[sim:truncated]]")
+        || (text.contains("[[sim:truncated-once]]") && first_of_its_text)
+    {
+        Fate::Truncated
     } else {
         Fate::Complete
     };
@@ -483,8 +508,14 @@ async fn submit_v2(
         return r;
     }
     let id = uuid::Uuid::new_v4().to_string();
-    let job = new_job(&inner.config, text, two_speakers);
-    let text_key: String = job.text.chars().take(80).collect();
+    let text_key: String = strip_markers(&text).chars().take(80).collect();
+    let earlier = inner
+        .stats
+        .submits_by_text
+        .get(&text_key)
+        .copied()
+        .unwrap_or(0);
+    let job = new_job(&inner.config, text, two_speakers, earlier == 0);
     *inner.stats.submits_by_text.entry(text_key).or_default() += 1;
     inner.jobs.insert(id.clone(), job);
     let now = Instant::now();
@@ -540,7 +571,7 @@ async fn submit_v1(
             return r;
         }
         (
-            new_job(&inner.config, text, two_speakers),
+            new_job(&inner.config, text, two_speakers, true),
             inner.config.espeak,
         )
     };
@@ -552,6 +583,9 @@ async fn submit_v1(
         )
             .into_response(),
         Fate::Empty => wav_response(speech::empty_wav()),
+        Fate::Truncated => {
+            wav_response(render_blocking(first_word(&job.text), false, use_espeak).await)
+        }
         Fate::Complete => {
             let wav = render_blocking(job.text, job.two_speakers, use_espeak).await;
             wav_response(wav)
@@ -670,6 +704,7 @@ async fn result(
         });
         let text = match job.fate {
             Fate::Empty => None,
+            Fate::Truncated => Some(first_word(&job.text)),
             _ => Some(job.text.clone()),
         };
         (
@@ -710,11 +745,17 @@ async fn media_file(
         if let Some(c) = inner.stats.requests.get_mut(&id) {
             c.media_fetches += 1;
         }
+        if let Some(code) = inner.media_injected.pop_front() {
+            inner.stats.faults_injected += 1;
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+            return (status, "simulated media fault").into_response();
+        }
         let espeak = inner.config.espeak;
         expire(&mut inner, &id);
         match inner.jobs.get(&id) {
             Some(job) if job.state(Instant::now()) == "COMPLETED" => match job.fate {
                 Fate::Empty => (None, false, espeak),
+                Fate::Truncated => (Some(first_word(&job.text)), false, espeak),
                 _ => (Some(job.text.clone()), job.two_speakers, espeak),
             },
             _ => return (StatusCode::NOT_FOUND, "not found").into_response(),

@@ -75,3 +75,81 @@ async fn a_rate_limit_window_is_waited_out_from_its_reset_header() {
     assert!(app.sim.stats().rate_limited >= 3);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn broken_audio_downloads_are_retried() {
+    let app = spawn_app().await;
+    app.sim.inject_media(&[502, 503, 504]);
+    app.publish_json(json!({"text": "the CDN is flaky today"}))
+        .await;
+    let received = app.next_event().await;
+    let id = received.completed().segmind.request_id.clone();
+    assert_eq!(
+        app.sim.stats().requests[&id].media_fetches,
+        4,
+        "three failures, then the audio"
+    );
+    assert_eq!(
+        app.sim.stats().submits_accepted,
+        1,
+        "a download retry is not a new submission"
+    );
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("tts_segmind_requests_total{endpoint=\"download\",status=\"502\"} 1"),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_download_that_keeps_failing_is_requeued_and_resumed_without_paying_again() {
+    let app = spawn_app_with(
+        |_| {},
+        |s| {
+            s.segmind.retry.attempts = 2;
+            s.jobs.requeue_delay = std::time::Duration::from_millis(100);
+        },
+    )
+    .await;
+    // Two failures exhaust the first delivery's download attempts.
+    app.sim.inject_media(&[502, 502]);
+    app.publish_json(json!({"text": "download me eventually", "job_id": "dl-1"}))
+        .await;
+    let received = app.next_event().await;
+    let data = received.completed();
+    assert_eq!(data.attempts, 2, "completed on the redelivery");
+    assert_eq!(
+        app.sim.stats().submits_accepted,
+        1,
+        "resumed from the checkpoint"
+    );
+    assert!(
+        app.metrics()
+            .await
+            .contains("tts_requeues_total{reason=\"upstream_unavailable\"} 1")
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn truncated_audio_is_submitted_again_and_the_retry_succeeds() {
+    let app = spawn_app().await;
+    app.publish_json(json!({
+        "text": "this sentence has quite a few words in it so one word of audio is too short [[sim:truncated-once]]"
+    }))
+    .await;
+    let received = app.next_event().await;
+    let data = received.completed();
+    assert!(
+        data.audio.duration_seconds.unwrap() > 3.0,
+        "the full audio was stored"
+    );
+    assert_eq!(app.sim.stats().submits_accepted, 2);
+    assert!(
+        app.metrics()
+            .await
+            .contains("tts_retries_total{reason=\"audio_invalid\"} 1")
+    );
+    app.stop().await;
+}
