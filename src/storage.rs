@@ -129,18 +129,36 @@ impl Storage {
 
     /// Reads an object whole (used by `submit --out` and tests).
     pub async fn get(&self, key: &str) -> Result<StoredObject, StorageError> {
+        self.fetch(key)
+            .await?
+            .ok_or_else(|| StorageError::Download {
+                key: key.to_owned(),
+                detail: "no such object".into(),
+            })
+    }
+
+    /// Reads a small object whole; `None` when it does not exist.
+    pub async fn get_optional(&self, key: &str) -> Result<Option<bytes::Bytes>, StorageError> {
+        Ok(self.fetch(key).await?.map(|o| o.bytes))
+    }
+
+    async fn fetch(&self, key: &str) -> Result<Option<StoredObject>, StorageError> {
         let err = |detail: String| StorageError::Download {
             key: key.to_owned(),
             detail,
         };
-        let out = self
+        let out = match self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
             .send()
             .await
-            .map_err(|e| err(DisplayErrorContext(&e).to_string()))?;
+        {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(err(DisplayErrorContext(&e).to_string())),
+        };
         let content_type = out.content_type().map(str::to_owned);
         let sha256 = out.metadata().and_then(|m| m.get("sha256")).cloned();
         let bytes = out
@@ -149,34 +167,11 @@ impl Storage {
             .await
             .map_err(|e| err(e.to_string()))?
             .into_bytes();
-        Ok(StoredObject {
+        Ok(Some(StoredObject {
             bytes,
             content_type,
             sha256,
-        })
-    }
-
-    /// Reads a small object whole; `None` when it does not exist.
-    pub async fn get_optional(&self, key: &str) -> Result<Option<bytes::Bytes>, StorageError> {
-        let err = |detail: String| StorageError::Download {
-            key: key.to_owned(),
-            detail,
-        };
-        match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(out) => {
-                let body = out.body.collect().await.map_err(|e| err(e.to_string()))?;
-                Ok(Some(body.into_bytes()))
-            }
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
-            Err(e) => Err(err(DisplayErrorContext(&e).to_string())),
-        }
+        }))
     }
 
     /// Writes a small object (checkpoints).

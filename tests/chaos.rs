@@ -29,33 +29,8 @@ use tts_worker::wire::{self, EventData};
 
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-fn stack_env() -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = std::env::vars().collect();
-    if !env.iter().any(|(k, _)| k == "TTS__S3__ENDPOINT") {
-        let dir = std::env::var("TTS_STACK_DIR").unwrap_or_else(|_| {
-            format!(
-                "{}/.local/share/tts-worker",
-                std::env::var("HOME").unwrap_or_default()
-            )
-        });
-        let file = std::fs::read_to_string(format!("{dir}/env.sh"))
-            .expect("no local stack: run scripts/test.sh (or scripts/stack.sh up) first");
-        for line in file.lines() {
-            if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
-                env.push((k.to_owned(), v.to_owned()));
-            }
-        }
-    }
-    env
-}
-
-fn value(env: &[(String, String)], key: &str) -> String {
-    env.iter()
-        .rev()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default()
-}
+mod common;
+use common::{env_value, stack_env};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -135,6 +110,50 @@ fn sh(program: &str, args: &[&str]) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+type Seen = BTreeMap<String, Vec<(String, EventData)>>;
+
+/// Reads events (acking them) until every job has one and three more seconds
+/// have passed for late copies; reconnects across the broker restart.
+async fn collect_events(queue: String, jobs: usize) -> Seen {
+    let mut seen = Seen::new();
+    let mut session: Option<(Connection, lapin::Channel)> = None;
+    let give_up = Instant::now() + Duration::from_secs(600);
+    let mut settle_until: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if now >= give_up || settle_until.is_some_and(|t| now >= t) {
+            return seen;
+        }
+        if settle_until.is_none() && seen.len() >= jobs {
+            settle_until = Some(now + Duration::from_secs(3));
+        }
+        if session.is_none() {
+            session = connect().await;
+        }
+        let Some((_, ch)) = &session else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        match ch
+            .basic_get(queue.as_str().into(), BasicGetOptions::default())
+            .await
+        {
+            Ok(Some(msg)) => {
+                let event = wire::decode_event(&msg.delivery.data).expect("a valid event");
+                seen.entry(event.subject.clone())
+                    .or_default()
+                    .push((event.id.clone(), event.data));
+                let _ = msg.delivery.acker.ack(BasicAckOptions::default()).await;
+            }
+            Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(_) => {
+                session = None;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
 }
 
 async fn connect() -> Option<(Connection, lapin::Channel)> {
@@ -251,63 +270,7 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
 
     // Collect events in the background, surviving the broker restart.
     let events_queue = settings.amqp.events_queue.clone().unwrap();
-    let collector = tokio::spawn({
-        let events_queue = events_queue.clone();
-        let expected_jobs = jobs;
-        async move {
-            let mut seen: BTreeMap<String, Vec<(String, EventData)>> = BTreeMap::new();
-            let mut session: Option<(Connection, lapin::Channel)> = None;
-            let deadline = Instant::now() + Duration::from_secs(600);
-            while seen.len() < expected_jobs && Instant::now() < deadline {
-                if session.is_none() {
-                    session = connect().await;
-                    if session.is_none() {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue;
-                    }
-                }
-                let Some((_, ch)) = &session else { continue };
-                match ch
-                    .basic_get(events_queue.as_str().into(), BasicGetOptions::default())
-                    .await
-                {
-                    Ok(Some(msg)) => {
-                        let event = wire::decode_event(&msg.delivery.data).expect("a valid event");
-                        seen.entry(event.subject.clone())
-                            .or_default()
-                            .push((event.id.clone(), event.data));
-                        let _ = msg.delivery.acker.ack(BasicAckOptions::default()).await;
-                    }
-                    Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
-                    Err(_) => {
-                        session = None;
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                }
-            }
-            // Copies may still arrive: keep reading briefly.
-            if let Some((_, ch)) = &session {
-                let until = Instant::now() + Duration::from_secs(3);
-                while Instant::now() < until {
-                    match ch
-                        .basic_get(events_queue.as_str().into(), BasicGetOptions::default())
-                        .await
-                    {
-                        Ok(Some(msg)) => {
-                            if let Ok(event) = wire::decode_event(&msg.delivery.data) {
-                                seen.entry(event.subject.clone())
-                                    .or_default()
-                                    .push((event.id.clone(), event.data));
-                            }
-                            let _ = msg.delivery.acker.ack(BasicAckOptions::default()).await;
-                        }
-                        _ => tokio::time::sleep(Duration::from_millis(100)).await,
-                    }
-                }
-            }
-            seen
-        }
-    });
+    let collector = tokio::spawn(collect_events(events_queue.clone(), jobs));
 
     // The faults.
     let mut kills = 0;
@@ -316,11 +279,12 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
     chaos.kill_and_replace(0).await;
     kills += 1;
     let burst = serde_json::json!({"statuses": [429, 429, 502, 504, 500, 429, 503, 502, 429, 504, 500, 429]});
-    http.post(format!("{sim_base}/_sim/faults"))
-        .json(&burst)
-        .send()
-        .await
-        .unwrap();
+    let post_burst = || {
+        http.post(format!("{sim_base}/_sim/faults"))
+            .json(&burst)
+            .send()
+    };
+    post_burst().await.unwrap();
     faults_posted += 12;
     tokio::time::sleep(Duration::from_secs(2)).await;
     chaos.kill_and_replace(1 % n_workers).await;
@@ -339,11 +303,7 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
     assert!(sh(stack, &["down"]), "garage stops");
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert!(sh(stack, &["up"]), "garage starts");
-    http.post(format!("{sim_base}/_sim/faults"))
-        .json(&burst)
-        .send()
-        .await
-        .unwrap();
+    post_burst().await.unwrap();
     faults_posted += 12;
     tokio::time::sleep(Duration::from_secs(2)).await;
     chaos.kill_and_replace(0).await;
@@ -409,8 +369,8 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
     // Every completion points at an intact object.
     let storage = Storage::with_static_credentials(
         &settings.s3,
-        &value(&chaos.env, "AWS_ACCESS_KEY_ID"),
-        &value(&chaos.env, "AWS_SECRET_ACCESS_KEY"),
+        &env_value(&chaos.env, "AWS_ACCESS_KEY_ID"),
+        &env_value(&chaos.env, "AWS_SECRET_ACCESS_KEY"),
     );
     let mut bad_objects = Vec::new();
     for c in &completed_events {

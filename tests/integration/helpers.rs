@@ -16,36 +16,7 @@ use tts_worker::simulator::{self, SimConfig, SimHandle};
 use tts_worker::storage::Storage;
 use tts_worker::wire::{self, CloudEvent, EventData};
 
-/// Environment of the local stack: the process environment, falling back to
-/// the file `scripts/stack.sh up` writes.
-pub fn stack_env() -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = std::env::vars().collect();
-    if !env.iter().any(|(k, _)| k == "TTS__S3__ENDPOINT") {
-        let dir = std::env::var("TTS_STACK_DIR").unwrap_or_else(|_| {
-            format!(
-                "{}/.local/share/tts-worker",
-                std::env::var("HOME").unwrap_or_default()
-            )
-        });
-        let file = std::fs::read_to_string(format!("{dir}/env.sh")).unwrap_or_else(|_| {
-            panic!("no local stack: run scripts/test.sh (or scripts/stack.sh up) first")
-        });
-        for line in file.lines() {
-            if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
-                env.push((k.to_owned(), v.to_owned()));
-            }
-        }
-    }
-    env
-}
-
-pub fn env_value(env: &[(String, String)], key: &str) -> String {
-    env.iter()
-        .rev()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.clone())
-        .unwrap_or_else(|| panic!("{key} is not set by the local stack"))
-}
+pub use crate::common::{env_value, stack_env};
 
 /// Settings for one test: unique names, fast schedules, the simulator's URL.
 pub fn test_settings(sim: &SimHandle, api_key: &str, tag: &str) -> Settings {
@@ -314,22 +285,15 @@ impl TestApp {
     /// Closes the worker's broker connection from the broker's side, as a
     /// broker restart or network cut would.
     pub fn kill_worker_connection(&self) -> usize {
-        let out = std::process::Command::new("rabbitmqctl")
-            .args(["-q", "list_connections", "pid", "client_properties"])
-            .output()
-            .expect("rabbitmqctl runs");
-        let listing = String::from_utf8_lossy(&out.stdout);
-        let queue = self.requests_queue().to_owned();
         let mut closed = 0;
-        for line in listing
-            .lines()
-            .filter(|l| l.contains(&format!(" {queue} ")))
-        {
-            let Some(pid) = line.split_whitespace().next() else {
-                continue;
-            };
+        for pid in self.worker_connections() {
             let status = std::process::Command::new("rabbitmqctl")
-                .args(["-q", "close_connection", pid, "test: simulated broker loss"])
+                .args([
+                    "-q",
+                    "close_connection",
+                    &pid,
+                    "test: simulated broker loss",
+                ])
                 .status()
                 .expect("rabbitmqctl runs");
             closed += usize::from(status.success());
@@ -337,17 +301,19 @@ impl TestApp {
         closed
     }
 
-    /// How many broker connections the worker has open now.
-    pub fn kill_worker_connection_count(&self) -> usize {
+    /// The broker's ids of the worker's open connections (their names
+    /// carry the requests queue).
+    pub fn worker_connections(&self) -> Vec<String> {
         let out = std::process::Command::new("rabbitmqctl")
-            .args(["-q", "list_connections", "client_properties"])
+            .args(["-q", "list_connections", "pid", "client_properties"])
             .output()
             .expect("rabbitmqctl runs");
         let queue = format!(" {} ", self.requests_queue());
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|l| l.contains(&queue))
-            .count()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect()
     }
 
     pub async fn ready(&self) -> u16 {

@@ -1,6 +1,8 @@
 //! Integration tests: one binary, real RabbitMQ and Garage (started by
 //! `scripts/test.sh`), the Segmind simulator in-process.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod corpus;
 mod failures;
 mod helpers;

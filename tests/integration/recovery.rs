@@ -357,7 +357,7 @@ async fn a_lost_broker_connection_is_reestablished() {
     // worker must come back and take new work.
     let mut recovered = false;
     for _ in 0..100 {
-        if app.ready().await == 200 && app.kill_worker_connection_count() == 1 {
+        if app.ready().await == 200 && app.worker_connections().len() == 1 {
             recovered = true;
             break;
         }

@@ -1,0 +1,32 @@
+//! What both test binaries need: the local stack's environment.
+
+/// Environment of the local stack: the process environment, falling back to
+/// the file `scripts/stack.sh up` writes.
+pub fn stack_env() -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    if !env.iter().any(|(k, _)| k == "TTS__S3__ENDPOINT") {
+        let dir = std::env::var("TTS_STACK_DIR").unwrap_or_else(|_| {
+            format!(
+                "{}/.local/share/tts-worker",
+                std::env::var("HOME").unwrap_or_default()
+            )
+        });
+        let file = std::fs::read_to_string(format!("{dir}/env.sh"))
+            .expect("no local stack: run scripts/test.sh (or scripts/stack.sh up) first");
+        for line in file.lines() {
+            if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
+                env.push((k.to_owned(), v.to_owned()));
+            }
+        }
+    }
+    env
+}
+
+/// The last value of `key` in `env`.
+pub fn env_value(env: &[(String, String)], key: &str) -> String {
+    env.iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("{key} is not set by the local stack"))
+}
