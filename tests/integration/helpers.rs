@@ -326,18 +326,8 @@ impl TestApp {
     /// Stops the worker and returns how many requests are left in the queue
     /// (unacked deliveries return to it when the worker's connection closes).
     pub async fn stop(mut self) -> u32 {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(worker) = self.worker.take() {
-            worker
-                .await
-                .expect("worker task")
-                .expect("worker stops cleanly");
-        }
-        let left = broker::queue_depth(&self.channel, self.requests_queue())
-            .await
-            .expect("requests queue exists");
+        self.stop_worker().await;
+        let left = self.requests_ready().await;
         self.cleanup().await;
         left
     }
