@@ -16,6 +16,9 @@ pub async fn run(settings: &Settings) -> bool {
     };
 
     report(true, "configuration", "loaded and valid".into());
+    for warning in settings.warnings() {
+        println!("warn configuration: {warning}");
+    }
     match settings.require_api_key() {
         Ok(_) => report(true, "api key", "set (not shown)".into()),
         Err(e) => report(false, "api key", e.to_string()),

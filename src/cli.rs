@@ -35,6 +35,9 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(cli.config.as_deref())?;
     let telemetry = crate::telemetry::init(&settings.telemetry)?;
+    for warning in settings.warnings() {
+        tracing::warn!("{warning}");
+    }
     let code = match cli.command {
         Command::Run => {
             let app = Application::build(settings).await?;

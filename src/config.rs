@@ -306,6 +306,36 @@ impl Settings {
         raw.validate(segmind_env_key, otel_env)
     }
 
+    /// Valid but risky combinations, in plain words, for a log line at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        // RabbitMQ closes a channel whose delivery stays unacked longer than
+        // its consumer_timeout (30 minutes by default).
+        if self.segmind.job_deadline >= Duration::from_secs(25 * 60) {
+            out.push(format!(
+                "segmind.job_deadline is {:?}: close to RabbitMQ's default consumer_timeout (30 min); \
+                 a job that long would have its channel closed by the broker",
+                self.segmind.job_deadline
+            ));
+        }
+        if self.jobs.resume_window >= Duration::from_secs(3600) {
+            out.push(
+                "jobs.resume_window is 1 hour or more: Segmind drops results after 1 hour, \
+                 so such resumes find nothing (harmless, but a wasted call)"
+                    .into(),
+            );
+        }
+        if self.segmind.retry.max >= self.segmind.job_deadline {
+            out.push("segmind.retry_max is not below segmind.job_deadline: one backoff could use the whole job".into());
+        }
+        if self.jobs.max_deliveries == 1 {
+            out.push(
+                "jobs.max_deliveries is 1: a worker crash makes its jobs poison messages".into(),
+            );
+        }
+        out
+    }
+
     /// The API key, or an error naming how to provide it.
     pub fn require_api_key(&self) -> Result<&SecretString, ConfigError> {
         self.segmind.api_key.as_ref().ok_or_else(|| {
@@ -787,6 +817,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn risky_combinations_are_warned_about() {
+        assert!(
+            Settings::load_from(None, &[])
+                .unwrap()
+                .warnings()
+                .is_empty(),
+            "defaults are safe"
+        );
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("TTS__SEGMIND__JOB_DEADLINE", "1800"),
+                ("TTS__JOBS__MAX_DELIVERIES", "1"),
+            ]),
+        )
+        .unwrap();
+        let w = s.warnings().join("\n");
+        assert!(
+            w.contains("consumer_timeout") && w.contains("poison"),
+            "{w}"
+        );
     }
 
     #[test]
