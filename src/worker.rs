@@ -287,7 +287,11 @@ async fn synthesize_and_store(
             .wait_for_audio(&submitted, deadline, calls)
             .await
         {
-            Err(SegmindError::Status { status: 404, .. }) if resumed => {
+            Err(e)
+                if resumed
+                    && failure::classify_segmind(&e, &ctx.block_patterns).code
+                        == ErrorCode::Expired =>
+            {
                 info!("the resumed request has expired at Segmind; submitting again");
                 continue;
             }
