@@ -76,6 +76,6 @@ echo "metrics (excerpt):"
 curl -fs http://127.0.0.1:19090/metrics | grep -E '^tts_(jobs_total|queue_depth|segmind_requests_total|inference_duration_seconds_(sum|count))' || true
 echo
 echo "Play them with e.g.: aplay $OUT/dialogue.wav   (or open them in any audio player)"
-completed=$(grep -l '^completed' "$RUN"/narration.out "$RUN"/dialogue.out "$RUN"/cheerful.out | wc -l)
-blocked=$(grep -c 'content_blocked' "$RUN/blocked.out" || true)
+completed=$(grep -l '^completed job' "$RUN"/narration.out "$RUN"/dialogue.out "$RUN"/cheerful.out | wc -l)
+blocked=$(grep -c '^failed job .*: content_blocked ' "$RUN/blocked.out" || true)
 if [ "$completed" -eq 3 ] && [ "$blocked" -eq 1 ]; then echo "[demo] OK: 3 completed, 1 content_blocked"; else echo "[demo] unexpected results; logs in $RUN/"; exit 1; fi
