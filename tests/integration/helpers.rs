@@ -275,11 +275,25 @@ impl TestApp {
         }
     }
 
-    /// Messages ready in the requests queue.
+    /// Messages ready in the requests queue, once the count has settled:
+    /// a quorum queue takes back returned deliveries a few milliseconds after
+    /// the channel that held them closes.
     pub async fn requests_ready(&self) -> u32 {
-        broker::queue_depth(&self.channel, self.requests_queue())
-            .await
-            .expect("requests queue exists")
+        let depth = || async {
+            broker::queue_depth(&self.channel, self.requests_queue())
+                .await
+                .expect("requests queue exists")
+        };
+        let mut last = depth().await;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = depth().await;
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+        last
     }
 
     /// Closes the worker's broker connection from the broker's side, as a
