@@ -1,6 +1,6 @@
 //! Chaos suite: several worker processes against real RabbitMQ and Garage and
 //! a fault-injecting simulator, while workers are killed with SIGKILL, the
-//! broker restarts, Garage stops for ~10 s, and 429/5xx bursts and empty
+//! broker restarts, Garage stops for ~10 s (kills come at random moments), and 429/5xx bursts and empty
 //! audio are injected. Asserts that every job ends in exactly one terminal
 //! event (copies share one CloudEvents `id`), that none is lost, that jobs are
 //! not paid for twice beyond the documented crash window, and that every
@@ -94,8 +94,12 @@ impl Chaos {
             .expect("worker starts")
     }
 
-    /// SIGKILL a worker and start a replacement.
-    async fn kill_and_replace(&mut self, i: usize) {
+    /// After a random pause of up to `max_wait`, SIGKILL worker `i` and start
+    /// a replacement.
+    async fn kill_and_replace(&mut self, i: usize, max_wait: Duration) {
+        let wait = rand::random_range(0.0..=max_wait.as_secs_f64());
+        tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+        eprintln!("[chaos] SIGKILL worker {i} at +{wait:.2} s");
         let _ = self.workers[i].start_kill();
         let _ = self.workers[i].wait().await;
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -276,7 +280,7 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
     let mut kills = 0;
     let mut faults_posted = 0;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    chaos.kill_and_replace(0).await;
+    chaos.kill_and_replace(0, Duration::from_secs(2)).await;
     kills += 1;
     let burst = serde_json::json!({"statuses": [429, 429, 502, 504, 500, 429, 503, 502, 429, 504, 500, 429]});
     let post_burst = || {
@@ -287,7 +291,9 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
     post_burst().await.unwrap();
     faults_posted += 12;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    chaos.kill_and_replace(1 % n_workers).await;
+    chaos
+        .kill_and_replace(1 % n_workers, Duration::from_secs(2))
+        .await;
     kills += 1;
     tokio::time::sleep(Duration::from_secs(1)).await;
     eprintln!("[chaos] restarting the broker");
@@ -296,7 +302,9 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
     assert!(sh("rabbitmqctl", &["-q", "start_app"]), "broker starts");
     let _ = sh("rabbitmqctl", &["-q", "await_startup"]);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    chaos.kill_and_replace(2 % n_workers).await;
+    chaos
+        .kill_and_replace(2 % n_workers, Duration::from_secs(2))
+        .await;
     kills += 1;
     eprintln!("[chaos] stopping Garage for 10 s");
     let stack = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack.sh");
@@ -306,7 +314,7 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
     post_burst().await.unwrap();
     faults_posted += 12;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    chaos.kill_and_replace(0).await;
+    chaos.kill_and_replace(0, Duration::from_secs(2)).await;
     kills += 1;
 
     let seen = collector.await.unwrap();
