@@ -125,8 +125,6 @@ pub struct Synthesis {
     /// The media server's Content-Type, or the data URI's type.
     pub content_type: Option<String>,
     pub inference_time_seconds: Option<f64>,
-    /// HTTP calls this job needed, retries included.
-    pub http_calls: u32,
 }
 
 /// A submission accepted by Segmind, and where to follow it.
@@ -266,7 +264,6 @@ impl SegmindClient {
         calls: &mut u32,
     ) -> Result<Synthesis, SegmindError> {
         let started = Instant::now();
-        let first_call = *calls;
         let result = tokio::time::timeout_at(deadline, self.finish(job, started, deadline, calls))
             .await
             .map_err(|_| SegmindError::Deadline {
@@ -279,7 +276,6 @@ impl SegmindClient {
             audio,
             content_type,
             inference_time_seconds,
-            http_calls: *calls - first_call,
         })
     }
 
