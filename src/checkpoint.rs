@@ -118,17 +118,10 @@ impl Checkpoints {
     }
 
     pub async fn save(&self, checkpoint: &Checkpoint) -> Result<(), StorageError> {
-        let job_id = JobId::parse(&checkpoint.job_id, usize::MAX).map_err(|detail| {
-            StorageError::Upload {
-                key: checkpoint.job_id.clone(),
-                detail,
-            }
-        })?;
         // Serializing a struct of strings and numbers cannot fail.
         let body = serde_json::to_vec(checkpoint).unwrap_or_default();
-        self.storage
-            .put_bytes(&self.key(&job_id), body, "application/json")
-            .await
+        let key = format!("{}{}.json", self.prefix, checkpoint.job_id);
+        self.storage.put_bytes(&key, body, "application/json").await
     }
 
     pub async fn delete(&self, job_id: &JobId) -> Result<(), StorageError> {

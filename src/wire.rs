@@ -528,38 +528,36 @@ pub fn encode_event(outcome: &Outcome, source: &str, now: DateTime<Utc>) -> Enco
     }
 }
 
+impl<D> CloudEvent<D> {
+    /// The same envelope around other data.
+    fn with_data<E>(self, data: E) -> CloudEvent<E> {
+        CloudEvent {
+            specversion: self.specversion,
+            id: self.id,
+            source: self.source,
+            kind: self.kind,
+            subject: self.subject,
+            time: self.time,
+            datacontenttype: self.datacontenttype,
+            data,
+        }
+    }
+}
+
 fn to_json<D: Serialize>(envelope: CloudEvent<()>, data: D) -> Vec<u8> {
-    let event = CloudEvent {
-        specversion: envelope.specversion,
-        id: envelope.id,
-        source: envelope.source,
-        kind: envelope.kind,
-        subject: envelope.subject,
-        time: envelope.time,
-        datacontenttype: envelope.datacontenttype,
-        data,
-    };
     // Serializing plain structs of strings and numbers cannot fail.
-    serde_json::to_vec(&event).unwrap_or_default()
+    serde_json::to_vec(&envelope.with_data(data)).unwrap_or_default()
 }
 
 /// Decodes an event published by a worker (for `submit --wait` and tests).
 pub fn decode_event(body: &[u8]) -> Result<CloudEvent<EventData>, serde_json::Error> {
-    let raw: CloudEvent<Value> = serde_json::from_slice(body)?;
+    let mut raw: CloudEvent<Value> = serde_json::from_slice(body)?;
+    let data = std::mem::take(&mut raw.data);
     let data = match raw.kind.as_str() {
-        COMPLETED_TYPE => EventData::Completed(serde_json::from_value(raw.data)?),
-        _ => EventData::Failed(serde_json::from_value(raw.data)?),
+        COMPLETED_TYPE => EventData::Completed(serde_json::from_value(data)?),
+        _ => EventData::Failed(serde_json::from_value(data)?),
     };
-    Ok(CloudEvent {
-        specversion: raw.specversion,
-        id: raw.id,
-        source: raw.source,
-        kind: raw.kind,
-        subject: raw.subject,
-        time: raw.time,
-        datacontenttype: raw.datacontenttype,
-        data,
-    })
+    Ok(raw.with_data(data))
 }
 
 #[cfg(test)]

@@ -268,16 +268,17 @@ async fn synthesize_and_store(
     let mut resume = checkpoint.filter(|cp| ctx.checkpoints.resumable(cp, chrono::Utc::now()));
     let mut audio_retries_left = ctx.jobs.audio_retries;
     loop {
-        let (submitted, resumed) = match resume.take() {
+        let (submitted, submitted_at, resumed) = match resume.take() {
             Some(cp) => {
                 info!(request_id = %cp.request_id, "resuming the Segmind request from the checkpoint");
                 ctx.metrics.resumed.with_label_values(&["poll"]).inc();
-                (ctx.segmind.resume(&cp.request_id), true)
+                (ctx.segmind.resume(&cp.request_id), cp.submitted_at, true)
             }
             None => {
                 let submitted = ctx.segmind.submit(&job.speech, deadline, calls).await?;
-                save_checkpoint(ctx, job, &submitted.request_id, None).await;
-                (submitted, false)
+                let submitted_at = chrono::Utc::now();
+                save_checkpoint(ctx, job, &submitted.request_id, submitted_at, None).await;
+                (submitted, submitted_at, false)
             }
         };
         *request_id = Some(submitted.request_id.clone());
@@ -333,7 +334,7 @@ async fn synthesize_and_store(
         let stored = stored?;
         ctx.metrics.audio_bytes.observe(stored.size_bytes as f64);
         let record = StoredRecord::from_stored(&stored, synthesis.inference_time_seconds);
-        save_checkpoint(ctx, job, &synthesis.request_id, Some(record)).await;
+        save_checkpoint(ctx, job, &synthesis.request_id, submitted_at, Some(record)).await;
         info!(key = %key, bytes = stored.size_bytes, http_calls = *calls, "audio stored");
         return Ok(Completed {
             job_id: job.id.clone(),
@@ -353,12 +354,13 @@ async fn save_checkpoint(
     ctx: &JobContext,
     job: &TtsJob,
     request_id: &str,
+    submitted_at: chrono::DateTime<chrono::Utc>,
     stored: Option<StoredRecord>,
 ) {
     let checkpoint = Checkpoint {
         job_id: job.id.to_string(),
         request_id: request_id.to_owned(),
-        submitted_at: chrono::Utc::now(),
+        submitted_at,
         fingerprint: checkpoint::fingerprint(&job.speech),
         stored,
     };

@@ -58,6 +58,12 @@ async fn submitted_by_a_dead_worker(app: &TestApp, job_id: &str, text: &str) -> 
 async fn a_redelivered_job_resumes_its_segmind_request_instead_of_paying_again() {
     let app = spawn_app().await;
     let request_id = submitted_by_a_dead_worker(&app, "resume-1", "already paid for").await;
+    let job_id = JobId::parse("resume-1", 64).unwrap();
+    let before = checkpoints(&app)
+        .load(&job_id, &speech("already paid for"))
+        .await
+        .unwrap()
+        .unwrap();
     app.publish_json(json!({"text": "already paid for", "job_id": "resume-1"}))
         .await;
     let received = app.next_event().await;
@@ -65,6 +71,19 @@ async fn a_redelivered_job_resumes_its_segmind_request_instead_of_paying_again()
     assert_eq!(
         data.segmind.request_id, request_id,
         "the earlier request was resumed"
+    );
+    let after = checkpoints(&app)
+        .load(&job_id, &speech("already paid for"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        after.stored.is_some(),
+        "the checkpoint records the stored audio"
+    );
+    assert_eq!(
+        after.submitted_at, before.submitted_at,
+        "the resume window still counts from the original submission"
     );
     assert_eq!(app.sim.stats().submits_accepted, 1, "no second submission");
     assert!(
