@@ -20,7 +20,7 @@ env_file=$(scripts/stack.sh up)
 . "$env_file"
 
 echo "[demo] building"
-cargo build --locked --bins -q
+cargo build --locked --workspace --bins -q
 
 # A throwaway key shared by the simulator and the worker.
 export SEGMIND_API_KEY="sk-demo-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"

@@ -14,14 +14,13 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::broker::{self, Publisher, Topology};
-use crate::checkpoint::Checkpoints;
 use crate::config::Settings;
 use crate::http::OpsServer;
 use crate::metrics::Metrics;
-use crate::pause::PauseGate;
 use crate::segmind::SegmindClient;
 use crate::storage::Storage;
-use crate::worker::{self, Consuming, JobContext, Stopped};
+use crate::worker::pause::PauseGate;
+use crate::worker::{self, Consuming, JobContext, Pipeline, Stopped};
 
 /// Longest wait between two attempts to reach a lost broker.
 const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(30);
@@ -88,10 +87,8 @@ impl Session {
 pub struct Application {
     settings: Settings,
     session: Session,
-    segmind: Arc<SegmindClient>,
-    storage: Storage,
+    pipeline: Arc<Pipeline>,
     metrics: Metrics,
-    pause: PauseGate,
     ops: OpsServer,
     ops_addr: SocketAddr,
     ready: Arc<AtomicBool>,
@@ -117,12 +114,17 @@ impl Application {
             .await
             .with_context(|| format!("binding http.addr {}", settings.http.addr))?;
         let ops_addr = ops.local_addr()?;
+        let pipeline = Pipeline::new(
+            &settings,
+            Arc::new(segmind),
+            storage,
+            metrics.clone(),
+            PauseGate::new(metrics.clone()),
+        );
         Ok(Application {
-            pause: PauseGate::new(metrics.clone()),
             settings,
             session,
-            segmind: Arc::new(segmind),
-            storage,
+            pipeline: Arc::new(pipeline),
             metrics,
             ops,
             ops_addr,
@@ -145,10 +147,8 @@ impl Application {
         let Application {
             settings,
             session,
-            segmind,
-            storage,
+            pipeline,
             metrics,
-            pause,
             ops,
             ops_addr,
             ready,
@@ -167,10 +167,8 @@ impl Application {
         info!(%ops_addr, queue = %amqp.requests_queue, max_in_flight = amqp.max_in_flight, "tts-worker running");
         let runner = Runner {
             settings,
-            segmind,
-            storage,
+            pipeline,
             metrics,
-            pause,
             ready,
         };
         runner.run(session, stop_rx).await;
@@ -183,29 +181,18 @@ impl Application {
 /// The long-lived parts, from which each broker session's context is made.
 struct Runner {
     settings: Settings,
-    segmind: Arc<SegmindClient>,
-    storage: Storage,
+    pipeline: Arc<Pipeline>,
     metrics: Metrics,
-    pause: PauseGate,
     ready: Arc<AtomicBool>,
 }
 
 impl Runner {
     fn job_context(&self, publisher: Publisher) -> JobContext {
-        let s = &self.settings;
         JobContext {
-            segmind: self.segmind.clone(),
-            storage: self.storage.clone(),
-            checkpoints: Checkpoints::new(self.storage.clone(), &s.s3.prefix, s.jobs.resume_window),
+            pipeline: self.pipeline.clone(),
             publisher,
-            metrics: self.metrics.clone(),
-            pause: self.pause.clone(),
-            topology: Topology::from(&s.amqp),
-            limits: s.limits.clone(),
-            jobs: s.jobs.clone(),
-            s3_prefix: s.s3.prefix.clone(),
-            job_deadline: s.segmind.job_deadline,
-            block_patterns: s.segmind.content_blocked_patterns.clone(),
+            topology: Topology::from(&self.settings.amqp),
+            limits: self.settings.limits.clone(),
             event_source: format!("tts-worker/{}", hostname()),
         }
     }
@@ -234,7 +221,7 @@ impl Runner {
             session.close().await;
             match stopped {
                 Stopped::Shutdown => return,
-                Stopped::BrokerLost(e) => warn!(error = %e, "broker connection lost; reconnecting"),
+                Stopped::BrokerLost(reason) => warn!(%reason, "broker session lost; reconnecting"),
             }
             session = loop {
                 let mut stop = stop.clone();

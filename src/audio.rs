@@ -4,6 +4,8 @@
 
 use bytes::Bytes;
 
+use crate::failure::{AsFault, Fault};
+
 /// A recognised audio container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AudioFormat {
@@ -50,6 +52,12 @@ pub enum AudioError {
         content_type: Option<String>,
         head: String,
     },
+}
+
+impl AsFault for AudioError {
+    fn fault(&self) -> Fault<'_> {
+        Fault::BadAudio
+    }
 }
 
 /// Audio checked to be non-empty and of a known container.

@@ -161,11 +161,23 @@ pub async fn queue_depth(channel: &Channel, queue: &str) -> Result<u32, BrokerEr
 }
 
 /// Publishes with publisher confirms on one channel shared by every task.
+///
+/// The broker closes a channel on some errors (publishing to an exchange that
+/// was deleted, for one) while the connection stays up. A closed publishing
+/// channel makes every job fail to settle, so the session must end:
+/// [`Publisher::closed`] resolves when that happens.
 #[derive(Clone)]
 pub struct Publisher {
     channel: Channel,
     timeout: Duration,
+    /// Set by a publish that found the channel closed, so the session ends at
+    /// once instead of at the next status check.
+    lost: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
+
+/// How often [`Publisher::closed`] and the consumer loop look at channel
+/// states when nothing told them earlier.
+pub const CHANNEL_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Publisher {
     /// Puts `channel` in confirm mode.
@@ -173,12 +185,49 @@ impl Publisher {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok(Publisher { channel, timeout })
+        Ok(Publisher {
+            channel,
+            timeout,
+            lost: std::sync::Arc::new(tokio::sync::watch::Sender::new(false)),
+        })
+    }
+
+    /// Whether the publishing channel is open.
+    pub fn is_open(&self) -> bool {
+        self.channel.status().connected()
+    }
+
+    /// Resolves once the publishing channel is closed.
+    pub async fn closed(&self) {
+        let mut lost = self.lost.subscribe();
+        while self.is_open() && !*lost.borrow_and_update() {
+            tokio::select! {
+                _ = lost.changed() => {}
+                _ = tokio::time::sleep(CHANNEL_CHECK_INTERVAL) => {}
+            }
+        }
     }
 
     /// Publishes and waits for the broker's confirmation. With `mandatory`, a
     /// message no queue receives is an error.
     pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), BrokerError> {
+        let result = self
+            .publish_confirmed(exchange, routing_key, body, properties, mandatory)
+            .await;
+        if result.is_err() && !self.is_open() {
+            self.lost.send_replace(true);
+        }
+        result
+    }
+
+    async fn publish_confirmed(
         &self,
         exchange: &str,
         routing_key: &str,

@@ -1,9 +1,11 @@
 //! Layered configuration: the compiled-in `config/default.toml`, an optional
 //! file, then `TTS__SECTION__KEY` environment variables.
 //!
-//! Raw values are deserialized into `Raw*` structs and then validated into
-//! [`Settings`], whose fields are already the types the rest of the crate wants
-//! (`Duration`, `Url`, `SocketAddr`, a secret key). Validation errors name the key.
+//! Raw values are deserialized into `Raw*` structs (serde does what it can:
+//! enums, addresses, plain numbers) and then validated into [`Settings`],
+//! whose fields are already the types the rest of the crate wants
+//! (`Duration`, `Url`, `SocketAddr`, a secret key). Validation errors name the
+//! key. This module is at the bottom of the crate and imports none of it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,8 +14,6 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
-
-pub use crate::failure::AccountPolicy;
 
 const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -44,6 +44,17 @@ pub struct Settings {
     pub limits: RequestLimits,
     pub telemetry: TelemetrySettings,
     pub shutdown: ShutdownSettings,
+}
+
+/// What to do on an account-level failure (401, 403, 406, or a bucket that
+/// refuses us).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountPolicy {
+    /// Stop consuming, requeue, probe until the account works again.
+    Pause,
+    /// Fail the job like any other permanent failure.
+    Fail,
 }
 
 /// How jobs are retried, resumed and paused.
@@ -114,15 +125,19 @@ pub struct S3Settings {
     pub prefix: String,
     pub force_path_style: bool,
     pub max_attempts: u32,
+    /// Bound on one S3 call, the SDK's retries included.
+    pub operation_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     pub addr: SocketAddr,
 }
 
 /// Limits applied to incoming requests.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RequestLimits {
     pub max_text_chars: usize,
     pub max_metadata_bytes: usize,
@@ -141,7 +156,8 @@ impl Default for RequestLimits {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
@@ -167,9 +183,9 @@ struct RawSettings {
     amqp: RawAmqp,
     segmind: RawSegmind,
     s3: RawS3,
-    http: RawHttp,
+    http: HttpSettings,
     jobs: RawJobs,
-    limits: RawLimits,
+    limits: RequestLimits,
     telemetry: RawTelemetry,
     shutdown: RawShutdown,
 }
@@ -217,12 +233,7 @@ struct RawS3 {
     prefix: String,
     force_path_style: bool,
     max_attempts: u32,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHttp {
-    addr: String,
+    operation_timeout: f64,
 }
 
 #[derive(Deserialize)]
@@ -230,7 +241,7 @@ struct RawHttp {
 struct RawJobs {
     max_deliveries: u32,
     requeue_delay: f64,
-    on_account_error: String,
+    on_account_error: AccountPolicy,
     probe_initial: f64,
     probe_max: f64,
     resume_window: f64,
@@ -240,17 +251,8 @@ struct RawJobs {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawLimits {
-    max_text_chars: usize,
-    max_metadata_bytes: usize,
-    max_job_id_len: usize,
-    max_output_key_len: usize,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawTelemetry {
-    log_format: String,
+    log_format: LogFormat,
     otlp_endpoint: String,
     service_name: String,
 }
@@ -388,16 +390,9 @@ impl RawSettings {
             amqp: self.amqp.validate()?,
             segmind: self.segmind.validate(segmind_env_key)?,
             s3: self.s3.validate()?,
-            http: HttpSettings {
-                addr: self.http.addr.parse().map_err(|_| {
-                    invalid(
-                        "http.addr",
-                        format!("must be IP:PORT, got {:?}", self.http.addr),
-                    )
-                })?,
-            },
+            http: self.http,
             jobs: self.jobs.validate()?,
-            limits: self.limits.validate()?,
+            limits: validate_limits(self.limits)?,
             telemetry: self.telemetry.validate(otel_env)?,
             shutdown: ShutdownSettings {
                 grace_period: seconds("shutdown.grace_period", self.shutdown.grace_period)?,
@@ -581,6 +576,7 @@ impl RawS3 {
             prefix: self.prefix,
             force_path_style: self.force_path_style,
             max_attempts: self.max_attempts,
+            operation_timeout: seconds("s3.operation_timeout", self.operation_timeout)?,
         })
     }
 }
@@ -590,16 +586,6 @@ impl RawJobs {
         if self.max_deliveries == 0 {
             return Err(invalid("jobs.max_deliveries", "must be at least 1"));
         }
-        let on_account_error = match self.on_account_error.as_str() {
-            "pause" => AccountPolicy::Pause,
-            "fail" => AccountPolicy::Fail,
-            other => {
-                return Err(invalid(
-                    "jobs.on_account_error",
-                    format!("must be \"pause\" or \"fail\", got {other:?}"),
-                ));
-            }
-        };
         if !(0.0..=10.0).contains(&self.min_seconds_per_word) {
             return Err(invalid(
                 "jobs.min_seconds_per_word",
@@ -618,7 +604,7 @@ impl RawJobs {
             max_deliveries: self.max_deliveries,
             requeue_delay: Duration::try_from_secs_f64(self.requeue_delay)
                 .map_err(|e| invalid("jobs.requeue_delay", e.to_string()))?,
-            on_account_error,
+            on_account_error: self.on_account_error,
             probe_initial,
             probe_max,
             resume_window: seconds("jobs.resume_window", self.resume_window)?,
@@ -628,44 +614,27 @@ impl RawJobs {
     }
 }
 
-impl RawLimits {
-    fn validate(self) -> Result<RequestLimits, ConfigError> {
-        if self.max_text_chars == 0 {
-            return Err(invalid("limits.max_text_chars", "must be positive"));
-        }
-        if !(8..=255).contains(&self.max_job_id_len) {
-            return Err(invalid(
-                "limits.max_job_id_len",
-                "must be between 8 and 255",
-            ));
-        }
-        if !(16..=1024).contains(&self.max_output_key_len) {
-            return Err(invalid(
-                "limits.max_output_key_len",
-                "must be between 16 and 1024 (S3 keys are at most 1024 bytes)",
-            ));
-        }
-        Ok(RequestLimits {
-            max_text_chars: self.max_text_chars,
-            max_metadata_bytes: self.max_metadata_bytes,
-            max_job_id_len: self.max_job_id_len,
-            max_output_key_len: self.max_output_key_len,
-        })
+fn validate_limits(limits: RequestLimits) -> Result<RequestLimits, ConfigError> {
+    if limits.max_text_chars == 0 {
+        return Err(invalid("limits.max_text_chars", "must be positive"));
     }
+    if !(8..=255).contains(&limits.max_job_id_len) {
+        return Err(invalid(
+            "limits.max_job_id_len",
+            "must be between 8 and 255",
+        ));
+    }
+    if !(16..=1024).contains(&limits.max_output_key_len) {
+        return Err(invalid(
+            "limits.max_output_key_len",
+            "must be between 16 and 1024 (S3 keys are at most 1024 bytes)",
+        ));
+    }
+    Ok(limits)
 }
 
 impl RawTelemetry {
     fn validate(self, otel_env: Option<String>) -> Result<TelemetrySettings, ConfigError> {
-        let log_format = match self.log_format.as_str() {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            other => {
-                return Err(invalid(
-                    "telemetry.log_format",
-                    format!("must be \"text\" or \"json\", got {other:?}"),
-                ));
-            }
-        };
         let endpoint = Some(self.otlp_endpoint)
             .filter(|e| !e.trim().is_empty())
             .or(otel_env.filter(|e| !e.trim().is_empty()));
@@ -674,7 +643,7 @@ impl RawTelemetry {
             None => None,
         };
         Ok(TelemetrySettings {
-            log_format,
+            log_format: self.log_format,
             otlp_endpoint,
             service_name: self.service_name,
         })
@@ -796,6 +765,13 @@ mod tests {
             ("TTS__AMQP__MAX_IN_FLIGHT", "0", "amqp.max_in_flight"),
             ("TTS__SEGMIND__JOB_DEADLINE", "-1", "segmind.job_deadline"),
             ("TTS__TELEMETRY__LOG_FORMAT", "xml", "telemetry.log_format"),
+            (
+                "TTS__JOBS__ON_ACCOUNT_ERROR",
+                "ignore",
+                "jobs.on_account_error",
+            ),
+            ("TTS__S3__OPERATION_TIMEOUT", "0", "s3.operation_timeout"),
+            ("TTS__LIMITS__MAX_JOB_ID_LEN", "4", "limits.max_job_id_len"),
             (
                 "TTS__SEGMIND__API_KEY_FILE",
                 "/nonexistent/key",

@@ -1,21 +1,24 @@
-//! The one place that classifies failures.
+//! The vocabulary of failure, and the one place that decides what a failure
+//! means.
 //!
-//! Every error a job can meet ends here and becomes a [`Failure`]: a stable
-//! [`ErrorCode`] for events and metrics, a [`Class`] that decides what happens
-//! next (retry the call later, fail the job, or treat it as an account-level
-//! problem), and the HTTP status when there was one. The Segmind client's retry
-//! layer asks [`classify_segmind`] too, so "what is worth retrying" is decided
-//! once.
+//! Adapters (the Segmind client, storage, the audio checks) do not judge their
+//! own errors: each reports what happened as a [`Fault`] — an HTTP status on a
+//! given [`Call`], a network error, an S3 error kind — through [`AsFault`].
+//! [`classify`] alone turns a fault into a [`Failure`]: a stable
+//! [`ErrorCode`] for events and metrics, and a [`Class`] saying whether to
+//! retry the call, fail the job, or treat it as an account-level problem.
+//! [`disposition`] alone decides what a failed job's delivery becomes.
+//!
+//! This module sits at the bottom of the crate: it imports only
+//! configuration, so every adapter can depend on it and none of it depends on
+//! an adapter.
 
-use serde::Serialize;
+use std::fmt;
 
-use crate::audio::AudioError;
-use crate::segmind::{Endpoint, SegmindError};
-use crate::storage::StorageError;
+use crate::config::AccountPolicy;
 
-/// Stable, documented error codes carried in failure events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// Stable, documented error codes carried in failure events and metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     /// The request failed validation (or the API answered 400).
     InvalidRequest,
@@ -41,8 +44,14 @@ pub enum ErrorCode {
     ModelUnavailable,
     /// The API answered something the protocol does not allow.
     ProtocolError,
-    /// The audio could not be stored.
+    /// The audio could not be stored (storage unreachable, throttling, 5xx,
+    /// timeouts).
     StorageFailed,
+    /// The bucket refuses our credentials (AccessDenied, InvalidAccessKeyId,
+    /// SignatureDoesNotMatch): nothing can be stored until that is fixed.
+    StorageAccessDenied,
+    /// The configured bucket does not exist (NoSuchBucket).
+    StorageBucketMissing,
     /// The audio was empty, too large, or not audio.
     AudioInvalid,
     /// The message was delivered more times than allowed without finishing
@@ -51,6 +60,28 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for documentation checks and exhaustive tests.
+    pub const ALL: [ErrorCode; 17] = [
+        ErrorCode::InvalidRequest,
+        ErrorCode::ContentBlocked,
+        ErrorCode::InferenceFailed,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::InsufficientCredits,
+        ErrorCode::RateLimited,
+        ErrorCode::UpstreamUnavailable,
+        ErrorCode::Timeout,
+        ErrorCode::Expired,
+        ErrorCode::ModelUnavailable,
+        ErrorCode::ProtocolError,
+        ErrorCode::StorageFailed,
+        ErrorCode::StorageAccessDenied,
+        ErrorCode::StorageBucketMissing,
+        ErrorCode::AudioInvalid,
+        ErrorCode::PoisonMessage,
+    ];
+
+    /// The code's one spelling, in events, dead-letter headers and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::InvalidRequest => "invalid_request",
@@ -66,9 +97,28 @@ impl ErrorCode {
             ErrorCode::ModelUnavailable => "model_unavailable",
             ErrorCode::ProtocolError => "protocol_error",
             ErrorCode::StorageFailed => "storage_failed",
+            ErrorCode::StorageAccessDenied => "storage_access_denied",
+            ErrorCode::StorageBucketMissing => "storage_bucket_missing",
             ErrorCode::AudioInvalid => "audio_invalid",
             ErrorCode::PoisonMessage => "poison_message",
         }
+    }
+
+    /// Whether this code is about storage rather than Segmind (which decides
+    /// what a pause probes).
+    pub fn is_storage(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::StorageFailed
+                | ErrorCode::StorageAccessDenied
+                | ErrorCode::StorageBucketMissing
+        )
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -79,7 +129,8 @@ pub enum Class {
     Transient,
     /// This job cannot succeed as it is; retrying the call is pointless.
     Permanent,
-    /// Nothing will succeed until the account is fixed (key, permission, credits).
+    /// Nothing will succeed until the account is fixed (key, permission,
+    /// credits, bucket access).
     Account,
 }
 
@@ -115,6 +166,18 @@ impl Failure {
             http_status: None,
         }
     }
+
+    /// A message delivered `attempt` times, more than `max_deliveries`.
+    pub fn poison(attempt: u32, max_deliveries: u32) -> Self {
+        Failure {
+            code: ErrorCode::PoisonMessage,
+            class: Class::Permanent,
+            message: format!(
+                "delivered {attempt} times without finishing (limit {max_deliveries}): it crashed, stalled or was interrupted each time"
+            ),
+            http_status: None,
+        }
+    }
 }
 
 /// What to do with a delivery whose job failed.
@@ -127,15 +190,6 @@ pub enum Disposition {
     Requeue,
     /// Requeue it and stop taking work until the account is fixed.
     Pause,
-}
-
-/// What to do on an account-level failure (401, 403, 406).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AccountPolicy {
-    /// Stop consuming, requeue, probe until the account works again.
-    Pause,
-    /// Fail the job like any other permanent failure.
-    Fail,
 }
 
 /// Decides a failed job's fate. `attempt` counts deliveries from 1;
@@ -153,26 +207,146 @@ pub fn disposition(
     }
 }
 
-/// Every error a job's processing can end with.
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    #[error(transparent)]
-    Segmind(#[from] SegmindError),
-    #[error(transparent)]
-    Audio(#[from] AudioError),
-    #[error(transparent)]
-    Storage(#[from] StorageError),
+/// Which call of the Segmind flow something happened on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    Submit,
+    Status,
+    Result,
+    /// The audio download from the media host (a CDN, not the API).
+    Download,
 }
 
-/// Maps an HTTP status of the Segmind API to a code and class.
-/// `endpoint` matters for 404: on submit the model is missing, on a poll the
-/// request expired.
-pub fn classify_status(status: u16, endpoint: Endpoint) -> (ErrorCode, Class) {
+impl Call {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Call::Submit => "submit",
+            Call::Status => "status",
+            Call::Result => "result",
+            Call::Download => "download",
+        }
+    }
+}
+
+impl fmt::Display for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an S3 call's error was, as the storage adapter reads it from the SDK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageFault {
+    /// No answer: connection refused or reset, DNS, TLS.
+    Unreachable,
+    /// The call ran past `s3.operation_timeout` (or the SDK's own timeouts).
+    TimedOut,
+    /// SlowDown / Throttling / 429 / 503.
+    Throttled,
+    /// Another 5xx.
+    ServerError,
+    /// NoSuchBucket.
+    NoSuchBucket,
+    /// AccessDenied / 403.
+    AccessDenied,
+    /// InvalidAccessKeyId, SignatureDoesNotMatch, expired or missing credentials.
+    InvalidCredentials,
+    /// Anything else (an unexpected 4xx, a body that could not be read).
+    Other,
+}
+
+/// What went wrong, in facts, as an adapter reports it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fault<'a> {
+    /// The API (or the media host, for [`Call::Download`]) answered this status.
+    Http { call: Call, status: u16 },
+    /// No HTTP answer.
+    Network { timeout: bool },
+    /// The answer broke the protocol.
+    Protocol,
+    /// Segmind reports the job FAILED with this message.
+    JobFailed {
+        message: &'a str,
+        http_status: Option<u16>,
+    },
+    /// The job's deadline passed before a result arrived.
+    Deadline,
+    /// The audio is empty, too large, truncated or not audio.
+    BadAudio,
+    /// An S3 call failed.
+    Storage(StorageFault),
+}
+
+/// An error that can say what happened. Its `Display` is the failure message.
+pub trait AsFault: fmt::Display {
+    fn fault(&self) -> Fault<'_>;
+}
+
+/// Decides what an error means. `block_patterns` are lower-cased substrings
+/// that mark a FAILED job's message as a content (RAI/safety) block.
+pub fn classify(err: &dyn AsFault, block_patterns: &[String]) -> Failure {
+    let (code, class, http_status) = match err.fault() {
+        Fault::Http {
+            call: Call::Download,
+            status,
+        } if status < 500 && status != 429 => {
+            // The CDN is not the API: its 4xx mean the result is gone or
+            // broken, never an account problem.
+            (ErrorCode::AudioInvalid, Class::Permanent, Some(status))
+        }
+        Fault::Http { call, status } => {
+            let (code, class) = classify_status(status, call);
+            (code, class, Some(status))
+        }
+        Fault::Network { timeout: true } => (ErrorCode::Timeout, Class::Transient, None),
+        Fault::Network { timeout: false } => {
+            (ErrorCode::UpstreamUnavailable, Class::Transient, None)
+        }
+        Fault::Protocol => (ErrorCode::ProtocolError, Class::Permanent, None),
+        Fault::JobFailed {
+            message,
+            http_status,
+        } => {
+            let code = if is_content_block(message, block_patterns) {
+                ErrorCode::ContentBlocked
+            } else {
+                ErrorCode::InferenceFailed
+            };
+            (code, Class::Permanent, http_status)
+        }
+        Fault::Deadline => (ErrorCode::Timeout, Class::Permanent, None),
+        Fault::BadAudio => (ErrorCode::AudioInvalid, Class::Permanent, None),
+        Fault::Storage(kind) => {
+            let (code, class) = match kind {
+                StorageFault::NoSuchBucket => (ErrorCode::StorageBucketMissing, Class::Account),
+                StorageFault::AccessDenied | StorageFault::InvalidCredentials => {
+                    (ErrorCode::StorageAccessDenied, Class::Account)
+                }
+                StorageFault::Unreachable
+                | StorageFault::TimedOut
+                | StorageFault::Throttled
+                | StorageFault::ServerError
+                | StorageFault::Other => (ErrorCode::StorageFailed, Class::Transient),
+            };
+            (code, class, None)
+        }
+    };
+    Failure {
+        code,
+        class,
+        message: err.to_string(),
+        http_status,
+    }
+}
+
+/// Maps an HTTP status of the Segmind API to a code and class. `call`
+/// matters for 404: on submit the model is missing, later the request expired.
+fn classify_status(status: u16, call: Call) -> (ErrorCode, Class) {
     match status {
         400 => (ErrorCode::InvalidRequest, Class::Permanent),
         401 => (ErrorCode::Unauthorized, Class::Account),
         403 => (ErrorCode::Forbidden, Class::Account),
-        404 if endpoint == Endpoint::Submit => (ErrorCode::ModelUnavailable, Class::Permanent),
+        404 if call == Call::Submit => (ErrorCode::ModelUnavailable, Class::Permanent),
         404 => (ErrorCode::Expired, Class::Permanent),
         406 => (ErrorCode::InsufficientCredits, Class::Account),
         410 => (ErrorCode::ModelUnavailable, Class::Permanent),
@@ -185,77 +359,9 @@ pub fn classify_status(status: u16, endpoint: Endpoint) -> (ErrorCode, Class) {
 }
 
 /// Whether a FAILED job's error text describes a content/safety block.
-pub fn is_content_block(message: &str, patterns: &[String]) -> bool {
+fn is_content_block(message: &str, patterns: &[String]) -> bool {
     let lower = message.to_lowercase();
     patterns.iter().any(|p| lower.contains(p.as_str()))
-}
-
-/// Classifies an error of the Segmind client.
-pub fn classify_segmind(err: &SegmindError, block_patterns: &[String]) -> Failure {
-    let (code, class, http_status) = match err {
-        SegmindError::Status {
-            status, endpoint, ..
-        } => {
-            let (code, class) = match endpoint {
-                // The CDN is not the API: its 4xx mean the result is gone or
-                // broken, never an account problem.
-                Endpoint::Download if *status < 500 && *status != 429 => {
-                    (ErrorCode::AudioInvalid, Class::Permanent)
-                }
-                _ => classify_status(*status, *endpoint),
-            };
-            (code, class, Some(*status))
-        }
-        SegmindError::Transport { timeout, .. } => (
-            if *timeout {
-                ErrorCode::Timeout
-            } else {
-                ErrorCode::UpstreamUnavailable
-            },
-            Class::Transient,
-            None,
-        ),
-        SegmindError::Protocol { .. } => (ErrorCode::ProtocolError, Class::Permanent, None),
-        SegmindError::JobFailed {
-            message,
-            http_status,
-            ..
-        } => {
-            let code = if is_content_block(message, block_patterns) {
-                ErrorCode::ContentBlocked
-            } else {
-                ErrorCode::InferenceFailed
-            };
-            (code, Class::Permanent, *http_status)
-        }
-        SegmindError::Deadline { .. } => (ErrorCode::Timeout, Class::Permanent, None),
-        SegmindError::TooLarge { .. } => (ErrorCode::AudioInvalid, Class::Permanent, None),
-    };
-    Failure {
-        code,
-        class,
-        message: err.to_string(),
-        http_status,
-    }
-}
-
-/// Classifies any error a job ended with.
-pub fn classify(err: &JobError, block_patterns: &[String]) -> Failure {
-    match err {
-        JobError::Segmind(e) => classify_segmind(e, block_patterns),
-        JobError::Audio(e) => Failure {
-            code: ErrorCode::AudioInvalid,
-            class: Class::Permanent,
-            message: e.to_string(),
-            http_status: None,
-        },
-        JobError::Storage(e) => Failure {
-            code: ErrorCode::StorageFailed,
-            class: Class::Transient,
-            message: e.to_string(),
-            http_status: None,
-        },
-    }
 }
 
 #[cfg(test)]
@@ -269,58 +375,71 @@ mod tests {
             .collect()
     }
 
+    /// A stand-in adapter error reporting a given fault.
+    struct Reported(Fault<'static>);
+
+    impl fmt::Display for Reported {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{:?}", self.0)
+        }
+    }
+
+    impl AsFault for Reported {
+        fn fault(&self) -> Fault<'_> {
+            self.0
+        }
+    }
+
+    fn of(fault: Fault<'static>) -> Failure {
+        classify(&Reported(fault), &patterns())
+    }
+
     #[test]
     fn every_documented_status_code_is_classified() {
         use Class::*;
         use ErrorCode::*;
         let table = [
-            (400, Endpoint::Submit, InvalidRequest, Permanent),
-            (401, Endpoint::Submit, Unauthorized, Account),
-            (401, Endpoint::Status, Unauthorized, Account),
-            (403, Endpoint::Submit, Forbidden, Account),
-            (404, Endpoint::Submit, ModelUnavailable, Permanent),
-            (404, Endpoint::Status, Expired, Permanent),
-            (404, Endpoint::Result, Expired, Permanent),
-            (405, Endpoint::Submit, ProtocolError, Permanent),
-            (406, Endpoint::Submit, InsufficientCredits, Account),
-            (410, Endpoint::Submit, ModelUnavailable, Permanent),
-            (422, Endpoint::Status, InferenceFailed, Permanent),
-            (429, Endpoint::Submit, RateLimited, Transient),
-            (429, Endpoint::Status, RateLimited, Transient),
-            (500, Endpoint::Submit, UpstreamUnavailable, Transient),
-            (502, Endpoint::Status, UpstreamUnavailable, Transient),
-            (503, Endpoint::Result, UpstreamUnavailable, Transient),
-            (504, Endpoint::Submit, UpstreamUnavailable, Transient),
-            (599, Endpoint::Submit, UpstreamUnavailable, Transient),
-            (418, Endpoint::Submit, ProtocolError, Permanent),
+            (400, Call::Submit, InvalidRequest, Permanent),
+            (401, Call::Submit, Unauthorized, Account),
+            (401, Call::Status, Unauthorized, Account),
+            (403, Call::Submit, Forbidden, Account),
+            (404, Call::Submit, ModelUnavailable, Permanent),
+            (404, Call::Status, Expired, Permanent),
+            (404, Call::Result, Expired, Permanent),
+            (405, Call::Submit, ProtocolError, Permanent),
+            (406, Call::Submit, InsufficientCredits, Account),
+            (410, Call::Submit, ModelUnavailable, Permanent),
+            (422, Call::Status, InferenceFailed, Permanent),
+            (429, Call::Submit, RateLimited, Transient),
+            (429, Call::Status, RateLimited, Transient),
+            (500, Call::Submit, UpstreamUnavailable, Transient),
+            (502, Call::Status, UpstreamUnavailable, Transient),
+            (503, Call::Result, UpstreamUnavailable, Transient),
+            (504, Call::Submit, UpstreamUnavailable, Transient),
+            (599, Call::Submit, UpstreamUnavailable, Transient),
+            (418, Call::Submit, ProtocolError, Permanent),
         ];
-        for (status, endpoint, code, class) in table {
-            assert_eq!(
-                classify_status(status, endpoint),
-                (code, class),
-                "{status} on {endpoint:?}"
-            );
+        for (status, call, code, class) in table {
+            let f = of(Fault::Http { call, status });
+            assert_eq!((f.code, f.class), (code, class), "{status} on {call}");
+            assert_eq!(f.http_status, Some(status));
         }
     }
 
     #[test]
     fn failed_jobs_split_into_content_blocks_and_inference_failures() {
-        let blocked = SegmindError::JobFailed {
-            request_id: "r".into(),
-            message: "Request blocked by RAI safety filter".into(),
+        let f = of(Fault::JobFailed {
+            message: "Request blocked by RAI safety filter",
             http_status: Some(422),
-        };
-        let f = classify_segmind(&blocked, &patterns());
+        });
         assert_eq!(f.code, ErrorCode::ContentBlocked);
         assert_eq!(f.http_status, Some(422));
         assert!(!f.retryable());
 
-        let other = SegmindError::JobFailed {
-            request_id: "r".into(),
-            message: "Model returned no candidates".into(),
+        let f = of(Fault::JobFailed {
+            message: "Model returned no candidates",
             http_status: Some(422),
-        };
-        let f = classify_segmind(&other, &patterns());
+        });
         assert_eq!(f.code, ErrorCode::InferenceFailed);
         assert!(f.retryable());
     }
@@ -337,61 +456,73 @@ mod tests {
 
     #[test]
     fn download_errors_never_look_like_account_problems() {
-        let e = SegmindError::Status {
-            endpoint: Endpoint::Download,
+        let f = of(Fault::Http {
+            call: Call::Download,
             status: 403,
-            body: String::new(),
-            retry_after: None,
-        };
-        let f = classify_segmind(&e, &patterns());
+        });
         assert_eq!(
             (f.code, f.class),
             (ErrorCode::AudioInvalid, Class::Permanent)
         );
-        let e = SegmindError::Status {
-            endpoint: Endpoint::Download,
-            status: 503,
-            body: String::new(),
-            retry_after: None,
-        };
-        assert_eq!(classify_segmind(&e, &patterns()).class, Class::Transient);
+        for status in [503, 429] {
+            let f = of(Fault::Http {
+                call: Call::Download,
+                status,
+            });
+            assert_eq!(f.class, Class::Transient, "{status}");
+        }
     }
 
     #[test]
-    fn deadline_and_transport_errors() {
-        let f = classify_segmind(
-            &SegmindError::Deadline {
-                request_id: Some("r".into()),
-                waited: std::time::Duration::from_secs(600),
-            },
-            &patterns(),
-        );
-        assert_eq!(f.code, ErrorCode::Timeout);
+    fn deadline_network_protocol_and_audio_faults() {
+        let f = of(Fault::Deadline);
+        assert_eq!((f.code, f.class), (ErrorCode::Timeout, Class::Permanent));
         assert!(f.retryable(), "a job that timed out may succeed later");
-        let f = classify_segmind(
-            &SegmindError::Protocol {
-                endpoint: Endpoint::Submit,
-                detail: "no request_id".into(),
-            },
-            &patterns(),
+        let f = of(Fault::Network { timeout: true });
+        assert_eq!((f.code, f.class), (ErrorCode::Timeout, Class::Transient));
+        let f = of(Fault::Network { timeout: false });
+        assert_eq!(
+            (f.code, f.class),
+            (ErrorCode::UpstreamUnavailable, Class::Transient)
         );
+        let f = of(Fault::Protocol);
         assert_eq!(f.code, ErrorCode::ProtocolError);
         assert!(!f.retryable());
+        let f = of(Fault::BadAudio);
+        assert_eq!(
+            (f.code, f.class),
+            (ErrorCode::AudioInvalid, Class::Permanent)
+        );
+        assert_eq!(f.message, "BadAudio", "the error's Display is the message");
     }
 
     #[test]
-    fn storage_and_audio_errors() {
-        let f = classify(&JobError::Audio(AudioError::Empty), &patterns());
-        assert_eq!(f.code, ErrorCode::AudioInvalid);
-        let f = classify(
-            &JobError::Storage(StorageError::Upload {
-                key: "k".into(),
-                detail: "connection refused".into(),
-            }),
-            &patterns(),
-        );
-        assert_eq!(f.code, ErrorCode::StorageFailed);
-        assert!(f.retryable());
+    fn storage_faults_split_into_transient_and_account_level() {
+        use StorageFault::*;
+        let table = [
+            (Unreachable, ErrorCode::StorageFailed, Class::Transient),
+            (TimedOut, ErrorCode::StorageFailed, Class::Transient),
+            (Throttled, ErrorCode::StorageFailed, Class::Transient),
+            (ServerError, ErrorCode::StorageFailed, Class::Transient),
+            (Other, ErrorCode::StorageFailed, Class::Transient),
+            (
+                NoSuchBucket,
+                ErrorCode::StorageBucketMissing,
+                Class::Account,
+            ),
+            (AccessDenied, ErrorCode::StorageAccessDenied, Class::Account),
+            (
+                InvalidCredentials,
+                ErrorCode::StorageAccessDenied,
+                Class::Account,
+            ),
+        ];
+        for (kind, code, class) in table {
+            let f = of(Fault::Storage(kind));
+            assert_eq!((f.code, f.class), (code, class), "{kind:?}");
+            assert!(f.retryable(), "{kind:?}: fixable by operators or time");
+            assert!(f.code.is_storage());
+        }
     }
 
     #[test]
@@ -405,6 +536,7 @@ mod tests {
         let transient = f(ErrorCode::StorageFailed, Class::Transient);
         let permanent = f(ErrorCode::ContentBlocked, Class::Permanent);
         let account = f(ErrorCode::Unauthorized, Class::Account);
+        let bucket = f(ErrorCode::StorageBucketMissing, Class::Account);
         use AccountPolicy as P;
         use Disposition as D;
         let table = [
@@ -417,6 +549,8 @@ mod tests {
             (&account, 1, 5, P::Pause, D::Pause),
             (&account, 7, 5, P::Pause, D::Pause), // pausing is not the job's fault
             (&account, 1, 5, P::Fail, D::Fail),
+            (&bucket, 1, 5, P::Pause, D::Pause),
+            (&bucket, 1, 5, P::Fail, D::Fail),
         ];
         for (failure, attempt, max, policy, expected) in table {
             assert_eq!(
@@ -429,18 +563,25 @@ mod tests {
     }
 
     #[test]
-    fn codes_serialize_as_their_documented_names() {
-        for code in [
-            ErrorCode::InvalidRequest,
-            ErrorCode::ContentBlocked,
-            ErrorCode::InsufficientCredits,
-            ErrorCode::UpstreamUnavailable,
-            ErrorCode::AudioInvalid,
-        ] {
-            assert_eq!(
-                serde_json::to_value(code).unwrap(),
-                serde_json::Value::String(code.as_str().into())
+    fn every_code_has_one_distinct_snake_case_spelling() {
+        let mut seen = std::collections::BTreeSet::new();
+        for code in ErrorCode::ALL {
+            let s = code.as_str();
+            assert!(
+                !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{s}"
             );
+            assert!(seen.insert(s), "{s} is spelled twice");
+            assert_eq!(code.to_string(), s);
+        }
+    }
+
+    #[test]
+    fn every_code_is_documented_in_the_readme_error_table() {
+        let readme = include_str!("../README.md");
+        for code in ErrorCode::ALL {
+            let row = format!("| `{}` |", code.as_str());
+            assert!(readme.contains(&row), "README.md's error table lacks {row}");
         }
     }
 }

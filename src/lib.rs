@@ -4,21 +4,17 @@
 //!
 //! # Layout
 //!
-//! - [`app`]: wiring; builds everything from [`config::Settings`] and runs.
-//! - [`worker`]: one delivery to one confirmed terminal event ([`worker::process`]), and the bounded loop.
-//! - [`checkpoint`]: a job's durable record in the bucket (crash-resume, idempotent replays).
-//! - [`pause`]: pausing consumption on account-level failures.
-//! - [`wire`]: request JSON and CloudEvents, decoded into / encoded from [`job`] types.
-//! - [`job`]: domain types, valid by construction (voices, job ids, keys, outcomes).
-//! - [`segmind`]: the API client (submit, poll, result, download).
-//! - [`retry`], [`poll`]: the backoff policy and the polling schedule it uses.
-//! - [`failure`]: the one place failures are classified into codes and classes.
-//! - [`audio`]: sniffing and checking audio bytes.
-//! - [`storage`]: S3 uploads.
-//! - [`broker`]: RabbitMQ topology and confirmed publishing.
-//! - [`metrics`], [`http`], [`telemetry`]: observability.
-//! - [`cli`], [`submit`], [`check`]: the command line.
-//! - [`simulator`]: a faithful Segmind simulator for tests, the demo and benchmarks.
+//! Modules form layers; each imports only from layers below it (checked by
+//! `tests/layers.rs`, stated in ARCHITECTURE.md):
+//!
+//! 1. Configuration and domain values: [`config`], [`failure`] (the
+//!    vocabulary of failure and the one classifier), [`job`], [`audio`],
+//!    [`metrics`]; the wire formats, [`wire`].
+//! 2. Adapters: [`segmind`] (the API client), [`storage`] (S3), [`broker`]
+//!    (RabbitMQ), [`http`] and [`telemetry`] (observability); above storage,
+//!    [`checkpoint`] (a job's durable record in the bucket).
+//! 3. The [`worker`]: pipeline, settlement, consume loop, pause gate.
+//! 4. Wiring, [`app`], and the command line: [`cli`], [`submit`], [`check`].
 
 pub mod app;
 pub mod audio;
@@ -31,11 +27,7 @@ pub mod failure;
 pub mod http;
 pub mod job;
 pub mod metrics;
-pub mod pause;
-pub mod poll;
-pub mod retry;
 pub mod segmind;
-pub mod simulator;
 pub mod storage;
 pub mod submit;
 pub mod telemetry;

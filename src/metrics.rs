@@ -36,20 +36,23 @@ pub struct Metrics {
     pub segmind_requests: IntCounterVec,
     /// Segmind HTTP calls per job, observed once per finished job.
     pub segmind_calls_per_job: Histogram,
-    /// Retries of a call, by reason (429, 5xx, network, storage).
+    /// Retries, by reason: a Segmind call retried after a `429`, a `5xx` or a
+    /// `network` error, or a job resubmitted after `audio_invalid` audio.
     pub retries: IntCounterVec,
     /// Duration of S3 uploads, the SDK's own retries included.
     pub s3_upload: Histogram,
     /// Size of stored audio objects.
     pub audio_bytes: Histogram,
-    /// Terminal events and dead-letter copies published, by kind.
+    /// Messages published with confirmation, by kind: `event`, `reply`
+    /// (the courtesy copy to `reply_to`) or `dead_letter`.
     pub published: IntCounterVec,
     /// 1 while consumption is paused for an account-level reason (error code).
     pub paused: IntGaugeVec,
-    /// Deliveries requeued instead of finished, by reason (an error code).
+    /// Deliveries requeued instead of finished, by reason (an error code, or
+    /// `publish_failed`).
     pub requeues: IntCounterVec,
-    /// Jobs resumed from a checkpoint instead of submitted again, and jobs
-    /// answered from storage, by kind.
+    /// Jobs that reused earlier work, by kind: `poll` (resumed a Segmind
+    /// request from its checkpoint) or `storage` (answered from the bucket).
     pub resumed: IntCounterVec,
 }
 
@@ -185,6 +188,14 @@ impl Metrics {
         m
     }
 
+    /// Counts a job in `tts_jobs_in_flight` until the returned guard is
+    /// dropped: when the job ends, or when its task is aborted (a broker loss
+    /// drops every task of the session), so the gauge cannot drift.
+    pub fn job_in_flight(&self) -> InFlight {
+        self.jobs_in_flight.inc();
+        InFlight(self.jobs_in_flight.clone())
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -193,6 +204,16 @@ impl Metrics {
             tracing::error!(error = %e, "could not encode metrics");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// A job counted in `tts_jobs_in_flight`; see [`Metrics::job_in_flight`].
+#[must_use = "the job stops counting as in flight when this is dropped"]
+pub struct InFlight(IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -206,9 +227,26 @@ impl Default for Metrics {
 mod tests {
     use super::*;
 
+    /// Metric names listed in README.md's "Metrics" bullet.
+    fn documented() -> std::collections::BTreeSet<String> {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("- **Metrics**")
+            .expect("README documents metrics");
+        let end = start + readme[start..].find("\n\n").expect("the bullet ends");
+        readme[start..end]
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(|m| m.split('{').next().unwrap_or(m).to_owned())
+            .filter(|m| m.starts_with("tts_"))
+            .collect()
+    }
+
     #[test]
-    fn every_documented_metric_is_exposed() {
+    fn every_metric_is_registered_exposed_and_documented() {
         let m = Metrics::new();
+        // Labelled metrics appear once a label set is used.
         m.queue_depth.with_label_values(&["tts.requests"]).set(3);
         m.jobs.with_label_values(&["completed"]).inc();
         m.job_duration
@@ -219,19 +257,56 @@ mod tests {
             .inc();
         m.retries.with_label_values(&["429"]).inc();
         m.published.with_label_values(&["event"]).inc();
+        m.paused.with_label_values(&["unauthorized"]).set(0);
+        m.requeues.with_label_values(&["storage_failed"]).inc();
+        m.resumed.with_label_values(&["poll"]).inc();
+        let registered: std::collections::BTreeSet<String> = m
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect();
+        assert_eq!(registered.len(), 14, "{registered:?}");
+        assert_eq!(
+            registered,
+            documented(),
+            "README.md's metric list and the registry differ"
+        );
         let text = m.render();
-        for name in [
+        for name in &registered {
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{name} is not exposed in\n{text}"
+            );
+        }
+        for sample in [
             "tts_queue_depth{queue=\"tts.requests\"} 3",
-            "tts_inference_duration_seconds_bucket",
-            "tts_job_duration_seconds_bucket{outcome=\"completed\"",
             "tts_jobs_total{outcome=\"completed\"} 1",
             "tts_jobs_in_flight 0",
             "tts_segmind_requests_total{endpoint=\"submit\",status=\"200\"} 1",
             "tts_retries_total{reason=\"429\"} 1",
-            "tts_s3_upload_seconds_bucket",
-            "tts_segmind_calls_per_job_bucket",
         ] {
-            assert!(text.contains(name), "missing {name} in\n{text}");
+            assert!(text.contains(sample), "missing {sample} in\n{text}");
         }
+    }
+
+    #[tokio::test]
+    async fn an_aborted_job_stops_counting_as_in_flight() {
+        let m = Metrics::new();
+        let held = m.job_in_flight();
+        let metrics = m.clone();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let _in_flight = metrics.job_in_flight();
+            let _ = started_tx.send(());
+            std::future::pending::<()>().await;
+        });
+        started_rx.await.unwrap();
+        assert_eq!(m.jobs_in_flight.get(), 2);
+        task.abort();
+        let _ = task.await;
+        assert_eq!(m.jobs_in_flight.get(), 1, "the aborted job was uncounted");
+        drop(held);
+        assert_eq!(m.jobs_in_flight.get(), 0);
     }
 }

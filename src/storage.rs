@@ -1,35 +1,120 @@
-//! S3-compatible storage of the audio.
+//! S3-compatible storage of the audio (and of checkpoints, through
+//! [`crate::checkpoint`]).
 //!
-//! Objects carry their SHA-256 in the `sha256` user metadata and the job id in
-//! `job-id`, so a consumer (or a later run) can check an object is complete.
-//! Retries are the SDK's own (standard mode, `s3.max_attempts`): this module
-//! adds none, so there is exactly one retry layer per call.
+//! Audio objects carry their SHA-256 in the `sha256` user metadata and the
+//! job id in `job-id`, so a consumer can check an object is complete; a
+//! replayed completion reads its facts from the job's checkpoint and uses
+//! [`Storage::head`] only to confirm the object is still the one recorded
+//! there. Retries are the SDK's own (standard mode, `s3.max_attempts`) and
+//! every call is bounded by `s3.operation_timeout`: this module adds no retry
+//! layer. Errors say what kind of failure S3 reported ([`StorageFault`]) and
+//! leave its meaning to [`crate::failure::classify`].
 
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use sha2::{Digest, Sha256};
 
 use crate::audio::Audio;
 use crate::config::S3Settings;
+use crate::failure::{AsFault, Fault, StorageFault};
 use crate::job::{JobId, ObjectKey, StoredAudio};
 
+/// An S3 call that failed, with the kind of failure S3 (or the network)
+/// reported.
 #[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    #[error("could not upload s3 object {key}: {detail}")]
-    Upload { key: String, detail: String },
-    #[error("could not read s3 object {key}: {detail}")]
-    Download { key: String, detail: String },
-    #[error("could not delete s3 object {key}: {detail}")]
-    Delete { key: String, detail: String },
-    #[error("bucket {bucket} is not reachable: {detail}")]
-    Bucket { bucket: String, detail: String },
+#[error("could not {action} {target}: {detail}")]
+pub struct StorageError {
+    action: &'static str,
+    target: String,
+    kind: StorageFault,
+    detail: String,
 }
 
-/// Uploads audio to one bucket. Cheap to clone.
+impl StorageError {
+    pub fn kind(&self) -> StorageFault {
+        self.kind
+    }
+}
+
+impl AsFault for StorageError {
+    fn fault(&self) -> Fault<'_> {
+        Fault::Storage(self.kind)
+    }
+}
+
+/// Reads what kind of failure an SDK error is. Facts only: which S3 error
+/// code or HTTP status came back, or that none did.
+fn kind_of<E>(err: &SdkError<E, HttpResponse>, http_status: Option<u16>) -> StorageFault
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match err {
+        SdkError::TimeoutError(_) => StorageFault::TimedOut,
+        SdkError::DispatchFailure(d) if d.is_timeout() => StorageFault::TimedOut,
+        SdkError::DispatchFailure(_) => StorageFault::Unreachable,
+        SdkError::ConstructionFailure(_) => {
+            // Signing fails here when no credentials can be found.
+            if DisplayErrorContext(err).to_string().contains("credentials") {
+                StorageFault::InvalidCredentials
+            } else {
+                StorageFault::Other
+            }
+        }
+        _ => match err.code() {
+            Some("NoSuchBucket") => StorageFault::NoSuchBucket,
+            Some("AccessDenied" | "AllAccessDisabled" | "AccountProblem") => {
+                StorageFault::AccessDenied
+            }
+            Some(
+                "InvalidAccessKeyId"
+                | "SignatureDoesNotMatch"
+                | "ExpiredToken"
+                | "InvalidToken"
+                | "TokenRefreshRequired",
+            ) => StorageFault::InvalidCredentials,
+            Some(
+                "SlowDown"
+                | "Throttling"
+                | "ThrottlingException"
+                | "RequestLimitExceeded"
+                | "TooManyRequests"
+                | "RequestTimeout",
+            ) => StorageFault::Throttled,
+            _ => match http_status {
+                Some(403) => StorageFault::AccessDenied,
+                Some(429 | 503) => StorageFault::Throttled,
+                Some(s) if s >= 500 => StorageFault::ServerError,
+                _ => StorageFault::Other,
+            },
+        },
+    }
+}
+
+type HttpResponse = aws_sdk_s3::config::http::HttpResponse;
+
+fn storage_error<E>(
+    action: &'static str,
+    target: String,
+    err: SdkError<E, HttpResponse>,
+) -> StorageError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let http_status = err.raw_response().map(|r| r.status().as_u16());
+    StorageError {
+        action,
+        kind: kind_of(&err, http_status),
+        detail: DisplayErrorContext(&err).to_string(),
+        target,
+    }
+}
+
+/// One bucket. Cheap to clone.
 #[derive(Clone)]
 pub struct Storage {
     client: Client,
@@ -70,6 +155,13 @@ impl Storage {
                 aws_sdk_s3::config::retry::RetryConfig::standard()
                     .with_max_attempts(settings.max_attempts),
             )
+            // `segmind.job_deadline` does not cover storage: without this a
+            // hung endpoint would hold the job (and its delivery) forever.
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_timeout(settings.operation_timeout)
+                    .build(),
+            )
             // S3-compatible servers differ in their support of the newer
             // default checksums; our own SHA-256 in metadata covers integrity.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
@@ -87,54 +179,62 @@ impl Storage {
         &self.bucket
     }
 
-    /// Uploads `audio` under `key`. The object's metadata carries what a
-    /// replayed completion event needs (checksum, job and request ids).
+    fn object(&self, key: &str) -> String {
+        format!("s3 object {}/{key}", self.bucket)
+    }
+
+    /// Uploads `audio` under `key`, moving its bytes into the request body
+    /// (no copy is made). The object's metadata carries its checksum and the
+    /// job and Segmind request ids.
     pub async fn put(
         &self,
         key: &ObjectKey,
-        audio: &Audio,
+        audio: Audio,
         job_id: &JobId,
         request_id: &str,
     ) -> Result<StoredAudio, StorageError> {
-        let sha256 = hex::encode(Sha256::digest(&audio.bytes));
+        let Audio {
+            bytes,
+            format,
+            duration_seconds,
+        } = audio;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let size_bytes = bytes.len() as u64;
         let mut request = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key.as_str())
-            .content_type(audio.format.content_type())
+            .content_type(format.content_type())
             .metadata("sha256", &sha256)
             .metadata("job-id", job_id.as_str())
             .metadata("segmind-request-id", request_id);
-        if let Some(d) = audio.duration_seconds {
+        if let Some(d) = duration_seconds {
             request = request.metadata("duration-seconds", d.to_string());
         }
         request
-            .body(ByteStream::from(audio.bytes.clone()))
+            .body(ByteStream::from(bytes))
             .send()
             .await
-            .map_err(|e| StorageError::Upload {
-                key: key.to_string(),
-                detail: DisplayErrorContext(&e).to_string(),
-            })?;
+            .map_err(|e| storage_error("upload", self.object(key.as_str()), e))?;
         Ok(StoredAudio {
             bucket: self.bucket.clone(),
             key: key.to_string(),
-            content_type: audio.format.content_type().to_owned(),
-            size_bytes: audio.bytes.len() as u64,
+            content_type: format.content_type().to_owned(),
+            size_bytes,
             sha256,
-            duration_seconds: audio.duration_seconds,
+            duration_seconds,
         })
     }
 
     /// Reads an object whole (used by `submit --out` and tests).
     pub async fn get(&self, key: &str) -> Result<StoredObject, StorageError> {
-        self.fetch(key)
-            .await?
-            .ok_or_else(|| StorageError::Download {
-                key: key.to_owned(),
-                detail: "no such object".into(),
-            })
+        self.fetch(key).await?.ok_or_else(|| StorageError {
+            action: "read",
+            target: self.object(key),
+            kind: StorageFault::Other,
+            detail: "no such object".into(),
+        })
     }
 
     /// Reads a small object whole; `None` when it does not exist.
@@ -143,10 +243,6 @@ impl Storage {
     }
 
     async fn fetch(&self, key: &str) -> Result<Option<StoredObject>, StorageError> {
-        let err = |detail: String| StorageError::Download {
-            key: key.to_owned(),
-            detail,
-        };
         let out = match self
             .client
             .get_object()
@@ -157,21 +253,21 @@ impl Storage {
         {
             Ok(out) => out,
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-            Err(e) => return Err(err(DisplayErrorContext(&e).to_string())),
+            Err(e) => return Err(storage_error("read", self.object(key), e)),
         };
-        let content_type = out.content_type().map(str::to_owned);
         let sha256 = out.metadata().and_then(|m| m.get("sha256")).cloned();
         let bytes = out
             .body
             .collect()
             .await
-            .map_err(|e| err(e.to_string()))?
+            .map_err(|e| StorageError {
+                action: "read",
+                target: self.object(key),
+                kind: StorageFault::Unreachable,
+                detail: e.to_string(),
+            })?
             .into_bytes();
-        Ok(Some(StoredObject {
-            bytes,
-            content_type,
-            sha256,
-        }))
+        Ok(Some(StoredObject { bytes, sha256 }))
     }
 
     /// Writes a small object (checkpoints).
@@ -190,10 +286,7 @@ impl Storage {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| StorageError::Upload {
-                key: key.to_owned(),
-                detail: DisplayErrorContext(&e).to_string(),
-            })
+            .map_err(|e| storage_error("upload", self.object(key), e))
     }
 
     /// Deletes an object; deleting a missing object is not an error.
@@ -205,13 +298,11 @@ impl Storage {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| StorageError::Delete {
-                key: key.to_owned(),
-                detail: DisplayErrorContext(&e).to_string(),
-            })
+            .map_err(|e| storage_error("delete", self.object(key), e))
     }
 
-    /// What an object's metadata says, without reading it; `None` when missing.
+    /// An object's size and the checksum and job id it was stored with,
+    /// without reading it; `None` when missing.
     pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
         match self
             .client
@@ -226,33 +317,30 @@ impl Storage {
                 let get = |k: &str| meta.and_then(|m| m.get(k)).cloned();
                 Ok(Some(ObjectInfo {
                     size_bytes: out.content_length().and_then(|n| u64::try_from(n).ok()),
-                    content_type: out.content_type().map(str::to_owned),
                     sha256: get("sha256"),
                     job_id: get("job-id"),
-                    request_id: get("segmind-request-id"),
-                    duration_seconds: get("duration-seconds").and_then(|d| d.parse().ok()),
                 }))
             }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
-            Err(e) => Err(StorageError::Download {
-                key: key.to_owned(),
-                detail: DisplayErrorContext(&e).to_string(),
-            }),
+            Err(e) => Err(storage_error("inspect", self.object(key), e)),
         }
     }
 
     /// Checks the bucket exists and the credentials can reach it.
     pub async fn check(&self) -> Result<(), StorageError> {
-        self.client
-            .head_bucket()
-            .bucket(&self.bucket)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| StorageError::Bucket {
-                bucket: self.bucket.clone(),
-                detail: DisplayErrorContext(&e).to_string(),
-            })
+        match self.client.head_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(()),
+            // HEAD answers carry no error code: a 404 here is the bucket.
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {
+                Err(StorageError {
+                    action: "reach",
+                    target: format!("bucket {}", self.bucket),
+                    kind: StorageFault::NoSuchBucket,
+                    detail: "no such bucket".into(),
+                })
+            }
+            Err(e) => Err(storage_error("reach", format!("bucket {}", self.bucket), e)),
+        }
     }
 }
 
@@ -260,18 +348,14 @@ impl Storage {
 #[derive(Debug)]
 pub struct StoredObject {
     pub bytes: bytes::Bytes,
-    pub content_type: Option<String>,
     /// The `sha256` metadata written at upload.
     pub sha256: Option<String>,
 }
 
-/// An object's size and the metadata the worker wrote with it.
+/// What replaying a completion checks about a stored object.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectInfo {
     pub size_bytes: Option<u64>,
-    pub content_type: Option<String>,
     pub sha256: Option<String>,
     pub job_id: Option<String>,
-    pub request_id: Option<String>,
-    pub duration_seconds: Option<f64>,
 }

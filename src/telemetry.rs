@@ -1,9 +1,16 @@
-//! Logging and tracing: `tracing` to stderr (text or JSON), plus an
-//! OpenTelemetry OTLP/HTTP exporter when an endpoint is configured.
+//! Logging and tracing: `tracing` to stderr (text or JSON; colours only when
+//! stderr is a terminal), plus an OpenTelemetry OTLP/HTTP exporter when an
+//! endpoint is configured.
+//!
+//! Spans are exported by the SDK's batch processor from its own thread, with
+//! the blocking HTTP client: that thread has no Tokio runtime, so the async
+//! client cannot be used there.
 //!
 //! Secrets never reach a span or a log line: the API key and the broker URL
 //! are `SecretString`s, and the Segmind client adds the key to requests
 //! itself, after any instrumentation sees them.
+
+use std::io::IsTerminal;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
@@ -70,6 +77,8 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
         tracing_opentelemetry::layer().with_tracer(p.tracer(settings.service_name.clone()))
     });
     let registry = tracing_subscriber::registry().with(filter).with(otel);
+    // Escape codes are for terminals; in a file or a pipe they are noise.
+    let ansi = std::io::stderr().is_terminal();
     match settings.log_format {
         LogFormat::Json => registry
             .with(
@@ -79,7 +88,11 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
             )
             .try_init()?,
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(std::io::stderr),
+            )
             .try_init()?,
     }
     Ok(TelemetryGuard { provider })

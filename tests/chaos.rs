@@ -11,7 +11,6 @@
 //! TTS_CHAOS_WORKERS (default 3).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -31,14 +30,6 @@ const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 mod common;
 use common::{env_value, stack_env};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Chaos {
     tag: String,
@@ -186,29 +177,19 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
     let mut env = stack_env();
     env.retain(|(k, _)| !k.starts_with("TTS__AMQP__") && k != "SEGMIND_API_KEY" && k != "RUST_LOG");
 
-    // The simulator, as its own process: ~3 s jobs, 2% random 5xx. With 16
-    // jobs in flight per worker the run spans every fault below.
+    // The simulator, in this process (the workers are the processes under
+    // test): ~1.5 s jobs, 2% random 5xx. With 16 jobs in flight per worker
+    // the run spans every fault below.
     let key = format!("sk-chaos-{}", uuid::Uuid::new_v4().simple());
-    let (api_port, media_port) = (free_port(), free_port());
-    let sim_log = std::fs::File::create(logs.join("sim.log")).unwrap();
-    let mut sim = Command::new(env!("CARGO_BIN_EXE_segmind-sim"))
-        .args([
-            "--preset",
-            "fast",
-            "--latency",
-            "1.5",
-            "--fault-rate",
-            "0.02",
-            "--no-espeak",
-        ])
-        .args(["--listen", &format!("127.0.0.1:{api_port}")])
-        .args(["--media-listen", &format!("127.0.0.1:{media_port}")])
-        .env("SEGMIND_API_KEY", &key)
-        .stderr(sim_log)
-        .kill_on_drop(true)
-        .spawn()
+    let mut sim_config = segmind_sim::SimConfig::fast(&key);
+    sim_config.latency_mean = Duration::from_millis(1500);
+    sim_config.fault_rate = 0.02;
+    sim_config.espeak = false;
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let sim = segmind_sim::spawn(sim_config, any, any)
+        .await
         .expect("simulator starts");
-    let sim_base = format!("http://127.0.0.1:{api_port}");
+    let sim_base = sim.base_url();
     env.push(("SEGMIND_API_KEY".into(), key.clone()));
     env.push(("TTS__SEGMIND__BASE_URL".into(), sim_base.clone()));
     env.push(("TTS__AMQP__URL".into(), AMQP_URL.into()));
@@ -438,7 +419,6 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
     for w in &mut chaos.workers {
         let _ = w.start_kill();
     }
-    let _ = sim.start_kill();
     if let Some((conn, ch)) = connect().await {
         for q in [
             settings.amqp.requests_queue.as_str(),

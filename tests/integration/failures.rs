@@ -6,7 +6,7 @@ use serde_json::json;
 use tts_worker::broker::header_str;
 use tts_worker::config::AccountPolicy;
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::helpers::{spawn_app, spawn_app_with, wait_for};
 
 #[tokio::test]
 async fn an_rai_block_ends_as_content_blocked() {
@@ -238,10 +238,26 @@ async fn an_unknown_model_fails_as_model_unavailable() {
 async fn a_request_whose_event_cannot_be_confirmed_is_requeued_not_acked() {
     // No events queue and nothing bound: every event is unroutable (returned
     // by the broker), so the worker must not ack.
-    let app = spawn_app_with(|_| {}, |s| s.amqp.events_queue = None).await;
+    let app = spawn_app_with(
+        |_| {},
+        |s| {
+            s.amqp.events_queue = None;
+            s.jobs.requeue_delay = std::time::Duration::from_millis(100);
+        },
+    )
+    .await;
     app.publish_json(json!({"text": ""})).await;
-    // One attempt, its requeue pause, and a redelivery.
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // The worker consumed it, failed to publish, requeued it, and met it again.
+    wait_for(
+        "two failed publishes of the event",
+        std::time::Duration::from_secs(15),
+        || async {
+            app.metric("tts_requeues_total{reason=\"publish_failed\"}")
+                .await
+                .is_some_and(|n| n >= 2.0)
+        },
+    )
+    .await;
     let metrics = app.metrics().await;
     assert!(
         !metrics.contains("tts_jobs_total{"),

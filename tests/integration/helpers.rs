@@ -2,21 +2,41 @@
 //! RabbitMQ and Garage, with an in-process Segmind simulator. Every test gets
 //! its own queue names, exchange and S3 prefix, so tests run in parallel.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{BasicProperties, Channel, Connection};
+use segmind_sim::{SimConfig, SimHandle};
+use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tts_worker::app::Application;
 use tts_worker::broker::{self, Publisher};
 use tts_worker::config::Settings;
-use tts_worker::simulator::{self, SimConfig, SimHandle};
 use tts_worker::storage::Storage;
 use tts_worker::wire::{self, CloudEvent, EventData};
 
 pub use crate::common::{env_value, stack_env};
+
+/// Waits until `condition` holds, checking every 50 ms; panics naming `what`
+/// after `timeout`. Tests wait on conditions, never on fixed sleeps.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 /// Settings for one test: unique names, fast schedules, the simulator's URL.
 pub fn test_settings(sim: &SimHandle, api_key: &str, tag: &str) -> Settings {
@@ -79,19 +99,28 @@ pub async fn spawn_app_with(
     sim_config: impl FnOnce(&mut SimConfig),
     settings_fn: impl FnOnce(&mut Settings),
 ) -> TestApp {
+    spawn_app_with_storage(sim_config, settings_fn, storage_for).await
+}
+
+/// Like [`spawn_app_with`], with the worker's storage client made by `storage`.
+pub async fn spawn_app_with_storage(
+    sim_config: impl FnOnce(&mut SimConfig),
+    settings_fn: impl FnOnce(&mut Settings),
+    storage: impl FnOnce(&Settings) -> Storage,
+) -> TestApp {
     let api_key = format!("sk-test-{}", uuid::Uuid::new_v4().simple());
     let mut config = SimConfig::fast(&api_key);
     config.espeak = false; // tone audio: fast and deterministic
     sim_config(&mut config);
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let sim = simulator::spawn(config, any, any)
+    let sim = segmind_sim::spawn(config, any, any)
         .await
         .expect("simulator starts");
     let tag = format!("t-{}", uuid::Uuid::new_v4().simple());
     let mut settings = test_settings(&sim, &api_key, &tag);
     settings_fn(&mut settings);
 
-    let storage = storage_for(&settings);
+    let storage = storage(&settings);
     let (ops_addr, tx, worker) = start_worker(&settings, &storage).await;
 
     let connection = broker::connect(&settings.amqp.url, Duration::from_secs(10), "tests")
@@ -134,6 +163,57 @@ async fn start_worker(settings: &Settings, storage: &Storage) -> WorkerHandle {
         let _ = rx.await;
     }));
     (ops_addr, tx, worker)
+}
+
+/// The real binary, running; see [`TestApp::spawn_binary`].
+pub struct BinaryWorker {
+    child: tokio::process::Child,
+    logs: JoinHandle<String>,
+    /// Its requests queue.
+    pub queue: String,
+}
+
+impl BinaryWorker {
+    /// Publishes a request to the binary's queue, once it has declared it.
+    pub async fn publish(&self, app: &TestApp, body: &[u8]) {
+        let mut published = false;
+        for _ in 0..100 {
+            if app
+                .publisher
+                .publish("", &self.queue, body, Default::default(), true)
+                .await
+                .is_ok()
+            {
+                published = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(published, "the binary never declared {}", self.queue);
+    }
+
+    /// Sends SIGTERM and returns how it exited and everything it logged.
+    pub async fn terminate(mut self, app: &TestApp) -> (ExitStatus, String) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        let status = match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
+            Ok(status) => status.expect("the binary's status"),
+            Err(_) => {
+                let _ = self.child.start_kill();
+                let logs = self.logs.await.unwrap_or_default();
+                panic!("the binary did not exit after SIGTERM; its logs:\n{logs}");
+            }
+        };
+        let logs = self.logs.await.expect("log reader");
+        let _ = app
+            .channel
+            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        (status, logs)
+    }
 }
 
 /// A decoded event and the AMQP properties it came with.
@@ -328,6 +408,73 @@ impl TestApp {
             .filter(|l| l.contains(&queue))
             .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
             .collect()
+    }
+
+    /// The value of a metric sample line (`name{labels}`), if exposed.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Runs the real `tts-worker` binary, as an operator would, on a requests
+    /// queue of its own (`{requests}.bin`) and this app's events exchange,
+    /// simulator and bucket prefix. `vars` are added to its environment.
+    pub async fn spawn_binary(&self, vars: &[(&str, String)]) -> BinaryWorker {
+        let mut env = stack_env();
+        env.retain(|(k, _)| {
+            !k.starts_with("TTS__")
+                && !k.starts_with("OTEL_")
+                && k != "SEGMIND_API_KEY"
+                && k != "RUST_LOG"
+        });
+        env.extend(
+            stack_env()
+                .into_iter()
+                .filter(|(k, _)| k.starts_with("TTS__S3__")),
+        );
+        let amqp = &self.settings.amqp;
+        let queue = format!("{}.bin", amqp.requests_queue);
+        let base = [
+            ("SEGMIND_API_KEY", self.api_key.clone()),
+            ("TTS__SEGMIND__BASE_URL", self.sim.base_url()),
+            ("TTS__SEGMIND__POLL_INITIAL", "0.05".into()),
+            ("TTS__AMQP__REQUESTS_QUEUE", queue.clone()),
+            ("TTS__AMQP__EVENTS_EXCHANGE", amqp.events_exchange.clone()),
+            (
+                "TTS__AMQP__EVENTS_QUEUE",
+                amqp.events_queue.clone().unwrap_or_default(),
+            ),
+            (
+                "TTS__AMQP__DEAD_LETTER_QUEUE",
+                amqp.dead_letter_queue.clone(),
+            ),
+            ("TTS__HTTP__ADDR", "127.0.0.1:0".into()),
+            ("TTS__S3__PREFIX", self.settings.s3.prefix.clone()),
+        ];
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tts-worker"))
+            .arg("run")
+            .env_clear()
+            .envs(env)
+            .envs(base.iter().map(|(k, v)| (*k, v.as_str())))
+            .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the binary starts");
+        // Read both pipes as the binary writes: a full pipe would block it.
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let logs = tokio::spawn(async move {
+            let (mut err, mut out) = (String::new(), String::new());
+            let _ = tokio::join!(
+                stderr.read_to_string(&mut err),
+                stdout.read_to_string(&mut out)
+            );
+            err + &out
+        });
+        BinaryWorker { child, logs, queue }
     }
 
     pub async fn ready(&self) -> u16 {

@@ -3,6 +3,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod contract;
 mod corpus;
 mod failures;
 mod helpers;
@@ -10,4 +11,5 @@ mod observability;
 mod pipeline;
 mod recovery;
 mod resilience;
-mod simulator;
+mod storage;
+mod worker_pipeline;

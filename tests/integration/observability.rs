@@ -1,12 +1,17 @@
-//! Metrics, health, and secrets staying secret.
+//! Metrics, health, traces, logs, and secrets staying secret.
 
-use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use prost::Message;
 use serde_json::json;
-use tokio::io::AsyncReadExt;
 
-use crate::helpers::{spawn_app, stack_env};
+use crate::helpers::{spawn_app, wait_for};
 
 #[tokio::test]
 async fn metrics_and_health_are_served() {
@@ -32,10 +37,16 @@ async fn metrics_and_health_are_served() {
     app.publish_json(json!({"nope": 1})).await;
     app.next_event().await.failed();
     // The queue-depth refresher runs every 0.2 s in tests.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let q = app.requests_queue().to_owned();
+    let depth = format!("tts_queue_depth{{queue=\"{q}\"}}");
+    wait_for(
+        "the queue depth to be reported",
+        Duration::from_secs(10),
+        || async { app.metric(&depth).await == Some(0.0) },
+    )
+    .await;
 
     let m = app.metrics().await;
-    let q = app.requests_queue().to_owned();
     for needle in [
         "tts_jobs_total{outcome=\"completed\"} 1".to_string(),
         "tts_jobs_total{outcome=\"invalid_request\"} 1".to_string(),
@@ -46,7 +57,6 @@ async fn metrics_and_health_are_served() {
         "tts_segmind_requests_total{endpoint=\"result\",status=\"200\"} 1".to_string(),
         "tts_segmind_requests_total{endpoint=\"download\",status=\"200\"} 1".to_string(),
         "tts_s3_upload_seconds_count 1".to_string(),
-        format!("tts_queue_depth{{queue=\"{q}\"}} 0"),
         "tts_published_total{kind=\"dead_letter\"} 1".to_string(),
         "tts_segmind_calls_per_job_count 1".to_string(),
     ] {
@@ -60,109 +70,19 @@ async fn metrics_and_health_are_served() {
 #[tokio::test]
 async fn the_api_key_stays_secret() {
     let app = spawn_app().await;
-    let mut env = stack_env();
-    env.retain(|(k, _)| !k.starts_with("TTS__") && k != "SEGMIND_API_KEY" && k != "RUST_LOG");
-    env.extend(
-        stack_env()
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("TTS__S3__")),
-    );
-    let amqp = &app.settings.amqp;
-    let vars = [
-        ("SEGMIND_API_KEY", app.api_key.clone()),
-        ("RUST_LOG", "debug".to_owned()),
-        ("TTS__SEGMIND__BASE_URL", app.sim.base_url()),
-        ("TTS__SEGMIND__POLL_INITIAL", "0.05".into()),
-        (
-            "TTS__AMQP__REQUESTS_QUEUE",
-            format!("{}.bin", amqp.requests_queue),
-        ),
-        ("TTS__AMQP__EVENTS_EXCHANGE", amqp.events_exchange.clone()),
-        (
-            "TTS__AMQP__EVENTS_QUEUE",
-            amqp.events_queue.clone().unwrap(),
-        ),
-        (
-            "TTS__AMQP__DEAD_LETTER_QUEUE",
-            amqp.dead_letter_queue.clone(),
-        ),
-        ("TTS__HTTP__ADDR", "127.0.0.1:0".into()),
-        ("TTS__S3__PREFIX", app.settings.s3.prefix.clone()),
-    ];
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tts-worker"))
-        .arg("run")
-        .env_clear()
-        .envs(env)
-        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the binary starts");
-    // Read both pipes as the binary writes: a full pipe would block it.
-    let mut stderr = child.stderr.take().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let logs_task = tokio::spawn(async move {
-        let (mut err, mut out) = (String::new(), String::new());
-        let _ = tokio::join!(
-            stderr.read_to_string(&mut err),
-            stdout.read_to_string(&mut out)
-        );
-        err + &out
-    });
-
-    // Wait for the binary to declare its queue, then give it a job.
-    let queue = format!("{}.bin", amqp.requests_queue);
-    let mut declared = false;
-    for _ in 0..100 {
-        if app
-            .publisher
-            .publish(
-                "",
-                &queue,
-                br#"{"text":"keep my secret","job_id":"secret-1"}"#,
-                Default::default(),
-                true,
-            )
-            .await
-            .is_ok()
-        {
-            declared = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(declared, "the binary declared its queue");
-    let events = app.events_queue().to_owned();
-    if app
-        .get_from(&events, Duration::from_secs(0))
+    let worker = app.spawn_binary(&[("RUST_LOG", "debug".into())]).await;
+    worker
+        .publish(&app, br#"{"text":"keep my secret","job_id":"secret-1"}"#)
+        .await;
+    let received = tokio::time::timeout(Duration::from_secs(30), app.next_event())
         .await
-        .is_some()
-    {
-        panic!("an event arrived before the job was processed");
-    }
-    let received = match tokio::time::timeout(Duration::from_secs(30), app.next_event()).await {
-        Ok(r) => r,
-        Err(_) => {
-            let _ = child.start_kill();
-            let logs = logs_task.await.unwrap();
-            panic!("no event from the binary; its logs:\n{logs}");
-        }
-    };
+        .expect("an event from the binary");
     assert_eq!(received.completed().job_id, "secret-1");
     assert!(!String::from_utf8_lossy(&received.raw).contains(&app.api_key));
 
     // SIGTERM: the binary drains and exits 0.
-    let pid = child.id().expect("pid") as i32;
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "{status:?}");
-    let logs = logs_task.await.unwrap();
+    let (status, logs) = worker.terminate(&app).await;
+    assert!(status.success(), "{status:?}\n{logs}");
     assert!(
         logs.contains("secret-1"),
         "debug logs were captured:\n{logs}"
@@ -182,12 +102,102 @@ async fn the_api_key_stays_secret() {
         stats.media_requests_with_api_key, 0,
         "the key was sent to the media host"
     );
-    let _ = app
-        .channel
-        .queue_delete(
-            queue.as_str().into(),
-            lapin::options::QueueDeleteOptions::default(),
-        )
+    app.stop().await;
+}
+
+/// Logs written to a pipe or a file are plain text: colours are for terminals.
+#[tokio::test]
+async fn logs_to_a_pipe_carry_no_colour_codes() {
+    let app = spawn_app().await;
+    let worker = app.spawn_binary(&[]).await;
+    worker
+        .publish(&app, br#"{"text":"plain logs please","job_id":"plain-1"}"#)
         .await;
+    assert_eq!(app.next_event().await.completed().job_id, "plain-1");
+    let (status, logs) = worker.terminate(&app).await;
+    assert!(status.success(), "{status:?}");
+    assert!(logs.contains("job finished"), "logs were captured:\n{logs}");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "ANSI escape codes in piped logs:\n{logs:?}"
+    );
+    app.stop().await;
+}
+
+/// What the in-test OTLP/HTTP receiver got: (service.name, span name,
+/// job_id attribute) per span.
+type Received = Arc<Mutex<Vec<(String, String, Option<String>)>>>;
+
+async fn receive_traces(State(spans): State<Received>, body: Bytes) -> &'static str {
+    let request = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf export");
+    let text = |v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>| match v
+        .as_ref()
+        .and_then(|v| v.value.as_ref())
+    {
+        Some(AnyValue::StringValue(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let mut out = spans.lock().unwrap();
+    for resource_spans in request.resource_spans {
+        let service = resource_spans
+            .resource
+            .iter()
+            .flat_map(|r| &r.attributes)
+            .find(|a| a.key == "service.name")
+            .and_then(|a| text(&a.value))
+            .unwrap_or_default();
+        for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
+            let job_id = span
+                .attributes
+                .iter()
+                .find(|a| a.key == "job_id")
+                .and_then(|a| text(&a.value));
+            out.push((service.clone(), span.name, job_id));
+        }
+    }
+    ""
+}
+
+/// With OTEL_EXPORTER_OTLP_ENDPOINT set, the worker's spans reach a collector.
+#[tokio::test]
+async fn spans_reach_an_otlp_collector() {
+    let app = spawn_app().await;
+    let spans: Received = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = format!("http://{}", listener.local_addr().unwrap());
+    let router = axum::Router::new()
+        .route("/v1/traces", post(receive_traces))
+        .with_state(spans.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let worker = app
+        .spawn_binary(&[("OTEL_EXPORTER_OTLP_ENDPOINT", collector)])
+        .await;
+    worker
+        .publish(&app, br#"{"text":"trace me","job_id":"otel-1"}"#)
+        .await;
+    assert_eq!(app.next_event().await.completed().job_id, "otel-1");
+    // Shutting down flushes the batch of spans.
+    let (status, logs) = worker.terminate(&app).await;
+    assert!(status.success(), "{status:?}\n{logs}");
+    assert!(!logs.contains("panicked"), "{logs}");
+
+    let spans = spans.lock().unwrap().clone();
+    server.abort();
+    let job = spans
+        .iter()
+        .find(|(_, name, job_id)| name == "job" && job_id.as_deref() == Some("otel-1"));
+    assert!(
+        job.is_some(),
+        "no `job` span for otel-1 reached the collector; got {spans:?}\nlogs:\n{logs}"
+    );
+    assert!(
+        spans.iter().any(|(_, name, _)| name == "segmind.submit"),
+        "{spans:?}"
+    );
+    assert!(
+        spans.iter().all(|(service, _, _)| service == "tts-worker"),
+        "{spans:?}"
+    );
     app.stop().await;
 }

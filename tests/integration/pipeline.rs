@@ -3,10 +3,10 @@
 use lapin::BasicProperties;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
+use segmind_sim::OutputMode;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tts_worker::audio::{AudioFormat, sniff, wav_duration};
-use tts_worker::simulator::OutputMode;
 
 use crate::helpers::{spawn_app, spawn_app_with};
 

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tts_worker::checkpoint::{self, Checkpoint, Checkpoints};
 use tts_worker::job::{JobId, Speech, Voice};
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, spawn_app, spawn_app_with, wait_for};
 
 fn speech(text: &str) -> Speech {
     Speech {
@@ -105,8 +105,21 @@ async fn an_expired_checkpoint_falls_back_to_a_fresh_submit() {
     )
     .await;
     let old = submitted_by_a_dead_worker(&app, "resume-2", "expired at segmind").await;
-    // Let the simulator drop the old result, then serve the new job normally.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until the simulator has dropped the old result.
+    let status_url = format!("{}/v2/requests/{old}/status", app.sim.base_url());
+    wait_for(
+        "the old result to expire",
+        Duration::from_secs(10),
+        || async {
+            reqwest::Client::new()
+                .get(&status_url)
+                .header("x-api-key", &app.api_key)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 404)
+        },
+    )
+    .await;
     app.publish_json(json!({"text": "expired at segmind", "job_id": "resume-2"}))
         .await;
     let received = app.next_event().await;
@@ -206,22 +219,28 @@ async fn account_errors_pause_consumption_and_resume_when_fixed() {
     app.publish_json(json!({"text": "wait for the account", "job_id": "acct-1"}))
         .await;
     // The job meets a 401: the worker pauses instead of failing it.
-    let mut paused = false;
-    for _ in 0..50 {
-        let m = app.metrics().await;
-        if m.contains("tts_consumption_paused{reason=\"unauthorized\"} 1") {
-            paused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(paused, "the pause gauge was set");
+    wait_for(
+        "the unauthorized pause",
+        Duration::from_secs(10),
+        || async {
+            app.metric("tts_consumption_paused{reason=\"unauthorized\"}")
+                .await
+                == Some(1.0)
+        },
+    )
+    .await;
     assert_eq!(app.ready().await, 503, "not ready while paused");
     let early = app
         .get_from(app.events_queue(), Duration::from_millis(300))
         .await;
     assert!(early.is_none(), "the job was not failed");
-    tokio::time::sleep(Duration::from_millis(1500)).await; // probes keep failing
+    // Probes keep failing (each is a 401 at the simulator), and the job is
+    // neither failed nor taken again meanwhile.
+    wait_for("two failed probes", Duration::from_secs(10), || async {
+        app.sim.stats().unauthorized >= 3
+    })
+    .await;
+    assert_eq!(app.ready().await, 503, "still paused");
     assert!(
         app.metrics()
             .await
@@ -251,12 +270,16 @@ async fn exhausted_credits_pause_until_credits_return() {
     .await;
     app.publish_json(json!({"text": "needs credits", "job_id": "credits-1"}))
         .await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert!(
-        app.metrics()
-            .await
-            .contains("tts_consumption_paused{reason=\"insufficient_credits\"} 1")
-    );
+    wait_for(
+        "the insufficient_credits pause",
+        Duration::from_secs(10),
+        || async {
+            app.metric("tts_consumption_paused{reason=\"insufficient_credits\"}")
+                .await
+                == Some(1.0)
+        },
+    )
+    .await;
     app.sim.set_credits(Some(10.0));
     assert_eq!(app.next_event().await.completed().job_id, "credits-1");
     app.stop().await;
@@ -271,14 +294,16 @@ async fn shutdown_requeues_unfinished_jobs_and_the_next_worker_resumes_them() {
     .await;
     app.publish_json(json!({"text": "a long one [[sim:latency=3]]", "job_id": "long-1"}))
         .await;
-    // Wait until it is submitted (and checkpointed).
-    for _ in 0..50 {
-        if app.sim.stats().submits_accepted == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait until it is submitted and checkpointed.
+    let job_id = JobId::parse("long-1", 64).unwrap();
+    let long = speech("a long one [[sim:latency=3]]");
+    wait_for("the checkpoint", Duration::from_secs(10), || async {
+        checkpoints(&app)
+            .load(&job_id, &long)
+            .await
+            .is_ok_and(|c| c.is_some())
+    })
+    .await;
     app.stop_worker().await;
     assert_eq!(
         app.requests_ready().await,
@@ -318,7 +343,12 @@ async fn a_message_that_never_finishes_is_dead_lettered_as_poison() {
     .await;
     let body = br#"{"text":"I stall every worker [[sim:latency=30]]","job_id":"poison-1"}"#;
     app.publish_raw(body, Default::default()).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for(
+        "the job to be submitted",
+        Duration::from_secs(10),
+        || async { app.sim.stats().submits_accepted == 1 },
+    )
+    .await;
     // The worker is stopped mid-job (as a crash or a timeout would), so the
     // broker redelivers; the second delivery is over the limit.
     app.restart_worker(|_| {}).await;
@@ -374,22 +404,99 @@ async fn a_lost_broker_connection_is_reestablished() {
     );
     // Readiness reports the outage (the first reconnection waits 1 s), then
     // the worker comes back by itself.
-    let (mut saw_unready, mut recovered) = (false, false);
-    for _ in 0..200 {
-        match app.ready().await {
-            503 => saw_unready = true,
-            200 if saw_unready && app.worker_connections().len() == 1 => {
-                recovered = true;
-                break;
-            }
-            _ => {}
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(saw_unready, "/readyz reported the outage");
-    assert!(recovered, "the worker reconnected");
+    wait_for(
+        "/readyz to report the outage",
+        Duration::from_secs(5),
+        || async { app.ready().await == 503 },
+    )
+    .await;
+    wait_for(
+        "the worker to reconnect",
+        Duration::from_secs(10),
+        || async { app.ready().await == 200 && app.worker_connections().len() == 1 },
+    )
+    .await;
     app.publish_json(json!({"text": "after", "job_id": "after-1"}))
         .await;
     assert_eq!(app.next_event().await.completed().job_id, "after-1");
+    assert_eq!(app.stop().await, 0);
+}
+
+#[tokio::test]
+async fn jobs_in_flight_return_to_zero_after_a_broker_loss() {
+    let app = spawn_app().await;
+    for i in 0..3 {
+        app.publish_json(json!({"text": format!("held across a loss {i} [[sim:latency=2]]"), "job_id": format!("held-{i}")}))
+            .await;
+    }
+    wait_for("three jobs in flight", Duration::from_secs(10), || async {
+        app.metric("tts_jobs_in_flight").await == Some(3.0)
+    })
+    .await;
+    // The session is lost while they wait: their tasks are dropped.
+    assert!(app.kill_worker_connection() >= 1);
+    let mut done = std::collections::BTreeSet::new();
+    while done.len() < 3 {
+        done.insert(app.next_event().await.completed().job_id.clone());
+    }
+    wait_for("the gauge to settle", Duration::from_secs(5), || async {
+        app.metric("tts_jobs_in_flight").await == Some(0.0)
+    })
+    .await;
+    assert_eq!(
+        app.sim.stats().submits_accepted,
+        3,
+        "resumed, not paid twice"
+    );
+    assert_eq!(app.stop().await, 0);
+}
+
+#[tokio::test]
+async fn losing_the_publishing_channel_ends_the_session_and_reconnects() {
+    let app = spawn_app().await;
+    app.publish_json(json!({"text": "before", "job_id": "pub-0"}))
+        .await;
+    app.next_event().await.completed();
+    // Deleting the events exchange makes the broker close the worker's
+    // publishing channel at its next publish (404), while its connection and
+    // consuming channel stay up.
+    app.channel
+        .exchange_delete(
+            app.settings.amqp.events_exchange.as_str().into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let readiness = {
+        let addr = app.ops_addr;
+        tokio::spawn(async move {
+            // Record whether /readyz ever reports the lost session.
+            for _ in 0..400 {
+                if let Ok(r) = reqwest::get(format!("http://{addr}/readyz")).await
+                    && r.status() == 503
+                {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            false
+        })
+    };
+    app.publish_json(json!({"text": "after", "job_id": "pub-1"}))
+        .await;
+    // The new session re-declares the exchange and its binding, and the
+    // requeued job completes (from storage: it was paid once).
+    let received = app.next_event().await;
+    assert_eq!(received.completed().job_id, "pub-1");
+    assert!(
+        readiness.await.unwrap(),
+        "/readyz reported the lost session"
+    );
+    assert_eq!(app.sim.stats().submits_accepted, 2);
+    assert!(
+        app.metric("tts_requeues_total{reason=\"publish_failed\"}")
+            .await
+            .is_some_and(|n| n >= 1.0)
+    );
     assert_eq!(app.stop().await, 0);
 }

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::helpers::{spawn_app, spawn_app_with, wait_for};
 
 #[tokio::test]
 async fn bursts_of_429_and_5xx_still_end_in_success() {
@@ -43,10 +43,21 @@ async fn errors_while_polling_are_retried_too() {
     app.publish_json(json!({"text": "poll through the storm"}))
         .await;
     // Let the submit through, then break the next polls.
-    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    wait_for("the submit", std::time::Duration::from_secs(10), || async {
+        app.sim.stats().submits_accepted == 1
+    })
+    .await;
     app.sim.inject(&[502, 503, 429]);
     app.next_event().await.completed();
     assert_eq!(app.sim.stats().faults_injected, 3);
+    // The faults met status polls, which were retried, not the submit.
+    let m = app.metrics().await;
+    for status in [502, 503, 429] {
+        let sample =
+            format!("tts_segmind_requests_total{{endpoint=\"status\",status=\"{status}\"}} 1");
+        assert!(m.contains(&sample), "missing {sample} in\n{m}");
+    }
+    assert_eq!(app.sim.stats().submits_accepted, 1);
     app.stop().await;
 }
 

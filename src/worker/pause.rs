@@ -1,10 +1,11 @@
-//! Pausing consumption on account-level failures (401, 403, 406).
+//! Pausing consumption on account-level failures: 401, 403 or 406 from
+//! Segmind, or a bucket that is missing or refuses our credentials.
 //!
 //! Such a failure affects every job, so failing jobs one by one would burn the
 //! whole queue. Instead the first job to meet it pauses the gate: the worker
-//! cancels its consumer and requeues what it holds, a prober calls the API
-//! with growing intervals, and consumption resumes by itself once the probe
-//! succeeds.
+//! cancels its consumer and requeues what it holds, a prober checks what
+//! failed (the API for Segmind's codes, the bucket for storage's) with
+//! growing intervals, and consumption resumes by itself once it works.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,8 @@ use tracing::{info, warn};
 
 use crate::failure::ErrorCode;
 use crate::metrics::Metrics;
-use crate::segmind::{Probe, SegmindClient};
+use crate::segmind::SegmindClient;
+use crate::storage::Storage;
 
 /// Why consumption is paused: the error code that caused it.
 pub type PauseReason = ErrorCode;
@@ -77,24 +79,32 @@ impl PauseGate {
     }
 }
 
-/// Probes until the account works, waiting `initial`, then twice as long each
-/// time up to `max`; then resumes the gate.
+/// Probes until what paused the gate works again, waiting `initial`, then
+/// twice as long each time up to `max`; then resumes the gate. A storage
+/// reason probes the bucket, any other reason the Segmind API.
 pub async fn probe_until_healthy(
     gate: &PauseGate,
     segmind: &SegmindClient,
+    storage: &Storage,
     initial: Duration,
     max: Duration,
 ) {
     let mut wait = initial;
     loop {
         tokio::time::sleep(wait).await;
-        match segmind.probe().await {
-            Probe::Healthy => {
+        let Some(reason) = gate.paused() else { return };
+        let probe = if reason.is_storage() {
+            storage.check().await.map_err(|e| e.to_string())
+        } else {
+            segmind.probe().await
+        };
+        match probe {
+            Ok(()) => {
                 gate.resume();
                 return;
             }
-            Probe::Failing(error) => {
-                warn!(%error, next_probe_s = (wait * 2).min(max).as_secs_f64(), "account still failing");
+            Err(error) => {
+                warn!(reason = reason.as_str(), %error, next_probe_s = (wait * 2).min(max).as_secs_f64(), "still failing");
             }
         }
         wait = (wait * 2).min(max);

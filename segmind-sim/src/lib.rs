@@ -25,6 +25,8 @@
 //! the next API calls answer these codes).
 
 pub mod speech;
+pub mod voices;
+pub mod wav;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -44,7 +46,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use crate::job::VOICES;
+use crate::voices::is_voice;
 
 /// How the simulator answers.
 #[derive(Debug, Clone)]
@@ -172,6 +174,8 @@ struct SimJob {
 }
 
 impl SimJob {
+    /// What a status poll at `now` reports. Pure, so the timing rules are
+    /// tested without a clock.
     fn state(&self, now: Instant) -> &'static str {
         if now < self.queue_until {
             "QUEUED"
@@ -182,6 +186,12 @@ impl SimJob {
         } else {
             "COMPLETED"
         }
+    }
+
+    /// Whether the result is gone at `now`: it is kept `retention` after the
+    /// job finished (Segmind: 1 hour), then its id answers 404.
+    fn expired(&self, now: Instant, retention: Duration) -> bool {
+        now >= self.done_at + retention
     }
 }
 
@@ -370,12 +380,12 @@ fn validate(body: &Bytes, headers: &HeaderMap) -> Result<(String, bool), (Status
     }
     match obj.get("voice_1") {
         None => {}
-        Some(Value::String(v)) if VOICES.contains(&v.as_str()) => {}
+        Some(Value::String(v)) if is_voice(v) => {}
         _ => return bad("'voice_1' must be one of the supported voices"),
     }
     let two_speakers = match obj.get("voice_2") {
         None | Some(Value::Null) => false,
-        Some(Value::String(v)) if VOICES.contains(&v.as_str()) => true,
+        Some(Value::String(v)) if is_voice(v) => true,
         _ => return bad("'voice_2' must be null or one of the supported voices"),
     };
     Ok((text, two_speakers))
@@ -606,10 +616,11 @@ async fn render_blocking(text: String, two_speakers: bool, espeak: bool) -> Vec<
 /// Drops the result of `id` once it is past retention.
 fn expire(inner: &mut Inner, id: &str) {
     let retention = inner.config.retention;
+    let now = Instant::now();
     let expired = inner
         .jobs
         .get(id)
-        .is_some_and(|j| Instant::now() >= j.done_at + retention);
+        .is_some_and(|j| j.expired(now, retention));
     if expired {
         inner.jobs.remove(id);
     }
@@ -788,6 +799,45 @@ async fn faults(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn job_at(created: Instant, queued: u64, latency: u64, fate: Fate) -> SimJob {
+        SimJob {
+            text: "t".into(),
+            two_speakers: false,
+            created,
+            queue_until: created + Duration::from_millis(queued),
+            done_at: created + Duration::from_millis(latency),
+            fate,
+        }
+    }
+
+    #[test]
+    fn a_job_is_queued_then_processing_then_terminal() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let ok = job_at(t0, 100, 1_000, Fate::Complete);
+        assert_eq!(ok.state(t0), "QUEUED");
+        assert_eq!(ok.state(ms(99)), "QUEUED");
+        assert_eq!(ok.state(ms(100)), "PROCESSING");
+        assert_eq!(ok.state(ms(999)), "PROCESSING");
+        assert_eq!(ok.state(ms(1_000)), "COMPLETED");
+        let failed = job_at(t0, 100, 1_000, Fate::Fail("x".into()));
+        assert_eq!(failed.state(ms(500)), "PROCESSING");
+        assert_eq!(failed.state(ms(1_000)), "FAILED");
+    }
+
+    #[test]
+    fn results_expire_exactly_one_retention_after_the_job_finished() {
+        let t0 = Instant::now();
+        let job = job_at(t0, 10, 50, Fate::Complete);
+        let hour = Duration::from_secs(3600);
+        assert!(!job.expired(t0 + Duration::from_millis(50), hour));
+        assert!(!job.expired(t0 + Duration::from_millis(49) + hour, hour));
+        assert!(job.expired(t0 + Duration::from_millis(50) + hour, hour));
+        // Zero retention: gone the moment it is done.
+        assert!(job.expired(t0 + Duration::from_millis(50), Duration::ZERO));
+        assert!(!job.expired(t0 + Duration::from_millis(49), Duration::ZERO));
+    }
 
     #[test]
     fn markers_are_stripped_and_parsed() {

@@ -1,19 +1,66 @@
-//! Backoff for retrying one call: exponential with full jitter, capped, and
-//! honouring the server's own hint (`Retry-After`, `x-rate-limit-reset-at-utc`).
-//!
-//! This is the only retry layer around a Segmind call; the HTTP client itself
-//! does not retry.
+//! Retrying one Segmind call: [`with_retry`] is the only retry layer around
+//! every API and media call (the HTTP clients never retry). Backoff is
+//! exponential with full jitter, capped, and honours the server's own hint
+//! (`Retry-After`, `x-rate-limit-reset-at-utc`). Across deliveries, the
+//! worker's requeue is a separate, coarser layer decided by
+//! [`crate::failure::disposition`].
 
+use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use rand::Rng;
 use reqwest::header::HeaderMap;
+use tokio::time::Instant;
+use tracing::warn;
 
+use super::error::SegmindError;
 use crate::config::RetrySettings;
+use crate::failure::{self, Call, Class};
+use crate::metrics::Metrics;
 
 /// Header Segmind sets on 429 answers: when the rate-limit window resets (UTC).
 pub const RATE_LIMIT_RESET_HEADER: &str = "x-rate-limit-reset-at-utc";
+
+/// Runs `call` with backoff on transient errors, at most `policy.attempts`
+/// times and never sleeping past `deadline`. `calls` counts every attempt.
+/// What is transient is [`failure::classify`]'s decision, not this loop's.
+pub(crate) async fn with_retry<T, F, Fut>(
+    policy: &RetrySettings,
+    metrics: &Metrics,
+    kind: Call,
+    deadline: Instant,
+    calls: &mut u32,
+    mut call: F,
+) -> Result<T, SegmindError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SegmindError>>,
+{
+    let mut retry = 0u32;
+    loop {
+        *calls += 1;
+        let err = match call().await {
+            Ok(value) => return Ok(value),
+            Err(err) => err,
+        };
+        let transient = failure::classify(&err, &[]).class == Class::Transient;
+        if !transient || retry + 1 >= policy.attempts {
+            return Err(err);
+        }
+        let delay = backoff_delay(policy, retry, err.retry_hint(), &mut rand::rng());
+        if Instant::now() + delay >= deadline {
+            return Err(err);
+        }
+        metrics
+            .retries
+            .with_label_values(&[err.retry_reason()])
+            .inc();
+        warn!(call = %kind, retry = retry + 1, delay_ms = delay.as_millis() as u64, error = %err, "retrying Segmind call");
+        tokio::time::sleep(delay).await;
+        retry += 1;
+    }
+}
 
 /// The delay before retry number `retry` (0 for the first retry).
 ///
@@ -90,6 +137,124 @@ mod tests {
             max: Duration::from_secs(60),
             attempts: 8,
         }
+    }
+
+    fn status(code: u16, retry_after: Option<Duration>) -> SegmindError {
+        SegmindError::Status {
+            call: Call::Submit,
+            status: code,
+            body: String::new(),
+            retry_after,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_errors_are_retried_honouring_the_reset_header() {
+        let metrics = Metrics::new();
+        let start = Instant::now();
+        let mut n = 0;
+        let mut calls = 0;
+        let result = with_retry(
+            &policy(),
+            &metrics,
+            Call::Submit,
+            start + Duration::from_secs(600),
+            &mut calls,
+            || {
+                n += 1;
+                let attempt = n;
+                async move {
+                    match attempt {
+                        1..=3 => Err(status(429, Some(Duration::from_secs(10)))),
+                        _ => Ok(attempt),
+                    }
+                }
+            },
+        )
+        .await;
+        assert_eq!(result.unwrap(), 4);
+        assert_eq!(calls, 4);
+        // Three waits of the 10 s hint plus up to retry_base (1 s) jitter each.
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_secs(30) && waited <= Duration::from_secs(33),
+            "{waited:?}"
+        );
+        let text = metrics.render();
+        assert!(
+            text.contains("tts_retries_total{reason=\"429\"} 3"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_without_a_hint_is_bounded_by_the_exponential_ceiling() {
+        let metrics = Metrics::new();
+        let start = Instant::now();
+        let mut calls = 0;
+        let result: Result<(), _> = with_retry(
+            &policy(),
+            &metrics,
+            Call::Status,
+            start + Duration::from_secs(3600),
+            &mut calls,
+            || async { Err(status(502, None)) },
+        )
+        .await;
+        assert!(matches!(
+            result,
+            Err(SegmindError::Status { status: 502, .. })
+        ));
+        // retry_attempts = 8 calls; the 7 waits are at most 1+2+4+8+16+32+60 s.
+        assert_eq!(calls, 8);
+        assert!(
+            start.elapsed() <= Duration::from_secs(123),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_errors_are_not_retried() {
+        let metrics = Metrics::new();
+        for code in [400, 401, 403, 404, 406, 410, 422] {
+            let mut calls = 0;
+            let start = Instant::now();
+            let result: Result<(), _> = with_retry(
+                &policy(),
+                &metrics,
+                Call::Submit,
+                start + Duration::from_secs(600),
+                &mut calls,
+                || async move { Err(status(code, None)) },
+            )
+            .await;
+            assert!(result.is_err());
+            assert_eq!(calls, 1, "HTTP {code} must not be retried");
+            assert_eq!(start.elapsed(), Duration::ZERO);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_never_sleep_past_the_deadline() {
+        let metrics = Metrics::new();
+        let start = Instant::now();
+        let mut calls = 0;
+        let result: Result<(), _> = with_retry(
+            &policy(),
+            &metrics,
+            Call::Submit,
+            start + Duration::from_secs(5),
+            &mut calls,
+            || async { Err(status(429, Some(Duration::from_secs(30)))) },
+        )
+        .await;
+        assert!(matches!(
+            result,
+            Err(SegmindError::Status { status: 429, .. })
+        ));
+        assert_eq!(calls, 1, "a 30 s wait does not fit in a 5 s deadline");
+        assert!(start.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::f64::consts::PI;
 use std::process::Command;
 
-use crate::audio::{wav_duration, wav_from_pcm};
+use crate::wav;
 
 pub const SAMPLE_RATE: u32 = 24_000;
 
@@ -50,12 +50,12 @@ pub fn render(text: &str, two_speakers: bool, use_espeak: bool) -> Vec<u8> {
         pcm.extend(std::iter::repeat_n(0, SAMPLE_RATE as usize / 4));
     }
     let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
-    wav_from_pcm(&bytes, SAMPLE_RATE)
+    wav::from_pcm(&bytes, SAMPLE_RATE)
 }
 
 /// A WAV header with no samples: Gemini's "success with empty audio".
 pub fn empty_wav() -> Vec<u8> {
-    wav_from_pcm(&[], SAMPLE_RATE)
+    wav::from_pcm(&[], SAMPLE_RATE)
 }
 
 fn espeak(line: &str, speaker: usize) -> Option<Vec<i16>> {
@@ -68,29 +68,12 @@ fn espeak(line: &str, speaker: usize) -> Option<Vec<i16>> {
     if !out.status.success() {
         return None;
     }
-    let wav = out.stdout;
-    let rate = u32::from_le_bytes(wav.get(24..28)?.try_into().ok()?);
-    let data = data_chunk(&wav)?;
+    let (rate, data) = wav::pcm_of(&out.stdout)?;
     let samples: Vec<i16> = data
         .chunks_exact(2)
         .map(|c| i16::from_le_bytes([c[0], c[1]]))
         .collect();
-    wav_duration(&wav)?;
     Some(resample(&samples, rate, SAMPLE_RATE))
-}
-
-fn data_chunk(wav: &[u8]) -> Option<&[u8]> {
-    let mut pos = 12;
-    while pos + 8 <= wav.len() {
-        let size = u32::from_le_bytes(wav[pos + 4..pos + 8].try_into().ok()?) as usize;
-        if &wav[pos..pos + 4] == b"data" {
-            // espeak writes 0x7ffff000-ish sizes when streaming to stdout.
-            let end = (pos + 8).saturating_add(size).min(wav.len());
-            return wav.get(pos + 8..end);
-        }
-        pos = pos + 8 + size + size % 2;
-    }
-    None
 }
 
 /// Linear-interpolation resampling; good enough for speech.
@@ -133,7 +116,6 @@ fn tones(line: &str, speaker: usize) -> Vec<i16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audio::{AudioFormat, sniff};
 
     #[test]
     fn tone_audio_is_24khz_wav_of_plausible_length() {
@@ -142,9 +124,9 @@ mod tests {
             false,
             false,
         );
-        assert_eq!(sniff(&wav), Some(AudioFormat::Wav));
-        assert_eq!(u32::from_le_bytes(wav[24..28].try_into().unwrap()), 24_000);
-        let d = wav_duration(&wav).unwrap();
+        let (rate, pcm) = wav::pcm_of(&wav).expect("a WAV file");
+        assert_eq!(rate, 24_000);
+        let d = pcm.len() as f64 / 48_000.0;
         assert!((3.0..6.0).contains(&d), "{d}");
     }
 
@@ -163,6 +145,6 @@ mod tests {
 
     #[test]
     fn the_empty_fault_has_no_samples() {
-        assert_eq!(wav_duration(&empty_wav()), Some(0.0));
+        assert_eq!(wav::pcm_of(&empty_wav()), Some((SAMPLE_RATE, &[][..])));
     }
 }

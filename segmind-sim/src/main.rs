@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use tts_worker::simulator::{self, OutputMode, SimConfig};
+use segmind_sim::{OutputMode, SimConfig};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Preset {
@@ -90,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
         config.espeak = false;
     }
     let espeak = config.espeak;
-    let handle = simulator::spawn(config, args.listen, args.media_listen).await?;
+    let handle = segmind_sim::spawn(config, args.listen, args.media_listen).await?;
     tracing::info!(
         api = %handle.api_addr,
         media = %handle.media_addr,

@@ -1,0 +1,360 @@
+//! The HTTP side of Segmind's v2 async flow: submit → poll the status URL →
+//! fetch the result → download the audio. What the answers mean is
+//! [`super::protocol`]'s business; retrying is [`super::retry`]'s.
+//!
+//! Invariants:
+//! - The API key goes only to the configured API origin. Status and result
+//!   URLs from the API are followed only when they are on that origin (else
+//!   they are rebuilt from the base URL and the request id); the API client
+//!   does not follow redirects; the audio is fetched by a separate client that
+//!   never carries the key.
+//! - Each call has exactly one retry layer, [`super::retry::with_retry`]; the
+//!   HTTP clients never retry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info_span};
+use url::Url;
+
+use super::error::SegmindError;
+use super::poll::{ExponentialPoll, PollSchedule};
+use super::protocol::{
+    AudioSource, SubmitBody, Submitted, audio_source, interpret_result, interpret_status,
+    parse_submitted, status_error, transport,
+};
+use super::retry::with_retry;
+use crate::config::{RetrySettings, SegmindSettings};
+use crate::failure::{self, Call, Class};
+use crate::job::Speech;
+use crate::metrics::Metrics;
+
+const API_KEY_HEADER: &str = "x-api-key";
+const REMAINING_CREDITS_HEADER: &str = "x-remaining-credits";
+
+/// The outcome of one synthesis at Segmind.
+#[derive(Debug, Clone)]
+pub struct Synthesis {
+    pub request_id: String,
+    pub audio: Bytes,
+    /// The media server's Content-Type, or the data URI's type.
+    pub content_type: Option<String>,
+    pub inference_time_seconds: Option<f64>,
+}
+
+/// Shared by every job: one connection pool per host, reused.
+pub struct SegmindClient {
+    api: reqwest::Client,
+    media: reqwest::Client,
+    base: Url,
+    submit_url: Url,
+    api_key: SecretString,
+    retry: RetrySettings,
+    schedule: Arc<dyn PollSchedule>,
+    max_audio_bytes: u64,
+    metrics: Metrics,
+}
+
+impl SegmindClient {
+    pub fn new(
+        settings: &SegmindSettings,
+        api_key: SecretString,
+        metrics: Metrics,
+    ) -> Result<Self, reqwest::Error> {
+        let api = reqwest::Client::builder()
+            .timeout(settings.request_timeout)
+            .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
+            // A redirect could carry the key to another origin: never follow.
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("tts-worker/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let media = reqwest::Client::builder()
+            .timeout(settings.download_timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .user_agent(concat!("tts-worker/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let mut submit_url = settings.base_url.clone();
+        submit_url.set_path(&format!("v2/{}", settings.model));
+        Ok(Self {
+            api,
+            media,
+            base: settings.base_url.clone(),
+            submit_url,
+            api_key,
+            retry: settings.retry,
+            schedule: Arc::new(ExponentialPoll::new(settings.poll)),
+            max_audio_bytes: settings.max_audio_bytes,
+            metrics,
+        })
+    }
+
+    /// Replaces the polling schedule.
+    pub fn with_schedule(mut self, schedule: Arc<dyn PollSchedule>) -> Self {
+        self.schedule = schedule;
+        self
+    }
+
+    /// Submits `speech`; `calls` counts the HTTP calls, retries included.
+    pub async fn submit(
+        &self,
+        speech: &Speech,
+        deadline: Instant,
+        calls: &mut u32,
+    ) -> Result<Submitted, SegmindError> {
+        let started = Instant::now();
+        tokio::time::timeout_at(deadline, self.submit_call(speech, deadline, calls))
+            .await
+            .map_err(|_| SegmindError::Deadline {
+                request_id: None,
+                waited: started.elapsed(),
+            })?
+    }
+
+    /// Follows a request submitted earlier (by this or another worker).
+    pub fn resume(&self, request_id: &str) -> Submitted {
+        let mut status_url = self.base.clone();
+        status_url.set_path(&format!("v2/requests/{request_id}/status"));
+        let mut response_url = self.base.clone();
+        response_url.set_path(&format!("v2/requests/{request_id}"));
+        Submitted {
+            request_id: request_id.to_owned(),
+            status_url,
+            response_url,
+        }
+    }
+
+    /// Polls `job` until it is done, fetches the result and the audio, all
+    /// before `deadline`.
+    pub async fn wait_for_audio(
+        &self,
+        job: &Submitted,
+        deadline: Instant,
+        calls: &mut u32,
+    ) -> Result<Synthesis, SegmindError> {
+        let started = Instant::now();
+        let result = tokio::time::timeout_at(deadline, self.finish(job, started, deadline, calls))
+            .await
+            .map_err(|_| SegmindError::Deadline {
+                request_id: Some(job.request_id.clone()),
+                waited: started.elapsed(),
+            });
+        let (audio, content_type, inference_time_seconds) = result??;
+        Ok(Synthesis {
+            request_id: job.request_id.clone(),
+            audio,
+            content_type,
+            inference_time_seconds,
+        })
+    }
+
+    /// Checks whether the account works again, with one cheap call: the
+    /// status of a request id that does not exist (404 means the key is
+    /// accepted). `Err` says why it still fails: an answer
+    /// [`failure::classify`] calls account-level, or no credits left in
+    /// `x-remaining-credits`. Other errors (5xx, network) do not keep
+    /// consumption paused: jobs meet and handle them on their own.
+    pub async fn probe(&self) -> Result<(), String> {
+        let mut url = self.base.clone();
+        url.set_path(&format!("v2/requests/{}/status", uuid::Uuid::new_v4()));
+        let (status, headers, body) = self
+            .send_api(Call::Status, self.api.get(url))
+            .await
+            .map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            let err = status_error(Call::Status, status, &headers, &body);
+            if failure::classify(&err, &[]).class == Class::Account {
+                return Err(err.to_string());
+            }
+        }
+        let credits = headers
+            .get(REMAINING_CREDITS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        if credits.is_some_and(|c| c <= 0.0) {
+            return Err("no credits left (x-remaining-credits)".into());
+        }
+        Ok(())
+    }
+
+    /// Polls until the job is done, fetches the result and the audio.
+    async fn finish(
+        &self,
+        job: &Submitted,
+        submitted_at: Instant,
+        deadline: Instant,
+        calls: &mut u32,
+    ) -> Result<(Bytes, Option<String>, Option<f64>), SegmindError> {
+        let mut polls = 0u32;
+        loop {
+            let wait = self.schedule.next_delay(polls, submitted_at.elapsed());
+            tokio::time::sleep(wait).await;
+            polls += 1;
+            let done = with_retry(
+                &self.retry,
+                &self.metrics,
+                Call::Status,
+                deadline,
+                calls,
+                || self.poll_status(job),
+            )
+            .await?;
+            if done {
+                break;
+            }
+        }
+        let (output, inference_time) = with_retry(
+            &self.retry,
+            &self.metrics,
+            Call::Result,
+            deadline,
+            calls,
+            || self.fetch_result(job),
+        )
+        .await?;
+        let (audio, content_type) = match audio_source(&output)? {
+            AudioSource::Inline { bytes, mime } => {
+                if bytes.len() as u64 > self.max_audio_bytes {
+                    return Err(SegmindError::TooLarge {
+                        limit: self.max_audio_bytes,
+                    });
+                }
+                (bytes, mime)
+            }
+            AudioSource::Url(url) => {
+                with_retry(
+                    &self.retry,
+                    &self.metrics,
+                    Call::Download,
+                    deadline,
+                    calls,
+                    || self.download(&url),
+                )
+                .await?
+            }
+        };
+        Ok((audio, content_type, inference_time))
+    }
+
+    /// Sends an API request with the key and records its status.
+    async fn send_api(
+        &self,
+        call: Call,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), SegmindError> {
+        let request = request.header(API_KEY_HEADER, self.api_key.expose_secret());
+        let response = self.record(call, request.send().await)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        if let Some(credits) = headers
+            .get(REMAINING_CREDITS_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
+            debug!(remaining_credits = credits, "Segmind balance");
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|source| transport(call, source))?;
+        Ok((status, headers, body))
+    }
+
+    fn record(
+        &self,
+        call: Call,
+        result: Result<reqwest::Response, reqwest::Error>,
+    ) -> Result<reqwest::Response, SegmindError> {
+        let status_label = match &result {
+            Ok(r) => r.status().as_u16().to_string(),
+            Err(_) => "error".to_owned(),
+        };
+        self.metrics
+            .segmind_requests
+            .with_label_values(&[call.as_str(), &status_label])
+            .inc();
+        result.map_err(|source| transport(call, source))
+    }
+
+    async fn submit_call(
+        &self,
+        speech: &Speech,
+        deadline: Instant,
+        calls: &mut u32,
+    ) -> Result<Submitted, SegmindError> {
+        let body = SubmitBody {
+            text: &speech.text,
+            temperature: speech.temperature,
+            voice_1: speech.voice_1.name(),
+            voice_2: speech.voice_2.map(|v| v.name()),
+        };
+        with_retry(
+            &self.retry,
+            &self.metrics,
+            Call::Submit,
+            deadline,
+            calls,
+            || async {
+                let request = self.api.post(self.submit_url.clone()).json(&body);
+                let (status, headers, bytes) = self.send_api(Call::Submit, request).await?;
+                if !status.is_success() {
+                    return Err(status_error(Call::Submit, status, &headers, &bytes));
+                }
+                parse_submitted(&self.base, &bytes)
+            },
+        )
+        .instrument(info_span!("segmind.submit"))
+        .await
+    }
+
+    /// One status poll: `Ok(true)` when COMPLETED, `Ok(false)` while pending.
+    async fn poll_status(&self, job: &Submitted) -> Result<bool, SegmindError> {
+        let request = self.api.get(job.status_url.clone());
+        let (status, headers, bytes) = self.send_api(Call::Status, request).await?;
+        interpret_status(&job.request_id, status, &headers, &bytes)
+    }
+
+    /// Fetches the result of a COMPLETED job: its `output` and inference time.
+    async fn fetch_result(&self, job: &Submitted) -> Result<(Value, Option<f64>), SegmindError> {
+        let request = self.api.get(job.response_url.clone());
+        let (status, headers, bytes) = self.send_api(Call::Result, request).await?;
+        interpret_result(&job.request_id, status, &headers, &bytes)
+    }
+
+    /// Downloads audio from the media host: no API key, size-capped.
+    async fn download(&self, url: &Url) -> Result<(Bytes, Option<String>), SegmindError> {
+        let response = self.record(Call::Download, self.media.get(url.clone()).send().await)?;
+        let status = response.status();
+        if !status.is_success() {
+            let headers = response.headers().clone();
+            let body = response.bytes().await.unwrap_or_default();
+            return Err(status_error(Call::Download, status, &headers, &body));
+        }
+        let limit = self.max_audio_bytes;
+        if response.content_length().is_some_and(|n| n > limit) {
+            return Err(SegmindError::TooLarge { limit });
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut buf = BytesMut::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|source| transport(Call::Download, source))?;
+            if (buf.len() + chunk.len()) as u64 > limit {
+                return Err(SegmindError::TooLarge { limit });
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok((buf.freeze(), content_type))
+    }
+}

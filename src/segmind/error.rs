@@ -1,0 +1,91 @@
+//! What can go wrong talking to Segmind, reported as facts for
+//! [`crate::failure::classify`].
+
+use std::time::Duration;
+
+use crate::failure::{AsFault, Call, Fault};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SegmindError {
+    #[error("{call} call answered HTTP {status}: {body}")]
+    Status {
+        call: Call,
+        status: u16,
+        body: String,
+        /// The server's requested wait (Retry-After / rate-limit reset).
+        retry_after: Option<Duration>,
+    },
+    #[error("{call} call failed: {source}")]
+    Transport {
+        call: Call,
+        timeout: bool,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{call} answer breaks the protocol: {detail}")]
+    Protocol { call: Call, detail: String },
+    #[error("Segmind request {request_id} FAILED: {message}")]
+    JobFailed {
+        request_id: String,
+        message: String,
+        http_status: Option<u16>,
+    },
+    #[error("no result after {waited:?} (Segmind request {request_id:?}); the job deadline passed")]
+    Deadline {
+        request_id: Option<String>,
+        waited: Duration,
+    },
+    #[error("the audio is larger than the {limit}-byte limit")]
+    TooLarge { limit: u64 },
+}
+
+impl SegmindError {
+    /// How long the server asked us to wait before trying again.
+    pub(crate) fn retry_hint(&self) -> Option<Duration> {
+        match self {
+            SegmindError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Label for `tts_retries_total{reason}`.
+    pub(crate) fn retry_reason(&self) -> &'static str {
+        match self {
+            SegmindError::Status { status: 429, .. } => "429",
+            SegmindError::Status { .. } => "5xx",
+            _ => "network",
+        }
+    }
+
+    /// The Segmind request the error is about, when one was accepted.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            SegmindError::JobFailed { request_id, .. } => Some(request_id),
+            SegmindError::Deadline { request_id, .. } => request_id.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+impl AsFault for SegmindError {
+    fn fault(&self) -> Fault<'_> {
+        match self {
+            SegmindError::Status { call, status, .. } => Fault::Http {
+                call: *call,
+                status: *status,
+            },
+            SegmindError::Transport { timeout, .. } => Fault::Network { timeout: *timeout },
+            SegmindError::Protocol { .. } => Fault::Protocol,
+            SegmindError::JobFailed {
+                message,
+                http_status,
+                ..
+            } => Fault::JobFailed {
+                message,
+                http_status: *http_status,
+            },
+            SegmindError::Deadline { .. } => Fault::Deadline,
+            SegmindError::TooLarge { .. } => Fault::BadAudio,
+        }
+    }
+}

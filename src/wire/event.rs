@@ -1,0 +1,297 @@
+//! The CloudEvents 1.0 the worker publishes (structured JSON mode), encoded
+//! from a job's [`Outcome`]; and their decoding, for `tts-worker submit
+//! --wait` and tests.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::job::Outcome;
+
+/// Routing key (and CloudEvents `type`) of a completion event.
+pub const COMPLETED_TYPE: &str = "tts.job.completed";
+/// Routing key (and CloudEvents `type`) of a failure event.
+pub const FAILED_TYPE: &str = "tts.job.failed";
+/// Content type of events: CloudEvents 1.0 structured mode, JSON.
+pub const EVENT_CONTENT_TYPE: &str = "application/cloudevents+json";
+
+/// A CloudEvents 1.0 envelope in structured JSON mode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CloudEvent<D> {
+    pub specversion: String,
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub subject: String,
+    pub time: String,
+    pub datacontenttype: String,
+    pub data: D,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AudioData {
+    pub bucket: String,
+    pub key: String,
+    pub uri: String,
+    pub content_type: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmindData {
+    pub request_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_time_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorData {
+    pub code: String,
+    pub message: String,
+    pub retryable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+}
+
+/// `data` of a `tts.job.completed` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompletedData {
+    pub job_id: String,
+    pub audio: AudioData,
+    pub segmind: SegmindData,
+    pub attempts: u32,
+    #[serde(default)]
+    pub metadata: Option<Map<String, Value>>,
+    /// True when the audio was found in storage and no Segmind call was made
+    /// (a repeated or redelivered job).
+    #[serde(default)]
+    pub served_from_storage: bool,
+}
+
+/// `data` of a `tts.job.failed` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailedData {
+    pub job_id: String,
+    pub error: ErrorData,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segmind: Option<SegmindRef>,
+    pub attempts: u32,
+    #[serde(default)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmindRef {
+    pub request_id: String,
+}
+
+/// Either kind of event `data`, for consumers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventData {
+    Completed(CompletedData),
+    Failed(FailedData),
+}
+
+/// An event ready to publish.
+#[derive(Debug, Clone)]
+pub struct EncodedEvent {
+    pub id: String,
+    pub routing_key: &'static str,
+    pub body: Vec<u8>,
+}
+
+/// The CloudEvents `id` of an outcome: the same outcome of the same job always
+/// gets the same id, so a consumer that meets an event twice (a redelivered
+/// job replays its completion) can drop the copy by `id`.
+pub fn event_id(outcome: &Outcome) -> String {
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x2b7c_1d9e_54a3_4f60_8e1b_c0d2_93a4_77f5);
+    let name = match outcome {
+        Outcome::Completed(c) => format!(
+            "completed\0{}\0{}\0{}",
+            c.job_id, c.audio.key, c.audio.sha256
+        ),
+        // Not the Segmind request: a job redelivered mid-failure may fail
+        // again on another request, and must still be one event.
+        Outcome::Failed(f) => format!("failed\0{}\0{}", f.job_id, f.failure.code.as_str()),
+    };
+    uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes()).to_string()
+}
+
+/// Encodes a terminal outcome as a CloudEvent.
+pub fn encode_event(outcome: &Outcome, source: &str, now: DateTime<Utc>) -> EncodedEvent {
+    let id = event_id(outcome);
+    let envelope = |kind: &'static str, subject: &str| CloudEvent {
+        specversion: "1.0".into(),
+        id: id.clone(),
+        source: source.into(),
+        kind: kind.into(),
+        subject: subject.into(),
+        time: now.to_rfc3339_opts(SecondsFormat::Millis, true),
+        datacontenttype: "application/json".into(),
+        data: (),
+    };
+    let (routing_key, body) = match outcome {
+        Outcome::Completed(c) => {
+            let data = CompletedData {
+                job_id: c.job_id.to_string(),
+                audio: AudioData {
+                    uri: format!("s3://{}/{}", c.audio.bucket, c.audio.key),
+                    bucket: c.audio.bucket.clone(),
+                    key: c.audio.key.clone(),
+                    content_type: c.audio.content_type.clone(),
+                    size_bytes: c.audio.size_bytes,
+                    sha256: c.audio.sha256.clone(),
+                    duration_seconds: c.audio.duration_seconds,
+                },
+                segmind: SegmindData {
+                    request_id: c.request_id.clone(),
+                    inference_time_seconds: c.inference_time_seconds,
+                },
+                attempts: c.attempts,
+                metadata: c.metadata.clone(),
+                served_from_storage: c.served_from_storage,
+            };
+            (
+                COMPLETED_TYPE,
+                to_json(envelope(COMPLETED_TYPE, c.job_id.as_str()), data),
+            )
+        }
+        Outcome::Failed(f) => {
+            let data = FailedData {
+                job_id: f.job_id.to_string(),
+                error: ErrorData {
+                    code: f.failure.code.as_str().into(),
+                    message: f.failure.message.clone(),
+                    retryable: f.failure.retryable(),
+                    http_status: f.failure.http_status,
+                },
+                segmind: f
+                    .request_id
+                    .clone()
+                    .map(|request_id| SegmindRef { request_id }),
+                attempts: f.attempts,
+                metadata: f.metadata.clone(),
+            };
+            (
+                FAILED_TYPE,
+                to_json(envelope(FAILED_TYPE, f.job_id.as_str()), data),
+            )
+        }
+    };
+    EncodedEvent {
+        id,
+        routing_key,
+        body,
+    }
+}
+
+impl<D> CloudEvent<D> {
+    /// The same envelope around other data.
+    fn with_data<E>(self, data: E) -> CloudEvent<E> {
+        CloudEvent {
+            specversion: self.specversion,
+            id: self.id,
+            source: self.source,
+            kind: self.kind,
+            subject: self.subject,
+            time: self.time,
+            datacontenttype: self.datacontenttype,
+            data,
+        }
+    }
+}
+
+fn to_json<D: Serialize>(envelope: CloudEvent<()>, data: D) -> Vec<u8> {
+    // Serializing plain structs of strings and numbers cannot fail.
+    serde_json::to_vec(&envelope.with_data(data)).unwrap_or_default()
+}
+
+/// Decodes an event published by a worker (for `submit --wait` and tests).
+pub fn decode_event(body: &[u8]) -> Result<CloudEvent<EventData>, serde_json::Error> {
+    let mut raw: CloudEvent<Value> = serde_json::from_slice(body)?;
+    let data = std::mem::take(&mut raw.data);
+    let data = match raw.kind.as_str() {
+        COMPLETED_TYPE => EventData::Completed(serde_json::from_value(data)?),
+        _ => EventData::Failed(serde_json::from_value(data)?),
+    };
+    Ok(raw.with_data(data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failure::Failure;
+    use crate::job::{Completed, Failed, JobId, StoredAudio};
+    use serde_json::json;
+
+    fn completed() -> Outcome {
+        Outcome::Completed(Completed {
+            job_id: JobId::parse("j-1", 128).unwrap(),
+            audio: StoredAudio {
+                bucket: "b".into(),
+                key: "tts/j-1.wav".into(),
+                content_type: "audio/wav".into(),
+                size_bytes: 10,
+                sha256: "ab".into(),
+                duration_seconds: Some(1.5),
+            },
+            request_id: "r-1".into(),
+            inference_time_seconds: Some(40.0),
+            attempts: 1,
+            metadata: Some(json!({"t": "x"}).as_object().unwrap().clone()),
+            served_from_storage: false,
+        })
+    }
+
+    #[test]
+    fn completed_events_follow_cloudevents_and_the_documented_data() {
+        let now = DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let e = encode_event(&completed(), "tts-worker/host-1", now);
+        assert_eq!(e.routing_key, "tts.job.completed");
+        let v: Value = serde_json::from_slice(&e.body).unwrap();
+        assert_eq!(v["specversion"], "1.0");
+        assert_eq!(v["type"], "tts.job.completed");
+        assert_eq!(v["subject"], "j-1");
+        assert_eq!(v["id"], e.id.as_str());
+        assert_eq!(v["time"], "2026-11-24T10:00:00.000Z");
+        assert_eq!(v["datacontenttype"], "application/json");
+        assert_eq!(v["data"]["audio"]["uri"], "s3://b/tts/j-1.wav");
+        assert_eq!(v["data"]["audio"]["duration_seconds"], 1.5);
+        assert_eq!(v["data"]["segmind"]["request_id"], "r-1");
+        assert_eq!(v["data"]["segmind"]["inference_time_seconds"], 40.0);
+        assert_eq!(v["data"]["metadata"]["t"], "x");
+        let back = decode_event(&e.body).unwrap();
+        assert!(matches!(back.data, EventData::Completed(c) if c.audio.sha256 == "ab"));
+    }
+
+    #[test]
+    fn failed_events_carry_code_message_and_retryability() {
+        let failed = Outcome::Failed(Failed {
+            job_id: JobId::parse("j-2", 128).unwrap(),
+            failure: Failure::invalid_request("text: is required"),
+            request_id: None,
+            attempts: 1,
+            metadata: None,
+        });
+        let e = encode_event(&failed, "s", Utc::now());
+        assert_eq!(e.routing_key, "tts.job.failed");
+        let v: Value = serde_json::from_slice(&e.body).unwrap();
+        assert_eq!(v["data"]["error"]["code"], "invalid_request");
+        assert_eq!(v["data"]["error"]["message"], "text: is required");
+        assert_eq!(v["data"]["error"]["retryable"], false);
+        assert!(v["data"].get("segmind").is_none());
+        assert!(v["data"]["error"].get("http_status").is_none());
+        let again = encode_event(&failed, "s", Utc::now());
+        assert_eq!(
+            again.id, e.id,
+            "the same outcome keeps its id, so copies can be dropped"
+        );
+        assert_ne!(encode_event(&completed(), "s", Utc::now()).id, e.id);
+    }
+}

@@ -1,0 +1,18 @@
+//! Wire formats: the request message producers publish ([`request`]) and the
+//! CloudEvents the worker emits ([`event`]). Bytes become domain types
+//! (`crate::job`) here and nowhere else; the rest of the crate never sees
+//! JSON of these formats.
+
+pub mod event;
+pub mod request;
+
+pub use event::{
+    COMPLETED_TYPE, CloudEvent, CompletedData, EVENT_CONTENT_TYPE, EncodedEvent, EventData,
+    FAILED_TYPE, FailedData, decode_event, encode_event, event_id,
+};
+pub use request::{DecodedRequest, FieldError, InvalidRequest, RequestBody, decode_request};
+
+/// Dead-letter copy headers: why the request was rejected.
+pub const DEAD_LETTER_CODE_HEADER: &str = "x-tts-error-code";
+pub const DEAD_LETTER_MESSAGE_HEADER: &str = "x-tts-error-message";
+pub const DEAD_LETTER_JOB_HEADER: &str = "x-tts-job-id";

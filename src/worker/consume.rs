@@ -1,0 +1,216 @@
+//! The consume loop of one broker session: feeds deliveries to
+//! [`super::settle::process`] under a concurrency bound, stops consuming while
+//! the account is paused, and ends the session when either of its channels
+//! (consuming or publishing) is lost.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::Channel;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions};
+use lapin::types::FieldTable;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use super::pause;
+use super::settle::{JobContext, process};
+use crate::broker::CHANNEL_CHECK_INTERVAL;
+
+/// The channel requests are consumed on, able to start and cancel consumers
+/// (consumption is cancelled while paused).
+pub struct Consuming {
+    pub channel: Channel,
+    pub queue: String,
+    pub tag: String,
+}
+
+impl Consuming {
+    async fn start(&self) -> Result<lapin::Consumer, lapin::Error> {
+        self.channel
+            .basic_consume(
+                self.queue.as_str().into(),
+                self.tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+    }
+
+    /// Cancels `consumer` and hands back what it had buffered but not started.
+    async fn stop(&self, mut consumer: lapin::Consumer) {
+        if let Err(e) = self
+            .channel
+            .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
+            .await
+        {
+            warn!(error = %e, "could not cancel the consumer");
+            return;
+        }
+        let drain = async {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                };
+                let _ = delivery.acker.nack(requeue).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+    }
+
+    /// Resolves once the consuming channel is closed.
+    async fn closed(&self) {
+        while self.channel.status().connected() {
+            tokio::time::sleep(CHANNEL_CHECK_INTERVAL).await;
+        }
+    }
+}
+
+/// Why [`run`] returned.
+#[derive(Debug)]
+pub enum Stopped {
+    /// Shutdown was asked and in-flight jobs were drained (or abandoned).
+    Shutdown,
+    /// The broker connection or one of the session's channels failed;
+    /// in-flight deliveries are dead and will be redelivered.
+    BrokerLost(String),
+}
+
+async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|stop| *stop).await.is_err() {
+        // The sender is gone: nobody can ask for shutdown any more.
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Resolves with a reason once either channel of the session is closed: a
+/// closed publishing channel would make every job fail to settle, so it
+/// ends the session just as a consumer error does.
+async fn session_lost(ctx: &JobContext, consuming: &Consuming) -> String {
+    tokio::select! {
+        _ = ctx.publisher.closed() => "the publishing channel was closed".to_owned(),
+        _ = consuming.closed() => "the consuming channel was closed".to_owned(),
+    }
+}
+
+/// Consumes until shutdown is asked or the session is lost, running at most
+/// `max_in_flight` jobs at once, pausing while the account is failing.
+/// `ready` is true exactly while a consumer is running.
+///
+/// The semaphore and the AMQP prefetch bound the same thing: prefetch keeps
+/// the broker from sending more, the semaphore keeps this loop from starting
+/// more, whatever the broker does.
+pub async fn run(
+    ctx: Arc<JobContext>,
+    consuming: &Consuming,
+    max_in_flight: usize,
+    ready: &AtomicBool,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) -> Stopped {
+    let permits = Arc::new(Semaphore::new(max_in_flight));
+    let mut tasks = JoinSet::new();
+    let gate = ctx.pipeline.pause.clone();
+    let mut pause_changes = gate.subscribe();
+    let mut consumer: Option<lapin::Consumer> = None;
+    let mut prober: Option<tokio::task::JoinHandle<()>> = None;
+    let stopped = loop {
+        while tasks.try_join_next().is_some() {}
+        if gate.paused().is_some() {
+            ready.store(false, Ordering::Relaxed);
+            if let Some(c) = consumer.take() {
+                consuming.stop(c).await;
+            }
+            if prober.as_ref().is_none_or(|p| p.is_finished()) {
+                let pipeline = ctx.pipeline.clone();
+                prober = Some(tokio::spawn(async move {
+                    pause::probe_until_healthy(
+                        &pipeline.pause,
+                        &pipeline.segmind,
+                        &pipeline.storage,
+                        pipeline.jobs.probe_initial,
+                        pipeline.jobs.probe_max,
+                    )
+                    .await;
+                }));
+            }
+            tokio::select! {
+                _ = shutdown_requested(&mut shutdown) => break Stopped::Shutdown,
+                reason = session_lost(&ctx, consuming) => break Stopped::BrokerLost(reason),
+                _ = pause_changes.changed() => continue,
+            }
+        }
+        let current = match consumer.as_mut() {
+            Some(c) => c,
+            None => match consuming.start().await {
+                Ok(c) => {
+                    ready.store(true, Ordering::Relaxed);
+                    consumer.insert(c)
+                }
+                Err(e) => break Stopped::BrokerLost(e.to_string()),
+            },
+        };
+        let permit = tokio::select! {
+            _ = shutdown_requested(&mut shutdown) => break Stopped::Shutdown,
+            reason = session_lost(&ctx, consuming) => break Stopped::BrokerLost(reason),
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break Stopped::Shutdown, // the semaphore is never closed
+            },
+        };
+        let next = tokio::select! {
+            _ = shutdown_requested(&mut shutdown) => break Stopped::Shutdown,
+            reason = session_lost(&ctx, consuming) => break Stopped::BrokerLost(reason),
+            _ = pause_changes.changed() => continue,
+            next = current.next() => next,
+        };
+        match next {
+            Some(Ok(delivery)) => {
+                let ctx = ctx.clone();
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    process(&ctx, delivery).await
+                });
+            }
+            Some(Err(e)) => break Stopped::BrokerLost(e.to_string()),
+            None => {
+                warn!("the broker cancelled the consumer; consuming again");
+                consumer = None;
+            }
+        }
+    };
+    ready.store(false, Ordering::Relaxed);
+    if let Some(p) = prober {
+        p.abort();
+    }
+    match &stopped {
+        Stopped::Shutdown => {
+            if let Some(c) = consumer.take() {
+                consuming.stop(c).await;
+            }
+            while tasks.try_join_next().is_some() {}
+            info!(
+                in_flight = tasks.len(),
+                grace_s = grace.as_secs_f64(),
+                "stopping: waiting for in-flight jobs"
+            );
+            let drained =
+                tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+                    .await;
+            if drained.is_err() {
+                warn!(
+                    abandoned = tasks.len(),
+                    "grace period over; unfinished deliveries return to the queue and resume from their checkpoints"
+                );
+            }
+        }
+        Stopped::BrokerLost(reason) => {
+            warn!(%reason, in_flight = tasks.len(), "broker session lost; in-flight deliveries will be redelivered");
+        }
+    }
+    tasks.abort_all();
+    stopped
+}

@@ -1,0 +1,311 @@
+//! A valid job's work, without the broker: answer from storage when it is
+//! already done, else resume or submit at Segmind, check the audio (submitting
+//! again on Gemini's silent failure), store it, record that in the
+//! checkpoint, and decide what a failure means for the delivery.
+//!
+//! Nothing here knows AMQP: [`Pipeline::run`] takes a [`TtsJob`] and its
+//! delivery attempt and returns a [`JobEnd`], so it can be driven (and tested)
+//! without a broker.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{Span, info, warn};
+
+use super::pause::PauseGate;
+use crate::audio::{self, Audio, AudioError};
+use crate::checkpoint::{self, Checkpoint, Checkpoints, StoredRecord};
+use crate::config::{JobSettings, Settings};
+use crate::failure::{self, AsFault, Disposition, ErrorCode, Fault};
+use crate::job::{Completed, Failed, ObjectKey, Outcome, StoredAudio, TtsJob};
+use crate::metrics::Metrics;
+use crate::segmind::{SegmindClient, SegmindError};
+use crate::storage::{Storage, StorageError};
+
+/// Every error a job's work can end with.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Segmind(#[from] SegmindError),
+    #[error(transparent)]
+    Audio(#[from] AudioError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl AsFault for JobError {
+    fn fault(&self) -> Fault<'_> {
+        match self {
+            JobError::Segmind(e) => e.fault(),
+            JobError::Audio(e) => e.fault(),
+            JobError::Storage(e) => e.fault(),
+        }
+    }
+}
+
+/// How a job's processing ended.
+#[derive(Debug)]
+pub enum JobEnd {
+    /// A terminal outcome to publish.
+    Finished(Box<Outcome>),
+    /// Try again on a later delivery; the reason is an error code.
+    Requeue(ErrorCode),
+}
+
+/// What every job of the process shares: the adapters and the settings that
+/// shape a job's work. Built once; broker sessions come and go around it.
+pub struct Pipeline {
+    pub segmind: Arc<SegmindClient>,
+    pub storage: Storage,
+    pub checkpoints: Checkpoints,
+    pub metrics: Metrics,
+    /// Paused on account-level failures; the consumer loop watches it.
+    pub pause: PauseGate,
+    pub jobs: JobSettings,
+    /// Prefix of default storage keys.
+    pub s3_prefix: String,
+    /// Bound on one delivery's time at Segmind.
+    pub job_deadline: Duration,
+    /// Lower-cased substrings marking a FAILED message as a content block.
+    pub block_patterns: Vec<String>,
+}
+
+impl Pipeline {
+    pub fn new(
+        settings: &Settings,
+        segmind: Arc<SegmindClient>,
+        storage: Storage,
+        metrics: Metrics,
+        pause: PauseGate,
+    ) -> Self {
+        Pipeline {
+            checkpoints: Checkpoints::new(
+                storage.clone(),
+                &settings.s3.prefix,
+                settings.jobs.resume_window,
+            ),
+            segmind,
+            storage,
+            metrics,
+            pause,
+            jobs: settings.jobs.clone(),
+            s3_prefix: settings.s3.prefix.clone(),
+            job_deadline: settings.segmind.job_deadline,
+            block_patterns: settings.segmind.content_blocked_patterns.clone(),
+        }
+    }
+
+    /// Runs a valid job (delivery number `attempt`, from 1) and decides what
+    /// its failure, if any, means: a failure event, a requeue, or a requeue
+    /// that pauses consumption.
+    pub async fn run(&self, job: &TtsJob, attempt: u32) -> JobEnd {
+        let deadline = tokio::time::Instant::now() + self.job_deadline;
+        let mut calls = 0u32;
+        let mut request_id = None;
+        let result = self
+            .synthesize_and_store(job, attempt, deadline, &mut calls, &mut request_id)
+            .await;
+        if calls > 0 {
+            self.metrics.segmind_calls_per_job.observe(f64::from(calls));
+        }
+        let err = match result {
+            Ok(completed) => return JobEnd::Finished(Box::new(Outcome::Completed(completed))),
+            Err(err) => err,
+        };
+        let failure = failure::classify(&err, &self.block_patterns);
+        let request_id = request_id.or_else(|| match &err {
+            JobError::Segmind(e) => e.request_id().map(str::to_owned),
+            _ => None,
+        });
+        if let Some(id) = &request_id {
+            Span::current().record("request_id", id.as_str());
+        }
+        match failure::disposition(
+            &failure,
+            attempt,
+            self.jobs.max_deliveries,
+            self.jobs.on_account_error,
+        ) {
+            Disposition::Fail => {
+                warn!(code = failure.code.as_str(), error = %err, "job failed");
+                JobEnd::Finished(Box::new(Outcome::Failed(Failed {
+                    job_id: job.id.clone(),
+                    failure,
+                    request_id,
+                    attempts: attempt,
+                    metadata: job.metadata.clone(),
+                })))
+            }
+            Disposition::Requeue => {
+                warn!(code = failure.code.as_str(), error = %err, "transient failure");
+                JobEnd::Requeue(failure.code)
+            }
+            Disposition::Pause => {
+                self.pause.pause(failure.code, &failure.message);
+                JobEnd::Requeue(failure.code)
+            }
+        }
+    }
+
+    async fn synthesize_and_store(
+        &self,
+        job: &TtsJob,
+        attempt: u32,
+        deadline: tokio::time::Instant,
+        calls: &mut u32,
+        request_id: &mut Option<String>,
+    ) -> Result<Completed, JobError> {
+        let checkpoint = self.checkpoints.load(&job.id, &job.speech).await?;
+        if let Some(cp) = &checkpoint
+            && let Some(done) = self.replay_from_storage(job, cp, attempt).await?
+        {
+            return Ok(done);
+        }
+        let mut resume = checkpoint.filter(|cp| self.checkpoints.resumable(cp, chrono::Utc::now()));
+        let mut audio_retries_left = self.jobs.audio_retries;
+        loop {
+            let (submitted, submitted_at, resumed) = match resume.take() {
+                Some(cp) => {
+                    info!(request_id = %cp.request_id, "resuming the Segmind request from the checkpoint");
+                    self.metrics.resumed.with_label_values(&["poll"]).inc();
+                    (self.segmind.resume(&cp.request_id), cp.submitted_at, true)
+                }
+                None => {
+                    let submitted = self.segmind.submit(&job.speech, deadline, calls).await?;
+                    let submitted_at = chrono::Utc::now();
+                    self.save_checkpoint(job, &submitted.request_id, submitted_at, None)
+                        .await;
+                    (submitted, submitted_at, false)
+                }
+            };
+            *request_id = Some(submitted.request_id.clone());
+            Span::current().record("request_id", submitted.request_id.as_str());
+            let synthesis = match self
+                .segmind
+                .wait_for_audio(&submitted, deadline, calls)
+                .await
+            {
+                Err(e)
+                    if resumed
+                        && failure::classify(&e, &self.block_patterns).code
+                            == ErrorCode::Expired =>
+                {
+                    info!("the resumed request has expired at Segmind; submitting again");
+                    continue;
+                }
+                other => other?,
+            };
+            if let Some(t) = synthesis.inference_time_seconds {
+                self.metrics.inference_duration.observe(t);
+            }
+            let checked = Audio::parse(synthesis.audio, synthesis.content_type.as_deref())
+                .and_then(|a| {
+                    audio::check_plausible(&a, &job.speech.text, self.jobs.min_seconds_per_word)
+                        .map(|()| a)
+                });
+            let audio = match checked {
+                Ok(audio) => audio,
+                Err(e) if audio_retries_left > 0 => {
+                    audio_retries_left -= 1;
+                    self.metrics
+                        .retries
+                        .with_label_values(&["audio_invalid"])
+                        .inc();
+                    warn!(error = %e, "Segmind returned unusable audio; submitting again");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let key = match &job.output_key {
+                Some(key) => key.clone(),
+                None => ObjectKey::default_for(&self.s3_prefix, &job.id, audio.format.extension()),
+            };
+            let upload_started = Instant::now();
+            let stored = self
+                .storage
+                .put(&key, audio, &job.id, &synthesis.request_id)
+                .await;
+            self.metrics
+                .s3_upload
+                .observe(upload_started.elapsed().as_secs_f64());
+            let stored = stored?;
+            self.metrics.audio_bytes.observe(stored.size_bytes as f64);
+            let record = StoredRecord::from_stored(&stored, synthesis.inference_time_seconds);
+            self.save_checkpoint(job, &synthesis.request_id, submitted_at, Some(record))
+                .await;
+            info!(key = %key, bytes = stored.size_bytes, http_calls = *calls, "audio stored");
+            return Ok(Completed {
+                job_id: job.id.clone(),
+                audio: stored,
+                request_id: synthesis.request_id,
+                inference_time_seconds: synthesis.inference_time_seconds,
+                attempts: attempt,
+                metadata: job.metadata.clone(),
+                served_from_storage: false,
+            });
+        }
+    }
+
+    /// Writes the checkpoint. A failure is logged, not fatal: the job can
+    /// still finish; only a crash-resume of this job would be lost.
+    async fn save_checkpoint(
+        &self,
+        job: &TtsJob,
+        request_id: &str,
+        submitted_at: chrono::DateTime<chrono::Utc>,
+        stored: Option<StoredRecord>,
+    ) {
+        let checkpoint = Checkpoint {
+            job_id: job.id.to_string(),
+            request_id: request_id.to_owned(),
+            submitted_at,
+            fingerprint: checkpoint::fingerprint(&job.speech),
+            stored,
+        };
+        if let Err(e) = self.checkpoints.save(&checkpoint).await {
+            warn!(error = %e, "could not write the checkpoint; a redelivery of this job would submit again");
+        }
+    }
+
+    /// The completion of a job whose audio is already stored: the facts come
+    /// from the checkpoint, and the object must still be there, complete and
+    /// matching the checksum, size and job id recorded there.
+    async fn replay_from_storage(
+        &self,
+        job: &TtsJob,
+        checkpoint: &Checkpoint,
+        attempt: u32,
+    ) -> Result<Option<Completed>, JobError> {
+        let Some(stored) = &checkpoint.stored else {
+            return Ok(None);
+        };
+        let Some(info) = self.storage.head(&stored.key).await? else {
+            return Ok(None);
+        };
+        let intact = info.sha256.as_deref() == Some(stored.sha256.as_str())
+            && info.size_bytes == Some(stored.size_bytes)
+            && info.job_id.as_deref() == Some(job.id.as_str());
+        if !intact {
+            warn!(key = %stored.key, "stored audio does not match the checkpoint; producing it again");
+            return Ok(None);
+        }
+        self.metrics.resumed.with_label_values(&["storage"]).inc();
+        info!(key = %stored.key, "audio already stored; replaying the completion without calling Segmind");
+        Ok(Some(Completed {
+            job_id: job.id.clone(),
+            audio: StoredAudio {
+                bucket: self.storage.bucket().to_owned(),
+                key: stored.key.clone(),
+                content_type: stored.content_type.clone(),
+                size_bytes: stored.size_bytes,
+                sha256: stored.sha256.clone(),
+                duration_seconds: stored.duration_seconds,
+            },
+            request_id: checkpoint.request_id.clone(),
+            inference_time_seconds: stored.inference_time_seconds,
+            attempts: attempt,
+            metadata: job.metadata.clone(),
+            served_from_storage: true,
+        }))
+    }
+}

@@ -1,0 +1,258 @@
+//! One delivery to its end: decode it, run the [`Pipeline`] (or reject it),
+//! publish the outcome with confirmation, then ack or requeue.
+//!
+//! Invariant: a delivery is acked only after its terminal event (and, for a
+//! rejected request, its dead-letter copy) is confirmed by the broker. If
+//! publishing fails, or the job should be tried again later, the delivery is
+//! requeued instead.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use lapin::BasicProperties;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use tracing::{Instrument, Span, error, field, info, info_span, warn};
+
+use super::pipeline::{JobEnd, Pipeline};
+use crate::broker::{self, BrokerError, Publisher, Topology};
+use crate::config::RequestLimits;
+use crate::failure::Failure;
+use crate::job::{Failed, Outcome};
+use crate::wire::{
+    self, DEAD_LETTER_CODE_HEADER, DEAD_LETTER_JOB_HEADER, DEAD_LETTER_MESSAGE_HEADER,
+};
+
+/// What settling a delivery needs: the pipeline, shared by every session,
+/// and this broker session's publisher.
+pub struct JobContext {
+    pub pipeline: Arc<Pipeline>,
+    pub publisher: Publisher,
+    pub topology: Topology,
+    pub limits: RequestLimits,
+    /// CloudEvents `source` of this process.
+    pub event_source: String,
+}
+
+/// How a delivery was settled with the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// Terminal event confirmed; the delivery is done.
+    Ack,
+    /// Not finished here; the broker redelivers it.
+    Requeue,
+}
+
+/// Takes one delivery to a confirmed terminal event or a requeue, and settles it.
+pub async fn process(ctx: &JobContext, delivery: Delivery) -> Settlement {
+    let started = Instant::now();
+    let metrics = &ctx.pipeline.metrics;
+    let _in_flight = metrics.job_in_flight();
+    let span = info_span!(
+        "job",
+        job_id = field::Empty,
+        request_id = field::Empty,
+        attempt = field::Empty,
+        outcome = field::Empty
+    );
+    let (settlement, label) = settle(ctx, &delivery).instrument(span.clone()).await;
+    let ack_result = match settlement {
+        Settlement::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+        Settlement::Requeue => {
+            tokio::time::sleep(ctx.pipeline.jobs.requeue_delay).await;
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await
+        }
+    };
+    if let Err(e) = ack_result {
+        // The channel is gone: the broker will redeliver the message.
+        span.in_scope(
+            || warn!(error = %e, "could not settle the delivery; it will be redelivered"),
+        );
+    }
+    if let Some(label) = label {
+        metrics.jobs.with_label_values(&[label]).inc();
+        metrics
+            .job_duration
+            .with_label_values(&[label])
+            .observe(started.elapsed().as_secs_f64());
+    }
+    settlement
+}
+
+/// Runs the job and publishes its outcome; returns the settlement and, for a
+/// finished job, its outcome label.
+async fn settle(ctx: &JobContext, delivery: &Delivery) -> (Settlement, Option<&'static str>) {
+    let props = &delivery.properties;
+    let jobs = &ctx.pipeline.jobs;
+    let attempt = broker::delivery_count(props).saturating_add(1);
+    let message_id = props.message_id().as_ref().map(|m| m.as_str());
+    let decoded = wire::decode_request(&delivery.data, message_id, &ctx.limits);
+    let span = Span::current();
+    span.record("job_id", decoded.job_id.as_str());
+    span.record("attempt", attempt);
+
+    let rejected = |failure: Failure| {
+        Outcome::Failed(Failed {
+            job_id: decoded.job_id.clone(),
+            failure,
+            request_id: None,
+            attempts: attempt,
+            metadata: decoded.metadata.clone(),
+        })
+    };
+    let (outcome, dead_letter) = if attempt > jobs.max_deliveries {
+        warn!(attempt, "dead-lettering a poison message");
+        (
+            rejected(Failure::poison(attempt, jobs.max_deliveries)),
+            true,
+        )
+    } else {
+        match &decoded.job {
+            Err(invalid) => {
+                warn!(error = %invalid, "rejecting invalid request");
+                (
+                    rejected(Failure::invalid_request(invalid.to_string())),
+                    true,
+                )
+            }
+            Ok(job) => match ctx.pipeline.run(job, attempt).await {
+                JobEnd::Finished(outcome) => (*outcome, false),
+                JobEnd::Requeue(reason) => {
+                    ctx.pipeline
+                        .metrics
+                        .requeues
+                        .with_label_values(&[reason.as_str()])
+                        .inc();
+                    info!(
+                        reason = reason.as_str(),
+                        "requeueing the job for a later delivery"
+                    );
+                    return (Settlement::Requeue, None);
+                }
+            },
+        }
+    };
+    let label = outcome.label();
+    span.record("outcome", label);
+
+    let published = if dead_letter {
+        let (a, b) = tokio::join!(
+            publish_dead_letter(ctx, delivery, &outcome),
+            publish_outcome(ctx, props, &outcome)
+        );
+        a.and(b)
+    } else {
+        publish_outcome(ctx, props, &outcome).await
+    };
+    match published {
+        Ok(()) => {
+            if let (Outcome::Failed(f), Ok(_)) = (&outcome, &decoded.job) {
+                // A failed job starts afresh if it is ever sent again.
+                if let Err(e) = ctx.pipeline.checkpoints.delete(&f.job_id).await {
+                    warn!(error = %e, "could not delete the checkpoint of a failed job");
+                }
+            }
+            info!(outcome = label, "job finished");
+            (Settlement::Ack, Some(label))
+        }
+        Err(e) => {
+            error!(error = %e, "could not publish the terminal event; requeueing");
+            ctx.pipeline
+                .metrics
+                .requeues
+                .with_label_values(&["publish_failed"])
+                .inc();
+            (Settlement::Requeue, None)
+        }
+    }
+}
+
+/// Publishes the terminal event, plus a copy to `reply_to` when asked.
+async fn publish_outcome(
+    ctx: &JobContext,
+    request: &BasicProperties,
+    outcome: &Outcome,
+) -> Result<(), BrokerError> {
+    let metrics = &ctx.pipeline.metrics;
+    let event = wire::encode_event(outcome, &ctx.event_source, chrono::Utc::now());
+    let mut properties = BasicProperties::default()
+        .with_content_type(wire::EVENT_CONTENT_TYPE.into())
+        .with_delivery_mode(2)
+        .with_message_id(event.id.as_str().into())
+        .with_type(event.routing_key.into())
+        .with_app_id("tts-worker".into())
+        .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64);
+    if let Some(correlation_id) = request.correlation_id() {
+        properties = properties.with_correlation_id(correlation_id.clone());
+    }
+    ctx.publisher
+        .publish(
+            &ctx.topology.events_exchange,
+            event.routing_key,
+            &event.body,
+            properties.clone(),
+            true,
+        )
+        .await?;
+    metrics.published.with_label_values(&["event"]).inc();
+
+    if let Some(reply_to) = request.reply_to() {
+        // The durable event above is the record; the reply is a courtesy copy
+        // to a queue the requester owns, so a vanished reply queue must not
+        // block the job.
+        match ctx
+            .publisher
+            .publish("", reply_to.as_str(), &event.body, properties, false)
+            .await
+        {
+            Ok(()) => metrics.published.with_label_values(&["reply"]).inc(),
+            Err(e) => {
+                warn!(error = %e, reply_to = reply_to.as_str(), "could not send the reply copy")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Publishes the original bytes, byte-identical, to the dead-letter queue with
+/// headers saying why.
+async fn publish_dead_letter(
+    ctx: &JobContext,
+    delivery: &Delivery,
+    outcome: &Outcome,
+) -> Result<(), BrokerError> {
+    let Outcome::Failed(failed) = outcome else {
+        return Ok(());
+    };
+    // Header values are capped: a request can carry huge invalid fields.
+    let message: String = failed.failure.message.chars().take(1024).collect();
+    let properties = broker::with_headers(
+        delivery.properties.clone(),
+        &[
+            (DEAD_LETTER_CODE_HEADER, failed.failure.code.as_str()),
+            (DEAD_LETTER_MESSAGE_HEADER, &message),
+            (DEAD_LETTER_JOB_HEADER, failed.job_id.as_str()),
+        ],
+    );
+    ctx.publisher
+        .publish(
+            "",
+            &ctx.topology.dead_letter_queue,
+            &delivery.data,
+            properties,
+            true,
+        )
+        .await?;
+    ctx.pipeline
+        .metrics
+        .published
+        .with_label_values(&["dead_letter"])
+        .inc();
+    Ok(())
+}

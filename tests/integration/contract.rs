@@ -1,0 +1,41 @@
+//! The worker and the simulator keep separate lists of what the API accepts,
+//! so a mistake on one side shows up here instead of being shared.
+
+use std::net::SocketAddr;
+
+use segmind_sim::SimConfig;
+use serde_json::json;
+use tts_worker::job::{VOICES, Voice};
+
+#[tokio::test]
+async fn every_voice_the_worker_accepts_is_accepted_by_the_simulator() {
+    let mut config = SimConfig::fast("k");
+    config.espeak = false;
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let sim = segmind_sim::spawn(config, any, any).await.unwrap();
+    let http = reqwest::Client::new();
+    for voice in VOICES {
+        // What the worker would send: the canonical spelling of a parsed voice.
+        let name = Voice::parse(&voice.to_lowercase()).unwrap().name();
+        let r = http
+            .post(format!("{}/v2/gemini-2.5-pro-tts", sim.base_url()))
+            .header("x-api-key", "k")
+            .json(&json!({"text": "hi", "voice_1": name, "voice_2": name}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "the simulator rejects {name}");
+    }
+}
+
+#[test]
+fn every_voice_of_the_api_is_accepted_by_the_worker_in_its_exact_spelling() {
+    assert_eq!(segmind_sim::voices::VOICES.len(), VOICES.len());
+    for voice in segmind_sim::voices::VOICES {
+        assert_eq!(
+            Voice::parse(voice).map(Voice::name),
+            Ok(voice),
+            "the worker does not know {voice}"
+        );
+    }
+}
