@@ -4,7 +4,10 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY config config
 COPY src src
-RUN cargo build --release --locked --bins
+# A workspace member (the Segmind simulator, a dev-dependency): cargo needs its
+# manifest to resolve the workspace; it is not built into the image.
+COPY segmind-sim segmind-sim
+RUN cargo build --release --locked -p tts-worker --bin tts-worker
 
 FROM debian:bookworm-slim
 RUN apt-get update \
@@ -12,7 +15,6 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home tts
 COPY --from=build /src/target/release/tts-worker /usr/local/bin/tts-worker
-COPY --from=build /src/target/release/segmind-sim /usr/local/bin/segmind-sim
 USER 10001
 EXPOSE 9090
 ENV TTS__TELEMETRY__LOG_FORMAT=json

@@ -212,3 +212,16 @@ fn the_checker_sees_imports_and_cycles() {
         Some(vec!["x".into(), "y".into(), "z".into(), "x".into()])
     );
 }
+
+#[test]
+fn the_worker_binary_does_not_contain_the_simulator() {
+    // The simulator is a dev-dependency: tests link it, the binary must not.
+    let binary = std::fs::read(env!("CARGO_BIN_EXE_tts-worker")).expect("the worker binary");
+    for needle in [&b"segmind_sim"[..], b"[[sim:latency="] {
+        assert!(
+            !binary.windows(needle.len()).any(|w| w == needle),
+            "the worker binary contains {:?}",
+            String::from_utf8_lossy(needle)
+        );
+    }
+}
