@@ -117,6 +117,9 @@ pub async fn run(
     let mut pause_changes = gate.subscribe();
     let mut consumer: Option<lapin::Consumer> = None;
     let mut prober: Option<tokio::task::JoinHandle<()>> = None;
+    // Made once per session, not per delivery.
+    let lost = session_lost(&ctx, consuming);
+    tokio::pin!(lost);
     let stopped = loop {
         while tasks.try_join_next().is_some() {}
         if gate.paused().is_some() {
@@ -139,7 +142,7 @@ pub async fn run(
             }
             tokio::select! {
                 _ = shutdown_requested(&mut shutdown) => break Stopped::Shutdown,
-                reason = session_lost(&ctx, consuming) => break Stopped::BrokerLost(reason),
+                reason = &mut lost => break Stopped::BrokerLost(reason),
                 _ = pause_changes.changed() => continue,
             }
         }
@@ -155,7 +158,7 @@ pub async fn run(
         };
         let permit = tokio::select! {
             _ = shutdown_requested(&mut shutdown) => break Stopped::Shutdown,
-            reason = session_lost(&ctx, consuming) => break Stopped::BrokerLost(reason),
+            reason = &mut lost => break Stopped::BrokerLost(reason),
             permit = permits.clone().acquire_owned() => match permit {
                 Ok(p) => p,
                 Err(_) => break Stopped::Shutdown, // the semaphore is never closed
@@ -163,7 +166,7 @@ pub async fn run(
         };
         let next = tokio::select! {
             _ = shutdown_requested(&mut shutdown) => break Stopped::Shutdown,
-            reason = session_lost(&ctx, consuming) => break Stopped::BrokerLost(reason),
+            reason = &mut lost => break Stopped::BrokerLost(reason),
             _ = pause_changes.changed() => continue,
             next = current.next() => next,
         };
