@@ -160,6 +160,17 @@ pub async fn queue_depth(channel: &Channel, queue: &str) -> Result<u32, BrokerEr
     Ok(q.message_count())
 }
 
+/// How often [`closed`] looks at a channel's state.
+const CHANNEL_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Resolves once `channel` is closed (by us, by the broker on a channel
+/// error, or with its connection).
+pub async fn closed(channel: &Channel) {
+    while channel.status().connected() {
+        tokio::time::sleep(CHANNEL_CHECK_INTERVAL).await;
+    }
+}
+
 /// Publishes with publisher confirms on one channel shared by every task.
 ///
 /// The broker closes a channel on some errors (publishing to an exchange that
@@ -170,14 +181,7 @@ pub async fn queue_depth(channel: &Channel, queue: &str) -> Result<u32, BrokerEr
 pub struct Publisher {
     channel: Channel,
     timeout: Duration,
-    /// Set by a publish that found the channel closed, so the session ends at
-    /// once instead of at the next status check.
-    lost: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
-
-/// How often [`Publisher::closed`] and the consumer loop look at channel
-/// states when nothing told them earlier.
-pub const CHANNEL_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Publisher {
     /// Puts `channel` in confirm mode.
@@ -185,49 +189,17 @@ impl Publisher {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok(Publisher {
-            channel,
-            timeout,
-            lost: std::sync::Arc::new(tokio::sync::watch::Sender::new(false)),
-        })
-    }
-
-    /// Whether the publishing channel is open.
-    pub fn is_open(&self) -> bool {
-        self.channel.status().connected()
+        Ok(Publisher { channel, timeout })
     }
 
     /// Resolves once the publishing channel is closed.
     pub async fn closed(&self) {
-        let mut lost = self.lost.subscribe();
-        while self.is_open() && !*lost.borrow_and_update() {
-            tokio::select! {
-                _ = lost.changed() => {}
-                _ = tokio::time::sleep(CHANNEL_CHECK_INTERVAL) => {}
-            }
-        }
+        closed(&self.channel).await
     }
 
     /// Publishes and waits for the broker's confirmation. With `mandatory`, a
     /// message no queue receives is an error.
     pub async fn publish(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        properties: BasicProperties,
-        mandatory: bool,
-    ) -> Result<(), BrokerError> {
-        let result = self
-            .publish_confirmed(exchange, routing_key, body, properties, mandatory)
-            .await;
-        if result.is_err() && !self.is_open() {
-            self.lost.send_replace(true);
-        }
-        result
-    }
-
-    async fn publish_confirmed(
         &self,
         exchange: &str,
         routing_key: &str,

@@ -35,12 +35,6 @@ pub struct StorageError {
     detail: String,
 }
 
-impl StorageError {
-    pub fn kind(&self) -> StorageFault {
-        self.kind
-    }
-}
-
 impl AsFault for StorageError {
     fn fault(&self) -> Fault<'_> {
         Fault::Storage(self.kind)
@@ -49,7 +43,7 @@ impl AsFault for StorageError {
 
 /// Reads what kind of failure an SDK error is. Facts only: which S3 error
 /// code or HTTP status came back, or that none did.
-fn kind_of<E>(err: &SdkError<E, HttpResponse>, http_status: Option<u16>) -> StorageFault
+fn kind_of<E>(err: &SdkError<E, HttpResponse>) -> StorageFault
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -85,7 +79,7 @@ where
                 | "TooManyRequests"
                 | "RequestTimeout",
             ) => StorageFault::Throttled,
-            _ => match http_status {
+            _ => match err.raw_response().map(|r| r.status().as_u16()) {
                 Some(403) => StorageFault::AccessDenied,
                 Some(429 | 503) => StorageFault::Throttled,
                 Some(s) if s >= 500 => StorageFault::ServerError,
@@ -105,10 +99,9 @@ fn storage_error<E>(
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let http_status = err.raw_response().map(|r| r.status().as_u16());
     StorageError {
         action,
-        kind: kind_of(&err, http_status),
+        kind: kind_of(&err),
         detail: DisplayErrorContext(&err).to_string(),
         target,
     }

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use super::pause;
 use super::settle::{JobContext, process};
-use crate::broker::CHANNEL_CHECK_INTERVAL;
+use crate::broker;
 
 /// The channel requests are consumed on, able to start and cancel consumers
 /// (consumption is cancelled while paused).
@@ -63,9 +63,7 @@ impl Consuming {
 
     /// Resolves once the consuming channel is closed.
     async fn closed(&self) {
-        while self.channel.status().connected() {
-            tokio::time::sleep(CHANNEL_CHECK_INTERVAL).await;
-        }
+        broker::closed(&self.channel).await
     }
 }
 
