@@ -50,7 +50,7 @@ impl Session {
             .await
             .context("enabling publisher confirms")?;
         channel
-            .basic_qos(amqp.max_in_flight, BasicQosOptions::default())
+            .basic_qos(settings.prefetch(), BasicQosOptions::default())
             .await?;
         Ok(Session {
             connection: Arc::new(connection),
@@ -211,7 +211,7 @@ impl Runner {
             let stopped = worker::run(
                 ctx,
                 &session.consuming,
-                usize::from(self.settings.amqp.max_in_flight),
+                usize::from(self.settings.prefetch()),
                 &self.ready,
                 stop.clone(),
                 self.settings.shutdown.grace_period,

@@ -43,10 +43,17 @@ pub struct StoredRecord {
     pub duration_seconds: Option<f64>,
     #[serde(default)]
     pub inference_time_seconds: Option<f64>,
+    /// Credits the Segmind job cost, when its result reported it.
+    #[serde(default)]
+    pub cost: Option<f64>,
 }
 
 impl StoredRecord {
-    pub fn from_stored(audio: &StoredAudio, inference_time_seconds: Option<f64>) -> Self {
+    pub fn from_stored(
+        audio: &StoredAudio,
+        inference_time_seconds: Option<f64>,
+        cost: Option<f64>,
+    ) -> Self {
         StoredRecord {
             key: audio.key.clone(),
             sha256: audio.sha256.clone(),
@@ -54,6 +61,7 @@ impl StoredRecord {
             content_type: audio.content_type.to_owned(),
             duration_seconds: audio.duration_seconds,
             inference_time_seconds,
+            cost,
         }
     }
 }

@@ -68,6 +68,8 @@ pub struct JobSettings {
     pub resume_window: Duration,
     pub audio_retries: u32,
     pub min_seconds_per_word: f64,
+    /// Finished jobs fetching, checking and uploading their audio at once.
+    pub max_transfers: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +98,10 @@ pub struct SegmindSettings {
     pub job_deadline: Duration,
     pub poll: PollSettings,
     pub retry: RetrySettings,
+    /// The account's calls per minute shared by the fleet; `None` = unlimited.
+    pub rate_limit_per_minute: Option<u32>,
+    /// API calls this process has open at once.
+    pub max_concurrent_calls: usize,
     pub download_timeout: Duration,
     pub max_audio_bytes: u64,
     /// Lower-cased substrings that classify a FAILED error as a content block.
@@ -104,9 +110,17 @@ pub struct SegmindSettings {
 
 #[derive(Debug, Clone, Copy)]
 pub struct PollSettings {
-    pub initial: Duration,
-    pub max: Duration,
-    pub multiplier: f64,
+    /// The latency a fresh process assumes before it has observed any job.
+    pub prior_latency: Duration,
+    pub prior_spread: Duration,
+    /// The mean time a finished job may wait before a poll sees it.
+    pub target_lag: Duration,
+    /// Longest wait between two polls of a job past what has been learned.
+    pub max_interval: Duration,
+    /// Status polls one delivery may spend before it is handed back.
+    pub max_polls: u32,
+    /// A fixed cadence instead of the learned schedule (for comparison).
+    pub fixed_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -127,6 +141,8 @@ pub struct S3Settings {
     pub max_attempts: u32,
     /// Bound on one S3 call, the SDK's retries included.
     pub operation_timeout: Duration,
+    /// S3 calls this process has open at once.
+    pub max_concurrent_requests: usize,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -213,9 +229,14 @@ struct RawSegmind {
     api_key_file: Option<PathBuf>,
     request_timeout: f64,
     job_deadline: f64,
-    poll_initial: f64,
+    poll_prior_latency: f64,
+    poll_prior_spread: f64,
+    poll_target_lag: f64,
     poll_max: f64,
-    poll_multiplier: f64,
+    max_polls_per_job: u32,
+    poll_fixed_interval: Option<f64>,
+    rate_limit_per_minute: Option<u32>,
+    max_concurrent_calls: u32,
     retry_base: f64,
     retry_max: f64,
     retry_attempts: u32,
@@ -234,6 +255,7 @@ struct RawS3 {
     force_path_style: bool,
     max_attempts: u32,
     operation_timeout: f64,
+    max_concurrent_requests: u32,
 }
 
 #[derive(Deserialize)]
@@ -247,6 +269,7 @@ struct RawJobs {
     resume_window: f64,
     audio_retries: u32,
     min_seconds_per_word: f64,
+    max_transfers: u32,
 }
 
 #[derive(Deserialize)]
@@ -338,6 +361,14 @@ impl Settings {
         out
     }
 
+    /// Deliveries one process holds: `amqp.max_in_flight`, and under a rate
+    /// limit no more than half a minute of the account's calls, so a replica
+    /// never holds jobs its budget could not start soon.
+    pub fn prefetch(&self) -> u16 {
+        let limit = self.segmind.rate_limit_per_minute.map_or(u32::MAX, |l| (l / 2).max(1));
+        self.amqp.max_in_flight.min(u16::try_from(limit).unwrap_or(u16::MAX))
+    }
+
     /// The API key, or an error naming how to provide it.
     pub fn require_api_key(&self) -> Result<&SecretString, ConfigError> {
         self.segmind.api_key.as_ref().ok_or_else(|| {
@@ -357,6 +388,13 @@ fn seconds(key: &'static str, value: f64) -> Result<Duration, ConfigError> {
         ));
     }
     Duration::try_from_secs_f64(value).map_err(|e| invalid(key, e.to_string()))
+}
+
+fn positive(key: &'static str, value: u32) -> Result<usize, ConfigError> {
+    if value == 0 {
+        return Err(invalid(key, "must be at least 1"));
+    }
+    Ok(value as usize)
 }
 
 fn queue_name(key: &'static str, value: String) -> Result<String, ConfigError> {
@@ -485,22 +523,32 @@ impl RawSegmind {
             ));
         }
         let poll = PollSettings {
-            initial: seconds("segmind.poll_initial", self.poll_initial)?,
-            max: seconds("segmind.poll_max", self.poll_max)?,
-            multiplier: self.poll_multiplier,
+            prior_latency: seconds("segmind.poll_prior_latency", self.poll_prior_latency)?,
+            prior_spread: seconds("segmind.poll_prior_spread", self.poll_prior_spread)?,
+            target_lag: seconds("segmind.poll_target_lag", self.poll_target_lag)?,
+            max_interval: seconds("segmind.poll_max", self.poll_max)?,
+            max_polls: self.max_polls_per_job,
+            fixed_interval: self
+                .poll_fixed_interval
+                .map(|s| seconds("segmind.poll_fixed_interval", s))
+                .transpose()?,
         };
-        if !(1.0..=10.0).contains(&poll.multiplier) {
-            return Err(invalid(
-                "segmind.poll_multiplier",
-                "must be between 1.0 and 10.0",
-            ));
+        if poll.max_polls == 0 {
+            return Err(invalid("segmind.max_polls_per_job", "must be at least 1"));
         }
-        if poll.max < poll.initial {
+        if poll.max_interval < poll.target_lag {
             return Err(invalid(
                 "segmind.poll_max",
-                "must not be smaller than segmind.poll_initial",
+                "must not be smaller than segmind.poll_target_lag",
             ));
         }
+        if self.rate_limit_per_minute == Some(0) {
+            return Err(invalid(
+                "segmind.rate_limit_per_minute",
+                "must be at least 1 (leave it unset for no limit)",
+            ));
+        }
+        let max_concurrent_calls = positive("segmind.max_concurrent_calls", self.max_concurrent_calls)?;
         let retry = RetrySettings {
             base: seconds("segmind.retry_base", self.retry_base)?,
             max: seconds("segmind.retry_max", self.retry_max)?,
@@ -510,10 +558,10 @@ impl RawSegmind {
             return Err(invalid("segmind.retry_attempts", "must be at least 1"));
         }
         let job_deadline = seconds("segmind.job_deadline", self.job_deadline)?;
-        if job_deadline <= poll.initial {
+        if job_deadline <= poll.max_interval {
             return Err(invalid(
                 "segmind.job_deadline",
-                "must be longer than segmind.poll_initial",
+                "must be longer than segmind.poll_max",
             ));
         }
         if self.max_audio_bytes == 0 {
@@ -527,6 +575,8 @@ impl RawSegmind {
             job_deadline,
             poll,
             retry,
+            rate_limit_per_minute: self.rate_limit_per_minute,
+            max_concurrent_calls,
             download_timeout: seconds("segmind.download_timeout", self.download_timeout)?,
             max_audio_bytes: self.max_audio_bytes,
             content_blocked_patterns: self
@@ -577,6 +627,10 @@ impl RawS3 {
             force_path_style: self.force_path_style,
             max_attempts: self.max_attempts,
             operation_timeout: seconds("s3.operation_timeout", self.operation_timeout)?,
+            max_concurrent_requests: positive(
+                "s3.max_concurrent_requests",
+                self.max_concurrent_requests,
+            )?,
         })
     }
 }
@@ -610,6 +664,7 @@ impl RawJobs {
             resume_window: seconds("jobs.resume_window", self.resume_window)?,
             audio_retries: self.audio_retries,
             min_seconds_per_word: self.min_seconds_per_word,
+            max_transfers: positive("jobs.max_transfers", self.max_transfers)?,
         })
     }
 }

@@ -203,6 +203,10 @@ pub struct Completed {
     pub audio: StoredAudio,
     pub request_id: String,
     pub inference_time_seconds: Option<f64>,
+    /// Credits Segmind reported for the job (`metrics.cost`), when known.
+    pub segmind_cost: Option<f64>,
+    /// HTTP calls to Segmind this delivery made (retries included).
+    pub segmind_calls: u32,
     pub attempts: u32,
     pub metadata: Option<Map<String, Value>>,
     /// True when the audio was already stored and no Segmind call was made.

@@ -5,8 +5,8 @@
 //! code, an endpoint, a status code, a queue name; never a job or request id.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Counter, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Buckets for waits measured in tens of seconds (inference, end to end).
@@ -54,6 +54,16 @@ pub struct Metrics {
     /// Jobs that reused earlier work, by kind: `poll` (resumed a Segmind
     /// request from its checkpoint) or `storage` (answered from the bucket).
     pub resumed: IntCounterVec,
+    /// The account's balance, from `x-remaining-credits` and result metrics.
+    pub remaining_credits: Gauge,
+    /// Credits spent, from each result's `metrics.cost`.
+    pub credits_spent: Counter,
+    /// This replica's share of the account's rate limit (calls per minute).
+    pub rate_share: Gauge,
+    /// Time from a job finishing at Segmind to a poll seeing it.
+    pub poll_lag: Histogram,
+    /// Jobs finished at Segmind waiting for a transfer slot.
+    pub transfers_waiting: IntGauge,
 }
 
 impl Metrics {
@@ -162,9 +172,42 @@ impl Metrics {
                 &["kind"],
             )
             .expect("static metric definition"),
+            remaining_credits: Gauge::new(
+                "tts_segmind_remaining_credits",
+                "Segmind account balance last reported (x-remaining-credits or result metrics)",
+            )
+            .expect("static metric definition"),
+            credits_spent: Counter::new(
+                "tts_segmind_credits_spent_total",
+                "Segmind credits spent, from each result's metrics.cost",
+            )
+            .expect("static metric definition"),
+            rate_share: Gauge::new(
+                "tts_segmind_rate_share_per_minute",
+                "This replica's current share of the account's rate limit, calls per minute",
+            )
+            .expect("static metric definition"),
+            poll_lag: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tts_segmind_poll_lag_seconds",
+                    "Time from a job finishing at Segmind to the poll that saw it",
+                )
+                .buckets(vec![0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0]),
+            )
+            .expect("static metric definition"),
+            transfers_waiting: IntGauge::new(
+                "tts_jobs_waiting_transfer",
+                "Jobs finished at Segmind waiting for a slot to fetch and store their audio",
+            )
+            .expect("static metric definition"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
+            Box::new(m.remaining_credits.clone()),
+            Box::new(m.credits_spent.clone()),
+            Box::new(m.rate_share.clone()),
+            Box::new(m.poll_lag.clone()),
+            Box::new(m.transfers_waiting.clone()),
             Box::new(m.paused.clone()),
             Box::new(m.requeues.clone()),
             Box::new(m.resumed.clone()),
@@ -266,7 +309,7 @@ mod tests {
             .iter()
             .map(|f| f.name().to_owned())
             .collect();
-        assert_eq!(registered.len(), 14, "{registered:?}");
+        assert_eq!(registered.len(), 19, "{registered:?}");
         assert_eq!(
             registered,
             documented(),

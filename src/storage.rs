@@ -18,6 +18,8 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::audio::Audio;
 use crate::config::S3Settings;
@@ -112,6 +114,9 @@ where
 pub struct Storage {
     client: Client,
     bucket: String,
+    /// Bounds the S3 calls open at once, hence the connections: the SDK's
+    /// pool does not cap connections per host.
+    open_calls: Arc<Semaphore>,
 }
 
 impl Storage {
@@ -165,7 +170,14 @@ impl Storage {
         Storage {
             client: Client::from_conf(config.build()),
             bucket: settings.bucket.clone(),
+            open_calls: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
         }
+    }
+
+    /// A slot for one S3 call; held until the call's answer is read.
+    async fn slot(&self) -> Option<SemaphorePermit<'_>> {
+        // The semaphore is never closed; `None` would only mean no bound.
+        self.open_calls.acquire().await.ok()
     }
 
     pub fn bucket(&self) -> &str {
@@ -205,6 +217,7 @@ impl Storage {
         if let Some(d) = duration_seconds {
             request = request.metadata("duration-seconds", d.to_string());
         }
+        let _slot = self.slot().await;
         request
             .body(ByteStream::from(bytes))
             .send()
@@ -236,6 +249,7 @@ impl Storage {
     }
 
     async fn fetch(&self, key: &str) -> Result<Option<StoredObject>, StorageError> {
+        let _slot = self.slot().await;
         let out = match self
             .client
             .get_object()
@@ -270,6 +284,7 @@ impl Storage {
         bytes: Vec<u8>,
         content_type: &str,
     ) -> Result<(), StorageError> {
+        let _slot = self.slot().await;
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -284,6 +299,7 @@ impl Storage {
 
     /// Deletes an object; deleting a missing object is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let _slot = self.slot().await;
         self.client
             .delete_object()
             .bucket(&self.bucket)
@@ -297,6 +313,7 @@ impl Storage {
     /// An object's size and the checksum and job id it was stored with,
     /// without reading it; `None` when missing.
     pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
+        let _slot = self.slot().await;
         match self
             .client
             .head_object()

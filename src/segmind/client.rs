@@ -24,13 +24,14 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span};
 use url::Url;
 
+use super::budget::{Priority, RateBudget};
 use super::error::SegmindError;
-use super::poll::{ExponentialPoll, PollSchedule};
+use super::poll::{self, Observation, PollContext, PollSchedule};
 use super::protocol::{
-    AudioSource, SubmitBody, Submitted, audio_source, interpret_result, interpret_status,
-    parse_submitted, status_error, transport,
+    AudioSource, ResultMetrics, SubmitBody, Submitted, audio_source, interpret_result,
+    interpret_status, parse_submitted, status_error, transport,
 };
-use super::retry::with_retry;
+use super::retry::{server_hint, with_retry};
 use crate::config::{RetrySettings, SegmindSettings};
 use crate::failure::{self, Call, Class};
 use crate::job::Speech;
@@ -47,6 +48,18 @@ pub struct Synthesis {
     /// The media server's Content-Type, or the data URI's type.
     pub content_type: Option<String>,
     pub inference_time_seconds: Option<f64>,
+    /// Credits the job cost, from the result's `metrics.cost`.
+    pub cost: Option<f64>,
+}
+
+/// A submitted job that a poll saw finished; all it holds until its result
+/// is fetched.
+#[derive(Debug, Clone, Copy)]
+pub struct Done {
+    /// Since submit: the last poll that saw it pending (if any), and the
+    /// poll that saw it done.
+    pending_at: Option<Duration>,
+    seen_at: Duration,
 }
 
 /// Shared by every job: one connection pool per host, reused.
@@ -58,6 +71,10 @@ pub struct SegmindClient {
     api_key: SecretString,
     retry: RetrySettings,
     schedule: Arc<dyn PollSchedule>,
+    max_polls: u32,
+    budget: RateBudget,
+    /// Bounds the API calls open at once, hence the connections.
+    open_calls: tokio::sync::Semaphore,
     max_audio_bytes: u64,
     metrics: Metrics,
 }
@@ -91,7 +108,10 @@ impl SegmindClient {
             submit_url,
             api_key,
             retry: settings.retry,
-            schedule: Arc::new(ExponentialPoll::new(settings.poll)),
+            schedule: poll::from_settings(&settings.poll),
+            max_polls: settings.poll.max_polls,
+            budget: RateBudget::new(settings.rate_limit_per_minute, metrics.clone()),
+            open_calls: tokio::sync::Semaphore::new(settings.max_concurrent_calls),
             max_audio_bytes: settings.max_audio_bytes,
             metrics,
         })
@@ -132,27 +152,57 @@ impl SegmindClient {
         }
     }
 
-    /// Polls `job` until it is done, fetches the result and the audio, all
-    /// before `deadline`.
-    pub async fn wait_for_audio(
+    /// The rate budget this client's calls go through.
+    pub fn budget(&self) -> &RateBudget {
+        &self.budget
+    }
+
+    /// Polls `job`, submitted at `submitted_at`, until Segmind reports it
+    /// done, before `deadline` and within `segmind.max_polls_per_job` polls.
+    pub async fn wait_until_done(
         &self,
         job: &Submitted,
+        submitted_at: Instant,
+        text_chars: usize,
+        deadline: Instant,
+        calls: &mut u32,
+    ) -> Result<Done, SegmindError> {
+        let started = Instant::now();
+        tokio::time::timeout_at(
+            deadline,
+            self.poll_until_done(job, submitted_at, text_chars, deadline, calls),
+        )
+        .await
+        .map_err(|_| SegmindError::Deadline {
+            request_id: Some(job.request_id.clone()),
+            waited: started.elapsed(),
+        })?
+    }
+
+    /// Fetches the result of a job `done` and its audio, before `deadline`;
+    /// teaches the polling schedule the job's latency.
+    pub async fn fetch_audio(
+        &self,
+        job: &Submitted,
+        done: &Done,
+        text_chars: usize,
         deadline: Instant,
         calls: &mut u32,
     ) -> Result<Synthesis, SegmindError> {
         let started = Instant::now();
-        let result = tokio::time::timeout_at(deadline, self.finish(job, started, deadline, calls))
+        let result = tokio::time::timeout_at(deadline, self.fetch(job, done, text_chars, deadline, calls))
             .await
             .map_err(|_| SegmindError::Deadline {
                 request_id: Some(job.request_id.clone()),
                 waited: started.elapsed(),
             });
-        let (audio, content_type, inference_time_seconds) = result??;
+        let (audio, content_type, metrics) = result??;
         Ok(Synthesis {
             request_id: job.request_id.clone(),
             audio,
             content_type,
-            inference_time_seconds,
+            inference_time_seconds: metrics.inference_time,
+            cost: metrics.cost,
         })
     }
 
@@ -185,17 +235,28 @@ impl SegmindClient {
         Ok(())
     }
 
-    /// Polls until the job is done, fetches the result and the audio.
-    async fn finish(
+    async fn poll_until_done(
         &self,
         job: &Submitted,
         submitted_at: Instant,
+        text_chars: usize,
         deadline: Instant,
         calls: &mut u32,
-    ) -> Result<(Bytes, Option<String>, Option<f64>), SegmindError> {
+    ) -> Result<Done, SegmindError> {
         let mut polls = 0u32;
+        let mut pending_at = None;
         loop {
-            let wait = self.schedule.next_delay(polls, submitted_at.elapsed());
+            if polls >= self.max_polls {
+                return Err(SegmindError::PollLimit {
+                    request_id: job.request_id.clone(),
+                    polls,
+                });
+            }
+            let wait = self.schedule.next_delay(&PollContext {
+                polls_done: polls,
+                since_submit: submitted_at.elapsed(),
+                text_chars,
+            });
             tokio::time::sleep(wait).await;
             polls += 1;
             let done = with_retry(
@@ -207,11 +268,27 @@ impl SegmindClient {
                 || self.poll_status(job),
             )
             .await?;
+            let at = submitted_at.elapsed();
             if done {
-                break;
+                return Ok(Done {
+                    pending_at,
+                    seen_at: at,
+                });
             }
+            pending_at = Some(at);
         }
-        let (output, inference_time) = with_retry(
+    }
+
+    /// Fetches the result and the audio.
+    async fn fetch(
+        &self,
+        job: &Submitted,
+        done: &Done,
+        text_chars: usize,
+        deadline: Instant,
+        calls: &mut u32,
+    ) -> Result<(Bytes, Option<String>, ResultMetrics), SegmindError> {
+        let (output, metrics) = with_retry(
             &self.retry,
             &self.metrics,
             Call::Result,
@@ -220,6 +297,7 @@ impl SegmindClient {
             || self.fetch_result(job),
         )
         .await?;
+        self.learn(done, text_chars, &metrics);
         let (audio, content_type) = match audio_source(&output)? {
             AudioSource::Inline { bytes, mime } => {
                 if bytes.len() as u64 > self.max_audio_bytes {
@@ -241,7 +319,33 @@ impl SegmindClient {
                 .await?
             }
         };
-        Ok((audio, content_type, inference_time))
+        Ok((audio, content_type, metrics))
+    }
+
+    /// Records a finished job's latency, cost and the balance: the schedule
+    /// learns from Segmind's own timing when the result reports it, else from
+    /// the midpoint of the last two polls (only when one saw it pending).
+    fn learn(&self, done: &Done, text_chars: usize, metrics: &ResultMetrics) {
+        let latency = metrics.latency().or_else(|| {
+            done.pending_at
+                .map(|p| (p + done.seen_at).as_secs_f64() / 2.0)
+        });
+        if let Some(latency) = latency.filter(|l| l.is_finite() && *l >= 0.0) {
+            self.schedule.observe(&Observation {
+                text_chars,
+                latency: Duration::from_secs_f64(latency),
+            });
+            let lag = done.seen_at.as_secs_f64() - latency;
+            if lag >= 0.0 {
+                self.metrics.poll_lag.observe(lag);
+            }
+        }
+        if let Some(cost) = metrics.cost.filter(|c| c.is_finite() && *c > 0.0) {
+            self.metrics.credits_spent.inc_by(cost);
+        }
+        if let Some(credits) = metrics.remaining_credits.filter(|c| c.is_finite()) {
+            self.metrics.remaining_credits.set(credits);
+        }
     }
 
     /// Sends an API request with the key and records its status.
@@ -250,15 +354,31 @@ impl SegmindClient {
         call: Call,
         request: reqwest::RequestBuilder,
     ) -> Result<(StatusCode, HeaderMap, Bytes), SegmindError> {
+        let priority = match call {
+            Call::Submit => Priority::New,
+            _ => Priority::Paid,
+        };
+        self.budget.acquire(priority).await;
+        // The semaphore is never closed; a closed one would only mean no bound.
+        let _open = self.open_calls.acquire().await.ok();
         let request = request.header(API_KEY_HEADER, self.api_key.expose_secret());
         let response = self.record(call, request.send().await)?;
         let status = response.status();
         let headers = response.headers().clone();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            self.budget
+                .on_rate_limited(server_hint(&headers, chrono::Utc::now()));
+        } else {
+            self.budget.on_success();
+        }
         if let Some(credits) = headers
             .get(REMAINING_CREDITS_HEADER)
             .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|c| c.is_finite())
         {
             debug!(remaining_credits = credits, "Segmind balance");
+            self.metrics.remaining_credits.set(credits);
         }
         let body = response
             .bytes()
@@ -322,7 +442,7 @@ impl SegmindClient {
     }
 
     /// Fetches the result of a COMPLETED job: its `output` and inference time.
-    async fn fetch_result(&self, job: &Submitted) -> Result<(Value, Option<f64>), SegmindError> {
+    async fn fetch_result(&self, job: &Submitted) -> Result<(Value, ResultMetrics), SegmindError> {
         let request = self.api.get(job.response_url.clone());
         let (status, headers, bytes) = self.send_api(Call::Result, request).await?;
         interpret_result(&job.request_id, status, &headers, &bytes)
@@ -346,7 +466,8 @@ impl SegmindClient {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let mut buf = BytesMut::new();
+        // One buffer sized once when the length is known: no growth copies.
+        let mut buf = BytesMut::with_capacity(response.content_length().unwrap_or(0) as usize);
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|source| transport(Call::Download, source))?;

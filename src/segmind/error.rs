@@ -35,6 +35,11 @@ pub enum SegmindError {
         request_id: Option<String>,
         waited: Duration,
     },
+    #[error(
+        "Segmind request {request_id} still pending after {polls} polls (segmind.max_polls_per_job); \
+         a later delivery resumes it"
+    )]
+    PollLimit { request_id: String, polls: u32 },
     #[error("the audio is larger than the {limit}-byte limit")]
     TooLarge { limit: u64 },
 }
@@ -62,6 +67,7 @@ impl SegmindError {
         match self {
             SegmindError::JobFailed { request_id, .. } => Some(request_id),
             SegmindError::Deadline { request_id, .. } => request_id.as_deref(),
+            SegmindError::PollLimit { request_id, .. } => Some(request_id),
             _ => None,
         }
     }
@@ -84,7 +90,7 @@ impl AsFault for SegmindError {
                 message,
                 http_status: *http_status,
             },
-            SegmindError::Deadline { .. } => Fault::Deadline,
+            SegmindError::Deadline { .. } | SegmindError::PollLimit { .. } => Fault::Deadline,
             SegmindError::TooLarge { .. } => Fault::BadAudio,
         }
     }

@@ -4,17 +4,20 @@
 //!   account probe; the only code that holds the API key.
 //! - [`protocol`]: what Segmind's answers mean, as pure functions.
 //! - [`retry`]: the one retry layer around each call, and the backoff policy.
-//! - [`poll`]: when to poll a submitted job (the `PollSchedule` seam).
+//! - [`poll`]: when to poll a submitted job (the `PollSchedule` seam and the
+//!   learned schedule).
+//! - [`budget`]: the account's rate limit, shared by the fleet.
 //!
 //! Errors are [`SegmindError`]s, which report facts (an HTTP status on a
 //! call, a network error, a FAILED job) for [`crate::failure::classify`].
 
+pub mod budget;
 pub mod client;
 pub mod error;
 pub mod poll;
 pub mod protocol;
 pub mod retry;
 
-pub use client::{SegmindClient, Synthesis};
+pub use client::{Done, SegmindClient, Synthesis};
 pub use error::SegmindError;
 pub use protocol::Submitted;

@@ -158,12 +158,43 @@ pub(crate) fn interpret_status(
 }
 
 /// What a result answer means: the `output` and the reported inference time.
+/// What a result's `metrics` object reports; every field is optional.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ResultMetrics {
+    pub inference_time: Option<f64>,
+    pub queue_time: Option<f64>,
+    pub total_time: Option<f64>,
+    pub cost: Option<f64>,
+    pub remaining_credits: Option<f64>,
+}
+
+impl ResultMetrics {
+    fn from_value(metrics: Option<&Value>) -> Self {
+        let field = |name: &str| metrics.and_then(|m| m.get(name)).and_then(number);
+        ResultMetrics {
+            inference_time: field("inference_time"),
+            queue_time: field("queue_time"),
+            total_time: field("total_time"),
+            cost: field("cost"),
+            remaining_credits: field("remaining_credits"),
+        }
+    }
+
+    /// Submit to completion at Segmind, when the metrics tell it.
+    pub fn latency(&self) -> Option<f64> {
+        self.total_time.or(match (self.queue_time, self.inference_time) {
+            (Some(q), Some(i)) => Some(q + i),
+            _ => None,
+        })
+    }
+}
+
 pub(crate) fn interpret_result(
     request_id: &str,
     status: StatusCode,
     headers: &HeaderMap,
     bytes: &[u8],
-) -> Result<(Value, Option<f64>), SegmindError> {
+) -> Result<(Value, ResultMetrics), SegmindError> {
     let body: Option<StatusBody> = serde_json::from_slice(bytes).ok();
     match body {
         Some(b) if b.status.as_deref() == Some("FAILED") => {
@@ -174,13 +205,7 @@ pub(crate) fn interpret_result(
             output: Some(output),
             metrics,
             ..
-        }) if !output.is_null() => {
-            let inference = metrics
-                .as_ref()
-                .and_then(|m| m.get("inference_time"))
-                .and_then(number);
-            Ok((output, inference))
-        }
+        }) if !output.is_null() => Ok((output, ResultMetrics::from_value(metrics.as_ref()))),
         _ => Err(SegmindError::Protocol {
             call: Call::Result,
             detail: "a completed result without output".into(),
@@ -462,23 +487,42 @@ mod tests {
             200,
             r#"{"status":"COMPLETED","error":null,"metrics":{"inference_time":41.5,"cost":0.1},"output":"https://cdn/a.wav","seed":7}"#,
         );
-        let (output, inference) = interpret_result("r", code, &headers, &body).unwrap();
+        let (output, metrics) = interpret_result("r", code, &headers, &body).unwrap();
         assert_eq!(output, serde_json::json!("https://cdn/a.wav"));
-        assert_eq!(inference, Some(41.5));
+        assert_eq!(metrics.inference_time, Some(41.5));
+        assert_eq!(metrics.cost, Some(0.1));
+        assert_eq!(metrics.latency(), None, "no queue or total time reported");
+
+        let (code, headers, body) = answer(
+            200,
+            r#"{"status":"COMPLETED","metrics":{"inference_time":40,"queue_time":1.5,"remaining_credits":9.5},"output":"u"}"#,
+        );
+        let (_, metrics) = interpret_result("r", code, &headers, &body).unwrap();
+        assert_eq!(metrics.latency(), Some(41.5));
+        assert_eq!(metrics.remaining_credits, Some(9.5));
+        let (code, headers, body) = answer(
+            200,
+            r#"{"status":"COMPLETED","metrics":{"inference_time":40,"queue_time":1.5,"total_time":42},"output":"u"}"#,
+        );
+        let (_, metrics) = interpret_result("r", code, &headers, &body).unwrap();
+        assert_eq!(metrics.latency(), Some(42.0), "total_time wins");
 
         let (code, headers, body) = answer(
             200,
             r#"{"status":"COMPLETED","metrics":{"inference_time":"12.5"},"output":["x"]}"#,
         );
         assert_eq!(
-            interpret_result("r", code, &headers, &body).unwrap().1,
+            interpret_result("r", code, &headers, &body)
+                .unwrap()
+                .1
+                .inference_time,
             Some(12.5)
         );
 
         let (code, headers, body) = answer(200, r#"{"status":"COMPLETED","output":"u"}"#);
         assert_eq!(
             interpret_result("r", code, &headers, &body).unwrap().1,
-            None,
+            ResultMetrics::default(),
             "metrics are optional"
         );
 

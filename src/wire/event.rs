@@ -46,6 +46,13 @@ pub struct SegmindData {
     pub request_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inference_time_seconds: Option<f64>,
+    /// Credits the job cost (`metrics.cost` of its result), when reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
+    /// HTTP calls to Segmind the completing delivery made (0 when the audio
+    /// was served from storage).
+    #[serde(default)]
+    pub calls: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,6 +157,8 @@ pub fn encode_event(outcome: &Outcome, source: &str, now: DateTime<Utc>) -> Enco
                 segmind: SegmindData {
                     request_id: c.request_id.clone(),
                     inference_time_seconds: c.inference_time_seconds,
+                    cost: c.segmind_cost,
+                    calls: c.segmind_calls,
                 },
                 attempts: c.attempts,
                 metadata: c.metadata.clone(),
@@ -241,6 +250,8 @@ mod tests {
             },
             request_id: "r-1".into(),
             inference_time_seconds: Some(40.0),
+            segmind_cost: Some(0.05),
+            segmind_calls: 4,
             attempts: 1,
             metadata: Some(json!({"t": "x"}).as_object().unwrap().clone()),
             served_from_storage: false,
@@ -265,6 +276,8 @@ mod tests {
         assert_eq!(v["data"]["audio"]["duration_seconds"], 1.5);
         assert_eq!(v["data"]["segmind"]["request_id"], "r-1");
         assert_eq!(v["data"]["segmind"]["inference_time_seconds"], 40.0);
+        assert_eq!(v["data"]["segmind"]["cost"], 0.05);
+        assert_eq!(v["data"]["segmind"]["calls"], 4);
         assert_eq!(v["data"]["metadata"]["t"], "x");
         let back = decode_event(&e.body).unwrap();
         assert!(matches!(back.data, EventData::Completed(c) if c.audio.sha256 == "ab"));

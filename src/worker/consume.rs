@@ -154,6 +154,16 @@ pub async fn run(
                 Err(e) => break Stopped::BrokerLost(e.to_string()),
             },
         };
+        // A budget that cannot start a new job soon takes no delivery: it
+        // would only wait for a slot while paid jobs go first.
+        if let Some(wait) = ctx.pipeline.segmind.budget().intake_delay() {
+            tokio::select! {
+                _ = shutdown_requested(&mut shutdown) => break Stopped::Shutdown,
+                reason = &mut lost => break Stopped::BrokerLost(reason),
+                _ = pause_changes.changed() => continue,
+                _ = tokio::time::sleep(wait) => continue,
+            }
+        }
         let permit = tokio::select! {
             _ = shutdown_requested(&mut shutdown) => break Stopped::Shutdown,
             reason = &mut lost => break Stopped::BrokerLost(reason),

@@ -10,6 +10,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::{Semaphore, SemaphorePermit};
+
 use tracing::{Span, info, warn};
 
 use super::pause::PauseGate;
@@ -19,7 +21,7 @@ use crate::config::{JobSettings, Settings};
 use crate::failure::{self, AsFault, Disposition, ErrorCode, Fault};
 use crate::job::{Completed, Failed, ObjectKey, Outcome, StoredAudio, TtsJob};
 use crate::metrics::Metrics;
-use crate::segmind::{SegmindClient, SegmindError};
+use crate::segmind::{SegmindClient, SegmindError, Submitted, Synthesis};
 use crate::storage::{Storage, StorageError};
 
 /// Every error a job's work can end with.
@@ -68,6 +70,9 @@ pub struct Pipeline {
     pub job_deadline: Duration,
     /// Lower-cased substrings marking a FAILED message as a content block.
     pub block_patterns: Vec<String>,
+    /// Slots of the heavy phase (result, download, checks, upload): the only
+    /// part of a job that holds audio.
+    pub transfers: Semaphore,
 }
 
 impl Pipeline {
@@ -92,6 +97,7 @@ impl Pipeline {
             s3_prefix: settings.s3.prefix.clone(),
             job_deadline: settings.segmind.job_deadline,
             block_patterns: settings.segmind.content_blocked_patterns.clone(),
+            transfers: Semaphore::new(settings.jobs.max_transfers),
         }
     }
 
@@ -104,7 +110,11 @@ impl Pipeline {
         let mut request_id = None;
         let result = self
             .synthesize_and_store(job, attempt, deadline, &mut calls, &mut request_id)
-            .await;
+            .await
+            .map(|mut completed| {
+                completed.segmind_calls = calls;
+                completed
+            });
         if calls > 0 {
             self.metrics.segmind_calls_per_job.observe(f64::from(calls));
         }
@@ -155,14 +165,17 @@ impl Pipeline {
         calls: &mut u32,
         request_id: &mut Option<String>,
     ) -> Result<Completed, JobError> {
-        let checkpoint = self.checkpoints.load(&job.id, &job.speech).await?;
+        // Storage calls are boxed: their futures are large, and a job's
+        // future is as large as its largest state, paid by every waiting job.
+        let checkpoint = Box::pin(self.checkpoints.load(&job.id, &job.speech)).await?;
         if let Some(cp) = &checkpoint
-            && let Some(done) = self.replay_from_storage(job, cp, attempt).await?
+            && let Some(done) = Box::pin(self.replay_from_storage(job, cp, attempt)).await?
         {
             return Ok(done);
         }
         let mut resume = checkpoint.filter(|cp| self.checkpoints.resumable(cp, chrono::Utc::now()));
         let mut audio_retries_left = self.jobs.audio_retries;
+        let text_chars = job.speech.text.chars().count();
         loop {
             let (submitted, submitted_at, resumed) = match resume.take() {
                 Some(cp) => {
@@ -171,20 +184,25 @@ impl Pipeline {
                     (self.segmind.resume(&cp.request_id), cp.submitted_at, true)
                 }
                 None => {
-                    let submitted = self.segmind.submit(&job.speech, deadline, calls).await?;
+                    let submitted =
+                        Box::pin(self.segmind.submit(&job.speech, deadline, calls)).await?;
                     let submitted_at = chrono::Utc::now();
-                    self.save_checkpoint(job, &submitted.request_id, submitted_at, None)
+                    Box::pin(self.save_checkpoint(job, &submitted.request_id, submitted_at, None))
                         .await;
                     (submitted, submitted_at, false)
                 }
             };
             *request_id = Some(submitted.request_id.clone());
             Span::current().record("request_id", submitted.request_id.as_str());
-            let synthesis = match self
-                .segmind
-                .wait_for_audio(&submitted, deadline, calls)
-                .await
-            {
+            let fetched = Box::pin(self.wait_and_fetch(
+                &submitted,
+                submitted_at,
+                text_chars,
+                deadline,
+                calls,
+            ))
+            .await;
+            let (synthesis, slot) = match fetched {
                 Err(e)
                     if resumed
                         && failure::classify(&e, &self.block_patterns).code
@@ -221,17 +239,16 @@ impl Pipeline {
                 None => ObjectKey::default_for(&self.s3_prefix, &job.id, audio.format.extension()),
             };
             let upload_started = Instant::now();
-            let stored = self
-                .storage
-                .put(&key, audio, &job.id, &synthesis.request_id)
-                .await;
+            let stored = Box::pin(self.storage.put(&key, audio, &job.id, &synthesis.request_id)).await;
+            // The audio is gone with the upload: free the slot for the next job.
+            drop(slot);
             self.metrics
                 .s3_upload
                 .observe(upload_started.elapsed().as_secs_f64());
             let stored = stored?;
             self.metrics.audio_bytes.observe(stored.size_bytes as f64);
-            let record = StoredRecord::from_stored(&stored, synthesis.inference_time_seconds);
-            self.save_checkpoint(job, &synthesis.request_id, submitted_at, Some(record))
+            let record = StoredRecord::from_stored(&stored, synthesis.inference_time_seconds, synthesis.cost);
+            Box::pin(self.save_checkpoint(job, &synthesis.request_id, submitted_at, Some(record)))
                 .await;
             info!(key = %key, bytes = stored.size_bytes, http_calls = *calls, "audio stored");
             return Ok(Completed {
@@ -239,11 +256,45 @@ impl Pipeline {
                 audio: stored,
                 request_id: synthesis.request_id,
                 inference_time_seconds: synthesis.inference_time_seconds,
+                segmind_cost: synthesis.cost,
+                segmind_calls: *calls,
                 attempts: attempt,
                 metadata: job.metadata.clone(),
                 served_from_storage: false,
             });
         }
+    }
+
+    /// Waits for Segmind to finish `submitted` holding nothing but its ids,
+    /// then takes a transfer slot and fetches the result and the audio. The
+    /// slot is returned with the audio: it is held until the upload is done.
+    async fn wait_and_fetch(
+        &self,
+        submitted: &Submitted,
+        submitted_at: chrono::DateTime<chrono::Utc>,
+        text_chars: usize,
+        deadline: tokio::time::Instant,
+        calls: &mut u32,
+    ) -> Result<(Synthesis, Option<SemaphorePermit<'_>>), SegmindError> {
+        // The schedule counts from the submission, also for a resumed job.
+        let ago = (chrono::Utc::now() - submitted_at)
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        let now = tokio::time::Instant::now();
+        let since = now.checked_sub(ago).unwrap_or(now);
+        let done = self
+            .segmind
+            .wait_until_done(submitted, since, text_chars, deadline, calls)
+            .await?;
+        self.metrics.transfers_waiting.inc();
+        // The semaphore is never closed; `None` would only mean no bound.
+        let slot = self.transfers.acquire().await.ok();
+        self.metrics.transfers_waiting.dec();
+        let synthesis = self
+            .segmind
+            .fetch_audio(submitted, &done, text_chars, deadline, calls)
+            .await?;
+        Ok((synthesis, slot))
     }
 
     /// Writes the checkpoint. A failure is logged, not fatal: the job can
@@ -303,6 +354,8 @@ impl Pipeline {
             },
             request_id: checkpoint.request_id.clone(),
             inference_time_seconds: stored.inference_time_seconds,
+            segmind_cost: stored.cost,
+            segmind_calls: 0,
             attempts: attempt,
             metadata: job.metadata.clone(),
             served_from_storage: true,

@@ -1,0 +1,324 @@
+//! One account rate limit shared by a fleet that does not coordinate.
+//!
+//! Every replica spends the same Segmind account, whose plan allows N calls
+//! a minute (`segmind.rate_limit_per_minute`). Each replica paces its API
+//! calls through a [`RateBudget`]:
+//!
+//! - **Pacing**: calls are spaced `1 / share` apart (a token bucket with a
+//!   burst of one), so a replica never bursts its share into one second.
+//! - **AIMD share**: the share starts at the whole limit, is halved on a 429
+//!   (once per rate-limit window), and grows back by `limit / 40` per minute
+//!   while calls succeed. Replicas that collide back off; the fleet converges
+//!   below the limit without knowing its own size, as TCP flows share a link.
+//! - **Reset**: a 429's `x-rate-limit-reset-at-utc` (or `Retry-After`) pauses
+//!   every new call of the replica until then, plus a random jitter, so the
+//!   fleet does not wake in one burst.
+//! - **Priority**: polls and result fetches of jobs already paid for reserve
+//!   the next free slot; a submission only takes a slot nobody reserved, so
+//!   paid jobs finish first and never let a result expire.
+//! - **Intake**: [`RateBudget::intake_delay`] tells the consume loop when
+//!   starting a new job would only queue behind the budget, so a worker with
+//!   no budget stops taking deliveries instead of holding them.
+//!
+//! Without a limit every call passes at once.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::time::Instant;
+use tracing::info;
+
+use crate::metrics::Metrics;
+
+/// Who is asking for a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// A poll or result fetch of a submitted (paid) job.
+    Paid,
+    /// A new submission.
+    New,
+}
+
+/// The replica's pacing of API calls against the account's limit.
+pub struct RateBudget {
+    /// Account limit, calls per second; `None` = unlimited.
+    limit: Option<f64>,
+    state: Mutex<State>,
+    metrics: Metrics,
+}
+
+#[derive(Debug)]
+struct State {
+    /// This replica's current share, calls per second.
+    share: f64,
+    /// The earliest time the next call may go (the bucket's theoretical
+    /// arrival time); reservations of paid calls push it forward.
+    next_free: Instant,
+    /// No call before this (a 429's reset time plus jitter).
+    paused_until: Instant,
+    last_growth: Instant,
+    /// Submissions waiting for a slot.
+    new_waiting: usize,
+}
+
+/// Lowest share, as a fraction of the limit: a replica keeps making progress.
+const MIN_SHARE: f64 = 0.02;
+/// Growth of the share per minute of successful calls, as a fraction of the limit.
+const GROWTH_PER_MINUTE: f64 = 1.0 / 40.0;
+
+impl RateBudget {
+    pub fn new(limit_per_minute: Option<u32>, metrics: Metrics) -> Self {
+        let limit = limit_per_minute.map(|l| f64::from(l) / 60.0);
+        let now = Instant::now();
+        if let Some(l) = limit {
+            metrics.rate_share.set(l * 60.0);
+        }
+        RateBudget {
+            limit,
+            state: Mutex::new(State {
+                share: limit.unwrap_or(0.0),
+                next_free: now,
+                paused_until: now,
+                last_growth: now,
+                new_waiting: 0,
+            }),
+            metrics,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Plain numbers: a panic elsewhere cannot leave them torn.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for this call's slot.
+    pub async fn acquire(&self, priority: Priority) {
+        if self.limit.is_none() {
+            return;
+        }
+        match priority {
+            Priority::Paid => {
+                let slot = {
+                    let mut s = self.state();
+                    let slot = Instant::now().max(s.next_free).max(s.paused_until);
+                    s.next_free = slot + interval(s.share);
+                    slot
+                };
+                tokio::time::sleep_until(slot).await;
+            }
+            Priority::New => {
+                self.state().new_waiting += 1;
+                let _waiting = NewWaiting(self);
+                loop {
+                    let wait = {
+                        let mut s = self.state();
+                        let now = Instant::now();
+                        let free = s.next_free.max(s.paused_until);
+                        if free <= now {
+                            s.next_free = now + interval(s.share);
+                            return;
+                        }
+                        free - now
+                    };
+                    // A little jitter so waiting submissions do not all wake
+                    // for the same free slot.
+                    let jitter = rand::rng().random_range(0.0..0.05);
+                    tokio::time::sleep(wait + Duration::from_secs_f64(jitter)).await;
+                }
+            }
+        }
+    }
+
+    /// A call was answered without a rate limit: grow the share.
+    pub fn on_success(&self) {
+        let Some(limit) = self.limit else { return };
+        let mut s = self.state();
+        let now = Instant::now();
+        let dt = (now - s.last_growth).as_secs_f64().min(5.0);
+        s.last_growth = now;
+        if now < s.paused_until {
+            return;
+        }
+        s.share = (s.share + limit * GROWTH_PER_MINUTE * dt / 60.0).min(limit);
+        self.metrics.rate_share.set(s.share * 60.0);
+    }
+
+    /// A call was answered 429: halve the share (once per window) and pause
+    /// new calls until the server's reset time, plus jitter.
+    pub fn on_rate_limited(&self, reset_in: Option<Duration>) {
+        let Some(limit) = self.limit else { return };
+        let mut s = self.state();
+        let now = Instant::now();
+        let same_window = now < s.paused_until;
+        if !same_window {
+            s.share = (s.share * 0.5).max(limit * MIN_SHARE);
+            self.metrics.rate_share.set(s.share * 60.0);
+        }
+        let wait = reset_in.unwrap_or_else(|| interval(s.share));
+        // Up to two of this replica's intervals (at least a second).
+        let spread = (2.0 * interval(s.share).as_secs_f64()).max(1.0);
+        let jitter = Duration::from_secs_f64(rand::rng().random_range(0.0..spread));
+        let until = now + wait + jitter;
+        if until > s.paused_until {
+            s.paused_until = until;
+        }
+        s.last_growth = s.paused_until;
+        if !same_window {
+            info!(
+                share_per_minute = s.share * 60.0,
+                pause_ms = (s.paused_until - now).as_millis() as u64,
+                "Segmind rate limit hit: halving this replica's share"
+            );
+        }
+    }
+
+    /// `None` when a new job could start submitting soon; else how long to
+    /// wait before asking again.
+    pub fn intake_delay(&self) -> Option<Duration> {
+        self.limit?;
+        let s = self.state();
+        let now = Instant::now();
+        let free = s.next_free.max(s.paused_until);
+        let horizon = interval(s.share) * 2;
+        if s.new_waiting == 0 && free <= now + horizon {
+            None
+        } else {
+            Some((free.saturating_duration_since(now)).max(Duration::from_millis(50)))
+        }
+    }
+
+    /// The account limit, calls per minute.
+    pub fn limit_per_minute(&self) -> Option<f64> {
+        self.limit.map(|l| l * 60.0)
+    }
+}
+
+fn interval(share: f64) -> Duration {
+    Duration::from_secs_f64(1.0 / share.max(1e-6))
+}
+
+/// Counts a submission as waiting for as long as it waits, cancellation included.
+struct NewWaiting<'a>(&'a RateBudget);
+
+impl Drop for NewWaiting<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.state();
+        s.new_waiting = s.new_waiting.saturating_sub(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(limit: u32) -> RateBudget {
+        RateBudget::new(Some(limit), Metrics::new())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_are_paced_at_the_share() {
+        let b = budget(60);
+        let start = Instant::now();
+        for _ in 0..5 {
+            b.acquire(Priority::Paid).await;
+        }
+        // One a second: the first at once, the fifth four seconds later.
+        assert_eq!(start.elapsed(), Duration::from_secs(4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_limit_nothing_waits() {
+        let b = RateBudget::new(None, Metrics::new());
+        let start = Instant::now();
+        for _ in 0..100 {
+            b.acquire(Priority::New).await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(b.intake_delay(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paid_calls_go_before_waiting_submissions() {
+        let b = std::sync::Arc::new(budget(60));
+        b.acquire(Priority::Paid).await; // the slot of t = 0
+        let order = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = tokio::task::JoinSet::new();
+        let (b1, o1) = (b.clone(), order.clone());
+        tasks.spawn(async move {
+            b1.acquire(Priority::New).await;
+            o1.lock().unwrap().push("submit");
+        });
+        tokio::task::yield_now().await;
+        for _ in 0..3 {
+            let (b2, o2) = (b.clone(), order.clone());
+            tasks.spawn(async move {
+                b2.acquire(Priority::Paid).await;
+                o2.lock().unwrap().push("poll");
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        assert_eq!(
+            *order.lock().unwrap(),
+            vec!["poll", "poll", "poll", "submit"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_halves_the_share_once_per_window_and_pauses_until_the_reset() {
+        let b = budget(60);
+        let reset = Duration::from_secs(20);
+        b.on_rate_limited(Some(reset));
+        b.on_rate_limited(Some(reset));
+        assert_eq!(b.metrics.rate_share.get(), 30.0, "halved once, not twice");
+        assert!(b.intake_delay().is_some(), "no intake while paused");
+        let start = Instant::now();
+        b.acquire(Priority::Paid).await;
+        let waited = start.elapsed();
+        // The reset, plus a jitter below two intervals of the halved share (4 s).
+        assert!(waited >= reset && waited < reset + Duration::from_secs(4), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_share_grows_back_while_calls_succeed() {
+        let b = budget(40);
+        b.on_rate_limited(Some(Duration::from_secs(1)));
+        assert_eq!(b.metrics.rate_share.get(), 20.0);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        for _ in 0..120 {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            b.on_success();
+        }
+        // Ten minutes at 1/40 of the limit a minute: 20 + 10 = 30 a minute.
+        let share = b.metrics.rate_share.get();
+        assert!((share - 30.0).abs() < 0.2, "{share}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn jitter_spreads_a_fleet_told_the_same_reset() {
+        let fleet: Vec<RateBudget> = (0..20).map(|_| budget(50)).collect();
+        let mut wakes = Vec::new();
+        for b in &fleet {
+            b.on_rate_limited(Some(Duration::from_secs(10)));
+            wakes.push(b.state().paused_until);
+        }
+        wakes.sort();
+        wakes.dedup();
+        assert!(wakes.len() >= 15, "{} distinct wake times of 20", wakes.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn intake_stops_while_submissions_wait_and_resumes_when_the_budget_frees() {
+        let b = std::sync::Arc::new(budget(6)); // one call per 10 s
+        assert_eq!(b.intake_delay(), None);
+        // Three polls reserve the slots at 0, 10 and 20 s.
+        for _ in 0..3 {
+            let b = b.clone();
+            tokio::spawn(async move { b.acquire(Priority::Paid).await });
+        }
+        tokio::task::yield_now().await;
+        assert!(b.intake_delay().is_some(), "the next free slot is 30 s away");
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        assert_eq!(b.intake_delay(), None, "free within two intervals");
+    }
+}
