@@ -26,7 +26,11 @@ cargo build --locked --workspace --bins -q
 export SEGMIND_API_KEY="sk-demo-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export TTS__SEGMIND__BASE_URL=http://127.0.0.1:18090
 export TTS__HTTP__ADDR=127.0.0.1:19090
-export TTS__SEGMIND__POLL_INITIAL=0.5
+# The simulator's demo preset takes 3.5 +- 1 s a job: start the learned
+# polling schedule from there.
+export TTS__SEGMIND__POLL_PRIOR_LATENCY=3.5
+export TTS__SEGMIND__POLL_PRIOR_SPREAD=1
+export TTS__SEGMIND__POLL_TARGET_LAG=0.3
 export TTS__SEGMIND__POLL_MAX=2
 export TTS__S3__PREFIX=demo/
 

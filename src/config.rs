@@ -100,12 +100,25 @@ pub struct SegmindSettings {
     pub retry: RetrySettings,
     /// The account's calls per minute shared by the fleet; `None` = unlimited.
     pub rate_limit_per_minute: Option<u32>,
+    /// Which calls that limit counts.
+    pub rate_limit_scope: RateScope,
     /// API calls this process has open at once.
     pub max_concurrent_calls: usize,
     pub download_timeout: Duration,
     pub max_audio_bytes: u64,
     /// Lower-cased substrings that classify a FAILED error as a content block.
     pub content_blocked_patterns: Vec<String>,
+}
+
+/// Which Segmind calls count against the account's rate limit; Segmind does
+/// not document it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateScope {
+    /// Every API call (submit, status, result): the safe assumption.
+    All,
+    /// Only submissions; polls and result fetches are not paced.
+    Submits,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -236,6 +249,7 @@ struct RawSegmind {
     max_polls_per_job: u32,
     poll_fixed_interval: Option<f64>,
     rate_limit_per_minute: Option<u32>,
+    rate_limit_scope: RateScope,
     max_concurrent_calls: u32,
     retry_base: f64,
     retry_max: f64,
@@ -365,8 +379,13 @@ impl Settings {
     /// limit no more than half a minute of the account's calls, so a replica
     /// never holds jobs its budget could not start soon.
     pub fn prefetch(&self) -> u16 {
-        let limit = self.segmind.rate_limit_per_minute.map_or(u32::MAX, |l| (l / 2).max(1));
-        self.amqp.max_in_flight.min(u16::try_from(limit).unwrap_or(u16::MAX))
+        let limit = self
+            .segmind
+            .rate_limit_per_minute
+            .map_or(u32::MAX, |l| (l / 2).max(1));
+        self.amqp
+            .max_in_flight
+            .min(u16::try_from(limit).unwrap_or(u16::MAX))
     }
 
     /// The API key, or an error naming how to provide it.
@@ -548,7 +567,8 @@ impl RawSegmind {
                 "must be at least 1 (leave it unset for no limit)",
             ));
         }
-        let max_concurrent_calls = positive("segmind.max_concurrent_calls", self.max_concurrent_calls)?;
+        let max_concurrent_calls =
+            positive("segmind.max_concurrent_calls", self.max_concurrent_calls)?;
         let retry = RetrySettings {
             base: seconds("segmind.retry_base", self.retry_base)?,
             max: seconds("segmind.retry_max", self.retry_max)?,
@@ -576,6 +596,7 @@ impl RawSegmind {
             poll,
             retry,
             rate_limit_per_minute: self.rate_limit_per_minute,
+            rate_limit_scope: self.rate_limit_scope,
             max_concurrent_calls,
             download_timeout: seconds("segmind.download_timeout", self.download_timeout)?,
             max_audio_bytes: self.max_audio_bytes,

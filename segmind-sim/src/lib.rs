@@ -57,13 +57,19 @@ pub struct SimConfig {
     pub models: Vec<String>,
     /// Time a job spends QUEUED before PROCESSING.
     pub queue_time: Duration,
-    /// Mean and half-width of the uniform spread of inference time.
+    /// Mean and spread of a job's latency: the half-width of a uniform
+    /// spread, or the standard deviation of a normal one (`latency_dist`).
     pub latency_mean: Duration,
     pub latency_spread: Duration,
+    pub latency_dist: LatencyDist,
+    /// Added to a job's latency per character of its text (0 = none).
+    pub latency_per_char: Duration,
     /// How long finished results are kept before ids answer 404.
     pub retention: Duration,
-    /// Submits per rolling minute before 429; `None` = unlimited.
+    /// Calls per minute (a window opened by the first call) before 429;
+    /// `None` = unlimited. `rate_limit_scope` says which calls count.
     pub rate_limit_per_minute: Option<u32>,
+    pub rate_limit_scope: RateScope,
     /// Credit balance; `None` = unlimited. Each accepted submit costs `cost_per_job`.
     pub credits: Option<f64>,
     pub cost_per_job: f64,
@@ -74,6 +80,22 @@ pub struct SimConfig {
     pub foreign_urls: bool,
     /// Use espeak-ng for real speech when installed.
     pub espeak: bool,
+}
+
+/// The shape of the latency distribution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatencyDist {
+    Uniform,
+    Normal,
+}
+
+/// Which calls the account's rate limit counts (Segmind does not say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateScope {
+    /// Only submissions.
+    Submits,
+    /// Every API call: submissions, status polls and result fetches.
+    AllCalls,
 }
 
 /// How the result's `output` carries the audio.
@@ -114,8 +136,11 @@ impl SimConfig {
             queue_time: Duration::from_millis(50),
             latency_mean: Duration::from_millis(200),
             latency_spread: Duration::from_millis(100),
+            latency_dist: LatencyDist::Uniform,
+            latency_per_char: Duration::ZERO,
             retention: Duration::from_secs(3600),
             rate_limit_per_minute: None,
+            rate_limit_scope: RateScope::Submits,
             credits: None,
             cost_per_job: 0.05,
             fault_rate: 0.0,
@@ -132,6 +157,9 @@ pub struct RequestCounts {
     pub status_polls: u32,
     pub result_fetches: u32,
     pub media_fetches: u32,
+    /// Milliseconds from the job finishing to the first status poll that
+    /// reported it finished: the client's polling lag.
+    pub lag_ms: Option<u64>,
 }
 
 /// Call counts of the whole simulator.
@@ -146,6 +174,8 @@ pub struct SimStats {
     /// Media requests that carried an `x-api-key` header (must stay 0).
     pub media_requests_with_api_key: u64,
     pub unauthorized: u64,
+    /// Every call to the API (not the media host), rejected ones included.
+    pub api_calls: u64,
     pub rate_limited: u64,
     pub faults_injected: u64,
     /// The most jobs queued or processing at once.
@@ -250,6 +280,13 @@ impl SimHandle {
         lock(&self.shared).config.api_key = key.to_owned();
     }
 
+    /// Changes the latency of jobs submitted from now on.
+    pub fn set_latency(&self, mean: Duration, spread: Duration) {
+        let mut inner = lock(&self.shared);
+        inner.config.latency_mean = mean;
+        inner.config.latency_spread = spread;
+    }
+
     pub fn set_credits(&self, credits: Option<f64>) {
         lock(&self.shared).credits = credits;
     }
@@ -313,6 +350,7 @@ fn gate(inner: &mut Inner, headers: &HeaderMap) -> Option<Response> {
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|k| k == inner.config.api_key);
+    inner.stats.api_calls += 1;
     if !key_ok {
         inner.stats.unauthorized += 1;
         return Some(api_json(
@@ -320,6 +358,11 @@ fn gate(inner: &mut Inner, headers: &HeaderMap) -> Option<Response> {
             StatusCode::UNAUTHORIZED,
             json!({"error": "Invalid or missing API key"}),
         ));
+    }
+    if inner.config.rate_limit_scope == RateScope::AllCalls
+        && let Some(r) = over_limit(inner)
+    {
+        return Some(r);
     }
     let injected = inner.injected.pop_front().or_else(|| {
         (inner.config.fault_rate > 0.0 && rand::rng().random_bool(inner.config.fault_rate.min(1.0)))
@@ -391,19 +434,28 @@ fn validate(body: &Bytes, headers: &HeaderMap) -> Result<(String, bool), (Status
     Ok((text, two_speakers))
 }
 
+/// Counts a call against the account's per-minute window; `Some` is the 429.
+fn over_limit(inner: &mut Inner) -> Option<Response> {
+    let limit = inner.config.rate_limit_per_minute?;
+    let now = Instant::now();
+    if now.duration_since(inner.window.0) >= Duration::from_secs(60) {
+        inner.window = (now, 0);
+    }
+    if inner.window.1 >= limit {
+        let reset = inner.window.0 + Duration::from_secs(60);
+        return Some(rate_limited(inner, reset));
+    }
+    inner.window.1 += 1;
+    None
+}
+
 /// Rate limit and credits of an accepted-looking submit.
 fn admit(inner: &mut Inner) -> Option<Response> {
-    let now = Instant::now();
-    if let Some(limit) = inner.config.rate_limit_per_minute {
-        if now.duration_since(inner.window.0) >= Duration::from_secs(60) {
-            inner.window = (now, 0);
-        }
-        if inner.window.1 >= limit {
-            let reset = inner.window.0 + Duration::from_secs(60);
-            inner.stats.submits_rejected += 1;
-            return Some(rate_limited(inner, reset));
-        }
-        inner.window.1 += 1;
+    if inner.config.rate_limit_scope == RateScope::Submits
+        && let Some(r) = over_limit(inner)
+    {
+        inner.stats.submits_rejected += 1;
+        return Some(r);
     }
     if let Some(credits) = inner.credits {
         if credits < inner.config.cost_per_job {
@@ -456,9 +508,20 @@ fn new_job(
 ) -> SimJob {
     let now = Instant::now();
     let latency = marker_latency(&text).unwrap_or_else(|| {
-        let mean = config.latency_mean.as_secs_f64();
+        let mean = config.latency_mean.as_secs_f64()
+            + config.latency_per_char.as_secs_f64() * strip_markers(&text).chars().count() as f64;
         let spread = config.latency_spread.as_secs_f64();
-        Duration::from_secs_f64((mean + rand::rng().random_range(-spread..=spread)).max(0.0))
+        let mut rng = rand::rng();
+        let noise = match config.latency_dist {
+            LatencyDist::Uniform if spread > 0.0 => rng.random_range(-spread..=spread),
+            LatencyDist::Normal => {
+                // Box–Muller.
+                let (u1, u2): (f64, f64) = (rng.random_range(1e-12..1.0), rng.random());
+                spread * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+            }
+            LatencyDist::Uniform => 0.0,
+        };
+        Duration::from_secs_f64((mean + noise).max(0.05))
     });
     let fate = if text.contains("[[sim:rai]]") {
         Fate::Fail(
@@ -663,7 +726,18 @@ async fn status(
     let Some(job) = inner.jobs.get(&id) else {
         return not_found(&inner, &id);
     };
-    let state = job.state(Instant::now());
+    let now = Instant::now();
+    let state = job.state(now);
+    let done_at = job.done_at;
+    if matches!(state, "COMPLETED" | "FAILED")
+        && let Some(c) = inner.stats.requests.get_mut(&id)
+        && c.lag_ms.is_none()
+    {
+        c.lag_ms = Some(now.duration_since(done_at).as_millis() as u64);
+    }
+    let Some(job) = inner.jobs.get(&id) else {
+        return not_found(&inner, &id);
+    };
     let (code, body) = match (&job.fate, state) {
         (Fate::Fail(message), "FAILED") => (
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use segmind_sim::{OutputMode, SimConfig};
+use segmind_sim::{LatencyDist, OutputMode, RateScope, SimConfig};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Preset {
@@ -41,10 +41,22 @@ struct Args {
     /// Override the preset's mean inference time (seconds).
     #[arg(long)]
     latency: Option<f64>,
+    /// Override the preset's latency spread (seconds): half-width of a
+    /// uniform spread, or standard deviation of a normal one.
+    #[arg(long)]
+    latency_spread: Option<f64>,
+    #[arg(long, value_enum, default_value = "uniform")]
+    latency_dist: Dist,
+    /// Seconds of latency added per character of text.
+    #[arg(long, default_value_t = 0.0)]
+    latency_per_char: f64,
+    /// Which calls the rate limit counts.
+    #[arg(long, value_enum, default_value = "submits")]
+    rate_limit_scope: Scope,
     /// Seconds a result is kept before its id answers 404.
     #[arg(long, default_value_t = 3600)]
     retention: u64,
-    /// Submits per minute before 429 (0 = unlimited).
+    /// Calls per minute before 429 (0 = unlimited).
     #[arg(long)]
     rate_limit: Option<u32>,
     /// Credit balance (406 when spent); unlimited if absent.
@@ -58,6 +70,18 @@ struct Args {
     /// Never use espeak-ng, even when installed (tone audio instead).
     #[arg(long)]
     no_espeak: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Dist {
+    Uniform,
+    Normal,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Scope {
+    Submits,
+    All,
 }
 
 #[tokio::main]
@@ -75,6 +99,18 @@ async fn main() -> anyhow::Result<()> {
         config.latency_mean = Duration::try_from_secs_f64(l)?;
         config.latency_spread = config.latency_spread.min(config.latency_mean / 2);
     }
+    if let Some(s) = args.latency_spread {
+        config.latency_spread = Duration::try_from_secs_f64(s)?;
+    }
+    config.latency_dist = match args.latency_dist {
+        Dist::Uniform => LatencyDist::Uniform,
+        Dist::Normal => LatencyDist::Normal,
+    };
+    config.latency_per_char = Duration::try_from_secs_f64(args.latency_per_char)?;
+    config.rate_limit_scope = match args.rate_limit_scope {
+        Scope::Submits => RateScope::Submits,
+        Scope::All => RateScope::AllCalls,
+    };
     config.retention = Duration::from_secs(args.retention);
     if let Some(r) = args.rate_limit {
         config.rate_limit_per_minute = (r > 0).then_some(r);

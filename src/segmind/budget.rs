@@ -276,7 +276,10 @@ mod tests {
         b.acquire(Priority::Paid).await;
         let waited = start.elapsed();
         // The reset, plus a jitter below two intervals of the halved share (4 s).
-        assert!(waited >= reset && waited < reset + Duration::from_secs(4), "{waited:?}");
+        assert!(
+            waited >= reset && waited < reset + Duration::from_secs(4),
+            "{waited:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -304,7 +307,11 @@ mod tests {
         }
         wakes.sort();
         wakes.dedup();
-        assert!(wakes.len() >= 15, "{} distinct wake times of 20", wakes.len());
+        assert!(
+            wakes.len() >= 15,
+            "{} distinct wake times of 20",
+            wakes.len()
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -317,7 +324,10 @@ mod tests {
             tokio::spawn(async move { b.acquire(Priority::Paid).await });
         }
         tokio::task::yield_now().await;
-        assert!(b.intake_delay().is_some(), "the next free slot is 30 s away");
+        assert!(
+            b.intake_delay().is_some(),
+            "the next free slot is 30 s away"
+        );
         tokio::time::sleep(Duration::from_secs(15)).await;
         assert_eq!(b.intake_delay(), None, "free within two intervals");
     }

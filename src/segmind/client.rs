@@ -32,7 +32,7 @@ use super::protocol::{
     interpret_status, parse_submitted, status_error, transport,
 };
 use super::retry::{server_hint, with_retry};
-use crate::config::{RetrySettings, SegmindSettings};
+use crate::config::{RateScope, RetrySettings, SegmindSettings};
 use crate::failure::{self, Call, Class};
 use crate::job::Speech;
 use crate::metrics::Metrics;
@@ -73,6 +73,7 @@ pub struct SegmindClient {
     schedule: Arc<dyn PollSchedule>,
     max_polls: u32,
     budget: RateBudget,
+    rate_scope: RateScope,
     /// Bounds the API calls open at once, hence the connections.
     open_calls: tokio::sync::Semaphore,
     max_audio_bytes: u64,
@@ -111,6 +112,7 @@ impl SegmindClient {
             schedule: poll::from_settings(&settings.poll),
             max_polls: settings.poll.max_polls,
             budget: RateBudget::new(settings.rate_limit_per_minute, metrics.clone()),
+            rate_scope: settings.rate_limit_scope,
             open_calls: tokio::sync::Semaphore::new(settings.max_concurrent_calls),
             max_audio_bytes: settings.max_audio_bytes,
             metrics,
@@ -190,12 +192,13 @@ impl SegmindClient {
         calls: &mut u32,
     ) -> Result<Synthesis, SegmindError> {
         let started = Instant::now();
-        let result = tokio::time::timeout_at(deadline, self.fetch(job, done, text_chars, deadline, calls))
-            .await
-            .map_err(|_| SegmindError::Deadline {
-                request_id: Some(job.request_id.clone()),
-                waited: started.elapsed(),
-            });
+        let result =
+            tokio::time::timeout_at(deadline, self.fetch(job, done, text_chars, deadline, calls))
+                .await
+                .map_err(|_| SegmindError::Deadline {
+                    request_id: Some(job.request_id.clone()),
+                    waited: started.elapsed(),
+                });
         let (audio, content_type, metrics) = result??;
         Ok(Synthesis {
             request_id: job.request_id.clone(),
@@ -354,11 +357,11 @@ impl SegmindClient {
         call: Call,
         request: reqwest::RequestBuilder,
     ) -> Result<(StatusCode, HeaderMap, Bytes), SegmindError> {
-        let priority = match call {
-            Call::Submit => Priority::New,
-            _ => Priority::Paid,
-        };
-        self.budget.acquire(priority).await;
+        match (call, self.rate_scope) {
+            (Call::Submit, _) => self.budget.acquire(Priority::New).await,
+            (_, RateScope::All) => self.budget.acquire(Priority::Paid).await,
+            (_, RateScope::Submits) => {}
+        }
         // The semaphore is never closed; a closed one would only mean no bound.
         let _open = self.open_calls.acquire().await.ok();
         let request = request.header(API_KEY_HEADER, self.api_key.expose_secret());

@@ -182,10 +182,11 @@ impl ResultMetrics {
 
     /// Submit to completion at Segmind, when the metrics tell it.
     pub fn latency(&self) -> Option<f64> {
-        self.total_time.or(match (self.queue_time, self.inference_time) {
-            (Some(q), Some(i)) => Some(q + i),
-            _ => None,
-        })
+        self.total_time
+            .or(match (self.queue_time, self.inference_time) {
+                (Some(q), Some(i)) => Some(q + i),
+                _ => None,
+            })
     }
 }
 

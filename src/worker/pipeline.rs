@@ -239,7 +239,11 @@ impl Pipeline {
                 None => ObjectKey::default_for(&self.s3_prefix, &job.id, audio.format.extension()),
             };
             let upload_started = Instant::now();
-            let stored = Box::pin(self.storage.put(&key, audio, &job.id, &synthesis.request_id)).await;
+            let stored = Box::pin(
+                self.storage
+                    .put(&key, audio, &job.id, &synthesis.request_id),
+            )
+            .await;
             // The audio is gone with the upload: free the slot for the next job.
             drop(slot);
             self.metrics
@@ -247,7 +251,11 @@ impl Pipeline {
                 .observe(upload_started.elapsed().as_secs_f64());
             let stored = stored?;
             self.metrics.audio_bytes.observe(stored.size_bytes as f64);
-            let record = StoredRecord::from_stored(&stored, synthesis.inference_time_seconds, synthesis.cost);
+            let record = StoredRecord::from_stored(
+                &stored,
+                synthesis.inference_time_seconds,
+                synthesis.cost,
+            );
             Box::pin(self.save_checkpoint(job, &synthesis.request_id, submitted_at, Some(record)))
                 .await;
             info!(key = %key, bytes = stored.size_bytes, http_calls = *calls, "audio stored");
@@ -360,5 +368,54 @@ impl Pipeline {
             metadata: job.metadata.clone(),
             served_from_storage: true,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::wire;
+
+    /// A waiting job's memory is mostly its future, which is as large as its
+    /// largest state: the S3 and heavy-phase futures are boxed so that a job
+    /// waiting on Segmind does not carry their size.
+    #[tokio::test]
+    async fn a_jobs_future_stays_small_while_it_waits() {
+        let env = [("SEGMIND_API_KEY".to_owned(), "k".to_owned())];
+        let settings = Settings::load_from(None, &env).unwrap();
+        let metrics = Metrics::new();
+        let storage = Storage::with_static_credentials(&settings.s3, "a", "b");
+        let segmind = SegmindClient::new(
+            &settings.segmind,
+            settings.require_api_key().unwrap().clone(),
+            metrics.clone(),
+        )
+        .unwrap();
+        let pipeline = Pipeline::new(
+            &settings,
+            Arc::new(segmind),
+            storage,
+            metrics.clone(),
+            PauseGate::new(metrics),
+        );
+        let job = wire::decode_request(br#"{"text":"hello there"}"#, None, &settings.limits)
+            .job
+            .unwrap();
+        let future = pipeline.run(&job, 1);
+        let size = std::mem::size_of_val(&future);
+        // What the job holds while Segmind works: the polling state, boxed.
+        let submitted = pipeline.segmind.resume("r-1");
+        let mut calls = 0;
+        let deadline = tokio::time::Instant::now();
+        let waiting =
+            pipeline.wait_and_fetch(&submitted, chrono::Utc::now(), 11, deadline, &mut calls);
+        let waiting_size = std::mem::size_of_val(&waiting);
+        println!("a job's future: {size} bytes; its waiting state: {waiting_size} bytes");
+        assert!(size <= 4096, "a job's future is {size} bytes");
+        assert!(
+            waiting_size <= 4096,
+            "the waiting state is {waiting_size} bytes"
+        );
     }
 }

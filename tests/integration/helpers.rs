@@ -56,7 +56,10 @@ pub fn test_settings(sim: &SimHandle, api_key: &str, tag: &str) -> Settings {
         ("TTS__AMQP__QUEUE_DEPTH_INTERVAL", "0.2".into()),
         ("TTS__HTTP__ADDR", "127.0.0.1:0".into()),
         ("TTS__S3__PREFIX", format!("{tag}/")),
-        ("TTS__SEGMIND__POLL_INITIAL", "0.05".into()),
+        // The simulator's `fast` preset: jobs of 0.25 ± 0.1 s.
+        ("TTS__SEGMIND__POLL_PRIOR_LATENCY", "0.25".into()),
+        ("TTS__SEGMIND__POLL_PRIOR_SPREAD", "0.1".into()),
+        ("TTS__SEGMIND__POLL_TARGET_LAG", "0.05".into()),
         ("TTS__SEGMIND__POLL_MAX", "0.2".into()),
         ("TTS__SEGMIND__RETRY_BASE", "0.05".into()),
         ("TTS__SEGMIND__RETRY_MAX", "0.5".into()),
@@ -438,7 +441,9 @@ impl TestApp {
         let base = [
             ("SEGMIND_API_KEY", self.api_key.clone()),
             ("TTS__SEGMIND__BASE_URL", self.sim.base_url()),
-            ("TTS__SEGMIND__POLL_INITIAL", "0.05".into()),
+            ("TTS__SEGMIND__POLL_PRIOR_LATENCY", "0.25".into()),
+            ("TTS__SEGMIND__POLL_PRIOR_SPREAD", "0.1".into()),
+            ("TTS__SEGMIND__POLL_TARGET_LAG", "0.05".into()),
             ("TTS__AMQP__REQUESTS_QUEUE", queue.clone()),
             ("TTS__AMQP__EVENTS_EXCHANGE", amqp.events_exchange.clone()),
             (

@@ -101,7 +101,10 @@ fn on_the_seed_distribution_lag_and_polls_meet_the_targets_from_a_cold_start() {
         };
         let (p, l, x) = figures(&simulate(&fixed, &stream, 0.5));
         println!("fixed {interval} s: {p:.2} polls, {l:.2} s lag, product {x:.2}");
-        assert!(x > product * 1.5, "fixed {interval} s: {x:.2} vs {product:.2}");
+        assert!(
+            x > product * 1.5,
+            "fixed {interval} s: {x:.2} vs {product:.2}"
+        );
     }
 }
 
@@ -113,7 +116,10 @@ fn a_wrong_prior_is_unlearned_within_the_first_hundred_jobs() {
     let schedule = AdaptivePoll::new(&settings(10.0, 2.0, 1.0));
     let results = simulate(&schedule, &stream, 0.5);
     let (_, lag, product) = figures(&results[150..]);
-    assert!(lag <= 1.5 && product <= 11.0, "lag {lag:.2}, product {product:.2}");
+    assert!(
+        lag <= 1.5 && product <= 11.0,
+        "lag {lag:.2}, product {product:.2}"
+    );
 }
 
 #[test]
@@ -127,7 +133,9 @@ fn after_segmind_speeds_up_it_is_back_within_a_quarter_of_its_steady_figure_in_1
     let (_, _, steady) = figures(&after[400..]);
     let (_, _, recovered) = figures(&after[100..200]);
     let (_, _, first) = figures(&after[..30]);
-    println!("first 30 after the shift {first:.2}, jobs 100–200 {recovered:.2}, steady {steady:.2}");
+    println!(
+        "first 30 after the shift {first:.2}, jobs 100–200 {recovered:.2}, steady {steady:.2}"
+    );
     assert!(
         (recovered - steady).abs() <= 0.25 * steady,
         "jobs 100–200 after the shift: {recovered:.2}, steady {steady:.2}"
@@ -158,7 +166,10 @@ fn text_length_that_predicts_latency_is_used() {
     // mix: far fewer polls for the same lag.
     let (polls, lag, product) = figures(&results[200..]);
     assert!(lag <= 1.5, "lag {lag:.2}");
-    assert!(product <= 5.0, "{polls:.2} polls × {lag:.2} s = {product:.2}");
+    assert!(
+        product <= 5.0,
+        "{polls:.2} polls × {lag:.2} s = {product:.2}"
+    );
 }
 
 #[test]

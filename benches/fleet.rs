@@ -1,0 +1,466 @@
+//! Fleet benchmark: the worker binary (release build) against real RabbitMQ
+//! and Garage and an in-process Segmind simulator, measured side by side.
+//!
+//! ```text
+//! cargo bench --bench fleet -- scale [--jobs 10000] [--variants learned,fixed1,fixed5]
+//!                                    [--latency 43.5] [--spread 8] [--per-char 0]
+//! cargo bench --bench fleet -- rate  [--jobs 60] [--workers 3] [--limit 50] [--scope all|submits]
+//! ```
+//!
+//! `scale` runs one worker per variant (the learned schedule, and fixed 1 s
+//! and 5 s polling through the same worker) on the same job stream, and
+//! prints peak and waiting RSS, CPU while waiting, polls and calls per job,
+//! mean and p95 lag, throughput, and the ratios to the learned schedule.
+//! `rate` runs `--workers` processes sharing one account limit and checks
+//! the rate-budget scenario of issue 7. Figures come from /proc (the worker
+//! process only) and from the simulator's own counters.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use segmind_sim::{LatencyDist, RateScope, SimConfig, SimHandle};
+
+const API_KEY: &str = "sk-bench-not-a-secret";
+
+struct Args {
+    mode: String,
+    jobs: usize,
+    variants: Vec<String>,
+    latency: f64,
+    spread: f64,
+    per_char: f64,
+    workers: usize,
+    limit: u32,
+    scope: String,
+}
+
+fn args() -> Args {
+    let raw: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let get = |name: &str| {
+        raw.iter()
+            .position(|a| a == name)
+            .and_then(|i| raw.get(i + 1))
+            .cloned()
+    };
+    let mode = raw
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .cloned()
+        .unwrap_or_else(|| "scale".into());
+    let num = |name: &str, default: f64| get(name).and_then(|v| v.parse().ok()).unwrap_or(default);
+    Args {
+        jobs: num("--jobs", if mode == "rate" { 60.0 } else { 10_000.0 }) as usize,
+        variants: get("--variants")
+            .unwrap_or_else(|| "learned,fixed1,fixed5".into())
+            .split(',')
+            .map(str::to_owned)
+            .collect(),
+        latency: num("--latency", if mode == "rate" { 5.0 } else { 43.5 }),
+        spread: num("--spread", if mode == "rate" { 0.5 } else { 8.0 }),
+        per_char: num("--per-char", 0.0),
+        workers: num("--workers", 3.0) as usize,
+        limit: num("--limit", 50.0) as u32,
+        scope: get("--scope").unwrap_or_else(|| "all".into()),
+        mode,
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = args();
+    match args.mode.as_str() {
+        "scale" => scale(&args).await,
+        "rate" => rate(&args).await,
+        other => bail!("unknown mode {other}: scale or rate"),
+    }
+}
+
+/// Figures of one run.
+#[derive(Debug, Default, Clone)]
+struct Figures {
+    completed: usize,
+    failed: HashMap<String, usize>,
+    peak_rss_mib: f64,
+    waiting_rss_mib: f64,
+    waiting_cpu_cores: f64,
+    polls_per_job: f64,
+    calls_per_job: f64,
+    mean_lag_s: f64,
+    p95_lag_s: f64,
+    throughput_per_s: f64,
+    seconds: f64,
+    rate_limited: u64,
+    api_calls: u64,
+}
+
+async fn scale(args: &Args) -> anyhow::Result<()> {
+    println!(
+        "scale: {} jobs published at once, Segmind latency {} ± {} s (normal){}",
+        args.jobs,
+        args.latency,
+        args.spread,
+        if args.per_char > 0.0 {
+            format!(" + {} s per character", args.per_char)
+        } else {
+            String::new()
+        }
+    );
+    let mut results = Vec::new();
+    for variant in &args.variants {
+        let vars: Vec<(&str, String)> = match variant.as_str() {
+            "learned" => vec![],
+            "fixed1" => vec![("TTS__SEGMIND__POLL_FIXED_INTERVAL", "1".into())],
+            "fixed5" => vec![("TTS__SEGMIND__POLL_FIXED_INTERVAL", "5".into())],
+            other => bail!("unknown variant {other}"),
+        };
+        let mut config = SimConfig::fast(API_KEY);
+        config.queue_time = Duration::from_millis(1500);
+        config.latency_mean = Duration::from_secs_f64(args.latency);
+        config.latency_spread = Duration::from_secs_f64(args.spread);
+        config.latency_dist = LatencyDist::Normal;
+        config.latency_per_char = Duration::from_secs_f64(args.per_char);
+        config.espeak = false;
+        let mut vars = vars;
+        vars.push((
+            "TTS__AMQP__MAX_IN_FLIGHT",
+            args.jobs.min(65_535).to_string(),
+        ));
+        vars.push(("TTS__SEGMIND__MAX_POLLS_PER_JOB", "1000".into()));
+        let f = run(variant, config, args.jobs, 1, &vars).await?;
+        print_figures(variant, &f);
+        results.push((variant.clone(), f));
+    }
+    if let Some((_, base)) = results.iter().find(|(v, _)| v == "learned") {
+        println!("\nratios to the learned schedule (other / learned):");
+        println!(
+            "{:<10} {:>8} {:>8} {:>8} {:>12} {:>10}",
+            "variant", "polls", "calls", "lag", "polls×lag", "peak RSS"
+        );
+        for (v, f) in &results {
+            println!(
+                "{:<10} {:>8.2} {:>8.2} {:>8.2} {:>12.2} {:>10.2}",
+                v,
+                f.polls_per_job / base.polls_per_job,
+                f.calls_per_job / base.calls_per_job,
+                f.mean_lag_s / base.mean_lag_s,
+                (f.polls_per_job * f.mean_lag_s) / (base.polls_per_job * base.mean_lag_s),
+                f.peak_rss_mib / base.peak_rss_mib
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn rate(args: &Args) -> anyhow::Result<()> {
+    let scope = match args.scope.as_str() {
+        "submits" => RateScope::Submits,
+        _ => RateScope::AllCalls,
+    };
+    println!(
+        "rate: {} workers, account limit {}/min counting {}, {} queued jobs of {} s",
+        args.workers, args.limit, args.scope, args.jobs, args.latency
+    );
+    let mut config = SimConfig::fast(API_KEY);
+    config.queue_time = Duration::from_millis(200);
+    config.latency_mean = Duration::from_secs_f64(args.latency);
+    config.latency_spread = Duration::from_secs_f64(args.spread);
+    config.rate_limit_per_minute = Some(args.limit);
+    config.rate_limit_scope = scope;
+    config.espeak = false;
+    let vars = vec![
+        (
+            "TTS__SEGMIND__RATE_LIMIT_PER_MINUTE",
+            args.limit.to_string(),
+        ),
+        (
+            "TTS__SEGMIND__RATE_LIMIT_SCOPE",
+            if scope == RateScope::Submits {
+                "submits"
+            } else {
+                "all"
+            }
+            .into(),
+        ),
+        ("TTS__SEGMIND__POLL_PRIOR_LATENCY", args.latency.to_string()),
+        (
+            "TTS__SEGMIND__POLL_PRIOR_SPREAD",
+            args.spread.max(0.1).to_string(),
+        ),
+    ];
+    let f = run("budget", config, args.jobs, args.workers, &vars).await?;
+    print_figures("budget", &f);
+    let useful_calls = (f.api_calls - f.rate_limited) as f64 / args.jobs as f64;
+    let counted_per_job = if scope == RateScope::Submits {
+        1.0
+    } else {
+        useful_calls
+    };
+    let ceiling_per_min = f64::from(args.limit) / counted_per_job;
+    let throughput_per_min = f.throughput_per_s * 60.0;
+    let share_429 = f.rate_limited as f64 / f.api_calls as f64;
+    let rate_limited_failures = f.failed.get("rate_limited").copied().unwrap_or(0);
+    println!(
+        "\nceiling {ceiling_per_min:.1} jobs/min ({} / {counted_per_job:.2} counted calls a job); \
+         throughput {throughput_per_min:.1} jobs/min = {:.0} % of the ceiling",
+        args.limit,
+        100.0 * throughput_per_min / ceiling_per_min
+    );
+    println!(
+        "429 answers: {} of {} calls = {:.1} %; jobs failed as rate_limited: {rate_limited_failures}",
+        f.rate_limited,
+        f.api_calls,
+        100.0 * share_429
+    );
+    let pass = f.completed == args.jobs
+        && rate_limited_failures == 0
+        && share_429 <= 0.05
+        && throughput_per_min >= 0.85 * ceiling_per_min;
+    println!("scenario: {}", if pass { "PASS" } else { "FAIL" });
+    if !pass {
+        bail!("the rate-budget scenario failed");
+    }
+    Ok(())
+}
+
+fn print_figures(name: &str, f: &Figures) {
+    println!(
+        "{name:<8} completed {:>6}  failed {:?}  peak RSS {:>7.1} MiB  waiting RSS {:>7.1} MiB  \
+         CPU waiting {:.3} cores  polls/job {:>6.2}  calls/job {:>6.2}  lag mean {:>5.2} s p95 {:>5.2} s  \
+         polls×lag {:>6.2}  throughput {:>6.2} jobs/s  ({:.0} s)",
+        f.completed,
+        f.failed,
+        f.peak_rss_mib,
+        f.waiting_rss_mib,
+        f.waiting_cpu_cores,
+        f.polls_per_job,
+        f.calls_per_job,
+        f.mean_lag_s,
+        f.p95_lag_s,
+        f.polls_per_job * f.mean_lag_s,
+        f.throughput_per_s,
+        f.seconds
+    );
+}
+
+/// Reads VmRSS (KiB) and utime+stime (clock ticks) of `pid`.
+fn proc_sample(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some((rss, ticks))
+}
+
+async fn queue_count(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
+    let q = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(q.message_count())
+}
+
+/// Runs `jobs` jobs through `workers` worker processes; returns the figures.
+async fn run(
+    name: &str,
+    config: SimConfig,
+    jobs: usize,
+    workers: usize,
+    vars: &[(&str, String)],
+) -> anyhow::Result<Figures> {
+    let sim: SimHandle =
+        segmind_sim::spawn(config, "127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?).await?;
+    let env = common::stack_env();
+    let amqp_url = common::env_value(&env, "TTS__AMQP__URL");
+    let tag = format!("bench-{name}-{}", uuid::Uuid::new_v4().simple());
+    let requests = format!("{tag}.requests");
+    let events = format!("{tag}.events");
+    let connection = Connection::connect(&amqp_url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    let mut base_env: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| {
+            (!k.starts_with("TTS__") || k.starts_with("TTS__S3__") || k == "TTS__AMQP__URL")
+                && !k.starts_with("OTEL_")
+                && k != "SEGMIND_API_KEY"
+        })
+        .collect();
+    base_env.extend([
+        ("SEGMIND_API_KEY".into(), API_KEY.into()),
+        ("RUST_LOG".into(), "warn".into()),
+        ("TTS__SEGMIND__BASE_URL".into(), sim.base_url()),
+        ("TTS__AMQP__REQUESTS_QUEUE".into(), requests.clone()),
+        ("TTS__AMQP__EVENTS_EXCHANGE".into(), events.clone()),
+        ("TTS__AMQP__EVENTS_QUEUE".into(), events.clone()),
+        ("TTS__AMQP__DEAD_LETTER_QUEUE".into(), format!("{tag}.dead")),
+        ("TTS__HTTP__ADDR".into(), "127.0.0.1:0".into()),
+        ("TTS__S3__PREFIX".into(), format!("{tag}/")),
+    ]);
+    base_env.extend(vars.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+
+    // Queue the jobs before any worker starts (the worker declares the same
+    // queue with the same arguments; declare it through a first worker).
+    let mut children = Vec::new();
+    let spawn = |env: &[(String, String)]| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_tts-worker"))
+            .arg("run")
+            .env_clear()
+            .envs(env.iter().cloned())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+    };
+    let first = spawn(&base_env).context("starting the worker (cargo bench builds it)")?;
+    let pid = first.id().context("worker pid")?;
+    children.push(first);
+    let declared = Instant::now();
+    while queue_count(&connection.create_channel().await?, &requests)
+        .await
+        .is_err()
+    {
+        if declared.elapsed() > Duration::from_secs(30) {
+            bail!("the worker did not declare its queue");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let publisher = connection.create_channel().await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let started = Instant::now();
+    for i in 0..jobs {
+        let body = serde_json::json!({
+            "job_id": format!("{tag}-{i}"),
+            "text": format!("Benchmark job number {i}, read aloud."),
+        });
+        publisher
+            .basic_publish(
+                "".into(),
+                requests.as_str().into(),
+                BasicPublishOptions::default(),
+                &serde_json::to_vec(&body)?,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?;
+    }
+    publisher.wait_for_confirms().await?;
+    for _ in 1..workers {
+        children.push(spawn(&base_env)?);
+    }
+
+    let mut f = Figures::default();
+    let ticks_per_s = 100.0; // USER_HZ on Linux
+    let mut waiting_from: Option<(Instant, u64)> = None;
+    let mut last_ticks = 0;
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Some((rss, ticks)) = proc_sample(pid) {
+            let mib = rss as f64 / 1024.0;
+            f.peak_rss_mib = f.peak_rss_mib.max(mib);
+            last_ticks = ticks;
+            let stats = sim.stats();
+            let done = queue_count(&channel, &events).await? as usize;
+            let all_waiting = stats.submits_accepted as usize >= jobs.min(65_535) && done == 0;
+            if workers == 1 && all_waiting {
+                let (since, t0) = *waiting_from.get_or_insert((Instant::now(), ticks));
+                f.waiting_rss_mib = f.waiting_rss_mib.max(mib);
+                let secs = since.elapsed().as_secs_f64();
+                if secs > 1.0 {
+                    f.waiting_cpu_cores = (ticks - t0) as f64 / ticks_per_s / secs;
+                }
+            }
+        }
+        let done = queue_count(&channel, &events).await? as usize;
+        if done >= jobs {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{done} of {jobs} jobs ended within the hour");
+        }
+        if children
+            .iter_mut()
+            .any(|c| c.try_wait().ok().flatten().is_some())
+        {
+            bail!("a worker exited");
+        }
+    }
+    let _ = last_ticks;
+    f.seconds = started.elapsed().as_secs_f64();
+    f.throughput_per_s = jobs as f64 / f.seconds;
+    drop(children);
+
+    // Outcomes, from the events.
+    loop {
+        let Some(m) = channel
+            .basic_get(events.as_str().into(), BasicGetOptions { no_ack: true })
+            .await?
+        else {
+            break;
+        };
+        let v: serde_json::Value = serde_json::from_slice(&m.delivery.data)?;
+        if v["type"] == "tts.job.completed" {
+            f.completed += 1;
+        } else {
+            let code = v["data"]["error"]["code"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned();
+            *f.failed.entry(code).or_default() += 1;
+        }
+    }
+    let stats = sim.stats();
+    let n = stats.requests.len().max(1) as f64;
+    f.polls_per_job = stats.status_polls as f64 / jobs as f64;
+    f.calls_per_job = stats.api_calls as f64 / jobs as f64;
+    f.api_calls = stats.api_calls;
+    f.rate_limited = stats.rate_limited;
+    let mut lags: Vec<f64> = stats
+        .requests
+        .values()
+        .filter_map(|r| r.lag_ms)
+        .map(|ms| ms as f64 / 1000.0)
+        .collect();
+    lags.sort_by(f64::total_cmp);
+    if !lags.is_empty() {
+        f.mean_lag_s = lags.iter().sum::<f64>() / lags.len() as f64;
+        f.p95_lag_s = lags[((lags.len() as f64 * 0.95) as usize).min(lags.len() - 1)];
+    }
+    let _ = n;
+    for q in [&requests, &events, &format!("{tag}.dead")] {
+        let _ = channel
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = channel
+        .exchange_delete(events.as_str().into(), Default::default())
+        .await;
+    Ok(f)
+}
