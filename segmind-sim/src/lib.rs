@@ -80,6 +80,8 @@ pub struct SimConfig {
     pub foreign_urls: bool,
     /// Use espeak-ng for real speech when installed.
     pub espeak: bool,
+    /// Time between accepting a submission and sending its answer.
+    pub submit_delay: Duration,
 }
 
 /// The shape of the latency distribution.
@@ -147,6 +149,7 @@ impl SimConfig {
             output_mode: OutputMode::Url,
             foreign_urls: false,
             espeak: speech::espeak_available(),
+            submit_delay: Duration::ZERO,
         }
     }
 }
@@ -558,7 +561,18 @@ async fn submit_v2(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut inner = lock(&shared);
+    let response = accept_v2(&shared, model, headers, body);
+    let delay = lock(&shared).config.submit_delay;
+    if !delay.is_zero() {
+        // The job is accepted (and billed) before the answer leaves: a client
+        // that gives up meanwhile has paid without knowing its request id.
+        tokio::time::sleep(delay).await;
+    }
+    response
+}
+
+fn accept_v2(shared: &Shared, model: String, headers: HeaderMap, body: Bytes) -> Response {
+    let mut inner = lock(shared);
     if let Some(r) = gate(&mut inner, &headers) {
         return r;
     }

@@ -33,6 +33,10 @@ pub enum JobError {
     Audio(#[from] AudioError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The submission step ended without an answer (its task panicked or
+    /// the runtime is shutting down); whether Segmind accepted it is unknown.
+    #[error("the submission step was interrupted: {0}")]
+    Interrupted(String),
 }
 
 impl AsFault for JobError {
@@ -41,6 +45,7 @@ impl AsFault for JobError {
             JobError::Segmind(e) => e.fault(),
             JobError::Audio(e) => e.fault(),
             JobError::Storage(e) => e.fault(),
+            JobError::Interrupted(_) => Fault::Deadline,
         }
     }
 }
@@ -184,11 +189,8 @@ impl Pipeline {
                     (self.segmind.resume(&cp.request_id), cp.submitted_at, true)
                 }
                 None => {
-                    let submitted =
-                        Box::pin(self.segmind.submit(&job.speech, deadline, calls)).await?;
-                    let submitted_at = chrono::Utc::now();
-                    Box::pin(self.save_checkpoint(job, &submitted.request_id, submitted_at, None))
-                        .await;
+                    let (submitted, submitted_at) =
+                        self.submit_and_checkpoint(job, deadline, calls).await?;
                     (submitted, submitted_at, false)
                 }
             };
@@ -273,6 +275,45 @@ impl Pipeline {
         }
     }
 
+    /// Submits the job and records its request id in the checkpoint, as one
+    /// step that outlives the job: it runs in its own task, so a job dropped
+    /// mid-way (its broker session was lost, shutdown's grace ran out) still
+    /// checkpoints a request Segmind accepted, and its redelivery resumes it
+    /// instead of paying again.
+    async fn submit_and_checkpoint(
+        &self,
+        job: &TtsJob,
+        deadline: tokio::time::Instant,
+        calls: &mut u32,
+    ) -> Result<(Submitted, chrono::DateTime<chrono::Utc>), JobError> {
+        let segmind = self.segmind.clone();
+        let checkpoints = self.checkpoints.clone();
+        let (job_id, speech) = (job.id.clone(), job.speech.clone());
+        let step = tokio::spawn(async move {
+            let mut calls = 0;
+            let submitted = segmind.submit(&speech, deadline, &mut calls).await;
+            let submitted_at = chrono::Utc::now();
+            if let Ok(s) = &submitted {
+                let checkpoint = Checkpoint {
+                    job_id: job_id.to_string(),
+                    request_id: s.request_id.clone(),
+                    submitted_at,
+                    fingerprint: checkpoint::fingerprint(&speech),
+                    stored: None,
+                };
+                save(&checkpoints, &checkpoint).await;
+            }
+            (submitted.map(|s| (s, submitted_at)), calls)
+        });
+        match step.await {
+            Ok((result, used)) => {
+                *calls += used;
+                Ok(result?)
+            }
+            Err(e) => Err(JobError::Interrupted(e.to_string())),
+        }
+    }
+
     /// Waits for Segmind to finish `submitted` holding nothing but its ids,
     /// then takes a transfer slot and fetches the result and the audio. The
     /// slot is returned with the audio: it is held until the upload is done.
@@ -305,8 +346,8 @@ impl Pipeline {
         Ok((synthesis, slot))
     }
 
-    /// Writes the checkpoint. A failure is logged, not fatal: the job can
-    /// still finish; only a crash-resume of this job would be lost.
+    /// Writes the checkpoint of `job` (see [`save`]).
+
     async fn save_checkpoint(
         &self,
         job: &TtsJob,
@@ -321,9 +362,7 @@ impl Pipeline {
             fingerprint: checkpoint::fingerprint(&job.speech),
             stored,
         };
-        if let Err(e) = self.checkpoints.save(&checkpoint).await {
-            warn!(error = %e, "could not write the checkpoint; a redelivery of this job would submit again");
-        }
+        save(&self.checkpoints, &checkpoint).await;
     }
 
     /// The completion of a job whose audio is already stored: the facts come
@@ -368,6 +407,14 @@ impl Pipeline {
             metadata: job.metadata.clone(),
             served_from_storage: true,
         }))
+    }
+}
+
+/// Writes `checkpoint`. A failure is logged, not fatal: the job can still
+/// finish; only a crash-resume of this job would be lost.
+async fn save(checkpoints: &Checkpoints, checkpoint: &Checkpoint) {
+    if let Err(e) = checkpoints.save(checkpoint).await {
+        warn!(error = %e, "could not write the checkpoint; a redelivery of this job would submit again");
     }
 }
 

@@ -93,3 +93,41 @@ async fn the_pipeline_reports_failures_and_requeues_transient_ones() {
         "{end:?}"
     );
 }
+
+#[tokio::test]
+async fn a_job_dropped_while_its_submission_is_answered_still_checkpoints_the_paid_request() {
+    // Segmind accepts (and bills) the job, then takes 1 s to answer.
+    let (pipeline, sim) = pipeline(|c| c.submit_delay = Duration::from_secs(1)).await;
+    let pipeline = Arc::new(pipeline);
+    let body = r#"{"text":"dropped mid-submit","job_id":"drop-1"}"#;
+    let running = {
+        let pipeline = pipeline.clone();
+        tokio::spawn(async move { pipeline.run(&job(body), 1).await })
+    };
+    crate::helpers::wait_for("Segmind to accept the job", Duration::from_secs(10), || {
+        let accepted = sim.stats().submits_accepted;
+        async move { accepted == 1 }
+    })
+    .await;
+    // The job is dropped before the answer arrives, as when its broker
+    // session is lost or shutdown's grace period runs out.
+    running.abort();
+    let speech = job(body).speech;
+    let id = job(body).id;
+    crate::helpers::wait_for(
+        "the request to be checkpointed",
+        Duration::from_secs(10),
+        || {
+            let (pipeline, speech, id) = (pipeline.clone(), speech.clone(), id.clone());
+            async move { matches!(pipeline.checkpoints.load(&id, &speech).await, Ok(Some(_))) }
+        },
+    )
+    .await;
+    // The redelivery resumes the paid request instead of paying again.
+    let end = pipeline.run(&job(body), 2).await;
+    assert!(
+        matches!(&end, JobEnd::Finished(o) if matches!(**o, Outcome::Completed(_))),
+        "{end:?}"
+    );
+    assert_eq!(sim.stats().submits_accepted, 1, "paid once");
+}
