@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench --bench fleet -- scale [--jobs 10000] [--variants learned,fixed1,fixed5]
 //!                                    [--latency 43.5] [--spread 8] [--per-char 0]
+//!                                    [--arrival 0]   (jobs per second; 0 = all at once)
 //! cargo bench --bench fleet -- rate  [--jobs 60] [--workers 3] [--limit 50] [--scope all|submits]
 //! ```
 //!
@@ -43,6 +44,8 @@ struct Args {
     workers: usize,
     limit: u32,
     scope: String,
+    /// Jobs published per second; 0 = all at once.
+    arrival: f64,
 }
 
 fn args() -> Args {
@@ -75,6 +78,7 @@ fn args() -> Args {
         workers: num("--workers", 3.0) as usize,
         limit: num("--limit", 50.0) as u32,
         scope: get("--scope").unwrap_or_else(|| "all".into()),
+        arrival: num("--arrival", 0.0),
         mode,
     }
 }
@@ -109,8 +113,13 @@ struct Figures {
 
 async fn scale(args: &Args) -> anyhow::Result<()> {
     println!(
-        "scale: {} jobs published at once, Segmind latency {} ± {} s (normal){}",
+        "scale: {} jobs published {}, Segmind latency {} ± {} s (normal){}",
         args.jobs,
+        if args.arrival > 0.0 {
+            format!("at {} a second", args.arrival)
+        } else {
+            "at once".into()
+        },
         args.latency,
         args.spread,
         if args.per_char > 0.0 {
@@ -140,7 +149,7 @@ async fn scale(args: &Args) -> anyhow::Result<()> {
             args.jobs.min(65_535).to_string(),
         ));
         vars.push(("TTS__SEGMIND__MAX_POLLS_PER_JOB", "1000".into()));
-        let f = run(variant, config, args.jobs, 1, &vars).await?;
+        let f = run(variant, config, args.jobs, 1, args.arrival, &vars).await?;
         print_figures(variant, &f);
         results.push((variant.clone(), f));
     }
@@ -201,7 +210,7 @@ async fn rate(args: &Args) -> anyhow::Result<()> {
             args.spread.max(0.1).to_string(),
         ),
     ];
-    let f = run("budget", config, args.jobs, args.workers, &vars).await?;
+    let f = run("budget", config, args.jobs, args.workers, 0.0, &vars).await?;
     print_figures("budget", &f);
     let useful_calls = (f.api_calls - f.rate_limited) as f64 / args.jobs as f64;
     let counted_per_job = if scope == RateScope::Submits {
@@ -256,6 +265,13 @@ fn print_figures(name: &str, f: &Figures) {
     );
 }
 
+/// Records the peak RSS of `pid` (while jobs are still being published).
+fn sample(pid: u32, f: &mut Figures) {
+    if let Some((rss, _)) = proc_sample(pid) {
+        f.peak_rss_mib = f.peak_rss_mib.max(rss as f64 / 1024.0);
+    }
+}
+
 /// Reads VmRSS (KiB) and utime+stime (clock ticks) of `pid`.
 fn proc_sample(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -292,6 +308,7 @@ async fn run(
     config: SimConfig,
     jobs: usize,
     workers: usize,
+    arrival: f64,
     vars: &[(&str, String)],
 ) -> anyhow::Result<Figures> {
     let sim: SimHandle =
@@ -350,12 +367,18 @@ async fn run(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let mut f = Figures::default();
     let publisher = connection.create_channel().await?;
     publisher
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let started = Instant::now();
+    let mut pace =
+        (arrival > 0.0).then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / arrival)));
     for i in 0..jobs {
+        if let Some(p) = pace.as_mut() {
+            p.tick().await;
+        }
         let body = serde_json::json!({
             "job_id": format!("{tag}-{i}"),
             "text": format!("Benchmark job number {i}, read aloud."),
@@ -369,13 +392,15 @@ async fn run(
                 BasicProperties::default().with_delivery_mode(2),
             )
             .await?;
+        if pace.is_some() {
+            sample(pid, &mut f);
+        }
     }
     publisher.wait_for_confirms().await?;
     for _ in 1..workers {
         children.push(spawn(&base_env)?);
     }
 
-    let mut f = Figures::default();
     let ticks_per_s = 100.0; // USER_HZ on Linux
     let mut waiting_from: Option<(Instant, u64)> = None;
     let mut last_ticks = 0;

@@ -376,16 +376,19 @@ impl Settings {
     }
 
     /// Deliveries one process holds: `amqp.max_in_flight`, and under a rate
-    /// limit no more than half a minute of the account's calls, so a replica
-    /// never holds jobs its budget could not start soon.
+    /// limit no more than a third of the account's calls per minute (at
+    /// least 2): about what one replica keeps in flight at the whole limit
+    /// with ~45 s jobs of 3 calls. A replica never holds jobs its budget
+    /// could not start soon, and a backlog stays in the queue for replicas
+    /// with budget.
     pub fn prefetch(&self) -> u16 {
-        let limit = self
+        let cap = self
             .segmind
             .rate_limit_per_minute
-            .map_or(u32::MAX, |l| (l / 2).max(1));
+            .map_or(u32::MAX, |l| (l / 3).max(2));
         self.amqp
             .max_in_flight
-            .min(u16::try_from(limit).unwrap_or(u16::MAX))
+            .min(u16::try_from(cap).unwrap_or(u16::MAX))
     }
 
     /// The API key, or an error naming how to provide it.

@@ -70,6 +70,7 @@ pub struct SimConfig {
     /// `None` = unlimited. `rate_limit_scope` says which calls count.
     pub rate_limit_per_minute: Option<u32>,
     pub rate_limit_scope: RateScope,
+
     /// Credit balance; `None` = unlimited. Each accepted submit costs `cost_per_job`.
     pub credits: Option<f64>,
     pub cost_per_job: f64,
@@ -143,6 +144,7 @@ impl SimConfig {
             retention: Duration::from_secs(3600),
             rate_limit_per_minute: None,
             rate_limit_scope: RateScope::Submits,
+
             credits: None,
             cost_per_job: 0.05,
             fault_rate: 0.0,
@@ -441,11 +443,12 @@ fn validate(body: &Bytes, headers: &HeaderMap) -> Result<(String, bool), (Status
 fn over_limit(inner: &mut Inner) -> Option<Response> {
     let limit = inner.config.rate_limit_per_minute?;
     let now = Instant::now();
-    if now.duration_since(inner.window.0) >= Duration::from_secs(60) {
+    let window = Duration::from_secs(60);
+    if now.duration_since(inner.window.0) >= window {
         inner.window = (now, 0);
     }
     if inner.window.1 >= limit {
-        let reset = inner.window.0 + Duration::from_secs(60);
+        let reset = inner.window.0 + window;
         return Some(rate_limited(inner, reset));
     }
     inner.window.1 += 1;

@@ -6,10 +6,14 @@
 //!
 //! - **Pacing**: calls are spaced `1 / share` apart (a token bucket with a
 //!   burst of one), so a replica never bursts its share into one second.
-//! - **AIMD share**: the share starts at the whole limit, is halved on a 429
-//!   (once per rate-limit window), and grows back by `limit / 40` per minute
-//!   while calls succeed. Replicas that collide back off; the fleet converges
-//!   below the limit without knowing its own size, as TCP flows share a link.
+//! - **AIMD share**: the share starts at the whole limit. On a 429 (once per
+//!   rate-limit window) it decreases to 80 % of what the replica actually
+//!   used: the calls it made in the last minute (or of its share, if that is
+//!   smaller). When every replica does so after the account's quota ran out,
+//!   the shares add up to a little under the quota in one step, whatever the
+//!   fleet's size. While calls succeed the share grows back by `limit / 40`
+//!   per minute, so replicas with work take over what idle ones leave, and
+//!   the fleet probes the limit again, as TCP flows share a link.
 //! - **Reset**: a 429's `x-rate-limit-reset-at-utc` (or `Retry-After`) pauses
 //!   every new call of the replica until then, plus a random jitter, so the
 //!   fleet does not wake in one burst.
@@ -22,6 +26,7 @@
 //!
 //! Without a limit every call passes at once.
 
+use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -60,12 +65,21 @@ struct State {
     last_growth: Instant,
     /// Submissions waiting for a slot.
     new_waiting: usize,
+    /// When this replica's calls of the last minute were made.
+    recent: VecDeque<Instant>,
+    /// When the current rate-limit window began, as far as this replica
+    /// knows: its start, or the end of its last pause.
+    window_start: Instant,
 }
 
 /// Lowest share, as a fraction of the limit: a replica keeps making progress.
 const MIN_SHARE: f64 = 0.02;
 /// Growth of the share per minute of successful calls, as a fraction of the limit.
 const GROWTH_PER_MINUTE: f64 = 1.0 / 40.0;
+/// What a 429 leaves of the share (of the calls actually made).
+const DECREASE: f64 = 0.8;
+/// The span over which a replica counts its own calls.
+const USAGE_SPAN: Duration = Duration::from_secs(60);
 
 impl RateBudget {
     pub fn new(limit_per_minute: Option<u32>, metrics: Metrics) -> Self {
@@ -82,6 +96,8 @@ impl RateBudget {
                 paused_until: now,
                 last_growth: now,
                 new_waiting: 0,
+                recent: VecDeque::new(),
+                window_start: now,
             }),
             metrics,
         }
@@ -103,6 +119,7 @@ impl RateBudget {
                     let mut s = self.state();
                     let slot = Instant::now().max(s.next_free).max(s.paused_until);
                     s.next_free = slot + interval(s.share);
+                    s.recent.push_back(slot);
                     slot
                 };
                 tokio::time::sleep_until(slot).await;
@@ -117,6 +134,7 @@ impl RateBudget {
                         let free = s.next_free.max(s.paused_until);
                         if free <= now {
                             s.next_free = now + interval(s.share);
+                            s.recent.push_back(now);
                             return;
                         }
                         free - now
@@ -144,31 +162,42 @@ impl RateBudget {
         self.metrics.rate_share.set(s.share * 60.0);
     }
 
-    /// A call was answered 429: halve the share (once per window) and pause
-    /// new calls until the server's reset time, plus jitter.
+    /// A call was answered 429: cut the share to what was used (once per
+    /// window) and pause new calls until the server's reset time, plus jitter.
     pub fn on_rate_limited(&self, reset_in: Option<Duration>) {
         let Some(limit) = self.limit else { return };
         let mut s = self.state();
         let now = Instant::now();
         let same_window = now < s.paused_until;
         if !same_window {
-            s.share = (s.share * 0.5).max(limit * MIN_SHARE);
+            // This replica's part of the window's quota: its calls since the
+            // window began (at most a minute back), per minute.
+            let since = match now.checked_sub(USAGE_SPAN) {
+                Some(minute_ago) => s.window_start.max(minute_ago),
+                None => s.window_start,
+            };
+            while s.recent.front().is_some_and(|t| *t < since) {
+                s.recent.pop_front();
+            }
+            let used = s.recent.len() as f64 / USAGE_SPAN.as_secs_f64();
+            s.share = (s.share.min(used) * DECREASE).max(limit * MIN_SHARE);
             self.metrics.rate_share.set(s.share * 60.0);
         }
         let wait = reset_in.unwrap_or_else(|| interval(s.share));
-        // Up to two of this replica's intervals (at least a second).
-        let spread = (2.0 * interval(s.share).as_secs_f64()).max(1.0);
+        // Up to two of this replica's intervals, between 1 and 10 seconds.
+        let spread = (2.0 * interval(s.share).as_secs_f64()).clamp(1.0, 10.0);
         let jitter = Duration::from_secs_f64(rand::rng().random_range(0.0..spread));
         let until = now + wait + jitter;
         if until > s.paused_until {
             s.paused_until = until;
+            s.window_start = until;
         }
         s.last_growth = s.paused_until;
         if !same_window {
             info!(
                 share_per_minute = s.share * 60.0,
                 pause_ms = (s.paused_until - now).as_millis() as u64,
-                "Segmind rate limit hit: halving this replica's share"
+                "Segmind rate limit hit: cutting this replica's share to what it used"
             );
         }
     }
@@ -265,36 +294,77 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_429_halves_the_share_once_per_window_and_pauses_until_the_reset() {
+    async fn a_429_cuts_the_share_to_what_was_used_once_per_window_and_pauses_until_the_reset() {
         let b = budget(60);
-        let reset = Duration::from_secs(20);
+        // 20 calls in 20 s, while two other replicas spent the rest of the
+        // account's quota: this replica's part was 20 a minute.
+        for _ in 0..20 {
+            b.acquire(Priority::Paid).await;
+        }
+        let reset = Duration::from_secs(40);
         b.on_rate_limited(Some(reset));
         b.on_rate_limited(Some(reset));
-        assert_eq!(b.metrics.rate_share.get(), 30.0, "halved once, not twice");
+        let share = b.metrics.rate_share.get();
+        assert!(
+            (share - 16.0).abs() < 1e-9,
+            "80 % of the 20 used, once: {share}"
+        );
         assert!(b.intake_delay().is_some(), "no intake while paused");
         let start = Instant::now();
         b.acquire(Priority::Paid).await;
         let waited = start.elapsed();
-        // The reset, plus a jitter below two intervals of the halved share (4 s).
+        // The reset, plus a jitter below two intervals of the new share (7.5 s).
         assert!(
-            waited >= reset && waited < reset + Duration::from_secs(4),
+            waited >= reset && waited < reset + Duration::from_secs_f64(7.5),
             "{waited:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_calls_of_the_current_window_count_as_used() {
+        let b = budget(60);
+        for _ in 0..20 {
+            b.acquire(Priority::Paid).await;
+        }
+        b.on_rate_limited(Some(Duration::from_secs(40)));
+        // The next window: 5 calls, then the quota is gone again.
+        for _ in 0..5 {
+            b.acquire(Priority::Paid).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        b.on_rate_limited(Some(Duration::from_secs(30)));
+        let share = b.metrics.rate_share.get();
+        assert!(
+            (share - 4.0).abs() < 1e-9,
+            "80 % of the 5 calls of this window: {share}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_that_used_its_whole_share_gives_up_a_fifth() {
+        let b = budget(60);
+        for _ in 0..61 {
+            b.acquire(Priority::Paid).await; // one a second for a minute
+        }
+        b.on_rate_limited(Some(Duration::from_secs(1)));
+        let share = b.metrics.rate_share.get();
+        assert!((share - 48.0).abs() < 1.0, "{share}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_share_grows_back_while_calls_succeed() {
         let b = budget(40);
         b.on_rate_limited(Some(Duration::from_secs(1)));
-        assert_eq!(b.metrics.rate_share.get(), 20.0);
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        // Nothing was used: the floor, 2 % of the limit.
+        assert!((b.metrics.rate_share.get() - 0.8).abs() < 1e-9);
+        tokio::time::sleep(Duration::from_secs(15)).await; // past the reset and its jitter
         for _ in 0..120 {
             tokio::time::sleep(Duration::from_secs(5)).await;
             b.on_success();
         }
-        // Ten minutes at 1/40 of the limit a minute: 20 + 10 = 30 a minute.
+        // Ten minutes at 1/40 of the limit a minute: 0.8 + 10 a minute.
         let share = b.metrics.rate_share.get();
-        assert!((share - 30.0).abs() < 0.2, "{share}");
+        assert!((share - 10.8).abs() < 0.2, "{share}");
     }
 
     #[tokio::test(start_paused = true)]
