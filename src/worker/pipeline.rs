@@ -347,7 +347,6 @@ impl Pipeline {
     }
 
     /// Writes the checkpoint of `job` (see [`save`]).
-
     async fn save_checkpoint(
         &self,
         job: &TtsJob,
