@@ -201,3 +201,26 @@ async fn many_jobs_run_concurrently() {
     assert!(peak >= 10, "at most {peak} jobs were in progress at once");
     assert_eq!(app.stop().await, 0);
 }
+
+#[tokio::test]
+async fn the_completed_event_and_the_metrics_carry_the_jobs_cost_and_calls() {
+    let app = spawn_app_with(|c| c.credits = Some(10.0), |_| {}).await;
+    app.publish_json(json!({"text": "what did this cost", "job_id": "ledger-1"}))
+        .await;
+    let received = app.next_event().await;
+    let data = received.completed();
+    // The simulator bills 0.05 a job and reports it in the result's metrics.
+    assert_eq!(data.segmind.cost, Some(0.05));
+    let stats = app.sim.stats();
+    let counts = &stats.requests[&data.segmind.request_id];
+    let calls = 1 + counts.status_polls + counts.result_fetches + counts.media_fetches;
+    assert_eq!(data.segmind.calls, calls, "submit, polls, result and download");
+    assert_eq!(
+        app.metric("tts_segmind_remaining_credits").await,
+        Some(9.95)
+    );
+    assert_eq!(
+        app.metric("tts_segmind_credits_spent_total").await,
+        Some(0.05)
+    );
+}
