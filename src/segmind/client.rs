@@ -78,6 +78,8 @@ pub struct SegmindClient {
     open_calls: tokio::sync::Semaphore,
     max_audio_bytes: u64,
     metrics: Metrics,
+    /// The clock the polling schedule's observations are stamped with.
+    started: Instant,
 }
 
 impl SegmindClient {
@@ -116,6 +118,7 @@ impl SegmindClient {
             open_calls: tokio::sync::Semaphore::new(settings.max_concurrent_calls),
             max_audio_bytes: settings.max_audio_bytes,
             metrics,
+            started: Instant::now(),
         })
     }
 
@@ -337,6 +340,7 @@ impl SegmindClient {
             self.schedule.observe(&Observation {
                 text_chars,
                 latency: Duration::from_secs_f64(latency),
+                finished_at: self.started.elapsed(),
             });
             let lag = done.seen_at.as_secs_f64() - latency;
             if lag >= 0.0 {

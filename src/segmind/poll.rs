@@ -18,8 +18,10 @@
 //! Latency that text length predicts is taken out first: the model regresses
 //! latency on the text's characters over the window and learns the
 //! distribution of the residual; a job's plan is shifted by its prediction.
-//! The window is short (64 jobs), so a shift of Segmind's speed is learned
-//! within a few dozen completions.
+//! The window is short (128 samples, taken at most one per mean latency /
+//! 128 seconds, so it spans about one mean latency of finishes whether jobs
+//! arrive steadily or all at once), so a shift of Segmind's speed is learned
+//! within about a hundred completions.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -46,6 +48,9 @@ pub struct Observation {
     /// `queue_time + inference_time`) when reported, else the midpoint of the
     /// last pending poll and the poll that saw the job done.
     pub latency: Duration,
+    /// When the job was seen done, on any monotonic clock the caller keeps
+    /// (time since the client started, say).
+    pub finished_at: Duration,
 }
 
 /// Decides the wait before the next status poll.
@@ -77,7 +82,7 @@ impl PollSchedule for FixedPoll {
 }
 
 /// Recent latencies kept for the model.
-const WINDOW: usize = 64;
+const WINDOW: usize = 128;
 /// Pseudo-observations drawn from the prior when the process starts.
 const PRIOR_SAMPLES: usize = 16;
 /// The plan is rebuilt after this many new observations.
@@ -105,6 +110,8 @@ struct Model {
     /// (text characters, latency seconds), oldest first.
     samples: VecDeque<(f64, f64)>,
     since_rebuild: u32,
+    /// When the last sample was taken into the window.
+    last_taken: Option<f64>,
     plan: Arc<Plan>,
 }
 
@@ -139,6 +146,7 @@ impl AdaptivePoll {
             model: Mutex::new(Model {
                 samples,
                 since_rebuild: 0,
+                last_taken: None,
                 plan,
             }),
         }
@@ -187,8 +195,24 @@ impl PollSchedule for AdaptivePoll {
         if !latency.is_finite() {
             return;
         }
+        let finished_at = observation.finished_at.as_secs_f64();
         let samples = {
             let mut model = self.model();
+            // The window must span the distribution, not the last second:
+            // when many jobs were submitted together they finish in latency
+            // order, and the last 128 would all share one latency. Samples
+            // are taken at most one per (mean latency / window) seconds, so
+            // the window covers about one mean latency of finishes.
+            let n = model.samples.len().max(1) as f64;
+            let mean = model.samples.iter().map(|s| s.1).sum::<f64>() / n;
+            let spacing = mean / WINDOW as f64;
+            if model
+                .last_taken
+                .is_some_and(|last| finished_at - last < spacing)
+            {
+                return;
+            }
+            model.last_taken = Some(finished_at);
             if model.samples.len() == WINDOW {
                 model.samples.pop_front();
             }

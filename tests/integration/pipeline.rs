@@ -214,7 +214,10 @@ async fn the_completed_event_and_the_metrics_carry_the_jobs_cost_and_calls() {
     let stats = app.sim.stats();
     let counts = &stats.requests[&data.segmind.request_id];
     let calls = 1 + counts.status_polls + counts.result_fetches + counts.media_fetches;
-    assert_eq!(data.segmind.calls, calls, "submit, polls, result and download");
+    assert_eq!(
+        data.segmind.calls, calls,
+        "submit, polls, result and download"
+    );
     assert_eq!(
         app.metric("tts_segmind_remaining_credits").await,
         Some(9.95)
