@@ -753,7 +753,13 @@ mod tests {
         assert_eq!(s.http.addr.to_string(), "0.0.0.0:9090");
         assert_eq!(s.amqp.requests_queue, "tts.requests");
         assert_eq!(s.amqp.events_queue.as_deref(), Some("tts.events"));
-        assert!(s.amqp.max_in_flight >= 100, "sized for ~45 s jobs");
+        assert!(s.amqp.max_in_flight >= 1000, "thousands of ~45 s waits");
+        assert_eq!(s.prefetch(), s.amqp.max_in_flight, "no rate limit: no cap");
+        assert!(
+            s.segmind.poll.fixed_interval.is_none(),
+            "the learned schedule"
+        );
+        assert_eq!(s.segmind.rate_limit_per_minute, None);
         assert!(s.segmind.api_key.is_none());
         assert!(s.s3.endpoint.is_none());
     }
@@ -857,6 +863,33 @@ mod tests {
                 "segmind.api_key_file",
             ),
             ("TTS__SEGMIND__MODEL", "../x", "segmind.model"),
+            (
+                "TTS__SEGMIND__RATE_LIMIT_PER_MINUTE",
+                "0",
+                "segmind.rate_limit_per_minute",
+            ),
+            (
+                "TTS__SEGMIND__RATE_LIMIT_SCOPE",
+                "polls",
+                "segmind.rate_limit_scope",
+            ),
+            (
+                "TTS__SEGMIND__MAX_POLLS_PER_JOB",
+                "0",
+                "segmind.max_polls_per_job",
+            ),
+            (
+                "TTS__SEGMIND__POLL_TARGET_LAG",
+                "0",
+                "segmind.poll_target_lag",
+            ),
+            ("TTS__SEGMIND__POLL_MAX", "0.5", "segmind.poll_max"),
+            ("TTS__JOBS__MAX_TRANSFERS", "0", "jobs.max_transfers"),
+            (
+                "TTS__S3__MAX_CONCURRENT_REQUESTS",
+                "0",
+                "s3.max_concurrent_requests",
+            ),
         ];
         for (var, value, key) in cases {
             let err = Settings::load_from(None, &env(&[(var, value)]))
@@ -864,6 +897,25 @@ mod tests {
                 .to_string();
             assert!(err.contains(key), "{var}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn under_a_rate_limit_a_replica_holds_about_what_its_budget_can_start() {
+        let pro = Settings::load_from(None, &env(&[("TTS__SEGMIND__RATE_LIMIT_PER_MINUTE", "50")]))
+            .unwrap();
+        assert_eq!(pro.prefetch(), 16);
+        let free = Settings::load_from(None, &env(&[("TTS__SEGMIND__RATE_LIMIT_PER_MINUTE", "5")]))
+            .unwrap();
+        assert_eq!(free.prefetch(), 2);
+        let small = Settings::load_from(
+            None,
+            &env(&[
+                ("TTS__SEGMIND__RATE_LIMIT_PER_MINUTE", "600"),
+                ("TTS__AMQP__MAX_IN_FLIGHT", "100"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(small.prefetch(), 100, "max_in_flight still bounds it");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
+use futures_util::FutureExt;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -174,7 +175,9 @@ impl Storage {
         }
     }
 
-    /// A slot for one S3 call; held until the call's answer is read.
+    /// A slot for one S3 call; held until the call's answer is read. Every
+    /// call takes its slot before the SDK's (large) future is allocated
+    /// (`.boxed()`), so jobs queued for a slot hold a few bytes each.
     async fn slot(&self) -> Option<SemaphorePermit<'_>> {
         // The semaphore is never closed; `None` would only mean no bound.
         self.open_calls.acquire().await.ok()
@@ -221,6 +224,7 @@ impl Storage {
         request
             .body(ByteStream::from(bytes))
             .send()
+            .boxed()
             .await
             .map_err(|e| storage_error("upload", self.object(key.as_str()), e))?;
         Ok(StoredAudio {
@@ -256,6 +260,7 @@ impl Storage {
             .bucket(&self.bucket)
             .key(key)
             .send()
+            .boxed()
             .await
         {
             Ok(out) => out,
@@ -266,6 +271,7 @@ impl Storage {
         let bytes = out
             .body
             .collect()
+            .boxed()
             .await
             .map_err(|e| StorageError {
                 action: "read",
@@ -292,6 +298,7 @@ impl Storage {
             .content_type(content_type)
             .body(ByteStream::from(bytes))
             .send()
+            .boxed()
             .await
             .map(|_| ())
             .map_err(|e| storage_error("upload", self.object(key), e))
@@ -305,6 +312,7 @@ impl Storage {
             .bucket(&self.bucket)
             .key(key)
             .send()
+            .boxed()
             .await
             .map(|_| ())
             .map_err(|e| storage_error("delete", self.object(key), e))
@@ -320,6 +328,7 @@ impl Storage {
             .bucket(&self.bucket)
             .key(key)
             .send()
+            .boxed()
             .await
         {
             Ok(out) => {
@@ -338,7 +347,14 @@ impl Storage {
 
     /// Checks the bucket exists and the credentials can reach it.
     pub async fn check(&self) -> Result<(), StorageError> {
-        match self.client.head_bucket().bucket(&self.bucket).send().await {
+        match self
+            .client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .boxed()
+            .await
+        {
             Ok(_) => Ok(()),
             // HEAD answers carry no error code: a 404 here is the bucket.
             Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {

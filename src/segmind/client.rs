@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
@@ -172,16 +172,52 @@ impl SegmindClient {
         deadline: Instant,
         calls: &mut u32,
     ) -> Result<Done, SegmindError> {
+        // Each poll's HTTP call is boxed: the waiting state, which every
+        // waiting job keeps, is then a timer and a few numbers. The deadline
+        // is checked before each wait instead of by a second timer; one
+        // poll's call is bounded by the request timeout and its retries
+        // never sleep past the deadline.
         let started = Instant::now();
-        tokio::time::timeout_at(
-            deadline,
-            self.poll_until_done(job, submitted_at, text_chars, deadline, calls),
-        )
-        .await
-        .map_err(|_| SegmindError::Deadline {
-            request_id: Some(job.request_id.clone()),
-            waited: started.elapsed(),
-        })?
+        let mut polls = 0u32;
+        let mut pending_at = None;
+        loop {
+            if polls >= self.max_polls {
+                return Err(SegmindError::PollLimit {
+                    request_id: job.request_id.clone(),
+                    polls,
+                });
+            }
+            let wait = self.schedule.next_delay(&PollContext {
+                polls_done: polls,
+                since_submit: submitted_at.elapsed(),
+                text_chars,
+            });
+            if Instant::now() + wait >= deadline {
+                return Err(SegmindError::Deadline {
+                    request_id: Some(job.request_id.clone()),
+                    waited: started.elapsed(),
+                });
+            }
+            tokio::time::sleep(wait).await;
+            polls += 1;
+            let done = Box::pin(with_retry(
+                &self.retry,
+                &self.metrics,
+                Call::Status,
+                deadline,
+                calls,
+                || self.poll_status(job),
+            ))
+            .await?;
+            let at = submitted_at.elapsed();
+            if done {
+                return Ok(Done {
+                    pending_at,
+                    seen_at: at,
+                });
+            }
+            pending_at = Some(at);
+        }
     }
 
     /// Fetches the result of a job `done` and its audio, before `deadline`;
@@ -239,50 +275,6 @@ impl SegmindClient {
             return Err("no credits left (x-remaining-credits)".into());
         }
         Ok(())
-    }
-
-    async fn poll_until_done(
-        &self,
-        job: &Submitted,
-        submitted_at: Instant,
-        text_chars: usize,
-        deadline: Instant,
-        calls: &mut u32,
-    ) -> Result<Done, SegmindError> {
-        let mut polls = 0u32;
-        let mut pending_at = None;
-        loop {
-            if polls >= self.max_polls {
-                return Err(SegmindError::PollLimit {
-                    request_id: job.request_id.clone(),
-                    polls,
-                });
-            }
-            let wait = self.schedule.next_delay(&PollContext {
-                polls_done: polls,
-                since_submit: submitted_at.elapsed(),
-                text_chars,
-            });
-            tokio::time::sleep(wait).await;
-            polls += 1;
-            let done = with_retry(
-                &self.retry,
-                &self.metrics,
-                Call::Status,
-                deadline,
-                calls,
-                || self.poll_status(job),
-            )
-            .await?;
-            let at = submitted_at.elapsed();
-            if done {
-                return Ok(Done {
-                    pending_at,
-                    seen_at: at,
-                });
-            }
-            pending_at = Some(at);
-        }
     }
 
     /// Fetches the result and the audio.
@@ -369,7 +361,8 @@ impl SegmindClient {
         // The semaphore is never closed; a closed one would only mean no bound.
         let _open = self.open_calls.acquire().await.ok();
         let request = request.header(API_KEY_HEADER, self.api_key.expose_secret());
-        let response = self.record(call, request.send().await)?;
+        // Boxed after the budget and the slot: queued calls hold no request.
+        let response = self.record(call, request.send().boxed().await)?;
         let status = response.status();
         let headers = response.headers().clone();
         if status == StatusCode::TOO_MANY_REQUESTS {
@@ -389,6 +382,7 @@ impl SegmindClient {
         }
         let body = response
             .bytes()
+            .boxed()
             .await
             .map_err(|source| transport(call, source))?;
         Ok((status, headers, body))
@@ -457,7 +451,10 @@ impl SegmindClient {
 
     /// Downloads audio from the media host: no API key, size-capped.
     async fn download(&self, url: &Url) -> Result<(Bytes, Option<String>), SegmindError> {
-        let response = self.record(Call::Download, self.media.get(url.clone()).send().await)?;
+        let response = self.record(
+            Call::Download,
+            self.media.get(url.clone()).send().boxed().await,
+        )?;
         let status = response.status();
         if !status.is_success() {
             let headers = response.headers().clone();

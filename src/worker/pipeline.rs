@@ -50,6 +50,13 @@ impl AsFault for JobError {
     }
 }
 
+/// What became of Segmind's audio.
+enum Stored {
+    Done(Box<Completed>),
+    /// Empty, truncated or not audio: worth submitting again.
+    Unusable(AudioError),
+}
+
 /// How a job's processing ended.
 #[derive(Debug)]
 pub enum JobEnd {
@@ -215,64 +222,80 @@ impl Pipeline {
                 }
                 other => other?,
             };
-            if let Some(t) = synthesis.inference_time_seconds {
-                self.metrics.inference_duration.observe(t);
-            }
-            let checked = Audio::parse(synthesis.audio, synthesis.content_type.as_deref())
-                .and_then(|a| {
-                    audio::check_plausible(&a, &job.speech.text, self.jobs.min_seconds_per_word)
-                        .map(|()| a)
-                });
-            let audio = match checked {
-                Ok(audio) => audio,
-                Err(e) if audio_retries_left > 0 => {
+            // Boxed: the audio, the upload and the completion are large
+            // states that a waiting job must not carry.
+            let stored = Box::pin(self.store(job, attempt, synthesis, slot, submitted_at)).await?;
+            match stored {
+                Stored::Done(completed) => return Ok(*completed),
+                Stored::Unusable(e) if audio_retries_left > 0 => {
                     audio_retries_left -= 1;
                     self.metrics
                         .retries
                         .with_label_values(&["audio_invalid"])
                         .inc();
                     warn!(error = %e, "Segmind returned unusable audio; submitting again");
-                    continue;
                 }
-                Err(e) => return Err(e.into()),
-            };
-            let key = match &job.output_key {
-                Some(key) => key.clone(),
-                None => ObjectKey::default_for(&self.s3_prefix, &job.id, audio.format.extension()),
-            };
-            let upload_started = Instant::now();
-            let stored = Box::pin(
-                self.storage
-                    .put(&key, audio, &job.id, &synthesis.request_id),
-            )
-            .await;
-            // The audio is gone with the upload: free the slot for the next job.
-            drop(slot);
-            self.metrics
-                .s3_upload
-                .observe(upload_started.elapsed().as_secs_f64());
-            let stored = stored?;
-            self.metrics.audio_bytes.observe(stored.size_bytes as f64);
-            let record = StoredRecord::from_stored(
-                &stored,
-                synthesis.inference_time_seconds,
-                synthesis.cost,
-            );
-            Box::pin(self.save_checkpoint(job, &synthesis.request_id, submitted_at, Some(record)))
-                .await;
-            info!(key = %key, bytes = stored.size_bytes, http_calls = *calls, "audio stored");
-            return Ok(Completed {
-                job_id: job.id.clone(),
-                audio: stored,
-                request_id: synthesis.request_id,
-                inference_time_seconds: synthesis.inference_time_seconds,
-                segmind_cost: synthesis.cost,
-                segmind_calls: *calls,
-                attempts: attempt,
-                metadata: job.metadata.clone(),
-                served_from_storage: false,
-            });
+                Stored::Unusable(e) => return Err(e.into()),
+            }
         }
+    }
+
+    /// Checks the audio of `synthesis` and, when usable, uploads it under
+    /// the job's key (releasing the transfer `slot` as soon as the upload
+    /// ends) and records it in the checkpoint.
+    async fn store(
+        &self,
+        job: &TtsJob,
+        attempt: u32,
+        synthesis: Synthesis,
+        slot: Option<SemaphorePermit<'_>>,
+        submitted_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Stored, JobError> {
+        if let Some(t) = synthesis.inference_time_seconds {
+            self.metrics.inference_duration.observe(t);
+        }
+        let checked =
+            Audio::parse(synthesis.audio, synthesis.content_type.as_deref()).and_then(|a| {
+                audio::check_plausible(&a, &job.speech.text, self.jobs.min_seconds_per_word)
+                    .map(|()| a)
+            });
+        let audio = match checked {
+            Ok(audio) => audio,
+            Err(e) => return Ok(Stored::Unusable(e)),
+        };
+        let key = match &job.output_key {
+            Some(key) => key.clone(),
+            None => ObjectKey::default_for(&self.s3_prefix, &job.id, audio.format.extension()),
+        };
+        let upload_started = Instant::now();
+        let stored = self
+            .storage
+            .put(&key, audio, &job.id, &synthesis.request_id)
+            .await;
+        // The audio is gone with the upload: free the slot for the next job.
+        drop(slot);
+        self.metrics
+            .s3_upload
+            .observe(upload_started.elapsed().as_secs_f64());
+        let stored = stored?;
+        self.metrics.audio_bytes.observe(stored.size_bytes as f64);
+        let record =
+            StoredRecord::from_stored(&stored, synthesis.inference_time_seconds, synthesis.cost);
+        self.save_checkpoint(job, &synthesis.request_id, submitted_at, Some(record))
+            .await;
+        info!(key = %key, bytes = stored.size_bytes, "audio stored");
+        Ok(Stored::Done(Box::new(Completed {
+            job_id: job.id.clone(),
+            audio: stored,
+            request_id: synthesis.request_id,
+            inference_time_seconds: synthesis.inference_time_seconds,
+            segmind_cost: synthesis.cost,
+            // Set by `run`, which counts every call of the delivery.
+            segmind_calls: 0,
+            attempts: attempt,
+            metadata: job.metadata.clone(),
+            served_from_storage: false,
+        })))
     }
 
     /// Submits the job and records its request id in the checkpoint, as one
@@ -339,10 +362,11 @@ impl Pipeline {
         // The semaphore is never closed; `None` would only mean no bound.
         let slot = self.transfers.acquire().await.ok();
         self.metrics.transfers_waiting.dec();
-        let synthesis = self
-            .segmind
-            .fetch_audio(submitted, &done, text_chars, deadline, calls)
-            .await?;
+        let synthesis = Box::pin(
+            self.segmind
+                .fetch_audio(submitted, &done, text_chars, deadline, calls),
+        )
+        .await?;
         Ok((synthesis, slot))
     }
 
@@ -457,7 +481,27 @@ mod tests {
         let waiting =
             pipeline.wait_and_fetch(&submitted, chrono::Utc::now(), 11, deadline, &mut calls);
         let waiting_size = std::mem::size_of_val(&waiting);
-        println!("a job's future: {size} bytes; its waiting state: {waiting_size} bytes");
+        // What a job holds while queued for an S3 or API slot: the SDK's and
+        // reqwest's futures are allocated only once the slot is taken.
+        let load = pipeline.checkpoints.load(&job.id, &job.speech);
+        let load_size = std::mem::size_of_val(&load);
+        let mut submit_calls = 0;
+        let submit = pipeline
+            .segmind
+            .submit(&job.speech, deadline, &mut submit_calls);
+        let submit_size = std::mem::size_of_val(&submit);
+        println!(
+            "a job's future: {size} bytes; waiting: {waiting_size}; queued for S3: {load_size}; \
+             queued to submit: {submit_size}"
+        );
+        assert!(
+            load_size <= 2048,
+            "a checkpoint read queued for a slot: {load_size} bytes"
+        );
+        assert!(
+            submit_size <= 2048,
+            "a submission queued for a slot: {submit_size} bytes"
+        );
         assert!(size <= 4096, "a job's future is {size} bytes");
         assert!(
             waiting_size <= 4096,

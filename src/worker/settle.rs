@@ -57,16 +57,14 @@ pub async fn process(ctx: &JobContext, delivery: Delivery) -> Settlement {
     );
     let (settlement, label) = settle(ctx, &delivery).instrument(span.clone()).await;
     let ack_result = match settlement {
-        Settlement::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+        Settlement::Ack => Box::pin(delivery.acker.ack(BasicAckOptions::default())).await,
         Settlement::Requeue => {
             tokio::time::sleep(ctx.pipeline.jobs.requeue_delay).await;
-            delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                })
-                .await
+            Box::pin(delivery.acker.nack(BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            }))
+            .await
         }
     };
     if let Err(e) = ack_result {
@@ -141,20 +139,23 @@ async fn settle(ctx: &JobContext, delivery: &Delivery) -> (Settlement, Option<&'
     let label = outcome.label();
     span.record("outcome", label);
 
+    // The publishing and S3 futures are large; boxed, they exist only while
+    // they run instead of sizing every waiting job's task (see ARCHITECTURE.md
+    // "Memory").
     let published = if dead_letter {
         let (a, b) = tokio::join!(
-            publish_dead_letter(ctx, delivery, &outcome),
-            publish_outcome(ctx, props, &outcome)
+            Box::pin(publish_dead_letter(ctx, delivery, &outcome)),
+            Box::pin(publish_outcome(ctx, props, &outcome))
         );
         a.and(b)
     } else {
-        publish_outcome(ctx, props, &outcome).await
+        Box::pin(publish_outcome(ctx, props, &outcome)).await
     };
     match published {
         Ok(()) => {
             if let (Outcome::Failed(f), Ok(_)) = (&outcome, &decoded.job) {
                 // A failed job starts afresh if it is ever sent again.
-                if let Err(e) = ctx.pipeline.checkpoints.delete(&f.job_id).await {
+                if let Err(e) = Box::pin(ctx.pipeline.checkpoints.delete(&f.job_id)).await {
                     warn!(error = %e, "could not delete the checkpoint of a failed job");
                 }
             }
