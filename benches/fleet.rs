@@ -403,14 +403,12 @@ async fn run(
 
     let ticks_per_s = 100.0; // USER_HZ on Linux
     let mut waiting_from: Option<(Instant, u64)> = None;
-    let mut last_ticks = 0;
     let deadline = Instant::now() + Duration::from_secs(3600);
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         if let Some((rss, ticks)) = proc_sample(pid) {
             let mib = rss as f64 / 1024.0;
             f.peak_rss_mib = f.peak_rss_mib.max(mib);
-            last_ticks = ticks;
             let stats = sim.stats();
             let done = queue_count(&channel, &events).await? as usize;
             let all_waiting = stats.submits_accepted as usize >= jobs.min(65_535) && done == 0;
@@ -437,7 +435,6 @@ async fn run(
             bail!("a worker exited");
         }
     }
-    let _ = last_ticks;
     f.seconds = started.elapsed().as_secs_f64();
     f.throughput_per_s = jobs as f64 / f.seconds;
     drop(children);
@@ -462,7 +459,6 @@ async fn run(
         }
     }
     let stats = sim.stats();
-    let n = stats.requests.len().max(1) as f64;
     f.polls_per_job = stats.status_polls as f64 / jobs as f64;
     f.calls_per_job = stats.api_calls as f64 / jobs as f64;
     f.api_calls = stats.api_calls;
@@ -478,7 +474,6 @@ async fn run(
         f.mean_lag_s = lags.iter().sum::<f64>() / lags.len() as f64;
         f.p95_lag_s = lags[((lags.len() as f64 * 0.95) as usize).min(lags.len() - 1)];
     }
-    let _ = n;
     for q in [&requests, &events, &format!("{tag}.dead")] {
         let _ = channel
             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())

@@ -216,11 +216,6 @@ impl RateBudget {
             Some((free.saturating_duration_since(now)).max(Duration::from_millis(50)))
         }
     }
-
-    /// The account limit, calls per minute.
-    pub fn limit_per_minute(&self) -> Option<f64> {
-        self.limit.map(|l| l * 60.0)
-    }
 }
 
 fn interval(share: f64) -> Duration {
