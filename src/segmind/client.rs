@@ -200,15 +200,9 @@ impl SegmindClient {
             }
             tokio::time::sleep(wait).await;
             polls += 1;
-            let done = Box::pin(with_retry(
-                &self.retry,
-                &self.metrics,
-                Call::Status,
-                deadline,
-                calls,
-                || self.poll_status(job),
-            ))
-            .await?;
+            let done =
+                Box::pin(self.retrying(Call::Status, deadline, calls, || self.poll_status(job)))
+                    .await?;
             let at = submitted_at.elapsed();
             if done {
                 return Ok(Done {
@@ -286,15 +280,9 @@ impl SegmindClient {
         deadline: Instant,
         calls: &mut u32,
     ) -> Result<(Bytes, Option<String>, ResultMetrics), SegmindError> {
-        let (output, metrics) = with_retry(
-            &self.retry,
-            &self.metrics,
-            Call::Result,
-            deadline,
-            calls,
-            || self.fetch_result(job),
-        )
-        .await?;
+        let (output, metrics) = self
+            .retrying(Call::Result, deadline, calls, || self.fetch_result(job))
+            .await?;
         self.learn(done, text_chars, &metrics);
         let (audio, content_type) = match audio_source(&output)? {
             AudioSource::Inline { bytes, mime } => {
@@ -306,15 +294,8 @@ impl SegmindClient {
                 (bytes, mime)
             }
             AudioSource::Url(url) => {
-                with_retry(
-                    &self.retry,
-                    &self.metrics,
-                    Call::Download,
-                    deadline,
-                    calls,
-                    || self.download(&url),
-                )
-                .await?
+                self.retrying(Call::Download, deadline, calls, || self.download(&url))
+                    .await?
             }
         };
         Ok((audio, content_type, metrics))
@@ -345,6 +326,21 @@ impl SegmindClient {
         if let Some(credits) = metrics.remaining_credits.filter(|c| c.is_finite()) {
             self.metrics.remaining_credits.set(credits);
         }
+    }
+
+    /// Runs one call under this client's retry policy (see [`with_retry`]).
+    async fn retrying<T, F, Fut>(
+        &self,
+        call: Call,
+        deadline: Instant,
+        calls: &mut u32,
+        attempt: F,
+    ) -> Result<T, SegmindError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, SegmindError>>,
+    {
+        with_retry(&self.retry, &self.metrics, call, deadline, calls, attempt).await
     }
 
     /// Sends an API request with the key and records its status.
@@ -416,21 +412,14 @@ impl SegmindClient {
             voice_1: speech.voice_1.name(),
             voice_2: speech.voice_2.map(|v| v.name()),
         };
-        with_retry(
-            &self.retry,
-            &self.metrics,
-            Call::Submit,
-            deadline,
-            calls,
-            || async {
-                let request = self.api.post(self.submit_url.clone()).json(&body);
-                let (status, headers, bytes) = self.send_api(Call::Submit, request).await?;
-                if !status.is_success() {
-                    return Err(status_error(Call::Submit, status, &headers, &bytes));
-                }
-                parse_submitted(&self.base, &bytes)
-            },
-        )
+        self.retrying(Call::Submit, deadline, calls, || async {
+            let request = self.api.post(self.submit_url.clone()).json(&body);
+            let (status, headers, bytes) = self.send_api(Call::Submit, request).await?;
+            if !status.is_success() {
+                return Err(status_error(Call::Submit, status, &headers, &bytes));
+            }
+            parse_submitted(&self.base, &bytes)
+        })
         .instrument(info_span!("segmind.submit"))
         .await
     }
