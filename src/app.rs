@@ -41,7 +41,7 @@ impl Session {
         let connection = broker::connect(&amqp.url, amqp.connect_timeout, &name)
             .await
             .context("connecting to the broker (amqp.url)")?;
-        let topology = Topology::from(amqp);
+        let topology = Topology::from(settings);
         let channel = connection.create_channel().await?;
         broker::declare(&channel, &topology)
             .await
@@ -191,7 +191,7 @@ impl Runner {
         JobContext {
             pipeline: self.pipeline.clone(),
             publisher,
-            topology: Topology::from(&self.settings.amqp),
+            topology: Topology::from(&self.settings),
             limits: self.settings.limits.clone(),
             event_source: format!("tts-worker/{}", hostname()),
         }
@@ -203,7 +203,7 @@ impl Runner {
         loop {
             let depth_task = tokio::spawn(refresh_queue_depth(
                 session.connection.clone(),
-                Topology::from(&self.settings.amqp),
+                Topology::from(&self.settings),
                 self.metrics.clone(),
                 self.settings.amqp.queue_depth_interval,
             ));

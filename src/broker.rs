@@ -3,6 +3,14 @@
 //! AMQP choices, and why:
 //! - Requests live in a durable **quorum** queue: replicated, and it counts
 //!   deliveries (`x-delivery-count`), which tells a job its attempt number.
+//!   Its delivery limit and dead-letter target are declared explicitly
+//!   (`x-delivery-limit`, `x-dead-letter-*`): RabbitMQ 4 gives quorum queues a
+//!   default limit of 20 and *drops* messages past it when no target is set,
+//!   3.10 has no default; declared, both versions behave alike.
+//! - A delivery the worker hands back without it being the job's fault
+//!   (shutdown) is republished, confirmed, then acked, carrying the count of
+//!   deliveries that did count in [`COUNTED_DELIVERIES_HEADER`]: a nack would
+//!   add one to `x-delivery-count` and bring a healthy job closer to poison.
 //! - Consumption uses manual acks with a prefetch (`basic.qos`) equal to the
 //!   worker's in-flight bound, so the broker never hands one process more
 //!   unacked jobs than it runs (AMQP 0-9-1 §1.8.3.13, basic.qos).
@@ -23,11 +31,19 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 use secrecy::{ExposeSecret, SecretString};
+use tracing::Instrument;
 
-use crate::config::AmqpSettings;
+use crate::config::{AmqpSettings, Settings};
 
 /// Binding of the default events queue: every job event.
 pub const EVENTS_BINDING: &str = "tts.job.#";
+
+/// Header of a handed-over copy: the deliveries of the original that counted
+/// toward the poison limit (the broker's count restarts with the copy).
+pub const COUNTED_DELIVERIES_HEADER: &str = "tts-counted-deliveries";
+
+/// The broker's own count of a message's earlier deliveries.
+const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -63,16 +79,30 @@ pub struct Topology {
     pub events_exchange: String,
     pub events_queue: Option<String>,
     pub dead_letter_queue: String,
+    /// The broker's delivery limit on the requests queue (`x-delivery-limit`).
+    pub delivery_limit: u32,
 }
 
-impl From<&AmqpSettings> for Topology {
-    fn from(s: &AmqpSettings) -> Self {
+impl Topology {
+    /// The topology of `amqp`, for a worker that dead-letters a message itself
+    /// after `max_deliveries`. The broker's limit is one higher, so the worker
+    /// always gets the delivery on which it publishes the `poison` failure
+    /// event; the broker's own dead-lettering is the backstop for a message
+    /// that kills the process every time.
+    pub fn new(amqp: &AmqpSettings, max_deliveries: u32) -> Self {
         Topology {
-            requests_queue: s.requests_queue.clone(),
-            events_exchange: s.events_exchange.clone(),
-            events_queue: s.events_queue.clone(),
-            dead_letter_queue: s.dead_letter_queue.clone(),
+            requests_queue: amqp.requests_queue.clone(),
+            events_exchange: amqp.events_exchange.clone(),
+            events_queue: amqp.events_queue.clone(),
+            dead_letter_queue: amqp.dead_letter_queue.clone(),
+            delivery_limit: max_deliveries.saturating_add(1),
         }
+    }
+}
+
+impl From<&Settings> for Topology {
+    fn from(s: &Settings) -> Self {
+        Topology::new(&s.amqp, s.jobs.max_deliveries)
     }
 }
 
@@ -101,6 +131,25 @@ fn quorum_args() -> FieldTable {
     args
 }
 
+/// The requests queue: quorum, with the delivery limit and its dead-letter
+/// target spelled out (see the module docs).
+fn requests_args(topology: &Topology) -> FieldTable {
+    let mut args = quorum_args();
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(i64::from(topology.delivery_limit)),
+    );
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(topology.dead_letter_queue.as_str().into()),
+    );
+    args
+}
+
 /// Declares the topology. Idempotent: declaring what exists with the same
 /// arguments is a no-op, so every replica (and `submit`) may call it.
 pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), BrokerError> {
@@ -109,7 +158,7 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
         .queue_declare(
             topology.requests_queue.as_str().into(),
             durable,
-            quorum_args(),
+            requests_args(topology),
         )
         .await?;
     channel
@@ -207,6 +256,34 @@ impl Publisher {
         properties: BasicProperties,
         mandatory: bool,
     ) -> Result<(), BrokerError> {
+        // The default exchange routes to the queue the key names.
+        let destination = if exchange.is_empty() {
+            routing_key
+        } else {
+            exchange
+        };
+        let span = tracing::info_span!(
+            "amqp.publish",
+            "otel.name" = %format_args!("publish {destination}"),
+            "otel.kind" = "producer",
+            "messaging.system" = "rabbitmq",
+            "messaging.operation.type" = "send",
+            "messaging.destination.name" = destination,
+            "messaging.rabbitmq.destination.routing_key" = routing_key,
+        );
+        self.publish_confirmed(exchange, routing_key, body, properties, mandatory)
+            .instrument(span)
+            .await
+    }
+
+    async fn publish_confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), BrokerError> {
         let confirm = self
             .channel
             .basic_publish(
@@ -244,20 +321,51 @@ pub fn header_str<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a
     }
 }
 
-/// The number of earlier deliveries of a message, from the quorum queue's
-/// `x-delivery-count` header (absent on the first delivery).
+/// The number of earlier deliveries of a message that count toward the
+/// poison limit: the quorum queue's `x-delivery-count` (0 on 3.10's first
+/// delivery, absent on 4.0's) plus, for a handed-over copy, the deliveries of
+/// the original that counted ([`COUNTED_DELIVERIES_HEADER`]).
 pub fn delivery_count(properties: &BasicProperties) -> u32 {
+    header_u32(properties, DELIVERY_COUNT_HEADER)
+        .saturating_add(header_u32(properties, COUNTED_DELIVERIES_HEADER))
+}
+
+fn header_u32(properties: &BasicProperties, name: &str) -> u32 {
     let Some(headers) = properties.headers().as_ref() else {
         return 0;
     };
-    match headers.inner().get("x-delivery-count") {
+    match headers.inner().get(name) {
         Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
         Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
         Some(AMQPValue::LongUInt(n)) => *n,
         Some(AMQPValue::ShortInt(n)) => u32::try_from(*n).unwrap_or(0),
         Some(AMQPValue::ShortShortInt(n)) => u32::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes())
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0),
         _ => 0,
     }
+}
+
+/// The properties of a handed-over copy of a delivery with `properties`:
+/// everything kept (message id, correlation id, reply-to, trace context,
+/// headers) but the broker's count, which becomes
+/// [`COUNTED_DELIVERIES_HEADER`] = `counted`.
+pub fn handover_properties(properties: &BasicProperties, counted: u32) -> BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    let mut kept = FieldTable::default();
+    for (k, v) in headers.inner() {
+        if k.as_str() != DELIVERY_COUNT_HEADER && k.as_str() != COUNTED_DELIVERIES_HEADER {
+            kept.insert(k.clone(), v.clone());
+        }
+    }
+    headers = kept;
+    headers.insert(
+        COUNTED_DELIVERIES_HEADER.into(),
+        AMQPValue::LongLongInt(i64::from(counted)),
+    );
+    properties.clone().with_headers(headers)
 }
 
 /// Returns `properties` with extra string headers added.
@@ -270,4 +378,70 @@ pub fn with_headers(properties: BasicProperties, extra: &[(&str, &str)]) -> Basi
         );
     }
     properties.with_headers(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_count(headers: &[(&str, AMQPValue)]) -> BasicProperties {
+        let mut table = FieldTable::default();
+        for (k, v) in headers {
+            table.insert((*k).into(), v.clone());
+        }
+        BasicProperties::default().with_headers(table)
+    }
+
+    #[test]
+    fn the_first_delivery_counts_zero_on_both_broker_versions() {
+        // RabbitMQ 4.0: no header on the first delivery; 3.10: 0.
+        assert_eq!(delivery_count(&BasicProperties::default()), 0);
+        let v310 = with_count(&[("x-delivery-count", AMQPValue::LongLongInt(0))]);
+        assert_eq!(delivery_count(&v310), 0);
+        let third = with_count(&[("x-delivery-count", AMQPValue::LongLongInt(2))]);
+        assert_eq!(delivery_count(&third), 2);
+    }
+
+    #[test]
+    fn a_handed_over_copy_keeps_the_counted_deliveries_and_drops_the_brokers_count() {
+        let original = with_count(&[
+            ("x-delivery-count", AMQPValue::LongLongInt(3)),
+            ("traceparent", AMQPValue::LongString("00-abc-def-01".into())),
+        ])
+        .with_message_id("m-1".into())
+        .with_correlation_id("c-1".into());
+        let counted = delivery_count(&original);
+        let copy = handover_properties(&original, counted);
+        assert_eq!(delivery_count(&copy), 3, "the copy's first delivery");
+        // Redelivered twice more by the broker: 3 + 2.
+        let mut headers = copy.headers().clone().unwrap_or_default();
+        headers.insert("x-delivery-count".into(), AMQPValue::LongLongInt(2));
+        assert_eq!(delivery_count(&copy.clone().with_headers(headers)), 5);
+        // Handed over again: the count does not grow.
+        assert_eq!(delivery_count(&handover_properties(&copy, 3)), 3);
+        assert_eq!(header_str(&copy, "traceparent"), Some("00-abc-def-01"));
+        assert_eq!(copy.message_id().as_ref().map(|m| m.as_str()), Some("m-1"));
+        assert_eq!(
+            copy.correlation_id().as_ref().map(|m| m.as_str()),
+            Some("c-1")
+        );
+    }
+
+    #[test]
+    fn the_broker_gives_the_worker_its_poison_delivery() {
+        let amqp = crate::config::Settings::load_from(None, &[])
+            .map(|s| s.amqp)
+            .expect("default settings");
+        let topology = Topology::new(&amqp, 5);
+        assert_eq!(topology.delivery_limit, 6);
+        let args = requests_args(&topology);
+        let get = |k: &str| args.inner().get(k).cloned();
+        assert_eq!(get("x-delivery-limit"), Some(AMQPValue::LongLongInt(6)));
+        assert_eq!(
+            get("x-dead-letter-routing-key"),
+            Some(AMQPValue::LongString(
+                amqp.dead_letter_queue.as_str().into()
+            ))
+        );
+    }
 }

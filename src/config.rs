@@ -338,10 +338,7 @@ impl Settings {
             .iter()
             .find(|(k, _)| k == "SEGMIND_API_KEY")
             .map(|(_, v)| v.clone());
-        let otel_env = env
-            .iter()
-            .find(|(k, _)| k == "OTEL_EXPORTER_OTLP_ENDPOINT")
-            .map(|(_, v)| v.clone());
+        let otel_env = OtelEnv::from_env(env);
         raw.validate(segmind_env_key, otel_env)
     }
 
@@ -444,7 +441,7 @@ impl RawSettings {
     fn validate(
         self,
         segmind_env_key: Option<String>,
-        otel_env: Option<String>,
+        otel_env: OtelEnv,
     ) -> Result<Settings, ConfigError> {
         Ok(Settings {
             amqp: self.amqp.validate()?,
@@ -712,15 +709,57 @@ fn validate_limits(limits: RequestLimits) -> Result<RequestLimits, ConfigError> 
     Ok(limits)
 }
 
-impl RawTelemetry {
-    fn validate(self, otel_env: Option<String>) -> Result<TelemetrySettings, ConfigError> {
-        let endpoint = Some(self.otlp_endpoint)
-            .filter(|e| !e.trim().is_empty())
-            .or(otel_env.filter(|e| !e.trim().is_empty()));
-        let otlp_endpoint = match endpoint {
-            Some(e) => Some(http_url("telemetry.otlp_endpoint", e.trim())?),
-            None => None,
+/// The standard OpenTelemetry variables that decide where traces go.
+#[derive(Debug, Default)]
+struct OtelEnv {
+    endpoint: Option<String>,
+    traces_endpoint: Option<String>,
+    sdk_disabled: bool,
+}
+
+impl OtelEnv {
+    fn from_env(env: &[(String, String)]) -> Self {
+        let get = |key: &str| {
+            env.iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
         };
+        OtelEnv {
+            endpoint: get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            traces_endpoint: get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            sdk_disabled: get("OTEL_SDK_DISABLED")
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
+        }
+    }
+}
+
+impl RawTelemetry {
+    /// The traces URL: `telemetry.otlp_endpoint` (a bare host gets
+    /// `/v1/traces`), else `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as it is,
+    /// else `OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/traces` (the OTLP exporter
+    /// specification's rules); none when `OTEL_SDK_DISABLED=true`.
+    fn validate(self, otel: OtelEnv) -> Result<TelemetrySettings, ConfigError> {
+        let nonempty = |v: Option<String>| v.filter(|e| !e.trim().is_empty());
+        let endpoint = if otel.sdk_disabled {
+            None
+        } else if let Some(e) = nonempty(Some(self.otlp_endpoint)) {
+            let mut url = http_url("telemetry.otlp_endpoint", e.trim())?;
+            if url.path() == "/" {
+                url.set_path("v1/traces");
+            }
+            Some(url)
+        } else if let Some(e) = nonempty(otel.traces_endpoint) {
+            Some(http_url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", e.trim())?)
+        } else if let Some(e) = nonempty(otel.endpoint) {
+            let mut url = http_url("OTEL_EXPORTER_OTLP_ENDPOINT", e.trim())?;
+            let path = format!("{}/v1/traces", url.path().trim_end_matches('/'));
+            url.set_path(&path);
+            Some(url)
+        } else {
+            None
+        };
+        let otlp_endpoint = endpoint;
         Ok(TelemetrySettings {
             log_format: self.log_format,
             otlp_endpoint,
@@ -947,6 +986,54 @@ mod tests {
         assert!(
             w.contains("consumer_timeout") && w.contains("poison"),
             "{w}"
+        );
+    }
+
+    #[test]
+    fn traces_go_where_the_standard_otel_variables_say() {
+        let endpoint = |pairs: &[(&str, &str)]| {
+            let mut vars = env(&[("SEGMIND_API_KEY", "k")]);
+            vars.extend(env(pairs));
+            Settings::load_from(None, &vars)
+                .unwrap()
+                .telemetry
+                .otlp_endpoint
+                .map(|u| u.to_string())
+        };
+        assert_eq!(endpoint(&[]), None, "nothing exported when unset");
+        assert_eq!(
+            endpoint(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")]).as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
+        assert_eq!(
+            endpoint(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://gw:80/otlp/")]).as_deref(),
+            Some("http://gw/otlp/v1/traces")
+        );
+        assert_eq!(
+            endpoint(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://traces:4318/custom"
+                ),
+            ])
+            .as_deref(),
+            Some("http://traces:4318/custom")
+        );
+        assert_eq!(
+            endpoint(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+                ("OTEL_SDK_DISABLED", "true"),
+            ]),
+            None
+        );
+        assert_eq!(
+            endpoint(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+                ("TTS__TELEMETRY__OTLP_ENDPOINT", "http://mine:4318"),
+            ])
+            .as_deref(),
+            Some("http://mine:4318/v1/traces")
         );
     }
 

@@ -51,6 +51,11 @@ pub struct Metrics {
     /// Deliveries requeued instead of finished, by reason (an error code, or
     /// `publish_failed`).
     pub requeues: IntCounterVec,
+    /// Deliveries handed to another replica without counting toward the
+    /// poison limit, by reason: `shutdown` or `paused`.
+    pub handovers: IntCounterVec,
+    /// Always 1; its labels say which build is running.
+    pub build_info: IntGaugeVec,
     /// Jobs that reused earlier work, by kind: `poll` (resumed a Segmind
     /// request from its checkpoint) or `storage` (answered from the bucket).
     pub resumed: IntCounterVec,
@@ -164,6 +169,22 @@ impl Metrics {
                 &["reason"],
             )
             .expect("static metric definition"),
+            handovers: IntCounterVec::new(
+                Opts::new(
+                    "tts_handovers_total",
+                    "Deliveries handed to another replica without counting toward the poison limit, by reason",
+                ),
+                &["reason"],
+            )
+            .expect("static metric definition"),
+            build_info: IntGaugeVec::new(
+                Opts::new(
+                    "tts_build_info",
+                    "Always 1; labelled with the running build's version",
+                ),
+                &["version"],
+            )
+            .expect("static metric definition"),
             resumed: IntCounterVec::new(
                 Opts::new(
                     "tts_jobs_resumed_total",
@@ -202,7 +223,12 @@ impl Metrics {
             .expect("static metric definition"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let collectors: [Box<dyn prometheus::core::Collector>; 21] = [
+            Box::new(m.handovers.clone()),
+            Box::new(m.build_info.clone()),
             Box::new(m.remaining_credits.clone()),
             Box::new(m.credits_spent.clone()),
             Box::new(m.rate_share.clone()),
@@ -270,19 +296,25 @@ impl Default for Metrics {
 mod tests {
     use super::*;
 
-    /// Metric names listed in README.md's "Metrics" bullet.
-    fn documented() -> std::collections::BTreeSet<String> {
+    /// README.md's metric table: name → (type, labels).
+    fn documented() -> std::collections::BTreeMap<String, (String, Vec<String>)> {
         let readme = include_str!("../README.md");
         let start = readme
-            .find("- **Metrics**")
-            .expect("README documents metrics");
-        let end = start + readme[start..].find("\n\n").expect("the bullet ends");
-        readme[start..end]
-            .split('`')
-            .skip(1)
-            .step_by(2)
-            .map(|m| m.split('{').next().unwrap_or(m).to_owned())
-            .filter(|m| m.starts_with("tts_"))
+            .find("| metric | type | labels | meaning |")
+            .expect("metric table");
+        readme[start..]
+            .lines()
+            .skip(2)
+            .map(str::trim)
+            .take_while(|l| l.starts_with('|'))
+            .map(|row| {
+                let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+                let ticked = |c: &str| -> Vec<String> {
+                    c.split('`').skip(1).step_by(2).map(str::to_owned).collect()
+                };
+                let name = ticked(cells[1]).remove(0);
+                (name, (cells[2].to_owned(), ticked(cells[3])))
+            })
             .collect()
     }
 
@@ -303,20 +335,29 @@ mod tests {
         m.paused.with_label_values(&["unauthorized"]).set(0);
         m.requeues.with_label_values(&["storage_failed"]).inc();
         m.resumed.with_label_values(&["poll"]).inc();
-        let registered: std::collections::BTreeSet<String> = m
+        m.handovers.with_label_values(&["shutdown"]).inc();
+        let registered: std::collections::BTreeMap<String, (String, Vec<String>)> = m
             .registry
             .gather()
             .iter()
-            .map(|f| f.name().to_owned())
+            .map(|f| {
+                let kind = format!("{:?}", f.get_field_type()).to_lowercase();
+                let labels = f.get_metric()[0]
+                    .get_label()
+                    .iter()
+                    .map(|l| l.name().to_owned())
+                    .collect();
+                (f.name().to_owned(), (kind, labels))
+            })
             .collect();
-        assert_eq!(registered.len(), 19, "{registered:?}");
+        assert_eq!(registered.len(), 21, "{registered:?}");
         assert_eq!(
             registered,
             documented(),
-            "README.md's metric list and the registry differ"
+            "README.md's metric table (name, type, labels) and the registry differ"
         );
         let text = m.render();
-        for name in &registered {
+        for name in registered.keys() {
             assert!(
                 text.contains(&format!("# TYPE {name} ")),
                 "{name} is not exposed in\n{text}"

@@ -21,6 +21,7 @@ use futures_util::FutureExt;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use tokio::sync::{Semaphore, SemaphorePermit};
+use tracing::Instrument;
 
 use crate::audio::Audio;
 use crate::config::S3Settings;
@@ -221,10 +222,22 @@ impl Storage {
             request = request.metadata("duration-seconds", d.to_string());
         }
         let _slot = self.slot().await;
+        // OpenTelemetry's AWS SDK conventions for an S3 call.
+        let span = tracing::info_span!(
+            "s3.upload",
+            "otel.kind" = "client",
+            "rpc.system" = "aws-api",
+            "rpc.service" = "S3",
+            "rpc.method" = "PutObject",
+            "aws.s3.bucket" = self.bucket.as_str(),
+            "aws.s3.key" = key.as_str(),
+            "http.request.body.size" = size_bytes,
+        );
         request
             .body(ByteStream::from(bytes))
             .send()
             .boxed()
+            .instrument(span)
             .await
             .map_err(|e| storage_error("upload", self.object(key.as_str()), e))?;
         Ok(StoredAudio {

@@ -60,7 +60,7 @@ pub async fn run(settings: &Settings, args: SubmitArgs) -> anyhow::Result<bool> 
         .await
         .context("connecting to the broker (amqp.url)")?;
     let channel = connection.create_channel().await?;
-    let topology = Topology::from(amqp);
+    let topology = Topology::from(settings);
     broker::declare(&channel, &topology)
         .await
         .context("declaring queues")?;
@@ -78,10 +78,16 @@ pub async fn run(settings: &Settings, args: SubmitArgs) -> anyhow::Result<bool> 
         output_key: args.output_key.clone(),
         metadata: None,
     })?;
-    let mut properties = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
-        .with_message_id(job_id.as_str().into());
+    // A trace of its own, so the job, its spans and its event can be found
+    // by the id printed below.
+    let traceparent = crate::telemetry::new_traceparent();
+    let mut properties = broker::with_headers(
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_message_id(job_id.as_str().into()),
+        &[(crate::wire::TRACEPARENT_HEADER, &traceparent)],
+    );
 
     // The reply queue exists before the request is published, so the event
     // cannot be missed.
@@ -116,7 +122,10 @@ pub async fn run(settings: &Settings, args: SubmitArgs) -> anyhow::Result<bool> 
         .publish("", &topology.requests_queue, &body, properties, true)
         .await
         .context("publishing the request")?;
-    println!("submitted job {job_id} to {}", topology.requests_queue);
+    println!(
+        "submitted job {job_id} to {} (traceparent {traceparent})",
+        topology.requests_queue
+    );
 
     let Some(mut replies) = replies else {
         return Ok(true);

@@ -6,9 +6,17 @@
 //! not paid for twice beyond the documented crash window, and that every
 //! completion points at an intact object.
 //!
+//! The scale-in churn scenario sends SIGTERM (as Kubernetes does when KEDA
+//! scales in) to a worker every few seconds while jobs longer than the
+//! shutdown grace period are in flight, and starts a replacement: every job
+//! ends exactly once, none is dead-lettered as poison, none is submitted
+//! twice.
+//!
 //! Runs as its own test binary (after the others, never beside them: it
-//! restarts the broker). Scale with TTS_CHAOS_JOBS (default 300) and
-//! TTS_CHAOS_WORKERS (default 3).
+//! restarts the broker); its two scenarios run one after the other. Scale
+//! with TTS_CHAOS_JOBS (default 300) and TTS_CHAOS_WORKERS (default 3);
+//! TTS_CHURN_JOB_SECONDS (default 6) sets the churn scenario's job length
+//! (45 is Gemini's; the grace period stays half of it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -26,14 +34,17 @@ use tts_worker::config::Settings;
 use tts_worker::storage::Storage;
 use tts_worker::wire::{self, EventData};
 
-const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
 mod common;
-use common::{env_value, stack_env};
+use common::{amqp_url, env_value, rabbitmqctl, stack_env};
+
+/// One scenario at a time: the first restarts the broker.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Chaos {
     tag: String,
     env: Vec<(String, String)>,
+    /// Applied after the defaults of [`Chaos::worker_env`].
+    overrides: Vec<(&'static str, String)>,
     logs: PathBuf,
     workers: Vec<Child>,
     spawned: usize,
@@ -69,6 +80,11 @@ impl Chaos {
         ] {
             env.push((k.into(), v));
         }
+        env.extend(
+            self.overrides
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone())),
+        );
         env
     }
 
@@ -100,8 +116,8 @@ impl Chaos {
     }
 }
 
-fn sh(program: &str, args: &[&str]) -> bool {
-    std::process::Command::new(program)
+fn sh(mut command: std::process::Command, args: &[&str]) -> bool {
+    command
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -154,7 +170,7 @@ async fn collect_events(queue: String, jobs: usize) -> Seen {
 }
 
 async fn connect() -> Option<(Connection, lapin::Channel)> {
-    let url = SecretString::from(AMQP_URL);
+    let url = SecretString::from(amqp_url());
     let conn = broker::connect(&url, Duration::from_secs(5), "chaos-test")
         .await
         .ok()?;
@@ -164,6 +180,7 @@ async fn connect() -> Option<(Connection, lapin::Channel)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
+    let _serial = SERIAL.lock().await;
     let jobs: usize = std::env::var("TTS_CHAOS_JOBS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -194,7 +211,7 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
     let sim_base = sim.base_url();
     env.push(("SEGMIND_API_KEY".into(), key.clone()));
     env.push(("TTS__SEGMIND__BASE_URL".into(), sim_base.clone()));
-    env.push(("TTS__AMQP__URL".into(), AMQP_URL.into()));
+    env.push(("TTS__AMQP__URL".into(), amqp_url()));
     let http = reqwest::Client::new();
     for _ in 0..100 {
         if http
@@ -214,6 +231,7 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
         logs: logs.clone(),
         workers: Vec::new(),
         spawned: 0,
+        overrides: Vec::new(),
     };
     for _ in 0..n_workers {
         let w = chaos.spawn_worker();
@@ -223,7 +241,7 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
     // Declare the topology (as the workers do) and publish every job.
     let (conn, channel) = connect().await.expect("broker up");
     let settings = Settings::load_from(None, &chaos.worker_env()).expect("valid settings");
-    broker::declare(&channel, &broker::Topology::from(&settings.amqp))
+    broker::declare(&channel, &broker::Topology::from(&settings))
         .await
         .unwrap();
     let publisher = Publisher::new(
@@ -280,10 +298,10 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
     kills += 1;
     tokio::time::sleep(Duration::from_secs(1)).await;
     eprintln!("[chaos] restarting the broker");
-    assert!(sh("rabbitmqctl", &["-q", "stop_app"]), "broker stops");
+    assert!(sh(rabbitmqctl(), &["-q", "stop_app"]), "broker stops");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(sh("rabbitmqctl", &["-q", "start_app"]), "broker starts");
-    let _ = sh("rabbitmqctl", &["-q", "await_startup"]);
+    assert!(sh(rabbitmqctl(), &["-q", "start_app"]), "broker starts");
+    let _ = sh(rabbitmqctl(), &["-q", "await_startup"]);
     tokio::time::sleep(Duration::from_secs(3)).await;
     chaos
         .kill_and_replace(2 % n_workers, Duration::from_secs(2))
@@ -291,9 +309,15 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
     kills += 1;
     eprintln!("[chaos] stopping Garage for 10 s");
     let stack = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack.sh");
-    assert!(sh(stack, &["down"]), "garage stops");
+    assert!(
+        sh(std::process::Command::new(stack), &["down"]),
+        "garage stops"
+    );
     tokio::time::sleep(Duration::from_secs(10)).await;
-    assert!(sh(stack, &["up"]), "garage starts");
+    assert!(
+        sh(std::process::Command::new(stack), &["up"]),
+        "garage starts"
+    );
     post_burst().await.unwrap();
     faults_posted += 12;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -455,5 +479,219 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
     assert!(
         extra_submissions <= allowed,
         "{extra_submissions} extra submissions (allowed {allowed}): {paid_twice:?}"
+    );
+}
+
+fn sigterm(child: &Child) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_sigterm_during_scale_in_hands_jobs_over_uncounted_and_unpaid() {
+    let _serial = SERIAL.lock().await;
+    let job_seconds: f64 = std::env::var("TTS_CHURN_JOB_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6.0);
+    let jobs = 48;
+    let n_workers = 3;
+    let started = Instant::now();
+    let tag = format!("churn-{}", uuid::Uuid::new_v4().simple());
+    let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&tag);
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut env = stack_env();
+    env.retain(|(k, _)| !k.starts_with("TTS__AMQP__") && k != "SEGMIND_API_KEY" && k != "RUST_LOG");
+
+    let key = format!("sk-churn-{}", uuid::Uuid::new_v4().simple());
+    let mut sim_config = segmind_sim::SimConfig::fast(&key);
+    sim_config.latency_mean = Duration::from_secs_f64(job_seconds);
+    sim_config.latency_spread = Duration::from_secs_f64(job_seconds / 6.0);
+    sim_config.fault_rate = 0.0;
+    sim_config.espeak = false;
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let sim = segmind_sim::spawn(sim_config, any, any)
+        .await
+        .expect("simulator starts");
+    env.push(("SEGMIND_API_KEY".into(), key.clone()));
+    env.push(("TTS__SEGMIND__BASE_URL".into(), sim.base_url()));
+    env.push(("TTS__AMQP__URL".into(), amqp_url()));
+
+    let mut chaos = Chaos {
+        tag: tag.clone(),
+        env,
+        logs: logs.clone(),
+        workers: Vec::new(),
+        spawned: 0,
+        overrides: vec![
+            // Two deliveries: were shutdowns counted, a job interrupted twice
+            // would be dead-lettered as poison.
+            ("TTS__JOBS__MAX_DELIVERIES", "2".into()),
+            // Shorter than a job: a worker cannot finish what it holds.
+            (
+                "TTS__SHUTDOWN__GRACE_PERIOD",
+                format!("{}", job_seconds / 2.0),
+            ),
+            ("TTS__AMQP__MAX_IN_FLIGHT", "8".into()),
+            ("TTS__SEGMIND__POLL_PRIOR_LATENCY", format!("{job_seconds}")),
+            (
+                "TTS__SEGMIND__POLL_PRIOR_SPREAD",
+                format!("{}", job_seconds / 6.0),
+            ),
+            ("TTS__SEGMIND__POLL_TARGET_LAG", "0.3".into()),
+            ("TTS__SEGMIND__POLL_MAX", "1".into()),
+            (
+                "TTS__SEGMIND__JOB_DEADLINE",
+                format!("{}", job_seconds * 20.0),
+            ),
+        ],
+    };
+    for _ in 0..n_workers {
+        let w = chaos.spawn_worker();
+        chaos.workers.push(w);
+    }
+    let (conn, channel) = connect().await.expect("broker up");
+    let settings = Settings::load_from(None, &chaos.worker_env()).expect("valid settings");
+    broker::declare(&channel, &broker::Topology::from(&settings))
+        .await
+        .unwrap();
+    let publisher = Publisher::new(
+        conn.create_channel().await.unwrap(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    for i in 0..jobs {
+        let body = serde_json::json!({"text": format!("churn job {i} is being spoken"), "job_id": format!("churn-{i}")});
+        publisher
+            .publish(
+                "",
+                &settings.amqp.requests_queue,
+                body.to_string().as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+                true,
+            )
+            .await
+            .expect("request confirmed");
+    }
+    let events_queue = settings.amqp.events_queue.clone().unwrap();
+    let collector = tokio::spawn(collect_events(events_queue.clone(), jobs));
+
+    // Scale-in churn: every third of a job, SIGTERM one worker (round robin)
+    // and start its replacement at once, as a rolling scale-in/out would.
+    let mut terminations = 0;
+    let mut exits = Vec::new();
+    let churn_until = Instant::now() + Duration::from_secs_f64(job_seconds * 4.0);
+    while Instant::now() < churn_until {
+        tokio::time::sleep(Duration::from_secs_f64(job_seconds / 3.0)).await;
+        let i = terminations % n_workers;
+        eprintln!("[churn] SIGTERM worker {i}");
+        let replacement = chaos.spawn_worker();
+        let mut old = std::mem::replace(&mut chaos.workers[i], replacement);
+        terminations += 1;
+        sigterm(&old);
+        exits.push(tokio::spawn(async move { old.wait().await }));
+    }
+    let seen = collector.await.unwrap();
+    let mut clean_exits = 0;
+    for exit in exits {
+        if matches!(exit.await, Ok(Ok(status)) if status.success()) {
+            clean_exits += 1;
+        }
+    }
+
+    let stats = sim.stats();
+    let paid_twice: Vec<String> = stats
+        .submits_by_text
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(t, n)| format!("{}×{n}", t.trim()))
+        .collect();
+    let mut lost = Vec::new();
+    let mut conflicting = Vec::new();
+    let mut not_completed = Vec::new();
+    for i in 0..jobs {
+        let job_id = format!("churn-{i}");
+        let Some(events) = seen.get(&job_id) else {
+            lost.push(job_id);
+            continue;
+        };
+        if events
+            .iter()
+            .map(|(id, _)| id)
+            .collect::<BTreeSet<_>>()
+            .len()
+            != 1
+        {
+            conflicting.push(job_id.clone());
+        }
+        if let EventData::Failed(f) = &events[0].1 {
+            not_completed.push(format!("{job_id}: {}", f.error.code));
+        }
+    }
+    let dead_lettered = match connect().await {
+        Some((_, ch)) => broker::queue_depth(&ch, &settings.amqp.dead_letter_queue)
+            .await
+            .unwrap_or(u32::MAX),
+        None => u32::MAX,
+    };
+    let mut log_text = String::new();
+    for entry in std::fs::read_dir(&logs).unwrap().flatten() {
+        log_text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+    }
+    let handed_over = log_text.matches("handing the job over").count();
+    let resumed = log_text
+        .matches("resuming the Segmind request from the checkpoint")
+        .count();
+    let report = format!(
+        "[churn] {jobs} jobs of ~{job_seconds} s, {n_workers} workers, grace {} s, {:.0} s: \
+         {terminations} SIGTERMs ({clean_exits} clean exits), {handed_over} waiting jobs handed over, \
+         {resumed} resumed from checkpoints, {} submissions for {jobs} jobs; lost {}, conflicting {}, \
+         failed {not_completed:?}, dead-lettered {dead_lettered}, paid twice {paid_twice:?}",
+        job_seconds / 2.0,
+        started.elapsed().as_secs_f64(),
+        stats.submits_accepted,
+        lost.len(),
+        conflicting.len(),
+    );
+    eprintln!("{report}");
+    std::fs::write(logs.join("report.txt"), &report).unwrap();
+
+    for w in &mut chaos.workers {
+        let _ = w.start_kill();
+    }
+    if let Some((conn, ch)) = connect().await {
+        for q in [
+            settings.amqp.requests_queue.as_str(),
+            settings.amqp.dead_letter_queue.as_str(),
+            events_queue.as_str(),
+        ] {
+            let _ = ch
+                .queue_delete(q.into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = conn.close(200, "churn done".into()).await;
+    }
+
+    assert!(
+        lost.is_empty(),
+        "lost jobs: {lost:?} (logs in {})",
+        logs.display()
+    );
+    assert!(
+        conflicting.is_empty(),
+        "two terminal events: {conflicting:?}"
+    );
+    assert!(not_completed.is_empty(), "failed jobs: {not_completed:?}");
+    assert_eq!(dead_lettered, 0, "dead-lettered messages");
+    assert!(paid_twice.is_empty(), "submitted twice: {paid_twice:?}");
+    assert_eq!(clean_exits, terminations, "every SIGTERMed worker exits 0");
+    assert!(
+        handed_over > 0,
+        "the churn never caught a waiting job (logs in {})",
+        logs.display()
     );
 }

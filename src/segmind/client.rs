@@ -357,9 +357,21 @@ impl SegmindClient {
         // The semaphore is never closed; a closed one would only mean no bound.
         let _open = self.open_calls.acquire().await.ok();
         let request = request.header(API_KEY_HEADER, self.api_key.expose_secret());
+        let (client, request) = request.build_split();
+        let request = request.map_err(|source| transport(call, source))?;
+        // The span reads the method and URL only: the key is in no span.
+        let span = http_span(call, &request);
         // Boxed after the budget and the slot: queued calls hold no request.
-        let response = self.record(call, request.send().boxed().await)?;
+        let response = self.record(
+            call,
+            client
+                .execute(request)
+                .boxed()
+                .instrument(span.clone())
+                .await,
+        )?;
         let status = response.status();
+        span.record("http.response.status_code", status.as_u16());
         let headers = response.headers().clone();
         if status == StatusCode::TOO_MANY_REQUESTS {
             self.budget
@@ -420,7 +432,6 @@ impl SegmindClient {
             }
             parse_submitted(&self.base, &bytes)
         })
-        .instrument(info_span!("segmind.submit"))
         .await
     }
 
@@ -440,11 +451,22 @@ impl SegmindClient {
 
     /// Downloads audio from the media host: no API key, size-capped.
     async fn download(&self, url: &Url) -> Result<(Bytes, Option<String>), SegmindError> {
+        let request = self
+            .media
+            .get(url.clone())
+            .build()
+            .map_err(|source| transport(Call::Download, source))?;
+        let span = http_span(Call::Download, &request);
         let response = self.record(
             Call::Download,
-            self.media.get(url.clone()).send().boxed().await,
+            self.media
+                .execute(request)
+                .boxed()
+                .instrument(span.clone())
+                .await,
         )?;
         let status = response.status();
+        span.record("http.response.status_code", status.as_u16());
         if !status.is_success() {
             let headers = response.headers().clone();
             let body = response.bytes().await.unwrap_or_default();
@@ -471,4 +493,28 @@ impl SegmindClient {
         }
         Ok((buf.freeze(), content_type))
     }
+}
+
+/// A client span for one HTTP call, with OpenTelemetry's HTTP conventions:
+/// method, server, path (never the query, which may carry a signature) and,
+/// once answered, the status. Named after the stage: `segmind.submit`,
+/// `segmind.poll`, `segmind.result`, `segmind.download`.
+fn http_span(call: Call, request: &reqwest::Request) -> tracing::Span {
+    let name = match call {
+        Call::Submit => "segmind.submit",
+        Call::Status => "segmind.poll",
+        Call::Result => "segmind.result",
+        Call::Download => "segmind.download",
+    };
+    let url = request.url();
+    info_span!(
+        "segmind.http",
+        "otel.name" = name,
+        "otel.kind" = "client",
+        "http.request.method" = request.method().as_str(),
+        "server.address" = url.host_str().unwrap_or_default(),
+        "server.port" = url.port_or_known_default().unwrap_or_default(),
+        "url.path" = url.path(),
+        "http.response.status_code" = tracing::field::Empty,
+    )
 }

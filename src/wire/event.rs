@@ -6,6 +6,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::TraceHeaders;
 use crate::job::Outcome;
 
 /// Routing key (and CloudEvents `type`) of a completion event.
@@ -26,6 +27,11 @@ pub struct CloudEvent<D> {
     pub subject: String,
     pub time: String,
     pub datacontenttype: String,
+    /// CloudEvents distributed-tracing extension: the job's W3C context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
     pub data: D,
 }
 
@@ -129,7 +135,12 @@ pub fn event_id(outcome: &Outcome) -> String {
 }
 
 /// Encodes a terminal outcome as a CloudEvent.
-pub fn encode_event(outcome: &Outcome, source: &str, now: DateTime<Utc>) -> EncodedEvent {
+pub fn encode_event(
+    outcome: &Outcome,
+    source: &str,
+    now: DateTime<Utc>,
+    trace: &TraceHeaders,
+) -> EncodedEvent {
     let id = event_id(outcome);
     let envelope = |kind: &'static str, subject: &str| CloudEvent {
         specversion: "1.0".into(),
@@ -139,6 +150,8 @@ pub fn encode_event(outcome: &Outcome, source: &str, now: DateTime<Utc>) -> Enco
         subject: subject.into(),
         time: now.to_rfc3339_opts(SecondsFormat::Millis, true),
         datacontenttype: "application/json".into(),
+        traceparent: trace.traceparent.clone(),
+        tracestate: trace.tracestate.clone(),
         data: (),
     };
     let (routing_key, body) = match outcome {
@@ -209,6 +222,8 @@ impl<D> CloudEvent<D> {
             subject: self.subject,
             time: self.time,
             datacontenttype: self.datacontenttype,
+            traceparent: self.traceparent,
+            tracestate: self.tracestate,
             data,
         }
     }
@@ -259,11 +274,34 @@ mod tests {
     }
 
     #[test]
+    fn events_carry_the_trace_context_as_the_cloudevents_tracing_extension() {
+        let trace = TraceHeaders {
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            tracestate: Some("congo=t61rcWkgMzE".into()),
+        };
+        let v: Value =
+            serde_json::from_slice(&encode_event(&completed(), "s", Utc::now(), &trace).body)
+                .unwrap();
+        assert_eq!(v["traceparent"], trace.traceparent.unwrap().as_str());
+        assert_eq!(v["tracestate"], "congo=t61rcWkgMzE");
+        let bare: Value = serde_json::from_slice(
+            &encode_event(&completed(), "s", Utc::now(), &TraceHeaders::default()).body,
+        )
+        .unwrap();
+        assert!(bare.get("traceparent").is_none(), "{bare}");
+    }
+
+    #[test]
     fn completed_events_follow_cloudevents_and_the_documented_data() {
         let now = DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        let e = encode_event(&completed(), "tts-worker/host-1", now);
+        let e = encode_event(
+            &completed(),
+            "tts-worker/host-1",
+            now,
+            &TraceHeaders::default(),
+        );
         assert_eq!(e.routing_key, "tts.job.completed");
         let v: Value = serde_json::from_slice(&e.body).unwrap();
         assert_eq!(v["specversion"], "1.0");
@@ -292,7 +330,7 @@ mod tests {
             attempts: 1,
             metadata: None,
         });
-        let e = encode_event(&failed, "s", Utc::now());
+        let e = encode_event(&failed, "s", Utc::now(), &TraceHeaders::default());
         assert_eq!(e.routing_key, "tts.job.failed");
         let v: Value = serde_json::from_slice(&e.body).unwrap();
         assert_eq!(v["data"]["error"]["code"], "invalid_request");
@@ -300,11 +338,14 @@ mod tests {
         assert_eq!(v["data"]["error"]["retryable"], false);
         assert!(v["data"].get("segmind").is_none());
         assert!(v["data"]["error"].get("http_status").is_none());
-        let again = encode_event(&failed, "s", Utc::now());
+        let again = encode_event(&failed, "s", Utc::now(), &TraceHeaders::default());
         assert_eq!(
             again.id, e.id,
             "the same outcome keeps its id, so copies can be dropped"
         );
-        assert_ne!(encode_event(&completed(), "s", Utc::now()).id, e.id);
+        assert_ne!(
+            encode_event(&completed(), "s", Utc::now(), &TraceHeaders::default()).id,
+            e.id
+        );
     }
 }

@@ -16,3 +16,15 @@ pub use request::{DecodedRequest, FieldError, InvalidRequest, RequestBody, decod
 pub const DEAD_LETTER_CODE_HEADER: &str = "x-tts-error-code";
 pub const DEAD_LETTER_MESSAGE_HEADER: &str = "x-tts-error-message";
 pub const DEAD_LETTER_JOB_HEADER: &str = "x-tts-job-id";
+
+/// W3C trace context headers (AMQP application properties, and CloudEvents
+/// distributed-tracing extension attributes of the same names).
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+pub const TRACESTATE_HEADER: &str = "tracestate";
+
+/// W3C trace context as it travels with a message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceHeaders {
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}

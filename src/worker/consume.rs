@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::Channel;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use super::pause;
-use super::settle::{JobContext, process};
+use super::settle::{JobContext, hand_over, process};
 use crate::broker;
 
 /// The channel requests are consumed on, able to start and cancel consumers
@@ -39,8 +39,9 @@ impl Consuming {
             .await
     }
 
-    /// Cancels `consumer` and hands back what it had buffered but not started.
-    async fn stop(&self, mut consumer: lapin::Consumer) {
+    /// Cancels `consumer` and hands back what it had buffered but not
+    /// started ([`hand_over`]: not counted as a delivery of the job).
+    async fn stop(&self, mut consumer: lapin::Consumer, ctx: &JobContext, reason: &'static str) {
         if let Err(e) = self
             .channel
             .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
@@ -51,11 +52,9 @@ impl Consuming {
         }
         let drain = async {
             while let Some(Ok(delivery)) = consumer.next().await {
-                let requeue = BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                };
-                let _ = delivery.acker.nack(requeue).await;
+                if let Err(e) = hand_over(ctx, &delivery, reason).await {
+                    warn!(error = %e, "could not settle a buffered delivery; the broker will redeliver it");
+                }
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
@@ -123,7 +122,7 @@ pub async fn run(
         if gate.paused().is_some() {
             ready.store(false, Ordering::Relaxed);
             if let Some(c) = consumer.take() {
-                consuming.stop(c).await;
+                consuming.stop(c, &ctx, "paused").await;
             }
             if prober.as_ref().is_none_or(|p| p.is_finished()) {
                 let pipeline = ctx.pipeline.clone();
@@ -200,8 +199,11 @@ pub async fn run(
     match &stopped {
         Stopped::Shutdown => {
             if let Some(c) = consumer.take() {
-                consuming.stop(c).await;
+                consuming.stop(c, &ctx, "shutdown").await;
             }
+            // Jobs waiting on Segmind hand their deliveries to other
+            // replicas now instead of holding them through the grace period.
+            ctx.pipeline.hand_over_waiting_jobs();
             while tasks.try_join_next().is_some() {}
             info!(
                 in_flight = tasks.len(),

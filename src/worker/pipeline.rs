@@ -10,9 +10,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{Semaphore, SemaphorePermit, watch};
 
-use tracing::{Span, info, warn};
+use tracing::{Instrument, Span, info, warn};
 
 use super::pause::PauseGate;
 use crate::audio::{self, Audio, AudioError};
@@ -37,6 +37,10 @@ pub enum JobError {
     /// the runtime is shutting down); whether Segmind accepted it is unknown.
     #[error("the submission step was interrupted: {0}")]
     Interrupted(String),
+    /// The worker is shutting down and the job was waiting: its delivery is
+    /// handed to another replica, which resumes it from the checkpoint.
+    #[error("handed over: the worker is shutting down")]
+    HandedOver,
 }
 
 impl AsFault for JobError {
@@ -45,7 +49,7 @@ impl AsFault for JobError {
             JobError::Segmind(e) => e.fault(),
             JobError::Audio(e) => e.fault(),
             JobError::Storage(e) => e.fault(),
-            JobError::Interrupted(_) => Fault::Deadline,
+            JobError::Interrupted(_) | JobError::HandedOver => Fault::Deadline,
         }
     }
 }
@@ -64,6 +68,9 @@ pub enum JobEnd {
     Finished(Box<Outcome>),
     /// Try again on a later delivery; the reason is an error code.
     Requeue(ErrorCode),
+    /// The worker is shutting down: give the delivery to another replica
+    /// without counting this delivery toward the poison limit.
+    HandOver,
 }
 
 /// What every job of the process shares: the adapters and the settings that
@@ -85,6 +92,8 @@ pub struct Pipeline {
     /// Slots of the heavy phase (result, download, checks, upload): the only
     /// part of a job that holds audio.
     pub transfers: Semaphore,
+    /// Set once on shutdown: waiting jobs hand their deliveries over.
+    handover: watch::Sender<bool>,
 }
 
 impl Pipeline {
@@ -110,7 +119,26 @@ impl Pipeline {
             job_deadline: settings.segmind.job_deadline,
             block_patterns: settings.segmind.content_blocked_patterns.clone(),
             transfers: Semaphore::new(settings.jobs.max_transfers),
+            handover: watch::Sender::new(false),
         }
+    }
+
+    /// Asks every job that is waiting on Segmind, or has yet to submit, to
+    /// end with [`JobEnd::HandOver`]. Jobs submitting or moving audio finish
+    /// that step first: a submission is never abandoned unrecorded, and
+    /// audio already downloaded is not fetched twice.
+    pub fn hand_over_waiting_jobs(&self) {
+        self.handover.send_replace(true);
+    }
+
+    fn handing_over(&self) -> bool {
+        *self.handover.borrow()
+    }
+
+    async fn handover_requested(&self) {
+        let mut rx = self.handover.subscribe();
+        // The sender lives as long as `self`: `wait_for` cannot fail here.
+        let _ = rx.wait_for(|asked| *asked).await;
     }
 
     /// Runs a valid job (delivery number `attempt`, from 1) and decides what
@@ -132,6 +160,10 @@ impl Pipeline {
         }
         let err = match result {
             Ok(completed) => return JobEnd::Finished(Box::new(Outcome::Completed(completed))),
+            Err(JobError::HandedOver) => {
+                info!("handing the job over: the worker is shutting down");
+                return JobEnd::HandOver;
+            }
             Err(err) => err,
         };
         let failure = failure::classify(&err, &self.block_patterns);
@@ -196,6 +228,9 @@ impl Pipeline {
                     (self.segmind.resume(&cp.request_id), cp.submitted_at, true)
                 }
                 None => {
+                    if self.handing_over() {
+                        return Err(JobError::HandedOver);
+                    }
                     let (submitted, submitted_at) =
                         self.submit_and_checkpoint(job, deadline, calls).await?;
                     (submitted, submitted_at, false)
@@ -312,22 +347,26 @@ impl Pipeline {
         let segmind = self.segmind.clone();
         let checkpoints = self.checkpoints.clone();
         let (job_id, speech) = (job.id.clone(), job.speech.clone());
-        let step = tokio::spawn(async move {
-            let mut calls = 0;
-            let submitted = segmind.submit(&speech, deadline, &mut calls).await;
-            let submitted_at = chrono::Utc::now();
-            if let Ok(s) = &submitted {
-                let checkpoint = Checkpoint {
-                    job_id: job_id.to_string(),
-                    request_id: s.request_id.clone(),
-                    submitted_at,
-                    fingerprint: checkpoint::fingerprint(&speech),
-                    stored: None,
-                };
-                save(&checkpoints, &checkpoint).await;
+        let step = tokio::spawn(
+            async move {
+                let mut calls = 0;
+                let submitted = segmind.submit(&speech, deadline, &mut calls).await;
+                let submitted_at = chrono::Utc::now();
+                if let Ok(s) = &submitted {
+                    let checkpoint = Checkpoint {
+                        job_id: job_id.to_string(),
+                        request_id: s.request_id.clone(),
+                        submitted_at,
+                        fingerprint: checkpoint::fingerprint(&speech),
+                        stored: None,
+                    };
+                    save(&checkpoints, &checkpoint).await;
+                }
+                (submitted.map(|s| (s, submitted_at)), calls)
             }
-            (submitted.map(|s| (s, submitted_at)), calls)
-        });
+            // Its spans belong to the job's trace.
+            .in_current_span(),
+        );
         match step.await {
             Ok((result, used)) => {
                 *calls += used;
@@ -347,17 +386,18 @@ impl Pipeline {
         text_chars: usize,
         deadline: tokio::time::Instant,
         calls: &mut u32,
-    ) -> Result<(Synthesis, Option<SemaphorePermit<'_>>), SegmindError> {
+    ) -> Result<(Synthesis, Option<SemaphorePermit<'_>>), JobError> {
         // The schedule counts from the submission, also for a resumed job.
         let ago = (chrono::Utc::now() - submitted_at)
             .to_std()
             .unwrap_or(Duration::ZERO);
         let now = tokio::time::Instant::now();
         let since = now.checked_sub(ago).unwrap_or(now);
-        let done = self
-            .segmind
-            .wait_until_done(submitted, since, text_chars, deadline, calls)
-            .await?;
+        let done = tokio::select! {
+            biased;
+            () = self.handover_requested() => return Err(JobError::HandedOver),
+            done = self.segmind.wait_until_done(submitted, since, text_chars, deadline, calls) => done?,
+        };
         self.metrics.transfers_waiting.inc();
         // The semaphore is never closed; `None` would only mean no bound.
         let slot = self.transfers.acquire().await.ok();

@@ -2,9 +2,10 @@
 //! publish the outcome with confirmation, then ack or requeue.
 //!
 //! Invariant: a delivery is acked only after its terminal event (and, for a
-//! rejected request, its dead-letter copy) is confirmed by the broker. If
-//! publishing fails, or the job should be tried again later, the delivery is
-//! requeued instead.
+//! rejected request, its dead-letter copy) is confirmed by the broker, or,
+//! when the worker hands it over on shutdown, after its copy is confirmed in
+//! the requests queue. If publishing fails, or the job should be tried again
+//! later, the delivery is requeued instead.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,8 +20,10 @@ use crate::broker::{self, BrokerError, Publisher, Topology};
 use crate::config::RequestLimits;
 use crate::failure::Failure;
 use crate::job::{Failed, Outcome};
+use crate::telemetry;
 use crate::wire::{
     self, DEAD_LETTER_CODE_HEADER, DEAD_LETTER_JOB_HEADER, DEAD_LETTER_MESSAGE_HEADER,
+    TRACEPARENT_HEADER, TRACESTATE_HEADER, TraceHeaders,
 };
 
 /// What settling a delivery needs: the pipeline, shared by every session,
@@ -41,6 +44,9 @@ pub enum Settlement {
     Ack,
     /// Not finished here; the broker redelivers it.
     Requeue,
+    /// Not finished here through no fault of the job (shutdown): a copy goes
+    /// back to the queue without counting this delivery (see [`hand_over`]).
+    HandOver,
 }
 
 /// Takes one delivery to a confirmed terminal event or a requeue, and settles it.
@@ -48,24 +54,34 @@ pub async fn process(ctx: &JobContext, delivery: Delivery) -> Settlement {
     let started = Instant::now();
     let metrics = &ctx.pipeline.metrics;
     let _in_flight = metrics.job_in_flight();
+    // OpenTelemetry messaging conventions for a consumer's processing span.
     let span = info_span!(
         "job",
+        "otel.kind" = "consumer",
+        "messaging.system" = "rabbitmq",
+        "messaging.operation.type" = "process",
+        "messaging.destination.name" = ctx.topology.requests_queue.as_str(),
+        "messaging.message.id" = field::Empty,
         job_id = field::Empty,
         request_id = field::Empty,
         attempt = field::Empty,
         outcome = field::Empty
     );
-    let (settlement, label) = settle(ctx, &delivery).instrument(span.clone()).await;
+    if let Some(id) = delivery.properties.message_id() {
+        span.record("messaging.message.id", id.as_str());
+    }
+    let producer = trace_headers(&delivery.properties);
+    telemetry::adopt_producer_context(&span, &producer);
+    let (settlement, label) = settle(ctx, &delivery, &producer)
+        .instrument(span.clone())
+        .await;
     let ack_result = match settlement {
         Settlement::Ack => Box::pin(delivery.acker.ack(BasicAckOptions::default())).await,
         Settlement::Requeue => {
             tokio::time::sleep(ctx.pipeline.jobs.requeue_delay).await;
-            Box::pin(delivery.acker.nack(BasicNackOptions {
-                requeue: true,
-                multiple: false,
-            }))
-            .await
+            Box::pin(delivery.acker.nack(REQUEUE)).await
         }
+        Settlement::HandOver => Box::pin(hand_over(ctx, &delivery, "shutdown")).await,
     };
     if let Err(e) = ack_result {
         // The channel is gone: the broker will redeliver the message.
@@ -85,7 +101,11 @@ pub async fn process(ctx: &JobContext, delivery: Delivery) -> Settlement {
 
 /// Runs the job and publishes its outcome; returns the settlement and, for a
 /// finished job, its outcome label.
-async fn settle(ctx: &JobContext, delivery: &Delivery) -> (Settlement, Option<&'static str>) {
+async fn settle(
+    ctx: &JobContext,
+    delivery: &Delivery,
+    producer: &TraceHeaders,
+) -> (Settlement, Option<&'static str>) {
     let props = &delivery.properties;
     let jobs = &ctx.pipeline.jobs;
     let attempt = broker::delivery_count(props).saturating_add(1);
@@ -121,6 +141,7 @@ async fn settle(ctx: &JobContext, delivery: &Delivery) -> (Settlement, Option<&'
             }
             Ok(job) => match ctx.pipeline.run(job, attempt).await {
                 JobEnd::Finished(outcome) => (*outcome, false),
+                JobEnd::HandOver => return (Settlement::HandOver, None),
                 JobEnd::Requeue(reason) => {
                     ctx.pipeline
                         .metrics
@@ -138,18 +159,19 @@ async fn settle(ctx: &JobContext, delivery: &Delivery) -> (Settlement, Option<&'
     };
     let label = outcome.label();
     span.record("outcome", label);
+    let trace = telemetry::traceparent_of(&span, producer);
 
     // The publishing and S3 futures are large; boxed, they exist only while
     // they run instead of sizing every waiting job's task (see ARCHITECTURE.md
     // "Memory").
     let published = if dead_letter {
         let (a, b) = tokio::join!(
-            Box::pin(publish_dead_letter(ctx, delivery, &outcome)),
-            Box::pin(publish_outcome(ctx, props, &outcome))
+            Box::pin(publish_dead_letter(ctx, delivery, &outcome, &trace)),
+            Box::pin(publish_outcome(ctx, props, &outcome, &trace))
         );
         a.and(b)
     } else {
-        Box::pin(publish_outcome(ctx, props, &outcome)).await
+        Box::pin(publish_outcome(ctx, props, &outcome, &trace)).await
     };
     match published {
         Ok(()) => {
@@ -174,14 +196,89 @@ async fn settle(ctx: &JobContext, delivery: &Delivery) -> (Settlement, Option<&'
     }
 }
 
+/// The producer's W3C trace context, from the request's headers.
+fn trace_headers(properties: &BasicProperties) -> TraceHeaders {
+    TraceHeaders {
+        traceparent: broker::header_str(properties, TRACEPARENT_HEADER).map(str::to_owned),
+        tracestate: broker::header_str(properties, TRACESTATE_HEADER).map(str::to_owned),
+    }
+}
+
+/// `properties` with the trace context headers set to `trace`.
+fn with_trace(properties: BasicProperties, trace: &TraceHeaders) -> BasicProperties {
+    let headers: Vec<(&str, &str)> = [
+        (TRACEPARENT_HEADER, trace.traceparent.as_deref()),
+        (TRACESTATE_HEADER, trace.tracestate.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k, v?)))
+    .collect();
+    if headers.is_empty() {
+        properties
+    } else {
+        broker::with_headers(properties, &headers)
+    }
+}
+
+const REQUEUE: BasicNackOptions = BasicNackOptions {
+    requeue: true,
+    multiple: false,
+};
+
+/// Gives `delivery` back to the queue without counting it toward the poison
+/// limit, and settles it: publishes a byte-identical copy to the requests
+/// queue carrying the deliveries that did count
+/// ([`broker::COUNTED_DELIVERIES_HEADER`]), waits for the broker's
+/// confirmation, then acks the original. A `nack(requeue)` would be simpler
+/// but raises the quorum queue's `x-delivery-count`, so every scale-in would
+/// bring healthy jobs closer to the dead-letter queue.
+///
+/// If the copy is not confirmed, the delivery is nacked (and that delivery
+/// counts). If the process dies between the confirmation and the ack, both
+/// the copy and the original are delivered: the checkpoint makes the second
+/// one a replay, not a second payment, and both carry the same event id.
+pub async fn hand_over(
+    ctx: &JobContext,
+    delivery: &Delivery,
+    reason: &'static str,
+) -> Result<bool, lapin::Error> {
+    let counted = broker::delivery_count(&delivery.properties);
+    let properties = broker::handover_properties(&delivery.properties, counted);
+    let copied = ctx
+        .publisher
+        .publish(
+            "",
+            &ctx.topology.requests_queue,
+            &delivery.data,
+            properties,
+            true,
+        )
+        .await;
+    match copied {
+        Ok(()) => {
+            ctx.pipeline
+                .metrics
+                .handovers
+                .with_label_values(&[reason])
+                .inc();
+            delivery.acker.ack(BasicAckOptions::default()).await
+        }
+        Err(e) => {
+            warn!(error = %e, "could not hand the delivery over; requeueing it");
+            delivery.acker.nack(REQUEUE).await
+        }
+    }
+}
+
 /// Publishes the terminal event, plus a copy to `reply_to` when asked.
 async fn publish_outcome(
     ctx: &JobContext,
     request: &BasicProperties,
     outcome: &Outcome,
+    trace: &TraceHeaders,
 ) -> Result<(), BrokerError> {
     let metrics = &ctx.pipeline.metrics;
-    let event = wire::encode_event(outcome, &ctx.event_source, chrono::Utc::now());
+    let event = wire::encode_event(outcome, &ctx.event_source, chrono::Utc::now(), trace);
     let mut properties = BasicProperties::default()
         .with_content_type(wire::EVENT_CONTENT_TYPE.into())
         .with_delivery_mode(2)
@@ -192,6 +289,7 @@ async fn publish_outcome(
     if let Some(correlation_id) = request.correlation_id() {
         properties = properties.with_correlation_id(correlation_id.clone());
     }
+    let properties = with_trace(properties, trace);
     ctx.publisher
         .publish(
             &ctx.topology.events_exchange,
@@ -227,6 +325,7 @@ async fn publish_dead_letter(
     ctx: &JobContext,
     delivery: &Delivery,
     outcome: &Outcome,
+    trace: &TraceHeaders,
 ) -> Result<(), BrokerError> {
     let Outcome::Failed(failed) = outcome else {
         return Ok(());
@@ -234,7 +333,7 @@ async fn publish_dead_letter(
     // Header values are capped: a request can carry huge invalid fields.
     let message: String = failed.failure.message.chars().take(1024).collect();
     let properties = broker::with_headers(
-        delivery.properties.clone(),
+        with_trace(delivery.properties.clone(), trace),
         &[
             (DEAD_LETTER_CODE_HEADER, failed.failure.code.as_str()),
             (DEAD_LETTER_MESSAGE_HEADER, &message),

@@ -1,4 +1,5 @@
 //! What both test binaries need: the local stack's environment.
+#![allow(dead_code)] // shared by several test binaries, each using a subset
 
 /// Environment of the local stack: the process environment, falling back to
 /// the file `scripts/stack.sh up` writes.
@@ -29,4 +30,29 @@ pub fn env_value(env: &[(String, String)], key: &str) -> String {
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.clone())
         .unwrap_or_else(|| panic!("{key} is not set by the local stack"))
+}
+
+/// `rabbitmqctl` for the broker under test: `TTS_TEST_RABBITMQCTL` when set
+/// (a command and its leading arguments, e.g. `scripts/rabbitmq4.sh ctl` for
+/// the RabbitMQ 4 broker in its chroot), else the system's `rabbitmqctl`.
+pub fn rabbitmqctl() -> std::process::Command {
+    let spec = std::env::var("TTS_TEST_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
+    let mut words = spec.split_whitespace();
+    let mut command = std::process::Command::new(words.next().unwrap_or("rabbitmqctl"));
+    command.args(words);
+    command
+}
+
+/// The AMQP URL of the broker under test.
+pub fn amqp_url() -> String {
+    std::env::var("TTS__AMQP__URL")
+        .ok()
+        .or_else(|| {
+            stack_env()
+                .into_iter()
+                .rev()
+                .find(|(k, _)| k == "TTS__AMQP__URL")
+                .map(|(_, v)| v)
+        })
+        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }

@@ -179,11 +179,17 @@ pub struct BinaryWorker {
 impl BinaryWorker {
     /// Publishes a request to the binary's queue, once it has declared it.
     pub async fn publish(&self, app: &TestApp, body: &[u8]) {
+        self.publish_with(app, body, BasicProperties::default())
+            .await
+    }
+
+    /// Like [`BinaryWorker::publish`], with the message's properties.
+    pub async fn publish_with(&self, app: &TestApp, body: &[u8], properties: BasicProperties) {
         let mut published = false;
         for _ in 0..100 {
             if app
                 .publisher
-                .publish("", &self.queue, body, Default::default(), true)
+                .publish("", &self.queue, body, properties.clone(), true)
                 .await
                 .is_ok()
             {
@@ -384,7 +390,7 @@ impl TestApp {
     pub fn kill_worker_connection(&self) -> usize {
         let mut closed = 0;
         for pid in self.worker_connections() {
-            let status = std::process::Command::new("rabbitmqctl")
+            let status = crate::common::rabbitmqctl()
                 .args([
                     "-q",
                     "close_connection",
@@ -401,7 +407,7 @@ impl TestApp {
     /// The broker's ids of the worker's open connections (their names
     /// carry the requests queue).
     pub fn worker_connections(&self) -> Vec<String> {
-        let out = std::process::Command::new("rabbitmqctl")
+        let out = crate::common::rabbitmqctl()
             .args(["-q", "list_connections", "pid", "client_properties"])
             .output()
             .expect("rabbitmqctl runs");
@@ -444,6 +450,7 @@ impl TestApp {
             ("TTS__SEGMIND__POLL_PRIOR_LATENCY", "0.25".into()),
             ("TTS__SEGMIND__POLL_PRIOR_SPREAD", "0.1".into()),
             ("TTS__SEGMIND__POLL_TARGET_LAG", "0.05".into()),
+            ("TTS__AMQP__URL", crate::common::amqp_url()),
             ("TTS__AMQP__REQUESTS_QUEUE", queue.clone()),
             ("TTS__AMQP__EVENTS_EXCHANGE", amqp.events_exchange.clone()),
             (
@@ -498,7 +505,7 @@ impl TestApp {
         left
     }
 
-    async fn cleanup(&self) {
+    pub async fn cleanup(&self) {
         let amqp = &self.settings.amqp;
         let queues = [
             Some(amqp.requests_queue.as_str()),

@@ -124,9 +124,18 @@ async fn logs_to_a_pipe_carry_no_colour_codes() {
     app.stop().await;
 }
 
-/// What the in-test OTLP/HTTP receiver got: (service.name, span name,
-/// job_id attribute) per span.
-type Received = Arc<Mutex<Vec<(String, String, Option<String>)>>>;
+/// One span as the in-test OTLP/HTTP receiver decoded it.
+#[derive(Debug, Clone)]
+struct ExportedSpan {
+    service: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+    attributes: std::collections::BTreeMap<String, String>,
+}
+
+type Received = Arc<Mutex<Vec<ExportedSpan>>>;
 
 async fn receive_traces(State(spans): State<Received>, body: Bytes) -> &'static str {
     let request = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf export");
@@ -134,8 +143,10 @@ async fn receive_traces(State(spans): State<Received>, body: Bytes) -> &'static 
         .as_ref()
         .and_then(|v| v.value.as_ref())
     {
-        Some(AnyValue::StringValue(s)) => Some(s.clone()),
-        _ => None,
+        Some(AnyValue::StringValue(s)) => s.clone(),
+        Some(AnyValue::IntValue(i)) => i.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
     };
     let mut out = spans.lock().unwrap();
     for resource_spans in request.resource_spans {
@@ -144,21 +155,30 @@ async fn receive_traces(State(spans): State<Received>, body: Bytes) -> &'static 
             .iter()
             .flat_map(|r| &r.attributes)
             .find(|a| a.key == "service.name")
-            .and_then(|a| text(&a.value))
+            .map(|a| text(&a.value))
             .unwrap_or_default();
         for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
-            let job_id = span
-                .attributes
-                .iter()
-                .find(|a| a.key == "job_id")
-                .and_then(|a| text(&a.value));
-            out.push((service.clone(), span.name, job_id));
+            out.push(ExportedSpan {
+                service: service.clone(),
+                name: span.name,
+                trace_id: hex::encode(&span.trace_id),
+                span_id: hex::encode(&span.span_id),
+                parent_span_id: hex::encode(&span.parent_span_id),
+                attributes: span
+                    .attributes
+                    .iter()
+                    .map(|a| (a.key.clone(), text(&a.value)))
+                    .collect(),
+            });
         }
     }
     ""
 }
 
-/// With OTEL_EXPORTER_OTLP_ENDPOINT set, the worker's spans reach a collector.
+/// With OTEL_EXPORTER_OTLP_ENDPOINT set, the worker's spans reach a
+/// collector, in the producer's trace: the request's `traceparent` is the
+/// job span's parent, every stage is a child of the job span, and the event
+/// carries the job's context (AMQP header and CloudEvents attribute).
 #[tokio::test]
 async fn spans_reach_an_otlp_collector() {
     let app = spawn_app().await;
@@ -171,12 +191,33 @@ async fn spans_reach_an_otlp_collector() {
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
 
     let worker = app
-        .spawn_binary(&[("OTEL_EXPORTER_OTLP_ENDPOINT", collector)])
+        .spawn_binary(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector),
+            ("OTEL_SERVICE_NAME", "tts-worker-under-test".into()),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment=test".into(),
+            ),
+        ])
         .await;
+    let producer_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let producer_span = "00f067aa0ba902b7";
+    let properties = tts_worker::broker::with_headers(
+        lapin::BasicProperties::default().with_message_id("otel-msg-1".into()),
+        &[(
+            "traceparent",
+            &format!("00-{producer_trace}-{producer_span}-01"),
+        )],
+    );
     worker
-        .publish(&app, br#"{"text":"trace me","job_id":"otel-1"}"#)
+        .publish_with(
+            &app,
+            br#"{"text":"trace me","job_id":"otel-1"}"#,
+            properties,
+        )
         .await;
-    assert_eq!(app.next_event().await.completed().job_id, "otel-1");
+    let event = app.next_event().await;
+    assert_eq!(event.completed().job_id, "otel-1");
     // Shutting down flushes the batch of spans.
     let (status, logs) = worker.terminate(&app).await;
     assert!(status.success(), "{status:?}\n{logs}");
@@ -186,18 +227,119 @@ async fn spans_reach_an_otlp_collector() {
     server.abort();
     let job = spans
         .iter()
-        .find(|(_, name, job_id)| name == "job" && job_id.as_deref() == Some("otel-1"));
-    assert!(
-        job.is_some(),
-        "no `job` span for otel-1 reached the collector; got {spans:?}\nlogs:\n{logs}"
+        .find(|s| {
+            s.name == "job" && s.attributes.get("job_id").map(String::as_str) == Some("otel-1")
+        })
+        .unwrap_or_else(|| {
+            panic!("no `job` span for otel-1 reached the collector; got {spans:?}\nlogs:\n{logs}")
+        });
+    assert_eq!(
+        job.trace_id, producer_trace,
+        "the job joins the producer's trace"
+    );
+    assert_eq!(
+        job.parent_span_id, producer_span,
+        "the producer's span is its parent"
+    );
+    assert!(job.attributes.contains_key("request_id"), "{job:?}");
+    assert_eq!(
+        job.attributes.get("messaging.system").map(String::as_str),
+        Some("rabbitmq")
+    );
+    assert_eq!(
+        job.attributes
+            .get("messaging.message.id")
+            .map(String::as_str),
+        Some("otel-msg-1")
+    );
+    for stage in [
+        "segmind.submit",
+        "segmind.poll",
+        "segmind.result",
+        "segmind.download",
+        "s3.upload",
+    ] {
+        let span = spans
+            .iter()
+            .find(|s| s.name == stage && s.trace_id == job.trace_id)
+            .unwrap_or_else(|| panic!("no {stage} span in the job's trace: {spans:?}"));
+        assert_eq!(
+            span.parent_span_id, job.span_id,
+            "{stage} is a child of the job: {span:?}"
+        );
+    }
+    let poll = spans.iter().find(|s| s.name == "segmind.poll").unwrap();
+    assert_eq!(
+        poll.attributes
+            .get("http.request.method")
+            .map(String::as_str),
+        Some("GET")
+    );
+    assert_eq!(
+        poll.attributes
+            .get("http.response.status_code")
+            .map(String::as_str),
+        Some("200")
+    );
+    let publish = spans
+        .iter()
+        .find(|s| s.name.starts_with("publish ") && s.trace_id == job.trace_id)
+        .unwrap_or_else(|| panic!("no publish span in the job's trace: {spans:?}"));
+    assert_eq!(publish.parent_span_id, job.span_id);
+    assert_eq!(
+        publish
+            .attributes
+            .get("messaging.operation.type")
+            .map(String::as_str),
+        Some("send")
     );
     assert!(
-        spans.iter().any(|(_, name, _)| name == "segmind.submit"),
-        "{spans:?}"
+        spans.iter().all(|s| s.service == "tts-worker-under-test"),
+        "OTEL_SERVICE_NAME names the service: {spans:?}"
     );
     assert!(
-        spans.iter().all(|(service, _, _)| service == "tts-worker"),
-        "{spans:?}"
+        spans
+            .iter()
+            .all(|s| !format!("{s:?}").contains(&app.api_key)),
+        "the API key is in a span"
     );
+
+    // The event carries the job's context: same trace, the job span's id.
+    let expected = format!("00-{producer_trace}-{}-01", job.span_id);
+    assert_eq!(
+        tts_worker::broker::header_str(&event.properties, "traceparent"),
+        Some(expected.as_str())
+    );
+    let raw: serde_json::Value = serde_json::from_slice(&event.raw).unwrap();
+    assert_eq!(
+        raw["traceparent"],
+        expected.as_str(),
+        "CloudEvents tracing extension"
+    );
+    app.stop().await;
+}
+
+/// Without an exporter, the producer's context passes through to the event
+/// unchanged, so consumers of the event stay in the producer's trace.
+#[tokio::test]
+async fn without_an_exporter_the_producers_traceparent_reaches_the_event() {
+    let app = spawn_app().await;
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    app.publish_raw(
+        br#"{"text":"pass it on","job_id":"tp-1"}"#,
+        tts_worker::broker::with_headers(
+            lapin::BasicProperties::default(),
+            &[("traceparent", traceparent)],
+        ),
+    )
+    .await;
+    let event = app.next_event().await;
+    assert_eq!(event.completed().job_id, "tp-1");
+    assert_eq!(
+        tts_worker::broker::header_str(&event.properties, "traceparent"),
+        Some(traceparent)
+    );
+    let raw: serde_json::Value = serde_json::from_slice(&event.raw).unwrap();
+    assert_eq!(raw["traceparent"], traceparent);
     app.stop().await;
 }

@@ -285,44 +285,55 @@ async fn exhausted_credits_pause_until_credits_return() {
     app.stop().await;
 }
 
+/// Scale-in: a worker told to stop hands its waiting jobs to the next replica
+/// at once (instead of holding them through the grace period), the next one
+/// resumes the Segmind request from the checkpoint, and the interruption is
+/// not counted: with `max_deliveries = 1`, two shutdowns in a row would
+/// otherwise make the job a poison message.
 #[tokio::test]
-async fn shutdown_requeues_unfinished_jobs_and_the_next_worker_resumes_them() {
+async fn shutdown_hands_waiting_jobs_over_uncounted_and_the_next_worker_resumes_them() {
     let mut app = spawn_app_with(
         |_| {},
-        |s| s.shutdown.grace_period = Duration::from_millis(300),
+        |s| {
+            // Long enough for the job to finish if the worker held it.
+            s.shutdown.grace_period = Duration::from_secs(20);
+            s.jobs.max_deliveries = 1;
+        },
     )
     .await;
-    app.publish_json(json!({"text": "a long one [[sim:latency=3]]", "job_id": "long-1"}))
+    let text = "a long one [[sim:latency=4]]";
+    app.publish_json(json!({"text": text, "job_id": "long-1"}))
         .await;
-    // Wait until it is submitted and checkpointed.
     let job_id = JobId::parse("long-1", 64).unwrap();
-    let long = speech("a long one [[sim:latency=3]]");
-    wait_for("the checkpoint", Duration::from_secs(10), || async {
+    let checkpointed = || async {
         checkpoints(&app)
-            .load(&job_id, &long)
+            .load(&job_id, &speech(text))
             .await
             .is_ok_and(|c| c.is_some())
-    })
-    .await;
+    };
+    wait_for("the checkpoint", Duration::from_secs(10), checkpointed).await;
     app.stop_worker().await;
     assert_eq!(
         app.requests_ready().await,
         1,
-        "the unfinished job is back in the queue"
+        "the waiting job was handed back, not finished during the grace period"
     );
-    let saved = checkpoints(&app)
-        .load(
-            &JobId::parse("long-1", 64).unwrap(),
-            &speech("a long one [[sim:latency=3]]"),
-        )
-        .await
-        .unwrap();
-    assert!(saved.is_some(), "its checkpoint survives the worker");
+
+    // The next replica picks it up and is stopped too, while it polls.
+    app.restart_worker(|_| {}).await;
+    wait_for(
+        "the resumed job to poll",
+        Duration::from_secs(10),
+        || async { app.metric("tts_jobs_resumed_total{kind=\"poll\"}").await == Some(1.0) },
+    )
+    .await;
+    app.stop_worker().await;
+    assert_eq!(app.requests_ready().await, 1, "handed back a second time");
 
     app.restart_worker(|_| {}).await;
     let received = app.next_event().await;
     let data = received.completed();
-    assert_eq!(data.attempts, 2, "second delivery");
+    assert_eq!(data.attempts, 1, "shutdowns are not the job's deliveries");
     assert_eq!(
         app.sim.stats().submits_accepted,
         1,
@@ -333,7 +344,7 @@ async fn shutdown_requeues_unfinished_jobs_and_the_next_worker_resumes_them() {
 
 #[tokio::test]
 async fn a_message_that_never_finishes_is_dead_lettered_as_poison() {
-    let mut app = spawn_app_with(
+    let app = spawn_app_with(
         |_| {},
         |s| {
             s.shutdown.grace_period = Duration::from_millis(100);
@@ -349,9 +360,10 @@ async fn a_message_that_never_finishes_is_dead_lettered_as_poison() {
         || async { app.sim.stats().submits_accepted == 1 },
     )
     .await;
-    // The worker is stopped mid-job (as a crash or a timeout would), so the
-    // broker redelivers; the second delivery is over the limit.
-    app.restart_worker(|_| {}).await;
+    // The worker loses the delivery mid-job (as a crash or a network cut
+    // would), so the broker redelivers it and counts it; the second delivery
+    // is over the limit.
+    assert!(app.kill_worker_connection() > 0, "the worker was connected");
     let received = app.next_event().await;
     let f = received.failed();
     assert_eq!(f.error.code, "poison_message");
@@ -499,4 +511,54 @@ async fn losing_the_publishing_channel_ends_the_session_and_reconnects() {
             .is_some_and(|n| n >= 1.0)
     );
     assert_eq!(app.stop().await, 0);
+}
+
+/// The requests queue declares its delivery limit and dead-letter target, so
+/// RabbitMQ 3.10 (no default limit) and 4.x (a default of 20, *dropping*
+/// messages past it when no target is set) both move a message that is never
+/// settled — one that kills every worker before it can publish its `poison`
+/// event — to the dead-letter queue after `max_deliveries + 1` deliveries.
+#[tokio::test]
+async fn past_the_brokers_delivery_limit_a_message_is_dead_lettered_not_dropped() {
+    let mut app = spawn_app_with(|_| {}, |s| s.jobs.max_deliveries = 1).await;
+    // The worker declared the topology; without it nothing settles the
+    // message but the nacks below, as crashes would.
+    app.stop_worker().await;
+    app.publish_raw(b"kills every worker", Default::default())
+        .await;
+    let mut deliveries = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while deliveries < 25 && tokio::time::Instant::now() < deadline {
+        let got = app
+            .channel
+            .basic_get(
+                app.requests_queue().into(),
+                lapin::options::BasicGetOptions::default(),
+            )
+            .await
+            .expect("basic.get");
+        match got {
+            Some(message) => {
+                deliveries += 1;
+                message
+                    .delivery
+                    .acker
+                    .nack(lapin::options::BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    })
+                    .await
+                    .unwrap();
+            }
+            None if app.requests_ready().await == 0 => break,
+            None => {}
+        }
+    }
+    assert_eq!(
+        deliveries, 3,
+        "the broker's limit is max_deliveries + 1 = 2 returns"
+    );
+    let dead = app.next_dead_letter().await;
+    assert_eq!(dead.delivery.data, b"kills every worker".to_vec());
+    app.cleanup().await;
 }
