@@ -1,22 +1,50 @@
-# Build: docker build -t tts-worker .
-FROM rust:1.95-bookworm AS build
+# syntax=docker/dockerfile:1
+# tts-worker's production image: the stripped, LTO-built worker on distroless
+# (glibc, libgcc, CA certificates, a nonroot user; no shell, no package
+# manager). No simulator. Build from the repository root:
+#
+#   docker build -t tts-worker .
+#   docker build --target simulator -t tts-worker-sim .   # the Segmind simulator, for deploy/compose
+#
+# Dependencies build in their own layer from the manifests alone, so a source
+# change rebuilds only the project's own crates.
+
+FROM rust:1.95-bookworm AS deps
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+COPY segmind-sim/Cargo.toml segmind-sim/Cargo.toml
+# Stand-in sources: enough for cargo to resolve and build every dependency.
+RUN mkdir -p src benches segmind-sim/src \
+ && echo 'fn main() {}' > src/main.rs \
+ && touch src/lib.rs segmind-sim/src/lib.rs \
+ && echo 'fn main() {}' > benches/fleet.rs \
+ && echo 'fn main() {}' > segmind-sim/src/main.rs \
+ && cargo build --locked --profile image -p tts-worker --bin tts-worker \
+ && cargo build --locked --release -p segmind-sim
+
+FROM deps AS build
 COPY config config
 COPY src src
-# A workspace member (the Segmind simulator, a dev-dependency): cargo needs its
-# manifest to resolve the workspace; it is not built into the image.
 COPY segmind-sim segmind-sim
-RUN cargo build --release --locked -p tts-worker --bin tts-worker
+# Touch the real sources so cargo does not trust the stand-ins' timestamps.
+RUN touch src/main.rs src/lib.rs segmind-sim/src/lib.rs segmind-sim/src/main.rs \
+ && cargo build --locked --profile image -p tts-worker --bin tts-worker
 
-FROM debian:bookworm-slim
-RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
- && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home tts
-COPY --from=build /src/target/release/tts-worker /usr/local/bin/tts-worker
-USER 10001
+FROM deps AS simulator-build
+COPY segmind-sim segmind-sim
+RUN touch segmind-sim/src/lib.rs segmind-sim/src/main.rs \
+ && cargo build --locked --release -p segmind-sim
+
+# The simulator (tests, demo, deploy/compose only; never in production).
+FROM gcr.io/distroless/cc-debian12:nonroot AS simulator
+COPY --from=simulator-build /src/target/release/segmind-sim /usr/local/bin/segmind-sim
+EXPOSE 8090
+ENTRYPOINT ["/usr/local/bin/segmind-sim"]
+
+FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
+COPY --from=build /src/target/image/tts-worker /usr/local/bin/tts-worker
+USER 65532:65532
 EXPOSE 9090
 ENV TTS__TELEMETRY__LOG_FORMAT=json
-ENTRYPOINT ["tts-worker"]
+ENTRYPOINT ["/usr/local/bin/tts-worker"]
 CMD ["run"]

@@ -3,6 +3,13 @@
 # installing and starting them first when missing. Idempotent.
 #
 #   scripts/test.sh [extra cargo test args]
+#
+# 1. fmt, clippy
+# 2. cargo test --workspace against RabbitMQ 3.10 (Debian bookworm's, :5672)
+# 3. the integration suite and the scale-in churn scenario against RabbitMQ
+#    4.0 (Debian trixie's, in a chroot on :5673; scripts/rabbitmq4.sh)
+# 4. tests/deploy/check.py: Helm chart, deploy/, Dockerfile, alert rules,
+#    dashboard and compose file, with real validators (scripts/tools.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -10,19 +17,38 @@ export PATH="$HOME/.cargo/bin:$PATH"
 env_file=$(scripts/stack.sh up)
 # shellcheck disable=SC1090
 . "$env_file"
+tools_file=$(scripts/tools.sh)
+# shellcheck disable=SC1090
+. "$tools_file"
+rabbitmq4_url=$(scripts/rabbitmq4.sh up)
 
 echo "[test] cargo fmt --check"
 cargo fmt --all -- --check
 echo "[test] cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "[test] cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-set +e
-cargo test --workspace --locked "$@" 2>&1 | tee "$log"
-status=${PIPESTATUS[0]}
-set -e
+status=0
+run() { # label, command...
+  echo "[test] $1"
+  shift
+  set +e
+  "$@" 2>&1 | tee -a "$log"
+  local s=${PIPESTATUS[0]}
+  set -e
+  if [ "$s" -ne 0 ]; then status=$s; fi
+}
+run "cargo test (RabbitMQ 3.10 on :5672)" cargo test --workspace --locked "$@"
+run "integration suite on RabbitMQ 4.0 ($rabbitmq4_url)" \
+  env TTS__AMQP__URL="$rabbitmq4_url" TTS_TEST_RABBITMQCTL="$PWD/scripts/rabbitmq4.sh ctl" \
+  cargo test --locked --test integration "$@"
+run "churn scenario on RabbitMQ 4.0" \
+  env TTS__AMQP__URL="$rabbitmq4_url" TTS_TEST_RABBITMQCTL="$PWD/scripts/rabbitmq4.sh ctl" \
+  cargo test --locked --test chaos churn "$@"
+run "deploy checks (helm, kubernetes-validate, hadolint, promtool, compose)" \
+  "$TTS_TOOLS_PYTHON" tests/deploy/check.py
 read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p + 0, f + 0 }' "$log")
+checks=$(grep -c '^  ok ' "$log" || true)
 echo
-echo "tests: ${passed:-0} passed, ${failed:-0} failed"
+echo "tests: ${passed:-0} passed, ${failed:-0} failed; deploy checks: $checks ok"
 exit "$status"

@@ -83,6 +83,9 @@ pub struct SimConfig {
     pub espeak: bool,
     /// Time between accepting a submission and sending its answer.
     pub submit_delay: Duration,
+    /// Base URL of the media host as clients reach it (behind a proxy or in
+    /// a container network); default `http://{media_addr}`.
+    pub media_public_url: Option<String>,
 }
 
 /// The shape of the latency distribution.
@@ -152,6 +155,7 @@ impl SimConfig {
             foreign_urls: false,
             espeak: speech::espeak_available(),
             submit_delay: Duration::ZERO,
+            media_public_url: None,
         }
     }
 }
@@ -309,7 +313,11 @@ pub async fn spawn(
     let (api_addr, media_addr) = (api.local_addr()?, media.local_addr()?);
     let shared: Shared = Arc::new(Mutex::new(Inner {
         api_base: format!("http://{api_addr}"),
-        media_base: format!("http://{media_addr}"),
+        media_base: config
+            .media_public_url
+            .clone()
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .unwrap_or_else(|| format!("http://{media_addr}")),
         credits: config.credits,
         config,
         jobs: HashMap::new(),

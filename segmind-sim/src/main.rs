@@ -33,6 +33,10 @@ struct Args {
     /// Media (CDN) listen address: another origin than the API.
     #[arg(long, default_value = "127.0.0.1:8091")]
     media_listen: SocketAddr,
+    /// Base URL of the media host in result URLs, when clients reach it by
+    /// another name than the listen address (e.g. http://segmind-sim:8091).
+    #[arg(long)]
+    media_public_url: Option<String>,
     /// The accepted API key.
     #[arg(long, env = "SEGMIND_API_KEY")]
     api_key: String,
@@ -116,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
         config.rate_limit_per_minute = (r > 0).then_some(r);
     }
     config.credits = args.credits;
+    config.media_public_url = args.media_public_url.clone();
     config.fault_rate = args.fault_rate;
     config.output_mode = match args.output {
         Output::Url => OutputMode::Url,

@@ -5,6 +5,7 @@
 mod common;
 mod contract;
 mod corpus;
+mod image;
 mod failures;
 mod helpers;
 mod observability;

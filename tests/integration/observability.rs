@@ -343,3 +343,39 @@ async fn without_an_exporter_the_producers_traceparent_reaches_the_event() {
     assert_eq!(raw["traceparent"], traceparent);
     app.stop().await;
 }
+
+/// `/metrics` passes Prometheus' own linter (`promtool check metrics`, from
+/// Debian's prometheus package; scripts/tools.sh installs it).
+#[tokio::test]
+async fn metrics_pass_promtool_check_metrics() {
+    let app = spawn_app().await;
+    app.publish_json(json!({"text": "lint my metrics", "job_id": "promtool-1"}))
+        .await;
+    assert_eq!(app.next_event().await.completed().job_id, "promtool-1");
+    let text = app.metrics().await;
+    assert!(text.contains("tts_build_info{version=\""), "{text}");
+    let promtool = std::env::var("TTS_PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let mut child = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{promtool}: {e} (scripts/tools.sh installs it)"));
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(text.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics: {report}"
+    );
+    app.stop().await;
+}

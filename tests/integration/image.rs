@@ -1,0 +1,149 @@
+//! The container image's contract, checked without Docker: the runtime
+//! stage is distroless/cc (glibc, libgcc, the CA bundle, nothing else) plus
+//! the worker binary, on a read-only root, with no HOME and no config file.
+//! The root below holds exactly those: the binary, the libraries `ldd`
+//! names (each must be one distroless/cc ships) and the CA bundle (the AWS
+//! SDK refuses to start without trust roots, even for an http endpoint).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::helpers::{spawn_app, stack_env, wait_for};
+
+/// Shared libraries distroless/cc-debian12 provides.
+const DISTROLESS_CC: &[&str] = &[
+    "linux-vdso.so.1",
+    "libc.so.6",
+    "libm.so.6",
+    "libgcc_s.so.1",
+    "ld-linux-x86-64.so.2",
+];
+
+/// The binary's shared libraries, from `ldd`.
+fn shared_libraries(exe: &str) -> Vec<PathBuf> {
+    let out = std::process::Command::new("ldd")
+        .arg(exe)
+        .output()
+        .expect("ldd runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = l.split("=>").nth(1).unwrap_or(l).trim();
+            let path = path.split(" (").next()?.trim();
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_binary_runs_alone_on_a_read_only_root_with_no_home() {
+    let app = spawn_app().await;
+    let exe = env!("CARGO_BIN_EXE_tts-worker");
+    let libraries = shared_libraries(exe);
+    assert!(!libraries.is_empty(), "ldd found no libraries");
+    for lib in &libraries {
+        let name = lib.file_name().unwrap().to_string_lossy();
+        assert!(
+            DISTROLESS_CC.contains(&name.as_ref()),
+            "{name} is not in distroless/cc: the image would not start"
+        );
+    }
+    // A root holding the binary and those libraries, nothing else.
+    let root_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("ro-root-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&root_dir).unwrap();
+    let root = Root(root_dir);
+    std::fs::copy(exe, root.path().join("tts-worker")).unwrap();
+    for lib in &libraries {
+        let target = root.path().join(lib.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(lib, &target).unwrap();
+    }
+    // The CA bundle, at the path distroless/cc-debian12 has it.
+    let bundle = "etc/ssl/certs/ca-certificates.crt";
+    std::fs::create_dir_all(root.path().join("etc/ssl/certs")).unwrap();
+    std::fs::copy(Path::new("/").join(bundle), root.path().join(bundle)).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let env = stack_env();
+    let get = |k: &str| crate::helpers::env_value(&env, k);
+    let queue = format!("{}.ro", app.requests_queue());
+    let vars = [
+        ("TTS__AMQP__URL", crate::common::amqp_url()),
+        ("TTS__AMQP__REQUESTS_QUEUE", queue.clone()),
+        ("TTS__AMQP__EVENTS_EXCHANGE", app.settings.amqp.events_exchange.clone()),
+        ("TTS__AMQP__DEAD_LETTER_QUEUE", format!("{queue}.dead")),
+        ("TTS__S3__ENDPOINT", get("TTS__S3__ENDPOINT")),
+        ("TTS__S3__BUCKET", get("TTS__S3__BUCKET")),
+        ("TTS__S3__REGION", get("TTS__S3__REGION")),
+        ("TTS__S3__FORCE_PATH_STYLE", "true".into()),
+        ("AWS_ACCESS_KEY_ID", get("AWS_ACCESS_KEY_ID")),
+        ("AWS_SECRET_ACCESS_KEY", get("AWS_SECRET_ACCESS_KEY")),
+        ("SEGMIND_API_KEY", app.api_key.clone()),
+        ("TTS__SEGMIND__BASE_URL", app.sim.base_url()),
+        ("TTS__HTTP__ADDR", format!("127.0.0.1:{port}")),
+        ("TTS__TELEMETRY__LOG_FORMAT", "json".into()),
+    ];
+    // A private mount namespace: the root is bind-mounted read-only there
+    // (checked: writing to it must fail), then the binary runs chrooted.
+    let script = r#"set -e
+mount --bind "$1" "$1"
+mount -o remount,bind,ro "$1"
+if touch "$1/probe" 2>/dev/null; then echo "the root is writable" >&2; exit 3; fi
+exec chroot "$1" /tts-worker run"#;
+    let mut child = tokio::process::Command::new("unshare")
+        .args(["--mount", "sh", "-c", script, "sh"])
+        .arg(root.path())
+        .env_clear()
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("unshare runs");
+    let healthz = format!("http://127.0.0.1:{port}/healthz");
+    let ready = format!("http://127.0.0.1:{port}/readyz");
+    wait_for("the binary to answer /readyz", Duration::from_secs(30), || async {
+        reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert_eq!(reqwest::get(&healthz).await.unwrap().status(), 200);
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("it exits after SIGTERM")
+        .unwrap();
+    let mut logs = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        use tokio::io::AsyncReadExt;
+        let _ = err.read_to_string(&mut logs).await;
+    }
+    assert!(status.success(), "{status:?}\n{logs}");
+    assert!(!logs.contains("panicked"), "{logs}");
+    let _ = app
+        .channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await;
+    app.stop().await;
+}
+
+/// The temporary root, removed when the test ends.
+struct Root(PathBuf);
+
+impl Root {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
