@@ -5,9 +5,9 @@
 mod common;
 mod contract;
 mod corpus;
-mod image;
 mod failures;
 mod helpers;
+mod image;
 mod observability;
 mod pipeline;
 mod recovery;
