@@ -379,3 +379,55 @@ async fn metrics_pass_promtool_check_metrics() {
     );
     app.stop().await;
 }
+
+/// `tts-worker submit` starts a trace: it sends a `traceparent`, prints it,
+/// and the job's event carries it back (passed through by a worker that
+/// exports nothing).
+#[tokio::test]
+async fn submit_sends_a_traceparent_that_comes_back_in_the_event() {
+    let app = spawn_app().await;
+    let worker = app.spawn_binary(&[]).await;
+    // The worker declares its queue before the producer publishes.
+    worker
+        .publish(&app, br#"{"text":"warm up","job_id":"tp-warm"}"#)
+        .await;
+    let mut env = crate::helpers::stack_env();
+    env.retain(|(k, _)| !k.starts_with("TTS__AMQP__"));
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tts-worker"))
+        .args(["submit", "--text", "follow me", "--job-id", "tp-submit"])
+        .args(["--wait", "--print-event", "--timeout", "60"])
+        .env_clear()
+        .envs(env)
+        .env("TTS__AMQP__URL", crate::common::amqp_url())
+        .env("TTS__AMQP__REQUESTS_QUEUE", &worker.queue)
+        .env(
+            "TTS__AMQP__EVENTS_EXCHANGE",
+            &app.settings.amqp.events_exchange,
+        )
+        .env(
+            "TTS__AMQP__DEAD_LETTER_QUEUE",
+            &app.settings.amqp.dead_letter_queue,
+        )
+        .env("SEGMIND_API_KEY", &app.api_key)
+        .output()
+        .await
+        .expect("submit runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = stdout
+        .split("(traceparent ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("no traceparent printed:\n{stdout}"));
+    assert!(
+        stdout.contains(&format!("\"traceparent\": \"{sent}\"")),
+        "the event does not carry {sent}:\n{stdout}"
+    );
+    let (status, logs) = worker.terminate(&app).await;
+    assert!(status.success(), "{logs}");
+    app.stop().await;
+}
