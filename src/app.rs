@@ -43,7 +43,7 @@ impl Session {
             .context("connecting to the broker (amqp.url)")?;
         let topology = Topology::from(settings);
         let channel = connection.create_channel().await?;
-        broker::declare(&channel, &topology)
+        broker::declare(&connection, &topology)
             .await
             .context("declaring queues and exchanges")?;
         let publisher = Publisher::new(connection.create_channel().await?, amqp.publish_timeout)

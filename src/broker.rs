@@ -150,17 +150,37 @@ fn requests_args(topology: &Topology) -> FieldTable {
     args
 }
 
-/// Declares the topology. Idempotent: declaring what exists with the same
-/// arguments is a no-op, so every replica (and `submit`) may call it.
-pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), BrokerError> {
+/// Declares the topology, on a channel of its own. Idempotent: declaring
+/// what exists with the same arguments is a no-op, so every replica (and
+/// `submit`) may call it.
+///
+/// A requests queue declared earlier with other arguments (by a version that
+/// did not set the delivery limit, or with another `max_deliveries`) is used
+/// as it is, with a warning: failing would stop every replica of an upgraded
+/// fleet. The operator sets the limit by policy or deletes the empty queue.
+pub async fn declare(connection: &Connection, topology: &Topology) -> Result<(), BrokerError> {
     let durable = QueueDeclareOptions::durable();
-    channel
-        .queue_declare(
-            topology.requests_queue.as_str().into(),
-            durable,
-            requests_args(topology),
-        )
-        .await?;
+    let mut channel = connection.create_channel().await?;
+    let requests = topology.requests_queue.as_str();
+    match channel
+        .queue_declare(requests.into(), durable, requests_args(topology))
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if is_precondition_failed(&e) => {
+            tracing::warn!(
+                queue = requests,
+                error = %e,
+                "the requests queue exists with other arguments; using it as it is. Its delivery limit and dead-letter target may differ from jobs.max_deliveries: set them by policy, or delete the queue when it is empty"
+            );
+            // The broker closed that channel.
+            channel = connection.create_channel().await?;
+            channel
+                .queue_declare(requests.into(), durable.passive(), FieldTable::default())
+                .await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
     channel
         .queue_declare(
             topology.dead_letter_queue.as_str().into(),
@@ -193,7 +213,15 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
             )
             .await?;
     }
+    // Best effort: the connection's end closes it anyway.
+    let _ = channel.close(200, "topology declared".into()).await;
     Ok(())
+}
+
+/// The broker refused a declaration whose arguments differ from the
+/// existing object's (AMQP 406 PRECONDITION_FAILED).
+fn is_precondition_failed(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
 }
 
 /// Messages ready in `queue` (not counting unacked ones), via a passive declare.

@@ -61,7 +61,7 @@ pub async fn run(settings: &Settings, args: SubmitArgs) -> anyhow::Result<bool> 
         .context("connecting to the broker (amqp.url)")?;
     let channel = connection.create_channel().await?;
     let topology = Topology::from(settings);
-    broker::declare(&channel, &topology)
+    broker::declare(&connection, &topology)
         .await
         .context("declaring queues")?;
 

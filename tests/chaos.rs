@@ -239,9 +239,9 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
     }
 
     // Declare the topology (as the workers do) and publish every job.
-    let (conn, channel) = connect().await.expect("broker up");
+    let (conn, _) = connect().await.expect("broker up");
     let settings = Settings::load_from(None, &chaos.worker_env()).expect("valid settings");
-    broker::declare(&channel, &broker::Topology::from(&settings))
+    broker::declare(&conn, &broker::Topology::from(&settings))
         .await
         .unwrap();
     let publisher = Publisher::new(
@@ -553,9 +553,9 @@ async fn churn_sigterm_during_scale_in_hands_jobs_over_uncounted_and_unpaid() {
         let w = chaos.spawn_worker();
         chaos.workers.push(w);
     }
-    let (conn, channel) = connect().await.expect("broker up");
+    let (conn, _) = connect().await.expect("broker up");
     let settings = Settings::load_from(None, &chaos.worker_env()).expect("valid settings");
-    broker::declare(&channel, &broker::Topology::from(&settings))
+    broker::declare(&conn, &broker::Topology::from(&settings))
         .await
         .unwrap();
     let publisher = Publisher::new(

@@ -562,3 +562,35 @@ async fn past_the_brokers_delivery_limit_a_message_is_dead_lettered_not_dropped(
     assert_eq!(dead.delivery.data, b"kills every worker".to_vec());
     app.cleanup().await;
 }
+
+/// Upgrading a fleet whose requests queue was declared without the delivery
+/// limit (an older version): the worker uses the queue as it is, with a
+/// warning, instead of failing to start on PRECONDITION_FAILED.
+#[tokio::test]
+async fn a_requests_queue_declared_by_an_older_version_is_used_as_it_is() {
+    let mut app = spawn_app().await;
+    app.stop_worker().await;
+    let queue = app.requests_queue().to_owned();
+    app.channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let mut quorum_only = lapin::types::FieldTable::default();
+    quorum_only.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    app.channel
+        .queue_declare(
+            queue.as_str().into(),
+            lapin::options::QueueDeclareOptions::durable(),
+            quorum_only,
+        )
+        .await
+        .unwrap();
+    app.restart_worker(|_| {}).await;
+    app.publish_json(json!({"text": "after the upgrade", "job_id": "upgrade-1"}))
+        .await;
+    assert_eq!(app.next_event().await.completed().job_id, "upgrade-1");
+    assert_eq!(app.stop().await, 0);
+}
