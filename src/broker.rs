@@ -299,43 +299,34 @@ impl Publisher {
             "messaging.destination.name" = destination,
             "messaging.rabbitmq.destination.routing_key" = routing_key,
         );
-        self.publish_confirmed(exchange, routing_key, body, properties, mandatory)
-            .instrument(span)
-            .await
-    }
-
-    async fn publish_confirmed(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        properties: BasicProperties,
-        mandatory: bool,
-    ) -> Result<(), BrokerError> {
-        let confirm = self
-            .channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions {
-                    mandatory,
-                    ..BasicPublishOptions::default()
-                },
-                body,
-                properties,
-            )
-            .await?;
-        let confirmation = tokio::time::timeout(self.timeout, confirm)
-            .await
-            .map_err(|_| BrokerError::ConfirmTimeout(self.timeout))??;
-        match confirmation {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_returned)) => Err(BrokerError::Unroutable {
-                exchange: exchange.to_owned(),
-                routing_key: routing_key.to_owned(),
-            }),
-            Confirmation::Nack(_) => Err(BrokerError::Nacked),
+        async move {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory,
+                        ..BasicPublishOptions::default()
+                    },
+                    body,
+                    properties,
+                )
+                .await?;
+            let confirmation = tokio::time::timeout(self.timeout, confirm)
+                .await
+                .map_err(|_| BrokerError::ConfirmTimeout(self.timeout))??;
+            match confirmation {
+                Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+                Confirmation::Ack(Some(_returned)) => Err(BrokerError::Unroutable {
+                    exchange: exchange.to_owned(),
+                    routing_key: routing_key.to_owned(),
+                }),
+                Confirmation::Nack(_) => Err(BrokerError::Nacked),
+            }
         }
+        .instrument(span)
+        .await
     }
 }
 

@@ -178,6 +178,99 @@ async fn connect() -> Option<(Connection, lapin::Channel)> {
     Some((conn, ch))
 }
 
+/// A scenario's running parts: the simulator in this process, worker
+/// processes, the declared topology and a confirmed publisher.
+struct Scenario {
+    chaos: Chaos,
+    sim: segmind_sim::SimHandle,
+    settings: Settings,
+    publisher: Publisher,
+    logs: PathBuf,
+    _connection: Connection,
+}
+
+impl Chaos {
+    /// Starts a simulator with `sim_config` (its API key is `key`) and
+    /// `n_workers` workers with `overrides`, and declares the topology.
+    async fn start(
+        name: &str,
+        key: &str,
+        sim_config: segmind_sim::SimConfig,
+        overrides: Vec<(&'static str, String)>,
+        n_workers: usize,
+    ) -> Scenario {
+        let tag = format!("{name}-{}", uuid::Uuid::new_v4().simple());
+        let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&tag);
+        std::fs::create_dir_all(&logs).unwrap();
+        let mut env = stack_env();
+        env.retain(|(k, _)| {
+            !k.starts_with("TTS__AMQP__") && k != "SEGMIND_API_KEY" && k != "RUST_LOG"
+        });
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let sim = segmind_sim::spawn(sim_config, any, any)
+            .await
+            .expect("simulator starts");
+        env.push(("SEGMIND_API_KEY".into(), key.to_owned()));
+        env.push(("TTS__SEGMIND__BASE_URL".into(), sim.base_url()));
+        env.push(("TTS__AMQP__URL".into(), amqp_url()));
+        let mut chaos = Chaos {
+            tag,
+            env,
+            logs: logs.clone(),
+            workers: Vec::new(),
+            spawned: 0,
+            overrides,
+        };
+        for _ in 0..n_workers {
+            let w = chaos.spawn_worker();
+            chaos.workers.push(w);
+        }
+        // Declare the topology (as the workers do) before publishing.
+        let (connection, _) = connect().await.expect("broker up");
+        let settings = Settings::load_from(None, &chaos.worker_env()).expect("valid settings");
+        broker::declare(&connection, &broker::Topology::from(&settings))
+            .await
+            .unwrap();
+        let publisher = Publisher::new(
+            connection.create_channel().await.unwrap(),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        Scenario {
+            chaos,
+            sim,
+            settings,
+            publisher,
+            logs,
+            _connection: connection,
+        }
+    }
+
+    /// Stops the workers and deletes the scenario's queues; done before the
+    /// assertions, so a failure leaves no processes behind.
+    async fn teardown(&mut self, settings: &Settings) {
+        for w in &mut self.workers {
+            let _ = w.start_kill();
+        }
+        if let Some((conn, ch)) = connect().await {
+            for q in [
+                Some(settings.amqp.requests_queue.as_str()),
+                Some(settings.amqp.dead_letter_queue.as_str()),
+                settings.amqp.events_queue.as_deref(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let _ = ch
+                    .queue_delete(q.into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            let _ = conn.close(200, "scenario done".into()).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
     let _serial = SERIAL.lock().await;
@@ -190,12 +283,6 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let started = Instant::now();
-    let tag = format!("chaos-{}", uuid::Uuid::new_v4().simple());
-    let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&tag);
-    std::fs::create_dir_all(&logs).unwrap();
-    let mut env = stack_env();
-    env.retain(|(k, _)| !k.starts_with("TTS__AMQP__") && k != "SEGMIND_API_KEY" && k != "RUST_LOG");
-
     // The simulator, in this process (the workers are the processes under
     // test): ~1.5 s jobs, 2% random 5xx. With 16 jobs in flight per worker
     // the run spans every fault below.
@@ -204,52 +291,16 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
     sim_config.latency_mean = Duration::from_millis(1500);
     sim_config.fault_rate = 0.02;
     sim_config.espeak = false;
-    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let sim = segmind_sim::spawn(sim_config, any, any)
-        .await
-        .expect("simulator starts");
+    let Scenario {
+        mut chaos,
+        sim,
+        settings,
+        publisher,
+        logs,
+        _connection: conn,
+    } = Chaos::start("chaos", &key, sim_config, Vec::new(), n_workers).await;
     let sim_base = sim.base_url();
-    env.push(("SEGMIND_API_KEY".into(), key.clone()));
-    env.push(("TTS__SEGMIND__BASE_URL".into(), sim_base.clone()));
-    env.push(("TTS__AMQP__URL".into(), amqp_url()));
     let http = reqwest::Client::new();
-    for _ in 0..100 {
-        if http
-            .get(format!("{sim_base}/_sim/stats"))
-            .send()
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    let mut chaos = Chaos {
-        tag: tag.clone(),
-        env,
-        logs: logs.clone(),
-        workers: Vec::new(),
-        spawned: 0,
-        overrides: Vec::new(),
-    };
-    for _ in 0..n_workers {
-        let w = chaos.spawn_worker();
-        chaos.workers.push(w);
-    }
-
-    // Declare the topology (as the workers do) and publish every job.
-    let (conn, _) = connect().await.expect("broker up");
-    let settings = Settings::load_from(None, &chaos.worker_env()).expect("valid settings");
-    broker::declare(&conn, &broker::Topology::from(&settings))
-        .await
-        .unwrap();
-    let publisher = Publisher::new(
-        conn.create_channel().await.unwrap(),
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
     let mut expected = BTreeMap::new();
     for i in 0..jobs {
         let (marker, outcome) = match i % 20 {
@@ -440,23 +491,7 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
     eprintln!("{report}");
     std::fs::write(logs.join("report.txt"), &report).unwrap();
 
-    // Stop the workers and clean up before asserting, so a failure leaves no
-    // processes behind.
-    for w in &mut chaos.workers {
-        let _ = w.start_kill();
-    }
-    if let Some((conn, ch)) = connect().await {
-        for q in [
-            settings.amqp.requests_queue.as_str(),
-            settings.amqp.dead_letter_queue.as_str(),
-            events_queue.as_str(),
-        ] {
-            let _ = ch
-                .queue_delete(q.into(), QueueDeleteOptions::default())
-                .await;
-        }
-        let _ = conn.close(200, "chaos done".into()).await;
-    }
+    chaos.teardown(&settings).await;
 
     assert!(
         lost.is_empty(),
@@ -500,70 +535,42 @@ async fn churn_sigterm_during_scale_in_hands_jobs_over_uncounted_and_unpaid() {
     let jobs = 48;
     let n_workers = 3;
     let started = Instant::now();
-    let tag = format!("churn-{}", uuid::Uuid::new_v4().simple());
-    let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&tag);
-    std::fs::create_dir_all(&logs).unwrap();
-    let mut env = stack_env();
-    env.retain(|(k, _)| !k.starts_with("TTS__AMQP__") && k != "SEGMIND_API_KEY" && k != "RUST_LOG");
-
     let key = format!("sk-churn-{}", uuid::Uuid::new_v4().simple());
     let mut sim_config = segmind_sim::SimConfig::fast(&key);
     sim_config.latency_mean = Duration::from_secs_f64(job_seconds);
     sim_config.latency_spread = Duration::from_secs_f64(job_seconds / 6.0);
     sim_config.fault_rate = 0.0;
     sim_config.espeak = false;
-    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let sim = segmind_sim::spawn(sim_config, any, any)
-        .await
-        .expect("simulator starts");
-    env.push(("SEGMIND_API_KEY".into(), key.clone()));
-    env.push(("TTS__SEGMIND__BASE_URL".into(), sim.base_url()));
-    env.push(("TTS__AMQP__URL".into(), amqp_url()));
-
-    let mut chaos = Chaos {
-        tag: tag.clone(),
-        env,
-        logs: logs.clone(),
-        workers: Vec::new(),
-        spawned: 0,
-        overrides: vec![
-            // Two deliveries: were shutdowns counted, a job interrupted twice
-            // would be dead-lettered as poison.
-            ("TTS__JOBS__MAX_DELIVERIES", "2".into()),
-            // Shorter than a job: a worker cannot finish what it holds.
-            (
-                "TTS__SHUTDOWN__GRACE_PERIOD",
-                format!("{}", job_seconds / 2.0),
-            ),
-            ("TTS__AMQP__MAX_IN_FLIGHT", "8".into()),
-            ("TTS__SEGMIND__POLL_PRIOR_LATENCY", format!("{job_seconds}")),
-            (
-                "TTS__SEGMIND__POLL_PRIOR_SPREAD",
-                format!("{}", job_seconds / 6.0),
-            ),
-            ("TTS__SEGMIND__POLL_TARGET_LAG", "0.3".into()),
-            ("TTS__SEGMIND__POLL_MAX", "1".into()),
-            (
-                "TTS__SEGMIND__JOB_DEADLINE",
-                format!("{}", job_seconds * 20.0),
-            ),
-        ],
-    };
-    for _ in 0..n_workers {
-        let w = chaos.spawn_worker();
-        chaos.workers.push(w);
-    }
-    let (conn, _) = connect().await.expect("broker up");
-    let settings = Settings::load_from(None, &chaos.worker_env()).expect("valid settings");
-    broker::declare(&conn, &broker::Topology::from(&settings))
-        .await
-        .unwrap();
-    let publisher = Publisher::new(
-        conn.create_channel().await.unwrap(),
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
+    let overrides = vec![
+        // Two deliveries: were shutdowns counted, a job interrupted twice
+        // would be dead-lettered as poison.
+        ("TTS__JOBS__MAX_DELIVERIES", "2".into()),
+        // Shorter than a job: a worker cannot finish what it holds.
+        (
+            "TTS__SHUTDOWN__GRACE_PERIOD",
+            format!("{}", job_seconds / 2.0),
+        ),
+        ("TTS__AMQP__MAX_IN_FLIGHT", "8".into()),
+        ("TTS__SEGMIND__POLL_PRIOR_LATENCY", format!("{job_seconds}")),
+        (
+            "TTS__SEGMIND__POLL_PRIOR_SPREAD",
+            format!("{}", job_seconds / 6.0),
+        ),
+        ("TTS__SEGMIND__POLL_TARGET_LAG", "0.3".into()),
+        ("TTS__SEGMIND__POLL_MAX", "1".into()),
+        (
+            "TTS__SEGMIND__JOB_DEADLINE",
+            format!("{}", job_seconds * 20.0),
+        ),
+    ];
+    let Scenario {
+        mut chaos,
+        sim,
+        settings,
+        publisher,
+        logs,
+        _connection,
+    } = Chaos::start("churn", &key, sim_config, overrides, n_workers).await;
     for i in 0..jobs {
         let body = serde_json::json!({"text": format!("churn job {i} is being spoken"), "job_id": format!("churn-{i}")});
         publisher
@@ -660,21 +667,7 @@ async fn churn_sigterm_during_scale_in_hands_jobs_over_uncounted_and_unpaid() {
     eprintln!("{report}");
     std::fs::write(logs.join("report.txt"), &report).unwrap();
 
-    for w in &mut chaos.workers {
-        let _ = w.start_kill();
-    }
-    if let Some((conn, ch)) = connect().await {
-        for q in [
-            settings.amqp.requests_queue.as_str(),
-            settings.amqp.dead_letter_queue.as_str(),
-            events_queue.as_str(),
-        ] {
-            let _ = ch
-                .queue_delete(q.into(), QueueDeleteOptions::default())
-                .await;
-        }
-        let _ = conn.close(200, "churn done".into()).await;
-    }
+    chaos.teardown(&settings).await;
 
     assert!(
         lost.is_empty(),
