@@ -359,19 +359,8 @@ impl SegmindClient {
         let request = request.header(API_KEY_HEADER, self.api_key.expose_secret());
         let (client, request) = request.build_split();
         let request = request.map_err(|source| transport(call, source))?;
-        // The span reads the method and URL only: the key is in no span.
-        let span = http_span(call, &request);
-        // Boxed after the budget and the slot: queued calls hold no request.
-        let response = self.record(
-            call,
-            client
-                .execute(request)
-                .boxed()
-                .instrument(span.clone())
-                .await,
-        )?;
+        let response = self.execute(&client, call, request).await?;
         let status = response.status();
-        span.record("http.response.status_code", status.as_u16());
         let headers = response.headers().clone();
         if status == StatusCode::TOO_MANY_REQUESTS {
             self.budget
@@ -394,6 +383,29 @@ impl SegmindClient {
             .await
             .map_err(|source| transport(call, source))?;
         Ok((status, headers, body))
+    }
+
+    /// Sends `request` with `client` inside its HTTP client span (see
+    /// [`http_span`]) and counts it. Boxed: callers take their budget and
+    /// slot first, so queued calls hold no request future.
+    async fn execute(
+        &self,
+        client: &reqwest::Client,
+        call: Call,
+        request: reqwest::Request,
+    ) -> Result<reqwest::Response, SegmindError> {
+        // The span reads the method and URL only: the key is in no span.
+        let span = http_span(call, &request);
+        let response = self.record(
+            call,
+            client
+                .execute(request)
+                .boxed()
+                .instrument(span.clone())
+                .await,
+        )?;
+        span.record("http.response.status_code", response.status().as_u16());
+        Ok(response)
     }
 
     fn record(
@@ -456,17 +468,8 @@ impl SegmindClient {
             .get(url.clone())
             .build()
             .map_err(|source| transport(Call::Download, source))?;
-        let span = http_span(Call::Download, &request);
-        let response = self.record(
-            Call::Download,
-            self.media
-                .execute(request)
-                .boxed()
-                .instrument(span.clone())
-                .await,
-        )?;
+        let response = self.execute(&self.media, Call::Download, request).await?;
         let status = response.status();
-        span.record("http.response.status_code", status.as_u16());
         if !status.is_success() {
             let headers = response.headers().clone();
             let body = response.bytes().await.unwrap_or_default();
