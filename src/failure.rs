@@ -188,7 +188,8 @@ pub enum Disposition {
     /// Requeue it: a later delivery will likely succeed (and resume from the
     /// job's checkpoint, so nothing is paid twice).
     Requeue,
-    /// Requeue it and stop taking work until the account is fixed.
+    /// Stop taking work until the account is fixed, and hand the delivery
+    /// back without counting it (the account's fault is not the job's).
     Pause,
 }
 

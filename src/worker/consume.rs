@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use super::pause;
+use super::pipeline::HandOverReason;
 use super::settle::{JobContext, hand_over, process};
 use crate::broker;
 
@@ -41,7 +42,7 @@ impl Consuming {
 
     /// Cancels `consumer` and hands back what it had buffered but not
     /// started ([`hand_over`]: not counted as a delivery of the job).
-    async fn stop(&self, mut consumer: lapin::Consumer, ctx: &JobContext, reason: &'static str) {
+    async fn stop(&self, mut consumer: lapin::Consumer, ctx: &JobContext, reason: HandOverReason) {
         if let Err(e) = self
             .channel
             .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
@@ -122,7 +123,7 @@ pub async fn run(
         if gate.paused().is_some() {
             ready.store(false, Ordering::Relaxed);
             if let Some(c) = consumer.take() {
-                consuming.stop(c, &ctx, "paused").await;
+                consuming.stop(c, &ctx, HandOverReason::Paused).await;
             }
             if prober.as_ref().is_none_or(|p| p.is_finished()) {
                 let pipeline = ctx.pipeline.clone();
@@ -199,7 +200,7 @@ pub async fn run(
     match &stopped {
         Stopped::Shutdown => {
             if let Some(c) = consumer.take() {
-                consuming.stop(c, &ctx, "shutdown").await;
+                consuming.stop(c, &ctx, HandOverReason::Shutdown).await;
             }
             // Jobs waiting on Segmind hand their deliveries to other
             // replicas now instead of holding them through the grace period.

@@ -49,6 +49,7 @@ impl AsFault for JobError {
             JobError::Segmind(e) => e.fault(),
             JobError::Audio(e) => e.fault(),
             JobError::Storage(e) => e.fault(),
+            // Never classified: `run` ends a handed-over job before.
             JobError::Interrupted(_) | JobError::HandedOver => Fault::Deadline,
         }
     }
@@ -68,9 +69,29 @@ pub enum JobEnd {
     Finished(Box<Outcome>),
     /// Try again on a later delivery; the reason is an error code.
     Requeue(ErrorCode),
-    /// The worker is shutting down: give the delivery to another replica
-    /// without counting this delivery toward the poison limit.
-    HandOver,
+    /// Give the delivery to another replica (or a later delivery) without
+    /// counting it toward the poison limit: it did not fail by its own fault.
+    HandOver(HandOverReason),
+}
+
+/// Why a delivery is handed over instead of finished or requeued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandOverReason {
+    /// The worker is shutting down (scale-in, rollout, drain).
+    Shutdown,
+    /// Consumption paused on an account-level failure (API key, credits,
+    /// bucket): the account's fault, not the job's.
+    Paused,
+}
+
+impl HandOverReason {
+    /// Label of `tts_handovers_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandOverReason::Shutdown => "shutdown",
+            HandOverReason::Paused => "paused",
+        }
+    }
 }
 
 /// What every job of the process shares: the adapters and the settings that
@@ -162,7 +183,7 @@ impl Pipeline {
             Ok(completed) => return JobEnd::Finished(Box::new(Outcome::Completed(completed))),
             Err(JobError::HandedOver) => {
                 info!("handing the job over: the worker is shutting down");
-                return JobEnd::HandOver;
+                return JobEnd::HandOver(HandOverReason::Shutdown);
             }
             Err(err) => err,
         };
@@ -196,7 +217,8 @@ impl Pipeline {
             }
             Disposition::Pause => {
                 self.pause.pause(failure.code, &failure.message);
-                JobEnd::Requeue(failure.code)
+                warn!(code = failure.code.as_str(), error = %err, "account-level failure; handing the job back while consumption pauses");
+                JobEnd::HandOver(HandOverReason::Paused)
             }
         }
     }

@@ -15,7 +15,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tracing::{Instrument, Span, error, field, info, info_span, warn};
 
-use super::pipeline::{JobEnd, Pipeline};
+use super::pipeline::{HandOverReason, JobEnd, Pipeline};
 use crate::broker::{self, BrokerError, Publisher, Topology};
 use crate::config::RequestLimits;
 use crate::failure::Failure;
@@ -44,9 +44,10 @@ pub enum Settlement {
     Ack,
     /// Not finished here; the broker redelivers it.
     Requeue,
-    /// Not finished here through no fault of the job (shutdown): a copy goes
-    /// back to the queue without counting this delivery (see [`hand_over`]).
-    HandOver,
+    /// Not finished here through no fault of the job (shutdown, account
+    /// pause): a copy goes back to the queue without counting this delivery
+    /// (see [`hand_over`]).
+    HandOver(HandOverReason),
 }
 
 /// Takes one delivery to a confirmed terminal event or a requeue, and settles it.
@@ -81,7 +82,7 @@ pub async fn process(ctx: &JobContext, delivery: Delivery) -> Settlement {
             tokio::time::sleep(ctx.pipeline.jobs.requeue_delay).await;
             Box::pin(delivery.acker.nack(REQUEUE)).await
         }
-        Settlement::HandOver => Box::pin(hand_over(ctx, &delivery, "shutdown")).await,
+        Settlement::HandOver(reason) => Box::pin(hand_over(ctx, &delivery, reason)).await,
     };
     if let Err(e) = ack_result {
         // The channel is gone: the broker will redeliver the message.
@@ -141,7 +142,7 @@ async fn settle(
             }
             Ok(job) => match ctx.pipeline.run(job, attempt).await {
                 JobEnd::Finished(outcome) => (*outcome, false),
-                JobEnd::HandOver => return (Settlement::HandOver, None),
+                JobEnd::HandOver(reason) => return (Settlement::HandOver(reason), None),
                 JobEnd::Requeue(reason) => {
                     ctx.pipeline
                         .metrics
@@ -240,7 +241,7 @@ const REQUEUE: BasicNackOptions = BasicNackOptions {
 pub async fn hand_over(
     ctx: &JobContext,
     delivery: &Delivery,
-    reason: &'static str,
+    reason: HandOverReason,
 ) -> Result<bool, lapin::Error> {
     let counted = broker::delivery_count(&delivery.properties);
     let properties = broker::handover_properties(&delivery.properties, counted);
@@ -259,7 +260,7 @@ pub async fn hand_over(
             ctx.pipeline
                 .metrics
                 .handovers
-                .with_label_values(&[reason])
+                .with_label_values(&[reason.as_str()])
                 .inc();
             delivery.acker.ack(BasicAckOptions::default()).await
         }

@@ -241,10 +241,10 @@ async fn account_errors_pause_consumption_and_resume_when_fixed() {
     })
     .await;
     assert_eq!(app.ready().await, 503, "still paused");
-    assert!(
-        app.metrics()
-            .await
-            .contains("tts_requeues_total{reason=\"unauthorized\"} 1")
+    assert_eq!(
+        app.metric("tts_handovers_total{reason=\"paused\"}").await,
+        Some(1.0),
+        "handed back, not requeued"
     );
 
     // The account is fixed: the probe notices, consumption resumes by itself.
@@ -252,6 +252,11 @@ async fn account_errors_pause_consumption_and_resume_when_fixed() {
     app.sim.set_api_key(&key);
     let received = app.next_event().await;
     assert_eq!(received.completed().job_id, "acct-1");
+    assert_eq!(
+        received.completed().attempts,
+        1,
+        "a pause is the account's fault: not counted as the job's delivery"
+    );
     assert!(
         app.metrics()
             .await

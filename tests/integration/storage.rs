@@ -56,10 +56,9 @@ async fn a_missing_bucket_pauses_consumption_until_it_exists() {
     .await;
     assert_eq!(app.ready().await, 503, "not ready while paused");
     assert_eq!(
-        app.metric("tts_requeues_total{reason=\"storage_bucket_missing\"}")
-            .await,
+        app.metric("tts_handovers_total{reason=\"paused\"}").await,
         Some(1.0),
-        "requeued, not failed"
+        "handed back uncounted, not failed"
     );
     assert_eq!(app.sim.stats().submits_accepted, 0, "nothing was paid for");
 
