@@ -44,8 +44,8 @@ CHART = ROOT / "helm" / "tts-worker"
 KUBE_VERSION = "1.30.0"
 PROBLEMS: list[str] = []
 
-# KEDA's documented fields (keda-docs: concepts/scaling-deployments.md and
-# scalers/rabbitmq-queue.md, KEDA 2.x).
+# KEDA's documented fields, KEDA 2.x: https://keda.sh/docs/latest/concepts/scaling-deployments/
+# and https://keda.sh/docs/latest/scalers/rabbitmq-queue/ (trigger metadata).
 KEDA_SCALEDOBJECT_SPEC = {
     "scaleTargetRef", "pollingInterval", "cooldownPeriod", "initialCooldownPeriod",
     "idleReplicaCount", "minReplicaCount", "maxReplicaCount", "fallback", "advanced",
