@@ -94,10 +94,30 @@ pub struct Application {
     ready: Arc<AtomicBool>,
 }
 
+/// The AWS SDK panics at start-up when it finds no CA certificate at all
+/// (even for an http endpoint), and the API client needs them for HTTPS: say
+/// so plainly instead. Reads the same places the TLS clients read.
+fn check_trust_store() -> anyhow::Result<()> {
+    let found = rustls_native_certs::load_native_certs();
+    if found.certs.is_empty() {
+        let why: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+        anyhow::bail!(
+            "no CA certificates found (SSL_CERT_FILE, SSL_CERT_DIR or the system store{}): install ca-certificates or point SSL_CERT_FILE at a PEM bundle",
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", why.join("; "))
+            }
+        );
+    }
+    Ok(())
+}
+
 impl Application {
     /// Connects to the broker, declares the topology and binds the operations
     /// endpoint. Storage is reached with the standard AWS credential chain.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        check_trust_store()?;
         let storage = Storage::new(&settings.s3).await;
         Self::build_with_storage(settings, storage).await
     }

@@ -38,9 +38,9 @@ fn shared_libraries(exe: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-#[tokio::test]
-async fn the_binary_runs_alone_on_a_read_only_root_with_no_home() {
-    let app = spawn_app().await;
+/// The image's root: the binary and its `ldd` libraries, plus the CA bundle
+/// (at distroless/static-debian12's path) when `with_ca_bundle`.
+fn image_root(with_ca_bundle: bool) -> Root {
     let exe = env!("CARGO_BIN_EXE_tts-worker");
     let libraries = shared_libraries(exe);
     assert!(!libraries.is_empty(), "ldd found no libraries");
@@ -51,29 +51,61 @@ async fn the_binary_runs_alone_on_a_read_only_root_with_no_home() {
             "{name} is a new shared library: the image grows (see EXPECTED_LIBRARIES)"
         );
     }
-    // A root holding the binary and those libraries, nothing else.
-    let root_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("ro-root-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&root_dir).unwrap();
-    let root = Root(root_dir);
+    let root = Root(
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("ro-root-{}", uuid::Uuid::new_v4().simple())),
+    );
+    std::fs::create_dir_all(root.path()).unwrap();
     std::fs::copy(exe, root.path().join("tts-worker")).unwrap();
     for lib in &libraries {
         let target = root.path().join(lib.strip_prefix("/").unwrap());
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
         std::fs::copy(lib, &target).unwrap();
     }
-    // The CA bundle, at the path distroless/static-debian12 has it.
-    let bundle = "etc/ssl/certs/ca-certificates.crt";
-    std::fs::create_dir_all(root.path().join("etc/ssl/certs")).unwrap();
-    std::fs::copy(Path::new("/").join(bundle), root.path().join(bundle)).unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    if with_ca_bundle {
+        let bundle = "etc/ssl/certs/ca-certificates.crt";
+        std::fs::create_dir_all(root.path().join("etc/ssl/certs")).unwrap();
+        std::fs::copy(Path::new("/").join(bundle), root.path().join(bundle)).unwrap();
+    }
+    root
+}
+
+/// Starts `/tts-worker run` chrooted into `root`, bind-mounted read-only in a
+/// private mount namespace (checked: writing to it must fail), with only
+/// `vars` in its environment (no HOME).
+fn run_in(root: &Root, vars: &[(&str, String)]) -> tokio::process::Child {
+    let script = r#"set -e
+mount --bind "$1" "$1"
+mount -o remount,bind,ro "$1"
+if touch "$1/probe" 2>/dev/null; then echo "the root is writable" >&2; exit 3; fi
+exec chroot "$1" /tts-worker run"#;
+    tokio::process::Command::new("unshare")
+        .args(["--mount", "sh", "-c", script, "sh"])
+        .arg(root.path())
+        .env_clear()
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("unshare runs")
+}
+
+async fn stderr_of(child: &mut tokio::process::Child) -> String {
+    let mut logs = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        use tokio::io::AsyncReadExt;
+        let _ = err.read_to_string(&mut logs).await;
+    }
+    logs
+}
+
+/// Everything the worker needs from its environment, for `app`'s simulator
+/// and bucket, on a requests queue of its own.
+fn worker_vars(app: &crate::helpers::TestApp, port: u16) -> Vec<(&'static str, String)> {
     let env = stack_env();
     let get = |k: &str| crate::helpers::env_value(&env, k);
     let queue = format!("{}.ro", app.requests_queue());
-    let vars = [
+    vec![
         ("TTS__AMQP__URL", crate::common::amqp_url()),
         ("TTS__AMQP__REQUESTS_QUEUE", queue.clone()),
         (
@@ -91,23 +123,21 @@ async fn the_binary_runs_alone_on_a_read_only_root_with_no_home() {
         ("TTS__SEGMIND__BASE_URL", app.sim.base_url()),
         ("TTS__HTTP__ADDR", format!("127.0.0.1:{port}")),
         ("TTS__TELEMETRY__LOG_FORMAT", "json".into()),
-    ];
-    // A private mount namespace: the root is bind-mounted read-only there
-    // (checked: writing to it must fail), then the binary runs chrooted.
-    let script = r#"set -e
-mount --bind "$1" "$1"
-mount -o remount,bind,ro "$1"
-if touch "$1/probe" 2>/dev/null; then echo "the root is writable" >&2; exit 3; fi
-exec chroot "$1" /tts-worker run"#;
-    let mut child = tokio::process::Command::new("unshare")
-        .args(["--mount", "sh", "-c", script, "sh"])
-        .arg(root.path())
-        .env_clear()
-        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("unshare runs");
+    ]
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn the_binary_runs_alone_on_a_read_only_root_with_no_home() {
+    let app = spawn_app().await;
+    let root = image_root(true);
+    let port = free_port();
+    let vars = worker_vars(&app, port);
+    let mut child = run_in(&root, &vars);
     let healthz = format!("http://127.0.0.1:{port}/healthz");
     let ready = format!("http://127.0.0.1:{port}/readyz");
     wait_for(
@@ -126,17 +156,33 @@ exec chroot "$1" /tts-worker run"#;
         .await
         .expect("it exits after SIGTERM")
         .unwrap();
-    let mut logs = String::new();
-    if let Some(mut err) = child.stderr.take() {
-        use tokio::io::AsyncReadExt;
-        let _ = err.read_to_string(&mut logs).await;
-    }
+    let logs = stderr_of(&mut child).await;
     assert!(status.success(), "{status:?}\n{logs}");
     assert!(!logs.contains("panicked"), "{logs}");
+    let queue = format!("{}.ro", app.requests_queue());
     let _ = app
         .channel
         .queue_delete(queue.as_str().into(), Default::default())
         .await;
+    app.stop().await;
+}
+
+/// Without any CA certificate (an image built without the bundle), the worker
+/// stops at start-up with a message saying what is missing, instead of the
+/// AWS SDK's panic.
+#[tokio::test]
+async fn without_ca_certificates_it_says_so_instead_of_panicking() {
+    let app = spawn_app().await;
+    let root = image_root(false);
+    let mut child = run_in(&root, &worker_vars(&app, free_port()));
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("it stops by itself")
+        .unwrap();
+    let logs = stderr_of(&mut child).await;
+    assert!(!status.success(), "{logs}");
+    assert!(logs.contains("no CA certificates found"), "{logs}");
+    assert!(!logs.contains("panicked"), "{logs}");
     app.stop().await;
 }
 
