@@ -23,8 +23,7 @@ RUN mkdir -p src benches segmind-sim/src \
  && touch src/lib.rs segmind-sim/src/lib.rs \
  && echo 'fn main() {}' > benches/fleet.rs \
  && echo 'fn main() {}' > segmind-sim/src/main.rs \
- && cargo build --locked --profile image -p tts-worker --bin tts-worker \
- && cargo build --locked --release -p segmind-sim
+ && cargo build --locked --profile image -p tts-worker --bin tts-worker
 
 FROM deps AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -38,7 +37,12 @@ RUN touch src/main.rs src/lib.rs segmind-sim/src/lib.rs segmind-sim/src/main.rs 
  && cp target/image/tts-worker /out/usr/local/bin/ \
  && ldd target/image/tts-worker | grep -o '/[^ ]*' | xargs -I{} cp --parents -L {} /out
 
-FROM deps AS simulator-build
+# The simulator's dependencies in their own cached layer, so that building
+# the production image (the default target) never compiles them.
+FROM deps AS simulator-deps
+RUN cargo build --locked --release -p segmind-sim
+
+FROM simulator-deps AS simulator-build
 COPY segmind-sim segmind-sim
 RUN touch segmind-sim/src/lib.rs segmind-sim/src/main.rs \
  && cargo build --locked --release -p segmind-sim

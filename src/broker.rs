@@ -372,14 +372,12 @@ fn header_u32(properties: &BasicProperties, name: &str) -> u32 {
 /// headers) but the broker's count, which becomes
 /// [`COUNTED_DELIVERIES_HEADER`] = `counted`.
 pub fn handover_properties(properties: &BasicProperties, counted: u32) -> BasicProperties {
-    let mut headers = properties.headers().clone().unwrap_or_default();
-    let mut kept = FieldTable::default();
-    for (k, v) in headers.inner() {
+    let mut headers = FieldTable::default();
+    for (k, v) in properties.headers().iter().flat_map(|h| h.inner()) {
         if k.as_str() != DELIVERY_COUNT_HEADER && k.as_str() != COUNTED_DELIVERIES_HEADER {
-            kept.insert(k.clone(), v.clone());
+            headers.insert(k.clone(), v.clone());
         }
     }
-    headers = kept;
     headers.insert(
         COUNTED_DELIVERIES_HEADER.into(),
         AMQPValue::LongLongInt(i64::from(counted)),

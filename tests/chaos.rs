@@ -127,6 +127,25 @@ fn sh(mut command: std::process::Command, args: &[&str]) -> bool {
 
 type Seen = BTreeMap<String, Vec<(String, EventData)>>;
 
+/// The events seen for `job_id`, recording it as lost (none) or conflicting
+/// (two different CloudEvents ids: two different terminal events).
+fn events_of<'a>(
+    seen: &'a Seen,
+    job_id: &str,
+    lost: &mut Vec<String>,
+    conflicting: &mut Vec<String>,
+) -> Option<&'a [(String, EventData)]> {
+    let Some(events) = seen.get(job_id) else {
+        lost.push(job_id.to_owned());
+        return None;
+    };
+    let ids: BTreeSet<&String> = events.iter().map(|(id, _)| id).collect();
+    if ids.len() != 1 {
+        conflicting.push(job_id.to_owned());
+    }
+    Some(events)
+}
+
 /// Reads events (acking them) until every job has one and three more seconds
 /// have passed for late copies; reconnects across the broker restart.
 async fn collect_events(queue: String, jobs: usize) -> Seen {
@@ -247,6 +266,17 @@ impl Chaos {
         }
     }
 
+    /// Everything every worker of the scenario logged.
+    fn worker_logs(&self) -> String {
+        let mut text = String::new();
+        for entry in std::fs::read_dir(&self.logs).unwrap().flatten() {
+            if entry.file_name().to_string_lossy().starts_with("worker-") {
+                text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+        text
+    }
+
     /// Stops the workers and deletes the scenario's queues; done before the
     /// assertions, so a failure leaves no processes behind.
     async fn teardown(&mut self, settings: &Settings) {
@@ -325,8 +355,10 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
     let _ = conn.close(200, "published".into()).await;
 
     // Collect events in the background, surviving the broker restart.
-    let events_queue = settings.amqp.events_queue.clone().unwrap();
-    let collector = tokio::spawn(collect_events(events_queue.clone(), jobs));
+    let collector = tokio::spawn(collect_events(
+        settings.amqp.events_queue.clone().unwrap(),
+        jobs,
+    ));
 
     // The faults.
     let mut kills = 0;
@@ -399,15 +431,10 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
     let mut paid_twice = Vec::new();
     let mut completed_events = Vec::new();
     for (job_id, want) in &expected {
-        let Some(events) = seen.get(job_id) else {
-            lost.push(job_id.clone());
+        let Some(events) = events_of(&seen, job_id, &mut lost, &mut conflicting) else {
             continue;
         };
-        let ids: BTreeSet<&String> = events.iter().map(|(id, _)| id).collect();
         copies += events.len() - 1;
-        if ids.len() != 1 {
-            conflicting.push(job_id.clone());
-        }
         let got = match &events[0].1 {
             EventData::Completed(c) => {
                 completed_events.push(c.clone());
@@ -448,12 +475,7 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
     }
 
     // Evidence that the faults hit work in flight, from the workers' logs.
-    let mut log_text = String::new();
-    for entry in std::fs::read_dir(&logs).unwrap().flatten() {
-        if entry.file_name().to_string_lossy().starts_with("worker-") {
-            log_text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
-        }
-    }
+    let log_text = chaos.worker_logs();
     let count = |needle: &str| log_text.matches(needle).count();
     let resumed = count("resuming the Segmind request from the checkpoint");
     let replayed = count("audio already stored; replaying");
@@ -584,8 +606,10 @@ async fn churn_sigterm_during_scale_in_hands_jobs_over_uncounted_and_unpaid() {
             .await
             .expect("request confirmed");
     }
-    let events_queue = settings.amqp.events_queue.clone().unwrap();
-    let collector = tokio::spawn(collect_events(events_queue.clone(), jobs));
+    let collector = tokio::spawn(collect_events(
+        settings.amqp.events_queue.clone().unwrap(),
+        jobs,
+    ));
 
     // Scale-in churn: every third of a job, SIGTERM one worker (round robin)
     // and start its replacement at once, as a rolling scale-in/out would.
@@ -622,19 +646,9 @@ async fn churn_sigterm_during_scale_in_hands_jobs_over_uncounted_and_unpaid() {
     let mut not_completed = Vec::new();
     for i in 0..jobs {
         let job_id = format!("churn-{i}");
-        let Some(events) = seen.get(&job_id) else {
-            lost.push(job_id);
+        let Some(events) = events_of(&seen, &job_id, &mut lost, &mut conflicting) else {
             continue;
         };
-        if events
-            .iter()
-            .map(|(id, _)| id)
-            .collect::<BTreeSet<_>>()
-            .len()
-            != 1
-        {
-            conflicting.push(job_id.clone());
-        }
         if let EventData::Failed(f) = &events[0].1 {
             not_completed.push(format!("{job_id}: {}", f.error.code));
         }
@@ -645,10 +659,7 @@ async fn churn_sigterm_during_scale_in_hands_jobs_over_uncounted_and_unpaid() {
             .unwrap_or(u32::MAX),
         None => u32::MAX,
     };
-    let mut log_text = String::new();
-    for entry in std::fs::read_dir(&logs).unwrap().flatten() {
-        log_text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
-    }
+    let log_text = chaos.worker_logs();
     let handed_over = log_text.matches("handing the job over").count();
     let resumed = log_text
         .matches("resuming the Segmind request from the checkpoint")

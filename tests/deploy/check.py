@@ -123,7 +123,8 @@ def check_scaledobject(obj: dict, name: str) -> None:
             problem(f"{name}: value must be a quoted integer, got {md.get('value')!r}")
 
 
-def render(values: dict, name: str = "rel") -> list[dict]:
+def render(values: dict, name: str = "rel") -> tuple[list[dict], str]:
+    """The manifests and NOTES.txt of a client-side dry-run install."""
     release = helm_python.Config(storage_driver="memory").install(
         str(CHART), name, values, dry_run="client", namespace="tts"
     )
