@@ -54,11 +54,7 @@ impl Session {
             .await?;
         Ok(Session {
             connection: Arc::new(connection),
-            consuming: Consuming {
-                channel,
-                queue: topology.requests_queue,
-                tag: name,
-            },
+            consuming: Consuming::new(channel, topology.requests_queue, name),
             publisher,
         })
     }
@@ -245,12 +241,15 @@ impl Runner {
             }
             session = loop {
                 let mut stop = stop.clone();
+                // Jittered: a fleet that lost the broker together does not
+                // reconnect to a recovering broker in lockstep.
+                let jittered = crate::worker::pause::jittered(wait, &mut rand::rng());
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => {
                         info!("shutdown asked while the broker was unreachable");
                         return;
                     }
-                    _ = tokio::time::sleep(wait) => {}
+                    _ = tokio::time::sleep(jittered) => {}
                 }
                 match Session::open(&self.settings).await {
                     Ok(s) => {

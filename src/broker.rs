@@ -7,10 +7,18 @@
 //!   (`x-delivery-limit`, `x-dead-letter-*`): RabbitMQ 4 gives quorum queues a
 //!   default limit of 20 and *drops* messages past it when no target is set,
 //!   3.10 has no default; declared, both versions behave alike.
+//! - A delivery the worker gives back because of the job (a transient
+//!   failure) is requeued with `basic.reject(requeue=true)`, which raises the
+//!   quorum queue's `x-delivery-count` on every supported version. RabbitMQ
+//!   4.3 no longer counts `basic.nack(requeue=true)` (only a new
+//!   `x-acquired-count` grows), so a nack would requeue a failing job forever
+//!   and the queue's `x-delivery-limit` would never fire.
 //! - A delivery the worker hands back without it being the job's fault
-//!   (shutdown) is republished, confirmed, then acked, carrying the count of
-//!   deliveries that did count in [`COUNTED_DELIVERIES_HEADER`]: a nack would
-//!   add one to `x-delivery-count` and bring a healthy job closer to poison.
+//!   (shutdown, an account-level pause) is republished, confirmed, then
+//!   acked, carrying the count of deliveries that did count in
+//!   [`COUNTED_DELIVERIES_HEADER`]. Simpler on 4.3 alone (a nack no longer
+//!   counts there), but on 3.10 and 4.0 any return counts; the republish is
+//!   uncounted on all three.
 //! - Consumption uses manual acks with a prefetch (`basic.qos`) equal to the
 //!   worker's in-flight bound, so the broker never hands one process more
 //!   unacked jobs than it runs (AMQP 0-9-1 §1.8.3.13, basic.qos).
@@ -42,8 +50,17 @@ pub const EVENTS_BINDING: &str = "tts.job.#";
 /// toward the poison limit (the broker's count restarts with the copy).
 pub const COUNTED_DELIVERIES_HEADER: &str = "tts-counted-deliveries";
 
-/// The broker's own count of a message's earlier deliveries.
+/// Header of a handed-over copy: the pauses this message has caused (see
+/// `jobs.max_pause_cycles`).
+pub const PAUSES_HEADER: &str = "tts-pause-cycles";
+
+/// The broker's own count of a message's earlier deliveries that counted
+/// (reject with requeue, a closed channel; on 3.10 and 4.0 a nack too).
 const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+
+/// RabbitMQ 4.3+: every earlier hand-out of the message, returns of any kind
+/// included.
+const ACQUIRED_COUNT_HEADER: &str = "x-acquired-count";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -349,6 +366,23 @@ pub fn delivery_count(properties: &BasicProperties) -> u32 {
         .saturating_add(header_u32(properties, COUNTED_DELIVERIES_HEADER))
 }
 
+/// The pauses this message has caused ([`PAUSES_HEADER`]).
+pub fn pause_count(properties: &BasicProperties) -> u32 {
+    header_u32(properties, PAUSES_HEADER)
+}
+
+/// Every earlier hand-out of this message as the broker counts them
+/// (`x-acquired-count`, RabbitMQ 4.3+); `None` on brokers that do not say.
+/// For logs: it includes uncounted returns, so it never decides anything.
+pub fn acquired_count(properties: &BasicProperties) -> Option<u32> {
+    properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .contains_key(ACQUIRED_COUNT_HEADER)
+        .then(|| header_u32(properties, ACQUIRED_COUNT_HEADER))
+}
+
 fn header_u32(properties: &BasicProperties, name: &str) -> u32 {
     let Some(headers) = properties.headers().as_ref() else {
         return 0;
@@ -369,12 +403,23 @@ fn header_u32(properties: &BasicProperties, name: &str) -> u32 {
 
 /// The properties of a handed-over copy of a delivery with `properties`:
 /// everything kept (message id, correlation id, reply-to, trace context,
-/// headers) but the broker's count, which becomes
-/// [`COUNTED_DELIVERIES_HEADER`] = `counted`.
-pub fn handover_properties(properties: &BasicProperties, counted: u32) -> BasicProperties {
+/// headers) but the broker's counts, which become
+/// [`COUNTED_DELIVERIES_HEADER`] = `counted`, and [`PAUSES_HEADER`] = `pauses`
+/// (when not 0).
+pub fn handover_properties(
+    properties: &BasicProperties,
+    counted: u32,
+    pauses: u32,
+) -> BasicProperties {
     let mut headers = FieldTable::default();
+    let replaced = [
+        DELIVERY_COUNT_HEADER,
+        ACQUIRED_COUNT_HEADER,
+        COUNTED_DELIVERIES_HEADER,
+        PAUSES_HEADER,
+    ];
     for (k, v) in properties.headers().iter().flat_map(|h| h.inner()) {
-        if k.as_str() != DELIVERY_COUNT_HEADER && k.as_str() != COUNTED_DELIVERIES_HEADER {
+        if !replaced.contains(&k.as_str()) {
             headers.insert(k.clone(), v.clone());
         }
     }
@@ -382,6 +427,12 @@ pub fn handover_properties(properties: &BasicProperties, counted: u32) -> BasicP
         COUNTED_DELIVERIES_HEADER.into(),
         AMQPValue::LongLongInt(i64::from(counted)),
     );
+    if pauses > 0 {
+        headers.insert(
+            PAUSES_HEADER.into(),
+            AMQPValue::LongLongInt(i64::from(pauses)),
+        );
+    }
     properties.clone().with_headers(headers)
 }
 
@@ -428,20 +479,39 @@ mod tests {
         .with_message_id("m-1".into())
         .with_correlation_id("c-1".into());
         let counted = delivery_count(&original);
-        let copy = handover_properties(&original, counted);
+        let copy = handover_properties(&original, counted, 0);
+        assert_eq!(pause_count(&copy), 0);
         assert_eq!(delivery_count(&copy), 3, "the copy's first delivery");
         // Redelivered twice more by the broker: 3 + 2.
         let mut headers = copy.headers().clone().unwrap_or_default();
         headers.insert("x-delivery-count".into(), AMQPValue::LongLongInt(2));
         assert_eq!(delivery_count(&copy.clone().with_headers(headers)), 5);
         // Handed over again: the count does not grow.
-        assert_eq!(delivery_count(&handover_properties(&copy, 3)), 3);
+        assert_eq!(delivery_count(&handover_properties(&copy, 3, 0)), 3);
+        // Handed over by a pause this message caused: its own pause count grows.
+        let paused = handover_properties(&copy, 3, pause_count(&copy) + 1);
+        assert_eq!((delivery_count(&paused), pause_count(&paused)), (3, 1));
+        let again = handover_properties(&paused, 3, pause_count(&paused) + 1);
+        assert_eq!(pause_count(&again), 2);
         assert_eq!(header_str(&copy, "traceparent"), Some("00-abc-def-01"));
         assert_eq!(copy.message_id().as_ref().map(|m| m.as_str()), Some("m-1"));
         assert_eq!(
             copy.correlation_id().as_ref().map(|m| m.as_str()),
             Some("c-1")
         );
+    }
+
+    #[test]
+    fn rabbitmq_43s_acquired_count_is_read_but_never_counts_toward_poison() {
+        assert_eq!(acquired_count(&BasicProperties::default()), None);
+        let v43 = with_count(&[
+            ("x-acquired-count", AMQPValue::LongLongInt(5)),
+            ("x-delivery-count", AMQPValue::LongLongInt(1)),
+        ]);
+        assert_eq!(acquired_count(&v43), Some(5));
+        assert_eq!(delivery_count(&v43), 1);
+        let copy = handover_properties(&v43, 1, 0);
+        assert_eq!(acquired_count(&copy), None, "the copy starts its own count");
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! `tts-worker check`: validates the configuration and probes the broker,
-//! the bucket and the API origin, reporting each in plain words.
+//! the bucket and the API (with the key), reporting each in plain words.
 
 use std::time::Duration;
 
 use crate::broker;
 use crate::config::Settings;
+use crate::failure::Call;
+use crate::metrics::Metrics;
+use crate::segmind::SegmindClient;
 use crate::storage::Storage;
 
 /// Prints one line per check; returns whether all passed.
@@ -66,25 +69,35 @@ pub async fn run(settings: &Settings) -> bool {
         Err(_) => report(false, "bucket", "no answer within 20 s".into()),
     }
 
+    // The worker's own client and probe: the key is sent, so a wrong key or
+    // a missing permission fails here, not at the first job.
     let base = &settings.segmind.base_url;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none())
-        .build();
-    match client {
-        Ok(client) => match client.get(base.clone()).send().await {
-            Ok(r) => report(
-                true,
+    match settings.require_api_key() {
+        Ok(key) => match SegmindClient::new(&settings.segmind, key.clone(), Metrics::new()) {
+            Ok(client) => {
+                match tokio::time::timeout(Duration::from_secs(30), client.probe(Call::Submit))
+                    .await
+                {
+                    Ok(Ok(())) => report(
+                        true,
+                        "segmind api",
+                        format!("{base} accepts the key for {}", settings.segmind.model),
+                    ),
+                    Ok(Err(e)) => report(false, "segmind api", format!("{base}: {e}")),
+                    Err(_) => report(
+                        false,
+                        "segmind api",
+                        format!("{base}: no answer within 30 s"),
+                    ),
+                }
+            }
+            Err(e) => report(
+                false,
                 "segmind api",
-                format!("{base} answered HTTP {}", r.status().as_u16()),
+                format!("cannot build an HTTP client: {e}"),
             ),
-            Err(e) => report(false, "segmind api", format!("{base} unreachable: {e}")),
         },
-        Err(e) => report(
-            false,
-            "segmind api",
-            format!("cannot build an HTTP client: {e}"),
-        ),
+        Err(_) => report(false, "segmind api", "not probed: no API key".into()),
     }
     ok
 }

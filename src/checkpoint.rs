@@ -14,8 +14,29 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::failure::StorageFault;
 use crate::job::{JobId, Speech, StoredAudio};
 use crate::storage::{Storage, StorageError};
+
+/// What a failed checkpoint read means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailedRead {
+    /// There is no checkpoint: S3 answers 403, not 404, for a missing key
+    /// when the credentials lack `s3:ListBucket`, and the bucket itself
+    /// answers, so the refusal is about a key that is not there.
+    Missing,
+    /// A real failure, classified as it is.
+    Error,
+}
+
+/// Decides what a failed checkpoint read means, given whether the bucket
+/// probe (HeadBucket) passed right after. Pure: unit-tested without AWS.
+pub fn failed_read(fault: StorageFault, bucket_reachable: bool) -> FailedRead {
+    match fault {
+        StorageFault::AccessDenied if bucket_reachable => FailedRead::Missing,
+        _ => FailedRead::Error,
+    }
+}
 
 /// The persisted form of a checkpoint (versioned by its fields' defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,7 +129,21 @@ impl Checkpoints {
         job_id: &JobId,
         speech: &Speech,
     ) -> Result<Option<Checkpoint>, StorageError> {
-        let Some(bytes) = self.storage.get_optional(&self.key(job_id)).await? else {
+        let read = match self.storage.get_optional(&self.key(job_id)).await {
+            Ok(read) => read,
+            Err(e) if e.kind() == StorageFault::AccessDenied => {
+                let reachable = self.storage.check().await.is_ok();
+                match failed_read(e.kind(), reachable) {
+                    FailedRead::Missing => {
+                        tracing::debug!(error = %e, "checkpoint read refused while the bucket answers: taken as missing (no s3:ListBucket)");
+                        None
+                    }
+                    FailedRead::Error => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(bytes) = read else {
             return Ok(None);
         };
         let checkpoint: Checkpoint = match serde_json::from_slice(&bytes) {
@@ -169,6 +204,28 @@ mod tests {
         let mut s = speech("hello");
         s.temperature = 0.41;
         assert_ne!(base, fingerprint(&s));
+    }
+
+    #[test]
+    fn a_refused_read_of_a_missing_checkpoint_does_not_pause_the_fleet() {
+        // AWS without s3:ListBucket: a missing key answers 403.
+        assert_eq!(
+            failed_read(StorageFault::AccessDenied, true),
+            FailedRead::Missing
+        );
+        // The bucket refuses us too: an account problem, reported as such.
+        assert_eq!(
+            failed_read(StorageFault::AccessDenied, false),
+            FailedRead::Error
+        );
+        for other in [
+            StorageFault::InvalidCredentials,
+            StorageFault::NoSuchBucket,
+            StorageFault::Unreachable,
+            StorageFault::Throttled,
+        ] {
+            assert_eq!(failed_read(other, true), FailedRead::Error, "{other:?}");
+        }
     }
 
     #[test]

@@ -70,6 +70,13 @@ pub struct JobSettings {
     pub min_seconds_per_word: f64,
     /// Finished jobs fetching, checking and uploading their audio at once.
     pub max_transfers: usize,
+    /// Pauses one message may cause while the probe says the account works;
+    /// past it the message fails with its own code (the refusal concerns
+    /// that request, not the account).
+    pub max_pause_cycles: u32,
+    /// How long a pause keeps the consumer (holding what it received)
+    /// before cancelling it and handing its deliveries back.
+    pub pause_hold: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +115,21 @@ pub struct SegmindSettings {
     pub max_audio_bytes: u64,
     /// Lower-cased substrings that classify a FAILED error as a content block.
     pub content_blocked_patterns: Vec<String>,
+    /// What to do when a submission's answer is lost after it was sent.
+    pub ambiguous_submits: AmbiguousSubmits,
+}
+
+/// What to do when a submission may have been accepted but its answer was
+/// lost (a timeout after the request was sent, a 502/504 from the gateway).
+/// The API has no idempotency key: retrying may pay twice; not retrying may
+/// leave a paid request unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AmbiguousSubmits {
+    /// Retry like any transient error (a second paid request is possible).
+    Retry,
+    /// Do not retry: the job fails as `submission_unconfirmed`.
+    Fail,
 }
 
 /// Which Segmind calls count against the account's rate limit; Segmind does
@@ -149,7 +171,11 @@ pub struct S3Settings {
     pub bucket: String,
     pub endpoint: Option<Url>,
     pub region: String,
+    /// Prefix of default keys and of the worker's own objects
+    /// (`{prefix}_checkpoints/`).
     pub prefix: String,
+    /// Prefix every producer-chosen `output_key` is stored under.
+    pub output_prefix: String,
     pub force_path_style: bool,
     pub max_attempts: u32,
     /// Bound on one S3 call, the SDK's retries included.
@@ -257,6 +283,7 @@ struct RawSegmind {
     download_timeout: f64,
     max_audio_bytes: u64,
     content_blocked_patterns: Vec<String>,
+    ambiguous_submits: AmbiguousSubmits,
 }
 
 #[derive(Deserialize)]
@@ -266,6 +293,7 @@ struct RawS3 {
     endpoint: Option<String>,
     region: String,
     prefix: String,
+    output_prefix: String,
     force_path_style: bool,
     max_attempts: u32,
     operation_timeout: f64,
@@ -284,6 +312,8 @@ struct RawJobs {
     audio_retries: u32,
     min_seconds_per_word: f64,
     max_transfers: u32,
+    max_pause_cycles: u32,
+    pause_hold: f64,
 }
 
 #[derive(Deserialize)]
@@ -606,6 +636,7 @@ impl RawSegmind {
                 .map(|p| p.trim().to_lowercase())
                 .filter(|p| !p.is_empty())
                 .collect(),
+            ambiguous_submits: self.ambiguous_submits,
         })
     }
 }
@@ -637,6 +668,20 @@ impl RawS3 {
                 "must be relative: no leading '/' and no '..' segment",
             ));
         }
+        for (key, prefix) in [
+            ("s3.prefix", &self.prefix),
+            ("s3.output_prefix", &self.output_prefix),
+        ] {
+            if prefix.starts_with('/')
+                || prefix.split('/').any(|s| s == ".." || s == ".")
+                || prefix.chars().any(char::is_control)
+            {
+                return Err(invalid(
+                    key,
+                    "must be relative: no leading '/', no '.' or '..' segment, no control characters",
+                ));
+            }
+        }
         if self.max_attempts == 0 {
             return Err(invalid("s3.max_attempts", "must be at least 1"));
         }
@@ -645,6 +690,7 @@ impl RawS3 {
             endpoint,
             region: self.region,
             prefix: self.prefix,
+            output_prefix: self.output_prefix,
             force_path_style: self.force_path_style,
             max_attempts: self.max_attempts,
             operation_timeout: seconds("s3.operation_timeout", self.operation_timeout)?,
@@ -675,6 +721,13 @@ impl RawJobs {
                 "must not be smaller than jobs.probe_initial",
             ));
         }
+        let pause_hold = seconds("jobs.pause_hold", self.pause_hold)?;
+        if pause_hold > Duration::from_secs(20 * 60) {
+            return Err(invalid(
+                "jobs.pause_hold",
+                "must be at most 1200 s: RabbitMQ closes a channel holding a delivery past its consumer_timeout (30 min by default)",
+            ));
+        }
         Ok(JobSettings {
             max_deliveries: self.max_deliveries,
             requeue_delay: Duration::try_from_secs_f64(self.requeue_delay)
@@ -686,6 +739,8 @@ impl RawJobs {
             audio_retries: self.audio_retries,
             min_seconds_per_word: self.min_seconds_per_word,
             max_transfers: positive("jobs.max_transfers", self.max_transfers)?,
+            max_pause_cycles: positive("jobs.max_pause_cycles", self.max_pause_cycles)? as u32,
+            pause_hold,
         })
     }
 }

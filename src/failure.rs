@@ -57,11 +57,21 @@ pub enum ErrorCode {
     /// The message was delivered more times than allowed without finishing
     /// (it crashed or stalled workers); dead-lettered.
     PoisonMessage,
+    /// A submission's answer was lost after it was sent (timeout, 502/504)
+    /// and `segmind.ambiguous_submits = "fail"`: Segmind may have accepted it.
+    SubmissionUnconfirmed,
+    /// The store refused this object (400, 409, 412, 413, KeyTooLong,
+    /// EntityTooLarge): retrying the same upload cannot succeed.
+    StorageRejected,
+    /// `output_key` resolves under the worker's own objects.
+    OutputKeyForbidden,
+    /// `output_key` already holds an object another job wrote.
+    OutputKeyTaken,
 }
 
 impl ErrorCode {
     /// Every code, for documentation checks and exhaustive tests.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::InvalidRequest,
         ErrorCode::ContentBlocked,
         ErrorCode::InferenceFailed,
@@ -79,6 +89,10 @@ impl ErrorCode {
         ErrorCode::StorageBucketMissing,
         ErrorCode::AudioInvalid,
         ErrorCode::PoisonMessage,
+        ErrorCode::SubmissionUnconfirmed,
+        ErrorCode::StorageRejected,
+        ErrorCode::OutputKeyForbidden,
+        ErrorCode::OutputKeyTaken,
     ];
 
     /// The code's one spelling, in events, dead-letter headers and metric labels.
@@ -101,6 +115,10 @@ impl ErrorCode {
             ErrorCode::StorageBucketMissing => "storage_bucket_missing",
             ErrorCode::AudioInvalid => "audio_invalid",
             ErrorCode::PoisonMessage => "poison_message",
+            ErrorCode::SubmissionUnconfirmed => "submission_unconfirmed",
+            ErrorCode::StorageRejected => "storage_rejected",
+            ErrorCode::OutputKeyForbidden => "output_key_forbidden",
+            ErrorCode::OutputKeyTaken => "output_key_taken",
         }
     }
 
@@ -113,6 +131,38 @@ impl ErrorCode {
                 | ErrorCode::StorageAccessDenied
                 | ErrorCode::StorageBucketMissing
         )
+    }
+
+    /// Whether a job that failed with this code may still get audio from the
+    /// Segmind request it already paid for, so its checkpoint is kept: a
+    /// resend of the same job id within `jobs.resume_window` resumes that
+    /// request instead of paying again. Codes about the request's own result
+    /// (it FAILED, expired, gave unusable audio) or about the request as
+    /// sent drop the checkpoint, so a resend starts afresh.
+    pub fn keeps_paid_request(self) -> bool {
+        match self {
+            ErrorCode::Timeout
+            | ErrorCode::RateLimited
+            | ErrorCode::UpstreamUnavailable
+            | ErrorCode::Unauthorized
+            | ErrorCode::Forbidden
+            | ErrorCode::InsufficientCredits
+            | ErrorCode::StorageFailed
+            | ErrorCode::StorageAccessDenied
+            | ErrorCode::StorageBucketMissing
+            | ErrorCode::StorageRejected
+            | ErrorCode::OutputKeyTaken
+            | ErrorCode::PoisonMessage => true,
+            ErrorCode::InvalidRequest
+            | ErrorCode::ContentBlocked
+            | ErrorCode::InferenceFailed
+            | ErrorCode::Expired
+            | ErrorCode::ModelUnavailable
+            | ErrorCode::ProtocolError
+            | ErrorCode::AudioInvalid
+            | ErrorCode::SubmissionUnconfirmed
+            | ErrorCode::OutputKeyForbidden => false,
+        }
     }
 }
 
@@ -154,6 +204,7 @@ impl Failure {
                     | ErrorCode::AudioInvalid
                     | ErrorCode::Expired
                     | ErrorCode::Timeout
+                    | ErrorCode::SubmissionUnconfirmed
             ),
         }
     }
@@ -193,17 +244,40 @@ pub enum Disposition {
     Pause,
 }
 
-/// Decides a failed job's fate. `attempt` counts deliveries from 1;
-/// `max_deliveries` is the limit after which a message is never requeued.
-pub fn disposition(
-    failure: &Failure,
-    attempt: u32,
-    max_deliveries: u32,
-    policy: AccountPolicy,
-) -> Disposition {
+/// Where a delivery stands when its job fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Attempt {
+    /// The delivery's number, from 1 (deliveries that counted, plus this one).
+    pub number: u32,
+    /// Pauses this message has already caused (each time the probe then
+    /// said the account works, since it was delivered again).
+    pub pauses: u32,
+}
+
+/// The limits [`disposition`] applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Deliveries after which a message is never requeued.
+    pub max_deliveries: u32,
+    /// Pauses one message may cause before its account-level failure is
+    /// taken as its own.
+    pub max_pause_cycles: u32,
+    pub policy: AccountPolicy,
+}
+
+/// Decides a failed job's fate. An account-level failure pauses
+/// consumption, unless this message has already caused
+/// `max_pause_cycles` pauses after which the account worked for others:
+/// then the refusal concerns this request and it fails.
+pub fn disposition(failure: &Failure, attempt: Attempt, limits: Limits) -> Disposition {
     match failure.class {
-        Class::Account if policy == AccountPolicy::Pause => Disposition::Pause,
-        Class::Transient if attempt < max_deliveries => Disposition::Requeue,
+        Class::Account
+            if limits.policy == AccountPolicy::Pause
+                && attempt.pauses < limits.max_pause_cycles =>
+        {
+            Disposition::Pause
+        }
+        Class::Transient if attempt.number < limits.max_deliveries => Disposition::Requeue,
         _ => Disposition::Fail,
     }
 }
@@ -250,6 +324,9 @@ pub enum StorageFault {
     NoSuchBucket,
     /// AccessDenied / 403.
     AccessDenied,
+    /// An object-level refusal no retry can change: 400, 409, 412, 413,
+    /// KeyTooLong, EntityTooLarge.
+    Rejected,
     /// InvalidAccessKeyId, SignatureDoesNotMatch, expired or missing credentials.
     InvalidCredentials,
     /// Anything else (an unexpected 4xx, a body that could not be read).
@@ -272,6 +349,16 @@ pub enum Fault<'a> {
     },
     /// The job's deadline passed before a result arrived.
     Deadline,
+    /// The delivery spent its status polls (`segmind.max_polls_per_job`)
+    /// while the request was still pending.
+    PollBudget,
+    /// A submission's answer was lost after it was sent, and the policy is
+    /// not to retry it.
+    SubmissionUnconfirmed,
+    /// The output key resolves under the worker's own objects.
+    OutputKeyForbidden,
+    /// The output key holds another job's object.
+    OutputKeyTaken,
     /// The audio is empty, too large, truncated or not audio.
     BadAudio,
     /// An S3 call failed.
@@ -316,6 +403,11 @@ pub fn classify(err: &dyn AsFault, block_patterns: &[String]) -> Failure {
             (code, Class::Permanent, http_status)
         }
         Fault::Deadline => (ErrorCode::Timeout, Class::Permanent, None),
+        // Not the end: the next delivery resumes the same request.
+        Fault::PollBudget => (ErrorCode::Timeout, Class::Transient, None),
+        Fault::SubmissionUnconfirmed => (ErrorCode::SubmissionUnconfirmed, Class::Permanent, None),
+        Fault::OutputKeyForbidden => (ErrorCode::OutputKeyForbidden, Class::Permanent, None),
+        Fault::OutputKeyTaken => (ErrorCode::OutputKeyTaken, Class::Permanent, None),
         Fault::BadAudio => (ErrorCode::AudioInvalid, Class::Permanent, None),
         Fault::Storage(kind) => {
             let (code, class) = match kind {
@@ -323,6 +415,7 @@ pub fn classify(err: &dyn AsFault, block_patterns: &[String]) -> Failure {
                 StorageFault::AccessDenied | StorageFault::InvalidCredentials => {
                     (ErrorCode::StorageAccessDenied, Class::Account)
                 }
+                StorageFault::Rejected => (ErrorCode::StorageRejected, Class::Permanent),
                 StorageFault::Unreachable
                 | StorageFault::TimedOut
                 | StorageFault::Throttled
@@ -479,6 +572,26 @@ mod tests {
         let f = of(Fault::Deadline);
         assert_eq!((f.code, f.class), (ErrorCode::Timeout, Class::Permanent));
         assert!(f.retryable(), "a job that timed out may succeed later");
+        let f = of(Fault::PollBudget);
+        assert_eq!(
+            (f.code, f.class),
+            (ErrorCode::Timeout, Class::Transient),
+            "a spent poll budget requeues: the next delivery resumes the request"
+        );
+        let f = of(Fault::SubmissionUnconfirmed);
+        assert_eq!(
+            (f.code, f.class),
+            (ErrorCode::SubmissionUnconfirmed, Class::Permanent)
+        );
+        assert!(f.retryable(), "the producer decides whether to pay again");
+        for (fault, code) in [
+            (Fault::OutputKeyForbidden, ErrorCode::OutputKeyForbidden),
+            (Fault::OutputKeyTaken, ErrorCode::OutputKeyTaken),
+        ] {
+            let f = of(fault);
+            assert_eq!((f.code, f.class), (code, Class::Permanent));
+            assert!(!f.retryable(), "{code}: the same request fails again");
+        }
         let f = of(Fault::Network { timeout: true });
         assert_eq!((f.code, f.class), (ErrorCode::Timeout, Class::Transient));
         let f = of(Fault::Network { timeout: false });
@@ -524,6 +637,36 @@ mod tests {
             assert!(f.retryable(), "{kind:?}: fixable by operators or time");
             assert!(f.code.is_storage());
         }
+        let f = of(Fault::Storage(Rejected));
+        assert_eq!(
+            (f.code, f.class),
+            (ErrorCode::StorageRejected, Class::Permanent),
+            "an object the store refuses is refused again: never requeued"
+        );
+        assert!(!f.retryable());
+    }
+
+    #[test]
+    fn a_failed_job_keeps_its_checkpoint_while_its_paid_request_may_still_give_audio() {
+        use ErrorCode::*;
+        for code in [
+            Timeout,
+            RateLimited,
+            UpstreamUnavailable,
+            StorageFailed,
+            Forbidden,
+        ] {
+            assert!(code.keeps_paid_request(), "{code}");
+        }
+        for code in [
+            ContentBlocked,
+            InferenceFailed,
+            Expired,
+            AudioInvalid,
+            InvalidRequest,
+        ] {
+            assert!(!code.keeps_paid_request(), "{code}");
+        }
     }
 
     #[test]
@@ -540,24 +683,34 @@ mod tests {
         let bucket = f(ErrorCode::StorageBucketMissing, Class::Account);
         use AccountPolicy as P;
         use Disposition as D;
+        // (failure, delivery, pauses caused, max deliveries, policy, expected);
+        // at most 3 pause cycles.
         let table = [
-            (&transient, 1, 5, P::Pause, D::Requeue),
-            (&transient, 4, 5, P::Pause, D::Requeue),
-            (&transient, 5, 5, P::Pause, D::Fail), // the last allowed delivery ends the job
-            (&transient, 9, 5, P::Fail, D::Fail),
-            (&permanent, 1, 5, P::Pause, D::Fail),
-            (&permanent, 1, 5, P::Fail, D::Fail),
-            (&account, 1, 5, P::Pause, D::Pause),
-            (&account, 7, 5, P::Pause, D::Pause), // pausing is not the job's fault
-            (&account, 1, 5, P::Fail, D::Fail),
-            (&bucket, 1, 5, P::Pause, D::Pause),
-            (&bucket, 1, 5, P::Fail, D::Fail),
+            (&transient, 1, 0, 5, P::Pause, D::Requeue),
+            (&transient, 4, 0, 5, P::Pause, D::Requeue),
+            (&transient, 5, 0, 5, P::Pause, D::Fail), // the last allowed delivery ends the job
+            (&transient, 9, 0, 5, P::Fail, D::Fail),
+            (&permanent, 1, 0, 5, P::Pause, D::Fail),
+            (&permanent, 1, 0, 5, P::Fail, D::Fail),
+            (&account, 1, 0, 5, P::Pause, D::Pause),
+            (&account, 7, 0, 5, P::Pause, D::Pause), // pausing is not the job's fault
+            (&account, 1, 2, 5, P::Pause, D::Pause),
+            (&account, 1, 3, 5, P::Pause, D::Fail), // it keeps pausing a working account: its own refusal
+            (&account, 1, 0, 5, P::Fail, D::Fail),
+            (&bucket, 1, 0, 5, P::Pause, D::Pause),
+            (&bucket, 1, 3, 5, P::Pause, D::Fail),
+            (&bucket, 1, 0, 5, P::Fail, D::Fail),
         ];
-        for (failure, attempt, max, policy, expected) in table {
+        for (failure, number, pauses, max, policy, expected) in table {
+            let limits = Limits {
+                max_deliveries: max,
+                max_pause_cycles: 3,
+                policy,
+            };
             assert_eq!(
-                disposition(failure, attempt, max, policy),
+                disposition(failure, Attempt { number, pauses }, limits),
                 expected,
-                "{:?} attempt {attempt}/{max} {policy:?}",
+                "{:?} attempt {number}/{max}, {pauses} pauses, {policy:?}",
                 failure.code
             );
         }

@@ -165,6 +165,59 @@ impl fmt::Display for ObjectKey {
     }
 }
 
+/// Where a job's audio may be stored. Producer keys (`output_key`) are
+/// stored under `output_prefix`; no key may reach the worker's own objects,
+/// which live under `{prefix}_` (checkpoints: `{prefix}_checkpoints/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPolicy {
+    /// `s3.prefix`: default keys are `{prefix}{job_id}.{ext}`.
+    pub prefix: String,
+    /// `s3.output_prefix`.
+    pub output_prefix: String,
+}
+
+/// An `output_key` that would reach the worker's own objects.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "output_key {key:?} would be stored at {resolved:?}, under the worker's own objects ({internal:?}*); choose another key"
+)]
+pub struct ForbiddenKey {
+    pub key: String,
+    pub resolved: String,
+    pub internal: String,
+}
+
+impl KeyPolicy {
+    /// The prefix of the worker's own objects (checkpoints and whatever else
+    /// it keeps for itself).
+    pub fn internal_prefix(&self) -> String {
+        format!("{}_", self.prefix)
+    }
+
+    /// The key a job's audio goes to: the producer's key under
+    /// `output_prefix`, else the default `{prefix}{job_id}.{extension}`.
+    pub fn key_for(&self, job: &TtsJob, extension: &str) -> Result<ObjectKey, ForbiddenKey> {
+        match &job.output_key {
+            Some(key) => self.resolve(key),
+            None => Ok(ObjectKey::default_for(&self.prefix, &job.id, extension)),
+        }
+    }
+
+    /// A producer's key as stored, or why it is refused.
+    pub fn resolve(&self, key: &ObjectKey) -> Result<ObjectKey, ForbiddenKey> {
+        let resolved = format!("{}{}", self.output_prefix, key.as_str());
+        let internal = self.internal_prefix();
+        if resolved.starts_with(&internal) {
+            return Err(ForbiddenKey {
+                key: key.as_str().to_owned(),
+                resolved,
+                internal,
+            });
+        }
+        Ok(ObjectKey(resolved))
+    }
+}
+
 /// What the model is asked to say.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Speech {
@@ -250,6 +303,49 @@ impl Outcome {
 
 #[cfg(test)]
 mod tests {
+    fn policy(prefix: &str, output_prefix: &str) -> KeyPolicy {
+        KeyPolicy {
+            prefix: prefix.into(),
+            output_prefix: output_prefix.into(),
+        }
+    }
+
+    fn key(k: &str) -> ObjectKey {
+        ObjectKey::parse(k, 512).unwrap()
+    }
+
+    #[test]
+    fn producer_keys_never_reach_the_workers_own_objects() {
+        let open = policy("tts/", "");
+        assert_eq!(
+            open.resolve(&key("orders/1234.wav")).unwrap().as_str(),
+            "orders/1234.wav",
+            "the README's example keeps working"
+        );
+        for bad in [
+            "tts/_checkpoints/other.json",
+            "tts/_checkpoints/x",
+            "tts/_parts/a",
+        ] {
+            let err = open.resolve(&key(bad)).unwrap_err();
+            assert_eq!(err.internal, "tts/_", "{bad}");
+        }
+        // Beside the internal prefix is fine.
+        assert!(open.resolve(&key("tts/job-1.wav")).is_ok());
+        // Locked down: everything goes under the output prefix.
+        let locked = policy("tts/", "producers/");
+        assert_eq!(
+            locked
+                .resolve(&key("tts/_checkpoints/x.json"))
+                .unwrap()
+                .as_str(),
+            "producers/tts/_checkpoints/x.json"
+        );
+        // An output prefix that is itself inside the internal prefix refuses all.
+        let odd = policy("", "_x/");
+        assert!(odd.resolve(&key("a.wav")).is_err());
+    }
+
     use super::*;
 
     #[test]

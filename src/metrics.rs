@@ -5,8 +5,8 @@
 //! code, an endpoint, a status code, a queue name; never a job or request id.
 
 use prometheus::{
-    Counter, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Buckets for waits measured in tens of seconds (inference, end to end).
@@ -69,6 +69,9 @@ pub struct Metrics {
     pub poll_lag: Histogram,
     /// Jobs finished at Segmind waiting for a transfer slot.
     pub transfers_waiting: IntGauge,
+    /// Submissions whose answer was lost after they were sent (a timeout
+    /// after sending, 502/504): Segmind may have accepted and billed them.
+    pub submit_ambiguous: IntCounter,
 }
 
 impl Metrics {
@@ -221,12 +224,18 @@ impl Metrics {
                 "Jobs finished at Segmind waiting for a slot to fetch and store their audio",
             )
             .expect("static metric definition"),
+            submit_ambiguous: IntCounter::new(
+                "tts_segmind_submit_ambiguous_total",
+                "Submissions whose answer was lost after they were sent (timeout, 502/504): Segmind may have accepted and billed them",
+            )
+            .expect("static metric definition"),
             registry,
         };
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        let collectors: [Box<dyn prometheus::core::Collector>; 21] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 22] = [
+            Box::new(m.submit_ambiguous.clone()),
             Box::new(m.handovers.clone()),
             Box::new(m.build_info.clone()),
             Box::new(m.remaining_credits.clone()),
@@ -350,7 +359,7 @@ mod tests {
                 (f.name().to_owned(), (kind, labels))
             })
             .collect();
-        assert_eq!(registered.len(), 21, "{registered:?}");
+        assert_eq!(registered.len(), 22, "{registered:?}");
         assert_eq!(
             registered,
             documented(),

@@ -37,6 +37,20 @@ pub struct StorageError {
     target: String,
     kind: StorageFault,
     detail: String,
+    /// HTTP 412: a conditional write found the object already there.
+    precondition_failed: bool,
+}
+
+impl StorageError {
+    /// What kind of failure S3 (or the network) reported.
+    pub fn kind(&self) -> StorageFault {
+        self.kind
+    }
+
+    /// Whether a conditional write (`If-None-Match: *`) found the key taken.
+    pub fn precondition_failed(&self) -> bool {
+        self.precondition_failed
+    }
 }
 
 impl AsFault for StorageError {
@@ -76,6 +90,17 @@ where
                 | "TokenRefreshRequired",
             ) => StorageFault::InvalidCredentials,
             Some(
+                "InvalidRequest"
+                | "InvalidArgument"
+                | "KeyTooLong"
+                | "EntityTooLarge"
+                | "InvalidObjectName"
+                | "MalformedXML"
+                | "PreconditionFailed"
+                | "ConditionalRequestConflict"
+                | "OperationAborted",
+            ) => StorageFault::Rejected,
+            Some(
                 "SlowDown"
                 | "Throttling"
                 | "ThrottlingException"
@@ -86,6 +111,8 @@ where
             _ => match err.raw_response().map(|r| r.status().as_u16()) {
                 Some(403) => StorageFault::AccessDenied,
                 Some(429 | 503) => StorageFault::Throttled,
+                // Object-level refusals: the same call would be refused again.
+                Some(400 | 409 | 411 | 412 | 413 | 414) => StorageFault::Rejected,
                 Some(s) if s >= 500 => StorageFault::ServerError,
                 _ => StorageFault::Other,
             },
@@ -106,6 +133,9 @@ where
     StorageError {
         action,
         kind: kind_of(&err),
+        precondition_failed: err
+            .raw_response()
+            .is_some_and(|r| r.status().as_u16() == 412),
         detail: DisplayErrorContext(&err).to_string(),
         target,
     }
@@ -194,13 +224,16 @@ impl Storage {
 
     /// Uploads `audio` under `key`, moving its bytes into the request body
     /// (no copy is made). The object's metadata carries its checksum and the
-    /// job and Segmind request ids.
+    /// job and Segmind request ids. With `only_if_absent` the write is
+    /// conditional (`If-None-Match: *`): a key already taken fails with
+    /// [`StorageError::precondition_failed`] instead of being overwritten.
     pub async fn put(
         &self,
         key: &ObjectKey,
         audio: Audio,
         job_id: &JobId,
         request_id: &str,
+        only_if_absent: bool,
     ) -> Result<StoredAudio, StorageError> {
         let Audio {
             bytes,
@@ -220,6 +253,9 @@ impl Storage {
             .metadata("segmind-request-id", request_id);
         if let Some(d) = duration_seconds {
             request = request.metadata("duration-seconds", d.to_string());
+        }
+        if only_if_absent {
+            request = request.if_none_match("*");
         }
         let _slot = self.slot().await;
         // OpenTelemetry's AWS SDK conventions for an S3 call.
@@ -257,6 +293,7 @@ impl Storage {
             target: self.object(key),
             kind: StorageFault::Other,
             detail: "no such object".into(),
+            precondition_failed: false,
         })
     }
 
@@ -291,6 +328,7 @@ impl Storage {
                 target: self.object(key),
                 kind: StorageFault::Unreachable,
                 detail: e.to_string(),
+                precondition_failed: false,
             })?
             .into_bytes();
         Ok(Some(StoredObject { bytes, sha256 }))
@@ -376,6 +414,7 @@ impl Storage {
                     target: format!("bucket {}", self.bucket),
                     kind: StorageFault::NoSuchBucket,
                     detail: "no such bucket".into(),
+                    precondition_failed: false,
                 })
             }
             Err(e) => Err(storage_error("reach", format!("bucket {}", self.bucket), e)),

@@ -61,8 +61,17 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// Why telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("cannot build the OTLP exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("cannot install the log subscriber: {0}")]
+    Subscriber(#[from] tracing_subscriber::util::TryInitError),
+}
+
 /// Installs the global subscriber. Call once, from `main`.
-pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
+pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new("info,lapin=warn,aws_config=warn,aws_smithy_runtime=warn")
     });

@@ -9,6 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use syn::visit::Visit;
+
 /// Module → layer. Lower layers know nothing of higher ones.
 const LAYERS: &[(&str, u8)] = &[
     // Configuration and domain values.
@@ -68,44 +70,74 @@ fn files_of(module: &str) -> Vec<PathBuf> {
     out
 }
 
-/// Top-level modules named after `crate::` in code (comments are skipped:
-/// an intra-doc link is not an import).
+/// Top-level modules named after `crate::` in a file's code, read from its
+/// syntax tree (`syn`): `use` trees of any shape (grouped, nested, spread
+/// over lines by rustfmt), paths in expressions and types, and paths inside
+/// macro calls. Comments and doc links are not code, so they never count.
 fn imports_in(code: &str) -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
-    for line in code.lines() {
-        let line = line.trim_start();
-        if line.starts_with("//") {
-            continue;
-        }
-        let line = line.split(" //").next().unwrap_or(line);
-        let mut rest = line;
-        while let Some(i) = rest.find("crate::") {
-            rest = &rest[i + "crate::".len()..];
-            if let Some(group) = rest.strip_prefix('{') {
-                // `use crate::{a, b::c};`: the first segment of each item.
-                let end = group.find('}').unwrap_or(group.len());
-                for item in group[..end].split(',') {
-                    let name: String = item
-                        .trim()
-                        .chars()
-                        .take_while(|c| c.is_alphanumeric() || *c == '_')
-                        .collect();
-                    if !name.is_empty() {
-                        found.insert(name);
-                    }
-                }
-            } else {
-                let name: String = rest
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect();
-                if !name.is_empty() {
-                    found.insert(name);
+    let file = syn::parse_file(code).unwrap_or_else(|e| panic!("cannot parse: {e}"));
+    let mut imports = Imports::default();
+    imports.visit_file(&file);
+    imports.0
+}
+
+#[derive(Default)]
+struct Imports(BTreeSet<String>);
+
+impl Imports {
+    fn use_tree(&mut self, tree: &syn::UseTree, after_crate: bool) {
+        match tree {
+            syn::UseTree::Path(p) if after_crate => {
+                self.0.insert(p.ident.to_string());
+            }
+            syn::UseTree::Path(p) if p.ident == "crate" => self.use_tree(&p.tree, true),
+            syn::UseTree::Name(n) if after_crate => {
+                self.0.insert(n.ident.to_string());
+            }
+            syn::UseTree::Rename(r) if after_crate => {
+                self.0.insert(r.ident.to_string());
+            }
+            syn::UseTree::Group(g) => {
+                for item in &g.items {
+                    self.use_tree(item, after_crate);
                 }
             }
+            _ => {}
         }
     }
-    found
+}
+
+impl<'ast> Visit<'ast> for Imports {
+    fn visit_item_use(&mut self, item: &'ast syn::ItemUse) {
+        self.use_tree(&item.tree, false);
+    }
+
+    fn visit_path(&mut self, path: &'ast syn::Path) {
+        let mut segments = path.segments.iter();
+        if let (Some(first), Some(second)) = (segments.next(), segments.next())
+            && first.ident == "crate"
+        {
+            self.0.insert(second.ident.to_string());
+        }
+        syn::visit::visit_path(self, path);
+    }
+
+    fn visit_macro(&mut self, mac: &'ast syn::Macro) {
+        // Macro arguments are tokens, not syntax: find `crate :: name` in them.
+        let tokens = mac.tokens.to_string();
+        let mut rest = tokens.as_str();
+        while let Some(i) = rest.find("crate :: ") {
+            rest = &rest[i + "crate :: ".len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                self.0.insert(name);
+            }
+        }
+        syn::visit::visit_macro(self, mac);
+    }
 }
 
 /// Module → the other top-level modules it imports, with one file that does.
@@ -196,10 +228,25 @@ fn there_is_no_import_cycle_between_top_level_modules() {
 
 #[test]
 fn the_checker_sees_imports_and_cycles() {
-    // The parser finds plain, nested and grouped imports, and skips comments.
-    let code = "use crate::a::X;\nuse crate::{b, c::Y};\nlet z = crate::d::f();\n// crate::e\n/// [`crate::g`]\n";
+    // The parser finds plain, nested and grouped imports (also spread over
+    // lines as rustfmt writes them), paths in code and in macro calls, and
+    // skips comments and doc links.
+    let code = r#"
+use crate::a::X;
+use crate::{b, c::Y};
+use crate::{
+    h::{self, I},
+    j,
+};
+/// [`crate::g`]
+fn f() -> crate::k::T {
+    // crate::e
+    let z = crate::d::f();
+    tracing::info!(x = %crate::m::N);
+}
+"#;
     let found: Vec<String> = imports_in(code).into_iter().collect();
-    assert_eq!(found, ["a", "b", "c", "d"]);
+    assert_eq!(found, ["a", "b", "c", "d", "h", "j", "k", "m"]);
     let edge = |to: &str| (to.to_owned(), PathBuf::new());
     let mut graph = BTreeMap::new();
     graph.insert("x".to_owned(), BTreeMap::from([edge("y")]));

@@ -65,7 +65,7 @@ async fn uploading_audio_does_not_copy_it() {
     let before = LIVE.load(Ordering::Relaxed);
     PEAK.store(before, Ordering::Relaxed);
     let stored = storage
-        .put(&key, audio, &job, "r-1")
+        .put(&key, audio, &job, "r-1", false)
         .await
         .expect("uploaded");
     let extra = PEAK.load(Ordering::Relaxed).saturating_sub(before);

@@ -18,11 +18,17 @@
 //! `[[sim:rai]]` a content/RAI block, `[[sim:fail]]` an inference failure,
 //! `[[sim:empty]]` a COMPLETED job with empty audio, `[[sim:truncated]]` one
 //! with only the first word of audio (`[[sim:truncated-once]]`: only on the
-//! first submission of that text), `[[sim:latency=S]]` a job taking S seconds.
+//! first submission of that text), `[[sim:latency=S]]` a job taking S seconds,
+//! `[[sim:forbidden]]` a 403 on its submission (a policy rule on this text:
+//! the account works for others), `[[sim:expensive]]` a 406 on its
+//! submission (its cost is above the balance), `[[sim:status-fault=N]]`
+//! every status poll of that request answers HTTP N.
 //!
 //! Test hooks, not part of Segmind's API: `GET /_sim/stats` (call counts, in
 //! total and per request id), `POST /_sim/faults` (`{"statuses":[429,502]}`:
-//! the next API calls answer these codes).
+//! the next API calls answer these codes; `{"accept_then":[504]}`: the next
+//! submissions are accepted, and billed, and then answered with these codes,
+//! as a gateway that times out after the API took the request).
 
 pub mod speech;
 pub mod voices;
@@ -205,6 +211,8 @@ enum Fate {
 
 struct SimJob {
     text: String,
+    /// Every status poll answers this (`[[sim:status-fault=N]]`).
+    status_fault: Option<u16>,
     two_speakers: bool,
     created: Instant,
     queue_until: Instant,
@@ -240,6 +248,7 @@ struct Inner {
     media_base: String,
     jobs: HashMap<String, SimJob>,
     injected: VecDeque<u16>,
+    accept_then: VecDeque<u16>,
     media_injected: VecDeque<u16>,
     window: (Instant, u32),
     credits: Option<f64>,
@@ -275,6 +284,14 @@ impl SimHandle {
     /// The next API calls answer these HTTP statuses, in order.
     pub fn inject(&self, statuses: &[u16]) {
         lock(&self.shared).injected.extend(statuses.iter().copied());
+    }
+
+    /// The next submissions are accepted (and billed), then answered with
+    /// these HTTP statuses: the answer is lost, the request is not.
+    pub fn inject_accept_then(&self, statuses: &[u16]) {
+        lock(&self.shared)
+            .accept_then
+            .extend(statuses.iter().copied());
     }
 
     /// The next media (audio download) requests answer these HTTP statuses.
@@ -322,6 +339,7 @@ pub async fn spawn(
         config,
         jobs: HashMap::new(),
         injected: VecDeque::new(),
+        accept_then: VecDeque::new(),
         media_injected: VecDeque::new(),
         window: (Instant::now(), 0),
         stats: SimStats::default(),
@@ -485,6 +503,32 @@ fn admit(inner: &mut Inner) -> Option<Response> {
     None
 }
 
+/// Refusals that concern one request, by marker: the account works for others.
+fn refuse_this_request(inner: &mut Inner, text: &str) -> Option<Response> {
+    let (status, message) = if text.contains("[[sim:forbidden]]") {
+        (
+            StatusCode::FORBIDDEN,
+            "Forbidden: this input is not permitted by the account's policy",
+        )
+    } else if text.contains("[[sim:expensive]]") {
+        (
+            StatusCode::NOT_ACCEPTABLE,
+            "Insufficient credits for this request",
+        )
+    } else {
+        return None;
+    };
+    inner.stats.submits_rejected += 1;
+    Some(api_json(inner, status, json!({"error": message})))
+}
+
+/// The status every poll of a job with `[[sim:status-fault=N]]` answers.
+fn marker_status_fault(text: &str) -> Option<u16> {
+    let start = text.find("[[sim:status-fault=")? + "[[sim:status-fault=".len();
+    let end = text[start..].find("]]")? + start;
+    text[start..end].parse().ok()
+}
+
 fn marker_latency(text: &str) -> Option<Duration> {
     let start = text.find("[[sim:latency=")? + "[[sim:latency=".len();
     let end = text[start..].find("]]")? + start;
@@ -557,6 +601,7 @@ fn new_job(
     };
     let queue_until = now + config.queue_time.min(latency);
     SimJob {
+        status_fault: marker_status_fault(&text),
         text: strip_markers(&text),
         two_speakers,
         created: now,
@@ -602,6 +647,9 @@ fn accept_v2(shared: &Shared, model: String, headers: HeaderMap, body: Bytes) ->
             return api_json(&inner, status, json!({"error": message}));
         }
     };
+    if let Some(r) = refuse_this_request(&mut inner, &text) {
+        return r;
+    }
     if let Some(r) = admit(&mut inner) {
         return r;
     }
@@ -624,6 +672,16 @@ fn accept_v2(shared: &Shared, model: String, headers: HeaderMap, body: Bytes) ->
         .stats
         .requests
         .insert(id.clone(), RequestCounts::default());
+    if let Some(code) = inner.accept_then.pop_front() {
+        // Accepted and billed above; the answer is lost on the way back.
+        inner.stats.faults_injected += 1;
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::GATEWAY_TIMEOUT);
+        return api_json(
+            &inner,
+            status,
+            json!({"error": format!("simulated {code} after accepting")}),
+        );
+    }
     let base = if inner.config.foreign_urls {
         "http://foreign.invalid".to_owned()
     } else {
@@ -751,6 +809,15 @@ async fn status(
     let Some(job) = inner.jobs.get(&id) else {
         return not_found(&inner, &id);
     };
+    if let Some(code) = job.status_fault {
+        inner.stats.faults_injected += 1;
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+        return api_json(
+            &inner,
+            status,
+            json!({"error": format!("simulated {code}")}),
+        );
+    }
     let now = Instant::now();
     let state = job.state(now);
     let done_at = job.done_at;
@@ -884,14 +951,19 @@ async fn stats(State(shared): State<Shared>) -> Response {
 
 #[derive(Deserialize)]
 struct FaultRequest {
+    #[serde(default)]
     statuses: Vec<u16>,
+    #[serde(default)]
+    accept_then: Vec<u16>,
 }
 
 async fn faults(
     State(shared): State<Shared>,
     axum::Json(req): axum::Json<FaultRequest>,
 ) -> Response {
-    lock(&shared).injected.extend(req.statuses);
+    let mut inner = lock(&shared);
+    inner.injected.extend(req.statuses);
+    inner.accept_then.extend(req.accept_then);
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -902,6 +974,7 @@ mod tests {
     fn job_at(created: Instant, queued: u64, latency: u64, fate: Fate) -> SimJob {
         SimJob {
             text: "t".into(),
+            status_fault: None,
             two_speakers: false,
             created,
             queue_until: created + Duration::from_millis(queued),
@@ -946,5 +1019,7 @@ mod tests {
             Some(Duration::from_millis(2500))
         );
         assert_eq!(marker_latency("x"), None);
+        assert_eq!(marker_status_fault("x [[sim:status-fault=502]]"), Some(502));
+        assert_eq!(marker_status_fault("x"), None);
     }
 }

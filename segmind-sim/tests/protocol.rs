@@ -257,3 +257,55 @@ async fn v1_answers_the_audio_directly() {
     .await;
     assert_eq!(r.status(), 422);
 }
+
+#[tokio::test]
+async fn accept_then_fail_bills_a_request_whose_answer_is_lost() {
+    let sim = sim(|_| {}).await;
+    sim.inject_accept_then(&[504]);
+    let r = post(&sim, &format!("/v2/{MODEL}"), KEY, json!({"text": "hello"})).await;
+    assert_eq!(r.status().as_u16(), 504);
+    assert_eq!(
+        sim.stats().submits_accepted,
+        1,
+        "accepted, billed, answer lost"
+    );
+    let r = post(&sim, &format!("/v2/{MODEL}"), KEY, json!({"text": "hello"})).await;
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(sim.stats().submits_accepted, 2);
+}
+
+#[tokio::test]
+async fn request_specific_refusals_leave_the_account_working() {
+    let sim = sim(|_| {}).await;
+    let submit = |text: &'static str| {
+        let sim = sim.clone();
+        async move {
+            post(&sim, &format!("/v2/{MODEL}"), KEY, json!({"text": text}))
+                .await
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(submit("not allowed [[sim:forbidden]]").await, 403);
+    assert_eq!(submit("too dear [[sim:expensive]]").await, 406);
+    assert_eq!(submit("fine").await, 200);
+    // A submit without text is refused as invalid, not billed: a free probe.
+    assert_eq!(
+        post(&sim, &format!("/v2/{MODEL}"), KEY, json!({}))
+            .await
+            .status()
+            .as_u16(),
+        400
+    );
+    let r = post(
+        &sim,
+        &format!("/v2/{MODEL}"),
+        KEY,
+        json!({"text": "polls fail [[sim:status-fault=502]]"}),
+    )
+    .await;
+    let body: Value = r.json().await.unwrap();
+    let status = get(body["status_url"].as_str().unwrap()).await;
+    assert_eq!(status.status().as_u16(), 502);
+    assert_eq!(sim.stats().submits_accepted, 2);
+}

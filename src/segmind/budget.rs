@@ -72,6 +72,20 @@ struct State {
     window_start: Instant,
 }
 
+impl State {
+    /// Records a call made (or reserved) at `at`, and forgets calls older
+    /// than the span a 429 looks back on: the record holds about a minute of
+    /// calls, however long the replica runs between 429s.
+    fn record(&mut self, at: Instant) {
+        self.recent.push_back(at);
+        if let Some(horizon) = Instant::now().checked_sub(USAGE_SPAN) {
+            while self.recent.front().is_some_and(|t| *t < horizon) {
+                self.recent.pop_front();
+            }
+        }
+    }
+}
+
 /// Lowest share, as a fraction of the limit: a replica keeps making progress.
 const MIN_SHARE: f64 = 0.02;
 /// Growth of the share per minute of successful calls, as a fraction of the limit.
@@ -119,7 +133,7 @@ impl RateBudget {
                     let mut s = self.state();
                     let slot = Instant::now().max(s.next_free).max(s.paused_until);
                     s.next_free = slot + interval(s.share);
-                    s.recent.push_back(slot);
+                    s.record(slot);
                     slot
                 };
                 tokio::time::sleep_until(slot).await;
@@ -134,7 +148,7 @@ impl RateBudget {
                         let free = s.next_free.max(s.paused_until);
                         if free <= now {
                             s.next_free = now + interval(s.share);
-                            s.recent.push_back(now);
+                            s.record(now);
                             return;
                         }
                         free - now
@@ -238,6 +252,18 @@ mod tests {
 
     fn budget(limit: u32) -> RateBudget {
         RateBudget::new(Some(limit), Metrics::new())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_record_of_recent_calls_stays_a_minute_long_between_429s() {
+        let b = budget(50);
+        // Two hours of calls at the whole limit, without a single 429.
+        for _ in 0..6_000 {
+            b.acquire(Priority::New).await;
+            b.on_success();
+        }
+        let held = b.state().recent.len();
+        assert!(held <= 52, "{held} calls remembered; a minute holds 50");
     }
 
     #[tokio::test(start_paused = true)]

@@ -32,7 +32,7 @@ use super::protocol::{
     interpret_status, parse_submitted, status_error, transport,
 };
 use super::retry::{server_hint, with_retry};
-use crate::config::{RateScope, RetrySettings, SegmindSettings};
+use crate::config::{AmbiguousSubmits, RateScope, RetrySettings, SegmindSettings};
 use crate::failure::{self, Call, Class};
 use crate::job::Speech;
 use crate::metrics::Metrics;
@@ -77,6 +77,7 @@ pub struct SegmindClient {
     /// Bounds the API calls open at once, hence the connections.
     open_calls: tokio::sync::Semaphore,
     max_audio_bytes: u64,
+    ambiguous_submits: AmbiguousSubmits,
     metrics: Metrics,
     /// The clock the polling schedule's observations are stamped with.
     started: Instant,
@@ -117,6 +118,7 @@ impl SegmindClient {
             rate_scope: settings.rate_limit_scope,
             open_calls: tokio::sync::Semaphore::new(settings.max_concurrent_calls),
             max_audio_bytes: settings.max_audio_bytes,
+            ambiguous_submits: settings.ambiguous_submits,
             metrics,
             started: Instant::now(),
         })
@@ -242,21 +244,35 @@ impl SegmindClient {
         })
     }
 
-    /// Checks whether the account works again, with one cheap call: the
-    /// status of a request id that does not exist (404 means the key is
-    /// accepted). `Err` says why it still fails: an answer
+    /// Checks whether the account works again for the kind of call that
+    /// failed, with one call that costs nothing: for a submission, a submit
+    /// without text (the API checks the key and the model's permission, then
+    /// answers 400 without running or billing anything); for a status or
+    /// result call, the status of a request id that does not exist (404 means
+    /// the key is accepted). `Err` says why it still fails: an answer
     /// [`failure::classify`] calls account-level, or no credits left in
     /// `x-remaining-credits`. Other errors (5xx, network) do not keep
     /// consumption paused: jobs meet and handle them on their own.
-    pub async fn probe(&self) -> Result<(), String> {
-        let mut url = self.base.clone();
-        url.set_path(&format!("v2/requests/{}/status", uuid::Uuid::new_v4()));
+    pub async fn probe(&self, call: Call) -> Result<(), String> {
+        let (call, request) = match call {
+            Call::Submit => (
+                Call::Submit,
+                self.api
+                    .post(self.submit_url.clone())
+                    .json(&serde_json::json!({})),
+            ),
+            Call::Status | Call::Result | Call::Download => {
+                let mut url = self.base.clone();
+                url.set_path(&format!("v2/requests/{}/status", uuid::Uuid::new_v4()));
+                (Call::Status, self.api.get(url))
+            }
+        };
         let (status, headers, body) = self
-            .send_api(Call::Status, self.api.get(url))
+            .send_api(call, request)
             .await
             .map_err(|e| e.to_string())?;
         if !status.is_success() {
-            let err = status_error(Call::Status, status, &headers, &body);
+            let err = status_error(call, status, &headers, &body);
             if failure::classify(&err, &[]).class == Class::Account {
                 return Err(err.to_string());
             }
@@ -438,11 +454,28 @@ impl SegmindClient {
         };
         self.retrying(Call::Submit, deadline, calls, || async {
             let request = self.api.post(self.submit_url.clone()).json(&body);
-            let (status, headers, bytes) = self.send_api(Call::Submit, request).await?;
-            if !status.is_success() {
-                return Err(status_error(Call::Submit, status, &headers, &bytes));
+            let answer = async {
+                let (status, headers, bytes) = self.send_api(Call::Submit, request).await?;
+                if !status.is_success() {
+                    return Err(status_error(Call::Submit, status, &headers, &bytes));
+                }
+                parse_submitted(&self.base, &bytes)
             }
-            parse_submitted(&self.base, &bytes)
+            .await;
+            match answer {
+                Err(e) if e.ambiguous_submission() => {
+                    // The API has no idempotency key: a retry may pay twice.
+                    self.metrics.submit_ambiguous.inc();
+                    tracing::warn!(error = %e, policy = ?self.ambiguous_submits, "a submission's answer was lost after it was sent; Segmind may have accepted it");
+                    match self.ambiguous_submits {
+                        AmbiguousSubmits::Retry => Err(e),
+                        AmbiguousSubmits::Fail => Err(SegmindError::Unconfirmed {
+                            cause: e.to_string(),
+                        }),
+                    }
+                }
+                other => other,
+            }
         })
         .await
     }

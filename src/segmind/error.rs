@@ -42,6 +42,11 @@ pub enum SegmindError {
     PollLimit { request_id: String, polls: u32 },
     #[error("the audio is larger than the {limit}-byte limit")]
     TooLarge { limit: u64 },
+    #[error(
+        "the submission's answer was lost after it was sent ({cause}); Segmind may have accepted \
+         (and billed) it, so it is not retried (segmind.ambiguous_submits = \"fail\")"
+    )]
+    Unconfirmed { cause: String },
 }
 
 impl SegmindError {
@@ -59,6 +64,36 @@ impl SegmindError {
             SegmindError::Status { status: 429, .. } => "429",
             SegmindError::Status { .. } => "5xx",
             _ => "network",
+        }
+    }
+
+    /// Whether a failed submission may nevertheless have been accepted by
+    /// Segmind: the request was sent and its answer lost (a timeout or a
+    /// connection cut after sending), or the gateway answered 502/504. A
+    /// connection that was never made provably sent nothing.
+    pub(crate) fn ambiguous_submission(&self) -> bool {
+        match self {
+            SegmindError::Transport {
+                call: Call::Submit,
+                source,
+                ..
+            } => !source.is_connect() && !source.is_builder(),
+            SegmindError::Status {
+                call: Call::Submit,
+                status,
+                ..
+            } => matches!(status, 502 | 504),
+            _ => false,
+        }
+    }
+
+    /// The call an HTTP answer or transport error came from.
+    pub fn call(&self) -> Option<Call> {
+        match self {
+            SegmindError::Status { call, .. }
+            | SegmindError::Transport { call, .. }
+            | SegmindError::Protocol { call, .. } => Some(*call),
+            _ => None,
         }
     }
 
@@ -90,8 +125,10 @@ impl AsFault for SegmindError {
                 message,
                 http_status: *http_status,
             },
-            SegmindError::Deadline { .. } | SegmindError::PollLimit { .. } => Fault::Deadline,
+            SegmindError::Deadline { .. } => Fault::Deadline,
+            SegmindError::PollLimit { .. } => Fault::PollBudget,
             SegmindError::TooLarge { .. } => Fault::BadAudio,
+            SegmindError::Unconfirmed { .. } => Fault::SubmissionUnconfirmed,
         }
     }
 }

@@ -25,15 +25,34 @@ use crate::broker;
 pub struct Consuming {
     pub channel: Channel,
     pub queue: String,
+    /// Base of consumer tags; each consumer gets `{tag}.{n}`.
     pub tag: String,
+    /// Consumers started on this channel so far.
+    pub started: std::sync::atomic::AtomicU32,
 }
 
 impl Consuming {
+    pub fn new(channel: Channel, queue: String, tag: String) -> Self {
+        Consuming {
+            channel,
+            queue,
+            tag,
+            started: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// Starts a consumer under a tag of its own. Reusing the tag of a
+    /// cancelled consumer while deliveries it received are still unacked
+    /// (jobs running through a pause) makes RabbitMQ 3.10's quorum queue
+    /// close the connection with INTERNAL_ERROR (seen here), which returns
+    /// every held delivery as a counted one.
     async fn start(&self) -> Result<lapin::Consumer, lapin::Error> {
+        let n = self.started.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}.{n}", self.tag);
         self.channel
             .basic_consume(
                 self.queue.as_str().into(),
-                self.tag.as_str().into(),
+                tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -45,7 +64,7 @@ impl Consuming {
     async fn stop(&self, mut consumer: lapin::Consumer, ctx: &JobContext, reason: HandOverReason) {
         if let Err(e) = self
             .channel
-            .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
+            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
             .await
         {
             warn!(error = %e, "could not cancel the consumer");
@@ -115,6 +134,9 @@ pub async fn run(
     let mut pause_changes = gate.subscribe();
     let mut consumer: Option<lapin::Consumer> = None;
     let mut prober: Option<tokio::task::JoinHandle<()>> = None;
+    // When the current pause began; `None` while consuming.
+    let mut paused_since: Option<tokio::time::Instant> = None;
+    let hold = ctx.pipeline.jobs.pause_hold;
     // Made once per session, not per delivery.
     let lost = session_lost(&ctx, consuming);
     tokio::pin!(lost);
@@ -122,8 +144,19 @@ pub async fn run(
         while tasks.try_join_next().is_some() {}
         if gate.paused().is_some() {
             ready.store(false, Ordering::Relaxed);
-            if let Some(c) = consumer.take() {
-                consuming.stop(c, &ctx, HandOverReason::Paused).await;
+            // A short pause keeps the consumer and simply takes nothing: a
+            // cancelled consumer races with deliveries already on their way,
+            // which the broker then returns as counted deliveries of jobs
+            // that did nothing wrong (seen here with quorum queues). Only a
+            // pause longer than `jobs.pause_hold` cancels it and hands back
+            // what it holds, well before RabbitMQ's consumer_timeout.
+            let hold_until = *paused_since.get_or_insert_with(tokio::time::Instant::now) + hold;
+            if tokio::time::Instant::now() >= hold_until
+                && let Some(c) = consumer.take()
+            {
+                consuming
+                    .stop(c, &ctx, HandOverReason::Paused { caused: false })
+                    .await;
             }
             if prober.as_ref().is_none_or(|p| p.is_finished()) {
                 let pipeline = ctx.pipeline.clone();
@@ -138,11 +171,17 @@ pub async fn run(
                     .await;
                 }));
             }
+            let holding = consumer.is_some();
             tokio::select! {
                 _ = shutdown_requested(&mut shutdown) => break Stopped::Shutdown,
                 reason = &mut lost => break Stopped::BrokerLost(reason),
                 _ = pause_changes.changed() => continue,
+                _ = tokio::time::sleep_until(hold_until), if holding => continue,
             }
+        }
+        if paused_since.take().is_some() && consumer.is_some() {
+            // The pause ended within the hold: the same consumer goes on.
+            ready.store(true, Ordering::Relaxed);
         }
         let current = match consumer.as_mut() {
             Some(c) => c,

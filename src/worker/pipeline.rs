@@ -14,12 +14,14 @@ use tokio::sync::{Semaphore, SemaphorePermit, watch};
 
 use tracing::{Instrument, Span, info, warn};
 
-use super::pause::PauseGate;
+use super::pause::{PauseGate, PauseReason};
 use crate::audio::{self, Audio, AudioError};
 use crate::checkpoint::{self, Checkpoint, Checkpoints, StoredRecord};
 use crate::config::{JobSettings, Settings};
-use crate::failure::{self, AsFault, Disposition, ErrorCode, Fault};
-use crate::job::{Completed, Failed, ObjectKey, Outcome, StoredAudio, TtsJob};
+use crate::failure::{self, AsFault, Attempt, Class, Disposition, ErrorCode, Fault, Limits};
+use crate::job::{
+    Completed, Failed, ForbiddenKey, KeyPolicy, ObjectKey, Outcome, StoredAudio, TtsJob,
+};
 use crate::metrics::Metrics;
 use crate::segmind::{SegmindClient, SegmindError, Submitted, Synthesis};
 use crate::storage::{Storage, StorageError};
@@ -37,6 +39,14 @@ pub enum JobError {
     /// the runtime is shutting down); whether Segmind accepted it is unknown.
     #[error("the submission step was interrupted: {0}")]
     Interrupted(String),
+    /// The producer's `output_key` reaches the worker's own objects.
+    #[error(transparent)]
+    ForbiddenKey(#[from] ForbiddenKey),
+    /// The key already holds an object another job wrote.
+    #[error(
+        "output_key {key:?} already holds an object of job {owner:?}; it is not overwritten (choose another key)"
+    )]
+    KeyTaken { key: String, owner: String },
     /// The worker is shutting down and the job was waiting: its delivery is
     /// handed to another replica, which resumes it from the checkpoint.
     #[error("handed over: the worker is shutting down")]
@@ -49,8 +59,13 @@ impl AsFault for JobError {
             JobError::Segmind(e) => e.fault(),
             JobError::Audio(e) => e.fault(),
             JobError::Storage(e) => e.fault(),
+            // Like a lost answer: the next delivery resumes the request if
+            // the step checkpointed it, else submits.
+            JobError::Interrupted(_) => Fault::Network { timeout: false },
+            JobError::ForbiddenKey(_) => Fault::OutputKeyForbidden,
+            JobError::KeyTaken { .. } => Fault::OutputKeyTaken,
             // Never classified: `run` ends a handed-over job before.
-            JobError::Interrupted(_) | JobError::HandedOver => Fault::Deadline,
+            JobError::HandedOver => Fault::Deadline,
         }
     }
 }
@@ -80,8 +95,10 @@ pub enum HandOverReason {
     /// The worker is shutting down (scale-in, rollout, drain).
     Shutdown,
     /// Consumption paused on an account-level failure (API key, credits,
-    /// bucket): the account's fault, not the job's.
-    Paused,
+    /// bucket): the account's fault, not the job's. `caused` when this job
+    /// met the failure: the message's own count of pauses grows (see
+    /// `jobs.max_pause_cycles`); jobs merely held alongside are not charged.
+    Paused { caused: bool },
 }
 
 impl HandOverReason {
@@ -89,7 +106,7 @@ impl HandOverReason {
     pub fn as_str(self) -> &'static str {
         match self {
             HandOverReason::Shutdown => "shutdown",
-            HandOverReason::Paused => "paused",
+            HandOverReason::Paused { .. } => "paused",
         }
     }
 }
@@ -104,8 +121,8 @@ pub struct Pipeline {
     /// Paused on account-level failures; the consumer loop watches it.
     pub pause: PauseGate,
     pub jobs: JobSettings,
-    /// Prefix of default storage keys.
-    pub s3_prefix: String,
+    /// Where audio may be stored.
+    pub keys: KeyPolicy,
     /// Bound on one delivery's time at Segmind.
     pub job_deadline: Duration,
     /// Lower-cased substrings marking a FAILED message as a content block.
@@ -136,7 +153,10 @@ impl Pipeline {
             metrics,
             pause,
             jobs: settings.jobs.clone(),
-            s3_prefix: settings.s3.prefix.clone(),
+            keys: KeyPolicy {
+                prefix: settings.s3.prefix.clone(),
+                output_prefix: settings.s3.output_prefix.clone(),
+            },
             job_deadline: settings.segmind.job_deadline,
             block_patterns: settings.segmind.content_blocked_patterns.clone(),
             transfers: Semaphore::new(settings.jobs.max_transfers),
@@ -162,15 +182,15 @@ impl Pipeline {
         let _ = rx.wait_for(|asked| *asked).await;
     }
 
-    /// Runs a valid job (delivery number `attempt`, from 1) and decides what
-    /// its failure, if any, means: a failure event, a requeue, or a requeue
+    /// Runs a valid job (its delivery `attempt`) and decides what its
+    /// failure, if any, means: a failure event, a requeue, or a hand-over
     /// that pauses consumption.
-    pub async fn run(&self, job: &TtsJob, attempt: u32) -> JobEnd {
+    pub async fn run(&self, job: &TtsJob, attempt: Attempt) -> JobEnd {
         let deadline = tokio::time::Instant::now() + self.job_deadline;
         let mut calls = 0u32;
         let mut request_id = None;
         let result = self
-            .synthesize_and_store(job, attempt, deadline, &mut calls, &mut request_id)
+            .synthesize_and_store(job, attempt.number, deadline, &mut calls, &mut request_id)
             .await
             .map(|mut completed| {
                 completed.segmind_calls = calls;
@@ -195,19 +215,26 @@ impl Pipeline {
         if let Some(id) = &request_id {
             Span::current().record("request_id", id.as_str());
         }
-        match failure::disposition(
-            &failure,
-            attempt,
-            self.jobs.max_deliveries,
-            self.jobs.on_account_error,
-        ) {
+        let limits = Limits {
+            max_deliveries: self.jobs.max_deliveries,
+            max_pause_cycles: self.jobs.max_pause_cycles,
+            policy: self.jobs.on_account_error,
+        };
+        match failure::disposition(&failure, attempt, limits) {
             Disposition::Fail => {
+                let mut failure = failure;
+                if failure.class == Class::Account && attempt.pauses > 0 {
+                    failure.message = format!(
+                        "{} (refused again after {} pauses in which the account worked for other requests: the refusal concerns this request)",
+                        failure.message, attempt.pauses
+                    );
+                }
                 warn!(code = failure.code.as_str(), error = %err, "job failed");
                 JobEnd::Finished(Box::new(Outcome::Failed(Failed {
                     job_id: job.id.clone(),
                     failure,
                     request_id,
-                    attempts: attempt,
+                    attempts: attempt.number,
                     metadata: job.metadata.clone(),
                 })))
             }
@@ -216,9 +243,17 @@ impl Pipeline {
                 JobEnd::Requeue(failure.code)
             }
             Disposition::Pause => {
-                self.pause.pause(failure.code, &failure.message);
-                warn!(code = failure.code.as_str(), error = %err, "account-level failure; handing the job back while consumption pauses");
-                JobEnd::HandOver(HandOverReason::Paused)
+                let call = match &err {
+                    JobError::Segmind(e) => e.call(),
+                    _ => None,
+                };
+                let reason = PauseReason {
+                    code: failure.code,
+                    call,
+                };
+                let caused = self.pause.pause(reason, &failure.message);
+                warn!(code = failure.code.as_str(), error = %err, caused, pauses = attempt.pauses + u32::from(caused), "account-level failure; handing the job back while consumption pauses");
+                JobEnd::HandOver(HandOverReason::Paused { caused })
             }
         }
     }
@@ -238,6 +273,18 @@ impl Pipeline {
             && let Some(done) = Box::pin(self.replay_from_storage(job, cp, attempt)).await?
         {
             return Ok(done);
+        }
+        if let Some(key) = &job.output_key {
+            // Refused before anything is paid for.
+            let key = self.keys.resolve(key)?;
+            if let Some(info) = Box::pin(self.storage.head(key.as_str())).await?
+                && info.job_id.as_deref() != Some(job.id.as_str())
+            {
+                return Err(JobError::KeyTaken {
+                    key: key.to_string(),
+                    owner: info.job_id.unwrap_or_default(),
+                });
+            }
         }
         let mut resume = checkpoint.filter(|cp| self.checkpoints.resumable(cp, chrono::Utc::now()));
         let mut audio_retries_left = self.jobs.audio_retries;
@@ -320,15 +367,9 @@ impl Pipeline {
             Ok(audio) => audio,
             Err(e) => return Ok(Stored::Unusable(e)),
         };
-        let key = match &job.output_key {
-            Some(key) => key.clone(),
-            None => ObjectKey::default_for(&self.s3_prefix, &job.id, audio.format.extension()),
-        };
+        let key = self.keys.key_for(job, audio.format.extension())?;
         let upload_started = Instant::now();
-        let stored = self
-            .storage
-            .put(&key, audio, &job.id, &synthesis.request_id)
-            .await;
+        let stored = Box::pin(self.upload_exclusive(job, &key, audio, &synthesis.request_id)).await;
         // The audio is gone with the upload: free the slot for the next job.
         drop(slot);
         self.metrics
@@ -353,6 +394,61 @@ impl Pipeline {
             metadata: job.metadata.clone(),
             served_from_storage: false,
         })))
+    }
+
+    /// Uploads `audio` to `key` unless an object another job wrote is there.
+    /// Two guards: the object's `job-id` metadata, read just before (works on
+    /// every store), and a conditional write (`If-None-Match: *`) that closes
+    /// the window between the two where the store honours it (AWS S3 does;
+    /// Garage 2.5 ignores the header, measured). This job's own object (a
+    /// re-run whose checkpoint was not updated) is replaced.
+    async fn upload_exclusive(
+        &self,
+        job: &TtsJob,
+        key: &ObjectKey,
+        audio: Audio,
+        request_id: &str,
+    ) -> Result<StoredAudio, JobError> {
+        let taken = |owner: Option<String>| JobError::KeyTaken {
+            key: key.to_string(),
+            owner: owner.unwrap_or_default(),
+        };
+        let ours = |owner: &Option<String>| owner.as_deref() == Some(job.id.as_str());
+        let owner = self.storage.head(key.as_str()).await?.map(|i| i.job_id);
+        match owner {
+            Some(owner) if !ours(&owner) => return Err(taken(owner)),
+            Some(_) => {
+                return Ok(self
+                    .storage
+                    .put(key, audio, &job.id, request_id, false)
+                    .await?);
+            }
+            None => {}
+        }
+        // The `Bytes` clone shares the audio: it copies nothing.
+        let again = audio.clone();
+        match self
+            .storage
+            .put(key, audio, &job.id, request_id, true)
+            .await
+        {
+            Err(e) if e.precondition_failed() => {
+                // Written by someone else since the check above.
+                let owner = self
+                    .storage
+                    .head(key.as_str())
+                    .await?
+                    .and_then(|i| i.job_id);
+                if !ours(&owner) {
+                    return Err(taken(owner));
+                }
+                Ok(self
+                    .storage
+                    .put(key, again, &job.id, request_id, false)
+                    .await?)
+            }
+            other => Ok(other?),
+        }
     }
 
     /// Submits the job and records its request id in the checkpoint, as one
@@ -534,7 +630,13 @@ mod tests {
         let job = wire::decode_request(br#"{"text":"hello there"}"#, None, &settings.limits)
             .job
             .unwrap();
-        let future = pipeline.run(&job, 1);
+        let future = pipeline.run(
+            &job,
+            Attempt {
+                number: 1,
+                pauses: 0,
+            },
+        );
         let size = std::mem::size_of_val(&future);
         // What the job holds while Segmind works: the polling state, boxed.
         let submitted = pipeline.segmind.resume("r-1");

@@ -5,21 +5,22 @@
 //! rejected request, its dead-letter copy) is confirmed by the broker, or,
 //! when the worker hands it over on shutdown, after its copy is confirmed in
 //! the requests queue. If publishing fails, or the job should be tried again
-//! later, the delivery is requeued instead.
+//! later, the delivery is requeued instead (`basic.reject(requeue)`, which
+//! counts as a delivery on every supported RabbitMQ version).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use tracing::{Instrument, Span, error, field, info, info_span, warn};
 
 use super::pipeline::{HandOverReason, JobEnd, Pipeline};
 use crate::broker::{self, BrokerError, Publisher, Topology};
 use crate::config::RequestLimits;
-use crate::failure::Failure;
-use crate::job::{Failed, Outcome};
+use crate::failure::{Attempt, Failure};
+use crate::job::{Failed, JobId, Outcome};
 use crate::telemetry;
 use crate::wire::{
     self, DEAD_LETTER_CODE_HEADER, DEAD_LETTER_JOB_HEADER, DEAD_LETTER_MESSAGE_HEADER,
@@ -66,6 +67,7 @@ pub async fn process(ctx: &JobContext, delivery: Delivery) -> Settlement {
         job_id = field::Empty,
         request_id = field::Empty,
         attempt = field::Empty,
+        acquired = field::Empty,
         outcome = field::Empty
     );
     if let Some(id) = delivery.properties.message_id() {
@@ -73,22 +75,41 @@ pub async fn process(ctx: &JobContext, delivery: Delivery) -> Settlement {
     }
     let producer = trace_headers(&delivery.properties);
     telemetry::adopt_producer_context(&span, &producer);
-    let (settlement, label) = settle(ctx, &delivery, &producer)
+    let Settled {
+        settlement,
+        label,
+        forget,
+    } = settle(ctx, &delivery, &producer)
         .instrument(span.clone())
         .await;
     let ack_result = match settlement {
         Settlement::Ack => Box::pin(delivery.acker.ack(BasicAckOptions::default())).await,
         Settlement::Requeue => {
             tokio::time::sleep(ctx.pipeline.jobs.requeue_delay).await;
-            Box::pin(delivery.acker.nack(REQUEUE)).await
+            Box::pin(delivery.acker.reject(REQUEUE)).await
         }
         Settlement::HandOver(reason) => Box::pin(hand_over(ctx, &delivery, reason)).await,
     };
-    if let Err(e) = ack_result {
-        // The channel is gone: the broker will redeliver the message.
-        span.in_scope(
-            || warn!(error = %e, "could not settle the delivery; it will be redelivered"),
-        );
+    match ack_result {
+        Err(e) => {
+            // The channel is gone: the broker will redeliver the message.
+            span.in_scope(
+                || warn!(error = %e, "could not settle the delivery; it will be redelivered"),
+            );
+        }
+        Ok(settled) => {
+            if let Some(job_id) = forget.filter(|_| settled) {
+                // Only after the ack: a crash before it redelivers a job
+                // that still has its checkpoint, so nothing is paid twice.
+                // A failed job whose request cannot give audio any more
+                // starts afresh if it is ever sent again.
+                if let Err(e) = Box::pin(ctx.pipeline.checkpoints.delete(&job_id)).await {
+                    span.in_scope(
+                        || warn!(error = %e, "could not delete the checkpoint of a failed job"),
+                    );
+                }
+            }
+        }
     }
     if let Some(label) = label {
         metrics.jobs.with_label_values(&[label]).inc();
@@ -100,35 +121,65 @@ pub async fn process(ctx: &JobContext, delivery: Delivery) -> Settlement {
     settlement
 }
 
-/// Runs the job and publishes its outcome; returns the settlement and, for a
-/// finished job, its outcome label.
-async fn settle(
-    ctx: &JobContext,
-    delivery: &Delivery,
-    producer: &TraceHeaders,
-) -> (Settlement, Option<&'static str>) {
+/// What [`settle`] decided.
+struct Settled {
+    settlement: Settlement,
+    /// The outcome label of a finished job.
+    label: Option<&'static str>,
+    /// A failed job whose checkpoint is dropped once the delivery is acked.
+    forget: Option<JobId>,
+}
+
+impl Settled {
+    fn unfinished(settlement: Settlement) -> Self {
+        Settled {
+            settlement,
+            label: None,
+            forget: None,
+        }
+    }
+}
+
+/// Runs the job and publishes its outcome; returns the settlement.
+async fn settle(ctx: &JobContext, delivery: &Delivery, producer: &TraceHeaders) -> Settled {
     let props = &delivery.properties;
     let jobs = &ctx.pipeline.jobs;
-    let attempt = broker::delivery_count(props).saturating_add(1);
+    let attempt = Attempt {
+        number: broker::delivery_count(props).saturating_add(1),
+        pauses: broker::pause_count(props),
+    };
     let message_id = props.message_id().as_ref().map(|m| m.as_str());
     let decoded = wire::decode_request(&delivery.data, message_id, &ctx.limits);
     let span = Span::current();
     span.record("job_id", decoded.job_id.as_str());
-    span.record("attempt", attempt);
+    span.record("attempt", attempt.number);
+    // RabbitMQ 4.3 also counts every hand-out, uncounted returns included.
+    if let Some(acquired) = broker::acquired_count(props) {
+        span.record("acquired", acquired);
+    }
+    if attempt.number > 1 || attempt.pauses > 0 {
+        info!(
+            delivery_count = attempt.number - 1,
+            acquired_count = broker::acquired_count(props),
+            pauses = attempt.pauses,
+            "redelivered"
+        );
+    }
+    let attempt_number = attempt.number;
 
     let rejected = |failure: Failure| {
         Outcome::Failed(Failed {
             job_id: decoded.job_id.clone(),
             failure,
             request_id: None,
-            attempts: attempt,
+            attempts: attempt_number,
             metadata: decoded.metadata.clone(),
         })
     };
-    let (outcome, dead_letter) = if attempt > jobs.max_deliveries {
-        warn!(attempt, "dead-lettering a poison message");
+    let (outcome, dead_letter) = if attempt.number > jobs.max_deliveries {
+        warn!(attempt = attempt.number, "dead-lettering a poison message");
         (
-            rejected(Failure::poison(attempt, jobs.max_deliveries)),
+            rejected(Failure::poison(attempt.number, jobs.max_deliveries)),
             true,
         )
     } else {
@@ -142,7 +193,9 @@ async fn settle(
             }
             Ok(job) => match ctx.pipeline.run(job, attempt).await {
                 JobEnd::Finished(outcome) => (*outcome, false),
-                JobEnd::HandOver(reason) => return (Settlement::HandOver(reason), None),
+                JobEnd::HandOver(reason) => {
+                    return Settled::unfinished(Settlement::HandOver(reason));
+                }
                 JobEnd::Requeue(reason) => {
                     ctx.pipeline
                         .metrics
@@ -153,7 +206,7 @@ async fn settle(
                         reason = reason.as_str(),
                         "requeueing the job for a later delivery"
                     );
-                    return (Settlement::Requeue, None);
+                    return Settled::unfinished(Settlement::Requeue);
                 }
             },
         }
@@ -176,14 +229,20 @@ async fn settle(
     };
     match published {
         Ok(()) => {
-            if let (Outcome::Failed(f), Ok(_)) = (&outcome, &decoded.job) {
-                // A failed job starts afresh if it is ever sent again.
-                if let Err(e) = Box::pin(ctx.pipeline.checkpoints.delete(&f.job_id)).await {
-                    warn!(error = %e, "could not delete the checkpoint of a failed job");
+            // A failure whose paid request may still give audio (a deadline,
+            // an outage) keeps its checkpoint: a resend resumes the request.
+            let forget = match (&outcome, &decoded.job) {
+                (Outcome::Failed(f), Ok(_)) if !f.failure.code.keeps_paid_request() => {
+                    Some(f.job_id.clone())
                 }
-            }
+                _ => None,
+            };
             info!(outcome = label, "job finished");
-            (Settlement::Ack, Some(label))
+            Settled {
+                settlement: Settlement::Ack,
+                label: Some(label),
+                forget,
+            }
         }
         Err(e) => {
             error!(error = %e, "could not publish the terminal event; requeueing");
@@ -192,7 +251,7 @@ async fn settle(
                 .requeues
                 .with_label_values(&["publish_failed"])
                 .inc();
-            (Settlement::Requeue, None)
+            Settled::unfinished(Settlement::Requeue)
         }
     }
 }
@@ -221,10 +280,9 @@ fn with_trace(properties: BasicProperties, trace: &TraceHeaders) -> BasicPropert
     }
 }
 
-const REQUEUE: BasicNackOptions = BasicNackOptions {
-    requeue: true,
-    multiple: false,
-};
+/// A counted return: `basic.reject` raises `x-delivery-count` on RabbitMQ
+/// 3.10, 4.0 and 4.3 alike (4.3 no longer counts `basic.nack`).
+const REQUEUE: BasicRejectOptions = BasicRejectOptions { requeue: true };
 
 /// Gives `delivery` back to the queue without counting it toward the poison
 /// limit, and settles it: publishes a byte-identical copy to the requests
@@ -232,10 +290,12 @@ const REQUEUE: BasicNackOptions = BasicNackOptions {
 /// ([`broker::COUNTED_DELIVERIES_HEADER`]), waits for the broker's
 /// confirmation, then acks the original. A `nack(requeue)` would be simpler
 /// but raises the quorum queue's `x-delivery-count`, so every scale-in would
-/// bring healthy jobs closer to the dead-letter queue.
+/// bring healthy jobs closer to the dead-letter queue (on RabbitMQ 3.10 and
+/// 4.0; on 4.3 a nack no longer counts, and the copy is uncounted there too).
+/// A pause this job caused adds one to the copy's [`broker::PAUSES_HEADER`].
 ///
-/// If the copy is not confirmed, the delivery is nacked (and that delivery
-/// counts). If the process dies between the confirmation and the ack, both
+/// If the copy is not confirmed, the delivery is rejected with requeue (and
+/// that delivery counts). If the process dies between the confirmation and the ack, both
 /// the copy and the original are delivered: the checkpoint makes the second
 /// one a replay, not a second payment, and both carry the same event id.
 pub async fn hand_over(
@@ -244,7 +304,9 @@ pub async fn hand_over(
     reason: HandOverReason,
 ) -> Result<bool, lapin::Error> {
     let counted = broker::delivery_count(&delivery.properties);
-    let properties = broker::handover_properties(&delivery.properties, counted);
+    let pauses = broker::pause_count(&delivery.properties)
+        + u32::from(reason == HandOverReason::Paused { caused: true });
+    let properties = broker::handover_properties(&delivery.properties, counted, pauses);
     let copied = ctx
         .publisher
         .publish(
@@ -266,7 +328,7 @@ pub async fn hand_over(
         }
         Err(e) => {
             warn!(error = %e, "could not hand the delivery over; requeueing it");
-            delivery.acker.nack(REQUEUE).await
+            delivery.acker.reject(REQUEUE).await
         }
     }
 }

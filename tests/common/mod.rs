@@ -33,8 +33,8 @@ pub fn env_value(env: &[(String, String)], key: &str) -> String {
 }
 
 /// `rabbitmqctl` for the broker under test: `TTS_TEST_RABBITMQCTL` when set
-/// (a command and its leading arguments, e.g. `scripts/rabbitmq4.sh ctl` for
-/// the RabbitMQ 4 broker in its chroot), else the system's `rabbitmqctl`.
+/// (a command and its leading arguments, e.g. `scripts/rabbitmq.sh 4.3 ctl`
+/// for RabbitMQ 4.3 in its chroot), else the system's `rabbitmqctl`.
 pub fn rabbitmqctl() -> std::process::Command {
     let spec = std::env::var("TTS_TEST_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
     let mut words = spec.split_whitespace();

@@ -1,5 +1,6 @@
 //! The worker and the simulator keep separate lists of what the API accepts,
-//! so a mistake on one side shows up here instead of being shared.
+//! and both are compared with the API reference's own list (a fixture), so a
+//! mistake on either side shows up here instead of being shared.
 
 use std::net::SocketAddr;
 
@@ -28,14 +29,33 @@ async fn every_voice_the_worker_accepts_is_accepted_by_the_simulator() {
     }
 }
 
+/// The API's own list, from its reference (a fixture neither side generates).
+fn api_voices() -> Vec<&'static str> {
+    include_str!("../fixtures/segmind-voices.txt")
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect()
+}
+
 #[test]
 fn every_voice_of_the_api_is_accepted_by_the_worker_in_its_exact_spelling() {
-    assert_eq!(segmind_sim::voices::VOICES.len(), VOICES.len());
-    for voice in segmind_sim::voices::VOICES {
+    let api = api_voices();
+    assert_eq!(api.len(), 30);
+    assert_eq!(VOICES.len(), api.len(), "the worker knows other voices");
+    for voice in &api {
         assert_eq!(
             Voice::parse(voice).map(Voice::name),
-            Ok(voice),
+            Ok(*voice),
             "the worker does not know {voice}"
         );
     }
+}
+
+#[test]
+fn the_simulator_knows_exactly_the_apis_voices() {
+    let mut api = api_voices();
+    let mut sim: Vec<&str> = segmind_sim::voices::VOICES.to_vec();
+    api.sort_unstable();
+    sim.sort_unstable();
+    assert_eq!(sim, api);
 }

@@ -207,21 +207,52 @@ async fn a_result_gone_before_it_is_fetched_fails_as_expired() {
 }
 
 #[tokio::test]
-async fn a_job_past_its_deadline_fails_as_timeout() {
+async fn past_its_deadline_a_job_fails_as_timeout_and_a_resend_resumes_the_paid_request() {
+    // As a new user would: a 2 s deadline, a 4 s job; the producer resends
+    // the same request once Segmind has finished it.
     let app = spawn_app_with(
         |_| {},
-        |s| s.segmind.job_deadline = std::time::Duration::from_secs(1),
+        |s| s.segmind.job_deadline = std::time::Duration::from_secs(2),
     )
     .await;
-    app.publish_json(json!({"text": "very slow [[sim:latency=30]]"}))
-        .await;
+    let request = json!({"text": "very slow [[sim:latency=4]]", "job_id": "slow-1"});
+    app.publish_json(request.clone()).await;
     let f = app.next_event().await;
     let f = f.failed();
     assert_eq!(f.error.code, "timeout");
-    assert!(
-        f.segmind.is_some(),
-        "the request id is reported so the result can be recovered"
-    );
+    assert!(f.error.retryable);
+    let request_id = f
+        .segmind
+        .as_ref()
+        .expect("the request id is reported so the result can be recovered")
+        .request_id
+        .clone();
+    // Segmind goes on with the paid request; the producer resends after it is done.
+    let status_url = format!("{}/v2/requests/{request_id}/status", app.sim.base_url());
+    wait_for(
+        "Segmind to finish the request",
+        std::time::Duration::from_secs(20),
+        || async {
+            let r = reqwest::Client::new()
+                .get(&status_url)
+                .header("x-api-key", &app.api_key)
+                .send()
+                .await;
+            match r {
+                Ok(r) => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .is_ok_and(|b| b["status"] == "COMPLETED"),
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+    app.publish_json(request).await;
+    let done = app.next_event().await;
+    let c = done.completed();
+    assert_eq!(c.segmind.request_id, request_id, "the same Segmind request");
+    assert_eq!(app.sim.stats().submits_accepted, 1, "no second submission");
     app.stop().await;
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, real RabbitMQ and Garage (started by
 //! `scripts/test.sh`), the Segmind simulator in-process.
 
+mod check;
 #[path = "../common/mod.rs"]
 mod common;
 mod contract;

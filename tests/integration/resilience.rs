@@ -18,7 +18,7 @@ async fn bursts_of_429_and_5xx_still_end_in_success() {
     assert_eq!(stats.faults_injected, 4);
     assert_eq!(
         stats.submits_accepted, 1,
-        "a rejected submit is retried, not duplicated"
+        "a submit refused before acceptance is retried, not duplicated"
     );
     let metrics = app.metrics().await;
     assert!(
@@ -163,4 +163,30 @@ async fn truncated_audio_is_submitted_again_and_the_retry_succeeds() {
             .contains("tts_retries_total{reason=\"audio_invalid\"} 1")
     );
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_submission_accepted_then_answered_504_is_not_paid_twice_when_so_configured() {
+    // The gateway answers 504 after the API took (and billed) the request.
+    let app = spawn_app_with(
+        |_| {},
+        |s| s.segmind.ambiguous_submits = tts_worker::config::AmbiguousSubmits::Fail,
+    )
+    .await;
+    app.sim.inject_accept_then(&[504]);
+    app.publish_json(json!({"text": "accepted, answer lost", "job_id": "amb-1"}))
+        .await;
+    let received = app.next_event().await;
+    let f = received.failed();
+    assert_eq!(f.error.code, "submission_unconfirmed");
+    assert!(
+        f.error.retryable,
+        "the producer decides whether to pay again"
+    );
+    assert_eq!(app.sim.stats().submits_accepted, 1, "not duplicated");
+    assert_eq!(
+        app.metric("tts_segmind_submit_ambiguous_total").await,
+        Some(1.0)
+    );
+    assert_eq!(app.stop().await, 0);
 }

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use segmind_sim::SimConfig;
-use tts_worker::failure::ErrorCode;
+use tts_worker::config::{AmbiguousSubmits, Settings};
+use tts_worker::failure::{Attempt, ErrorCode};
 use tts_worker::job::Outcome;
 use tts_worker::metrics::Metrics;
 use tts_worker::segmind::SegmindClient;
@@ -16,13 +17,21 @@ use tts_worker::worker::{JobEnd, Pipeline};
 use crate::helpers::{storage_for, test_settings};
 
 async fn pipeline(adjust: impl FnOnce(&mut SimConfig)) -> (Pipeline, segmind_sim::SimHandle) {
+    pipeline_with(adjust, |_| {}).await
+}
+
+async fn pipeline_with(
+    adjust: impl FnOnce(&mut SimConfig),
+    settings_fn: impl FnOnce(&mut Settings),
+) -> (Pipeline, segmind_sim::SimHandle) {
     let mut config = SimConfig::fast("pipeline-key");
     config.espeak = false;
     adjust(&mut config);
     let any = "127.0.0.1:0".parse().unwrap();
     let sim = segmind_sim::spawn(config, any, any).await.unwrap();
     let tag = format!("p-{}", uuid::Uuid::new_v4().simple());
-    let settings = test_settings(&sim, "pipeline-key", &tag);
+    let mut settings = test_settings(&sim, "pipeline-key", &tag);
+    settings_fn(&mut settings);
     let metrics = Metrics::new();
     let segmind = SegmindClient::new(
         &settings.segmind,
@@ -40,6 +49,20 @@ async fn pipeline(adjust: impl FnOnce(&mut SimConfig)) -> (Pipeline, segmind_sim
     (pipeline, sim)
 }
 
+fn attempt(number: u32) -> Attempt {
+    Attempt { number, pauses: 0 }
+}
+
+fn failed_with(end: &JobEnd) -> Option<ErrorCode> {
+    match end {
+        JobEnd::Finished(o) => match &**o {
+            Outcome::Failed(f) => Some(f.failure.code),
+            Outcome::Completed(_) => None,
+        },
+        _ => None,
+    }
+}
+
 fn job(body: &str) -> tts_worker::job::TtsJob {
     wire::decode_request(body.as_bytes(), None, &Default::default())
         .job
@@ -50,7 +73,10 @@ fn job(body: &str) -> tts_worker::job::TtsJob {
 async fn the_pipeline_runs_a_job_to_stored_audio_without_a_broker() {
     let (pipeline, sim) = pipeline(|_| {}).await;
     let end = pipeline
-        .run(&job(r#"{"text":"no broker needed","job_id":"nb-1"}"#), 1)
+        .run(
+            &job(r#"{"text":"no broker needed","job_id":"nb-1"}"#),
+            attempt(1),
+        )
         .await;
     let JobEnd::Finished(outcome) = end else {
         panic!("{end:?}")
@@ -65,7 +91,10 @@ async fn the_pipeline_runs_a_job_to_stored_audio_without_a_broker() {
 
     // Run again: answered from storage, nothing paid.
     let again = pipeline
-        .run(&job(r#"{"text":"no broker needed","job_id":"nb-1"}"#), 2)
+        .run(
+            &job(r#"{"text":"no broker needed","job_id":"nb-1"}"#),
+            attempt(2),
+        )
         .await;
     let JobEnd::Finished(outcome) = again else {
         panic!("{again:?}")
@@ -78,7 +107,7 @@ async fn the_pipeline_runs_a_job_to_stored_audio_without_a_broker() {
 async fn the_pipeline_reports_failures_and_requeues_transient_ones() {
     let (pipeline, sim) = pipeline(|c| c.latency_mean = Duration::from_millis(50)).await;
     let end = pipeline
-        .run(&job(r#"{"text":"unsafe [[sim:rai]]"}"#), 1)
+        .run(&job(r#"{"text":"unsafe [[sim:rai]]"}"#), attempt(1))
         .await;
     let JobEnd::Finished(outcome) = end else {
         panic!("{end:?}")
@@ -87,7 +116,9 @@ async fn the_pipeline_reports_failures_and_requeues_transient_ones() {
 
     // Every call answers 502 on this delivery: requeue, not fail.
     sim.inject(&[502; 8]);
-    let end = pipeline.run(&job(r#"{"text":"flaky upstream"}"#), 1).await;
+    let end = pipeline
+        .run(&job(r#"{"text":"flaky upstream"}"#), attempt(1))
+        .await;
     assert!(
         matches!(end, JobEnd::Requeue(ErrorCode::UpstreamUnavailable)),
         "{end:?}"
@@ -102,7 +133,7 @@ async fn a_job_dropped_while_its_submission_is_answered_still_checkpoints_the_pa
     let body = r#"{"text":"dropped mid-submit","job_id":"drop-1"}"#;
     let running = {
         let pipeline = pipeline.clone();
-        tokio::spawn(async move { pipeline.run(&job(body), 1).await })
+        tokio::spawn(async move { pipeline.run(&job(body), attempt(1)).await })
     };
     crate::helpers::wait_for("Segmind to accept the job", Duration::from_secs(10), || {
         let accepted = sim.stats().submits_accepted;
@@ -124,10 +155,181 @@ async fn a_job_dropped_while_its_submission_is_answered_still_checkpoints_the_pa
     )
     .await;
     // The redelivery resumes the paid request instead of paying again.
-    let end = pipeline.run(&job(body), 2).await;
+    let end = pipeline.run(&job(body), attempt(2)).await;
     assert!(
         matches!(&end, JobEnd::Finished(o) if matches!(**o, Outcome::Completed(_))),
         "{end:?}"
     );
     assert_eq!(sim.stats().submits_accepted, 1, "paid once");
+}
+
+#[tokio::test]
+async fn past_the_poll_budget_the_delivery_is_requeued_and_the_next_resumes_the_paid_request() {
+    // A 1.5 s job, and a delivery may poll only twice (every 0.2 s at most).
+    let (pipeline, sim) = pipeline_with(
+        |_| {},
+        |s| {
+            s.segmind.poll.max_polls = 2;
+            s.jobs.max_deliveries = 20;
+        },
+    )
+    .await;
+    let body = r#"{"text":"slow but paid for [[sim:latency=1.5]]","job_id":"budget-1"}"#;
+    let end = pipeline.run(&job(body), attempt(1)).await;
+    assert!(
+        matches!(end, JobEnd::Requeue(ErrorCode::Timeout)),
+        "a spent poll budget requeues the delivery: {end:?}"
+    );
+    let j = job(body);
+    let checkpoint = pipeline.checkpoints.load(&j.id, &j.speech).await.unwrap();
+    assert!(checkpoint.is_some(), "the paid request is kept");
+    // Later deliveries resume it (each spends its two polls) until it is done.
+    let mut end = end;
+    for n in 2..=20 {
+        end = pipeline.run(&job(body), attempt(n)).await;
+        if !matches!(end, JobEnd::Requeue(_)) {
+            break;
+        }
+    }
+    assert!(
+        matches!(&end, JobEnd::Finished(o) if matches!(**o, Outcome::Completed(_))),
+        "{end:?}"
+    );
+    assert_eq!(sim.stats().submits_accepted, 1, "paid once");
+}
+
+#[tokio::test]
+async fn an_answer_lost_after_the_submission_was_accepted_is_counted_and_by_default_retried() {
+    let (pipeline, sim) = pipeline(|_| {}).await;
+    sim.inject_accept_then(&[504]);
+    let end = pipeline
+        .run(&job(r#"{"text":"ambiguous by default"}"#), attempt(1))
+        .await;
+    assert_eq!(failed_with(&end), None, "{end:?}");
+    assert_eq!(
+        sim.stats().submits_accepted,
+        2,
+        "retrying an ambiguous submission can pay twice: the documented window"
+    );
+    assert_eq!(pipeline.metrics.submit_ambiguous.get(), 1);
+}
+
+#[tokio::test]
+async fn with_ambiguous_submits_fail_an_accepted_but_unanswered_submission_is_not_paid_twice() {
+    let (pipeline, sim) = pipeline_with(
+        |_| {},
+        |s| s.segmind.ambiguous_submits = AmbiguousSubmits::Fail,
+    )
+    .await;
+    sim.inject_accept_then(&[504]);
+    let end = pipeline
+        .run(&job(r#"{"text":"ambiguous, not retried"}"#), attempt(1))
+        .await;
+    assert_eq!(
+        failed_with(&end),
+        Some(ErrorCode::SubmissionUnconfirmed),
+        "{end:?}"
+    );
+    assert_eq!(sim.stats().submits_accepted, 1, "not paid twice");
+    assert_eq!(pipeline.metrics.submit_ambiguous.get(), 1);
+    // A failure that provably sent nothing is still retried under this policy.
+    sim.inject(&[503, 429]);
+    let end = pipeline
+        .run(&job(r#"{"text":"refused before acceptance"}"#), attempt(1))
+        .await;
+    assert_eq!(failed_with(&end), None, "{end:?}");
+    assert_eq!(sim.stats().submits_accepted, 2);
+    assert_eq!(pipeline.metrics.submit_ambiguous.get(), 1);
+}
+
+#[tokio::test]
+async fn an_output_key_into_the_workers_own_objects_is_refused_before_anything_is_paid() {
+    let (pipeline, sim) = pipeline(|_| {}).await;
+    // A real checkpoint another job left.
+    let victim = r#"{"text":"the victim","job_id":"victim-1"}"#;
+    let done = pipeline.run(&job(victim), attempt(1)).await;
+    assert_eq!(failed_with(&done), None, "{done:?}");
+    let checkpoint_key = pipeline.checkpoints.key(&job(victim).id);
+    let before = pipeline.storage.get(&checkpoint_key).await.unwrap().bytes;
+    let attack = format!(r#"{{"text":"overwrite it","output_key":"{checkpoint_key}"}}"#);
+    let end = pipeline.run(&job(&attack), attempt(1)).await;
+    assert_eq!(
+        failed_with(&end),
+        Some(ErrorCode::OutputKeyForbidden),
+        "{end:?}"
+    );
+    let after = pipeline.storage.get(&checkpoint_key).await.unwrap().bytes;
+    assert_eq!(before, after, "the checkpoint is untouched");
+    assert_eq!(
+        sim.stats().submits_accepted,
+        1,
+        "the refused job paid nothing"
+    );
+}
+
+#[tokio::test]
+async fn an_output_key_holding_another_jobs_audio_is_refused_and_not_overwritten() {
+    let (pipeline, sim) = pipeline(|c| c.latency_mean = std::time::Duration::from_millis(50)).await;
+    let key = format!("shared-{}/take.wav", uuid::Uuid::new_v4().simple());
+    let first = format!(r#"{{"text":"first come","job_id":"owner-1","output_key":"{key}"}}"#);
+    let end = pipeline.run(&job(&first), attempt(1)).await;
+    assert_eq!(failed_with(&end), None, "{end:?}");
+    let original = pipeline.storage.get(&key).await.unwrap();
+    // Another job asks for the same key: refused before it pays.
+    let second = format!(r#"{{"text":"second comer","job_id":"other-2","output_key":"{key}"}}"#);
+    let end = pipeline.run(&job(&second), attempt(1)).await;
+    assert_eq!(
+        failed_with(&end),
+        Some(ErrorCode::OutputKeyTaken),
+        "{end:?}"
+    );
+    assert_eq!(sim.stats().submits_accepted, 1);
+    // The same job again may replace its own object (a re-run).
+    let end = pipeline.run(&job(&first), attempt(2)).await;
+    assert_eq!(failed_with(&end), None, "{end:?}");
+    let now = pipeline.storage.get(&key).await.unwrap();
+    assert_eq!(
+        now.sha256, original.sha256,
+        "the first job's audio is still there"
+    );
+}
+
+#[tokio::test]
+async fn a_key_taken_while_the_job_was_at_segmind_is_not_overwritten_by_its_upload() {
+    // The key is free when the job starts and taken before its audio is ready:
+    // only the conditional write can notice.
+    let (pipeline, _sim) = pipeline(|_| {}).await;
+    let pipeline = Arc::new(pipeline);
+    let key = format!("race-{}/take.wav", uuid::Uuid::new_v4().simple());
+    let body = format!(
+        r#"{{"text":"slow writer [[sim:latency=1.5]]","job_id":"slow-1","output_key":"{key}"}}"#
+    );
+    let running = {
+        let (pipeline, body) = (pipeline.clone(), body.clone());
+        tokio::spawn(async move { pipeline.run(&job(&body), attempt(1)).await })
+    };
+    crate::helpers::wait_for("the job to be submitted", Duration::from_secs(10), || {
+        let (pipeline, j) = (pipeline.clone(), job(&body));
+        async move {
+            matches!(
+                pipeline.checkpoints.load(&j.id, &j.speech).await,
+                Ok(Some(_))
+            )
+        }
+    })
+    .await;
+    let squatter = b"someone else's object".to_vec();
+    pipeline
+        .storage
+        .put_bytes(&key, squatter.clone(), "application/octet-stream")
+        .await
+        .unwrap();
+    let end = running.await.unwrap();
+    assert_eq!(
+        failed_with(&end),
+        Some(ErrorCode::OutputKeyTaken),
+        "{end:?}"
+    );
+    let kept = pipeline.storage.get(&key).await.unwrap();
+    assert_eq!(kept.bytes.as_ref(), squatter.as_slice(), "not overwritten");
 }
