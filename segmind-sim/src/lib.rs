@@ -400,16 +400,22 @@ fn gate(inner: &mut Inner, headers: &HeaderMap) -> Option<Response> {
             .then(|| [500, 502, 504][rand::rng().random_range(0..3)])
     });
     let code = injected?;
-    inner.stats.faults_injected += 1;
-    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if code == 429 {
+        inner.stats.faults_injected += 1;
         return Some(rate_limited(inner, Instant::now() + Duration::from_secs(1)));
     }
-    Some(api_json(
+    Some(simulated_fault(inner, code, ""))
+}
+
+/// An injected fault's answer, counted.
+fn simulated_fault(inner: &mut Inner, code: u16, note: &str) -> Response {
+    inner.stats.faults_injected += 1;
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    api_json(
         inner,
         status,
-        json!({"error": format!("simulated {code}")}),
-    ))
+        json!({"error": format!("simulated {code}{note}")}),
+    )
 }
 
 fn rate_limited(inner: &mut Inner, reset: Instant) -> Response {
@@ -674,13 +680,7 @@ fn accept_v2(shared: &Shared, model: String, headers: HeaderMap, body: Bytes) ->
         .insert(id.clone(), RequestCounts::default());
     if let Some(code) = inner.accept_then.pop_front() {
         // Accepted and billed above; the answer is lost on the way back.
-        inner.stats.faults_injected += 1;
-        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::GATEWAY_TIMEOUT);
-        return api_json(
-            &inner,
-            status,
-            json!({"error": format!("simulated {code} after accepting")}),
-        );
+        return simulated_fault(&mut inner, code, " after accepting");
     }
     let base = if inner.config.foreign_urls {
         "http://foreign.invalid".to_owned()
@@ -810,13 +810,7 @@ async fn status(
         return not_found(&inner, &id);
     };
     if let Some(code) = job.status_fault {
-        inner.stats.faults_injected += 1;
-        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
-        return api_json(
-            &inner,
-            status,
-            json!({"error": format!("simulated {code}")}),
-        );
+        return simulated_fault(&mut inner, code, "");
     }
     let now = Instant::now();
     let state = job.state(now);

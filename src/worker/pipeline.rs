@@ -401,7 +401,8 @@ impl Pipeline {
     /// every store), and a conditional write (`If-None-Match: *`) that closes
     /// the window between the two where the store honours it (AWS S3 does;
     /// Garage 2.5 ignores the header, measured). This job's own object (a
-    /// re-run whose checkpoint was not updated) is replaced.
+    /// re-run whose checkpoint was not updated) is replaced, and so is an
+    /// object without a job id at the job's default key.
     async fn upload_exclusive(
         &self,
         job: &TtsJob,
@@ -413,9 +414,15 @@ impl Pipeline {
             key: key.to_string(),
             owner: owner.unwrap_or_default(),
         };
-        let ours = |owner: &Option<String>| owner.as_deref() == Some(job.id.as_str());
-        let owner = self.storage.head(key.as_str()).await?.map(|i| i.job_id);
-        match owner {
+        // A default key is the job's own by construction: an object there
+        // without a job id (tampered with, or written by hand) is replaced. A
+        // producer's key is another matter: only this job's object is.
+        let ours = |owner: &Option<String>| match owner.as_deref() {
+            Some(owner) => owner == job.id.as_str(),
+            None => job.output_key.is_none(),
+        };
+        let found = self.storage.head(key.as_str()).await?.map(|i| i.job_id);
+        match found {
             Some(owner) if !ours(&owner) => return Err(taken(owner)),
             Some(_) => {
                 return Ok(self

@@ -628,7 +628,7 @@ async fn losing_the_publishing_channel_ends_the_session_and_reconnects() {
 async fn past_the_brokers_delivery_limit_a_message_is_dead_lettered_not_dropped() {
     let mut app = spawn_app_with(|_| {}, |s| s.jobs.max_deliveries = 1).await;
     // The worker declared the topology; without it nothing settles the
-    // message but the nacks below, as crashes would.
+    // message but the rejects below, as crashes would.
     app.stop_worker().await;
     app.publish_raw(b"kills every worker", Default::default())
         .await;
@@ -649,10 +649,9 @@ async fn past_the_brokers_delivery_limit_a_message_is_dead_lettered_not_dropped(
                 message
                     .delivery
                     .acker
-                    .nack(lapin::options::BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    })
+                    // A counted return on every version (RabbitMQ 4.3 no
+                    // longer counts a nack), like a crash's closed channel.
+                    .reject(lapin::options::BasicRejectOptions { requeue: true })
                     .await
                     .unwrap();
             }
