@@ -137,6 +137,11 @@ impl Application {
             metrics.clone(),
             PauseGate::new(metrics.clone()),
         );
+        // A known object beside the checkpoints: it tells a refused read of a
+        // missing checkpoint (S3 without s3:ListBucket) from a real denial.
+        if let Err(e) = pipeline.checkpoints.write_marker().await {
+            warn!(error = %e, "could not write the checkpoint marker; a checkpoint read refused with 403 will pause consumption");
+        }
         Ok(Application {
             settings,
             session,

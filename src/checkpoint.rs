@@ -22,18 +22,20 @@ use crate::storage::{Storage, StorageError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailedRead {
     /// There is no checkpoint: S3 answers 403, not 404, for a missing key
-    /// when the credentials lack `s3:ListBucket`, and the bucket itself
-    /// answers, so the refusal is about a key that is not there.
+    /// when the credentials lack `s3:ListBucket`, and the marker object
+    /// beside the checkpoints reads fine, so the refusal is about a key that
+    /// is not there, not about reading.
     Missing,
     /// A real failure, classified as it is.
     Error,
 }
 
-/// Decides what a failed checkpoint read means, given whether the bucket
-/// probe (HeadBucket) passed right after. Pure: unit-tested without AWS.
-pub fn failed_read(fault: StorageFault, bucket_reachable: bool) -> FailedRead {
+/// Decides what a failed checkpoint read means, given whether the marker
+/// object (written at start-up beside the checkpoints) could be read right
+/// after. Pure: unit-tested without AWS.
+pub fn failed_read(fault: StorageFault, marker_readable: bool) -> FailedRead {
     match fault {
-        StorageFault::AccessDenied if bucket_reachable => FailedRead::Missing,
+        StorageFault::AccessDenied if marker_readable => FailedRead::Missing,
         _ => FailedRead::Error,
     }
 }
@@ -123,6 +125,22 @@ impl Checkpoints {
         format!("{}{job_id}.json", self.prefix)
     }
 
+    /// A known object beside the checkpoints (no job id starts with `.`).
+    pub fn marker_key(&self) -> String {
+        format!("{}.marker", self.prefix)
+    }
+
+    /// Writes the marker object (see [`failed_read`]).
+    pub async fn write_marker(&self) -> Result<(), StorageError> {
+        self.storage
+            .put_bytes(
+                &self.marker_key(),
+                b"tts-worker checkpoints live here\n".to_vec(),
+                "text/plain",
+            )
+            .await
+    }
+
     /// The checkpoint of `job_id` if it is for the same `speech`.
     pub async fn load(
         &self,
@@ -132,10 +150,10 @@ impl Checkpoints {
         let read = match self.storage.get_optional(&self.key(job_id)).await {
             Ok(read) => read,
             Err(e) if e.kind() == StorageFault::AccessDenied => {
-                let reachable = self.storage.check().await.is_ok();
-                match failed_read(e.kind(), reachable) {
+                let marker = self.storage.get_optional(&self.marker_key()).await;
+                match failed_read(e.kind(), matches!(marker, Ok(Some(_)))) {
                     FailedRead::Missing => {
-                        tracing::debug!(error = %e, "checkpoint read refused while the bucket answers: taken as missing (no s3:ListBucket)");
+                        tracing::warn!(error = %e, "checkpoint read refused while the marker beside it reads fine: taken as missing (grant s3:ListBucket so S3 answers 404)");
                         None
                     }
                     FailedRead::Error => return Err(e),
@@ -208,12 +226,13 @@ mod tests {
 
     #[test]
     fn a_refused_read_of_a_missing_checkpoint_does_not_pause_the_fleet() {
-        // AWS without s3:ListBucket: a missing key answers 403.
+        // AWS without s3:ListBucket: a missing key answers 403, while the
+        // marker beside it reads fine.
         assert_eq!(
             failed_read(StorageFault::AccessDenied, true),
             FailedRead::Missing
         );
-        // The bucket refuses us too: an account problem, reported as such.
+        // The marker is refused too: reading is denied, an account problem.
         assert_eq!(
             failed_read(StorageFault::AccessDenied, false),
             FailedRead::Error

@@ -682,6 +682,19 @@ impl RawS3 {
                 ));
             }
         }
+        let reserved = if self.prefix.is_empty() {
+            "_"
+        } else {
+            self.prefix.as_str()
+        };
+        if self.output_prefix.starts_with(reserved) {
+            return Err(invalid(
+                "s3.output_prefix",
+                format!(
+                    "must not lie in the worker's own area {reserved:?} (s3.prefix): every producer key would be refused"
+                ),
+            ));
+        }
         if self.max_attempts == 0 {
             return Err(invalid("s3.max_attempts", "must be at least 1"));
         }
@@ -940,6 +953,19 @@ mod tests {
             ),
             ("TTS__S3__BUCKET", "Bad_Bucket", "s3.bucket"),
             ("TTS__S3__PREFIX", "/abs/", "s3.prefix"),
+            (
+                "TTS__S3__OUTPUT_PREFIX",
+                "tts/producers/",
+                "s3.output_prefix",
+            ),
+            ("TTS__S3__OUTPUT_PREFIX", "../up/", "s3.output_prefix"),
+            ("TTS__JOBS__PAUSE_HOLD", "3600", "jobs.pause_hold"),
+            ("TTS__JOBS__MAX_PAUSE_CYCLES", "0", "jobs.max_pause_cycles"),
+            (
+                "TTS__SEGMIND__AMBIGUOUS_SUBMITS",
+                "maybe",
+                "segmind.ambiguous_submits",
+            ),
             ("TTS__HTTP__ADDR", "localhost", "http.addr"),
             ("TTS__AMQP__MAX_IN_FLIGHT", "0", "amqp.max_in_flight"),
             ("TTS__SEGMIND__JOB_DEADLINE", "-1", "segmind.job_deadline"),

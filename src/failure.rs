@@ -267,13 +267,19 @@ pub struct Limits {
 
 /// Decides a failed job's fate. An account-level failure pauses
 /// consumption, unless this message has already caused
-/// `max_pause_cycles` pauses after which the account worked for others:
-/// then the refusal concerns this request and it fails.
-pub fn disposition(failure: &Failure, attempt: Attempt, limits: Limits) -> Disposition {
+/// `max_pause_cycles` pauses and `account_works` (a probe of the failing
+/// call, made just now, passed): then the refusal concerns this request and
+/// it fails.
+pub fn disposition(
+    failure: &Failure,
+    attempt: Attempt,
+    limits: Limits,
+    account_works: bool,
+) -> Disposition {
     match failure.class {
         Class::Account
             if limits.policy == AccountPolicy::Pause
-                && attempt.pauses < limits.max_pause_cycles =>
+                && (attempt.pauses < limits.max_pause_cycles || !account_works) =>
         {
             Disposition::Pause
         }
@@ -683,34 +689,36 @@ mod tests {
         let bucket = f(ErrorCode::StorageBucketMissing, Class::Account);
         use AccountPolicy as P;
         use Disposition as D;
-        // (failure, delivery, pauses caused, max deliveries, policy, expected);
-        // at most 3 pause cycles.
+        // (failure, delivery, pauses caused, max deliveries, policy, whether
+        // a probe passes now, expected); at most 3 pause cycles.
         let table = [
-            (&transient, 1, 0, 5, P::Pause, D::Requeue),
-            (&transient, 4, 0, 5, P::Pause, D::Requeue),
-            (&transient, 5, 0, 5, P::Pause, D::Fail), // the last allowed delivery ends the job
-            (&transient, 9, 0, 5, P::Fail, D::Fail),
-            (&permanent, 1, 0, 5, P::Pause, D::Fail),
-            (&permanent, 1, 0, 5, P::Fail, D::Fail),
-            (&account, 1, 0, 5, P::Pause, D::Pause),
-            (&account, 7, 0, 5, P::Pause, D::Pause), // pausing is not the job's fault
-            (&account, 1, 2, 5, P::Pause, D::Pause),
-            (&account, 1, 3, 5, P::Pause, D::Fail), // it keeps pausing a working account: its own refusal
-            (&account, 1, 0, 5, P::Fail, D::Fail),
-            (&bucket, 1, 0, 5, P::Pause, D::Pause),
-            (&bucket, 1, 3, 5, P::Pause, D::Fail),
-            (&bucket, 1, 0, 5, P::Fail, D::Fail),
+            (&transient, 1, 0, 5, P::Pause, true, D::Requeue),
+            (&transient, 4, 0, 5, P::Pause, true, D::Requeue),
+            (&transient, 5, 0, 5, P::Pause, true, D::Fail), // the last allowed delivery ends the job
+            (&transient, 9, 0, 5, P::Fail, true, D::Fail),
+            (&permanent, 1, 0, 5, P::Pause, true, D::Fail),
+            (&permanent, 1, 0, 5, P::Fail, true, D::Fail),
+            (&account, 1, 0, 5, P::Pause, true, D::Pause),
+            (&account, 7, 0, 5, P::Pause, true, D::Pause), // pausing is not the job's fault
+            (&account, 1, 2, 5, P::Pause, true, D::Pause),
+            (&account, 1, 3, 5, P::Pause, true, D::Fail), // it keeps pausing a working account: its own refusal
+            (&account, 1, 3, 5, P::Pause, false, D::Pause), // the account is broken: still not the job's fault
+            (&account, 1, 0, 5, P::Fail, false, D::Fail),
+            (&bucket, 1, 0, 5, P::Pause, true, D::Pause),
+            (&bucket, 1, 3, 5, P::Pause, true, D::Fail),
+            (&bucket, 1, 3, 5, P::Pause, false, D::Pause),
+            (&bucket, 1, 0, 5, P::Fail, true, D::Fail),
         ];
-        for (failure, number, pauses, max, policy, expected) in table {
+        for (failure, number, pauses, max, policy, works, expected) in table {
             let limits = Limits {
                 max_deliveries: max,
                 max_pause_cycles: 3,
                 policy,
             };
             assert_eq!(
-                disposition(failure, Attempt { number, pauses }, limits),
+                disposition(failure, Attempt { number, pauses }, limits, works),
                 expected,
-                "{:?} attempt {number}/{max}, {pauses} pauses, {policy:?}",
+                "{:?} attempt {number}/{max}, {pauses} pauses, {policy:?}, works {works}",
                 failure.code
             );
         }

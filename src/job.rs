@@ -166,8 +166,10 @@ impl fmt::Display for ObjectKey {
 }
 
 /// Where a job's audio may be stored. Producer keys (`output_key`) are
-/// stored under `output_prefix`; no key may reach the worker's own objects,
-/// which live under `{prefix}_` (checkpoints: `{prefix}_checkpoints/`).
+/// stored under `output_prefix`; no producer key may reach the worker's own
+/// area, `s3.prefix`, which holds the default keys of other jobs and the
+/// worker's objects (`{prefix}_checkpoints/`). With an empty `s3.prefix` the
+/// reserved area is `_` (the worker's objects).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyPolicy {
     /// `s3.prefix`: default keys are `{prefix}{job_id}.{ext}`.
@@ -179,7 +181,7 @@ pub struct KeyPolicy {
 /// An `output_key` that would reach the worker's own objects.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "output_key {key:?} would be stored at {resolved:?}, under the worker's own objects ({internal:?}*); choose another key"
+    "output_key {key:?} would be stored at {resolved:?}, in the worker's own area ({internal:?}*: default keys of jobs and the worker's checkpoints); choose another key"
 )]
 pub struct ForbiddenKey {
     pub key: String,
@@ -188,10 +190,14 @@ pub struct ForbiddenKey {
 }
 
 impl KeyPolicy {
-    /// The prefix of the worker's own objects (checkpoints and whatever else
-    /// it keeps for itself).
+    /// The area no producer key may reach: `s3.prefix` (default keys and
+    /// the worker's own objects), or `_` when that prefix is empty.
     pub fn internal_prefix(&self) -> String {
-        format!("{}_", self.prefix)
+        if self.prefix.is_empty() {
+            "_".to_owned()
+        } else {
+            self.prefix.clone()
+        }
     }
 
     /// The key a job's audio goes to: the producer's key under
@@ -326,12 +332,12 @@ mod tests {
             "tts/_checkpoints/other.json",
             "tts/_checkpoints/x",
             "tts/_parts/a",
+            "tts/another-job.wav",
         ] {
             let err = open.resolve(&key(bad)).unwrap_err();
-            assert_eq!(err.internal, "tts/_", "{bad}");
+            assert_eq!(err.internal, "tts/", "{bad}");
         }
-        // Beside the internal prefix is fine.
-        assert!(open.resolve(&key("tts/job-1.wav")).is_ok());
+        assert!(open.resolve(&key("ttsx/job-1.wav")).is_ok());
         // Locked down: everything goes under the output prefix.
         let locked = policy("tts/", "producers/");
         assert_eq!(
@@ -341,9 +347,10 @@ mod tests {
                 .as_str(),
             "producers/tts/_checkpoints/x.json"
         );
-        // An output prefix that is itself inside the internal prefix refuses all.
-        let odd = policy("", "_x/");
-        assert!(odd.resolve(&key("a.wav")).is_err());
+        // With no prefix, only the worker's `_` objects are reserved.
+        let bare = policy("", "");
+        assert!(bare.resolve(&key("_checkpoints/j.json")).is_err());
+        assert!(bare.resolve(&key("a.wav")).is_ok());
     }
 
     use super::*;

@@ -37,8 +37,8 @@ pub struct StorageError {
     target: String,
     kind: StorageFault,
     detail: String,
-    /// HTTP 412: a conditional write found the object already there.
-    precondition_failed: bool,
+    /// The HTTP status S3 answered, when it answered.
+    status: Option<u16>,
 }
 
 impl StorageError {
@@ -49,7 +49,13 @@ impl StorageError {
 
     /// Whether a conditional write (`If-None-Match: *`) found the key taken.
     pub fn precondition_failed(&self) -> bool {
-        self.precondition_failed
+        self.status == Some(412)
+    }
+
+    /// Whether the store does not implement what was asked (501), e.g. a
+    /// conditional write.
+    pub fn not_implemented(&self) -> bool {
+        self.status == Some(501)
     }
 }
 
@@ -90,16 +96,18 @@ where
                 | "TokenRefreshRequired",
             ) => StorageFault::InvalidCredentials,
             Some(
-                "InvalidRequest"
-                | "InvalidArgument"
-                | "KeyTooLong"
-                | "EntityTooLarge"
-                | "InvalidObjectName"
-                | "MalformedXML"
-                | "PreconditionFailed"
-                | "ConditionalRequestConflict"
-                | "OperationAborted",
+                "InvalidRequest" | "InvalidArgument" | "KeyTooLong" | "EntityTooLarge"
+                | "InvalidObjectName" | "MalformedXML" | "PreconditionFailed",
             ) => StorageFault::Rejected,
+            // S3 asks for a retry on these 409s: another write to the key
+            // was in progress.
+            Some("ConditionalRequestConflict" | "OperationAborted") => StorageFault::Throttled,
+            // A 400 about our configuration, not about the object.
+            Some(
+                "AuthorizationHeaderMalformed"
+                | "InvalidRegion"
+                | "IllegalLocationConstraintException",
+            ) => StorageFault::InvalidCredentials,
             Some(
                 "SlowDown"
                 | "Throttling"
@@ -112,7 +120,8 @@ where
                 Some(403) => StorageFault::AccessDenied,
                 Some(429 | 503) => StorageFault::Throttled,
                 // Object-level refusals: the same call would be refused again.
-                Some(400 | 409 | 411 | 412 | 413 | 414) => StorageFault::Rejected,
+                Some(400 | 411 | 412 | 413 | 414) => StorageFault::Rejected,
+                Some(409) => StorageFault::Throttled,
                 Some(s) if s >= 500 => StorageFault::ServerError,
                 _ => StorageFault::Other,
             },
@@ -133,9 +142,7 @@ where
     StorageError {
         action,
         kind: kind_of(&err),
-        precondition_failed: err
-            .raw_response()
-            .is_some_and(|r| r.status().as_u16() == 412),
+        status: err.raw_response().map(|r| r.status().as_u16()),
         detail: DisplayErrorContext(&err).to_string(),
         target,
     }
@@ -293,7 +300,7 @@ impl Storage {
             target: self.object(key),
             kind: StorageFault::Other,
             detail: "no such object".into(),
-            precondition_failed: false,
+            status: None,
         })
     }
 
@@ -328,7 +335,7 @@ impl Storage {
                 target: self.object(key),
                 kind: StorageFault::Unreachable,
                 detail: e.to_string(),
-                precondition_failed: false,
+                status: None,
             })?
             .into_bytes();
         Ok(Some(StoredObject { bytes, sha256 }))
@@ -414,7 +421,7 @@ impl Storage {
                     target: format!("bucket {}", self.bucket),
                     kind: StorageFault::NoSuchBucket,
                     detail: "no such bucket".into(),
-                    precondition_failed: false,
+                    status: None,
                 })
             }
             Err(e) => Err(storage_error("reach", format!("bucket {}", self.bucket), e)),

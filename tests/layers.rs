@@ -40,12 +40,16 @@ fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
-/// The top-level modules declared in `lib.rs`.
+/// The top-level modules declared in `lib.rs` (`mod x;` of any visibility).
 fn declared_modules() -> BTreeSet<String> {
     let lib = std::fs::read_to_string(src().join("lib.rs")).unwrap();
-    lib.lines()
-        .filter_map(|l| l.trim().strip_prefix("pub mod "))
-        .map(|m| m.trim_end_matches(';').to_owned())
+    let file = syn::parse_file(&lib).expect("lib.rs parses");
+    file.items
+        .iter()
+        .filter_map(|item| match item {
+            syn::Item::Mod(m) => Some(m.ident.to_string()),
+            _ => None,
+        })
         .collect()
 }
 

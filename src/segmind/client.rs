@@ -271,6 +271,14 @@ impl SegmindClient {
             .send_api(call, request)
             .await
             .map_err(|e| e.to_string())?;
+        if call == Call::Submit && status.is_success() {
+            // The API is documented to refuse parameters it cannot use (400);
+            // an accepted empty submission would be a billed request.
+            tracing::error!(
+                status = status.as_u16(),
+                "the API accepted a submission without text as a probe; report this: probes of submissions assume a 400"
+            );
+        }
         if !status.is_success() {
             let err = status_error(call, status, &headers, &body);
             if failure::classify(&err, &[]).class == Class::Account {

@@ -109,12 +109,7 @@ pub async fn probe_until_healthy(
         let wait_now = jittered(wait, &mut rand::rng());
         tokio::time::sleep(wait_now).await;
         let Some(reason) = gate.paused() else { return };
-        let probe = if reason.code.is_storage() {
-            storage.check().await.map_err(|e| e.to_string())
-        } else {
-            segmind.probe(reason.call.unwrap_or(Call::Status)).await
-        };
-        match probe {
+        match probe(segmind, storage, reason).await {
             Ok(()) => {
                 gate.resume();
                 return;
@@ -124,6 +119,20 @@ pub async fn probe_until_healthy(
             }
         }
         wait = (wait * 2).min(max);
+    }
+}
+
+/// Checks once whether what `reason` names works: the bucket for a storage
+/// reason, else the Segmind API with the kind of call that failed.
+pub async fn probe(
+    segmind: &SegmindClient,
+    storage: &Storage,
+    reason: PauseReason,
+) -> Result<(), String> {
+    if reason.code.is_storage() {
+        storage.check().await.map_err(|e| e.to_string())
+    } else {
+        segmind.probe(reason.call.unwrap_or(Call::Status)).await
     }
 }
 

@@ -14,10 +14,10 @@ use tokio::sync::{Semaphore, SemaphorePermit, watch};
 
 use tracing::{Instrument, Span, info, warn};
 
-use super::pause::{PauseGate, PauseReason};
+use super::pause::{PauseGate, PauseReason, probe};
 use crate::audio::{self, Audio, AudioError};
 use crate::checkpoint::{self, Checkpoint, Checkpoints, StoredRecord};
-use crate::config::{JobSettings, Settings};
+use crate::config::{AccountPolicy, JobSettings, Settings};
 use crate::failure::{self, AsFault, Attempt, Class, Disposition, ErrorCode, Fault, Limits};
 use crate::job::{
     Completed, Failed, ForbiddenKey, KeyPolicy, ObjectKey, Outcome, StoredAudio, TtsJob,
@@ -220,12 +220,28 @@ impl Pipeline {
             max_pause_cycles: self.jobs.max_pause_cycles,
             policy: self.jobs.on_account_error,
         };
-        match failure::disposition(&failure, attempt, limits) {
+        let reason = PauseReason {
+            code: failure.code,
+            call: match &err {
+                JobError::Segmind(e) => e.call(),
+                _ => None,
+            },
+        };
+        // A message that has caused its share of pauses is failed only if
+        // the account works for that call right now (another replica may
+        // have counted a pause without a probe passing).
+        let account_works = failure.class == Class::Account
+            && limits.policy == AccountPolicy::Pause
+            && attempt.pauses >= limits.max_pause_cycles
+            && Box::pin(probe(&self.segmind, &self.storage, reason))
+                .await
+                .is_ok();
+        match failure::disposition(&failure, attempt, limits, account_works) {
             Disposition::Fail => {
                 let mut failure = failure;
-                if failure.class == Class::Account && attempt.pauses > 0 {
+                if account_works {
                     failure.message = format!(
-                        "{} (refused again after {} pauses in which the account worked for other requests: the refusal concerns this request)",
+                        "{} (refused again after {} pauses while the account works for other requests: the refusal concerns this request)",
                         failure.message, attempt.pauses
                     );
                 }
@@ -243,14 +259,6 @@ impl Pipeline {
                 JobEnd::Requeue(failure.code)
             }
             Disposition::Pause => {
-                let call = match &err {
-                    JobError::Segmind(e) => e.call(),
-                    _ => None,
-                };
-                let reason = PauseReason {
-                    code: failure.code,
-                    call,
-                };
                 let caused = self.pause.pause(reason, &failure.message);
                 warn!(code = failure.code.as_str(), error = %err, caused, pauses = attempt.pauses + u32::from(caused), "account-level failure; handing the job back while consumption pauses");
                 JobEnd::HandOver(HandOverReason::Paused { caused })
@@ -439,6 +447,12 @@ impl Pipeline {
             .put(key, audio, &job.id, request_id, true)
             .await
         {
+            // A store without conditional writes that says so: the check
+            // above is the guard.
+            Err(e) if e.not_implemented() => Ok(self
+                .storage
+                .put(key, again, &job.id, request_id, false)
+                .await?),
             Err(e) if e.precondition_failed() => {
                 // Written by someone else since the check above.
                 let owner = self

@@ -284,7 +284,7 @@ async fn an_output_key_holding_another_jobs_audio_is_refused_and_not_overwritten
         "{end:?}"
     );
     assert_eq!(sim.stats().submits_accepted, 1);
-    // The same job again may replace its own object (a re-run).
+    // The same job again is answered from its stored object, untouched.
     let end = pipeline.run(&job(&first), attempt(2)).await;
     assert_eq!(failed_with(&end), None, "{end:?}");
     let now = pipeline.storage.get(&key).await.unwrap();
@@ -297,7 +297,8 @@ async fn an_output_key_holding_another_jobs_audio_is_refused_and_not_overwritten
 #[tokio::test]
 async fn a_key_taken_while_the_job_was_at_segmind_is_not_overwritten_by_its_upload() {
     // The key is free when the job starts and taken before its audio is ready:
-    // only the conditional write can notice.
+    // the owner check right before the upload notices (on Garage, which
+    // ignores `If-None-Match`, it is the only guard).
     let (pipeline, _sim) = pipeline(|_| {}).await;
     let pipeline = Arc::new(pipeline);
     let key = format!("race-{}/take.wav", uuid::Uuid::new_v4().simple());
