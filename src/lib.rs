@@ -9,7 +9,8 @@
 //!
 //! 1. Configuration and domain values: [`config`], [`failure`] (the
 //!    vocabulary of failure and the one classifier), [`job`], [`audio`],
-//!    [`metrics`]; the wire formats, [`wire`].
+//!    [`plan`] (cutting long texts into parts), [`metrics`]; the wire
+//!    formats, [`wire`].
 //! 2. Adapters: [`segmind`] (the API client), [`storage`] (S3), [`broker`]
 //!    (RabbitMQ), [`http`] and [`telemetry`] (observability); above storage,
 //!    [`checkpoint`] (a job's durable record in the bucket).
@@ -27,6 +28,7 @@ pub mod failure;
 pub mod http;
 pub mod job;
 pub mod metrics;
+pub mod plan;
 pub mod segmind;
 pub mod storage;
 pub mod submit;

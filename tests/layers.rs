@@ -19,6 +19,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("failure", 1),
     ("job", 2),
     ("audio", 2),
+    ("plan", 2),
     ("wire", 3),
     // Adapters.
     ("segmind", 4),

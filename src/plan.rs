@@ -1,0 +1,370 @@
+//! Planning a long text as parts: where to cut it so that each part is one
+//! Segmind call that Gemini can speak whole.
+//!
+//! One Gemini TTS call speaks at most ≈ 8.5 minutes (≈ 7,000–8,000
+//! characters at ≈ 15 characters a second) and silently cuts anything
+//! longer, and Google advises splitting long text because quality drifts
+//! after a few minutes of audio. [`DEFAULT_PART_CHARS`] is chosen from both.
+//!
+//! The plan is a pure function of the text and the part size, so a
+//! redelivered job finds the same parts (and resumes them by index). Parts
+//! are contiguous character ranges that cover the text exactly; cuts are made
+//! at the coarsest boundary that keeps every part under the size: paragraph,
+//! then sentence (UAX #29), then clause (after `,` `;` `:` and their CJK
+//! forms), then word (UAX #29: every ideograph is a word, so CJK splits
+//! cleanly), then grapheme cluster. A cut never falls inside a grapheme
+//! cluster, whatever the script. Two-speaker dialogue is cut between turns;
+//! a turn longer than a part is cut inside and every piece keeps its
+//! speaker's label.
+//!
+//! This module is pure text handling; it imports nothing of the crate.
+
+use std::ops::Range;
+
+use unicode_segmentation::UnicodeSegmentation;
+
+/// Characters in a part by default: ≈ 200 s of speech at 15 characters a
+/// second — a few minutes, as Google's quality advice asks, and well under
+/// the ≈ 512 s output cap of one call even for a voice at 10 characters a
+/// second (300 s).
+pub const DEFAULT_PART_CHARS: usize = 3_000;
+
+/// Speaker labels of two-speaker dialogue, as the model expects them.
+pub const SPEAKER_LABELS: [&str; 2] = ["Speaker 1:", "Speaker 2:"];
+
+/// What separates a part from the next one, which decides the pause put
+/// between their audio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Join {
+    /// The part ends inside a sentence (a clause, word or grapheme cut).
+    Within,
+    /// The part ends a sentence.
+    Sentence,
+    /// The part ends a paragraph (or, in a dialogue, a speaker's turn).
+    Paragraph,
+    /// The last part.
+    End,
+}
+
+/// One part of a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// The characters of the original text this part speaks (Unicode scalar
+    /// offsets, as `limits.max_text_chars` counts them).
+    pub chars: Range<usize>,
+    /// What is sent for it: the original slice, trimmed, with the speaker's
+    /// label in front when a dialogue turn was cut inside.
+    pub text: String,
+    /// What follows it.
+    pub join: Join,
+}
+
+/// Cut levels, coarsest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Level {
+    Paragraph,
+    Sentence,
+    Clause,
+    Word,
+    Grapheme,
+}
+
+impl Level {
+    fn finer(self) -> Option<Level> {
+        match self {
+            Level::Paragraph => Some(Level::Sentence),
+            Level::Sentence => Some(Level::Clause),
+            Level::Clause => Some(Level::Word),
+            Level::Word => Some(Level::Grapheme),
+            Level::Grapheme => None,
+        }
+    }
+
+    fn join(self) -> Join {
+        match self {
+            Level::Paragraph => Join::Paragraph,
+            Level::Sentence => Join::Sentence,
+            Level::Clause | Level::Word | Level::Grapheme => Join::Within,
+        }
+    }
+}
+
+/// Plans `text` as parts of at most `max_chars` characters (at least 16).
+/// A text that fits is one part. Dialogue (lines starting with
+/// [`SPEAKER_LABELS`]) is planned by [`plan_dialogue`] when `dialogue`.
+pub fn plan(text: &str, max_chars: usize, dialogue: bool) -> Vec<Part> {
+    let max_chars = max_chars.max(16);
+    if dialogue {
+        return plan_dialogue(text, max_chars);
+    }
+    let mut cuts = Vec::new();
+    pack(text, 0..text.len(), Level::Paragraph, max_chars, &mut cuts);
+    parts_from_cuts(text, &cuts, |_, s| s.trim().to_owned())
+}
+
+/// Plans a two-speaker dialogue: parts hold whole turns where they fit; a
+/// turn longer than a part is cut inside at the finer levels, and each piece
+/// after the first carries the turn's label again.
+pub fn plan_dialogue(text: &str, max_chars: usize) -> Vec<Part> {
+    let max_chars = max_chars.max(16);
+    let turns = turns(text);
+    // Units are turns; a turn that does not fit is cut inside, its pieces
+    // remembering the label to repeat.
+    let mut pieces: Vec<(Range<usize>, Join, Option<&str>)> = Vec::new();
+    for (range, label) in turns {
+        let len = chars_in(&text[range.clone()]);
+        if len <= max_chars {
+            pieces.push((range, Join::Paragraph, None));
+            continue;
+        }
+        let label_len = label.map_or(0, |l| chars_in(l) + 1);
+        let mut cuts = Vec::new();
+        pack(
+            text,
+            range.clone(),
+            Level::Sentence,
+            max_chars.saturating_sub(label_len).max(8),
+            &mut cuts,
+        );
+        let count = cuts.len();
+        for (i, (r, join)) in cuts.into_iter().enumerate() {
+            let join = if i + 1 == count {
+                Join::Paragraph
+            } else {
+                join
+            };
+            // The first piece starts with the label already.
+            pieces.push((r, join, if i == 0 { None } else { label }));
+        }
+    }
+    // Greedily group pieces into parts: a piece that starts a turn may join
+    // the part before it when that part ends a turn and both fit.
+    let mut cuts: Vec<(Range<usize>, Join)> = Vec::new();
+    let mut labels: Vec<Option<&str>> = Vec::new();
+    for (range, join, label) in pieces {
+        let label_len = |l: Option<&str>| l.map_or(0, |l| chars_in(l) + 1);
+        if let (Some((last, last_join)), Some(last_label)) = (cuts.last_mut(), labels.last())
+            && label.is_none()
+            && *last_join == Join::Paragraph
+            && chars_in(&text[last.start..range.end]) + label_len(*last_label) <= max_chars
+        {
+            last.end = range.end;
+            *last_join = join;
+            continue;
+        }
+        cuts.push((range, join));
+        labels.push(label);
+    }
+    parts_from_cuts(text, &cuts, |i, s| match labels[i] {
+        Some(label) => format!("{label} {}", s.trim()),
+        None => s.trim().to_owned(),
+    })
+}
+
+/// The dialogue's turns: byte ranges starting at each line that begins with
+/// a speaker label (text before the first label is a turn of its own), with
+/// that label.
+fn turns(text: &str) -> Vec<(Range<usize>, Option<&'static str>)> {
+    let mut starts: Vec<(usize, Option<&'static str>)> = vec![(0, None)];
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if let Some(label) = SPEAKER_LABELS.iter().find(|l| trimmed.starts_with(**l)) {
+            let at = offset + (line.len() - trimmed.len());
+            if at == 0 {
+                starts[0].1 = Some(label);
+            } else {
+                starts.push((at, Some(label)));
+            }
+        }
+        offset += line.len();
+    }
+    let mut out = Vec::with_capacity(starts.len());
+    for (i, (start, label)) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).map_or(text.len(), |(s, _)| *s);
+        if end > *start {
+            out.push((*start..end, *label));
+        }
+    }
+    out
+}
+
+/// Packs `range` of `text` into cuts of at most `max` characters, cutting at
+/// `level` and finer where a unit does not fit. Appends contiguous byte
+/// ranges with the join that ends each.
+fn pack(
+    text: &str,
+    range: Range<usize>,
+    level: Level,
+    max: usize,
+    out: &mut Vec<(Range<usize>, Join)>,
+) {
+    let units = units(text, range, level);
+    let mut current: Option<Range<usize>> = None;
+    for unit in units {
+        let unit_len = chars_in(&text[unit.clone()]);
+        if let Some(cur) = current.as_mut() {
+            if chars_in(&text[cur.start..unit.end]) <= max {
+                cur.end = unit.end;
+                continue;
+            }
+            out.push((cur.clone(), level.join()));
+            current = None;
+        }
+        if unit_len <= max {
+            current = Some(unit);
+        } else if let Some(finer) = level.finer() {
+            pack(text, unit, finer, max, out);
+            // The finer pass ends where this unit ends: at this level.
+            if let Some(last) = out.last_mut() {
+                last.1 = last.1.max(level.join());
+            }
+        } else {
+            // A single grapheme cluster longer than a part: kept whole.
+            out.push((unit, level.join()));
+        }
+    }
+    if let Some(cur) = current {
+        out.push((cur, level.join()));
+    }
+}
+
+/// `range` of `text` as consecutive units of `level`, covering it exactly.
+fn units(text: &str, range: Range<usize>, level: Level) -> Vec<Range<usize>> {
+    let base = range.start;
+    let slice = &text[range];
+    let ends: Vec<usize> = match level {
+        Level::Paragraph => paragraph_ends(slice),
+        Level::Sentence => sentence_ends(slice),
+        Level::Clause => clause_ends(slice),
+        Level::Word => slice
+            .split_word_bound_indices()
+            .map(|(i, w)| i + w.len())
+            .collect(),
+        Level::Grapheme => slice
+            .grapheme_indices(true)
+            .map(|(i, g)| i + g.len())
+            .collect(),
+    };
+    let mut out = Vec::with_capacity(ends.len());
+    let mut start = 0;
+    for end in ends {
+        if end > start {
+            out.push(base + start..base + end);
+            start = end;
+        }
+    }
+    if start < slice.len() {
+        out.push(base + start..base + slice.len());
+    }
+    out
+}
+
+/// Ends of paragraphs: after each run of line breaks that holds a blank line.
+fn paragraph_ends(s: &str) -> Vec<usize> {
+    let bytes = s.as_bytes();
+    let mut ends = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\n' {
+            // A run of whitespace containing two or more line breaks.
+            let mut j = i;
+            let mut breaks = 0;
+            while j < bytes.len()
+                && (bytes[j] == b'\n' || bytes[j] == b'\r' || bytes[j] == b' ' || bytes[j] == b'\t')
+            {
+                breaks += usize::from(bytes[j] == b'\n');
+                j += 1;
+            }
+            if breaks >= 2 {
+                ends.push(j);
+            }
+            i = j.max(i + 1);
+        } else {
+            i += 1;
+        }
+    }
+    ends
+}
+
+/// Abbreviations after which UAX #29 would wrongly end a sentence.
+const ABBREVIATIONS: [&str; 14] = [
+    "Dr.", "Mr.", "Mrs.", "Ms.", "Prof.", "St.", "Sr.", "Jr.", "vs.", "e.g.", "i.e.", "etc.",
+    "No.", "Fig.",
+];
+
+/// Ends of sentences (UAX #29), not after a known abbreviation.
+fn sentence_ends(s: &str) -> Vec<usize> {
+    s.split_sentence_bound_indices()
+        .filter(|(i, sentence)| {
+            let end = i + sentence.len();
+            let before = s[..end].trim_end();
+            end == s.len() || !ABBREVIATIONS.iter().any(|a| before.ends_with(a))
+        })
+        .map(|(i, sentence)| i + sentence.len())
+        .collect()
+}
+
+/// Ends of clauses: after clause punctuation and the spaces that follow.
+fn clause_ends(s: &str) -> Vec<usize> {
+    const CLAUSE: [char; 10] = [',', ';', ':', '—', '–', '、', '，', '；', '：', '…'];
+    let mut ends = Vec::new();
+    let mut chars = s.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if CLAUSE.contains(&c) {
+            let mut end = i + c.len_utf8();
+            while let Some(&(j, next)) = chars.peek() {
+                if next.is_whitespace() {
+                    end = j + next.len_utf8();
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            // Only where the punctuation ends a grapheme cluster.
+            if is_grapheme_boundary(s, end) {
+                ends.push(end);
+            }
+        }
+    }
+    ends
+}
+
+fn is_grapheme_boundary(s: &str, at: usize) -> bool {
+    let mut cursor = unicode_segmentation::GraphemeCursor::new(at, s.len(), true);
+    matches!(cursor.is_boundary(s, 0), Ok(true))
+}
+
+fn chars_in(s: &str) -> usize {
+    s.chars().count()
+}
+
+/// Turns byte-range cuts into parts with character ranges and the text to
+/// send (`text_of(index, slice)`).
+fn parts_from_cuts(
+    text: &str,
+    cuts: &[(Range<usize>, Join)],
+    text_of: impl Fn(usize, &str) -> String,
+) -> Vec<Part> {
+    let mut parts = Vec::with_capacity(cuts.len());
+    let mut char_at = 0;
+    for (i, (range, join)) in cuts.iter().enumerate() {
+        let slice = &text[range.clone()];
+        let len = chars_in(slice);
+        let join = if i + 1 == cuts.len() {
+            Join::End
+        } else {
+            *join
+        };
+        parts.push(Part {
+            chars: char_at..char_at + len,
+            text: text_of(i, slice),
+            join,
+        });
+        char_at += len;
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests;
