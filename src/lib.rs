@@ -9,7 +9,8 @@
 //!
 //! 1. Configuration and domain values: [`config`], [`failure`] (the
 //!    vocabulary of failure and the one classifier), [`job`], [`audio`],
-//!    [`plan`] (cutting long texts into parts), [`metrics`]; the wire
+//!    [`plan`] (cutting long texts into parts), [`quality`] (is a part's
+//!    audio as long as its text?), [`metrics`]; the wire
 //!    formats, [`wire`].
 //! 2. Adapters: [`segmind`] (the API client), [`storage`] (S3), [`broker`]
 //!    (RabbitMQ), [`http`] and [`telemetry`] (observability); above storage,
@@ -29,6 +30,7 @@ pub mod http;
 pub mod job;
 pub mod metrics;
 pub mod plan;
+pub mod quality;
 pub mod segmind;
 pub mod storage;
 pub mod submit;

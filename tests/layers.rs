@@ -20,6 +20,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("job", 2),
     ("audio", 2),
     ("plan", 2),
+    ("quality", 2),
     ("wire", 3),
     // Adapters.
     ("segmind", 4),
