@@ -19,6 +19,7 @@
 //! `[[sim:empty]]` a COMPLETED job with empty audio, `[[sim:truncated]]` one
 //! with only the first word of audio (`[[sim:truncated-once]]`: only on the
 //! first submission of that text), `[[sim:latency=S]]` a job taking S seconds,
+//! `[[sim:truncate=F]]` (realistic speech model) audio cut to the share F,
 //! `[[sim:forbidden]]` a 403 on its submission (a policy rule on this text:
 //! the account works for others), `[[sim:expensive]]` a 406 on its
 //! submission (its cost is above the balance), `[[sim:status-fault=N]]`
@@ -30,6 +31,7 @@
 //! submissions are accepted, and billed, and then answered with these codes,
 //! as a gateway that times out after the API took the request).
 
+pub mod model;
 pub mod speech;
 pub mod voices;
 pub mod wav;
@@ -92,6 +94,12 @@ pub struct SimConfig {
     /// Base URL of the media host as clients reach it (behind a proxy or in
     /// a container network); default `http://{media_addr}`.
     pub media_public_url: Option<String>,
+    /// How long the audio is: a tone per word (default) or the realistic
+    /// model (length from characters and voice, cut at Gemini's cap).
+    pub speech: model::SpeechModel,
+    /// With the realistic model: probability that a job's audio is silently
+    /// truncated to 13–46 % (Gemini's `finishReason: OTHER`), still billed.
+    pub truncation_rate: f64,
 }
 
 /// The shape of the latency distribution.
@@ -158,6 +166,8 @@ impl SimConfig {
             cost_per_job: 0.05,
             fault_rate: 0.0,
             output_mode: OutputMode::Url,
+            speech: model::SpeechModel::Words,
+            truncation_rate: 0.0,
             foreign_urls: false,
             espeak: speech::espeak_available(),
             submit_delay: Duration::ZERO,
@@ -211,6 +221,8 @@ enum Fate {
 
 struct SimJob {
     text: String,
+    /// With the realistic model: the audio's length in seconds.
+    audio_seconds: Option<f64>,
     /// Every status poll answers this (`[[sim:status-fault=N]]`).
     status_fault: Option<u16>,
     two_speakers: bool,
@@ -434,7 +446,7 @@ fn rate_limited(inner: &mut Inner, reset: Instant) -> Response {
 }
 
 /// The model's parameter rules; `Err` is the 400 message.
-fn validate(body: &Bytes, headers: &HeaderMap) -> Result<(String, bool), (StatusCode, String)> {
+fn validate(body: &Bytes, headers: &HeaderMap) -> Result<Submission, (StatusCode, String)> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -468,7 +480,23 @@ fn validate(body: &Bytes, headers: &HeaderMap) -> Result<(String, bool), (Status
         Some(Value::String(v)) if is_voice(v) => true,
         _ => return bad("'voice_2' must be null or one of the supported voices"),
     };
-    Ok((text, two_speakers))
+    let voice = obj
+        .get("voice_1")
+        .and_then(Value::as_str)
+        .unwrap_or("Kore")
+        .to_owned();
+    Ok(Submission {
+        text,
+        two_speakers,
+        voice,
+    })
+}
+
+/// What a valid submission asks for.
+struct Submission {
+    text: String,
+    two_speakers: bool,
+    voice: String,
 }
 
 /// Counts a call against the account's per-minute window; `Some` is the 429.
@@ -535,6 +563,13 @@ fn marker_status_fault(text: &str) -> Option<u16> {
     text[start..end].parse().ok()
 }
 
+/// The share of the audio a `[[sim:truncate=F]]` job keeps.
+fn marker_truncate(text: &str) -> Option<f64> {
+    let start = text.find("[[sim:truncate=")? + "[[sim:truncate=".len();
+    let end = text[start..].find("]]")? + start;
+    text[start..end].parse().ok()
+}
+
 fn marker_latency(text: &str) -> Option<Duration> {
     let start = text.find("[[sim:latency=")? + "[[sim:latency=".len();
     let end = text[start..].find("]]")? + start;
@@ -564,12 +599,12 @@ fn first_word(text: &str) -> String {
     text.split_whitespace().next().unwrap_or("").to_owned()
 }
 
-fn new_job(
-    config: &SimConfig,
-    text: String,
-    two_speakers: bool,
-    first_of_its_text: bool,
-) -> SimJob {
+fn new_job(config: &SimConfig, submission: Submission, first_of_its_text: bool) -> SimJob {
+    let Submission {
+        text,
+        two_speakers,
+        voice,
+    } = submission;
     let now = Instant::now();
     let latency = marker_latency(&text).unwrap_or_else(|| {
         let mean = config.latency_mean.as_secs_f64()
@@ -606,9 +641,31 @@ fn new_job(
         Fate::Complete
     };
     let queue_until = now + config.queue_time.min(latency);
+    let spoken = strip_markers(&text);
+    let audio_seconds = match config.speech {
+        model::SpeechModel::Words => None,
+        model::SpeechModel::Realistic { cap } => {
+            let kept = marker_truncate(&text).unwrap_or_else(|| {
+                let mut rng = rand::rng();
+                if config.truncation_rate > 0.0 && rng.random_bool(config.truncation_rate.min(1.0))
+                {
+                    rng.random_range(0.13..=0.46)
+                } else {
+                    1.0
+                }
+            });
+            Some(model::audio_seconds(
+                spoken.chars().count(),
+                &voice,
+                cap,
+                kept,
+            ))
+        }
+    };
     SimJob {
         status_fault: marker_status_fault(&text),
-        text: strip_markers(&text),
+        audio_seconds,
+        text: spoken,
         two_speakers,
         created: now,
         queue_until,
@@ -646,28 +703,28 @@ fn accept_v2(shared: &Shared, model: String, headers: HeaderMap, body: Bytes) ->
             json!({"error": format!("Model {model} not found")}),
         );
     }
-    let (text, two_speakers) = match validate(&body, &headers) {
+    let submission = match validate(&body, &headers) {
         Ok(v) => v,
         Err((status, message)) => {
             inner.stats.submits_rejected += 1;
             return api_json(&inner, status, json!({"error": message}));
         }
     };
-    if let Some(r) = refuse_this_request(&mut inner, &text) {
+    if let Some(r) = refuse_this_request(&mut inner, &submission.text) {
         return r;
     }
     if let Some(r) = admit(&mut inner) {
         return r;
     }
     let id = uuid::Uuid::new_v4().to_string();
-    let text_key: String = strip_markers(&text).chars().take(80).collect();
+    let text_key: String = strip_markers(&submission.text).chars().take(80).collect();
     let earlier = inner
         .stats
         .submits_by_text
         .get(&text_key)
         .copied()
         .unwrap_or(0);
-    let job = new_job(&inner.config, text, two_speakers, earlier == 0);
+    let job = new_job(&inner.config, submission, earlier == 0);
     *inner.stats.submits_by_text.entry(text_key).or_default() += 1;
     inner.jobs.insert(id.clone(), job);
     let now = Instant::now();
@@ -719,7 +776,7 @@ async fn submit_v1(
                 json!({"error": format!("Model {model} not found")}),
             );
         }
-        let (text, two_speakers) = match validate(&body, &headers) {
+        let submission = match validate(&body, &headers) {
             Ok(v) => v,
             Err((status, message)) => return api_json(&inner, status, json!({"error": message})),
         };
@@ -727,7 +784,7 @@ async fn submit_v1(
             return r;
         }
         (
-            new_job(&inner.config, text, two_speakers, true),
+            new_job(&inner.config, submission, true),
             inner.config.espeak,
         )
     };
@@ -751,6 +808,51 @@ async fn submit_v1(
 
 fn wav_response(wav: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "audio/wav")], wav).into_response()
+}
+
+/// What a finished job's audio is made of.
+enum Sound {
+    Silent,
+    Text { text: String, two_speakers: bool },
+    Seconds { seconds: f64, two_speakers: bool },
+}
+
+impl SimJob {
+    /// The audio a COMPLETED job serves.
+    fn sound(&self) -> Sound {
+        match (&self.fate, self.audio_seconds) {
+            (Fate::Empty | Fate::Fail(_), _) => Sound::Silent,
+            (Fate::Truncated, None) => Sound::Text {
+                text: first_word(&self.text),
+                two_speakers: false,
+            },
+            (Fate::Truncated, Some(seconds)) => Sound::Seconds {
+                seconds: seconds * 0.3,
+                two_speakers: self.two_speakers,
+            },
+            (Fate::Complete, None) => Sound::Text {
+                text: self.text.clone(),
+                two_speakers: self.two_speakers,
+            },
+            (Fate::Complete, Some(seconds)) => Sound::Seconds {
+                seconds,
+                two_speakers: self.two_speakers,
+            },
+        }
+    }
+}
+
+async fn render_sound(sound: Sound, espeak: bool) -> Vec<u8> {
+    match sound {
+        Sound::Silent => speech::empty_wav(),
+        Sound::Text { text, two_speakers } => render_blocking(text, two_speakers, espeak).await,
+        Sound::Seconds {
+            seconds,
+            two_speakers,
+        } => tokio::task::spawn_blocking(move || speech::render_seconds(seconds, two_speakers))
+            .await
+            .unwrap_or_else(|_| speech::empty_wav()),
+    }
 }
 
 async fn render_blocking(text: String, two_speakers: bool, espeak: bool) -> Vec<u8> {
@@ -839,7 +941,7 @@ async fn result(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let (job_text, two_speakers, mode, espeak, mut body) = {
+    let (sound, mode, espeak, mut body) = {
         let mut inner = lock(&shared);
         if let Some(r) = gate(&mut inner, &headers) {
             return r;
@@ -873,24 +975,15 @@ async fn result(
             "metrics": metrics_json(job, &inner),
             "output": format!("{media_base}/media/{id}.wav"),
         });
-        let text = match job.fate {
-            Fate::Empty => None,
-            Fate::Truncated => Some(first_word(&job.text)),
-            _ => Some(job.text.clone()),
-        };
         (
-            text,
-            job.two_speakers,
+            job.sound(),
             inner.config.output_mode,
             inner.config.espeak,
             body,
         )
     };
     if mode != OutputMode::Url {
-        let wav = match job_text {
-            Some(t) => render_blocking(t, two_speakers, espeak).await,
-            None => speech::empty_wav(),
-        };
+        let wav = render_sound(sound, espeak).await;
         let b64 = base64::engine::general_purpose::STANDARD.encode(wav);
         body["output"] = match mode {
             OutputMode::DataUri => Value::String(format!("data:audio/wav;base64,{b64}")),
@@ -907,7 +1000,7 @@ async fn media_file(
     headers: HeaderMap,
 ) -> Response {
     let id = file.trim_end_matches(".wav").to_owned();
-    let (text, two_speakers, espeak) = {
+    let (sound, espeak) = {
         let mut inner = lock(&shared);
         inner.stats.media_fetches += 1;
         if headers.contains_key("x-api-key") {
@@ -924,19 +1017,11 @@ async fn media_file(
         let espeak = inner.config.espeak;
         expire(&mut inner, &id);
         match inner.jobs.get(&id) {
-            Some(job) if job.state(Instant::now()) == "COMPLETED" => match job.fate {
-                Fate::Empty => (None, false, espeak),
-                Fate::Truncated => (Some(first_word(&job.text)), false, espeak),
-                _ => (Some(job.text.clone()), job.two_speakers, espeak),
-            },
+            Some(job) if job.state(Instant::now()) == "COMPLETED" => (job.sound(), espeak),
             _ => return (StatusCode::NOT_FOUND, "not found").into_response(),
         }
     };
-    let wav = match text {
-        Some(t) => render_blocking(t, two_speakers, espeak).await,
-        None => speech::empty_wav(),
-    };
-    wav_response(wav)
+    wav_response(render_sound(sound, espeak).await)
 }
 
 async fn stats(State(shared): State<Shared>) -> Response {
@@ -968,6 +1053,7 @@ mod tests {
     fn job_at(created: Instant, queued: u64, latency: u64, fate: Fate) -> SimJob {
         SimJob {
             text: "t".into(),
+            audio_seconds: None,
             status_fault: None,
             two_speakers: false,
             created,
@@ -1015,5 +1101,7 @@ mod tests {
         assert_eq!(marker_latency("x"), None);
         assert_eq!(marker_status_fault("x [[sim:status-fault=502]]"), Some(502));
         assert_eq!(marker_status_fault("x"), None);
+        assert_eq!(marker_truncate("x [[sim:truncate=0.25]]"), Some(0.25));
+        assert_eq!(strip_markers("x [[sim:truncate=0.25]]"), "x ");
     }
 }

@@ -74,6 +74,20 @@ struct Args {
     /// Never use espeak-ng, even when installed (tone audio instead).
     #[arg(long)]
     no_espeak: bool,
+    /// `realistic`: audio as long as the text takes to speak (≈ 15
+    /// characters a second by voice), silently cut at Gemini's 512 s cap;
+    /// `words`: a tone per word.
+    #[arg(long, value_enum, default_value = "words")]
+    speech: Speech,
+    /// With `--speech realistic`: share of jobs silently truncated to 13–46 %.
+    #[arg(long, default_value_t = 0.0)]
+    truncation_rate: f64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Speech {
+    Words,
+    Realistic,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -127,6 +141,13 @@ async fn main() -> anyhow::Result<()> {
         Output::DataUri => OutputMode::DataUri,
         Output::Base64 => OutputMode::Base64,
     };
+    config.speech = match args.speech {
+        Speech::Words => segmind_sim::model::SpeechModel::Words,
+        Speech::Realistic => segmind_sim::model::SpeechModel::Realistic {
+            cap: segmind_sim::model::OUTPUT_CAP,
+        },
+    };
+    config.truncation_rate = args.truncation_rate;
     if args.no_espeak {
         config.espeak = false;
     }

@@ -53,6 +53,33 @@ pub fn render(text: &str, two_speakers: bool, use_espeak: bool) -> Vec<u8> {
     wav::from_pcm(&bytes, SAMPLE_RATE)
 }
 
+/// `seconds` of tone speech (a burst per ≈ 0.4 s "word", alternating
+/// pitch for two speakers) as a WAV file: the realistic model's audio,
+/// whose length comes from the text, not from the tones.
+pub fn render_seconds(seconds: f64, two_speakers: bool) -> Vec<u8> {
+    let total = (seconds.max(0.0) * f64::from(SAMPLE_RATE)) as usize;
+    let word = (f64::from(SAMPLE_RATE) * 0.3) as usize;
+    let gap = (f64::from(SAMPLE_RATE) * 0.1) as usize;
+    let mut bytes = Vec::with_capacity(total * 2);
+    let mut i = 0;
+    while i < total {
+        let n = i / (word + gap);
+        let at = i % (word + gap);
+        let speaker = usize::from(two_speakers && (n / 12) % 2 == 1);
+        let pitch = if speaker == 0 { 180.0 } else { 280.0 } + (n % 7) as f64 * 15.0;
+        let sample = if at < word {
+            let t = at as f64 / f64::from(SAMPLE_RATE);
+            let envelope = (PI * at as f64 / word as f64).sin();
+            ((2.0 * PI * pitch * t).sin() * envelope * 8000.0) as i16
+        } else {
+            0
+        };
+        bytes.extend_from_slice(&sample.to_le_bytes());
+        i += 1;
+    }
+    wav::from_pcm(&bytes, SAMPLE_RATE)
+}
+
 /// A WAV header with no samples: Gemini's "success with empty audio".
 pub fn empty_wav() -> Vec<u8> {
     wav::from_pcm(&[], SAMPLE_RATE)
@@ -141,6 +168,14 @@ mod tests {
                 (1, "and more".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn realistic_audio_has_exactly_the_asked_length() {
+        let wav = render_seconds(12.5, true);
+        let (rate, pcm) = wav::pcm_of(&wav).expect("a WAV file");
+        assert_eq!(rate, 24_000);
+        assert_eq!(pcm.len(), 12 * 48_000 + 24_000);
     }
 
     #[test]

@@ -309,3 +309,58 @@ async fn request_specific_refusals_leave_the_account_working() {
     assert_eq!(status.status().as_u16(), 502);
     assert_eq!(sim.stats().submits_accepted, 2);
 }
+
+/// The realistic speech model: audio ≈ characters ÷ the voice's rate, cut
+/// silently at Gemini's 512 s cap, a truncation fault keeping a share.
+#[tokio::test]
+async fn the_realistic_model_gives_audio_as_long_as_the_text_up_to_the_cap() {
+    use segmind_sim::model::{OUTPUT_CAP, SpeechModel, chars_per_second};
+    let sim = sim(|c| {
+        c.latency_mean = Duration::from_millis(50);
+        c.speech = SpeechModel::Realistic { cap: OUTPUT_CAP };
+    })
+    .await;
+    let seconds_of = |text: String, voice: &'static str| {
+        let sim = sim.clone();
+        async move {
+            let r = post(
+                &sim,
+                &format!("/v2/{MODEL}"),
+                KEY,
+                json!({"text": text, "voice_1": voice}),
+            )
+            .await;
+            let submitted: Value = r.json().await.unwrap();
+            let (code, _) = until_terminal(submitted["status_url"].as_str().unwrap()).await;
+            assert_eq!(code, 200);
+            let result: Value = get(submitted["response_url"].as_str().unwrap())
+                .await
+                .json()
+                .await
+                .unwrap();
+            let wav = reqwest::get(result["output"].as_str().unwrap())
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let (rate, pcm) = segmind_sim::wav::pcm_of(&wav).expect("a WAV file");
+            pcm.len() as f64 / 2.0 / f64::from(rate)
+        }
+    };
+    let text = "word ".repeat(300); // 1,500 characters
+    for voice in ["Kore", "Puck"] {
+        let expected = 1_500.0 / chars_per_second(voice);
+        let got = seconds_of(text.clone(), voice).await;
+        assert!(
+            (got - expected).abs() < 0.01,
+            "{voice}: {got} s, expected {expected}"
+        );
+    }
+    // ≈ 2,100 s of text: cut at 512 s, and still a success.
+    let long = "x".repeat(32_000);
+    assert!((seconds_of(long, "Kore").await - 512.0).abs() < 0.01);
+    let cut = format!("{text}[[sim:truncate=0.25]]");
+    let expected = 1_500.0 / chars_per_second("Kore") * 0.25;
+    assert!((seconds_of(cut, "Kore").await - expected).abs() < 0.01);
+}
