@@ -99,6 +99,11 @@ pub fn fingerprint(speech: &Speech) -> String {
     h.update(speech.voice_2.map_or("", |v| v.name()).as_bytes());
     h.update([0]);
     h.update(speech.temperature.to_bits().to_le_bytes());
+    if let Some(style) = &speech.style {
+        // Absent style hashes as before: older checkpoints stay valid.
+        h.update([1]);
+        h.update(style.as_bytes());
+    }
     hex::encode(h.finalize())
 }
 
@@ -208,6 +213,7 @@ mod tests {
             voice_1: Voice::parse("Kore").unwrap(),
             voice_2: None,
             temperature: 0.4,
+            style: None,
         }
     }
 
@@ -221,6 +227,9 @@ mod tests {
         assert_ne!(base, fingerprint(&s));
         let mut s = speech("hello");
         s.temperature = 0.41;
+        assert_ne!(base, fingerprint(&s));
+        let mut s = speech("hello");
+        s.style = Some("Say cheerfully".into());
         assert_ne!(base, fingerprint(&s));
     }
 

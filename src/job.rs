@@ -231,6 +231,18 @@ pub struct Speech {
     pub voice_1: Voice,
     pub voice_2: Option<Voice>,
     pub temperature: f64,
+    /// A style instruction put in front of the text ("Say cheerfully").
+    pub style: Option<String>,
+}
+
+impl Speech {
+    /// What is sent to the model: `"{style}: {text}"`, or the text alone.
+    pub fn prompt(&self) -> std::borrow::Cow<'_, str> {
+        match &self.style {
+            Some(style) => format!("{style}: {}", self.text).into(),
+            None => self.text.as_str().into(),
+        }
+    }
 }
 
 /// A validated TTS request.

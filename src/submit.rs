@@ -30,6 +30,9 @@ pub struct SubmitArgs {
     /// Second voice, for two-speaker dialogue.
     #[arg(long = "voice-2")]
     pub voice_2: Option<String>,
+    /// A style instruction put in front of the text ("Say cheerfully").
+    #[arg(long)]
+    pub style: Option<String>,
     /// Sampling temperature, 0 to 2 (default 0.4).
     #[arg(long)]
     pub temperature: Option<f64>,
@@ -71,6 +74,7 @@ pub async fn run(settings: &Settings, args: SubmitArgs) -> anyhow::Result<bool> 
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let body = serde_json::to_vec(&RequestBody {
         text: args.text.clone(),
+        style: args.style.clone(),
         voice_1: args.voice_1.clone(),
         voice_2: args.voice_2.clone(),
         temperature: args.temperature,

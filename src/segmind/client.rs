@@ -454,8 +454,9 @@ impl SegmindClient {
         deadline: Instant,
         calls: &mut u32,
     ) -> Result<Submitted, SegmindError> {
+        let prompt = speech.prompt();
         let body = SubmitBody {
-            text: &speech.text,
+            text: &prompt,
             temperature: speech.temperature,
             voice_1: speech.voice_1.name(),
             voice_2: speech.voice_2.map(|v| v.name()),

@@ -9,9 +9,15 @@ use crate::config::RequestLimits;
 use crate::job::{
     DEFAULT_TEMPERATURE, DEFAULT_VOICE, JobId, ObjectKey, Speech, TEMPERATURE_RANGE, TtsJob, Voice,
 };
+use crate::plan::SPEAKER_LABELS;
 
-const KNOWN_FIELDS: [&str; 7] = [
+/// Longest accepted `style` instruction, in characters: a manner of
+/// speaking ("Narrate calmly, like a bedtime story"), not a second text.
+pub const MAX_STYLE_CHARS: usize = 300;
+
+const KNOWN_FIELDS: [&str; 8] = [
     "text",
+    "style",
     "voice_1",
     "voice_2",
     "temperature",
@@ -199,6 +205,42 @@ pub fn decode_request(
     };
     let voice_1 = voice("voice_1").unwrap_or(DEFAULT_VOICE);
     let voice_2 = voice("voice_2");
+    if let (Some(text), Some(_)) = (&text, voice_2) {
+        let speaks = |label: &str| text.lines().any(|l| l.trim_start().starts_with(label));
+        if !SPEAKER_LABELS.iter().all(|l| speaks(l)) {
+            reject(
+                "text",
+                "names a second voice (voice_2) but not the speakers the voices speak for: start the lines of the dialogue with \"Speaker 1:\" and \"Speaker 2:\"".into(),
+            );
+        }
+    }
+
+    let style = match object.get("style") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            reject("style", "must not be blank (leave it out instead)".into());
+            None
+        }
+        Some(Value::String(s)) => {
+            let chars = s.chars().count();
+            if chars > MAX_STYLE_CHARS {
+                reject(
+                    "style",
+                    format!("is {chars} characters; at most {MAX_STYLE_CHARS} allowed"),
+                );
+                None
+            } else {
+                Some(s.trim().to_owned())
+            }
+        }
+        Some(other) => {
+            reject(
+                "style",
+                format!("must be a string, got {}", type_name(other)),
+            );
+            None
+        }
+    };
 
     let temperature = match object.get("temperature") {
         None | Some(Value::Null) => DEFAULT_TEMPERATURE,
@@ -240,6 +282,7 @@ pub fn decode_request(
                 voice_1,
                 voice_2,
                 temperature,
+                style,
             },
             output_key,
             metadata: metadata.clone(),
@@ -324,6 +367,8 @@ fn type_name(v: &Value) -> &'static str {
 pub struct RequestBody {
     pub text: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub style: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub voice_1: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub voice_2: Option<String>,
@@ -399,6 +444,23 @@ mod tests {
                 "unknown voice",
             ),
             (json!({"text": "a", "voice_1": 3}), "voice_1", "string"),
+            (json!({"text": "a", "style": "  "}), "style", "blank"),
+            (
+                json!({"text": "a", "style": "s".repeat(MAX_STYLE_CHARS + 1)}),
+                "style",
+                "at most",
+            ),
+            (json!({"text": "a", "style": ["calm"]}), "style", "string"),
+            (
+                json!({"text": "Hi there", "voice_2": "Puck"}),
+                "text",
+                "Speaker 1:",
+            ),
+            (
+                json!({"text": "Speaker 1: Hi\nand more", "voice_2": "Puck"}),
+                "text",
+                "Speaker 2:",
+            ),
             (
                 json!({"text": "a", "voice_2": "Sulafar"}),
                 "voice_2",

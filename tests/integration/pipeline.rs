@@ -227,3 +227,16 @@ async fn the_completed_event_and_the_metrics_carry_the_jobs_cost_and_calls() {
         Some(0.05)
     );
 }
+
+#[tokio::test]
+async fn a_style_is_put_in_front_of_the_text_sent_to_segmind() {
+    let app = spawn_app().await;
+    app.publish_json(serde_json::json!({
+        "text": "your order has shipped!", "style": "Say cheerfully", "job_id": "styled-1"
+    }))
+    .await;
+    app.next_event().await.completed();
+    let sent: Vec<String> = app.sim.stats().submits_by_text.into_keys().collect();
+    assert_eq!(sent, ["Say cheerfully: your order has shipped!"]);
+    app.stop().await;
+}

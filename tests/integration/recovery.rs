@@ -16,6 +16,7 @@ fn speech(text: &str) -> Speech {
         voice_1: Voice::parse("Kore").unwrap(),
         voice_2: None,
         temperature: 0.4,
+        style: None,
     }
 }
 
