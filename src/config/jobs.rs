@@ -1,0 +1,99 @@
+//! `[jobs]`: retries across deliveries, resumes and pauses.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ConfigError, invalid, positive, seconds};
+
+/// What to do on an account-level failure (401, 403, 406, or a bucket that
+/// refuses us).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountPolicy {
+    /// Stop consuming, requeue, probe until the account works again.
+    Pause,
+    /// Fail the job like any other permanent failure.
+    Fail,
+}
+
+/// How jobs are retried, resumed and paused.
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    pub max_deliveries: u32,
+    pub requeue_delay: Duration,
+    pub on_account_error: AccountPolicy,
+    pub probe_initial: Duration,
+    pub probe_max: Duration,
+    pub resume_window: Duration,
+    pub audio_retries: u32,
+    pub min_seconds_per_word: f64,
+    /// Finished jobs fetching, checking and uploading their audio at once.
+    pub max_transfers: usize,
+    /// Pauses one message may cause while the probe says the account works;
+    /// past it the message fails with its own code (the refusal concerns
+    /// that request, not the account).
+    pub max_pause_cycles: u32,
+    /// How long a pause keeps the consumer (holding what it received)
+    /// before cancelling it and handing its deliveries back.
+    pub pause_hold: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawJobs {
+    pub(super) max_deliveries: u32,
+    pub(super) requeue_delay: f64,
+    pub(super) on_account_error: AccountPolicy,
+    pub(super) probe_initial: f64,
+    pub(super) probe_max: f64,
+    pub(super) resume_window: f64,
+    pub(super) audio_retries: u32,
+    pub(super) min_seconds_per_word: f64,
+    pub(super) max_transfers: u32,
+    pub(super) max_pause_cycles: u32,
+    pub(super) pause_hold: f64,
+}
+
+impl RawJobs {
+    pub(super) fn validate(self) -> Result<JobSettings, ConfigError> {
+        if self.max_deliveries == 0 {
+            return Err(invalid("jobs.max_deliveries", "must be at least 1"));
+        }
+        if !(0.0..=10.0).contains(&self.min_seconds_per_word) {
+            return Err(invalid(
+                "jobs.min_seconds_per_word",
+                "must be between 0 and 10",
+            ));
+        }
+        let probe_initial = seconds("jobs.probe_initial", self.probe_initial)?;
+        let probe_max = seconds("jobs.probe_max", self.probe_max)?;
+        if probe_max < probe_initial {
+            return Err(invalid(
+                "jobs.probe_max",
+                "must not be smaller than jobs.probe_initial",
+            ));
+        }
+        let pause_hold = seconds("jobs.pause_hold", self.pause_hold)?;
+        if pause_hold > Duration::from_secs(20 * 60) {
+            return Err(invalid(
+                "jobs.pause_hold",
+                "must be at most 1200 s: RabbitMQ closes a channel holding a delivery past its consumer_timeout (30 min by default)",
+            ));
+        }
+        Ok(JobSettings {
+            max_deliveries: self.max_deliveries,
+            requeue_delay: Duration::try_from_secs_f64(self.requeue_delay)
+                .map_err(|e| invalid("jobs.requeue_delay", e.to_string()))?,
+            on_account_error: self.on_account_error,
+            probe_initial,
+            probe_max,
+            resume_window: seconds("jobs.resume_window", self.resume_window)?,
+            audio_retries: self.audio_retries,
+            min_seconds_per_word: self.min_seconds_per_word,
+            max_transfers: positive("jobs.max_transfers", self.max_transfers)?,
+            max_pause_cycles: positive("jobs.max_pause_cycles", self.max_pause_cycles)? as u32,
+            pause_hold,
+        })
+    }
+}

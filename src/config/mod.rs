@@ -1,0 +1,301 @@
+//! Layered configuration: the compiled-in `config/default.toml`, an optional
+//! file, then `TTS__SECTION__KEY` environment variables.
+//!
+//! Raw values are deserialized into `Raw*` structs (serde does what it can:
+//! enums, addresses, plain numbers) and then validated into [`Settings`],
+//! whose fields are already the types the rest of the crate wants
+//! (`Duration`, `Url`, `SocketAddr`, a secret key). Validation errors name the
+//! key. One file per section (`amqp`, `segmind`, `s3`, `jobs`, `telemetry`,
+//! each with its settings, raw form and validation); the small sections
+//! (`http`, `limits`, `shutdown`) and the loading live here. This module is at
+//! the bottom of the crate and imports none of it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use url::Url;
+
+mod amqp;
+mod jobs;
+mod s3;
+mod segmind;
+mod telemetry;
+
+pub use amqp::AmqpSettings;
+pub use jobs::{AccountPolicy, JobSettings};
+pub use s3::S3Settings;
+pub use segmind::{AmbiguousSubmits, PollSettings, RateScope, RetrySettings, SegmindSettings};
+pub use telemetry::{LogFormat, TelemetrySettings};
+
+use amqp::RawAmqp;
+use jobs::RawJobs;
+use s3::RawS3;
+use segmind::RawSegmind;
+use telemetry::{OtelEnv, RawTelemetry};
+
+const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("could not read configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key `{key}` {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+pub(super) fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+    }
+}
+
+/// Validated settings of every component.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub amqp: AmqpSettings,
+    pub segmind: SegmindSettings,
+    pub s3: S3Settings,
+    pub http: HttpSettings,
+    pub jobs: JobSettings,
+    pub limits: RequestLimits,
+    pub telemetry: TelemetrySettings,
+    pub shutdown: ShutdownSettings,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub addr: SocketAddr,
+}
+
+/// Limits applied to incoming requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestLimits {
+    pub max_text_chars: usize,
+    pub max_metadata_bytes: usize,
+    pub max_job_id_len: usize,
+    pub max_output_key_len: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_text_chars: 32_000,
+            max_metadata_bytes: 8_192,
+            max_job_id_len: 128,
+            max_output_key_len: 512,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ShutdownSettings {
+    pub grace_period: Duration,
+}
+
+// ---- raw, as deserialized ------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    amqp: RawAmqp,
+    segmind: RawSegmind,
+    s3: RawS3,
+    http: HttpSettings,
+    jobs: RawJobs,
+    limits: RequestLimits,
+    telemetry: RawTelemetry,
+    shutdown: RawShutdown,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShutdown {
+    grace_period: f64,
+}
+
+impl Settings {
+    /// Loads defaults, then `file`, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(file, &vars)
+    }
+
+    /// Like [`Settings::load`] with an explicit environment, so tests do not
+    /// have to mutate the process environment.
+    pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let tts_env: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("TTS__"))
+            .cloned()
+            .collect();
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let raw: RawSettings = builder
+            .add_source(
+                config::Environment::with_prefix("TTS")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .list_separator(",")
+                    .with_list_parse_key("segmind.content_blocked_patterns")
+                    .try_parsing(true)
+                    .source(Some(tts_env)),
+            )
+            .build()?
+            .try_deserialize()?;
+        let segmind_env_key = env
+            .iter()
+            .find(|(k, _)| k == "SEGMIND_API_KEY")
+            .map(|(_, v)| v.clone());
+        let otel_env = OtelEnv::from_env(env);
+        raw.validate(segmind_env_key, otel_env)
+    }
+
+    /// Valid but risky combinations, in plain words, for a log line at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        // RabbitMQ closes a channel whose delivery stays unacked longer than
+        // its consumer_timeout (30 minutes by default).
+        if self.segmind.job_deadline >= Duration::from_secs(25 * 60) {
+            out.push(format!(
+                "segmind.job_deadline is {:?}: close to RabbitMQ's default consumer_timeout (30 min); \
+                 a job that long would have its channel closed by the broker",
+                self.segmind.job_deadline
+            ));
+        }
+        if self.jobs.resume_window >= Duration::from_secs(3600) {
+            out.push(
+                "jobs.resume_window is 1 hour or more: Segmind drops results after 1 hour, \
+                 so such resumes find nothing (harmless, but a wasted call)"
+                    .into(),
+            );
+        }
+        if self.segmind.retry.max >= self.segmind.job_deadline {
+            out.push("segmind.retry_max is not below segmind.job_deadline: one backoff could use the whole job".into());
+        }
+        if self.jobs.max_deliveries == 1 {
+            out.push(
+                "jobs.max_deliveries is 1: a worker crash makes its jobs poison messages".into(),
+            );
+        }
+        out
+    }
+
+    /// Deliveries one process holds: `amqp.max_in_flight`, and under a rate
+    /// limit no more than a third of the account's calls per minute (at
+    /// least 2): about what one replica keeps in flight at the whole limit
+    /// with ~45 s jobs of 3 calls. A replica never holds jobs its budget
+    /// could not start soon, and a backlog stays in the queue for replicas
+    /// with budget.
+    pub fn prefetch(&self) -> u16 {
+        let cap = self
+            .segmind
+            .rate_limit_per_minute
+            .map_or(u32::MAX, |l| (l / 3).max(2));
+        self.amqp
+            .max_in_flight
+            .min(u16::try_from(cap).unwrap_or(u16::MAX))
+    }
+
+    /// The API key, or an error naming how to provide it.
+    pub fn require_api_key(&self) -> Result<&SecretString, ConfigError> {
+        self.segmind.api_key.as_ref().ok_or_else(|| {
+            invalid(
+                "segmind.api_key",
+                "is missing: set SEGMIND_API_KEY, TTS__SEGMIND__API_KEY or TTS__SEGMIND__API_KEY_FILE",
+            )
+        })
+    }
+}
+
+pub(super) fn seconds(key: &'static str, value: f64) -> Result<Duration, ConfigError> {
+    if !value.is_finite() || value <= 0.0 {
+        return Err(invalid(
+            key,
+            format!("must be a positive number of seconds, got {value}"),
+        ));
+    }
+    Duration::try_from_secs_f64(value).map_err(|e| invalid(key, e.to_string()))
+}
+
+pub(super) fn positive(key: &'static str, value: u32) -> Result<usize, ConfigError> {
+    if value == 0 {
+        return Err(invalid(key, "must be at least 1"));
+    }
+    Ok(value as usize)
+}
+
+pub(super) fn queue_name(key: &'static str, value: String) -> Result<String, ConfigError> {
+    if value.is_empty() || value.len() > 255 || value.starts_with("amq.") {
+        return Err(invalid(
+            key,
+            "must be 1 to 255 bytes and not start with `amq.` (reserved by the broker)",
+        ));
+    }
+    Ok(value)
+}
+
+pub(super) fn http_url(key: &'static str, value: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(value).map_err(|e| invalid(key, format!("is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(invalid(
+            key,
+            "must be an http:// or https:// URL with a host",
+        ));
+    }
+    Ok(url)
+}
+
+impl RawSettings {
+    fn validate(
+        self,
+        segmind_env_key: Option<String>,
+        otel_env: OtelEnv,
+    ) -> Result<Settings, ConfigError> {
+        Ok(Settings {
+            amqp: self.amqp.validate()?,
+            segmind: self.segmind.validate(segmind_env_key)?,
+            s3: self.s3.validate()?,
+            http: self.http,
+            jobs: self.jobs.validate()?,
+            limits: validate_limits(self.limits)?,
+            telemetry: self.telemetry.validate(otel_env)?,
+            shutdown: ShutdownSettings {
+                grace_period: seconds("shutdown.grace_period", self.shutdown.grace_period)?,
+            },
+        })
+    }
+}
+
+fn validate_limits(limits: RequestLimits) -> Result<RequestLimits, ConfigError> {
+    if limits.max_text_chars == 0 {
+        return Err(invalid("limits.max_text_chars", "must be positive"));
+    }
+    if !(8..=255).contains(&limits.max_job_id_len) {
+        return Err(invalid(
+            "limits.max_job_id_len",
+            "must be between 8 and 255",
+        ));
+    }
+    if !(16..=1024).contains(&limits.max_output_key_len) {
+        return Err(invalid(
+            "limits.max_output_key_len",
+            "must be between 16 and 1024 (S3 keys are at most 1024 bytes)",
+        ));
+    }
+    Ok(limits)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,226 @@
+//! `[segmind]`: the API, its polling, retries and rate budget.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use url::Url;
+
+use super::{ConfigError, http_url, invalid, positive, seconds};
+
+#[derive(Debug, Clone)]
+pub struct SegmindSettings {
+    pub base_url: Url,
+    pub model: String,
+    /// `None` is allowed for commands that do not call the API (`submit`).
+    pub api_key: Option<SecretString>,
+    pub request_timeout: Duration,
+    pub job_deadline: Duration,
+    pub poll: PollSettings,
+    pub retry: RetrySettings,
+    /// The account's calls per minute shared by the fleet; `None` = unlimited.
+    pub rate_limit_per_minute: Option<u32>,
+    /// Which calls that limit counts.
+    pub rate_limit_scope: RateScope,
+    /// API calls this process has open at once.
+    pub max_concurrent_calls: usize,
+    pub download_timeout: Duration,
+    pub max_audio_bytes: u64,
+    /// Lower-cased substrings that classify a FAILED error as a content block.
+    pub content_blocked_patterns: Vec<String>,
+    /// What to do when a submission's answer is lost after it was sent.
+    pub ambiguous_submits: AmbiguousSubmits,
+}
+
+/// What to do when a submission may have been accepted but its answer was
+/// lost (a timeout after the request was sent, a 502/504 from the gateway).
+/// The API has no idempotency key: retrying may pay twice; not retrying may
+/// leave a paid request unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AmbiguousSubmits {
+    /// Retry like any transient error (a second paid request is possible).
+    Retry,
+    /// Do not retry: the job fails as `submission_unconfirmed`.
+    Fail,
+}
+
+/// Which Segmind calls count against the account's rate limit; Segmind does
+/// not document it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateScope {
+    /// Every API call (submit, status, result): the safe assumption.
+    All,
+    /// Only submissions; polls and result fetches are not paced.
+    Submits,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PollSettings {
+    /// The latency a fresh process assumes before it has observed any job.
+    pub prior_latency: Duration,
+    pub prior_spread: Duration,
+    /// The mean time a finished job may wait before a poll sees it.
+    pub target_lag: Duration,
+    /// Longest wait between two polls of a job past what has been learned.
+    pub max_interval: Duration,
+    /// Status polls one delivery may spend before it is handed back.
+    pub max_polls: u32,
+    /// A fixed cadence instead of the learned schedule (for comparison).
+    pub fixed_interval: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RetrySettings {
+    pub base: Duration,
+    pub max: Duration,
+    /// Total attempts of one call, the first included.
+    pub attempts: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSegmind {
+    pub(super) base_url: String,
+    pub(super) model: String,
+    pub(super) api_key: Option<String>,
+    pub(super) api_key_file: Option<PathBuf>,
+    pub(super) request_timeout: f64,
+    pub(super) job_deadline: f64,
+    pub(super) poll_prior_latency: f64,
+    pub(super) poll_prior_spread: f64,
+    pub(super) poll_target_lag: f64,
+    pub(super) poll_max: f64,
+    pub(super) max_polls_per_job: u32,
+    pub(super) poll_fixed_interval: Option<f64>,
+    pub(super) rate_limit_per_minute: Option<u32>,
+    pub(super) rate_limit_scope: RateScope,
+    pub(super) max_concurrent_calls: u32,
+    pub(super) retry_base: f64,
+    pub(super) retry_max: f64,
+    pub(super) retry_attempts: u32,
+    pub(super) download_timeout: f64,
+    pub(super) max_audio_bytes: u64,
+    pub(super) content_blocked_patterns: Vec<String>,
+    pub(super) ambiguous_submits: AmbiguousSubmits,
+}
+
+impl RawSegmind {
+    pub(super) fn validate(self, env_key: Option<String>) -> Result<SegmindSettings, ConfigError> {
+        let base_url = http_url("segmind.base_url", &self.base_url)?;
+        if base_url.path() != "/" || base_url.query().is_some() {
+            return Err(invalid(
+                "segmind.base_url",
+                "must be an origin without path or query, e.g. https://api.segmind.com",
+            ));
+        }
+        let model_ok = !self.model.is_empty()
+            && self.model.len() <= 100
+            && self
+                .model
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !model_ok {
+            return Err(invalid(
+                "segmind.model",
+                "must be a model slug of letters, digits, '-', '.' and '_'",
+            ));
+        }
+        let api_key = match (self.api_key, self.api_key_file) {
+            (Some(key), _) if !key.trim().is_empty() => Some(key.trim().to_owned()),
+            (_, Some(path)) => {
+                let key = std::fs::read_to_string(&path).map_err(|e| {
+                    invalid(
+                        "segmind.api_key_file",
+                        format!("cannot be read ({}: {e})", path.display()),
+                    )
+                })?;
+                let key = key.trim().to_owned();
+                if key.is_empty() {
+                    return Err(invalid("segmind.api_key_file", "holds an empty key"));
+                }
+                Some(key)
+            }
+            _ => env_key
+                .map(|k| k.trim().to_owned())
+                .filter(|k| !k.is_empty()),
+        };
+        if let Some(key) = &api_key
+            && key.bytes().any(|b| !(0x21..0x7f).contains(&b))
+        {
+            return Err(invalid(
+                "segmind.api_key",
+                "must be printable ASCII without spaces",
+            ));
+        }
+        let poll = PollSettings {
+            prior_latency: seconds("segmind.poll_prior_latency", self.poll_prior_latency)?,
+            prior_spread: seconds("segmind.poll_prior_spread", self.poll_prior_spread)?,
+            target_lag: seconds("segmind.poll_target_lag", self.poll_target_lag)?,
+            max_interval: seconds("segmind.poll_max", self.poll_max)?,
+            max_polls: self.max_polls_per_job,
+            fixed_interval: self
+                .poll_fixed_interval
+                .map(|s| seconds("segmind.poll_fixed_interval", s))
+                .transpose()?,
+        };
+        if poll.max_polls == 0 {
+            return Err(invalid("segmind.max_polls_per_job", "must be at least 1"));
+        }
+        if poll.max_interval < poll.target_lag {
+            return Err(invalid(
+                "segmind.poll_max",
+                "must not be smaller than segmind.poll_target_lag",
+            ));
+        }
+        if self.rate_limit_per_minute == Some(0) {
+            return Err(invalid(
+                "segmind.rate_limit_per_minute",
+                "must be at least 1 (leave it unset for no limit)",
+            ));
+        }
+        let max_concurrent_calls =
+            positive("segmind.max_concurrent_calls", self.max_concurrent_calls)?;
+        let retry = RetrySettings {
+            base: seconds("segmind.retry_base", self.retry_base)?,
+            max: seconds("segmind.retry_max", self.retry_max)?,
+            attempts: self.retry_attempts,
+        };
+        if retry.attempts == 0 {
+            return Err(invalid("segmind.retry_attempts", "must be at least 1"));
+        }
+        let job_deadline = seconds("segmind.job_deadline", self.job_deadline)?;
+        if job_deadline <= poll.max_interval {
+            return Err(invalid(
+                "segmind.job_deadline",
+                "must be longer than segmind.poll_max",
+            ));
+        }
+        if self.max_audio_bytes == 0 {
+            return Err(invalid("segmind.max_audio_bytes", "must be positive"));
+        }
+        Ok(SegmindSettings {
+            base_url,
+            model: self.model,
+            api_key: api_key.map(SecretString::from),
+            request_timeout: seconds("segmind.request_timeout", self.request_timeout)?,
+            job_deadline,
+            poll,
+            retry,
+            rate_limit_per_minute: self.rate_limit_per_minute,
+            rate_limit_scope: self.rate_limit_scope,
+            max_concurrent_calls,
+            download_timeout: seconds("segmind.download_timeout", self.download_timeout)?,
+            max_audio_bytes: self.max_audio_bytes,
+            content_blocked_patterns: self
+                .content_blocked_patterns
+                .into_iter()
+                .map(|p| p.trim().to_lowercase())
+                .filter(|p| !p.is_empty())
+                .collect(),
+            ambiguous_submits: self.ambiguous_submits,
+        })
+    }
+}

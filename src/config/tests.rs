@@ -1,0 +1,291 @@
+use super::*;
+use secrecy::ExposeSecret;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn defaults_load_and_match_the_documented_contract() {
+    let s = Settings::load_from(None, &[]).expect("defaults are valid");
+    assert_eq!(
+        s.amqp.url.expose_secret(),
+        "amqp://guest:guest@127.0.0.1:5672/%2f"
+    );
+    assert_eq!(s.segmind.base_url.as_str(), "https://api.segmind.com/");
+    assert_eq!(s.segmind.model, "gemini-2.5-pro-tts");
+    assert_eq!(s.http.addr.to_string(), "0.0.0.0:9090");
+    assert_eq!(s.amqp.requests_queue, "tts.requests");
+    assert_eq!(s.amqp.events_queue.as_deref(), Some("tts.events"));
+    assert!(s.amqp.max_in_flight >= 1000, "thousands of ~45 s waits");
+    assert_eq!(s.prefetch(), s.amqp.max_in_flight, "no rate limit: no cap");
+    assert!(
+        s.segmind.poll.fixed_interval.is_none(),
+        "the learned schedule"
+    );
+    assert_eq!(s.segmind.rate_limit_per_minute, None);
+    assert!(s.segmind.api_key.is_none());
+    assert!(s.s3.endpoint.is_none());
+}
+
+#[test]
+fn environment_overrides_nested_keys() {
+    let s = Settings::load_from(
+        None,
+        &env(&[
+            ("TTS__AMQP__URL", "amqp://u:p@broker:5672/v"),
+            ("TTS__S3__BUCKET", "my-bucket"),
+            ("TTS__S3__ENDPOINT", "http://127.0.0.1:3900"),
+            ("TTS__S3__FORCE_PATH_STYLE", "true"),
+            ("TTS__AMQP__MAX_IN_FLIGHT", "64"),
+            ("TTS__SEGMIND__CONTENT_BLOCKED_PATTERNS", "Nope, unsafe"),
+        ]),
+    )
+    .expect("valid");
+    assert_eq!(s.amqp.url.expose_secret(), "amqp://u:p@broker:5672/v");
+    assert_eq!(s.s3.bucket, "my-bucket");
+    assert!(s.s3.force_path_style);
+    assert_eq!(s.amqp.max_in_flight, 64);
+    assert_eq!(s.segmind.content_blocked_patterns, vec!["nope", "unsafe"]);
+}
+
+#[test]
+fn api_key_precedence_is_config_then_file_then_segmind_env() {
+    let dir = std::env::temp_dir().join(format!("tts-cfg-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("key");
+    std::fs::write(&file, "from-file\n").unwrap();
+    let file_str = file.to_str().unwrap();
+
+    let only_env = Settings::load_from(None, &env(&[("SEGMIND_API_KEY", "from-env")])).unwrap();
+    assert_eq!(
+        only_env.require_api_key().unwrap().expose_secret(),
+        "from-env"
+    );
+
+    let file_wins = Settings::load_from(
+        None,
+        &env(&[
+            ("SEGMIND_API_KEY", "from-env"),
+            ("TTS__SEGMIND__API_KEY_FILE", file_str),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        file_wins.require_api_key().unwrap().expose_secret(),
+        "from-file"
+    );
+
+    let explicit = Settings::load_from(
+        None,
+        &env(&[
+            ("SEGMIND_API_KEY", "from-env"),
+            ("TTS__SEGMIND__API_KEY_FILE", file_str),
+            ("TTS__SEGMIND__API_KEY", "explicit"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        explicit.require_api_key().unwrap().expose_secret(),
+        "explicit"
+    );
+
+    let none = Settings::load_from(None, &[]).unwrap();
+    let err = none.require_api_key().unwrap_err().to_string();
+    assert!(
+        err.contains("segmind.api_key") && err.contains("SEGMIND_API_KEY"),
+        "{err}"
+    );
+}
+
+#[test]
+fn invalid_values_name_the_key() {
+    let cases = [
+        ("TTS__AMQP__URL", "http://nope", "amqp.url"),
+        ("TTS__SEGMIND__BASE_URL", "ftp://x", "segmind.base_url"),
+        (
+            "TTS__SEGMIND__BASE_URL",
+            "https://api.segmind.com/v2",
+            "segmind.base_url",
+        ),
+        ("TTS__S3__BUCKET", "Bad_Bucket", "s3.bucket"),
+        ("TTS__S3__PREFIX", "/abs/", "s3.prefix"),
+        (
+            "TTS__S3__OUTPUT_PREFIX",
+            "tts/producers/",
+            "s3.output_prefix",
+        ),
+        ("TTS__S3__OUTPUT_PREFIX", "../up/", "s3.output_prefix"),
+        ("TTS__JOBS__PAUSE_HOLD", "3600", "jobs.pause_hold"),
+        ("TTS__JOBS__MAX_PAUSE_CYCLES", "0", "jobs.max_pause_cycles"),
+        (
+            "TTS__SEGMIND__AMBIGUOUS_SUBMITS",
+            "maybe",
+            "segmind.ambiguous_submits",
+        ),
+        ("TTS__HTTP__ADDR", "localhost", "http.addr"),
+        ("TTS__AMQP__MAX_IN_FLIGHT", "0", "amqp.max_in_flight"),
+        ("TTS__SEGMIND__JOB_DEADLINE", "-1", "segmind.job_deadline"),
+        ("TTS__TELEMETRY__LOG_FORMAT", "xml", "telemetry.log_format"),
+        (
+            "TTS__JOBS__ON_ACCOUNT_ERROR",
+            "ignore",
+            "jobs.on_account_error",
+        ),
+        ("TTS__S3__OPERATION_TIMEOUT", "0", "s3.operation_timeout"),
+        ("TTS__LIMITS__MAX_JOB_ID_LEN", "4", "limits.max_job_id_len"),
+        (
+            "TTS__SEGMIND__API_KEY_FILE",
+            "/nonexistent/key",
+            "segmind.api_key_file",
+        ),
+        ("TTS__SEGMIND__MODEL", "../x", "segmind.model"),
+        (
+            "TTS__SEGMIND__RATE_LIMIT_PER_MINUTE",
+            "0",
+            "segmind.rate_limit_per_minute",
+        ),
+        (
+            "TTS__SEGMIND__RATE_LIMIT_SCOPE",
+            "polls",
+            "segmind.rate_limit_scope",
+        ),
+        (
+            "TTS__SEGMIND__MAX_POLLS_PER_JOB",
+            "0",
+            "segmind.max_polls_per_job",
+        ),
+        (
+            "TTS__SEGMIND__POLL_TARGET_LAG",
+            "0",
+            "segmind.poll_target_lag",
+        ),
+        ("TTS__SEGMIND__POLL_MAX", "0.5", "segmind.poll_max"),
+        ("TTS__JOBS__MAX_TRANSFERS", "0", "jobs.max_transfers"),
+        (
+            "TTS__S3__MAX_CONCURRENT_REQUESTS",
+            "0",
+            "s3.max_concurrent_requests",
+        ),
+    ];
+    for (var, value, key) in cases {
+        let err = Settings::load_from(None, &env(&[(var, value)]))
+            .expect_err(var)
+            .to_string();
+        assert!(err.contains(key), "{var}={value}: {err}");
+    }
+}
+
+#[test]
+fn under_a_rate_limit_a_replica_holds_about_what_its_budget_can_start() {
+    let pro =
+        Settings::load_from(None, &env(&[("TTS__SEGMIND__RATE_LIMIT_PER_MINUTE", "50")])).unwrap();
+    assert_eq!(pro.prefetch(), 16);
+    let free =
+        Settings::load_from(None, &env(&[("TTS__SEGMIND__RATE_LIMIT_PER_MINUTE", "5")])).unwrap();
+    assert_eq!(free.prefetch(), 2);
+    let small = Settings::load_from(
+        None,
+        &env(&[
+            ("TTS__SEGMIND__RATE_LIMIT_PER_MINUTE", "600"),
+            ("TTS__AMQP__MAX_IN_FLIGHT", "100"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(small.prefetch(), 100, "max_in_flight still bounds it");
+}
+
+#[test]
+fn amqp_url_errors_never_echo_the_password() {
+    let err = Settings::load_from(None, &env(&[("TTS__AMQP__URL", "http://u:hunter2@x")]))
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn risky_combinations_are_warned_about() {
+    assert!(
+        Settings::load_from(None, &[])
+            .unwrap()
+            .warnings()
+            .is_empty(),
+        "defaults are safe"
+    );
+    let s = Settings::load_from(
+        None,
+        &env(&[
+            ("TTS__SEGMIND__JOB_DEADLINE", "1800"),
+            ("TTS__JOBS__MAX_DELIVERIES", "1"),
+        ]),
+    )
+    .unwrap();
+    let w = s.warnings().join("\n");
+    assert!(
+        w.contains("consumer_timeout") && w.contains("poison"),
+        "{w}"
+    );
+}
+
+#[test]
+fn traces_go_where_the_standard_otel_variables_say() {
+    let endpoint = |pairs: &[(&str, &str)]| {
+        let mut vars = env(&[("SEGMIND_API_KEY", "k")]);
+        vars.extend(env(pairs));
+        Settings::load_from(None, &vars)
+            .unwrap()
+            .telemetry
+            .otlp_endpoint
+            .map(|u| u.to_string())
+    };
+    assert_eq!(endpoint(&[]), None, "nothing exported when unset");
+    assert_eq!(
+        endpoint(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")]).as_deref(),
+        Some("http://collector:4318/v1/traces")
+    );
+    assert_eq!(
+        endpoint(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://gw:80/otlp/")]).as_deref(),
+        Some("http://gw/otlp/v1/traces")
+    );
+    assert_eq!(
+        endpoint(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://traces:4318/custom"
+            ),
+        ])
+        .as_deref(),
+        Some("http://traces:4318/custom")
+    );
+    assert_eq!(
+        endpoint(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ]),
+        None
+    );
+    assert_eq!(
+        endpoint(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("TTS__TELEMETRY__OTLP_ENDPOINT", "http://mine:4318"),
+        ])
+        .as_deref(),
+        Some("http://mine:4318/v1/traces")
+    );
+}
+
+#[test]
+fn unknown_keys_in_a_file_are_rejected() {
+    let dir = std::env::temp_dir().join(format!("tts-cfg-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("c.toml");
+    std::fs::write(&file, "[amqp]\nprefech = 3\n").unwrap();
+    let err = Settings::load_from(Some(&file), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("prefech"), "{err}");
+}
