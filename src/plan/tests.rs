@@ -178,3 +178,12 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn clause_punctuation_carrying_a_combining_mark_is_not_cut_after() {
+    // ",\u{301}" is one grapheme cluster: the clause cut must not split it.
+    let text = "abcdef,\u{301}ghijk ".repeat(12);
+    let parts = plan(&text, 16, false);
+    assert!(parts.len() > 1);
+    assert_sound(&text, &parts, 16);
+}
