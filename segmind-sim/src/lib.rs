@@ -31,6 +31,9 @@
 //! submissions are accepted, and billed, and then answered with these codes,
 //! as a gateway that times out after the API took the request).
 
+mod config;
+mod gate;
+mod job;
 pub mod model;
 pub mod speech;
 pub mod voices;
@@ -44,137 +47,18 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use crate::voices::is_voice;
-
-/// How the simulator answers.
-#[derive(Debug, Clone)]
-pub struct SimConfig {
-    /// The only accepted `x-api-key`.
-    pub api_key: String,
-    /// Model slugs served (others answer 404).
-    pub models: Vec<String>,
-    /// Time a job spends QUEUED before PROCESSING.
-    pub queue_time: Duration,
-    /// Mean and spread of a job's latency: the half-width of a uniform
-    /// spread, or the standard deviation of a normal one (`latency_dist`).
-    pub latency_mean: Duration,
-    pub latency_spread: Duration,
-    pub latency_dist: LatencyDist,
-    /// Added to a job's latency per character of its text (0 = none).
-    pub latency_per_char: Duration,
-    /// How long finished results are kept before ids answer 404.
-    pub retention: Duration,
-    /// Calls per minute (a window opened by the first call) before 429;
-    /// `None` = unlimited. `rate_limit_scope` says which calls count.
-    pub rate_limit_per_minute: Option<u32>,
-    pub rate_limit_scope: RateScope,
-
-    /// Credit balance; `None` = unlimited. Each accepted submit costs `cost_per_job`.
-    pub credits: Option<f64>,
-    pub cost_per_job: f64,
-    /// Probability that any API call answers a random 500/502/504.
-    pub fault_rate: f64,
-    pub output_mode: OutputMode,
-    /// Return status/response URLs on a foreign origin (the worker must not follow them).
-    pub foreign_urls: bool,
-    /// Use espeak-ng for real speech when installed.
-    pub espeak: bool,
-    /// Time between accepting a submission and sending its answer.
-    pub submit_delay: Duration,
-    /// Base URL of the media host as clients reach it (behind a proxy or in
-    /// a container network); default `http://{media_addr}`.
-    pub media_public_url: Option<String>,
-    /// How long the audio is: a tone per word (default) or the realistic
-    /// model (length from characters and voice, cut at Gemini's cap).
-    pub speech: model::SpeechModel,
-    /// With the realistic model: probability that a job's audio is silently
-    /// truncated to 13–46 % (Gemini's `finishReason: OTHER`), still billed.
-    pub truncation_rate: f64,
-}
-
-/// The shape of the latency distribution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LatencyDist {
-    Uniform,
-    Normal,
-}
-
-/// Which calls the account's rate limit counts (Segmind does not say).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RateScope {
-    /// Only submissions.
-    Submits,
-    /// Every API call: submissions, status polls and result fetches.
-    AllCalls,
-}
-
-/// How the result's `output` carries the audio.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputMode {
-    Url,
-    DataUri,
-    Base64,
-}
-
-impl SimConfig {
-    /// Near the real service: ~43.5 s per job.
-    pub fn realistic(api_key: &str) -> Self {
-        SimConfig {
-            queue_time: Duration::from_millis(1500),
-            latency_mean: Duration::from_millis(42_000),
-            latency_spread: Duration::from_secs(8),
-            ..Self::fast(api_key)
-        }
-    }
-
-    /// For the demo: a few seconds per job.
-    pub fn demo(api_key: &str) -> Self {
-        SimConfig {
-            queue_time: Duration::from_millis(500),
-            latency_mean: Duration::from_secs(3),
-            latency_spread: Duration::from_secs(1),
-            rate_limit_per_minute: Some(50),
-            ..Self::fast(api_key)
-        }
-    }
-
-    /// For tests: sub-second jobs, no limits.
-    pub fn fast(api_key: &str) -> Self {
-        SimConfig {
-            api_key: api_key.to_owned(),
-            models: vec!["gemini-2.5-pro-tts".into()],
-            queue_time: Duration::from_millis(50),
-            latency_mean: Duration::from_millis(200),
-            latency_spread: Duration::from_millis(100),
-            latency_dist: LatencyDist::Uniform,
-            latency_per_char: Duration::ZERO,
-            retention: Duration::from_secs(3600),
-            rate_limit_per_minute: None,
-            rate_limit_scope: RateScope::Submits,
-
-            credits: None,
-            cost_per_job: 0.05,
-            fault_rate: 0.0,
-            output_mode: OutputMode::Url,
-            speech: model::SpeechModel::Words,
-            truncation_rate: 0.0,
-            foreign_urls: false,
-            espeak: speech::espeak_available(),
-            submit_delay: Duration::ZERO,
-            media_public_url: None,
-        }
-    }
-}
+pub use config::{LatencyDist, OutputMode, RateScope, SimConfig};
+use gate::{admit, api_json, gate, refuse_this_request, simulated_fault};
+use job::{Fate, SimJob, Sound, first_word, new_job, strip_markers, validate};
 
 /// Call counts of one request id.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -211,60 +95,17 @@ pub struct SimStats {
     pub requests: HashMap<String, RequestCounts>,
 }
 
-enum Fate {
-    Complete,
-    Fail(String),
-    Empty,
-    /// Success with only the first word of audio (Gemini's silent truncation).
-    Truncated,
-}
-
-struct SimJob {
-    text: String,
-    /// With the realistic model: the audio's length in seconds.
-    audio_seconds: Option<f64>,
-    /// Every status poll answers this (`[[sim:status-fault=N]]`).
-    status_fault: Option<u16>,
-    two_speakers: bool,
-    created: Instant,
-    queue_until: Instant,
-    done_at: Instant,
-    fate: Fate,
-}
-
-impl SimJob {
-    /// What a status poll at `now` reports. Pure, so the timing rules are
-    /// tested without a clock.
-    fn state(&self, now: Instant) -> &'static str {
-        if now < self.queue_until {
-            "QUEUED"
-        } else if now < self.done_at {
-            "PROCESSING"
-        } else if matches!(self.fate, Fate::Fail(_)) {
-            "FAILED"
-        } else {
-            "COMPLETED"
-        }
-    }
-
-    /// Whether the result is gone at `now`: it is kept `retention` after the
-    /// job finished (Segmind: 1 hour), then its id answers 404.
-    fn expired(&self, now: Instant, retention: Duration) -> bool {
-        now >= self.done_at + retention
-    }
-}
-
-struct Inner {
-    config: SimConfig,
-    api_base: String,
-    media_base: String,
-    jobs: HashMap<String, SimJob>,
-    injected: VecDeque<u16>,
-    accept_then: VecDeque<u16>,
-    media_injected: VecDeque<u16>,
-    window: (Instant, u32),
-    credits: Option<f64>,
-    stats: SimStats,
+pub(crate) struct Inner {
+    pub(crate) config: SimConfig,
+    pub(crate) api_base: String,
+    pub(crate) media_base: String,
+    pub(crate) jobs: HashMap<String, SimJob>,
+    pub(crate) injected: VecDeque<u16>,
+    pub(crate) accept_then: VecDeque<u16>,
+    pub(crate) media_injected: VecDeque<u16>,
+    pub(crate) window: (Instant, u32),
+    pub(crate) credits: Option<f64>,
+    pub(crate) stats: SimStats,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -375,303 +216,6 @@ pub async fn spawn(
         media_addr,
         shared,
     })
-}
-
-fn api_json(inner: &Inner, status: StatusCode, body: Value) -> Response {
-    let mut response = (status, axum::Json(body)).into_response();
-    if let Some(credits) = inner.credits
-        && let Ok(v) = HeaderValue::from_str(&format!("{credits:.4}"))
-    {
-        response.headers_mut().insert("x-remaining-credits", v);
-    }
-    response
-}
-
-/// Authentication, injected faults and random faults, common to API calls.
-fn gate(inner: &mut Inner, headers: &HeaderMap) -> Option<Response> {
-    let key_ok = headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|k| k == inner.config.api_key);
-    inner.stats.api_calls += 1;
-    if !key_ok {
-        inner.stats.unauthorized += 1;
-        return Some(api_json(
-            inner,
-            StatusCode::UNAUTHORIZED,
-            json!({"error": "Invalid or missing API key"}),
-        ));
-    }
-    if inner.config.rate_limit_scope == RateScope::AllCalls
-        && let Some(r) = over_limit(inner)
-    {
-        return Some(r);
-    }
-    let injected = inner.injected.pop_front().or_else(|| {
-        (inner.config.fault_rate > 0.0 && rand::rng().random_bool(inner.config.fault_rate.min(1.0)))
-            .then(|| [500, 502, 504][rand::rng().random_range(0..3)])
-    });
-    let code = injected?;
-    if code == 429 {
-        inner.stats.faults_injected += 1;
-        return Some(rate_limited(inner, Instant::now() + Duration::from_secs(1)));
-    }
-    Some(simulated_fault(inner, code, ""))
-}
-
-/// An injected fault's answer, counted.
-fn simulated_fault(inner: &mut Inner, code: u16, note: &str) -> Response {
-    inner.stats.faults_injected += 1;
-    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    api_json(
-        inner,
-        status,
-        json!({"error": format!("simulated {code}{note}")}),
-    )
-}
-
-fn rate_limited(inner: &mut Inner, reset: Instant) -> Response {
-    inner.stats.rate_limited += 1;
-    let wait = reset.saturating_duration_since(Instant::now());
-    let at = chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-    let mut r = api_json(
-        inner,
-        StatusCode::TOO_MANY_REQUESTS,
-        json!({"error": "Rate limit exceeded"}),
-    );
-    if let Ok(v) = HeaderValue::from_str(&at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)) {
-        r.headers_mut().insert("x-rate-limit-reset-at-utc", v);
-    }
-    r
-}
-
-/// The model's parameter rules; `Err` is the 400 message.
-fn validate(body: &Bytes, headers: &HeaderMap) -> Result<Submission, (StatusCode, String)> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.starts_with("application/json"));
-    if !is_json {
-        return Err((
-            StatusCode::NOT_ACCEPTABLE,
-            "Content-Type must be application/json".into(),
-        ));
-    }
-    let bad = |m: &str| Err((StatusCode::BAD_REQUEST, m.to_owned()));
-    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
-        return bad("Request body must be a JSON object");
-    };
-    let text = match obj.get("text") {
-        Some(Value::String(t)) if !t.trim().is_empty() => t.clone(),
-        _ => return bad("'text' is required and must be a non-empty string"),
-    };
-    match obj.get("temperature") {
-        None | Some(Value::Null) => {}
-        Some(Value::Number(n)) if n.as_f64().is_some_and(|t| (0.0..=2.0).contains(&t)) => {}
-        _ => return bad("'temperature' must be a number between 0 and 2"),
-    }
-    match obj.get("voice_1") {
-        None => {}
-        Some(Value::String(v)) if is_voice(v) => {}
-        _ => return bad("'voice_1' must be one of the supported voices"),
-    }
-    let two_speakers = match obj.get("voice_2") {
-        None | Some(Value::Null) => false,
-        Some(Value::String(v)) if is_voice(v) => true,
-        _ => return bad("'voice_2' must be null or one of the supported voices"),
-    };
-    let voice = obj
-        .get("voice_1")
-        .and_then(Value::as_str)
-        .unwrap_or("Kore")
-        .to_owned();
-    Ok(Submission {
-        text,
-        two_speakers,
-        voice,
-    })
-}
-
-/// What a valid submission asks for.
-struct Submission {
-    text: String,
-    two_speakers: bool,
-    voice: String,
-}
-
-/// Counts a call against the account's per-minute window; `Some` is the 429.
-fn over_limit(inner: &mut Inner) -> Option<Response> {
-    let limit = inner.config.rate_limit_per_minute?;
-    let now = Instant::now();
-    let window = Duration::from_secs(60);
-    if now.duration_since(inner.window.0) >= window {
-        inner.window = (now, 0);
-    }
-    if inner.window.1 >= limit {
-        let reset = inner.window.0 + window;
-        return Some(rate_limited(inner, reset));
-    }
-    inner.window.1 += 1;
-    None
-}
-
-/// Rate limit and credits of an accepted-looking submit.
-fn admit(inner: &mut Inner) -> Option<Response> {
-    if inner.config.rate_limit_scope == RateScope::Submits
-        && let Some(r) = over_limit(inner)
-    {
-        inner.stats.submits_rejected += 1;
-        return Some(r);
-    }
-    if let Some(credits) = inner.credits {
-        if credits < inner.config.cost_per_job {
-            inner.stats.submits_rejected += 1;
-            return Some(api_json(
-                inner,
-                StatusCode::NOT_ACCEPTABLE,
-                json!({"error": "Insufficient credits"}),
-            ));
-        }
-        inner.credits = Some(credits - inner.config.cost_per_job);
-    }
-    None
-}
-
-/// Refusals that concern one request, by marker: the account works for others.
-fn refuse_this_request(inner: &mut Inner, text: &str) -> Option<Response> {
-    let (status, message) = if text.contains("[[sim:forbidden]]") {
-        (
-            StatusCode::FORBIDDEN,
-            "Forbidden: this input is not permitted by the account's policy",
-        )
-    } else if text.contains("[[sim:expensive]]") {
-        (
-            StatusCode::NOT_ACCEPTABLE,
-            "Insufficient credits for this request",
-        )
-    } else {
-        return None;
-    };
-    inner.stats.submits_rejected += 1;
-    Some(api_json(inner, status, json!({"error": message})))
-}
-
-/// The status every poll of a job with `[[sim:status-fault=N]]` answers.
-fn marker_status_fault(text: &str) -> Option<u16> {
-    let start = text.find("[[sim:status-fault=")? + "[[sim:status-fault=".len();
-    let end = text[start..].find("]]")? + start;
-    text[start..end].parse().ok()
-}
-
-/// The share of the audio a `[[sim:truncate=F]]` job keeps.
-fn marker_truncate(text: &str) -> Option<f64> {
-    let start = text.find("[[sim:truncate=")? + "[[sim:truncate=".len();
-    let end = text[start..].find("]]")? + start;
-    text[start..end].parse().ok()
-}
-
-fn marker_latency(text: &str) -> Option<Duration> {
-    let start = text.find("[[sim:latency=")? + "[[sim:latency=".len();
-    let end = text[start..].find("]]")? + start;
-    text[start..end]
-        .parse::<f64>()
-        .ok()
-        .and_then(|s| Duration::try_from_secs_f64(s).ok())
-}
-
-fn strip_markers(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("[[sim:") {
-        out.push_str(&rest[..i]);
-        match rest[i..].find("]]") {
-            Some(j) => rest = &rest[i + j + 2..],
-            None => {
-                rest = "";
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-fn first_word(text: &str) -> String {
-    text.split_whitespace().next().unwrap_or("").to_owned()
-}
-
-fn new_job(config: &SimConfig, submission: Submission, first_of_its_text: bool) -> SimJob {
-    let Submission {
-        text,
-        two_speakers,
-        voice,
-    } = submission;
-    let now = Instant::now();
-    let latency = marker_latency(&text).unwrap_or_else(|| {
-        let mean = config.latency_mean.as_secs_f64()
-            + config.latency_per_char.as_secs_f64() * strip_markers(&text).chars().count() as f64;
-        let spread = config.latency_spread.as_secs_f64();
-        let mut rng = rand::rng();
-        let noise = match config.latency_dist {
-            LatencyDist::Uniform if spread > 0.0 => rng.random_range(-spread..=spread),
-            LatencyDist::Normal => {
-                // Box–Muller.
-                let (u1, u2): (f64, f64) = (rng.random_range(1e-12..1.0), rng.random());
-                spread * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-            }
-            LatencyDist::Uniform => 0.0,
-        };
-        Duration::from_secs_f64((mean + noise).max(0.05))
-    });
-    let fate = if text.contains("[[sim:rai]]") {
-        Fate::Fail(
-            "Content blocked: the input was flagged by RAI safety filters (PROHIBITED_CONTENT)"
-                .into(),
-        )
-    } else if text.contains("[[sim:fail]]") {
-        Fate::Fail(
-            "Inference failed: the model returned no candidates (finishReason: OTHER)".into(),
-        )
-    } else if text.contains("[[sim:empty]]") {
-        Fate::Empty
-    } else if text.contains("[[sim:truncated]]")
-        || (text.contains("[[sim:truncated-once]]") && first_of_its_text)
-    {
-        Fate::Truncated
-    } else {
-        Fate::Complete
-    };
-    let queue_until = now + config.queue_time.min(latency);
-    let spoken = strip_markers(&text);
-    let audio_seconds = match config.speech {
-        model::SpeechModel::Words => None,
-        model::SpeechModel::Realistic { cap } => {
-            let kept = marker_truncate(&text).unwrap_or_else(|| {
-                let mut rng = rand::rng();
-                if config.truncation_rate > 0.0 && rng.random_bool(config.truncation_rate.min(1.0))
-                {
-                    rng.random_range(0.13..=0.46)
-                } else {
-                    1.0
-                }
-            });
-            Some(model::audio_seconds(
-                spoken.chars().count(),
-                &voice,
-                cap,
-                kept,
-            ))
-        }
-    };
-    SimJob {
-        status_fault: marker_status_fault(&text),
-        audio_seconds,
-        text: spoken,
-        two_speakers,
-        created: now,
-        queue_until,
-        done_at: now + latency,
-        fate,
-    }
 }
 
 async fn submit_v2(
@@ -808,38 +352,6 @@ async fn submit_v1(
 
 fn wav_response(wav: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "audio/wav")], wav).into_response()
-}
-
-/// What a finished job's audio is made of.
-enum Sound {
-    Silent,
-    Text { text: String, two_speakers: bool },
-    Seconds { seconds: f64, two_speakers: bool },
-}
-
-impl SimJob {
-    /// The audio a COMPLETED job serves.
-    fn sound(&self) -> Sound {
-        match (&self.fate, self.audio_seconds) {
-            (Fate::Empty | Fate::Fail(_), _) => Sound::Silent,
-            (Fate::Truncated, None) => Sound::Text {
-                text: first_word(&self.text),
-                two_speakers: false,
-            },
-            (Fate::Truncated, Some(seconds)) => Sound::Seconds {
-                seconds: seconds * 0.3,
-                two_speakers: self.two_speakers,
-            },
-            (Fate::Complete, None) => Sound::Text {
-                text: self.text.clone(),
-                two_speakers: self.two_speakers,
-            },
-            (Fate::Complete, Some(seconds)) => Sound::Seconds {
-                seconds,
-                two_speakers: self.two_speakers,
-            },
-        }
-    }
 }
 
 async fn render_sound(sound: Sound, espeak: bool) -> Vec<u8> {
@@ -1044,64 +556,4 @@ async fn faults(
     inner.injected.extend(req.statuses);
     inner.accept_then.extend(req.accept_then);
     StatusCode::NO_CONTENT.into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn job_at(created: Instant, queued: u64, latency: u64, fate: Fate) -> SimJob {
-        SimJob {
-            text: "t".into(),
-            audio_seconds: None,
-            status_fault: None,
-            two_speakers: false,
-            created,
-            queue_until: created + Duration::from_millis(queued),
-            done_at: created + Duration::from_millis(latency),
-            fate,
-        }
-    }
-
-    #[test]
-    fn a_job_is_queued_then_processing_then_terminal() {
-        let t0 = Instant::now();
-        let ms = |n| t0 + Duration::from_millis(n);
-        let ok = job_at(t0, 100, 1_000, Fate::Complete);
-        assert_eq!(ok.state(t0), "QUEUED");
-        assert_eq!(ok.state(ms(99)), "QUEUED");
-        assert_eq!(ok.state(ms(100)), "PROCESSING");
-        assert_eq!(ok.state(ms(999)), "PROCESSING");
-        assert_eq!(ok.state(ms(1_000)), "COMPLETED");
-        let failed = job_at(t0, 100, 1_000, Fate::Fail("x".into()));
-        assert_eq!(failed.state(ms(500)), "PROCESSING");
-        assert_eq!(failed.state(ms(1_000)), "FAILED");
-    }
-
-    #[test]
-    fn results_expire_exactly_one_retention_after_the_job_finished() {
-        let t0 = Instant::now();
-        let job = job_at(t0, 10, 50, Fate::Complete);
-        let hour = Duration::from_secs(3600);
-        assert!(!job.expired(t0 + Duration::from_millis(50), hour));
-        assert!(!job.expired(t0 + Duration::from_millis(49) + hour, hour));
-        assert!(job.expired(t0 + Duration::from_millis(50) + hour, hour));
-        // Zero retention: gone the moment it is done.
-        assert!(job.expired(t0 + Duration::from_millis(50), Duration::ZERO));
-        assert!(!job.expired(t0 + Duration::from_millis(49), Duration::ZERO));
-    }
-
-    #[test]
-    fn markers_are_stripped_and_parsed() {
-        assert_eq!(strip_markers("Hi [[sim:rai]]there"), "Hi there");
-        assert_eq!(
-            marker_latency("x [[sim:latency=2.5]]"),
-            Some(Duration::from_millis(2500))
-        );
-        assert_eq!(marker_latency("x"), None);
-        assert_eq!(marker_status_fault("x [[sim:status-fault=502]]"), Some(502));
-        assert_eq!(marker_status_fault("x"), None);
-        assert_eq!(marker_truncate("x [[sim:truncate=0.25]]"), Some(0.25));
-        assert_eq!(strip_markers("x [[sim:truncate=0.25]]"), "x ");
-    }
 }
