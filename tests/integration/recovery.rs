@@ -227,7 +227,11 @@ async fn account_errors_pause_consumption_and_resume_when_fixed() {
         },
     )
     .await;
-    assert_eq!(app.ready().await, 503, "not ready while paused");
+    // The consume loop notices the pause a moment after the gate closes.
+    wait_for("not ready while paused", Duration::from_secs(5), || async {
+        app.ready().await == 503
+    })
+    .await;
     let early = app
         .get_from(app.events_queue(), Duration::from_millis(300))
         .await;

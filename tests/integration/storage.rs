@@ -54,12 +54,18 @@ async fn a_missing_bucket_pauses_consumption_until_it_exists() {
         || async { app.metric(paused).await == Some(1.0) },
     )
     .await;
-    assert_eq!(app.ready().await, 503, "not ready while paused");
-    assert_eq!(
-        app.metric("tts_handovers_total{reason=\"paused\"}").await,
-        Some(1.0),
-        "handed back uncounted, not failed"
-    );
+    // The consume loop notices the pause a moment after the gate closes.
+    wait_for("not ready while paused", Duration::from_secs(5), || async {
+        app.ready().await == 503
+    })
+    .await;
+    // The gate closes before the hand-over's copy is confirmed: wait for it.
+    wait_for(
+        "the job handed back uncounted, not failed",
+        Duration::from_secs(10),
+        || async { app.metric("tts_handovers_total{reason=\"paused\"}").await == Some(1.0) },
+    )
+    .await;
     assert_eq!(app.sim.stats().submits_accepted, 0, "nothing was paid for");
 
     // An operator creates the bucket: the bucket probe notices and the job runs.
