@@ -28,7 +28,7 @@ pub struct Consuming {
     /// Base of consumer tags; each consumer gets `{tag}.{n}`.
     pub tag: String,
     /// Consumers started on this channel so far.
-    pub started: std::sync::atomic::AtomicU32,
+    started: std::sync::atomic::AtomicU32,
 }
 
 impl Consuming {

@@ -285,14 +285,7 @@ impl Pipeline {
         if let Some(key) = &job.output_key {
             // Refused before anything is paid for.
             let key = self.keys.resolve(key)?;
-            if let Some(info) = Box::pin(self.storage.head(key.as_str())).await?
-                && info.job_id.as_deref() != Some(job.id.as_str())
-            {
-                return Err(JobError::KeyTaken {
-                    key: key.to_string(),
-                    owner: info.job_id.unwrap_or_default(),
-                });
-            }
+            Box::pin(self.check_owner(job, &key)).await?;
         }
         let mut resume = checkpoint.filter(|cp| self.checkpoints.resumable(cp, chrono::Utc::now()));
         let mut audio_retries_left = self.jobs.audio_retries;
@@ -418,57 +411,49 @@ impl Pipeline {
         audio: Audio,
         request_id: &str,
     ) -> Result<StoredAudio, JobError> {
-        let taken = |owner: Option<String>| JobError::KeyTaken {
-            key: key.to_string(),
-            owner: owner.unwrap_or_default(),
-        };
-        // A default key is the job's own by construction: an object there
-        // without a job id (tampered with, or written by hand) is replaced. A
-        // producer's key is another matter: only this job's object is.
-        let ours = |owner: &Option<String>| match owner.as_deref() {
-            Some(owner) => owner == job.id.as_str(),
-            None => job.output_key.is_none(),
-        };
-        let found = self.storage.head(key.as_str()).await?.map(|i| i.job_id);
-        match found {
-            Some(owner) if !ours(&owner) => return Err(taken(owner)),
-            Some(_) => {
-                return Ok(self
-                    .storage
-                    .put(key, audio, &job.id, request_id, false)
-                    .await?);
-            }
-            None => {}
-        }
+        let absent = self.check_owner(job, key).await?;
         // The `Bytes` clone shares the audio: it copies nothing.
         let again = audio.clone();
         match self
             .storage
-            .put(key, audio, &job.id, request_id, true)
+            .put(key, audio, &job.id, request_id, absent)
             .await
         {
             // A store without conditional writes that says so: the check
             // above is the guard.
-            Err(e) if e.not_implemented() => Ok(self
-                .storage
-                .put(key, again, &job.id, request_id, false)
-                .await?),
+            Err(e) if e.not_implemented() => {}
+            // Written since the check above: replaced only if it is ours.
             Err(e) if e.precondition_failed() => {
-                // Written by someone else since the check above.
-                let owner = self
-                    .storage
-                    .head(key.as_str())
-                    .await?
-                    .and_then(|i| i.job_id);
-                if !ours(&owner) {
-                    return Err(taken(owner));
-                }
-                Ok(self
-                    .storage
-                    .put(key, again, &job.id, request_id, false)
-                    .await?)
+                self.check_owner(job, key).await?;
             }
-            other => Ok(other?),
+            other => return Ok(other?),
+        }
+        Ok(self
+            .storage
+            .put(key, again, &job.id, request_id, false)
+            .await?)
+    }
+
+    /// Fails with [`JobError::KeyTaken`] when `key` holds an object that is
+    /// not this job's; returns whether the key is free. A default key is the
+    /// job's own by construction: an object there without a job id (tampered
+    /// with, or written by hand) is the job's to replace. A producer's key is
+    /// another matter: only an object with this job's id is.
+    async fn check_owner(&self, job: &TtsJob, key: &ObjectKey) -> Result<bool, JobError> {
+        let Some(info) = self.storage.head(key.as_str()).await? else {
+            return Ok(true);
+        };
+        let ours = match info.job_id.as_deref() {
+            Some(owner) => owner == job.id.as_str(),
+            None => job.output_key.is_none(),
+        };
+        if ours {
+            Ok(false)
+        } else {
+            Err(JobError::KeyTaken {
+                key: key.to_string(),
+                owner: info.job_id.unwrap_or_default(),
+            })
         }
     }
 
