@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The demo: brings up RabbitMQ, Garage, the Segmind simulator and a worker,
-# submits sample jobs (a narration, a two-speaker dialogue, a styled line and
-# one that is RAI-blocked), prints a summary and leaves WAV files to play in
-# demo-output/. Idempotent; installs what is missing.
+# submits sample jobs (a narration, a two-speaker dialogue, a styled line, a
+# long chapter cut into parts and stitched into one WAV with its timing marks,
+# and one that is RAI-blocked), prints a summary and leaves WAV files to play
+# in demo-output/. Idempotent; installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -43,7 +44,7 @@ target/debug/segmind-sim --listen 127.0.0.1:18090 --media-listen 127.0.0.1:18091
 target/debug/tts-worker run > "$RUN/worker.log" 2>&1 & echo $! > "$RUN/worker.pid"
 for _ in $(seq 1 60); do curl -fs http://127.0.0.1:19090/readyz >/dev/null 2>&1 && break; sleep 0.5; done
 curl -fs http://127.0.0.1:19090/readyz >/dev/null || { echo "[demo] the worker did not become ready:"; tail -20 "$RUN/worker.log"; exit 1; }
-echo "[demo] worker ready; submitting 4 jobs"
+echo "[demo] worker ready; submitting 5 jobs"
 
 submit() { # name, then submit args
   local name=$1; shift
@@ -60,26 +61,39 @@ submit cheerful --text "Say cheerfully: Your order has shipped and will arrive t
 pids+=($!)
 submit blocked --text "Something the safety filter refuses [[sim:rai]]" &
 pids+=($!)
+# A long text (≈ 8,000 characters, ≈ 9 minutes of speech): one job, cut into
+# parts of long_text.part_chars (3,000), synthesized in parallel, stitched.
+chapter=""
+for i in 1 2 3 4 5 6 7 8 9 10 11 12; do
+  chapter+="Chapter one, part $i. The keeper climbed the hundred steps of the lighthouse each evening, trimmed the wick, and polished the great lens until it shone. "
+  chapter+="From the gallery he could see the whole bay: the fishing boats turning for home, the gulls settling on the breakwater, the first lights of the village coming on one by one. "
+  chapter+="He wrote the names of the boats in his logbook, and the hour each one passed the point, as his father had done before him."$'\n\n'
+done
+submit chapter --style "Narrate calmly, like an audiobook" --text "$chapter" --voice-1 Charon &
+pids+=($!)
 wait "${pids[@]}" # not a bare wait: the simulator and worker run in the background too
 
 echo
 echo "================ demo summary ================"
-for name in narration dialogue cheerful blocked; do
+for name in narration dialogue cheerful chapter blocked; do
   printf '%-10s %s\n' "$name" "$(grep -E '^(completed|failed)' "$RUN/$name.out" || tail -1 "$RUN/$name.out")"
 done
 echo
 echo "events (CloudEvents 1.0, as published to tts.events and the reply queue):"
-for name in narration dialogue cheerful blocked; do
+for name in narration dialogue cheerful chapter blocked; do
   sed -n '/^{/,/^}/p' "$RUN/$name.out"
 done
 echo
 echo "audio files:"
-ls -l "$OUT"/*.wav 2>/dev/null || echo "  (none)"
+ls -l "$OUT"/*.wav "$OUT"/*.marks.json 2>/dev/null || echo "  (none)"
 echo
 echo "metrics (excerpt):"
 curl -fs http://127.0.0.1:19090/metrics | grep -E '^tts_(jobs_total|queue_depth|segmind_requests_total|inference_duration_seconds_(sum|count))' || true
 echo
 echo "Play them with e.g.: aplay $OUT/dialogue.wav   (or open them in any audio player)"
-completed=$(grep -l '^completed job' "$RUN"/narration.out "$RUN"/dialogue.out "$RUN"/cheerful.out | wc -l)
+completed=$(grep -l '^completed job' "$RUN"/narration.out "$RUN"/dialogue.out "$RUN"/cheerful.out "$RUN"/chapter.out | wc -l)
 blocked=$(grep -c '^failed job .*: content_blocked ' "$RUN/blocked.out" || true)
-if [ "$completed" -eq 3 ] && [ "$blocked" -eq 1 ]; then echo "[demo] OK: 3 completed, 1 content_blocked"; else echo "[demo] unexpected results; logs in $RUN/"; exit 1; fi
+parts=$(grep -oE '^  [0-9]+ parts' "$RUN/chapter.out" | grep -oE '[0-9]+' || echo 0)
+if [ "$completed" -eq 4 ] && [ "$blocked" -eq 1 ] && [ "$parts" -gt 1 ]; then
+  echo "[demo] OK: 4 completed (the chapter as one WAV of $parts parts, marks in $OUT/chapter.wav.marks.json), 1 content_blocked"
+else echo "[demo] unexpected results; logs in $RUN/"; exit 1; fi

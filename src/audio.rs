@@ -45,6 +45,20 @@ pub enum AudioError {
         "{seconds:.2} s of audio is implausibly short for {words} words (Gemini's silent truncation)"
     )]
     Implausible { seconds: f64, words: usize },
+    #[error("the audio is mostly silence ({voiced_percent:.0} % of it holds speech)")]
+    MostlySilence { voiced_percent: f64 },
+    #[error(
+        "{seconds:.1} s of speech for {chars} characters is {percent:.0} % of what the voice takes (Gemini's silent truncation)"
+    )]
+    Truncated {
+        seconds: f64,
+        chars: usize,
+        percent: f64,
+    },
+    #[error("a part served as {format} cannot be stitched (16-bit PCM WAV is)")]
+    NotStitchable { format: &'static str },
+    #[error("the parts differ in format ({first} and {other}); they cannot be stitched")]
+    MixedFormats { first: String, other: String },
     #[error(
         "the bytes are not a known audio format (content type {content_type:?}, starts with {head})"
     )]

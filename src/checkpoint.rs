@@ -107,11 +107,97 @@ pub fn fingerprint(speech: &Speech) -> String {
     hex::encode(h.finalize())
 }
 
+/// A long job's checkpoint, at `{s3.prefix}_checkpoints/{job_id}.parts.json`:
+/// one record per part of its plan, written as each part is submitted and
+/// as its audio is stored, so a redelivery resumes every part where it was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartsCheckpoint {
+    pub job_id: String,
+    pub fingerprint: String,
+    /// The part size the plan was made with: another size plans other
+    /// parts, whose records would not match.
+    pub part_chars: usize,
+    pub parts: Vec<PartRecord>,
+    /// Set once the stitched audio is in the bucket.
+    #[serde(default)]
+    pub stored: Option<StitchedRecord>,
+}
+
+/// Where one part is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartRecord {
+    /// The Segmind request of its latest submission.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    #[serde(default)]
+    pub submitted_at: Option<DateTime<Utc>>,
+    /// Submissions Segmind accepted for this part (each one paid).
+    #[serde(default)]
+    pub submissions: u32,
+    /// Set once its audio is stored as an intermediate object.
+    #[serde(default)]
+    pub audio: Option<PartAudio>,
+}
+
+/// A part's audio, stored as Segmind served it (a 16-bit PCM WAV), with
+/// where its speech is: `frames` frames from byte `data_offset` (the
+/// silence around them is left out of the stitched audio).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartAudio {
+    pub key: String,
+    /// The Segmind request it came from.
+    pub request_id: String,
+    pub data_offset: u64,
+    pub frames: u64,
+    pub sample_rate: u32,
+    pub channels: u16,
+    #[serde(default)]
+    pub inference_time_seconds: Option<f64>,
+    #[serde(default)]
+    pub cost: Option<f64>,
+}
+
+/// Where a long job's stitched audio and its marks went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StitchedRecord {
+    pub key: String,
+    pub sha256: String,
+    pub size_bytes: u64,
+    /// The object's ETag when it was written: it changes if the object is
+    /// replaced (a multipart object has no `sha256` metadata to compare).
+    #[serde(default)]
+    pub etag: Option<String>,
+    pub duration_seconds: f64,
+    pub marks_key: String,
+}
+
+impl PartsCheckpoint {
+    /// A fresh checkpoint for a plan of `parts` parts.
+    pub fn new(job_id: &JobId, speech: &Speech, part_chars: usize, parts: usize) -> Self {
+        PartsCheckpoint {
+            job_id: job_id.to_string(),
+            fingerprint: fingerprint(speech),
+            part_chars,
+            parts: vec![PartRecord::default(); parts],
+            stored: None,
+        }
+    }
+
+    /// Whether this checkpoint is for the same speech cut the same way.
+    pub fn matches(&self, speech: &Speech, part_chars: usize, parts: usize) -> bool {
+        self.fingerprint == fingerprint(speech)
+            && self.part_chars == part_chars
+            && self.parts.len() == parts
+    }
+}
+
 /// Reads and writes checkpoints.
 #[derive(Clone)]
 pub struct Checkpoints {
     storage: Storage,
     prefix: String,
+    /// Where long jobs' parts are kept until their job is settled.
+    parts_prefix: String,
     /// How long after submission a result can still be fetched (Segmind keeps
     /// results for 1 hour; this is kept below that).
     resume_window: Duration,
@@ -122,12 +208,23 @@ impl Checkpoints {
         Checkpoints {
             storage,
             prefix: format!("{s3_prefix}_checkpoints/"),
+            parts_prefix: format!("{s3_prefix}_parts/"),
             resume_window,
         }
     }
 
     pub fn key(&self, job_id: &JobId) -> String {
         format!("{}{job_id}.json", self.prefix)
+    }
+
+    /// Where a long job's checkpoint is.
+    pub fn parts_key(&self, job_id: &str) -> String {
+        format!("{}{job_id}.parts.json", self.prefix)
+    }
+
+    /// Where part `index` of a long job is stored until the job is settled.
+    pub fn part_audio_key(&self, job_id: &JobId, index: usize) -> String {
+        format!("{}{job_id}/{index:05}.wav", self.parts_prefix)
     }
 
     /// A known object beside the checkpoints (no job id starts with `.`).
@@ -191,12 +288,91 @@ impl Checkpoints {
     }
 
     pub async fn delete(&self, job_id: &JobId) -> Result<(), StorageError> {
+        self.delete_parts(job_id, false).await?;
         self.storage.delete(&self.key(job_id)).await
+    }
+
+    /// A long job's checkpoint if it is for the same speech cut the same way.
+    pub async fn load_parts(
+        &self,
+        job_id: &JobId,
+        speech: &Speech,
+        part_chars: usize,
+        parts: usize,
+    ) -> Result<Option<PartsCheckpoint>, StorageError> {
+        let Some(checkpoint) = self.read_parts(job_id).await? else {
+            return Ok(None);
+        };
+        if !checkpoint.matches(speech, part_chars, parts) {
+            tracing::warn!(
+                "job id reused for different speech or another part size; ignoring its checkpoint"
+            );
+            return Ok(None);
+        }
+        Ok(Some(checkpoint))
+    }
+
+    async fn read_parts(&self, job_id: &JobId) -> Result<Option<PartsCheckpoint>, StorageError> {
+        let Some(bytes) = self
+            .storage
+            .get_optional(&self.parts_key(job_id.as_str()))
+            .await?
+        else {
+            return Ok(None);
+        };
+        match serde_json::from_slice(&bytes) {
+            Ok(c) => Ok(Some(c)),
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring an unreadable checkpoint");
+                Ok(None)
+            }
+        }
+    }
+
+    pub async fn save_parts(&self, checkpoint: &PartsCheckpoint) -> Result<(), StorageError> {
+        // Serializing a struct of strings and numbers cannot fail.
+        let body = serde_json::to_vec(checkpoint).unwrap_or_default();
+        self.storage
+            .put_bytes(
+                &self.parts_key(&checkpoint.job_id),
+                body,
+                "application/json",
+            )
+            .await
+    }
+
+    /// Deletes a long job's intermediate parts, and its checkpoint too
+    /// unless `keep_checkpoint` (a completed job keeps it, to answer a
+    /// repeat from storage). Nothing to do for a job of one part.
+    pub async fn delete_parts(
+        &self,
+        job_id: &JobId,
+        keep_checkpoint: bool,
+    ) -> Result<(), StorageError> {
+        let Some(checkpoint) = self.read_parts(job_id).await? else {
+            return Ok(());
+        };
+        for part in &checkpoint.parts {
+            if let Some(audio) = &part.audio {
+                self.storage.delete(&audio.key).await?;
+            }
+        }
+        if !keep_checkpoint {
+            self.storage
+                .delete(&self.parts_key(job_id.as_str()))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Whether the checkpoint's Segmind result may still exist.
     pub fn resumable(&self, checkpoint: &Checkpoint, now: DateTime<Utc>) -> bool {
-        (now - checkpoint.submitted_at)
+        self.resumable_since(checkpoint.submitted_at, now)
+    }
+
+    /// Whether a result submitted at `submitted_at` may still exist.
+    pub fn resumable_since(&self, submitted_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        (now - submitted_at)
             .to_std()
             .is_ok_and(|age| age < self.resume_window)
     }

@@ -272,9 +272,17 @@ pub struct StoredAudio {
 pub struct Completed {
     pub job_id: JobId,
     pub audio: StoredAudio,
+    /// The Segmind request of a one-part job; a long job's first part's.
     pub request_id: String,
+    /// Every part's Segmind request, in the order of the text.
+    pub request_ids: Vec<String>,
+    /// Parts the text was cut into (1 for a short text).
+    pub parts: u32,
+    /// A long job's timing marks, beside the audio (`{key}.marks.json`).
+    pub marks_key: Option<String>,
     pub inference_time_seconds: Option<f64>,
-    /// Credits Segmind reported for the job (`metrics.cost`), when known.
+    /// Credits Segmind reported for the job (`metrics.cost`, summed over
+    /// the parts), when known.
     pub segmind_cost: Option<f64>,
     /// HTTP calls to Segmind this delivery made (retries included).
     pub segmind_calls: u32,

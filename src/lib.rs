@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod plan;
 pub mod quality;
 pub mod segmind;
+pub mod stitch;
 pub mod storage;
 pub mod submit;
 pub mod telemetry;

@@ -341,13 +341,15 @@ impl Storage {
         Ok(Some(StoredObject { bytes, sha256 }))
     }
 
-    /// Writes a small object (checkpoints).
+    /// Writes an object without metadata (checkpoints, marks, a long job's
+    /// parts); the bytes move into the request.
     pub async fn put_bytes(
         &self,
         key: &str,
-        bytes: Vec<u8>,
+        bytes: impl Into<bytes::Bytes>,
         content_type: &str,
     ) -> Result<(), StorageError> {
+        let bytes: bytes::Bytes = bytes.into();
         let _slot = self.slot().await;
         self.client
             .put_object()
@@ -396,11 +398,71 @@ impl Storage {
                     size_bytes: out.content_length().and_then(|n| u64::try_from(n).ok()),
                     sha256: get("sha256"),
                     job_id: get("job-id"),
+                    etag: out.e_tag().map(str::to_owned),
                 }))
             }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
             Err(e) => Err(storage_error("inspect", self.object(key), e)),
         }
+    }
+
+    /// Opens an object for reading as a stream; `None` when it does not
+    /// exist. The S3 slot is held until the stream is dropped.
+    pub async fn read_stream(&self, key: &str) -> Result<Option<ObjectStream>, StorageError> {
+        let slot = self.open_calls.clone().acquire_owned().await.ok();
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .boxed()
+            .await
+        {
+            Ok(out) => Ok(Some(ObjectStream {
+                body: out.body,
+                target: self.object(key),
+                _slot: slot,
+            })),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(storage_error("read", self.object(key), e)),
+        }
+    }
+
+    /// Starts writing `key` in parts (S3 multipart upload): for objects too
+    /// large to hold in memory. The object carries the job id (for the owner
+    /// check) and `metadata`; it appears only when [`MultipartUpload::complete`]
+    /// succeeds, and [`MultipartUpload::abort`] discards the parts.
+    pub async fn start_multipart(
+        &self,
+        key: &ObjectKey,
+        content_type: &str,
+        job_id: &JobId,
+        metadata: &[(&str, String)],
+    ) -> Result<MultipartUpload, StorageError> {
+        let mut request = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .content_type(content_type)
+            .metadata("job-id", job_id.as_str());
+        for (k, v) in metadata {
+            request = request.metadata(*k, v);
+        }
+        let _slot = self.slot().await;
+        let out = request
+            .send()
+            .boxed()
+            .await
+            .map_err(|e| storage_error("start an upload of", self.object(key.as_str()), e))?;
+        let upload_id = out.upload_id().unwrap_or_default().to_owned();
+        Ok(MultipartUpload {
+            storage: self.clone(),
+            key: key.to_string(),
+            upload_id,
+            parts: Vec::new(),
+        })
     }
 
     /// Checks the bucket exists and the credentials can reach it.
@@ -429,6 +491,126 @@ impl Storage {
     }
 }
 
+/// An object being read, chunk by chunk.
+pub struct ObjectStream {
+    body: ByteStream,
+    target: String,
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl ObjectStream {
+    /// The next chunk of the object; `None` at its end.
+    pub async fn next_chunk(&mut self) -> Result<Option<bytes::Bytes>, StorageError> {
+        self.body
+            .next()
+            .await
+            .transpose()
+            .map_err(|e| StorageError {
+                action: "read",
+                target: self.target.clone(),
+                kind: StorageFault::Unreachable,
+                detail: e.to_string(),
+                status: None,
+            })
+    }
+}
+
+/// An object being written in parts; every part but the last must be at
+/// least 5 MiB (S3's rule).
+pub struct MultipartUpload {
+    storage: Storage,
+    key: String,
+    upload_id: String,
+    parts: Vec<aws_sdk_s3::types::CompletedPart>,
+}
+
+/// S3's smallest part (but the last).
+pub const MIN_PART_BYTES: usize = 5 * 1024 * 1024;
+
+impl MultipartUpload {
+    /// Uploads the next part, moving its bytes into the request.
+    pub async fn upload_part(&mut self, bytes: Vec<u8>) -> Result<(), StorageError> {
+        let number = i32::try_from(self.parts.len() + 1).unwrap_or(i32::MAX);
+        let size = bytes.len();
+        let span = tracing::info_span!(
+            "s3.upload_part",
+            "otel.kind" = "client",
+            "rpc.system" = "aws-api",
+            "rpc.service" = "S3",
+            "rpc.method" = "UploadPart",
+            "aws.s3.bucket" = self.storage.bucket.as_str(),
+            "aws.s3.key" = self.key.as_str(),
+            "aws.s3.part_number" = number,
+            "http.request.body.size" = size,
+        );
+        let _slot = self.storage.slot().await;
+        let out = self
+            .storage
+            .client
+            .upload_part()
+            .bucket(&self.storage.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .part_number(number)
+            .body(ByteStream::from(bytes))
+            .send()
+            .boxed()
+            .instrument(span)
+            .await
+            .map_err(|e| storage_error("upload a part of", self.storage.object(&self.key), e))?;
+        self.parts.push(
+            aws_sdk_s3::types::CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_owned))
+                .build(),
+        );
+        Ok(())
+    }
+
+    /// Assembles the parts into the object; returns its ETag.
+    pub async fn complete(self) -> Result<Option<String>, StorageError> {
+        let _slot = self.storage.slot().await;
+        let out = self
+            .storage
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.storage.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .multipart_upload(
+                aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                    .set_parts(Some(self.parts.clone()))
+                    .build(),
+            )
+            .send()
+            .boxed()
+            .await
+            .map_err(|e| {
+                storage_error("complete the upload of", self.storage.object(&self.key), e)
+            })?;
+        Ok(out.e_tag().map(str::to_owned))
+    }
+
+    /// Discards the parts uploaded so far. A failure is only logged: the
+    /// bucket's lifecycle rule for incomplete uploads is the backstop.
+    pub async fn abort(self) {
+        let _slot = self.storage.slot().await;
+        if let Err(e) = self
+            .storage
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.storage.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .send()
+            .boxed()
+            .await
+        {
+            tracing::warn!(error = %DisplayErrorContext(&e), key = %self.key, "could not abort a multipart upload");
+        }
+    }
+}
+
 /// An object read back from storage.
 #[derive(Debug)]
 pub struct StoredObject {
@@ -443,4 +625,6 @@ pub struct ObjectInfo {
     pub size_bytes: Option<u64>,
     pub sha256: Option<String>,
     pub job_id: Option<String>,
+    /// Changes whenever the object is written again.
+    pub etag: Option<String>,
 }

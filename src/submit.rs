@@ -173,9 +173,26 @@ pub async fn run(settings: &Settings, args: SubmitArgs) -> anyhow::Result<bool> 
                     .map_or("?".into(), |d| format!("{d:.1}")),
                 &c.audio.sha256[..12.min(c.audio.sha256.len())],
             );
+            if c.parts > 1 {
+                println!(
+                    "  {} parts, Segmind requests {}",
+                    c.parts,
+                    c.segmind.request_ids.join(", ")
+                );
+            }
             if let Some(path) = &args.out {
                 save_audio(settings, &c.audio.key, &c.audio.sha256, path).await?;
                 println!("saved {}", path.display());
+                if let Some(marks) = &c.audio.marks_key {
+                    // The timing marks beside the audio: `{out}.marks.json`.
+                    let storage = Storage::new(&settings.s3).await;
+                    let object = storage.get(marks).await?;
+                    let mut marks_path = path.clone().into_os_string();
+                    marks_path.push(".marks.json");
+                    std::fs::write(&marks_path, &object.bytes)
+                        .with_context(|| format!("writing {marks_path:?}"))?;
+                    println!("saved {}", PathBuf::from(marks_path).display());
+                }
             }
             true
         }

@@ -699,3 +699,156 @@ async fn churn_sigterm_during_scale_in_hands_jobs_over_uncounted_and_unpaid() {
         logs.display()
     );
 }
+
+/// Reads a long job's checkpoint: (parts, parts with audio stored, parts
+/// submitted but not stored, stitched object recorded).
+async fn parts_state(storage: &Storage, key: &str) -> Option<(usize, usize, usize, bool)> {
+    let bytes = storage.get_optional(key).await.ok()??;
+    let cp: Value = serde_json::from_slice(&bytes).ok()?;
+    let parts = cp["parts"].as_array()?;
+    let stored = parts.iter().filter(|p| !p["audio"].is_null()).count();
+    let running = parts
+        .iter()
+        .filter(|p| p["audio"].is_null() && !p["request_id"].is_null())
+        .count();
+    Some((parts.len(), stored, running, !cp["stored"].is_null()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_text_sigkill_mid_parts_and_mid_stitch_pays_no_part_twice() {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let key = format!("sk-long-{}", uuid::Uuid::new_v4().simple());
+    let mut sim_config = segmind_sim::SimConfig::fast(&key);
+    // Parts of ≈ 200 s of audio (9.6 MB each), each ~2 s at Segmind: the
+    // stitch streams ≈ 80 MB, long enough to be caught in the middle.
+    sim_config.latency_mean = Duration::from_secs(2);
+    sim_config.latency_spread = Duration::from_millis(500);
+    sim_config.speech = segmind_sim::model::SpeechModel::Realistic {
+        cap: segmind_sim::model::OUTPUT_CAP,
+    };
+    sim_config.espeak = false;
+    let overrides = vec![
+        ("TTS__LONG_TEXT__PART_CHARS", "3000".into()),
+        ("TTS__LONG_TEXT__MAX_PARALLEL_PARTS", "3".into()),
+        ("TTS__SEGMIND__POLL_PRIOR_LATENCY", "2".into()),
+        ("TTS__SEGMIND__POLL_MAX", "0.5".into()),
+    ];
+    let Scenario {
+        mut chaos,
+        sim,
+        settings,
+        publisher,
+        logs,
+        _connection,
+    } = Chaos::start("long", &key, sim_config, overrides, 1).await;
+    let env = stack_env();
+    let storage = Storage::with_static_credentials(
+        &settings.s3,
+        &env_value(&env, "AWS_ACCESS_KEY_ID"),
+        &env_value(&env, "AWS_SECRET_ACCESS_KEY"),
+    );
+    let sentence = "The tide came in over the flats while the gulls argued about the light. ";
+    let text: String = (0..8)
+        .map(|i| format!("Section {i} opens. {}", sentence.repeat(40)))
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    let body = serde_json::json!({"text": text, "job_id": "long-1", "voice_1": "Kore"});
+    publisher
+        .publish(
+            "",
+            &settings.amqp.requests_queue,
+            body.to_string().as_bytes(),
+            BasicProperties::default().with_delivery_mode(2),
+            true,
+        )
+        .await
+        .expect("request confirmed");
+    let collector = tokio::spawn(collect_events(
+        settings.amqp.events_queue.clone().unwrap(),
+        1,
+    ));
+    let checkpoint = format!("{}_checkpoints/long-1.parts.json", settings.s3.prefix);
+
+    // Kill 1: some parts stored, some running at Segmind.
+    let mut mid_parts = None;
+    let give_up = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < give_up {
+        if let Some(s @ (_, stored, running, _)) = parts_state(&storage, &checkpoint).await
+            && stored >= 1
+            && running >= 1
+        {
+            let _ = chaos.workers[0].start_kill();
+            let _ = chaos.workers[0].wait().await;
+            mid_parts = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("[long] SIGKILL mid-parts at {mid_parts:?} (parts, stored, running, stitched)");
+    chaos.workers[0] = chaos.spawn_worker();
+
+    // Kill 2: every part stored, the stitched object not yet recorded.
+    let mut mid_stitch = None;
+    let give_up = Instant::now() + Duration::from_secs(180);
+    while Instant::now() < give_up {
+        if let Some(s @ (parts, stored, _, stitched)) = parts_state(&storage, &checkpoint).await
+            && stored == parts
+        {
+            if !stitched {
+                let _ = chaos.workers[0].start_kill();
+                let _ = chaos.workers[0].wait().await;
+                mid_stitch = Some(s);
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("[long] SIGKILL mid-stitch at {mid_stitch:?}");
+    chaos.workers[0] = chaos.spawn_worker();
+
+    let seen = collector.await.unwrap();
+    let stats = sim.stats();
+    let log_text = chaos.worker_logs();
+    let report = format!(
+        "[long] {:.0} s: kills mid-parts {mid_parts:?}, mid-stitch {mid_stitch:?}; {} submissions, \
+         {} part resumes; paid twice {:?}",
+        started.elapsed().as_secs_f64(),
+        stats.submits_accepted,
+        log_text
+            .matches("resuming the part's Segmind request")
+            .count(),
+        stats.submits_by_text.values().filter(|n| **n > 1).count(),
+    );
+    eprintln!("{report}");
+    std::fs::write(logs.join("report.txt"), &report).unwrap();
+    chaos.teardown(&settings).await;
+
+    assert!(
+        mid_parts.is_some(),
+        "never caught the job between its parts"
+    );
+    assert!(mid_stitch.is_some(), "never caught the job while stitching");
+    let mut lost = Vec::new();
+    let mut conflicting = Vec::new();
+    let events = events_of(&seen, "long-1", &mut lost, &mut conflicting).expect("an event");
+    assert!(conflicting.is_empty(), "two different terminal events");
+    let EventData::Completed(done) = &events[0].1 else {
+        panic!("the long job failed: {:?}", events[0].1);
+    };
+    let parts = mid_parts.unwrap().0;
+    assert_eq!(done.parts as usize, parts);
+    assert_eq!(
+        stats.submits_accepted, parts as u64,
+        "each part paid once: {:?}",
+        stats.submits_by_text
+    );
+    assert!(stats.submits_by_text.values().all(|n| *n == 1));
+    // The stitched object is whole and is what the event says.
+    let object = storage.get(&done.audio.key).await.expect("stored");
+    assert_eq!(object.bytes.len() as u64, done.audio.size_bytes);
+    assert_eq!(
+        hex::encode(Sha256::digest(&object.bytes)),
+        done.audio.sha256
+    );
+}

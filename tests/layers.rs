@@ -22,6 +22,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("plan", 2),
     ("quality", 2),
     ("wire", 3),
+    ("stitch", 3),
     // Adapters.
     ("segmind", 4),
     ("storage", 4),

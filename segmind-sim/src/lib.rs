@@ -69,6 +69,10 @@ pub struct RequestCounts {
     /// Milliseconds from the job finishing to the first status poll that
     /// reported it finished: the client's polling lag.
     pub lag_ms: Option<u64>,
+    /// Milliseconds from its submission to its end: how long Segmind
+    /// worked on it.
+    #[serde(default)]
+    pub latency_ms: Option<u64>,
 }
 
 /// Call counts of the whole simulator.
@@ -270,6 +274,13 @@ fn accept_v2(shared: &Shared, model: String, headers: HeaderMap, body: Bytes) ->
         .unwrap_or(0);
     let job = new_job(&inner.config, submission, earlier == 0);
     *inner.stats.submits_by_text.entry(text_key).or_default() += 1;
+    let latency = job.done_at.duration_since(job.created);
+    inner
+        .stats
+        .requests
+        .entry(id.clone())
+        .or_default()
+        .latency_ms = Some(latency.as_millis() as u64);
     inner.jobs.insert(id.clone(), job);
     let now = Instant::now();
     let in_progress = inner.jobs.values().filter(|j| j.done_at > now).count() as u64;

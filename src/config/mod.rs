@@ -63,9 +63,25 @@ pub struct Settings {
     pub http: HttpSettings,
     pub jobs: JobSettings,
     pub limits: RequestLimits,
+    pub long_text: LongTextSettings,
     pub telemetry: TelemetrySettings,
     pub shutdown: ShutdownSettings,
 }
+
+/// How a long text is cut and synthesized.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LongTextSettings {
+    /// Most characters in one part (one Segmind call).
+    pub part_chars: usize,
+    /// Parts of one job at Segmind at once.
+    pub max_parallel_parts: usize,
+}
+
+/// Bounds of `long_text.part_chars`: below, a part is a phrase and its
+/// prosody suffers; above, a slow voice nears Gemini's ≈ 512 s output cap
+/// (7,000 characters at 14 a second is 500 s).
+pub const PART_CHARS_RANGE: std::ops::RangeInclusive<usize> = 200..=7_000;
 
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,7 +102,7 @@ pub struct RequestLimits {
 impl Default for RequestLimits {
     fn default() -> Self {
         Self {
-            max_text_chars: 32_000,
+            max_text_chars: 200_000,
             max_metadata_bytes: 8_192,
             max_job_id_len: 128,
             max_output_key_len: 512,
@@ -110,6 +126,7 @@ struct RawSettings {
     http: HttpSettings,
     jobs: RawJobs,
     limits: RequestLimits,
+    long_text: LongTextSettings,
     telemetry: RawTelemetry,
     shutdown: RawShutdown,
 }
@@ -270,12 +287,33 @@ impl RawSettings {
             http: self.http,
             jobs: self.jobs.validate()?,
             limits: validate_limits(self.limits)?,
+            long_text: validate_long_text(self.long_text)?,
             telemetry: self.telemetry.validate(otel_env)?,
             shutdown: ShutdownSettings {
                 grace_period: seconds("shutdown.grace_period", self.shutdown.grace_period)?,
             },
         })
     }
+}
+
+fn validate_long_text(long: LongTextSettings) -> Result<LongTextSettings, ConfigError> {
+    if !PART_CHARS_RANGE.contains(&long.part_chars) {
+        return Err(invalid(
+            "long_text.part_chars",
+            format!(
+                "must be between {} and {} (one Gemini call speaks at most ≈ 512 s)",
+                PART_CHARS_RANGE.start(),
+                PART_CHARS_RANGE.end()
+            ),
+        ));
+    }
+    if !(1..=64).contains(&long.max_parallel_parts) {
+        return Err(invalid(
+            "long_text.max_parallel_parts",
+            "must be between 1 and 64",
+        ));
+    }
+    Ok(long)
 }
 
 fn validate_limits(limits: RequestLimits) -> Result<RequestLimits, ConfigError> {

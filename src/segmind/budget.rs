@@ -41,8 +41,13 @@ use crate::metrics::Metrics;
 pub enum Priority {
     /// A poll or result fetch of a submitted (paid) job.
     Paid,
-    /// A new submission.
+    /// A new job's submission.
     New,
+    /// A further part of a long job already started: it takes a free slot
+    /// like a new submission, but does not count as a job waiting to start
+    /// (else a long job, which always has a part waiting, would keep every
+    /// new job in the queue until its last part is submitted).
+    Part,
 }
 
 /// The replica's pacing of API calls against the account's limit.
@@ -138,9 +143,11 @@ impl RateBudget {
                 };
                 tokio::time::sleep_until(slot).await;
             }
-            Priority::New => {
-                self.state().new_waiting += 1;
-                let _waiting = NewWaiting(self);
+            Priority::New | Priority::Part => {
+                let _waiting = (priority == Priority::New).then(|| {
+                    self.state().new_waiting += 1;
+                    NewWaiting(self)
+                });
                 loop {
                     let wait = {
                         let mut s = self.state();
@@ -403,6 +410,32 @@ mod tests {
             "{} distinct wake times of 20",
             wakes.len()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_jobs_waiting_part_does_not_hold_back_new_jobs_but_a_new_job_does() {
+        let b = std::sync::Arc::new(budget(6)); // one call per 10 s
+        b.acquire(Priority::New).await; // the slot of t = 0
+        let part = {
+            let b = b.clone();
+            tokio::spawn(async move { b.acquire(Priority::Part).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!part.is_finished(), "the part waits for its slot");
+        assert_eq!(
+            b.intake_delay(),
+            None,
+            "a new job is taken while only a part waits"
+        );
+        let new = {
+            let b = b.clone();
+            tokio::spawn(async move { b.acquire(Priority::New).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(b.intake_delay().is_some(), "not while a new job waits");
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert!(part.is_finished() && new.is_finished());
+        assert_eq!(b.intake_delay(), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -131,19 +131,45 @@ impl SegmindClient {
     }
 
     /// Submits `speech`; `calls` counts the HTTP calls, retries included.
-    pub async fn submit(
+    /// (A plain fn returning the future: no wrapper state is added to what
+    /// a job queued for a slot holds.)
+    pub fn submit<'a>(
+        &'a self,
+        speech: &'a Speech,
+        deadline: Instant,
+        calls: &'a mut u32,
+    ) -> impl Future<Output = Result<Submitted, SegmindError>> + Send + 'a {
+        self.submit_as(Priority::New, speech, deadline, calls)
+    }
+
+    /// Submits a further part of a long job: paced like a new submission,
+    /// but not holding back the intake of new jobs (see [`Priority::Part`]).
+    pub fn submit_part<'a>(
+        &'a self,
+        speech: &'a Speech,
+        deadline: Instant,
+        calls: &'a mut u32,
+    ) -> impl Future<Output = Result<Submitted, SegmindError>> + Send + 'a {
+        self.submit_as(Priority::Part, speech, deadline, calls)
+    }
+
+    async fn submit_as(
         &self,
+        priority: Priority,
         speech: &Speech,
         deadline: Instant,
         calls: &mut u32,
     ) -> Result<Submitted, SegmindError> {
         let started = Instant::now();
-        tokio::time::timeout_at(deadline, self.submit_call(speech, deadline, calls))
-            .await
-            .map_err(|_| SegmindError::Deadline {
-                request_id: None,
-                waited: started.elapsed(),
-            })?
+        tokio::time::timeout_at(
+            deadline,
+            self.submit_call(priority, speech, deadline, calls),
+        )
+        .await
+        .map_err(|_| SegmindError::Deadline {
+            request_id: None,
+            waited: started.elapsed(),
+        })?
     }
 
     /// Follows a request submitted earlier (by this or another worker).
@@ -268,7 +294,7 @@ impl SegmindClient {
             }
         };
         let (status, headers, body) = self
-            .send_api(call, request)
+            .send_api(call, Priority::New, request)
             .await
             .map_err(|e| e.to_string())?;
         if call == Call::Submit && status.is_success() {
@@ -368,13 +394,15 @@ impl SegmindClient {
     }
 
     /// Sends an API request with the key and records its status.
+    /// `submit_priority` is the budget priority of a submission.
     async fn send_api(
         &self,
         call: Call,
+        submit_priority: Priority,
         request: reqwest::RequestBuilder,
     ) -> Result<(StatusCode, HeaderMap, Bytes), SegmindError> {
         match (call, self.rate_scope) {
-            (Call::Submit, _) => self.budget.acquire(Priority::New).await,
+            (Call::Submit, _) => self.budget.acquire(submit_priority).await,
             (_, RateScope::All) => self.budget.acquire(Priority::Paid).await,
             (_, RateScope::Submits) => {}
         }
@@ -450,6 +478,7 @@ impl SegmindClient {
 
     async fn submit_call(
         &self,
+        priority: Priority,
         speech: &Speech,
         deadline: Instant,
         calls: &mut u32,
@@ -464,7 +493,7 @@ impl SegmindClient {
         self.retrying(Call::Submit, deadline, calls, || async {
             let request = self.api.post(self.submit_url.clone()).json(&body);
             let answer = async {
-                let (status, headers, bytes) = self.send_api(Call::Submit, request).await?;
+                let (status, headers, bytes) = self.send_api(Call::Submit, priority, request).await?;
                 if !status.is_success() {
                     return Err(status_error(Call::Submit, status, &headers, &bytes));
                 }
@@ -492,14 +521,14 @@ impl SegmindClient {
     /// One status poll: `Ok(true)` when COMPLETED, `Ok(false)` while pending.
     async fn poll_status(&self, job: &Submitted) -> Result<bool, SegmindError> {
         let request = self.api.get(job.status_url.clone());
-        let (status, headers, bytes) = self.send_api(Call::Status, request).await?;
+        let (status, headers, bytes) = self.send_api(Call::Status, Priority::Paid, request).await?;
         interpret_status(&job.request_id, status, &headers, &bytes)
     }
 
     /// Fetches the result of a COMPLETED job: its `output` and inference time.
     async fn fetch_result(&self, job: &Submitted) -> Result<(Value, ResultMetrics), SegmindError> {
         let request = self.api.get(job.response_url.clone());
-        let (status, headers, bytes) = self.send_api(Call::Result, request).await?;
+        let (status, headers, bytes) = self.send_api(Call::Result, Priority::Paid, request).await?;
         interpret_result(&job.request_id, status, &headers, &bytes)
     }
 

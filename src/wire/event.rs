@@ -45,14 +45,24 @@ pub struct AudioData {
     pub sha256: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_seconds: Option<f64>,
+    /// A long job's timing marks: a JSON object beside the audio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marks_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marks_uri: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SegmindData {
+    /// The request of a one-part job; a long job's first part's.
     pub request_id: String,
+    /// Every part's request, in the order of the text.
+    #[serde(default)]
+    pub request_ids: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inference_time_seconds: Option<f64>,
-    /// Credits the job cost (`metrics.cost` of its result), when reported.
+    /// Credits the job cost (`metrics.cost` of its results, summed over the
+    /// parts), when reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<f64>,
     /// HTTP calls to Segmind the completing delivery made (0 when the audio
@@ -75,6 +85,10 @@ pub struct ErrorData {
 pub struct CompletedData {
     pub job_id: String,
     pub audio: AudioData,
+    /// Parts the text was cut into, each one Segmind request (1 for a
+    /// short text).
+    #[serde(default = "one")]
+    pub parts: u32,
     pub segmind: SegmindData,
     pub attempts: u32,
     #[serde(default)]
@@ -83,6 +97,10 @@ pub struct CompletedData {
     /// (a repeated or redelivered job).
     #[serde(default)]
     pub served_from_storage: bool,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// `data` of a `tts.job.failed` event.
@@ -105,7 +123,7 @@ pub struct SegmindRef {
 /// Either kind of event `data`, for consumers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventData {
-    Completed(CompletedData),
+    Completed(Box<CompletedData>),
     Failed(FailedData),
 }
 
@@ -166,9 +184,16 @@ pub fn encode_event(
                     size_bytes: c.audio.size_bytes,
                     sha256: c.audio.sha256.clone(),
                     duration_seconds: c.audio.duration_seconds,
+                    marks_uri: c
+                        .marks_key
+                        .as_ref()
+                        .map(|k| format!("s3://{}/{k}", c.audio.bucket)),
+                    marks_key: c.marks_key.clone(),
                 },
+                parts: c.parts,
                 segmind: SegmindData {
                     request_id: c.request_id.clone(),
+                    request_ids: c.request_ids.clone(),
                     inference_time_seconds: c.inference_time_seconds,
                     cost: c.segmind_cost,
                     calls: c.segmind_calls,
@@ -239,7 +264,7 @@ pub fn decode_event(body: &[u8]) -> Result<CloudEvent<EventData>, serde_json::Er
     let mut raw: CloudEvent<Value> = serde_json::from_slice(body)?;
     let data = std::mem::take(&mut raw.data);
     let data = match raw.kind.as_str() {
-        COMPLETED_TYPE => EventData::Completed(serde_json::from_value(data)?),
+        COMPLETED_TYPE => EventData::Completed(Box::new(serde_json::from_value(data)?)),
         _ => EventData::Failed(serde_json::from_value(data)?),
     };
     Ok(raw.with_data(data))
@@ -264,6 +289,9 @@ mod tests {
                 duration_seconds: Some(1.5),
             },
             request_id: "r-1".into(),
+            request_ids: vec!["r-1".into()],
+            parts: 1,
+            marks_key: None,
             inference_time_seconds: Some(40.0),
             segmind_cost: Some(0.05),
             segmind_calls: 4,
@@ -316,6 +344,9 @@ mod tests {
         assert_eq!(v["data"]["segmind"]["inference_time_seconds"], 40.0);
         assert_eq!(v["data"]["segmind"]["cost"], 0.05);
         assert_eq!(v["data"]["segmind"]["calls"], 4);
+        assert_eq!(v["data"]["segmind"]["request_ids"], json!(["r-1"]));
+        assert_eq!(v["data"]["parts"], 1);
+        assert!(v["data"]["audio"].get("marks_key").is_none());
         assert_eq!(v["data"]["metadata"]["t"], "x");
         let back = decode_event(&e.body).unwrap();
         assert!(matches!(back.data, EventData::Completed(c) if c.audio.sha256 == "ab"));

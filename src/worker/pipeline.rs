@@ -14,15 +14,18 @@ use tokio::sync::{Semaphore, SemaphorePermit, watch};
 
 use tracing::{Instrument, Span, info, warn};
 
+mod parts;
+
 use super::pause::{PauseGate, PauseReason, probe};
 use crate::audio::{self, Audio, AudioError};
-use crate::checkpoint::{self, Checkpoint, Checkpoints, StoredRecord};
-use crate::config::{AccountPolicy, JobSettings, Settings};
+use crate::checkpoint::{self, Checkpoint, Checkpoints, PartsCheckpoint, StoredRecord};
+use crate::config::{AccountPolicy, JobSettings, LongTextSettings, Settings};
 use crate::failure::{self, AsFault, Attempt, Class, Disposition, ErrorCode, Fault, Limits};
 use crate::job::{
     Completed, Failed, ForbiddenKey, KeyPolicy, ObjectKey, Outcome, StoredAudio, TtsJob,
 };
 use crate::metrics::Metrics;
+use crate::quality::SpeakingRate;
 use crate::segmind::{SegmindClient, SegmindError, Submitted, Synthesis};
 use crate::storage::{Storage, StorageError};
 
@@ -130,6 +133,11 @@ pub struct Pipeline {
     /// Slots of the heavy phase (result, download, checks, upload): the only
     /// part of a job that holds audio.
     pub transfers: Semaphore,
+    /// How long texts are cut and synthesized.
+    pub long_text: LongTextSettings,
+    /// Each voice's speaking rate, learned from delivered parts: the
+    /// quality gate of a long text's parts.
+    pub speaking_rate: SpeakingRate,
     /// Set once on shutdown: waiting jobs hand their deliveries over.
     handover: watch::Sender<bool>,
 }
@@ -160,6 +168,8 @@ impl Pipeline {
             job_deadline: settings.segmind.job_deadline,
             block_patterns: settings.segmind.content_blocked_patterns.clone(),
             transfers: Semaphore::new(settings.jobs.max_transfers),
+            long_text: settings.long_text,
+            speaking_rate: SpeakingRate::new(),
             handover: watch::Sender::new(false),
         }
     }
@@ -276,6 +286,14 @@ impl Pipeline {
     ) -> Result<Completed, JobError> {
         // Storage calls are boxed: their futures are large, and a job's
         // future is as large as its largest state, paid by every waiting job.
+        let plan = crate::plan::plan(
+            &job.speech.text,
+            self.long_text.part_chars,
+            job.speech.voice_2.is_some(),
+        );
+        if plan.len() > 1 {
+            return Box::pin(self.run_parts(job, attempt, &plan, calls)).await;
+        }
         let checkpoint = Box::pin(self.checkpoints.load(&job.id, &job.speech)).await?;
         if let Some(cp) = &checkpoint
             && let Some(done) = Box::pin(self.replay_from_storage(job, cp, attempt)).await?
@@ -386,7 +404,10 @@ impl Pipeline {
         Ok(Stored::Done(Box::new(Completed {
             job_id: job.id.clone(),
             audio: stored,
+            request_ids: vec![synthesis.request_id.clone()],
             request_id: synthesis.request_id,
+            parts: 1,
+            marks_key: None,
             inference_time_seconds: synthesis.inference_time_seconds,
             segmind_cost: synthesis.cost,
             // Set by `run`, which counts every call of the delivery.
@@ -587,6 +608,9 @@ impl Pipeline {
                 duration_seconds: stored.duration_seconds,
             },
             request_id: checkpoint.request_id.clone(),
+            request_ids: vec![checkpoint.request_id.clone()],
+            parts: 1,
+            marks_key: None,
             inference_time_seconds: stored.inference_time_seconds,
             segmind_cost: stored.cost,
             segmind_calls: 0,
@@ -594,6 +618,13 @@ impl Pipeline {
             metadata: job.metadata.clone(),
             served_from_storage: true,
         }))
+    }
+}
+
+/// Writes a long job's `checkpoint` (see [`save`]).
+async fn save_parts(checkpoints: &Checkpoints, checkpoint: &PartsCheckpoint) {
+    if let Err(e) = checkpoints.save_parts(checkpoint).await {
+        warn!(error = %e, "could not write the checkpoint; a redelivery of this job would submit its running parts again");
     }
 }
 
@@ -668,8 +699,10 @@ mod tests {
             load_size <= 2048,
             "a checkpoint read queued for a slot: {load_size} bytes"
         );
+        // 2 KiB, plus the budget priority a submission carries since long
+        // texts (a new job's or a further part's): 2,080 bytes measured.
         assert!(
-            submit_size <= 2048,
+            submit_size <= 2048 + 64,
             "a submission queued for a slot: {submit_size} bytes"
         );
         assert!(size <= 4096, "a job's future is {size} bytes");

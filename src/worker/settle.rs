@@ -98,14 +98,24 @@ pub async fn process(ctx: &JobContext, delivery: Delivery) -> Settlement {
             );
         }
         Ok(settled) => {
-            if let Some(job_id) = forget.filter(|_| settled) {
+            if let Some(cleanup) = forget.filter(|_| settled) {
                 // Only after the ack: a crash before it redelivers a job
-                // that still has its checkpoint, so nothing is paid twice.
-                // A failed job whose request cannot give audio any more
-                // starts afresh if it is ever sent again.
-                if let Err(e) = Box::pin(ctx.pipeline.checkpoints.delete(&job_id)).await {
+                // that still has its checkpoint and parts, so nothing is
+                // paid twice. A failed job whose request cannot give audio
+                // any more starts afresh if it is ever sent again; a
+                // completed long job keeps its checkpoint (a repeat is
+                // answered from storage) but not its intermediate parts.
+                let deleted = match &cleanup {
+                    Cleanup::Forget(job_id) => {
+                        Box::pin(ctx.pipeline.checkpoints.delete(job_id)).await
+                    }
+                    Cleanup::Intermediates(job_id) => {
+                        Box::pin(ctx.pipeline.checkpoints.delete_parts(job_id, true)).await
+                    }
+                };
+                if let Err(e) = deleted {
                     span.in_scope(
-                        || warn!(error = %e, "could not delete the checkpoint of a failed job"),
+                        || warn!(error = %e, "could not delete a settled job's checkpoint or parts"),
                     );
                 }
             }
@@ -126,8 +136,31 @@ struct Settled {
     settlement: Settlement,
     /// The outcome label of a finished job.
     label: Option<&'static str>,
-    /// A failed job whose checkpoint is dropped once the delivery is acked.
-    forget: Option<JobId>,
+    /// What is deleted once the delivery is acked.
+    forget: Option<Cleanup>,
+}
+
+/// What a settled job leaves to delete once its delivery is acked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cleanup {
+    /// The checkpoint and any parts: a failed job whose request cannot
+    /// give audio any more.
+    Forget(JobId),
+    /// A completed long job's intermediate parts.
+    Intermediates(JobId),
+}
+
+/// What to delete once a finished job's delivery is acked. Pure.
+pub fn cleanup_after(outcome: &Outcome, valid_request: bool) -> Option<Cleanup> {
+    match outcome {
+        // A failure whose paid request may still give audio (a deadline,
+        // an outage) keeps its checkpoint: a resend resumes the request.
+        Outcome::Failed(f) if valid_request && !f.failure.code.keeps_paid_request() => {
+            Some(Cleanup::Forget(f.job_id.clone()))
+        }
+        Outcome::Completed(c) if c.parts > 1 => Some(Cleanup::Intermediates(c.job_id.clone())),
+        _ => None,
+    }
 }
 
 impl Settled {
@@ -229,14 +262,7 @@ async fn settle(ctx: &JobContext, delivery: &Delivery, producer: &TraceHeaders) 
     };
     match published {
         Ok(()) => {
-            // A failure whose paid request may still give audio (a deadline,
-            // an outage) keeps its checkpoint: a resend resumes the request.
-            let forget = match (&outcome, &decoded.job) {
-                (Outcome::Failed(f), Ok(_)) if !f.failure.code.keeps_paid_request() => {
-                    Some(f.job_id.clone())
-                }
-                _ => None,
-            };
+            let forget = cleanup_after(&outcome, decoded.job.is_ok());
             info!(outcome = label, "job finished");
             Settled {
                 settlement: Settlement::Ack,
@@ -418,4 +444,69 @@ async fn publish_dead_letter(
         .with_label_values(&["dead_letter"])
         .inc();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failure::{ErrorCode, Failure};
+    use crate::job::{Completed, StoredAudio};
+
+    fn completed(parts: u32) -> Outcome {
+        Outcome::Completed(Completed {
+            job_id: JobId::parse("j-1", 64).unwrap(),
+            audio: StoredAudio {
+                bucket: "b".into(),
+                key: "k.wav".into(),
+                content_type: "audio/wav".into(),
+                size_bytes: 1,
+                sha256: "00".into(),
+                duration_seconds: None,
+            },
+            request_id: "r".into(),
+            request_ids: vec!["r".into(); parts as usize],
+            parts,
+            marks_key: None,
+            inference_time_seconds: None,
+            segmind_cost: None,
+            segmind_calls: 0,
+            attempts: 1,
+            metadata: None,
+            served_from_storage: false,
+        })
+    }
+
+    fn failed(code: ErrorCode) -> Outcome {
+        let mut failure = Failure::invalid_request("x");
+        failure.code = code;
+        Outcome::Failed(Failed {
+            job_id: JobId::parse("j-1", 64).unwrap(),
+            failure,
+            request_id: None,
+            attempts: 1,
+            metadata: None,
+        })
+    }
+
+    #[test]
+    fn after_the_ack_a_long_jobs_parts_go_and_a_final_failures_checkpoint_goes() {
+        let id = JobId::parse("j-1", 64).unwrap();
+        assert_eq!(
+            cleanup_after(&completed(5), true),
+            Some(Cleanup::Intermediates(id.clone()))
+        );
+        // A one-part job keeps its checkpoint: a repeat is replayed from it.
+        assert_eq!(cleanup_after(&completed(1), true), None);
+        assert_eq!(
+            cleanup_after(&failed(ErrorCode::ContentBlocked), true),
+            Some(Cleanup::Forget(id))
+        );
+        // A request that may still give audio keeps its checkpoint and parts.
+        assert_eq!(cleanup_after(&failed(ErrorCode::Timeout), true), None);
+        // A rejected request never had a checkpoint of its own.
+        assert_eq!(
+            cleanup_after(&failed(ErrorCode::InvalidRequest), false),
+            None
+        );
+    }
 }

@@ -157,7 +157,7 @@ fn corpus() -> Vec<(Vec<u8>, &'static str)> {
     ];
     // Huge text and metadata, and a long key.
     cases.push((
-        format!(r#"{{"text": "{}"}}"#, "word ".repeat(7_000)).into_bytes(),
+        format!(r#"{{"text": "{}"}}"#, "word ".repeat(40_001)).into_bytes(),
         "at most",
     ));
     cases.push((

@@ -84,7 +84,7 @@ async fn invalid_requests_fail_with_a_byte_identical_dead_letter_and_no_api_call
         (br#"{"text":"hi","job_id":"a/b"}"#.to_vec(), "job_id"),
         (br#"{"text":"hi","metadata":"nope"}"#.to_vec(), "metadata"),
         (
-            format!(r#"{{"text":"{}"}}"#, "a".repeat(40_000)).into_bytes(),
+            format!(r#"{{"text":"{}"}}"#, "a".repeat(200_001)).into_bytes(),
             "at most",
         ),
         (b"{\"text\": \"unterminated".to_vec(), "not valid JSON"),

@@ -9,6 +9,7 @@ mod corpus;
 mod failures;
 mod helpers;
 mod image;
+mod long_text;
 mod observability;
 mod pipeline;
 mod recovery;

@@ -1,0 +1,674 @@
+//! A long text as one job, in stages: plan (done by the caller) →
+//! synthesize the parts in parallel, each resumed from its own checkpoint
+//! record → check each part's audio → store it, trimmed, as an intermediate
+//! object → stitch the parts as a stream into one WAV with S3 multipart
+//! upload → write the timing marks beside it.
+//!
+//! Paid once, part by part: a part's request id is checkpointed by the same
+//! spawned step that submits it, and its audio once stored; a redelivery
+//! finds every part where it was: stored parts are not fetched again,
+//! running ones are polled, only missing ones are submitted.
+//!
+//! Fair across jobs: a job has at most one submission at a time (waiting
+//! for the rate budget or at Segmind), so every job with parts to submit
+//! has one ticket in the budget's queue, and a short job behind a long one
+//! waits for about one slot, not for the long job's parts.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use futures_util::StreamExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::Mutex;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::{JobError, Pipeline, save_parts};
+use crate::audio::{Audio, AudioError, AudioFormat};
+use crate::checkpoint::{PartAudio, PartsCheckpoint, StitchedRecord};
+use crate::failure::{self, ErrorCode};
+use crate::job::{Completed, ObjectKey, Speech, StoredAudio, TtsJob};
+use crate::plan::Part;
+use crate::quality::Verdict;
+use crate::stitch::{self, Layout, PcmFormat};
+use crate::storage::{MIN_PART_BYTES, MultipartUpload};
+
+/// Bytes of the stitched WAV uploaded per multipart part: what the stitch
+/// holds in memory (twice, while one part uploads and the next fills).
+const UPLOAD_PART_BYTES: usize = 2 * MIN_PART_BYTES;
+
+/// A part with less speech than this share of its audio is mostly silence.
+const MIN_VOICED_SHARE: f64 = 0.2;
+
+/// The shared state of one long job's delivery.
+struct LongJob<'a> {
+    pipeline: &'a Pipeline,
+    job: &'a TtsJob,
+    plan: &'a [Part],
+    checkpoint: Arc<Mutex<PartsCheckpoint>>,
+    /// One submission at a time per job (see the module's doc).
+    submit_turn: Mutex<()>,
+    calls: AtomicU32,
+    /// The voice key the speaking rate is learned under.
+    voice: String,
+}
+
+/// Where a part's speech is in its WAV file.
+struct SpeechSpan {
+    format: PcmFormat,
+    /// Byte offset of its first frame.
+    data_offset: u64,
+    frames: u64,
+}
+
+/// The timing marks object (`{key}.marks.json`).
+#[derive(Debug, Serialize)]
+struct Marks<'a> {
+    job_id: &'a str,
+    audio_key: &'a str,
+    duration_ms: u64,
+    parts: Vec<Mark<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct Mark<'a> {
+    index: usize,
+    /// Character range `[start, end)` of the text (Unicode scalar values).
+    chars: [usize; 2],
+    start_ms: u64,
+    end_ms: u64,
+    request_id: &'a str,
+}
+
+impl Pipeline {
+    /// Runs a job whose text was planned as several parts.
+    pub(super) async fn run_parts(
+        &self,
+        job: &TtsJob,
+        attempt: u32,
+        plan: &[Part],
+        calls: &mut u32,
+    ) -> Result<Completed, JobError> {
+        let part_chars = self.long_text.part_chars;
+        let loaded =
+            Box::pin(
+                self.checkpoints
+                    .load_parts(&job.id, &job.speech, part_chars, plan.len()),
+            )
+            .await?;
+        if let Some(cp) = &loaded
+            && let Some(done) = Box::pin(self.replay_stitched(job, cp, attempt)).await?
+        {
+            return Ok(done);
+        }
+        let key = self.keys.key_for(job, AudioFormat::Wav.extension())?;
+        // Refused before anything is paid for.
+        Box::pin(self.check_owner(job, &key)).await?;
+        let checkpoint = loaded
+            .unwrap_or_else(|| PartsCheckpoint::new(&job.id, &job.speech, part_chars, plan.len()));
+        let long = LongJob {
+            pipeline: self,
+            job,
+            plan,
+            checkpoint: Arc::new(Mutex::new(checkpoint)),
+            submit_turn: Mutex::new(()),
+            calls: AtomicU32::new(0),
+            voice: match job.speech.voice_2 {
+                Some(v2) => format!("{}+{}", job.speech.voice_1.name(), v2.name()),
+                None => job.speech.voice_1.name().to_owned(),
+            },
+        };
+        info!(
+            parts = plan.len(),
+            parallel = self.long_text.max_parallel_parts,
+            "long text: synthesizing its parts"
+        );
+        let result = Box::pin(long.run(&key, attempt)).await;
+        *calls += long.calls.load(Ordering::Relaxed);
+        result
+    }
+
+    /// The completion of a long job whose stitched audio is already stored
+    /// and is still the object written then (size, job id and ETag).
+    async fn replay_stitched(
+        &self,
+        job: &TtsJob,
+        checkpoint: &PartsCheckpoint,
+        attempt: u32,
+    ) -> Result<Option<Completed>, JobError> {
+        let Some(stored) = &checkpoint.stored else {
+            return Ok(None);
+        };
+        let Some(info) = self.storage.head(&stored.key).await? else {
+            return Ok(None);
+        };
+        let intact = info.size_bytes == Some(stored.size_bytes)
+            && info.job_id.as_deref() == Some(job.id.as_str())
+            && (stored.etag.is_none() || info.etag == stored.etag);
+        if !intact {
+            warn!(key = %stored.key, "stored audio does not match the checkpoint; producing it again");
+            return Ok(None);
+        }
+        self.metrics.resumed.with_label_values(&["storage"]).inc();
+        info!(key = %stored.key, "audio already stored; replaying the completion without calling Segmind");
+        let parts: Vec<&PartAudio> = checkpoint
+            .parts
+            .iter()
+            .filter_map(|p| p.audio.as_ref())
+            .collect();
+        Ok(Some(completed(
+            job,
+            StoredAudio {
+                bucket: self.storage.bucket().to_owned(),
+                key: stored.key.clone(),
+                content_type: AudioFormat::Wav.content_type().to_owned(),
+                size_bytes: stored.size_bytes,
+                sha256: stored.sha256.clone(),
+                duration_seconds: Some(stored.duration_seconds),
+            },
+            &parts,
+            Some(stored.marks_key.clone()),
+            attempt,
+            true,
+        )))
+    }
+}
+
+impl LongJob<'_> {
+    async fn run(&self, key: &ObjectKey, attempt: u32) -> Result<Completed, JobError> {
+        // Stage: synthesize, check and store every part, a few at a time.
+        let mut parts = futures_util::stream::iter(0..self.plan.len())
+            .map(|index| Box::pin(self.part(index)))
+            .buffer_unordered(self.pipeline.long_text.max_parallel_parts);
+        while let Some(done) = parts.next().await {
+            // The first failure ends the delivery; submissions in flight
+            // finish in their own tasks and checkpoint their request ids.
+            done?;
+        }
+        drop(parts);
+        let records: Vec<PartAudio> = {
+            let cp = self.checkpoint.lock().await;
+            cp.parts.iter().filter_map(|p| p.audio.clone()).collect()
+        };
+        if records.len() != self.plan.len() {
+            // Every part future ended well, so every part has its audio.
+            return Err(JobError::Interrupted(
+                "a part ended without its audio recorded".into(),
+            ));
+        }
+        // Stage: stitch and store.
+        self.pipeline.check_owner(self.job, key).await?;
+        let slot = self.pipeline.transfers.acquire().await.ok();
+        let (stored, etag, layout) = Box::pin(self.stitch(key, &records)).await?;
+        let marks_key = format!("{key}.marks.json");
+        self.write_marks(key, &marks_key, &records, &layout).await?;
+        drop(slot);
+        self.pipeline
+            .metrics
+            .audio_bytes
+            .observe(stored.size_bytes as f64);
+        {
+            let mut cp = self.checkpoint.lock().await;
+            cp.stored = Some(StitchedRecord {
+                key: stored.key.clone(),
+                sha256: stored.sha256.clone(),
+                size_bytes: stored.size_bytes,
+                etag,
+                duration_seconds: layout.duration_seconds(),
+                marks_key: marks_key.clone(),
+            });
+            save_parts(&self.pipeline.checkpoints, &cp).await;
+        }
+        info!(key = %key, bytes = stored.size_bytes, parts = records.len(), seconds = layout.duration_seconds(), "long text stitched and stored");
+        let refs: Vec<&PartAudio> = records.iter().collect();
+        Ok(completed(
+            self.job,
+            stored,
+            &refs,
+            Some(marks_key),
+            attempt,
+            false,
+        ))
+    }
+
+    /// One part to its stored audio: kept if already stored, resumed if
+    /// submitted, else submitted; its audio checked (resubmitted when
+    /// unusable, within `jobs.audio_retries`) and stored trimmed.
+    async fn part(&self, index: usize) -> Result<(), JobError> {
+        let part = &self.plan[index];
+        let span = info_span!("part", index, chars = part.text.chars().count());
+        async move {
+            let (record, submitted_at) = {
+                let cp = self.checkpoint.lock().await;
+                let r = &cp.parts[index];
+                (r.audio.clone(), r.request_id.clone().zip(r.submitted_at))
+            };
+            if let Some(audio) = record {
+                if self.pipeline.storage.head(&audio.key).await?.is_some() {
+                    return Ok(());
+                }
+                warn!(key = %audio.key, "a stored part is missing; producing it again");
+            }
+            let speech = Speech {
+                text: part.text.clone(),
+                ..self.job.speech.clone()
+            };
+            let chars = part.text.chars().count();
+            let mut resume = submitted_at.filter(|(_, at)| {
+                self.pipeline.checkpoints.resumable_since(*at, chrono::Utc::now())
+            });
+            let mut retries_left = self.pipeline.jobs.audio_retries;
+            loop {
+                let deadline = tokio::time::Instant::now() + self.pipeline.job_deadline;
+                let (submitted, submitted_at, resumed) = match resume.take() {
+                    Some((request_id, at)) => {
+                        info!(request_id = %request_id, "resuming the part's Segmind request");
+                        self.pipeline.metrics.resumed.with_label_values(&["poll"]).inc();
+                        (self.pipeline.segmind.resume(&request_id), at, true)
+                    }
+                    None => {
+                        if self.pipeline.handing_over() {
+                            return Err(JobError::HandedOver);
+                        }
+                        let (s, at) = self.submit(index, &speech, deadline).await?;
+                        (s, at, false)
+                    }
+                };
+                let mut calls = 0;
+                let fetched = Box::pin(self.pipeline.wait_and_fetch(
+                    &submitted,
+                    submitted_at,
+                    chars,
+                    deadline,
+                    &mut calls,
+                ))
+                .await;
+                self.calls.fetch_add(calls, Ordering::Relaxed);
+                let (synthesis, slot) = match fetched {
+                    Err(e)
+                        if resumed
+                            && failure::classify(&e, &self.pipeline.block_patterns).code
+                                == ErrorCode::Expired =>
+                    {
+                        info!("the part's resumed request has expired at Segmind; submitting again");
+                        continue;
+                    }
+                    other => other?,
+                };
+                if let Some(t) = synthesis.inference_time_seconds {
+                    self.pipeline.metrics.inference_duration.observe(t);
+                }
+                match self.checked(&synthesis.audio, synthesis.content_type.as_deref(), chars) {
+                    Ok((audio, speech)) => {
+                        let key = self.pipeline.checkpoints.part_audio_key(&self.job.id, index);
+                        // The bytes move into the request: no copy is made.
+                        self.pipeline
+                            .storage
+                            .put_bytes(&key, audio, AudioFormat::Wav.content_type())
+                            .await?;
+                        drop(slot);
+                        let mut cp = self.checkpoint.lock().await;
+                        cp.parts[index].audio = Some(PartAudio {
+                            key,
+                            request_id: synthesis.request_id.clone(),
+                            data_offset: speech.data_offset,
+                            frames: speech.frames,
+                            sample_rate: speech.format.sample_rate,
+                            channels: speech.format.channels,
+                            inference_time_seconds: synthesis.inference_time_seconds,
+                            cost: synthesis.cost,
+                        });
+                        save_parts(&self.pipeline.checkpoints, &cp).await;
+                        return Ok(());
+                    }
+                    Err(e) if retries_left > 0 => {
+                        retries_left -= 1;
+                        self.pipeline
+                            .metrics
+                            .retries
+                            .with_label_values(&["audio_invalid"])
+                            .inc();
+                        warn!(error = %e, request_id = %synthesis.request_id, "the part's audio is unusable; submitting the part again");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Submits a part and records its request id, as one step that outlives
+    /// the job (see [`Pipeline::submit_and_checkpoint`]); one at a time per
+    /// job.
+    async fn submit(
+        &self,
+        index: usize,
+        speech: &Speech,
+        deadline: tokio::time::Instant,
+    ) -> Result<(crate::segmind::Submitted, chrono::DateTime<chrono::Utc>), JobError> {
+        let _turn = self.submit_turn.lock().await;
+        let segmind = self.pipeline.segmind.clone();
+        let checkpoints = self.pipeline.checkpoints.clone();
+        let checkpoint = self.checkpoint.clone();
+        let speech = speech.clone();
+        let step = tokio::spawn(
+            async move {
+                let mut calls = 0;
+                // The job's first submission starts it, like any new job;
+                // its further parts must not hold back the intake of others.
+                let started = {
+                    let cp = checkpoint.lock().await;
+                    cp.parts.iter().any(|p| p.request_id.is_some())
+                };
+                let submitted = if started {
+                    segmind.submit_part(&speech, deadline, &mut calls).await
+                } else {
+                    segmind.submit(&speech, deadline, &mut calls).await
+                };
+                let submitted_at = chrono::Utc::now();
+                if let Ok(s) = &submitted {
+                    let mut cp = checkpoint.lock().await;
+                    let record = &mut cp.parts[index];
+                    record.request_id = Some(s.request_id.clone());
+                    record.submitted_at = Some(submitted_at);
+                    record.submissions += 1;
+                    save_parts(&checkpoints, &cp).await;
+                }
+                (submitted.map(|s| (s, submitted_at)), calls)
+            }
+            .in_current_span(),
+        );
+        match step.await {
+            Ok((result, used)) => {
+                self.calls.fetch_add(used, Ordering::Relaxed);
+                Ok(result?)
+            }
+            Err(e) => Err(JobError::Interrupted(e.to_string())),
+        }
+    }
+
+    /// Checks a part's audio and returns it (as a WAV file) with where its
+    /// speech is; `Err` when it is unusable: not a 16-bit PCM WAV, empty,
+    /// mostly silence, or much shorter than its text should take (Gemini's
+    /// silent truncation).
+    fn checked(
+        &self,
+        bytes: &bytes::Bytes,
+        content_type: Option<&str>,
+        chars: usize,
+    ) -> Result<(bytes::Bytes, SpeechSpan), AudioError> {
+        let audio = Audio::parse(bytes.clone(), content_type)?;
+        if audio.format != AudioFormat::Wav {
+            return Err(AudioError::NotStitchable {
+                format: audio.format.extension(),
+            });
+        }
+        let wav = stitch::parse_wav(&audio.bytes).map_err(|e| AudioError::NotStitchable {
+            format: if matches!(e, stitch::WavError::NotPcm16 { .. }) {
+                "non-16-bit wav"
+            } else {
+                "wav"
+            },
+        })?;
+        let speech = stitch::speech_bounds(&audio.bytes[wav.data.clone()], wav.format);
+        let frames = speech.kept.end - speech.kept.start;
+        if frames == 0 {
+            return Err(AudioError::NoSamples);
+        }
+        if speech.voiced_share() < MIN_VOICED_SHARE {
+            return Err(AudioError::MostlySilence {
+                voiced_percent: speech.voiced_share() * 100.0,
+            });
+        }
+        let seconds = frames as f64 / f64::from(wav.format.sample_rate.max(1));
+        if let Verdict::Truncated { ratio } =
+            self.pipeline
+                .speaking_rate
+                .judge(&self.voice, chars, seconds)
+        {
+            return Err(AudioError::Truncated {
+                seconds,
+                chars,
+                percent: ratio * 100.0,
+            });
+        }
+        let span = SpeechSpan {
+            format: wav.format,
+            data_offset: wav.data.start as u64 + speech.kept.start * wav.format.frame_bytes(),
+            frames,
+        };
+        Ok((audio.bytes, span))
+    }
+
+    /// Streams the parts into one WAV object: header, each part's samples,
+    /// the pause its join asks for; uploaded in parts, its SHA-256 computed
+    /// on the way. Memory: two upload parts, whatever the audio's length.
+    async fn stitch(
+        &self,
+        key: &ObjectKey,
+        records: &[PartAudio],
+    ) -> Result<(StoredAudio, Option<String>, Layout), JobError> {
+        let first = &records[0];
+        let format = PcmFormat {
+            sample_rate: first.sample_rate,
+            channels: first.channels,
+        };
+        if let Some(other) = records
+            .iter()
+            .find(|r| r.sample_rate != format.sample_rate || r.channels != format.channels)
+        {
+            return Err(AudioError::MixedFormats {
+                first: format!("{} Hz × {}", format.sample_rate, format.channels),
+                other: format!("{} Hz × {}", other.sample_rate, other.channels),
+            }
+            .into());
+        }
+        let shape: Vec<(u64, crate::plan::Join)> = records
+            .iter()
+            .zip(self.plan)
+            .map(|(r, p)| (r.frames, p.join))
+            .collect();
+        let layout = stitch::layout(format, &shape);
+        let storage = &self.pipeline.storage;
+        let mut upload = storage
+            .start_multipart(
+                key,
+                AudioFormat::Wav.content_type(),
+                &self.job.id,
+                &[
+                    ("parts", records.len().to_string()),
+                    ("duration-seconds", layout.duration_seconds().to_string()),
+                ],
+            )
+            .await?;
+        let written = Box::pin(self.write_parts(&mut upload, records, &layout)).await;
+        let sha256 = match written {
+            Ok(sha256) => sha256,
+            Err(e) => {
+                upload.abort().await;
+                return Err(e);
+            }
+        };
+        let etag = upload.complete().await?;
+        Ok((
+            StoredAudio {
+                bucket: storage.bucket().to_owned(),
+                key: key.to_string(),
+                content_type: AudioFormat::Wav.content_type().to_owned(),
+                size_bytes: layout.file_bytes(),
+                sha256,
+                duration_seconds: Some(layout.duration_seconds()),
+            },
+            etag,
+            layout,
+        ))
+    }
+
+    async fn write_parts(
+        &self,
+        upload: &mut MultipartUpload,
+        records: &[PartAudio],
+        layout: &Layout,
+    ) -> Result<String, JobError> {
+        let frame = layout.format.frame_bytes();
+        let mut out = Sink::new(upload);
+        out.write(&stitch::wav_header(layout.format, layout.data_bytes()))
+            .await?;
+        for (record, placed) in records.iter().zip(&layout.parts) {
+            let Some(mut stream) = self.pipeline.storage.read_stream(&record.key).await? else {
+                return Err(JobError::Interrupted(format!(
+                    "the stored part {} is gone; the next delivery produces it again",
+                    record.key
+                )));
+            };
+            let mut skip = usize::try_from(record.data_offset).unwrap_or(usize::MAX);
+            let mut left = record.frames * frame;
+            while let Some(chunk) = stream.next_chunk().await? {
+                let s = skip.min(chunk.len());
+                skip -= s;
+                let body = &chunk[s..];
+                let take = usize::try_from(left).unwrap_or(usize::MAX).min(body.len());
+                out.write(&body[..take]).await?;
+                left -= take as u64;
+            }
+            if left > 0 {
+                return Err(JobError::Interrupted(format!(
+                    "the stored part {} is shorter than recorded",
+                    record.key
+                )));
+            }
+            out.silence(placed.pause * frame).await?;
+        }
+        let (sha256, written) = out.finish().await?;
+        debug_assert_eq!(written, layout.file_bytes());
+        Ok(sha256)
+    }
+
+    async fn write_marks(
+        &self,
+        key: &ObjectKey,
+        marks_key: &str,
+        records: &[PartAudio],
+        layout: &Layout,
+    ) -> Result<(), JobError> {
+        let format = layout.format;
+        let marks = Marks {
+            job_id: self.job.id.as_str(),
+            audio_key: key.as_str(),
+            duration_ms: format.millis_of(layout.frames),
+            parts: self
+                .plan
+                .iter()
+                .zip(records)
+                .zip(&layout.parts)
+                .enumerate()
+                .map(|(index, ((part, record), placed))| Mark {
+                    index,
+                    chars: [part.chars.start, part.chars.end],
+                    start_ms: format.millis_of(placed.start),
+                    end_ms: format.millis_of(placed.end),
+                    request_id: &record.request_id,
+                })
+                .collect(),
+        };
+        // Serializing strings and numbers cannot fail.
+        let body = serde_json::to_vec_pretty(&marks).unwrap_or_default();
+        self.pipeline
+            .storage
+            .put_bytes(marks_key, body, "application/json")
+            .await?;
+        Ok(())
+    }
+}
+
+/// Where the stitched bytes go: a buffer of one upload part, hashed on the
+/// way.
+struct Sink<'u> {
+    upload: &'u mut MultipartUpload,
+    buffer: Vec<u8>,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl<'u> Sink<'u> {
+    fn new(upload: &'u mut MultipartUpload) -> Self {
+        Sink {
+            upload,
+            buffer: Vec::with_capacity(UPLOAD_PART_BYTES),
+            hasher: Sha256::new(),
+            written: 0,
+        }
+    }
+
+    async fn write(&mut self, mut bytes: &[u8]) -> Result<(), JobError> {
+        self.hasher.update(bytes);
+        self.written += bytes.len() as u64;
+        while !bytes.is_empty() {
+            let room = UPLOAD_PART_BYTES - self.buffer.len();
+            let n = room.min(bytes.len());
+            self.buffer.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.buffer.len() == UPLOAD_PART_BYTES {
+                self.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn silence(&mut self, bytes: u64) -> Result<(), JobError> {
+        const ZEROS: [u8; 4096] = [0; 4096];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(ZEROS.len() as u64) as usize;
+            self.write(&ZEROS[..n]).await?;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), JobError> {
+        let full = std::mem::replace(&mut self.buffer, Vec::with_capacity(UPLOAD_PART_BYTES));
+        Box::pin(self.upload.upload_part(full)).await?;
+        Ok(())
+    }
+
+    /// Uploads what is left; returns the SHA-256 and the bytes written.
+    async fn finish(mut self) -> Result<(String, u64), JobError> {
+        if !self.buffer.is_empty() {
+            self.flush().await?;
+        }
+        Ok((hex::encode(self.hasher.finalize()), self.written))
+    }
+}
+
+/// A long job's completion from its parts' records.
+fn completed(
+    job: &TtsJob,
+    audio: StoredAudio,
+    parts: &[&PartAudio],
+    marks_key: Option<String>,
+    attempt: u32,
+    served_from_storage: bool,
+) -> Completed {
+    let sum = |f: fn(&PartAudio) -> Option<f64>| {
+        let known: Vec<f64> = parts.iter().filter_map(|p| f(p)).collect();
+        (!known.is_empty()).then(|| known.iter().sum())
+    };
+    let request_ids: Vec<String> = parts.iter().map(|p| p.request_id.clone()).collect();
+    Completed {
+        job_id: job.id.clone(),
+        audio,
+        request_id: request_ids.first().cloned().unwrap_or_default(),
+        parts: u32::try_from(parts.len()).unwrap_or(u32::MAX),
+        request_ids,
+        marks_key,
+        inference_time_seconds: sum(|p| p.inference_time_seconds),
+        segmind_cost: sum(|p| p.cost),
+        // Set by `run`, which counts every call of the delivery.
+        segmind_calls: 0,
+        attempts: attempt,
+        metadata: job.metadata.clone(),
+        served_from_storage,
+    }
+}

@@ -1,0 +1,297 @@
+//! Long texts as one job: cut into parts, synthesized in parallel, each
+//! part paid once, stitched into one WAV that an independent decoder reads,
+//! with timing marks beside it.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use segmind_sim::model::{OUTPUT_CAP, SpeechModel, chars_per_second};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::helpers::{TestApp, spawn_app_with, wait_for};
+
+/// Paragraphs of plain prose, each starting with its number so the
+/// simulator's per-text counts tell the parts apart.
+fn narration(paragraphs: usize, chars_each: usize) -> String {
+    let sentence = "The river bends past the old mill, and the light turns gold over the fields. ";
+    (0..paragraphs)
+        .map(|i| {
+            let mut p = format!("Paragraph {i} begins here. ");
+            while p.len() < chars_each {
+                p.push_str(sentence);
+            }
+            p.trim_end().to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+/// A worker whose simulator speaks at a realistic rate (≈ 15 characters a
+/// second by voice, cut at Gemini's 512 s cap), with parts of `part_chars`.
+async fn long_text_app(part_chars: usize) -> TestApp {
+    spawn_app_with(
+        |sim| sim.speech = SpeechModel::Realistic { cap: OUTPUT_CAP },
+        |s| {
+            s.long_text.part_chars = part_chars;
+            s.long_text.max_parallel_parts = 3;
+        },
+    )
+    .await
+}
+
+/// The duration `ffprobe` (Debian's ffmpeg, not our code) reads from `bytes`.
+fn ffprobe_seconds(bytes: &[u8]) -> f64 {
+    let path = std::env::temp_dir().join(format!("tts-{}.wav", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, bytes).unwrap();
+    let ffprobe = std::env::var("TTS_FFPROBE").unwrap_or_else(|_| "ffprobe".into());
+    let out = std::process::Command::new(&ffprobe)
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration:stream=codec_name,sample_rate,channels",
+            "-of",
+            "json",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("{ffprobe} must be installed (scripts/tools.sh): {e}"));
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "ffprobe could not read the audio: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["streams"][0]["codec_name"], "pcm_s16le", "{v}");
+    assert_eq!(v["streams"][0]["sample_rate"], "24000", "{v}");
+    assert_eq!(v["streams"][0]["channels"], 1, "{v}");
+    v["format"]["duration"].as_str().unwrap().parse().unwrap()
+}
+
+async fn marks_of(app: &TestApp, key: &str) -> Value {
+    let object = app.storage.get(key).await.expect("marks stored");
+    serde_json::from_slice(&object.bytes).expect("marks are JSON")
+}
+
+#[tokio::test]
+async fn a_long_narration_ends_as_one_stitched_object_with_its_marks() {
+    let app = long_text_app(1_000).await;
+    let text = narration(12, 700);
+    let total_chars = text.chars().count();
+    app.publish_json(json!({
+        "text": text,
+        "voice_1": "Charon",
+        "style": "Narrate calmly",
+        "job_id": "chapter-1",
+    }))
+    .await;
+
+    let received = app.next_event().await;
+    assert_eq!(received.event.kind, "tts.job.completed");
+    let data = received.completed().clone();
+    let stats = app.sim.stats();
+    // One event, one object, one paid request per part.
+    assert!(data.parts >= 9, "{} parts", data.parts);
+    assert_eq!(stats.submits_accepted, u64::from(data.parts));
+    assert_eq!(data.segmind.request_ids.len(), data.parts as usize);
+    let distinct: HashSet<&String> = data.segmind.request_ids.iter().collect();
+    assert_eq!(distinct.len(), data.parts as usize);
+    assert_eq!(data.segmind.request_id, data.segmind.request_ids[0]);
+    assert!(data.segmind.calls >= 3 * data.parts);
+    // Every part was sent with the style in front.
+    assert!(
+        stats
+            .submits_by_text
+            .keys()
+            .all(|t| t.starts_with("Narrate calmly: Paragraph")),
+        "{:?}",
+        stats.submits_by_text.keys()
+    );
+
+    // The object: what the event says, decodable by ffprobe, as long as
+    // the event and the marks say.
+    let object = app.storage.get(&data.audio.key).await.expect("stored");
+    assert_eq!(
+        data.audio.key,
+        format!("{}chapter-1.wav", app.settings.s3.prefix)
+    );
+    assert_eq!(object.bytes.len() as u64, data.audio.size_bytes);
+    assert_eq!(
+        hex::encode(Sha256::digest(&object.bytes)),
+        data.audio.sha256
+    );
+    let duration = data.audio.duration_seconds.unwrap();
+    let probed = ffprobe_seconds(&object.bytes);
+    assert!(
+        (probed - duration).abs() < 0.01,
+        "ffprobe {probed} s, event {duration} s"
+    );
+
+    let marks_key = data.audio.marks_key.clone().expect("a marks object");
+    assert_eq!(marks_key, format!("{}.marks.json", data.audio.key));
+    let marks = marks_of(&app, &marks_key).await;
+    let parts = marks["parts"].as_array().unwrap();
+    assert_eq!(parts.len(), data.parts as usize);
+    assert_eq!(
+        marks["duration_ms"].as_u64().unwrap(),
+        (duration * 1000.0) as u64
+    );
+    // Character ranges cover the text in order; audio spans follow each
+    // other with a pause between; each part is as long as its text at the
+    // voice's rate (the simulator's model), give or take the trimmed edges.
+    let cps = chars_per_second("Charon");
+    let mut chars_at = 0;
+    let mut audio_at = 0;
+    let mut spoken = 0.0;
+    for (i, mark) in parts.iter().enumerate() {
+        let [from, to] = [
+            mark["chars"][0].as_u64().unwrap(),
+            mark["chars"][1].as_u64().unwrap(),
+        ];
+        let (start, end) = (
+            mark["start_ms"].as_u64().unwrap(),
+            mark["end_ms"].as_u64().unwrap(),
+        );
+        assert!(
+            from >= chars_at && to > from,
+            "part {i}: chars {from}..{to}"
+        );
+        assert!(start > audio_at || i == 0, "part {i} starts after a pause");
+        assert_eq!(mark["request_id"], data.segmind.request_ids[i].as_str());
+        let text = &text
+            .chars()
+            .skip(from as usize)
+            .take((to - from) as usize)
+            .collect::<String>();
+        let expected = ("Narrate calmly: ".len() + text.trim().chars().count()) as f64 / cps;
+        let seconds = (end - start) as f64 / 1000.0;
+        assert!(
+            (seconds - expected).abs() < 0.3,
+            "part {i}: {seconds} s for {expected} s of text"
+        );
+        spoken += seconds;
+        chars_at = to;
+        audio_at = end;
+    }
+    assert!(chars_at as usize >= total_chars - 1);
+    // The audio is the parts plus short pauses, nothing lost or doubled.
+    let pauses = duration - spoken;
+    assert!(
+        pauses > 0.1 * f64::from(data.parts - 1) && pauses < 1.0 * f64::from(data.parts),
+        "{pauses} s of pauses for {} joins",
+        data.parts - 1
+    );
+
+    // Once the event is confirmed the intermediate parts are removed.
+    let part_key = format!("{}_parts/chapter-1/00000.wav", app.settings.s3.prefix);
+    wait_for(
+        "the intermediate parts to be removed",
+        Duration::from_secs(10),
+        || async { app.storage.head(&part_key).await.unwrap().is_none() },
+    )
+    .await;
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_long_dialogue_keeps_both_speakers_and_their_labels_in_every_part() {
+    let app = long_text_app(600).await;
+    let mut text = String::new();
+    for turn in 0..24 {
+        let speaker = 1 + turn % 2;
+        text.push_str(&format!(
+            "Speaker {speaker}: Turn {turn} of the interview, where we talk about rivers, mills and the light over the fields in autumn.\n"
+        ));
+    }
+    // A turn longer than a part is cut inside and keeps its label.
+    text.push_str("Speaker 1: ");
+    for _ in 0..12 {
+        text.push_str("This closing turn goes on, sentence after sentence, about the harvest. ");
+    }
+    app.publish_json(json!({
+        "text": text.trim_end(),
+        "voice_1": "Kore",
+        "voice_2": "Puck",
+        "job_id": "interview-1",
+    }))
+    .await;
+    let received = app.next_event().await;
+    assert_eq!(
+        received.event.kind, "tts.job.completed",
+        "{:?}",
+        received.event.data
+    );
+    let data = received.completed().clone();
+    assert!(data.parts >= 5, "{} parts", data.parts);
+    let stats = app.sim.stats();
+    assert_eq!(stats.submits_accepted, u64::from(data.parts));
+    assert!(
+        stats
+            .submits_by_text
+            .keys()
+            .all(|t| t.starts_with("Speaker 1:") || t.starts_with("Speaker 2:")),
+        "every part starts with a speaker's label: {:?}",
+        stats.submits_by_text.keys()
+    );
+    let object = app.storage.get(&data.audio.key).await.unwrap();
+    let probed = ffprobe_seconds(&object.bytes);
+    assert!((probed - data.audio.duration_seconds.unwrap()).abs() < 0.01);
+    let marks = marks_of(&app, data.audio.marks_key.as_deref().unwrap()).await;
+    assert_eq!(
+        marks["parts"].as_array().unwrap().len(),
+        data.parts as usize
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_silently_truncated_part_is_submitted_again_alone() {
+    let app = long_text_app(800).await;
+    let mut text = narration(6, 700);
+    // The simulator truncates the third paragraph's first take to 30 %.
+    let third = text.find("Paragraph 2 begins").unwrap();
+    text.insert_str(
+        third + "Paragraph 2 begins".len(),
+        " [[sim:truncated-once]]",
+    );
+    app.publish_json(json!({"text": text, "voice_1": "Kore", "job_id": "cut-1"}))
+        .await;
+    let received = app.next_event().await;
+    assert_eq!(
+        received.event.kind, "tts.job.completed",
+        "{:?}",
+        received.event.data
+    );
+    let data = received.completed().clone();
+    let stats = app.sim.stats();
+    // Only the truncated part was paid twice.
+    assert_eq!(stats.submits_accepted, u64::from(data.parts) + 1);
+    let twice: Vec<&String> = stats
+        .submits_by_text
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(t, _)| t)
+        .collect();
+    assert_eq!(twice.len(), 1, "{:?}", stats.submits_by_text);
+    assert!(twice[0].starts_with("Paragraph 2 begins"), "{twice:?}");
+    // The stitched audio holds the whole part, not the cut take.
+    let marks = marks_of(&app, data.audio.marks_key.as_deref().unwrap()).await;
+    let cps = chars_per_second("Kore");
+    for (i, mark) in marks["parts"].as_array().unwrap().iter().enumerate() {
+        let chars = mark["chars"][1].as_u64().unwrap() - mark["chars"][0].as_u64().unwrap();
+        let seconds =
+            (mark["end_ms"].as_u64().unwrap() - mark["start_ms"].as_u64().unwrap()) as f64 / 1000.0;
+        assert!(
+            seconds > 0.8 * chars as f64 / cps,
+            "part {i}: {seconds} s for {chars} characters"
+        );
+    }
+    let retries = app
+        .metric("tts_retries_total{reason=\"audio_invalid\"}")
+        .await
+        .unwrap_or(0.0);
+    assert_eq!(retries, 1.0);
+    app.cleanup().await;
+}
