@@ -233,17 +233,26 @@ impl Worker {
         }
     }
 
-    /// (parts, stored, stitched) from the job's checkpoint.
+    /// (parts, stored, stitched) from the job's checkpoint
+    /// (`{prefix}_parts/{job}/`: `plan.json`, `NNNNN.json`, `stitched.json`).
     async fn phase(&self, job_id: &str) -> Option<(usize, usize, bool)> {
-        let key = format!(
-            "{}_checkpoints/{job_id}.parts.json",
-            self.settings.s3.prefix
-        );
-        let bytes = self.storage.get_optional(&key).await.ok()??;
-        let cp: Value = serde_json::from_slice(&bytes).ok()?;
-        let parts = cp["parts"].as_array()?;
-        let stored = parts.iter().filter(|p| !p["audio"].is_null()).count();
-        Some((parts.len(), stored, !cp["stored"].is_null()))
+        let dir = format!("{}_parts/{job_id}/", self.settings.s3.prefix);
+        let read = |key: String| async move {
+            let bytes = self.storage.get_optional(&key).await.ok()??;
+            serde_json::from_slice::<Value>(&bytes).ok()
+        };
+        let parts = read(format!("{dir}plan.json")).await?["parts"].as_u64()? as usize;
+        let mut stored = 0;
+        for i in 0..parts {
+            if read(format!("{dir}{i:05}.json"))
+                .await
+                .is_some_and(|r| !r["audio"].is_null())
+            {
+                stored += 1;
+            }
+        }
+        let stitched = read(format!("{dir}stitched.json")).await.is_some();
+        Some((parts, stored, stitched))
     }
 
     async fn stop(mut self) {
@@ -406,7 +415,7 @@ async fn memory(args: &Args) -> anyhow::Result<()> {
         } else {
             peak_parts = peak_parts.max(rss);
         }
-        if last_phase.elapsed() > Duration::from_millis(250) {
+        if last_phase.elapsed() > Duration::from_secs(1) {
             last_phase = Instant::now();
             if let Some((parts, stored, _)) = worker.phase("long-memory").await {
                 stitching = stored == parts;

@@ -55,8 +55,13 @@ pub enum AudioError {
         chars: usize,
         percent: f64,
     },
-    #[error("a part served as {format} cannot be stitched (16-bit PCM WAV is)")]
+    #[error("a part served as {format} cannot be stitched (16-bit PCM WAV and MP3 can)")]
     NotStitchable { format: &'static str },
+    #[error("the {format} audio could not be decoded: {detail}")]
+    Undecodable {
+        format: &'static str,
+        detail: String,
+    },
     #[error("the parts differ in format ({first} and {other}); they cannot be stitched")]
     MixedFormats { first: String, other: String },
     #[error(
@@ -128,6 +133,91 @@ impl Audio {
             head,
         })
     }
+}
+
+/// Decoded audio: interleaved 16-bit little-endian samples.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pcm {
+    pub sample_rate: u32,
+    pub channels: u16,
+    pub samples: Vec<u8>,
+}
+
+/// Decodes an MP3 file to PCM with Symphonia (pure Rust). CPU-bound: call
+/// it off the async threads.
+pub fn decode_mp3(bytes: Bytes) -> Result<Pcm, AudioError> {
+    use symphonia::core::codecs::audio::AudioDecoderOptions;
+    use symphonia::core::errors::Error;
+    use symphonia::core::formats::probe::Hint;
+    use symphonia::core::formats::{FormatOptions, TrackType};
+    use symphonia::core::io::MediaSourceStream;
+    use symphonia::core::meta::MetadataOptions;
+
+    let fail = |detail: String| AudioError::Undecodable {
+        format: "mp3",
+        detail,
+    };
+    let source = MediaSourceStream::new(Box::new(std::io::Cursor::new(bytes)), Default::default());
+    let mut hint = Hint::new();
+    hint.with_extension("mp3");
+    let mut format = symphonia::default::get_probe()
+        .probe(
+            &hint,
+            source,
+            FormatOptions::default(),
+            MetadataOptions::default(),
+        )
+        .map_err(|e| fail(e.to_string()))?;
+    let (track_id, mut decoder) = {
+        let track = format
+            .default_track(TrackType::Audio)
+            .ok_or_else(|| fail("no audio track".into()))?;
+        let params = track
+            .codec_params
+            .as_ref()
+            .and_then(|p| p.audio())
+            .ok_or_else(|| fail("no audio codec parameters".into()))?;
+        let decoder = symphonia::default::get_codecs()
+            .make_audio_decoder(params, &AudioDecoderOptions::default())
+            .map_err(|e| fail(e.to_string()))?;
+        (track.id, decoder)
+    };
+    let mut pcm = Pcm {
+        sample_rate: 0,
+        channels: 0,
+        samples: Vec::new(),
+    };
+    let mut scratch: Vec<i16> = Vec::new();
+    loop {
+        let packet = match format.next_packet() {
+            Ok(Some(packet)) => packet,
+            Ok(None) => break,
+            // A truncated last frame ends the stream.
+            Err(Error::IoError(_)) => break,
+            Err(e) => return Err(fail(e.to_string())),
+        };
+        if packet.track_id != track_id {
+            continue;
+        }
+        match decoder.decode(&packet) {
+            Ok(decoded) => {
+                pcm.sample_rate = decoded.spec().rate();
+                pcm.channels = u16::try_from(decoded.spec().channels().count()).unwrap_or(1);
+                decoded.copy_to_vec_interleaved(&mut scratch);
+                pcm.samples.reserve(scratch.len() * 2);
+                for s in &scratch {
+                    pcm.samples.extend_from_slice(&s.to_le_bytes());
+                }
+            }
+            // A corrupt frame is skipped, as players do.
+            Err(Error::DecodeError(_) | Error::IoError(_)) => continue,
+            Err(e) => return Err(fail(e.to_string())),
+        }
+    }
+    if pcm.samples.is_empty() {
+        return Err(AudioError::NoSamples);
+    }
+    Ok(pcm)
 }
 
 /// Rejects audio too short for its text: Gemini sometimes answers success

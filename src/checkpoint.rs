@@ -107,20 +107,30 @@ pub fn fingerprint(speech: &Speech) -> String {
     hex::encode(h.finalize())
 }
 
-/// A long job's checkpoint, at `{s3.prefix}_checkpoints/{job_id}.parts.json`:
-/// one record per part of its plan, written as each part is submitted and
-/// as its audio is stored, so a redelivery resumes every part where it was.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A long job's checkpoint, kept under `{s3.prefix}_parts/{job_id}/`: its
+/// plan (`plan.json`), one record per part (`NNNNN.json`, written as the
+/// part is submitted and as its audio is stored, so a redelivery resumes
+/// every part where it was), the parts' audio (`NNNNN.wav`) and, once
+/// stitched, where the object went (`stitched.json`). One object per part:
+/// a part's record is written alone, so no writer can overwrite another
+/// part's progress with an older copy.
+#[derive(Debug, Clone, PartialEq)]
 pub struct PartsCheckpoint {
+    pub plan: PlanRecord,
+    pub parts: Vec<PartRecord>,
+    /// Set once the stitched audio is in the bucket.
+    pub stored: Option<StitchedRecord>,
+}
+
+/// What a long job's parts were planned from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanRecord {
     pub job_id: String,
     pub fingerprint: String,
     /// The part size the plan was made with: another size plans other
     /// parts, whose records would not match.
     pub part_chars: usize,
-    pub parts: Vec<PartRecord>,
-    /// Set once the stitched audio is in the bucket.
-    #[serde(default)]
-    pub stored: Option<StitchedRecord>,
+    pub parts: usize,
 }
 
 /// Where one part is.
@@ -175,19 +185,24 @@ impl PartsCheckpoint {
     /// A fresh checkpoint for a plan of `parts` parts.
     pub fn new(job_id: &JobId, speech: &Speech, part_chars: usize, parts: usize) -> Self {
         PartsCheckpoint {
-            job_id: job_id.to_string(),
-            fingerprint: fingerprint(speech),
-            part_chars,
+            plan: PlanRecord {
+                job_id: job_id.to_string(),
+                fingerprint: fingerprint(speech),
+                part_chars,
+                parts,
+            },
             parts: vec![PartRecord::default(); parts],
             stored: None,
         }
     }
+}
 
-    /// Whether this checkpoint is for the same speech cut the same way.
+impl PlanRecord {
+    /// Whether this plan is for the same speech cut the same way.
     pub fn matches(&self, speech: &Speech, part_chars: usize, parts: usize) -> bool {
         self.fingerprint == fingerprint(speech)
             && self.part_chars == part_chars
-            && self.parts.len() == parts
+            && self.parts == parts
     }
 }
 
@@ -217,14 +232,26 @@ impl Checkpoints {
         format!("{}{job_id}.json", self.prefix)
     }
 
-    /// Where a long job's checkpoint is.
-    pub fn parts_key(&self, job_id: &str) -> String {
-        format!("{}{job_id}.parts.json", self.prefix)
+    /// Where a long job's plan, part records, parts and stitch record are.
+    fn parts_dir(&self, job_id: &JobId) -> String {
+        format!("{}{job_id}/", self.parts_prefix)
     }
 
     /// Where part `index` of a long job is stored until the job is settled.
     pub fn part_audio_key(&self, job_id: &JobId, index: usize) -> String {
-        format!("{}{job_id}/{index:05}.wav", self.parts_prefix)
+        format!("{}{index:05}.wav", self.parts_dir(job_id))
+    }
+
+    fn part_record_key(&self, job_id: &JobId, index: usize) -> String {
+        format!("{}{index:05}.json", self.parts_dir(job_id))
+    }
+
+    pub fn plan_key(&self, job_id: &JobId) -> String {
+        format!("{}plan.json", self.parts_dir(job_id))
+    }
+
+    fn stitched_key(&self, job_id: &JobId) -> String {
+        format!("{}stitched.json", self.parts_dir(job_id))
     }
 
     /// A known object beside the checkpoints (no job id starts with `.`).
@@ -300,67 +327,101 @@ impl Checkpoints {
         part_chars: usize,
         parts: usize,
     ) -> Result<Option<PartsCheckpoint>, StorageError> {
-        let Some(checkpoint) = self.read_parts(job_id).await? else {
+        let Some(plan) = self.read_json::<PlanRecord>(&self.plan_key(job_id)).await? else {
             return Ok(None);
         };
-        if !checkpoint.matches(speech, part_chars, parts) {
+        if !plan.matches(speech, part_chars, parts) {
             tracing::warn!(
                 "job id reused for different speech or another part size; ignoring its checkpoint"
             );
             return Ok(None);
         }
-        Ok(Some(checkpoint))
+        let mut records = Vec::with_capacity(parts);
+        for index in 0..parts {
+            let record = self
+                .read_json::<PartRecord>(&self.part_record_key(job_id, index))
+                .await?;
+            records.push(record.unwrap_or_default());
+        }
+        let stored = self.read_json(&self.stitched_key(job_id)).await?;
+        Ok(Some(PartsCheckpoint {
+            plan,
+            parts: records,
+            stored,
+        }))
     }
 
-    async fn read_parts(&self, job_id: &JobId) -> Result<Option<PartsCheckpoint>, StorageError> {
-        let Some(bytes) = self
-            .storage
-            .get_optional(&self.parts_key(job_id.as_str()))
-            .await?
-        else {
+    async fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StorageError> {
+        let Some(bytes) = self.storage.get_optional(key).await? else {
             return Ok(None);
         };
         match serde_json::from_slice(&bytes) {
-            Ok(c) => Ok(Some(c)),
+            Ok(v) => Ok(Some(v)),
             Err(e) => {
-                tracing::warn!(error = %e, "ignoring an unreadable checkpoint");
+                tracing::warn!(error = %e, key, "ignoring an unreadable checkpoint");
                 Ok(None)
             }
         }
     }
 
-    pub async fn save_parts(&self, checkpoint: &PartsCheckpoint) -> Result<(), StorageError> {
+    async fn write_json<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StorageError> {
         // Serializing a struct of strings and numbers cannot fail.
-        let body = serde_json::to_vec(checkpoint).unwrap_or_default();
-        self.storage
-            .put_bytes(
-                &self.parts_key(&checkpoint.job_id),
-                body,
-                "application/json",
-            )
+        let body = serde_json::to_vec(value).unwrap_or_default();
+        self.storage.put_bytes(key, body, "application/json").await
+    }
+
+    /// Records a long job's plan (before any part is submitted).
+    pub async fn save_plan(&self, job_id: &JobId, plan: &PlanRecord) -> Result<(), StorageError> {
+        self.write_json(&self.plan_key(job_id), plan).await
+    }
+
+    /// Records one part's progress.
+    pub async fn save_part(
+        &self,
+        job_id: &JobId,
+        index: usize,
+        record: &PartRecord,
+    ) -> Result<(), StorageError> {
+        self.write_json(&self.part_record_key(job_id, index), record)
             .await
     }
 
-    /// Deletes a long job's intermediate parts, and its checkpoint too
-    /// unless `keep_checkpoint` (a completed job keeps it, to answer a
-    /// repeat from storage). Nothing to do for a job of one part.
+    /// Records where a long job's stitched audio went.
+    pub async fn save_stitched(
+        &self,
+        job_id: &JobId,
+        record: &StitchedRecord,
+    ) -> Result<(), StorageError> {
+        self.write_json(&self.stitched_key(job_id), record).await
+    }
+
+    /// Deletes a long job's intermediate parts, and its records too unless
+    /// `keep_records` (a completed job keeps them, to answer a repeat from
+    /// storage). Nothing to do for a job of one part.
     pub async fn delete_parts(
         &self,
         job_id: &JobId,
-        keep_checkpoint: bool,
+        keep_records: bool,
     ) -> Result<(), StorageError> {
-        let Some(checkpoint) = self.read_parts(job_id).await? else {
+        let Some(plan) = self.read_json::<PlanRecord>(&self.plan_key(job_id)).await? else {
             return Ok(());
         };
-        for part in &checkpoint.parts {
-            if let Some(audio) = &part.audio {
-                self.storage.delete(&audio.key).await?;
+        for index in 0..plan.parts {
+            self.storage
+                .delete(&self.part_audio_key(job_id, index))
+                .await?;
+            if !keep_records {
+                self.storage
+                    .delete(&self.part_record_key(job_id, index))
+                    .await?;
             }
         }
-        if !keep_checkpoint {
-            self.storage
-                .delete(&self.parts_key(job_id.as_str()))
-                .await?;
+        if !keep_records {
+            self.storage.delete(&self.stitched_key(job_id)).await?;
+            self.storage.delete(&self.plan_key(job_id)).await?;
         }
         Ok(())
     }

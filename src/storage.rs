@@ -407,9 +407,11 @@ impl Storage {
     }
 
     /// Opens an object for reading as a stream; `None` when it does not
-    /// exist. The S3 slot is held until the stream is dropped.
+    /// exist. The S3 slot bounds the request, not the body's reading: a
+    /// reader that writes elsewhere while it reads (the stitch) must not
+    /// hold a slot its own writes wait for.
     pub async fn read_stream(&self, key: &str) -> Result<Option<ObjectStream>, StorageError> {
-        let slot = self.open_calls.clone().acquire_owned().await.ok();
+        let _slot = self.slot().await;
         match self
             .client
             .get_object()
@@ -422,7 +424,6 @@ impl Storage {
             Ok(out) => Ok(Some(ObjectStream {
                 body: out.body,
                 target: self.object(key),
-                _slot: slot,
             })),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
             Err(e) => Err(storage_error("read", self.object(key), e)),
@@ -456,12 +457,21 @@ impl Storage {
             .boxed()
             .await
             .map_err(|e| storage_error("start an upload of", self.object(key.as_str()), e))?;
-        let upload_id = out.upload_id().unwrap_or_default().to_owned();
+        let Some(upload_id) = out.upload_id().filter(|id| !id.is_empty()) else {
+            return Err(StorageError {
+                action: "start an upload of",
+                target: self.object(key.as_str()),
+                kind: StorageFault::ServerError,
+                detail: "the store answered without an upload id".into(),
+                status: None,
+            });
+        };
         Ok(MultipartUpload {
             storage: self.clone(),
             key: key.to_string(),
-            upload_id,
+            upload_id: upload_id.to_owned(),
             parts: Vec::new(),
+            finished: false,
         })
     }
 
@@ -495,7 +505,6 @@ impl Storage {
 pub struct ObjectStream {
     body: ByteStream,
     target: String,
-    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl ObjectStream {
@@ -516,12 +525,37 @@ impl ObjectStream {
 }
 
 /// An object being written in parts; every part but the last must be at
-/// least 5 MiB (S3's rule).
+/// least 5 MiB (S3's rule). Dropped before it completes (the job was
+/// dropped, or failed), it is aborted in the background, so its parts do
+/// not linger (a killed process leaves them to the bucket's
+/// `AbortIncompleteMultipartUpload` lifecycle rule).
 pub struct MultipartUpload {
     storage: Storage,
     key: String,
     upload_id: String,
     parts: Vec<aws_sdk_s3::types::CompletedPart>,
+    /// Completed or aborted.
+    finished: bool,
+}
+
+impl Drop for MultipartUpload {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let upload = MultipartUpload {
+            storage: self.storage.clone(),
+            key: std::mem::take(&mut self.key),
+            upload_id: std::mem::take(&mut self.upload_id),
+            parts: Vec::new(),
+            finished: false,
+        };
+        self.finished = true;
+        runtime.spawn(upload.abort());
+    }
 }
 
 /// S3's smallest part (but the last).
@@ -567,9 +601,10 @@ impl MultipartUpload {
         Ok(())
     }
 
-    /// Assembles the parts into the object; returns its ETag.
-    pub async fn complete(self) -> Result<Option<String>, StorageError> {
-        let _slot = self.storage.slot().await;
+    /// Assembles the parts into the object; returns its ETag. On failure
+    /// the upload is aborted.
+    pub async fn complete(mut self) -> Result<Option<String>, StorageError> {
+        let slot = self.storage.slot().await;
         let out = self
             .storage
             .client
@@ -587,13 +622,24 @@ impl MultipartUpload {
             .await
             .map_err(|e| {
                 storage_error("complete the upload of", self.storage.object(&self.key), e)
-            })?;
-        Ok(out.e_tag().map(str::to_owned))
+            });
+        drop(slot);
+        match out {
+            Ok(out) => {
+                self.finished = true;
+                Ok(out.e_tag().map(str::to_owned))
+            }
+            Err(e) => {
+                self.abort().await;
+                Err(e)
+            }
+        }
     }
 
     /// Discards the parts uploaded so far. A failure is only logged: the
     /// bucket's lifecycle rule for incomplete uploads is the backstop.
-    pub async fn abort(self) {
+    pub async fn abort(mut self) {
+        self.finished = true;
         let _slot = self.storage.slot().await;
         if let Err(e) = self
             .storage

@@ -700,18 +700,35 @@ async fn churn_sigterm_during_scale_in_hands_jobs_over_uncounted_and_unpaid() {
     );
 }
 
-/// Reads a long job's checkpoint: (parts, parts with audio stored, parts
-/// submitted but not stored, stitched object recorded).
-async fn parts_state(storage: &Storage, key: &str) -> Option<(usize, usize, usize, bool)> {
-    let bytes = storage.get_optional(key).await.ok()??;
-    let cp: Value = serde_json::from_slice(&bytes).ok()?;
-    let parts = cp["parts"].as_array()?;
-    let stored = parts.iter().filter(|p| !p["audio"].is_null()).count();
-    let running = parts
-        .iter()
-        .filter(|p| p["audio"].is_null() && !p["request_id"].is_null())
-        .count();
-    Some((parts.len(), stored, running, !cp["stored"].is_null()))
+/// Reads a long job's checkpoint under `dir` (`{prefix}_parts/{job}/`):
+/// (parts, parts with audio stored, parts submitted but not stored,
+/// stitched object recorded).
+async fn parts_state(storage: &Storage, dir: &str) -> Option<(usize, usize, usize, bool)> {
+    let json = |bytes: bytes::Bytes| serde_json::from_slice::<Value>(&bytes).ok();
+    let plan = json(
+        storage
+            .get_optional(&format!("{dir}plan.json"))
+            .await
+            .ok()??,
+    )?;
+    let parts = plan["parts"].as_u64()? as usize;
+    let (mut stored, mut running) = (0, 0);
+    for i in 0..parts {
+        let Ok(Some(bytes)) = storage.get_optional(&format!("{dir}{i:05}.json")).await else {
+            continue;
+        };
+        let record = json(bytes)?;
+        if !record["audio"].is_null() {
+            stored += 1;
+        } else if !record["request_id"].is_null() {
+            running += 1;
+        }
+    }
+    let stitched = matches!(
+        storage.get_optional(&format!("{dir}stitched.json")).await,
+        Ok(Some(_))
+    );
+    Some((parts, stored, running, stitched))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -768,7 +785,7 @@ async fn long_text_sigkill_mid_parts_and_mid_stitch_pays_no_part_twice() {
         settings.amqp.events_queue.clone().unwrap(),
         1,
     ));
-    let checkpoint = format!("{}_checkpoints/long-1.parts.json", settings.s3.prefix);
+    let checkpoint = format!("{}_parts/long-1/", settings.s3.prefix);
 
     // Kill 1: some parts stored, some running at Segmind.
     let mut mid_parts = None;

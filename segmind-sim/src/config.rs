@@ -49,6 +49,32 @@ pub struct SimConfig {
     /// With the realistic model: probability that a job's audio is silently
     /// truncated to 13–46 % (Gemini's `finishReason: OTHER`), still billed.
     pub truncation_rate: f64,
+    /// The container results are served in.
+    pub container: Container,
+}
+
+/// What Segmind wraps Gemini's PCM in (unknown for the real API: both are
+/// served, and the worker sniffs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Container {
+    Wav,
+    Mp3,
+}
+
+impl Container {
+    pub fn extension(self) -> &'static str {
+        match self {
+            Container::Wav => "wav",
+            Container::Mp3 => "mp3",
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Container::Wav => "audio/wav",
+            Container::Mp3 => "audio/mpeg",
+        }
+    }
 }
 
 /// The shape of the latency distribution.
@@ -117,6 +143,7 @@ impl SimConfig {
             output_mode: OutputMode::Url,
             speech: model::SpeechModel::Words,
             truncation_rate: 0.0,
+            container: Container::Wav,
             foreign_urls: false,
             espeak: speech::espeak_available(),
             submit_delay: Duration::ZERO,

@@ -35,6 +35,7 @@ mod config;
 mod gate;
 mod job;
 pub mod model;
+pub mod mp3;
 pub mod speech;
 pub mod voices;
 pub mod wav;
@@ -56,7 +57,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-pub use config::{LatencyDist, OutputMode, RateScope, SimConfig};
+pub use config::{Container, LatencyDist, OutputMode, RateScope, SimConfig};
 use gate::{admit, api_json, gate, refuse_this_request, simulated_fault};
 use job::{Fate, SimJob, Sound, first_word, new_job, strip_markers, validate};
 
@@ -496,20 +497,23 @@ async fn result(
         let body = json!({
             "request_id": id, "status": "COMPLETED", "error": null,
             "metrics": metrics_json(job, &inner),
-            "output": format!("{media_base}/media/{id}.wav"),
+            "output": format!("{media_base}/media/{id}.{}", inner.config.container.extension()),
         });
         (
             job.sound(),
             inner.config.output_mode,
-            inner.config.espeak,
+            (inner.config.espeak, inner.config.container),
             body,
         )
     };
+    let (espeak, container) = espeak;
     if mode != OutputMode::Url {
-        let wav = render_sound(sound, espeak).await;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(wav);
+        let audio = contained(render_sound(sound, espeak).await, container).await;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(audio);
         body["output"] = match mode {
-            OutputMode::DataUri => Value::String(format!("data:audio/wav;base64,{b64}")),
+            OutputMode::DataUri => {
+                Value::String(format!("data:{};base64,{b64}", container.content_type()))
+            }
             _ => Value::String(b64),
         };
     }
@@ -522,8 +526,11 @@ async fn media_file(
     Path(file): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let id = file.trim_end_matches(".wav").to_owned();
-    let (sound, espeak) = {
+    let id = file
+        .trim_end_matches(".wav")
+        .trim_end_matches(".mp3")
+        .to_owned();
+    let (sound, espeak, container) = {
         let mut inner = lock(&shared);
         inner.stats.media_fetches += 1;
         if headers.contains_key("x-api-key") {
@@ -538,13 +545,29 @@ async fn media_file(
             return (status, "simulated media fault").into_response();
         }
         let espeak = inner.config.espeak;
+        let container = inner.config.container;
         expire(&mut inner, &id);
         match inner.jobs.get(&id) {
-            Some(job) if job.state(Instant::now()) == "COMPLETED" => (job.sound(), espeak),
+            Some(job) if job.state(Instant::now()) == "COMPLETED" => {
+                (job.sound(), espeak, container)
+            }
             _ => return (StatusCode::NOT_FOUND, "not found").into_response(),
         }
     };
-    wav_response(render_sound(sound, espeak).await)
+    let audio = contained(render_sound(sound, espeak).await, container).await;
+    ([(header::CONTENT_TYPE, container.content_type())], audio).into_response()
+}
+
+/// `wav` in the configured container.
+async fn contained(wav: Vec<u8>, container: Container) -> Vec<u8> {
+    match container {
+        Container::Wav => wav,
+        Container::Mp3 => tokio::task::spawn_blocking(move || mp3::from_wav(&wav))
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default(),
+    }
 }
 
 async fn stats(State(shared): State<Shared>) -> Response {

@@ -82,6 +82,16 @@ struct Args {
     /// With `--speech realistic`: share of jobs silently truncated to 13–46 %.
     #[arg(long, default_value_t = 0.0)]
     truncation_rate: f64,
+    /// The container results are served in: Gemini's PCM wrapped in WAV, or
+    /// encoded as MP3 (what Segmind does is unknown).
+    #[arg(long, value_enum, default_value = "wav")]
+    container: ContainerArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ContainerArg {
+    Wav,
+    Mp3,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -148,6 +158,10 @@ async fn main() -> anyhow::Result<()> {
         },
     };
     config.truncation_rate = args.truncation_rate;
+    config.container = match args.container {
+        ContainerArg::Wav => segmind_sim::Container::Wav,
+        ContainerArg::Mp3 => segmind_sim::Container::Mp3,
+    };
     if args.no_espeak {
         config.espeak = false;
     }

@@ -18,11 +18,11 @@ mod parts;
 
 use super::pause::{PauseGate, PauseReason, probe};
 use crate::audio::{self, Audio, AudioError};
-use crate::checkpoint::{self, Checkpoint, Checkpoints, PartsCheckpoint, StoredRecord};
+use crate::checkpoint::{self, Checkpoint, Checkpoints, PartRecord, StitchedRecord, StoredRecord};
 use crate::config::{AccountPolicy, JobSettings, LongTextSettings, Settings};
 use crate::failure::{self, AsFault, Attempt, Class, Disposition, ErrorCode, Fault, Limits};
 use crate::job::{
-    Completed, Failed, ForbiddenKey, KeyPolicy, ObjectKey, Outcome, StoredAudio, TtsJob,
+    Completed, Failed, ForbiddenKey, JobId, KeyPolicy, ObjectKey, Outcome, StoredAudio, TtsJob,
 };
 use crate::metrics::Metrics;
 use crate::quality::SpeakingRate;
@@ -50,6 +50,10 @@ pub enum JobError {
         "output_key {key:?} already holds an object of job {owner:?}; it is not overwritten (choose another key)"
     )]
     KeyTaken { key: String, owner: String },
+    /// A long job's stored part is gone or shorter than recorded: its
+    /// record is cleared so the next delivery produces it again.
+    #[error("{detail}")]
+    PartGone { index: usize, detail: String },
     /// The worker is shutting down and the job was waiting: its delivery is
     /// handed to another replica, which resumes it from the checkpoint.
     #[error("handed over: the worker is shutting down")]
@@ -64,7 +68,9 @@ impl AsFault for JobError {
             JobError::Storage(e) => e.fault(),
             // Like a lost answer: the next delivery resumes the request if
             // the step checkpointed it, else submits.
-            JobError::Interrupted(_) => Fault::Network { timeout: false },
+            JobError::Interrupted(_) | JobError::PartGone { .. } => {
+                Fault::Network { timeout: false }
+            }
             JobError::ForbiddenKey(_) => Fault::OutputKeyForbidden,
             JobError::KeyTaken { .. } => Fault::OutputKeyTaken,
             // Never classified: `run` ends a handed-over job before.
@@ -291,10 +297,13 @@ impl Pipeline {
             self.long_text.part_chars,
             job.speech.voice_2.is_some(),
         );
-        if plan.len() > 1 {
+        let checkpoint = Box::pin(self.checkpoints.load(&job.id, &job.speech)).await?;
+        // A text of several parts is a long job, unless an earlier version
+        // of the worker already submitted it whole (its checkpoint says so):
+        // that request is resumed or replayed, not paid again as parts.
+        if plan.len() > 1 && checkpoint.is_none() {
             return Box::pin(self.run_parts(job, attempt, &plan, calls)).await;
         }
-        let checkpoint = Box::pin(self.checkpoints.load(&job.id, &job.speech)).await?;
         if let Some(cp) = &checkpoint
             && let Some(done) = Box::pin(self.replay_from_storage(job, cp, attempt)).await?
         {
@@ -621,10 +630,17 @@ impl Pipeline {
     }
 }
 
-/// Writes a long job's `checkpoint` (see [`save`]).
-async fn save_parts(checkpoints: &Checkpoints, checkpoint: &PartsCheckpoint) {
-    if let Err(e) = checkpoints.save_parts(checkpoint).await {
-        warn!(error = %e, "could not write the checkpoint; a redelivery of this job would submit its running parts again");
+/// Writes a long job's part record (see [`save`]).
+async fn save_part(checkpoints: &Checkpoints, job_id: &JobId, index: usize, record: &PartRecord) {
+    if let Err(e) = checkpoints.save_part(job_id, index, record).await {
+        warn!(error = %e, part = index, "could not write the part's checkpoint; a redelivery would submit it again");
+    }
+}
+
+/// Writes where a long job's stitched audio went (see [`save`]).
+async fn save_stitched(checkpoints: &Checkpoints, job_id: &JobId, record: &StitchedRecord) {
+    if let Err(e) = checkpoints.save_stitched(job_id, record).await {
+        warn!(error = %e, "could not write the stitch's checkpoint; a repeat would stitch again");
     }
 }
 

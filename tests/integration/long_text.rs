@@ -295,3 +295,54 @@ async fn a_silently_truncated_part_is_submitted_again_alone() {
     assert_eq!(retries, 1.0);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn parts_served_as_mp3_are_decoded_and_stitched_into_one_wav() {
+    let app = spawn_app_with(
+        |sim| {
+            sim.speech = SpeechModel::Realistic { cap: OUTPUT_CAP };
+            sim.container = segmind_sim::Container::Mp3;
+        },
+        |s| s.long_text.part_chars = 800,
+    )
+    .await;
+    let text = narration(4, 700);
+    app.publish_json(json!({"text": text, "voice_1": "Kore", "job_id": "mp3-1"}))
+        .await;
+    let received = app.next_event().await;
+    assert_eq!(
+        received.event.kind, "tts.job.completed",
+        "{:?}",
+        received.event.data
+    );
+    let data = received.completed().clone();
+    assert!(data.parts >= 4, "{} parts", data.parts);
+    assert_eq!(app.sim.stats().submits_accepted, u64::from(data.parts));
+    assert_eq!(data.audio.content_type, "audio/wav");
+    let object = app.storage.get(&data.audio.key).await.unwrap();
+    let probed = ffprobe_seconds(&object.bytes);
+    assert!((probed - data.audio.duration_seconds.unwrap()).abs() < 0.01);
+    // Each part is as long as its text at the voice's rate: the MP3's
+    // encoder delay and padding were trimmed with the silence.
+    let marks = marks_of(&app, data.audio.marks_key.as_deref().unwrap()).await;
+    let cps = chars_per_second("Kore");
+    for (i, mark) in marks["parts"].as_array().unwrap().iter().enumerate() {
+        let [from, to] = [
+            mark["chars"][0].as_u64().unwrap(),
+            mark["chars"][1].as_u64().unwrap(),
+        ];
+        let part: String = text
+            .chars()
+            .skip(from as usize)
+            .take((to - from) as usize)
+            .collect();
+        let expected = part.trim().chars().count() as f64 / cps;
+        let seconds =
+            (mark["end_ms"].as_u64().unwrap() - mark["start_ms"].as_u64().unwrap()) as f64 / 1000.0;
+        assert!(
+            (seconds - expected).abs() < 0.3,
+            "part {i}: {seconds} s for {expected} s"
+        );
+    }
+    app.cleanup().await;
+}

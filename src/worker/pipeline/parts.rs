@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::{JobError, Pipeline, save_parts};
+use super::{JobError, Pipeline, save_part, save_stitched};
 use crate::audio::{Audio, AudioError, AudioFormat};
 use crate::checkpoint::{PartAudio, PartsCheckpoint, StitchedRecord};
 use crate::failure::{self, ErrorCode};
@@ -46,11 +46,44 @@ struct LongJob<'a> {
     job: &'a TtsJob,
     plan: &'a [Part],
     checkpoint: Arc<Mutex<PartsCheckpoint>>,
-    /// One submission at a time per job (see the module's doc).
-    submit_turn: Mutex<()>,
+    /// One submission at a time per job (see the module's doc). The
+    /// spawned submission step holds it: whoever takes it next knows no
+    /// submission of this job is in flight.
+    submit_turn: Arc<Mutex<()>>,
     calls: AtomicU32,
     /// The voice key the speaking rate is learned under.
     voice: String,
+}
+
+/// A part's audio as a 16-bit PCM WAV file, whatever Segmind served: a WAV
+/// (or raw PCM) as is, an MP3 decoded (off the async threads).
+async fn as_wav(
+    bytes: bytes::Bytes,
+    content_type: Option<&str>,
+) -> Result<bytes::Bytes, AudioError> {
+    let audio = Audio::parse(bytes, content_type)?;
+    match audio.format {
+        AudioFormat::Wav => Ok(audio.bytes),
+        AudioFormat::Mp3 => {
+            let pcm = tokio::task::spawn_blocking(move || crate::audio::decode_mp3(audio.bytes))
+                .await
+                .map_err(|e| AudioError::Undecodable {
+                    format: "mp3",
+                    detail: e.to_string(),
+                })??;
+            let format = PcmFormat {
+                sample_rate: pcm.sample_rate,
+                channels: pcm.channels,
+            };
+            let mut wav = Vec::with_capacity(44 + pcm.samples.len());
+            wav.extend_from_slice(&stitch::wav_header(format, pcm.samples.len() as u64));
+            wav.extend_from_slice(&pcm.samples);
+            Ok(bytes::Bytes::from(wav))
+        }
+        other => Err(AudioError::NotStitchable {
+            format: other.extension(),
+        }),
+    }
 }
 
 /// Where a part's speech is in its WAV file.
@@ -104,14 +137,22 @@ impl Pipeline {
         let key = self.keys.key_for(job, AudioFormat::Wav.extension())?;
         // Refused before anything is paid for.
         Box::pin(self.check_owner(job, &key)).await?;
-        let checkpoint = loaded
-            .unwrap_or_else(|| PartsCheckpoint::new(&job.id, &job.speech, part_chars, plan.len()));
+        let checkpoint = match loaded {
+            Some(cp) => cp,
+            None => {
+                let cp = PartsCheckpoint::new(&job.id, &job.speech, part_chars, plan.len());
+                // Before anything is paid: a redelivery finds the plan its
+                // parts' records belong to.
+                Box::pin(self.checkpoints.save_plan(&job.id, &cp.plan)).await?;
+                cp
+            }
+        };
         let long = LongJob {
             pipeline: self,
             job,
             plan,
             checkpoint: Arc::new(Mutex::new(checkpoint)),
-            submit_turn: Mutex::new(()),
+            submit_turn: Arc::new(Mutex::new(())),
             calls: AtomicU32::new(0),
             voice: match job.speech.voice_2 {
                 Some(v2) => format!("{}+{}", job.speech.voice_1.name(), v2.name()),
@@ -180,12 +221,21 @@ impl LongJob<'_> {
         let mut parts = futures_util::stream::iter(0..self.plan.len())
             .map(|index| Box::pin(self.part(index)))
             .buffer_unordered(self.pipeline.long_text.max_parallel_parts);
+        let mut failed = None;
         while let Some(done) = parts.next().await {
-            // The first failure ends the delivery; submissions in flight
-            // finish in their own tasks and checkpoint their request ids.
-            done?;
+            if let Err(e) = done {
+                failed = Some(e);
+                break;
+            }
         }
         drop(parts);
+        if let Some(e) = failed {
+            // The first failure ends the delivery, but not before the
+            // submission in flight (its own task) has recorded its request
+            // id: the next delivery must find it, not pay for it again.
+            let _ = self.submit_turn.clone().lock_owned().await;
+            return Err(e);
+        }
         let records: Vec<PartAudio> = {
             let cp = self.checkpoint.lock().await;
             cp.parts.iter().filter_map(|p| p.audio.clone()).collect()
@@ -199,7 +249,23 @@ impl LongJob<'_> {
         // Stage: stitch and store.
         self.pipeline.check_owner(self.job, key).await?;
         let slot = self.pipeline.transfers.acquire().await.ok();
-        let (stored, etag, layout) = Box::pin(self.stitch(key, &records)).await?;
+        let stitched = Box::pin(self.stitch(key, &records)).await;
+        let (stored, etag, layout) = match stitched {
+            Err(JobError::PartGone { index, detail }) => {
+                // Forget that part's audio: the next delivery produces it again.
+                let mut cp = self.checkpoint.lock().await;
+                cp.parts[index].audio = None;
+                save_part(
+                    &self.pipeline.checkpoints,
+                    &self.job.id,
+                    index,
+                    &cp.parts[index],
+                )
+                .await;
+                return Err(JobError::Interrupted(detail));
+            }
+            other => other?,
+        };
         let marks_key = format!("{key}.marks.json");
         self.write_marks(key, &marks_key, &records, &layout).await?;
         drop(slot);
@@ -209,15 +275,16 @@ impl LongJob<'_> {
             .observe(stored.size_bytes as f64);
         {
             let mut cp = self.checkpoint.lock().await;
-            cp.stored = Some(StitchedRecord {
+            let record = StitchedRecord {
                 key: stored.key.clone(),
                 sha256: stored.sha256.clone(),
                 size_bytes: stored.size_bytes,
                 etag,
                 duration_seconds: layout.duration_seconds(),
                 marks_key: marks_key.clone(),
-            });
-            save_parts(&self.pipeline.checkpoints, &cp).await;
+            };
+            save_stitched(&self.pipeline.checkpoints, &self.job.id, &record).await;
+            cp.stored = Some(record);
         }
         info!(key = %key, bytes = stored.size_bytes, parts = records.len(), seconds = layout.duration_seconds(), "long text stitched and stored");
         let refs: Vec<&PartAudio> = records.iter().collect();
@@ -298,7 +365,8 @@ impl LongJob<'_> {
                 if let Some(t) = synthesis.inference_time_seconds {
                     self.pipeline.metrics.inference_duration.observe(t);
                 }
-                match self.checked(&synthesis.audio, synthesis.content_type.as_deref(), chars) {
+                let wav = as_wav(synthesis.audio.clone(), synthesis.content_type.as_deref()).await;
+                match wav.and_then(|wav| self.checked(wav, chars)) {
                     Ok((audio, speech)) => {
                         let key = self.pipeline.checkpoints.part_audio_key(&self.job.id, index);
                         // The bytes move into the request: no copy is made.
@@ -318,9 +386,12 @@ impl LongJob<'_> {
                             inference_time_seconds: synthesis.inference_time_seconds,
                             cost: synthesis.cost,
                         });
-                        save_parts(&self.pipeline.checkpoints, &cp).await;
+                        save_part(&self.pipeline.checkpoints, &self.job.id, index, &cp.parts[index]).await;
                         return Ok(());
                     }
+                    // Audio the worker cannot use whatever the take (a
+                    // format it does not stitch) is not paid for again.
+                    Err(e) if !worth_resubmitting(&e) => return Err(e.into()),
                     Err(e) if retries_left > 0 => {
                         retries_left -= 1;
                         self.pipeline
@@ -347,13 +418,15 @@ impl LongJob<'_> {
         speech: &Speech,
         deadline: tokio::time::Instant,
     ) -> Result<(crate::segmind::Submitted, chrono::DateTime<chrono::Utc>), JobError> {
-        let _turn = self.submit_turn.lock().await;
+        let turn = self.submit_turn.clone().lock_owned().await;
+        let job_id = self.job.id.clone();
         let segmind = self.pipeline.segmind.clone();
         let checkpoints = self.pipeline.checkpoints.clone();
         let checkpoint = self.checkpoint.clone();
         let speech = speech.clone();
         let step = tokio::spawn(
             async move {
+                let _turn = turn;
                 let mut calls = 0;
                 // The job's first submission starts it, like any new job;
                 // its further parts must not hold back the intake of others.
@@ -373,7 +446,7 @@ impl LongJob<'_> {
                     record.request_id = Some(s.request_id.clone());
                     record.submitted_at = Some(submitted_at);
                     record.submissions += 1;
-                    save_parts(&checkpoints, &cp).await;
+                    save_part(&checkpoints, &job_id, index, record).await;
                 }
                 (submitted.map(|s| (s, submitted_at)), calls)
             }
@@ -394,24 +467,17 @@ impl LongJob<'_> {
     /// silent truncation).
     fn checked(
         &self,
-        bytes: &bytes::Bytes,
-        content_type: Option<&str>,
+        audio: bytes::Bytes,
         chars: usize,
     ) -> Result<(bytes::Bytes, SpeechSpan), AudioError> {
-        let audio = Audio::parse(bytes.clone(), content_type)?;
-        if audio.format != AudioFormat::Wav {
-            return Err(AudioError::NotStitchable {
-                format: audio.format.extension(),
-            });
-        }
-        let wav = stitch::parse_wav(&audio.bytes).map_err(|e| AudioError::NotStitchable {
+        let wav = stitch::parse_wav(&audio).map_err(|e| AudioError::NotStitchable {
             format: if matches!(e, stitch::WavError::NotPcm16 { .. }) {
                 "non-16-bit wav"
             } else {
                 "wav"
             },
         })?;
-        let speech = stitch::speech_bounds(&audio.bytes[wav.data.clone()], wav.format);
+        let speech = stitch::speech_bounds(&audio[wav.data.clone()], wav.format);
         let frames = speech.kept.end - speech.kept.start;
         if frames == 0 {
             return Err(AudioError::NoSamples);
@@ -438,7 +504,7 @@ impl LongJob<'_> {
             data_offset: wav.data.start as u64 + speech.kept.start * wav.format.frame_bytes(),
             frames,
         };
-        Ok((audio.bytes, span))
+        Ok((audio, span))
     }
 
     /// Streams the parts into one WAV object: header, each part's samples,
@@ -483,6 +549,15 @@ impl LongJob<'_> {
             )
             .await?;
         let written = Box::pin(self.write_parts(&mut upload, records, &layout)).await;
+        // The stitch took a while: the key must still be free or ours.
+        let written = match written {
+            Ok(sha256) => self
+                .pipeline
+                .check_owner(self.job, key)
+                .await
+                .map(|_| sha256),
+            Err(e) => Err(e),
+        };
         let sha256 = match written {
             Ok(sha256) => sha256,
             Err(e) => {
@@ -515,12 +590,15 @@ impl LongJob<'_> {
         let mut out = Sink::new(upload);
         out.write(&stitch::wav_header(layout.format, layout.data_bytes()))
             .await?;
-        for (record, placed) in records.iter().zip(&layout.parts) {
+        for (index, (record, placed)) in records.iter().zip(&layout.parts).enumerate() {
             let Some(mut stream) = self.pipeline.storage.read_stream(&record.key).await? else {
-                return Err(JobError::Interrupted(format!(
-                    "the stored part {} is gone; the next delivery produces it again",
-                    record.key
-                )));
+                return Err(JobError::PartGone {
+                    index,
+                    detail: format!(
+                        "the stored part {} is gone; the next delivery produces it again",
+                        record.key
+                    ),
+                });
             };
             let mut skip = usize::try_from(record.data_offset).unwrap_or(usize::MAX);
             let mut left = record.frames * frame;
@@ -533,15 +611,23 @@ impl LongJob<'_> {
                 left -= take as u64;
             }
             if left > 0 {
-                return Err(JobError::Interrupted(format!(
-                    "the stored part {} is shorter than recorded",
-                    record.key
-                )));
+                return Err(JobError::PartGone {
+                    index,
+                    detail: format!(
+                        "the stored part {} is shorter than recorded; the next delivery produces it again",
+                        record.key
+                    ),
+                });
             }
             out.silence(placed.pause * frame).await?;
         }
         let (sha256, written) = out.finish().await?;
-        debug_assert_eq!(written, layout.file_bytes());
+        if written != layout.file_bytes() {
+            return Err(JobError::Interrupted(format!(
+                "stitched {written} bytes where the layout has {}",
+                layout.file_bytes()
+            )));
+        }
         Ok(sha256)
     }
 
@@ -640,6 +726,18 @@ impl<'u> Sink<'u> {
         }
         Ok((hex::encode(self.hasher.finalize()), self.written))
     }
+}
+
+/// Whether another take of a part may give usable audio: Gemini's empty,
+/// silent or truncated takes, not audio the worker cannot read.
+fn worth_resubmitting(e: &AudioError) -> bool {
+    !matches!(
+        e,
+        AudioError::NotStitchable { .. }
+            | AudioError::Undecodable { .. }
+            | AudioError::MixedFormats { .. }
+            | AudioError::Unrecognised { .. }
+    )
 }
 
 /// A long job's completion from its parts' records.
