@@ -3,7 +3,7 @@
 //! realistic rate (≈ 15 characters a second by voice).
 //!
 //! ```text
-//! cargo bench --bench long_text -- latency  [--chars 100000] [--latency 6] [--per-char 0.001]
+//! cargo bench --bench long_text -- latency  [--chars 100000] [--latency 20] [--per-char 0.005]
 //! cargo bench --bench long_text -- memory   [--chars 200000] [--latency 3]
 //! cargo bench --bench long_text -- fairness [--chars 200000] [--limit 50] [--latency 5]
 //! cargo bench --bench long_text -- all
@@ -73,7 +73,14 @@ fn args() -> Args {
     Args {
         chars: num("--chars", default_chars) as usize,
         latency: num("--latency", 0.0),
-        per_char: num("--per-char", 0.001),
+        per_char: num(
+            "--per-char",
+            if mode == "latency" || mode == "all" {
+                0.005
+            } else {
+                0.0
+            },
+        ),
         limit: num("--limit", 50.0) as u32,
         mode,
     }

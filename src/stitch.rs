@@ -2,13 +2,15 @@
 //! I/O. How parts are read and the result uploaded is
 //! [`crate::worker::parts`]'s business.
 //!
-//! Each part's audio is reduced to its speech when it is stored as an
-//! intermediate object: silence at its start and end is trimmed
-//! ([`speech_bounds`]), and every part is converted to one PCM format. The
-//! stitched object is then those PCM runs in order with a pause between them
-//! chosen by what separates the parts ([`pause_after`]): so its length, its
-//! WAV header and the timing marks are known before the first byte is
-//! uploaded ([`layout`]), and the upload is a stream.
+//! Each part's audio is read as 16-bit PCM (an MP3 is decoded first) and
+//! its speech is found when it is stored as an intermediate object: where
+//! the silence at its start and end ends ([`speech_bounds`]) is recorded, so
+//! the stitch copies only the speech. Parts must share one PCM format
+//! (Gemini's is 24 kHz mono). The stitched object is those PCM runs in order
+//! with a pause between them chosen by what separates the parts
+//! ([`pause_after`]): its length, its WAV header and the timing marks are
+//! known before the first byte is uploaded ([`layout`]), and the upload is a
+//! stream.
 //!
 //! Pure; it imports only [`crate::plan::Join`].
 

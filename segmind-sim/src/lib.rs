@@ -275,22 +275,19 @@ fn accept_v2(shared: &Shared, model: String, headers: HeaderMap, body: Bytes) ->
         .unwrap_or(0);
     let job = new_job(&inner.config, submission, earlier == 0);
     *inner.stats.submits_by_text.entry(text_key).or_default() += 1;
-    let latency = job.done_at.duration_since(job.created);
-    inner
-        .stats
-        .requests
-        .entry(id.clone())
-        .or_default()
-        .latency_ms = Some(latency.as_millis() as u64);
+    let latency_ms = Some(job.done_at.duration_since(job.created).as_millis() as u64);
     inner.jobs.insert(id.clone(), job);
     let now = Instant::now();
     let in_progress = inner.jobs.values().filter(|j| j.done_at > now).count() as u64;
     inner.stats.peak_in_progress = inner.stats.peak_in_progress.max(in_progress);
     inner.stats.submits_accepted += 1;
-    inner
-        .stats
-        .requests
-        .insert(id.clone(), RequestCounts::default());
+    inner.stats.requests.insert(
+        id.clone(),
+        RequestCounts {
+            latency_ms,
+            ..RequestCounts::default()
+        },
+    );
     if let Some(code) = inner.accept_then.pop_front() {
         // Accepted and billed above; the answer is lost on the way back.
         return simulated_fault(&mut inner, code, " after accepting");

@@ -201,6 +201,22 @@ impl Settings {
         if self.segmind.retry.max >= self.segmind.job_deadline {
             out.push("segmind.retry_max is not below segmind.job_deadline: one backoff could use the whole job".into());
         }
+        // A long text's delivery lasts about (parts ÷ parallel parts) ×
+        // Segmind's time for a part (≈ 1 min for 3,000 characters).
+        let rounds = self
+            .limits
+            .max_text_chars
+            .div_ceil(self.long_text.part_chars)
+            .div_ceil(self.long_text.max_parallel_parts);
+        if rounds > 25 {
+            out.push(format!(
+                "a text of limits.max_text_chars ({}) is {rounds} rounds of long_text.max_parallel_parts ({}) parts: \
+                 at ≈ 1 min a round its delivery may outlast RabbitMQ's consumer_timeout (30 min by default), \
+                 which closes the channel and redelivers it (counted; every part resumes): raise the queue's \
+                 consumer_timeout or max_parallel_parts",
+                self.limits.max_text_chars, self.long_text.max_parallel_parts
+            ));
+        }
         if self.jobs.max_deliveries == 1 {
             out.push(
                 "jobs.max_deliveries is 1: a worker crash makes its jobs poison messages".into(),

@@ -289,3 +289,32 @@ fn unknown_keys_in_a_file_are_rejected() {
         .to_string();
     assert!(err.contains("prefech"), "{err}");
 }
+
+#[test]
+fn long_text_defaults_and_bounds() {
+    let s = Settings::load_from(None, &[]).unwrap();
+    assert_eq!(s.limits.max_text_chars, 200_000);
+    assert_eq!(s.long_text.part_chars, 3_000);
+    assert_eq!(s.long_text.max_parallel_parts, 4);
+    assert!(s.warnings().is_empty(), "{:?}", s.warnings());
+    for (key, value, named) in [
+        ("TTS__LONG_TEXT__PART_CHARS", "100", "long_text.part_chars"),
+        ("TTS__LONG_TEXT__PART_CHARS", "9000", "long_text.part_chars"),
+        (
+            "TTS__LONG_TEXT__MAX_PARALLEL_PARTS",
+            "0",
+            "long_text.max_parallel_parts",
+        ),
+    ] {
+        let err = Settings::load_from(None, &env(&[(key, value)])).unwrap_err();
+        assert!(err.to_string().contains(named), "{key}={value}: {err}");
+    }
+    // One part at a time for 200,000 characters: past the consumer timeout.
+    let slow =
+        Settings::load_from(None, &env(&[("TTS__LONG_TEXT__MAX_PARALLEL_PARTS", "1")])).unwrap();
+    assert!(
+        slow.warnings()
+            .iter()
+            .any(|w| w.contains("consumer_timeout"))
+    );
+}

@@ -11,8 +11,10 @@
 //!
 //! Fair across jobs: a job has at most one submission at a time (waiting
 //! for the rate budget or at Segmind), so every job with parts to submit
-//! has one ticket in the budget's queue, and a short job behind a long one
-//! waits for about one slot, not for the long job's parts.
+//! competes for the next free slot with one submission, whatever its
+//! length, and a short job behind a long one waits for a slot or two, not
+//! for the long job's parts. Only a job's first part counts as a new job
+//! for intake (`Priority::Part` of `segmind::budget`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -154,10 +156,7 @@ impl Pipeline {
             checkpoint: Arc::new(Mutex::new(checkpoint)),
             submit_turn: Arc::new(Mutex::new(())),
             calls: AtomicU32::new(0),
-            voice: match job.speech.voice_2 {
-                Some(v2) => format!("{}+{}", job.speech.voice_1.name(), v2.name()),
-                None => job.speech.voice_1.name().to_owned(),
-            },
+            voice: rate_key(&job.speech),
         };
         info!(
             parts = plan.len(),
@@ -726,6 +725,20 @@ impl<'u> Sink<'u> {
         }
         Ok((hex::encode(self.hasher.finalize()), self.written))
     }
+}
+
+/// What a speaking rate is learned under: the voices, and the style (a
+/// "speak slowly" must not teach the voice's rate to other jobs, nor be
+/// judged by it).
+fn rate_key(speech: &Speech) -> String {
+    let mut key = speech.voice_1.name().to_owned();
+    if let Some(v2) = speech.voice_2 {
+        key = format!("{key}+{}", v2.name());
+    }
+    if let Some(style) = &speech.style {
+        key = format!("{key}|{}", style.to_lowercase());
+    }
+    key
 }
 
 /// Whether another take of a part may give usable audio: Gemini's empty,
