@@ -3,7 +3,7 @@
 //! realistic rate (≈ 15 characters a second by voice).
 //!
 //! ```text
-//! cargo bench --bench long_text -- latency  [--chars 100000] [--latency 20] [--per-char 0.005]
+//! cargo bench --bench long_text -- latency  [--chars 100000] [--latency 6] [--per-char 0.005]
 //! cargo bench --bench long_text -- memory   [--chars 200000] [--latency 3]
 //! cargo bench --bench long_text -- fairness [--chars 200000] [--limit 50] [--latency 5]
 //! cargo bench --bench long_text -- all
@@ -300,8 +300,12 @@ fn completed(event: &wire::CloudEvent<EventData>) -> anyhow::Result<&wire::Compl
 }
 
 async fn latency(args: &Args) -> anyhow::Result<()> {
-    // Segmind's time grows with the text: 6 s + 1 ms a character (≈ 9 s for
-    // a 3,000-character part) by default.
+    // Segmind's time grows with the text: 6 s + 5 ms a character (≈ 21 s
+    // for a 3,000-character part, ≈ 200 s of audio; Segmind's mean for a
+    // short text is ≈ 43 s) by default. The stitch moves the audio three
+    // times through S3 (≈ 300 MB for 100,000 characters), which this
+    // machine does in ≈ 10–20 s: with parts much faster than that the
+    // ratio measures the storage, not the parallelism.
     let base = if args.latency > 0.0 {
         args.latency
     } else {

@@ -310,19 +310,8 @@ impl Storage {
     }
 
     async fn fetch(&self, key: &str) -> Result<Option<StoredObject>, StorageError> {
-        let _slot = self.slot().await;
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .boxed()
-            .await
-        {
-            Ok(out) => out,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-            Err(e) => return Err(storage_error("read", self.object(key), e)),
+        let Some(out) = self.get_object(key).await? else {
+            return Ok(None);
         };
         let sha256 = out.metadata().and_then(|m| m.get("sha256")).cloned();
         let bytes = out
@@ -411,6 +400,18 @@ impl Storage {
     /// reader that writes elsewhere while it reads (the stitch) must not
     /// hold a slot its own writes wait for.
     pub async fn read_stream(&self, key: &str) -> Result<Option<ObjectStream>, StorageError> {
+        Ok(self.get_object(key).await?.map(|out| ObjectStream {
+            body: out.body,
+            target: self.object(key),
+        }))
+    }
+
+    /// A GetObject answer (its body not read yet); `None` when the object
+    /// does not exist. The slot is held for the request only.
+    async fn get_object(
+        &self,
+        key: &str,
+    ) -> Result<Option<aws_sdk_s3::operation::get_object::GetObjectOutput>, StorageError> {
         let _slot = self.slot().await;
         match self
             .client
@@ -421,10 +422,7 @@ impl Storage {
             .boxed()
             .await
         {
-            Ok(out) => Ok(Some(ObjectStream {
-                body: out.body,
-                target: self.object(key),
-            })),
+            Ok(out) => Ok(Some(out)),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
             Err(e) => Err(storage_error("read", self.object(key), e)),
         }

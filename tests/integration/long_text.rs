@@ -70,6 +70,13 @@ fn ffprobe_seconds(bytes: &[u8]) -> f64 {
     v["format"]["duration"].as_str().unwrap().parse().unwrap()
 }
 
+/// A mark's character count and seconds of audio.
+fn span_of(mark: &Value) -> (u64, f64) {
+    let chars = mark["chars"][1].as_u64().unwrap() - mark["chars"][0].as_u64().unwrap();
+    let ms = mark["end_ms"].as_u64().unwrap() - mark["start_ms"].as_u64().unwrap();
+    (chars, ms as f64 / 1000.0)
+}
+
 async fn marks_of(app: &TestApp, key: &str) -> Value {
     let object = app.storage.get(key).await.expect("marks stored");
     serde_json::from_slice(&object.bytes).expect("marks are JSON")
@@ -280,9 +287,7 @@ async fn a_silently_truncated_part_is_submitted_again_alone() {
     let marks = marks_of(&app, data.audio.marks_key.as_deref().unwrap()).await;
     let cps = chars_per_second("Kore");
     for (i, mark) in marks["parts"].as_array().unwrap().iter().enumerate() {
-        let chars = mark["chars"][1].as_u64().unwrap() - mark["chars"][0].as_u64().unwrap();
-        let seconds =
-            (mark["end_ms"].as_u64().unwrap() - mark["start_ms"].as_u64().unwrap()) as f64 / 1000.0;
+        let (chars, seconds) = span_of(mark);
         assert!(
             seconds > 0.8 * chars as f64 / cps,
             "part {i}: {seconds} s for {chars} characters"
@@ -337,8 +342,7 @@ async fn parts_served_as_mp3_are_decoded_and_stitched_into_one_wav() {
             .take((to - from) as usize)
             .collect();
         let expected = part.trim().chars().count() as f64 / cps;
-        let seconds =
-            (mark["end_ms"].as_u64().unwrap() - mark["start_ms"].as_u64().unwrap()) as f64 / 1000.0;
+        let (_, seconds) = span_of(mark);
         assert!(
             (seconds - expected).abs() < 0.3,
             "part {i}: {seconds} s for {expected} s"
