@@ -292,16 +292,18 @@ impl Pipeline {
     ) -> Result<Completed, JobError> {
         // Storage calls are boxed: their futures are large, and a job's
         // future is as large as its largest state, paid by every waiting job.
-        let plan = crate::plan::plan(
-            &job.speech.text,
-            self.long_text.part_chars,
-            job.speech.voice_2.is_some(),
-        );
+        // A text that fits in one part is planned as that one part.
+        let long = job.speech.text.chars().count() > self.long_text.part_chars;
         let checkpoint = Box::pin(self.checkpoints.load(&job.id, &job.speech)).await?;
         // A text of several parts is a long job, unless an earlier version
         // of the worker already submitted it whole (its checkpoint says so):
         // that request is resumed or replayed, not paid again as parts.
-        if plan.len() > 1 && checkpoint.is_none() {
+        if long && checkpoint.is_none() {
+            let plan = crate::plan::plan(
+                &job.speech.text,
+                self.long_text.part_chars,
+                job.speech.voice_2.is_some(),
+            );
             return Box::pin(self.run_parts(job, attempt, &plan, calls)).await;
         }
         if let Some(cp) = &checkpoint
