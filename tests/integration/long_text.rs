@@ -77,6 +77,23 @@ fn span_of(mark: &Value) -> (u64, f64) {
     (chars, ms as f64 / 1000.0)
 }
 
+/// The stored object of a completion: its size and SHA-256 are the
+/// event's, and ffprobe reads the event's duration from it.
+async fn check_object(app: &TestApp, data: &tts_worker::wire::CompletedData) {
+    let object = app.storage.get(&data.audio.key).await.expect("stored");
+    assert_eq!(object.bytes.len() as u64, data.audio.size_bytes);
+    assert_eq!(
+        hex::encode(Sha256::digest(&object.bytes)),
+        data.audio.sha256
+    );
+    let duration = data.audio.duration_seconds.expect("a duration");
+    let probed = ffprobe_seconds(&object.bytes);
+    assert!(
+        (probed - duration).abs() < 0.01,
+        "ffprobe {probed} s, event {duration} s"
+    );
+}
+
 async fn marks_of(app: &TestApp, key: &str) -> Value {
     let object = app.storage.get(key).await.expect("marks stored");
     serde_json::from_slice(&object.bytes).expect("marks are JSON")
@@ -119,22 +136,12 @@ async fn a_long_narration_ends_as_one_stitched_object_with_its_marks() {
 
     // The object: what the event says, decodable by ffprobe, as long as
     // the event and the marks say.
-    let object = app.storage.get(&data.audio.key).await.expect("stored");
     assert_eq!(
         data.audio.key,
         format!("{}chapter-1.wav", app.settings.s3.prefix)
     );
-    assert_eq!(object.bytes.len() as u64, data.audio.size_bytes);
-    assert_eq!(
-        hex::encode(Sha256::digest(&object.bytes)),
-        data.audio.sha256
-    );
+    check_object(&app, &data).await;
     let duration = data.audio.duration_seconds.unwrap();
-    let probed = ffprobe_seconds(&object.bytes);
-    assert!(
-        (probed - duration).abs() < 0.01,
-        "ffprobe {probed} s, event {duration} s"
-    );
 
     let marks_key = data.audio.marks_key.clone().expect("a marks object");
     assert_eq!(marks_key, format!("{}.marks.json", data.audio.key));
@@ -225,11 +232,6 @@ async fn a_long_dialogue_keeps_both_speakers_and_their_labels_in_every_part() {
     }))
     .await;
     let received = app.next_event().await;
-    assert_eq!(
-        received.event.kind, "tts.job.completed",
-        "{:?}",
-        received.event.data
-    );
     let data = received.completed().clone();
     assert!(data.parts >= 5, "{} parts", data.parts);
     let stats = app.sim.stats();
@@ -242,9 +244,7 @@ async fn a_long_dialogue_keeps_both_speakers_and_their_labels_in_every_part() {
         "every part starts with a speaker's label: {:?}",
         stats.submits_by_text.keys()
     );
-    let object = app.storage.get(&data.audio.key).await.unwrap();
-    let probed = ffprobe_seconds(&object.bytes);
-    assert!((probed - data.audio.duration_seconds.unwrap()).abs() < 0.01);
+    check_object(&app, &data).await;
     let marks = marks_of(&app, data.audio.marks_key.as_deref().unwrap()).await;
     assert_eq!(
         marks["parts"].as_array().unwrap().len(),
@@ -266,11 +266,6 @@ async fn a_silently_truncated_part_is_submitted_again_alone() {
     app.publish_json(json!({"text": text, "voice_1": "Kore", "job_id": "cut-1"}))
         .await;
     let received = app.next_event().await;
-    assert_eq!(
-        received.event.kind, "tts.job.completed",
-        "{:?}",
-        received.event.data
-    );
     let data = received.completed().clone();
     let stats = app.sim.stats();
     // Only the truncated part was paid twice.
@@ -315,18 +310,11 @@ async fn parts_served_as_mp3_are_decoded_and_stitched_into_one_wav() {
     app.publish_json(json!({"text": text, "voice_1": "Kore", "job_id": "mp3-1"}))
         .await;
     let received = app.next_event().await;
-    assert_eq!(
-        received.event.kind, "tts.job.completed",
-        "{:?}",
-        received.event.data
-    );
     let data = received.completed().clone();
     assert!(data.parts >= 4, "{} parts", data.parts);
     assert_eq!(app.sim.stats().submits_accepted, u64::from(data.parts));
     assert_eq!(data.audio.content_type, "audio/wav");
-    let object = app.storage.get(&data.audio.key).await.unwrap();
-    let probed = ffprobe_seconds(&object.bytes);
-    assert!((probed - data.audio.duration_seconds.unwrap()).abs() < 0.01);
+    check_object(&app, &data).await;
     // Each part is as long as its text at the voice's rate: the MP3's
     // encoder delay and padding were trimmed with the silence.
     let marks = marks_of(&app, data.audio.marks_key.as_deref().unwrap()).await;
