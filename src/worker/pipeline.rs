@@ -122,6 +122,9 @@ impl HandOverReason {
 
 /// What every job of the process shares: the adapters and the settings that
 /// shape a job's work. Built once; broker sessions come and go around it.
+/// The adapters and the job settings are public (settlement, the consume
+/// loop and the pause prober use them); what only shapes a job's work is
+/// private to the pipeline and its stages.
 pub struct Pipeline {
     pub segmind: Arc<SegmindClient>,
     pub storage: Storage,
@@ -131,19 +134,19 @@ pub struct Pipeline {
     pub pause: PauseGate,
     pub jobs: JobSettings,
     /// Where audio may be stored.
-    pub keys: KeyPolicy,
+    keys: KeyPolicy,
     /// Bound on one delivery's time at Segmind.
-    pub job_deadline: Duration,
+    job_deadline: Duration,
     /// Lower-cased substrings marking a FAILED message as a content block.
-    pub block_patterns: Vec<String>,
+    block_patterns: Vec<String>,
     /// Slots of the heavy phase (result, download, checks, upload): the only
     /// part of a job that holds audio.
-    pub transfers: Semaphore,
+    transfers: Semaphore,
     /// How long texts are cut and synthesized.
-    pub long_text: LongTextSettings,
+    long_text: LongTextSettings,
     /// Each voice's speaking rate, learned from delivered parts: the
     /// quality gate of a long text's parts.
-    pub speaking_rate: SpeakingRate,
+    speaking_rate: SpeakingRate,
     /// Set once on shutdown: waiting jobs hand their deliveries over.
     handover: watch::Sender<bool>,
 }
