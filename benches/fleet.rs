@@ -49,22 +49,10 @@ struct Args {
 }
 
 fn args() -> Args {
-    let raw: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
-    let get = |name: &str| {
-        raw.iter()
-            .position(|a| a == name)
-            .and_then(|i| raw.get(i + 1))
-            .cloned()
-    };
-    let mode = raw
-        .iter()
-        .find(|a| !a.starts_with("--"))
-        .cloned()
-        .unwrap_or_else(|| "scale".into());
-    let num = |name: &str, default: f64| get(name).and_then(|v| v.parse().ok()).unwrap_or(default);
+    let cli = common::BenchArgs::from_env();
+    let get = |name: &str| cli.get(name);
+    let mode = cli.mode("scale");
+    let num = |name: &str, default: f64| cli.num(name, default);
     Args {
         jobs: num("--jobs", if mode == "rate" { 60.0 } else { 10_000.0 }) as usize,
         variants: get("--variants")

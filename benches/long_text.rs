@@ -49,22 +49,9 @@ struct Args {
 }
 
 fn args() -> Args {
-    let raw: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
-    let get = |name: &str| {
-        raw.iter()
-            .position(|a| a == name)
-            .and_then(|i| raw.get(i + 1))
-            .cloned()
-    };
-    let mode = raw
-        .iter()
-        .find(|a| !a.starts_with("--"))
-        .cloned()
-        .unwrap_or_else(|| "all".into());
-    let num = |name: &str, default: f64| get(name).and_then(|v| v.parse().ok()).unwrap_or(default);
+    let cli = common::BenchArgs::from_env();
+    let mode = cli.mode("all");
+    let num = |name: &str, default: f64| cli.num(name, default);
     let default_chars = if mode == "latency" {
         100_000.0
     } else {

@@ -56,3 +56,51 @@ pub fn amqp_url() -> String {
         })
         .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
+
+/// A benchmark's command line (`cargo bench --bench NAME -- MODE [--key value]…`):
+/// its mode and its `--key value` options.
+pub struct BenchArgs {
+    raw: Vec<String>,
+}
+
+impl BenchArgs {
+    pub fn from_env() -> Self {
+        BenchArgs {
+            raw: std::env::args()
+                .skip(1)
+                .filter(|a| a != "--bench")
+                .collect(),
+        }
+    }
+
+    /// The first word that is neither an option nor an option's value.
+    pub fn mode(&self, default: &str) -> String {
+        let mut after_option = false;
+        for a in &self.raw {
+            if a.starts_with("--") {
+                after_option = true;
+            } else if after_option {
+                after_option = false;
+            } else {
+                return a.clone();
+            }
+        }
+        default.to_owned()
+    }
+
+    /// The value after `name`.
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.raw
+            .iter()
+            .position(|a| a == name)
+            .and_then(|i| self.raw.get(i + 1))
+            .cloned()
+    }
+
+    /// The number after `name`, or `default`.
+    pub fn num(&self, name: &str, default: f64) -> f64 {
+        self.get(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+}
