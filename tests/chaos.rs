@@ -197,6 +197,20 @@ async fn connect() -> Option<(Connection, lapin::Channel)> {
     Some((conn, ch))
 }
 
+/// Publishes a persistent request to the scenario's queue, confirmed.
+async fn publish(publisher: &Publisher, settings: &Settings, body: &Value) {
+    publisher
+        .publish(
+            "",
+            &settings.amqp.requests_queue,
+            body.to_string().as_bytes(),
+            BasicProperties::default().with_delivery_mode(2),
+            true,
+        )
+        .await
+        .expect("request confirmed");
+}
+
 /// A scenario's running parts: the simulator in this process, worker
 /// processes, the declared topology and a confirmed publisher.
 struct Scenario {
@@ -340,16 +354,7 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
         };
         let job_id = format!("chaos-{i}");
         let body = serde_json::json!({"text": format!("chaos job number {i} says hello{marker}"), "job_id": job_id});
-        publisher
-            .publish(
-                "",
-                &settings.amqp.requests_queue,
-                body.to_string().as_bytes(),
-                BasicProperties::default().with_delivery_mode(2),
-                true,
-            )
-            .await
-            .expect("request confirmed");
+        publish(&publisher, &settings, &body).await;
         expected.insert(job_id, outcome);
     }
     let _ = conn.close(200, "published".into()).await;
@@ -595,16 +600,7 @@ async fn churn_sigterm_during_scale_in_hands_jobs_over_uncounted_and_unpaid() {
     } = Chaos::start("churn", &key, sim_config, overrides, n_workers).await;
     for i in 0..jobs {
         let body = serde_json::json!({"text": format!("churn job {i} is being spoken"), "job_id": format!("churn-{i}")});
-        publisher
-            .publish(
-                "",
-                &settings.amqp.requests_queue,
-                body.to_string().as_bytes(),
-                BasicProperties::default().with_delivery_mode(2),
-                true,
-            )
-            .await
-            .expect("request confirmed");
+        publish(&publisher, &settings, &body).await;
     }
     let collector = tokio::spawn(collect_events(
         settings.amqp.events_queue.clone().unwrap(),
@@ -771,16 +767,7 @@ async fn long_text_sigkill_mid_parts_and_mid_stitch_pays_no_part_twice() {
         .collect::<Vec<_>>()
         .join("\n\n");
     let body = serde_json::json!({"text": text, "job_id": "long-1", "voice_1": "Kore"});
-    publisher
-        .publish(
-            "",
-            &settings.amqp.requests_queue,
-            body.to_string().as_bytes(),
-            BasicProperties::default().with_delivery_mode(2),
-            true,
-        )
-        .await
-        .expect("request confirmed");
+    publish(&publisher, &settings, &body).await;
     let collector = tokio::spawn(collect_events(
         settings.amqp.events_queue.clone().unwrap(),
         1,

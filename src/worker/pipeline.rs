@@ -27,7 +27,7 @@ use crate::job::{
 use crate::metrics::Metrics;
 use crate::quality::SpeakingRate;
 use crate::segmind::{SegmindClient, SegmindError, Submitted, Synthesis};
-use crate::storage::{Storage, StorageError};
+use crate::storage::{ObjectInfo, Storage, StorageError};
 
 /// Every error a job's work can end with.
 #[derive(Debug, thiserror::Error)]
@@ -587,6 +587,31 @@ impl Pipeline {
         save(&self.checkpoints, &checkpoint).await;
     }
 
+    /// Whether `key` still holds the object a checkpoint recorded (`intact`
+    /// says what must match); a replay from storage is counted and logged.
+    async fn still_stored(
+        &self,
+        key: &str,
+        intact: impl FnOnce(&ObjectInfo) -> bool,
+    ) -> Result<bool, JobError> {
+        let Some(info) = self.storage.head(key).await? else {
+            return Ok(false);
+        };
+        if !intact(&info) {
+            warn!(
+                key,
+                "stored audio does not match the checkpoint; producing it again"
+            );
+            return Ok(false);
+        }
+        self.metrics.resumed.with_label_values(&["storage"]).inc();
+        info!(
+            key,
+            "audio already stored; replaying the completion without calling Segmind"
+        );
+        Ok(true)
+    }
+
     /// The completion of a job whose audio is already stored: the facts come
     /// from the checkpoint, and the object must still be there, complete and
     /// matching the checksum, size and job id recorded there.
@@ -599,18 +624,14 @@ impl Pipeline {
         let Some(stored) = &checkpoint.stored else {
             return Ok(None);
         };
-        let Some(info) = self.storage.head(&stored.key).await? else {
-            return Ok(None);
+        let intact = |info: &ObjectInfo| {
+            info.sha256.as_deref() == Some(stored.sha256.as_str())
+                && info.size_bytes == Some(stored.size_bytes)
+                && info.job_id.as_deref() == Some(job.id.as_str())
         };
-        let intact = info.sha256.as_deref() == Some(stored.sha256.as_str())
-            && info.size_bytes == Some(stored.size_bytes)
-            && info.job_id.as_deref() == Some(job.id.as_str());
-        if !intact {
-            warn!(key = %stored.key, "stored audio does not match the checkpoint; producing it again");
+        if !self.still_stored(&stored.key, intact).await? {
             return Ok(None);
         }
-        self.metrics.resumed.with_label_values(&["storage"]).inc();
-        info!(key = %stored.key, "audio already stored; replaying the completion without calling Segmind");
         Ok(Some(Completed {
             job_id: job.id.clone(),
             audio: StoredAudio {

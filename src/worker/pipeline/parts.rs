@@ -179,18 +179,16 @@ impl Pipeline {
         let Some(stored) = &checkpoint.stored else {
             return Ok(None);
         };
-        let Some(info) = self.storage.head(&stored.key).await? else {
-            return Ok(None);
+        // A multipart object has no `sha256` metadata: its ETag changes if
+        // it is written again.
+        let intact = |info: &crate::storage::ObjectInfo| {
+            info.size_bytes == Some(stored.size_bytes)
+                && info.job_id.as_deref() == Some(job.id.as_str())
+                && (stored.etag.is_none() || info.etag == stored.etag)
         };
-        let intact = info.size_bytes == Some(stored.size_bytes)
-            && info.job_id.as_deref() == Some(job.id.as_str())
-            && (stored.etag.is_none() || info.etag == stored.etag);
-        if !intact {
-            warn!(key = %stored.key, "stored audio does not match the checkpoint; producing it again");
+        if !self.still_stored(&stored.key, intact).await? {
             return Ok(None);
         }
-        self.metrics.resumed.with_label_values(&["storage"]).inc();
-        info!(key = %stored.key, "audio already stored; replaying the completion without calling Segmind");
         let parts: Vec<&PartAudio> = checkpoint
             .parts
             .iter()
