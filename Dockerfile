@@ -14,6 +14,10 @@
 
 FROM rust:1.95-bookworm AS deps
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# cmake builds the Opus encoder's bundled libopus (crate `opus`).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends cmake=3.25.1-1 \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY segmind-sim/Cargo.toml segmind-sim/Cargo.toml

@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench --bench long_text -- latency  [--chars 100000] [--latency 6] [--per-char 0.005]
 //! cargo bench --bench long_text -- memory   [--chars 200000] [--latency 3]
+//!                                           [--format mp3] [--sample-rate 44100] [--lufs -16] [--captions vtt]
 //! cargo bench --bench long_text -- fairness [--chars 200000] [--limit 50] [--latency 5]
 //! cargo bench --bench long_text -- all
 //! ```
@@ -15,8 +16,10 @@
 //! slowest part's time at Segmind (the simulator's own record), and the
 //! ratios. `memory` runs one job and prints the worker's idle RSS, its peak
 //! while the parts are synthesized and its peak while they are stitched
-//! (the phase read from the job's checkpoint), and checks the stitched
-//! object with ffprobe. `fairness` publishes a long job, then a short one,
+//! (the phase read from the job's checkpoint: stitching includes the
+//! loudness pass and the encoding of a rendered deliverable), and checks the
+//! delivered object with ffprobe. `--format`, `--sample-rate`, `--lufs` and
+//! `--captions` ask for a deliverable (default: Segmind's WAV, stitched). `fairness` publishes a long job, then a short one,
 //! under an account limit of `--limit` calls a minute, and prints when the
 //! short job completes and how far the long job was by then.
 
@@ -46,6 +49,8 @@ struct Args {
     latency: f64,
     per_char: f64,
     limit: u32,
+    /// The deliverable's request fields (`format`, …).
+    deliverable: serde_json::Map<String, Value>,
 }
 
 fn args() -> Args {
@@ -69,6 +74,22 @@ fn args() -> Args {
             },
         ),
         limit: num("--limit", 50.0) as u32,
+        deliverable: {
+            let mut d = serde_json::Map::new();
+            if let Some(f) = cli.get("--format") {
+                d.insert("format".into(), f.into());
+            }
+            if let Some(r) = cli.get("--sample-rate").and_then(|r| r.parse::<u32>().ok()) {
+                d.insert("sample_rate".into(), r.into());
+            }
+            if let Some(l) = cli.get("--lufs").and_then(|l| l.parse::<f64>().ok()) {
+                d.insert("loudness_lufs".into(), l.into());
+            }
+            if let Some(c) = cli.get("--captions") {
+                d.insert("captions".into(), Value::from(vec![c]));
+            }
+            d
+        },
         mode,
     }
 }
@@ -197,7 +218,20 @@ impl Worker {
     }
 
     async fn publish(&self, job_id: &str, text: &str) -> anyhow::Result<Instant> {
-        let body = serde_json::json!({"text": text, "job_id": job_id, "voice_1": "Kore"});
+        self.publish_with(job_id, text, &serde_json::Map::new())
+            .await
+    }
+
+    async fn publish_with(
+        &self,
+        job_id: &str,
+        text: &str,
+        deliverable: &serde_json::Map<String, Value>,
+    ) -> anyhow::Result<Instant> {
+        let mut body = serde_json::json!({"text": text, "job_id": job_id, "voice_1": "Kore"});
+        for (k, v) in deliverable {
+            body[k] = v.clone();
+        }
         self.publisher
             .publish(
                 "",
@@ -398,7 +432,9 @@ async fn memory(args: &Args) -> anyhow::Result<()> {
     let pid = worker.pid();
     let idle = rss_kib(pid).context("worker RSS")?;
     let text = narration(args.chars);
-    let started = worker.publish("long-memory", &text).await?;
+    let started = worker
+        .publish_with("long-memory", &text, &args.deliverable)
+        .await?;
     let mut peak_parts = idle;
     let mut peak_stitch = idle;
     let mut last_phase = Instant::now() - Duration::from_secs(1);
@@ -428,8 +464,9 @@ async fn memory(args: &Args) -> anyhow::Result<()> {
     let data = completed(&event)?.clone();
     let mib = |kib: u64| kib as f64 / 1024.0;
     println!(
-        "memory: one job of {} characters: {} parts, {:.0} s of audio ({:.2} hours, {:.0} MB), done in {secs:.0} s",
+        "memory: one job of {} characters ({}): {} parts, {:.0} s of audio ({:.2} hours, {:.0} MB), done in {secs:.0} s",
         args.chars,
+        data.audio.format.as_deref().unwrap_or("wav as served"),
         data.parts,
         data.audio.duration_seconds.unwrap_or(0.0),
         data.audio.duration_seconds.unwrap_or(0.0) / 3600.0,
@@ -449,7 +486,8 @@ async fn memory(args: &Args) -> anyhow::Result<()> {
     );
     // An independent decoder reads the whole object's header and length.
     let object = worker.storage.get(&data.audio.key).await?;
-    let path = std::env::temp_dir().join("tts-bench-long.wav");
+    let extension = data.audio.key.rsplit('.').next().unwrap_or("wav");
+    let path = std::env::temp_dir().join(format!("tts-bench-long.{extension}"));
     std::fs::write(&path, &object.bytes)?;
     drop(object);
     let ffprobe = std::env::var("TTS_FFPROBE").unwrap_or_else(|_| "ffprobe".into());

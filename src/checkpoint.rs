@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::failure::StorageFault;
-use crate::job::{JobId, Speech, StoredAudio};
+use crate::job::{Delivery, JobId, Speech, StoredAudio};
 use crate::storage::{Storage, StorageError};
 
 /// What a failed checkpoint read means.
@@ -165,6 +165,21 @@ pub struct PartAudio {
     pub inference_time_seconds: Option<f64>,
     #[serde(default)]
     pub cost: Option<f64>,
+    /// Where each sentence of the part is in its speech (frames from the
+    /// speech's first frame), found when the part was checked; empty in
+    /// records of an earlier version (marks then keep to parts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sentences: Vec<SentenceSpan>,
+}
+
+/// A sentence of a part: its characters in the job's text and its frames
+/// in the part's speech.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentenceSpan {
+    /// `[start, end)` in characters (Unicode scalar values) of the text.
+    pub chars: [usize; 2],
+    /// `[start, end)` in frames from the first frame of the part's speech.
+    pub frames: [u64; 2],
 }
 
 /// Where a long job's stitched audio and its marks went.
@@ -179,6 +194,13 @@ pub struct StitchedRecord {
     pub etag: Option<String>,
     pub duration_seconds: f64,
     pub marks_key: String,
+    /// The deliverable it was rendered for ([`crate::deliverable::Deliverable::fingerprint`]);
+    /// none in records of an earlier version (Segmind's WAV as served).
+    #[serde(default)]
+    pub deliverable: Option<String>,
+    /// What was delivered, replayed in the completion event.
+    #[serde(default)]
+    pub delivery: Option<Delivery>,
 }
 
 impl PartsCheckpoint {

@@ -6,6 +6,8 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use crate::deliverable::{CaptionFormat, Deliverable, Format};
+
 /// The 30 Gemini TTS voices, in Google's exact spelling.
 pub const VOICES: [&str; 30] = [
     "Zephyr",
@@ -254,6 +256,8 @@ pub struct TtsJob {
     pub output_key: Option<ObjectKey>,
     /// Opaque producer data echoed in events.
     pub metadata: Option<Map<String, Value>>,
+    /// The format, rate, loudness and captions asked for.
+    pub deliverable: Deliverable,
 }
 
 /// Where audio was stored.
@@ -265,6 +269,32 @@ pub struct StoredAudio {
     pub size_bytes: u64,
     pub sha256: String,
     pub duration_seconds: Option<f64>,
+}
+
+/// What was delivered, as measured on the delivered file (a rendered
+/// deliverable; a passthrough job's audio is Segmind's, unmeasured).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Delivery {
+    pub format: Format,
+    pub sample_rate: u32,
+    pub channels: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitrate_kbps: Option<u32>,
+    /// Integrated loudness (LUFS); none for audio too short or silent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loudness_lufs: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub true_peak_db: Option<f64>,
+    /// Caption files beside the audio.
+    #[serde(default)]
+    pub captions: Vec<Caption>,
+}
+
+/// A caption file beside the audio.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Caption {
+    pub format: CaptionFormat,
+    pub key: String,
 }
 
 /// A finished job.
@@ -280,6 +310,9 @@ pub struct Completed {
     pub parts: u32,
     /// A long job's timing marks, beside the audio (`{key}.marks.json`).
     pub marks_key: Option<String>,
+    /// What a rendered deliverable's audio is (format, rate, loudness,
+    /// captions); `None` for Segmind's audio delivered as served.
+    pub delivery: Option<Delivery>,
     pub inference_time_seconds: Option<f64>,
     /// Credits Segmind reported for the job (`metrics.cost`, summed over
     /// the parts), when known.

@@ -18,19 +18,23 @@
 //! 3. The [`worker`]: pipeline, settlement, consume loop, pause gate.
 //! 4. Wiring, [`app`], and the command line: [`cli`], [`submit`], [`check`].
 
+pub mod align;
 pub mod app;
 pub mod audio;
 pub mod broker;
+pub mod captions;
 pub mod check;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod deliverable;
 pub mod failure;
 pub mod http;
 pub mod job;
 pub mod metrics;
 pub mod plan;
 pub mod quality;
+pub mod render;
 pub mod segmind;
 pub mod stitch;
 pub mod storage;

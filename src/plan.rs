@@ -293,8 +293,10 @@ const ABBREVIATIONS: [&str; 14] = [
     "No.", "Fig.",
 ];
 
-/// Ends of sentences (UAX #29), not after a known abbreviation.
-fn sentence_ends(s: &str) -> Vec<usize> {
+/// Ends of sentences (UAX #29), not after a known abbreviation: byte
+/// offsets in `s`, the last one `s.len()` (none for an empty `s`). Public so
+/// that sentence timing (`align`) finds the very sentences the plan cuts at.
+pub fn sentence_ends(s: &str) -> Vec<usize> {
     s.split_sentence_bound_indices()
         .filter(|(i, sentence)| {
             let end = i + sentence.len();

@@ -269,13 +269,21 @@ impl Layout {
     }
 }
 
-/// Lays out parts of `frames` each, followed by the pause their join asks.
+/// Silence inserted after a part so the silence between two parts' speech
+/// is the pause their join asks for: each part keeps up to [`MARGIN`] of its
+/// own silence at either side, which counts towards the pause.
+pub fn inserted_pause(join: Join) -> Duration {
+    pause_after(join).saturating_sub(2 * MARGIN)
+}
+
+/// Lays out parts of `frames` each (their speech with its margins),
+/// followed by the silence that makes their join's pause.
 pub fn layout(format: PcmFormat, parts: &[(u64, Join)]) -> Layout {
     let mut at = 0u64;
     let placed = parts
         .iter()
         .map(|&(frames, join)| {
-            let pause = format.frames_in(pause_after(join));
+            let pause = format.frames_in(inserted_pause(join));
             let p = Placed {
                 start: at,
                 end: at + frames,

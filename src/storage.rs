@@ -388,6 +388,7 @@ impl Storage {
                     sha256: get("sha256"),
                     job_id: get("job-id"),
                     etag: out.e_tag().map(str::to_owned),
+                    content_type: out.content_type().map(str::to_owned),
                 }))
             }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
@@ -671,4 +672,5 @@ pub struct ObjectInfo {
     pub job_id: Option<String>,
     /// Changes whenever the object is written again.
     pub etag: Option<String>,
+    pub content_type: Option<String>,
 }

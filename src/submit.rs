@@ -42,6 +42,24 @@ pub struct SubmitArgs {
     /// Storage key override.
     #[arg(long = "output-key")]
     pub output_key: Option<String>,
+    /// Delivered format: wav, mp3, ogg (Opus), flac, mulaw.
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Delivered sample rate, Hz.
+    #[arg(long = "sample-rate")]
+    pub sample_rate: Option<u32>,
+    /// Bitrate for mp3 and ogg, kbit/s.
+    #[arg(long = "bitrate")]
+    pub bitrate_kbps: Option<u32>,
+    /// Integrated loudness target, LUFS (e.g. -16).
+    #[arg(long = "loudness", allow_hyphen_values = true)]
+    pub loudness_lufs: Option<f64>,
+    /// True-peak ceiling, dBTP (default -1 with --loudness).
+    #[arg(long = "true-peak", allow_hyphen_values = true)]
+    pub true_peak_db: Option<f64>,
+    /// Caption files to write beside the audio: vtt, srt (repeatable).
+    #[arg(long = "captions")]
+    pub captions: Vec<String>,
     /// Wait for the job's terminal event and print it.
     #[arg(long)]
     pub wait: bool,
@@ -81,6 +99,12 @@ pub async fn run(settings: &Settings, args: SubmitArgs) -> anyhow::Result<bool> 
         job_id: args.job_id.clone(),
         output_key: args.output_key.clone(),
         metadata: None,
+        format: args.format.clone(),
+        sample_rate: args.sample_rate,
+        bitrate_kbps: args.bitrate_kbps,
+        loudness_lufs: args.loudness_lufs,
+        true_peak_db: args.true_peak_db,
+        captions: (!args.captions.is_empty()).then(|| args.captions.clone()),
     })?;
     // A trace of its own, so the job, its spans and its event can be found
     // by the id printed below.
@@ -173,6 +197,18 @@ pub async fn run(settings: &Settings, args: SubmitArgs) -> anyhow::Result<bool> 
                     .map_or("?".into(), |d| format!("{d:.1}")),
                 &c.audio.sha256[..12.min(c.audio.sha256.len())],
             );
+            if let (Some(format), Some(rate)) = (&c.audio.format, c.audio.sample_rate) {
+                println!(
+                    "  {format} at {rate} Hz{}{}",
+                    c.audio
+                        .bitrate_kbps
+                        .map_or(String::new(), |b| format!(", {b} kbit/s")),
+                    c.audio.loudness_lufs.map_or(String::new(), |l| format!(
+                        ", {l:.1} LUFS, true peak {:.1} dBTP",
+                        c.audio.true_peak_db.unwrap_or(f64::NAN)
+                    )),
+                );
+            }
             if c.parts > 1 {
                 println!(
                     "  {} parts, Segmind requests {}",
@@ -192,6 +228,15 @@ pub async fn run(settings: &Settings, args: SubmitArgs) -> anyhow::Result<bool> 
                     std::fs::write(&marks_path, &object.bytes)
                         .with_context(|| format!("writing {marks_path:?}"))?;
                     println!("saved {}", PathBuf::from(marks_path).display());
+                }
+                // Caption files beside the audio, named after `--out`.
+                for caption in &c.audio.captions {
+                    let storage = Storage::new(&settings.s3).await;
+                    let object = storage.get(&caption.key).await?;
+                    let caption_path = path.with_extension(&caption.format);
+                    std::fs::write(&caption_path, &object.bytes)
+                        .with_context(|| format!("writing {}", caption_path.display()))?;
+                    println!("saved {}", caption_path.display());
                 }
             }
             true

@@ -24,8 +24,11 @@ pub(crate) enum Fate {
 
 pub(crate) struct SimJob {
     pub(crate) text: String,
-    /// With the realistic model: the audio's length in seconds.
-    pub(crate) audio_seconds: Option<f64>,
+    /// With the realistic model: how long the audio is.
+    pub(crate) audio_seconds: Option<AudioLength>,
+    /// Fixes the rhythm of the realistic model's speech (from the text, so
+    /// the same text sounds the same).
+    pub(crate) seed: u64,
     /// Every status poll answers this (`[[sim:status-fault=N]]`).
     pub(crate) status_fault: Option<u16>,
     pub(crate) two_speakers: bool,
@@ -55,6 +58,16 @@ impl SimJob {
     pub(crate) fn expired(&self, now: Instant, retention: Duration) -> bool {
         now >= self.done_at + retention
     }
+}
+
+/// The realistic model's audio length for a job.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct AudioLength {
+    /// Seconds the whole text takes to say.
+    pub(crate) spoken: f64,
+    /// Seconds served: `spoken`, or less when cut at the cap or by a
+    /// truncation fault.
+    pub(crate) served: f64,
 }
 
 /// The model's parameter rules; `Err` is the 400 message.
@@ -216,17 +229,17 @@ pub(crate) fn new_job(
                     1.0
                 }
             });
-            Some(model::audio_seconds(
-                spoken.chars().count(),
-                &voice,
-                cap,
-                kept,
-            ))
+            let chars = spoken.chars().count();
+            Some(AudioLength {
+                spoken: model::audio_seconds(chars, &voice, Duration::MAX, 1.0),
+                served: model::audio_seconds(chars, &voice, cap, kept),
+            })
         }
     };
     SimJob {
         status_fault: marker_status_fault(&text),
         audio_seconds,
+        seed: crate::speech::seed_of(&spoken),
         text: spoken,
         two_speakers,
         created: now,
@@ -239,8 +252,19 @@ pub(crate) fn new_job(
 /// What a finished job's audio is made of.
 pub(crate) enum Sound {
     Silent,
-    Text { text: String, two_speakers: bool },
-    Seconds { seconds: f64, two_speakers: bool },
+    Text {
+        text: String,
+        two_speakers: bool,
+    },
+    /// The realistic model: the text spoken over `spoken` seconds, served
+    /// up to `served`.
+    Speech {
+        text: String,
+        spoken: f64,
+        served: f64,
+        two_speakers: bool,
+        seed: u64,
+    },
 }
 
 impl SimJob {
@@ -252,19 +276,42 @@ impl SimJob {
                 text: first_word(&self.text),
                 two_speakers: false,
             },
-            (Fate::Truncated, Some(seconds)) => Sound::Seconds {
-                seconds: seconds * 0.3,
+            (Fate::Truncated, Some(length)) => Sound::Speech {
+                text: self.text.clone(),
+                spoken: length.spoken,
+                served: length.served * 0.3,
                 two_speakers: self.two_speakers,
+                seed: self.seed,
             },
             (Fate::Complete, None) => Sound::Text {
                 text: self.text.clone(),
                 two_speakers: self.two_speakers,
             },
-            (Fate::Complete, Some(seconds)) => Sound::Seconds {
-                seconds,
+            (Fate::Complete, Some(length)) => Sound::Speech {
+                text: self.text.clone(),
+                spoken: length.spoken,
+                served: length.served,
                 two_speakers: self.two_speakers,
+                seed: self.seed,
             },
         }
+    }
+
+    /// Where each sentence is in the audio this job serves: `None` unless
+    /// the realistic model speaks it (the word model and espeak have no
+    /// sentence timing); no sentences for a failed or empty job.
+    pub(crate) fn truth(&self) -> Option<crate::speech::Truth> {
+        self.audio_seconds?;
+        Some(match self.sound() {
+            Sound::Speech {
+                text,
+                spoken,
+                served,
+                two_speakers,
+                seed,
+            } => crate::speech::truth(&text, spoken, served, two_speakers, seed),
+            Sound::Silent | Sound::Text { .. } => crate::speech::Truth::default(),
+        })
     }
 }
 
@@ -276,6 +323,7 @@ mod tests {
         SimJob {
             text: "t".into(),
             audio_seconds: None,
+            seed: 0,
             status_fault: None,
             two_speakers: false,
             created,

@@ -26,7 +26,9 @@
 //! every status poll of that request answers HTTP N.
 //!
 //! Test hooks, not part of Segmind's API: `GET /_sim/stats` (call counts, in
-//! total and per request id), `POST /_sim/faults` (`{"statuses":[429,502]}`:
+//! total and per request id), `GET /_sim/truth/{id}` (where each sentence
+//! is in that request's audio, with the realistic speech model: the ground
+//! truth for sentence alignment; [`SimHandle::truth`]), `POST /_sim/faults` (`{"statuses":[429,502]}`:
 //! the next API calls answer these codes; `{"accept_then":[504]}`: the next
 //! submissions are accepted, and billed, and then answered with these codes,
 //! as a gateway that times out after the API took the request).
@@ -174,6 +176,13 @@ impl SimHandle {
     pub fn set_credits(&self, credits: Option<f64>) {
         lock(&self.shared).credits = credits;
     }
+
+    /// Where each sentence of request `id` is in the audio it serves (see
+    /// [`speech::Truth`]): `None` for an unknown or expired id, or when the
+    /// realistic speech model did not speak it.
+    pub fn truth(&self, id: &str) -> Option<speech::Truth> {
+        lock(&self.shared).jobs.get(id).and_then(SimJob::truth)
+    }
 }
 
 /// Starts the API on `api_addr` and the media host on `media_addr` (port 0
@@ -209,6 +218,7 @@ pub async fn spawn(
         .route("/v1/requests/{id}", get(status))
         .route("/v2/requests/{id}", get(result))
         .route("/_sim/stats", get(stats))
+        .route("/_sim/truth/{id}", get(truth))
         .route("/_sim/faults", post(faults))
         .with_state(shared.clone());
     let media_router = Router::new()
@@ -367,12 +377,17 @@ async fn render_sound(sound: Sound, espeak: bool) -> Vec<u8> {
     match sound {
         Sound::Silent => speech::empty_wav(),
         Sound::Text { text, two_speakers } => render_blocking(text, two_speakers, espeak).await,
-        Sound::Seconds {
-            seconds,
+        Sound::Speech {
+            text,
+            spoken,
+            served,
             two_speakers,
-        } => tokio::task::spawn_blocking(move || speech::render_seconds(seconds, two_speakers))
-            .await
-            .unwrap_or_else(|_| speech::empty_wav()),
+            seed,
+        } => tokio::task::spawn_blocking(move || {
+            speech::render_speech(&text, spoken, served, two_speakers, seed).0
+        })
+        .await
+        .unwrap_or_else(|_| speech::empty_wav()),
     }
 }
 
@@ -569,6 +584,27 @@ async fn contained(wav: Vec<u8>, container: Container) -> Vec<u8> {
 
 async fn stats(State(shared): State<Shared>) -> Response {
     axum::Json(lock(&shared).stats.clone()).into_response()
+}
+
+/// `GET /_sim/truth/{id}`: [`SimHandle::truth`] as JSON
+/// (`{"style":null,"sentences":[{"chars":[s,e],"text":…,"start_ms":…,"end_ms":…}]}`).
+async fn truth(State(shared): State<Shared>, Path(id): Path<String>) -> Response {
+    let inner = lock(&shared);
+    match inner.jobs.get(&id) {
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("Request {id} not found or expired"),
+        )
+            .into_response(),
+        Some(job) => match job.truth() {
+            Some(truth) => axum::Json(truth).into_response(),
+            None => (
+                StatusCode::NOT_FOUND,
+                "no sentence timing: only the realistic speech model records it",
+            )
+                .into_response(),
+        },
+    }
 }
 
 #[derive(Deserialize)]

@@ -364,3 +364,88 @@ async fn the_realistic_model_gives_audio_as_long_as_the_text_up_to_the_cap() {
     let expected = 1_500.0 / chars_per_second("Kore") * 0.25;
     assert!((seconds_of(cut, "Kore").await - expected).abs() < 0.01);
 }
+
+/// With the realistic model each request's sentence timing is served as
+/// ground truth (`GET /_sim/truth/{id}`, `SimHandle::truth`), and it matches
+/// the audio served: a sentence's words are sound, the pauses between
+/// sentences silence. The style in front is no sentence.
+#[tokio::test]
+async fn the_realistic_model_serves_the_truth_of_each_sentence() {
+    use segmind_sim::model::{OUTPUT_CAP, SpeechModel};
+    use segmind_sim::speech::Truth;
+    let sim = sim(|c| {
+        c.latency_mean = Duration::from_millis(50);
+        c.speech = SpeechModel::Realistic { cap: OUTPUT_CAP };
+    })
+    .await;
+    let text = "Narrate calmly: The storm broke at dawn. Nobody on the pier, not even the \
+                fishermen, had seen it coming.\n\nBy noon the harbour was calm again.";
+    let r = post(&sim, &format!("/v2/{MODEL}"), KEY, json!({"text": text})).await;
+    let submitted: Value = r.json().await.unwrap();
+    let id = submitted["request_id"].as_str().unwrap().to_owned();
+    let (code, _) = until_terminal(submitted["status_url"].as_str().unwrap()).await;
+    assert_eq!(code, 200);
+    let result: Value = get(submitted["response_url"].as_str().unwrap())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let wav = reqwest::get(result["output"].as_str().unwrap())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let (_, pcm) = segmind_sim::wav::pcm_of(&wav).unwrap();
+
+    let served: Truth = get(&format!("{}/_sim/truth/{id}", sim.base_url()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(Some(served.clone()), sim.truth(&id));
+    assert_eq!(served.style, Some([0, 16]));
+    let texts: Vec<&str> = served.sentences.iter().map(|s| s.text.as_str()).collect();
+    assert_eq!(
+        texts,
+        [
+            "The storm broke at dawn.",
+            "Nobody on the pier, not even the fishermen, had seen it coming.",
+            "By noon the harbour was calm again.",
+        ]
+    );
+    let chars: Vec<char> = text.chars().collect();
+    let loud = |ms: u64| {
+        let at = (ms * 24) as usize * 2;
+        pcm[at..at + 480]
+            .chunks_exact(2)
+            .any(|s| i16::from_le_bytes([s[0], s[1]]).unsigned_abs() >= 328)
+    };
+    for s in &served.sentences {
+        assert_eq!(chars[s.range()].iter().collect::<String>(), s.text);
+        assert!(loud(s.start_ms) && loud(s.end_ms - 10), "{s:?}");
+    }
+    for pair in served.sentences.windows(2) {
+        let (end, start) = (pair[0].end_ms, pair[1].start_ms);
+        assert!(start >= end + 250, "{pair:?}");
+        assert!(
+            (end + 10..start - 10).step_by(10).all(|ms| !loud(ms)),
+            "{pair:?}"
+        );
+    }
+
+    // Unknown ids, and the word model, have no truth.
+    assert_eq!(
+        get(&format!("{}/_sim/truth/nope", sim.base_url()))
+            .await
+            .status(),
+        404
+    );
+    let words = self::sim(|_| {}).await;
+    let r = post(&words, &format!("/v2/{MODEL}"), KEY, json!({"text": "Hi."})).await;
+    let id = r.json::<Value>().await.unwrap()["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(words.truth(&id), None);
+}

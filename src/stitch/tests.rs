@@ -84,12 +84,13 @@ fn the_layout_places_parts_end_to_end_with_their_pauses() {
             (12_000, Join::End),
         ],
     );
-    let pauses = [9_600, 19_200, 0];
+    // 400 and 800 ms between speech, 40 ms of each side's margin included.
+    let pauses = [7_680, 17_280, 0];
     assert_eq!(l.parts[0].start, 0);
     assert_eq!(l.parts[0].end, 24_000);
     assert_eq!(l.parts[1].start, 24_000 + pauses[0]);
     assert_eq!(l.parts[2].start, l.parts[1].end + pauses[1]);
     assert_eq!(l.frames, 84_000 + pauses.iter().sum::<u64>());
     assert_eq!(l.file_bytes(), 44 + 2 * l.frames);
-    assert_eq!(F.millis_of(l.parts[2].start), 4_200);
+    assert_eq!(F.millis_of(l.parts[2].start), 4_040);
 }

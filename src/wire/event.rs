@@ -50,6 +50,32 @@ pub struct AudioData {
     pub marks_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub marks_uri: Option<String>,
+    /// What was delivered, for a job that asked for a format, rate,
+    /// loudness or captions: measured on the delivered file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_rate: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitrate_kbps: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loudness_lufs: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub true_peak_db: Option<f64>,
+    /// Caption files beside the audio.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub captions: Vec<CaptionData>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaptionData {
+    /// `vtt` or `srt`.
+    pub format: String,
+    pub key: String,
+    pub uri: String,
+    pub content_type: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -189,6 +215,23 @@ pub fn encode_event(
                         .as_ref()
                         .map(|k| format!("s3://{}/{k}", c.audio.bucket)),
                     marks_key: c.marks_key.clone(),
+                    format: c.delivery.as_ref().map(|d| d.format.as_str().to_owned()),
+                    sample_rate: c.delivery.as_ref().map(|d| d.sample_rate),
+                    channels: c.delivery.as_ref().map(|d| d.channels),
+                    bitrate_kbps: c.delivery.as_ref().and_then(|d| d.bitrate_kbps),
+                    loudness_lufs: c.delivery.as_ref().and_then(|d| d.loudness_lufs),
+                    true_peak_db: c.delivery.as_ref().and_then(|d| d.true_peak_db),
+                    captions: c
+                        .delivery
+                        .iter()
+                        .flat_map(|d| &d.captions)
+                        .map(|cap| CaptionData {
+                            format: cap.format.as_str().to_owned(),
+                            uri: format!("s3://{}/{}", c.audio.bucket, cap.key),
+                            key: cap.key.clone(),
+                            content_type: cap.format.content_type().to_owned(),
+                        })
+                        .collect(),
                 },
                 parts: c.parts,
                 segmind: SegmindData {
@@ -292,6 +335,7 @@ mod tests {
             request_ids: vec!["r-1".into()],
             parts: 1,
             marks_key: None,
+            delivery: None,
             inference_time_seconds: Some(40.0),
             segmind_cost: Some(0.05),
             segmind_calls: 4,

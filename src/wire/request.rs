@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::config::RequestLimits;
+use crate::deliverable::{Asked, Deliverable};
 use crate::job::{
     DEFAULT_TEMPERATURE, DEFAULT_VOICE, JobId, ObjectKey, Speech, TEMPERATURE_RANGE, TtsJob, Voice,
 };
@@ -15,7 +16,7 @@ use crate::plan::SPEAKER_LABELS;
 /// speaking ("Narrate calmly, like a bedtime story"), not a second text.
 pub const MAX_STYLE_CHARS: usize = 300;
 
-const KNOWN_FIELDS: [&str; 8] = [
+const KNOWN_FIELDS: [&str; 14] = [
     "text",
     "style",
     "voice_1",
@@ -24,6 +25,12 @@ const KNOWN_FIELDS: [&str; 8] = [
     "job_id",
     "output_key",
     "metadata",
+    "format",
+    "sample_rate",
+    "bitrate_kbps",
+    "loudness_lufs",
+    "true_peak_db",
+    "captions",
 ];
 
 /// One broken rule of a request.
@@ -274,6 +281,16 @@ pub fn decode_request(
         }
     };
 
+    let deliverable = match Deliverable::new(&asked(&object, &mut reject)) {
+        Ok(d) => d,
+        Err(refusals) => {
+            for r in refusals {
+                reject(r.field, r.message);
+            }
+            Deliverable::default()
+        }
+    };
+
     let job = match text {
         Some(text) if errors.is_empty() => Ok(TtsJob {
             id: job_id.clone(),
@@ -286,6 +303,7 @@ pub fn decode_request(
             },
             output_key,
             metadata: metadata.clone(),
+            deliverable,
         }),
         _ => Err(InvalidRequest { errors }),
     };
@@ -293,6 +311,80 @@ pub fn decode_request(
         job_id,
         metadata,
         job,
+    }
+}
+
+/// The deliverable's fields as given, each of the JSON type it must be
+/// (a wrong type is reported here; the values' rules in [`Deliverable::new`]).
+fn asked(object: &Map<String, Value>, reject: &mut impl FnMut(&str, String)) -> Asked {
+    let mut string = |field: &str| match object.get(field) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => {
+            reject(field, format!("must be a string, got {}", type_name(other)));
+            None
+        }
+    };
+    let format = string("format");
+    let mut whole = |field: &str| match object.get(field) {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n.as_u64().and_then(|n| u32::try_from(n).ok()) {
+            Some(v) => Some(v),
+            None => {
+                reject(field, format!("must be a positive whole number, got {n}"));
+                None
+            }
+        },
+        Some(other) => {
+            reject(field, format!("must be a number, got {}", type_name(other)));
+            None
+        }
+    };
+    let sample_rate = whole("sample_rate");
+    let bitrate_kbps = whole("bitrate_kbps");
+    let mut number = |field: &str| match object.get(field) {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(other) => {
+            reject(field, format!("must be a number, got {}", type_name(other)));
+            None
+        }
+    };
+    let loudness_lufs = number("loudness_lufs");
+    let true_peak_db = number("true_peak_db");
+    let captions = match object.get("captions") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) => {
+            let mut names = Vec::new();
+            for item in items {
+                match item {
+                    Value::String(s) => names.push(s.clone()),
+                    other => reject(
+                        "captions",
+                        format!(
+                            "must list strings (\"vtt\", \"srt\"), got {}",
+                            type_name(other)
+                        ),
+                    ),
+                }
+            }
+            Some(names)
+        }
+        Some(other) => {
+            reject(
+                "captions",
+                format!("must be a list such as [\"vtt\"], got {}", type_name(other)),
+            );
+            None
+        }
+    };
+    Asked {
+        format,
+        sample_rate,
+        bitrate_kbps,
+        loudness_lufs,
+        true_peak_db,
+        captions,
     }
 }
 
@@ -380,6 +472,18 @@ pub struct RequestBody {
     pub output_key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_rate: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bitrate_kbps: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loudness_lufs: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub true_peak_db: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub captions: Option<Vec<String>>,
 }
 
 #[cfg(test)]

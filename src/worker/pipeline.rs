@@ -38,6 +38,9 @@ pub enum JobError {
     Audio(#[from] AudioError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// Rendering the deliverable (resampling, encoding, metering) failed.
+    #[error("rendering the audio failed: {0}")]
+    Render(#[from] crate::render::RenderError),
     /// The submission step ended without an answer (its task panicked or
     /// the runtime is shutting down); whether Segmind accepted it is unknown.
     #[error("the submission step was interrupted: {0}")]
@@ -66,6 +69,8 @@ impl AsFault for JobError {
             JobError::Segmind(e) => e.fault(),
             JobError::Audio(e) => e.fault(),
             JobError::Storage(e) => e.fault(),
+            // An encoder refusing this audio would refuse it again.
+            JobError::Render(_) => Fault::BadAudio,
             // Like a lost answer: the next delivery resumes the request if
             // the step checkpointed it, else submits.
             JobError::Interrupted(_) | JobError::PartGone { .. } => {
@@ -301,7 +306,12 @@ impl Pipeline {
         // A text of several parts is a long job, unless an earlier version
         // of the worker already submitted it whole (its checkpoint says so):
         // that request is resumed or replayed, not paid again as parts.
-        if long && checkpoint.is_none() {
+        // A deliverable other than Segmind's WAV is rendered, which only the
+        // parts' path does (a short text is a plan of one part). A
+        // whole-text checkpoint of the same job is not used for it: its
+        // audio was delivered as served.
+        let rendered = !job.deliverable.is_passthrough();
+        if (long && checkpoint.is_none()) || rendered {
             let plan = crate::plan::plan(
                 &job.speech.text,
                 self.long_text.part_chars,
@@ -422,6 +432,7 @@ impl Pipeline {
             request_id: synthesis.request_id,
             parts: 1,
             marks_key: None,
+            delivery: None,
             inference_time_seconds: synthesis.inference_time_seconds,
             segmind_cost: synthesis.cost,
             // Set by `run`, which counts every call of the delivery.
@@ -646,6 +657,7 @@ impl Pipeline {
             request_ids: vec![checkpoint.request_id.clone()],
             parts: 1,
             marks_key: None,
+            delivery: None,
             inference_time_seconds: stored.inference_time_seconds,
             segmind_cost: stored.cost,
             segmind_calls: 0,

@@ -158,7 +158,10 @@ pub fn cleanup_after(outcome: &Outcome, valid_request: bool) -> Option<Cleanup> 
         Outcome::Failed(f) if valid_request && !f.failure.code.keeps_paid_request() => {
             Some(Cleanup::Forget(f.job_id.clone()))
         }
-        Outcome::Completed(c) if c.parts > 1 => Some(Cleanup::Intermediates(c.job_id.clone())),
+        // Every job that ran as parts (several, or one part rendered).
+        Outcome::Completed(c) if c.parts > 1 || c.delivery.is_some() => {
+            Some(Cleanup::Intermediates(c.job_id.clone()))
+        }
         _ => None,
     }
 }
@@ -467,6 +470,7 @@ mod tests {
             request_ids: vec!["r".into(); parts as usize],
             parts,
             marks_key: None,
+            delivery: None,
             inference_time_seconds: None,
             segmind_cost: None,
             segmind_calls: 0,

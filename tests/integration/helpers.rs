@@ -310,10 +310,16 @@ impl TestApp {
     }
 
     pub async fn next_event_from(&self, queue: &str) -> Received {
+        self.next_event_within(queue, Duration::from_secs(30)).await
+    }
+
+    /// The next terminal event on `queue`, waiting up to `timeout` (long
+    /// jobs rendered in a debug build take a while).
+    pub async fn next_event_within(&self, queue: &str, timeout: Duration) -> Received {
         let message = self
-            .get_from(queue, Duration::from_secs(30))
+            .get_from(queue, timeout)
             .await
-            .unwrap_or_else(|| panic!("no event on {queue} within 30 s"));
+            .unwrap_or_else(|| panic!("no event on {queue} within {timeout:?}"));
         let raw = message.delivery.data.clone();
         let event = wire::decode_event(&raw).expect("events are valid CloudEvents");
         Received {

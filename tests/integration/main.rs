@@ -1,11 +1,13 @@
 //! Integration tests: one binary, real RabbitMQ and Garage (started by
 //! `scripts/test.sh`), the Segmind simulator in-process.
 
+mod audio_check;
 mod check;
 #[path = "../common/mod.rs"]
 mod common;
 mod contract;
 mod corpus;
+mod deliverables;
 mod failures;
 mod helpers;
 mod image;

@@ -20,24 +20,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use futures_util::StreamExt;
-use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::{JobError, Pipeline, save_part, save_stitched};
 use crate::audio::{Audio, AudioError, AudioFormat};
-use crate::checkpoint::{PartAudio, PartsCheckpoint, StitchedRecord};
+use crate::checkpoint::{PartAudio, PartsCheckpoint, SentenceSpan, StitchedRecord};
+use crate::deliverable::Deliverable;
 use crate::failure::{self, ErrorCode};
-use crate::job::{Completed, ObjectKey, Speech, StoredAudio, TtsJob};
+use crate::job::{Completed, Delivery, ObjectKey, Speech, StoredAudio, TtsJob};
 use crate::plan::Part;
 use crate::quality::Verdict;
 use crate::stitch::{self, Layout, PcmFormat};
-use crate::storage::{MIN_PART_BYTES, MultipartUpload};
 
-/// Bytes of the stitched WAV uploaded per multipart part: what the stitch
-/// holds in memory (twice, while one part uploads and the next fills).
-const UPLOAD_PART_BYTES: usize = 2 * MIN_PART_BYTES;
+mod deliver;
 
 /// A part with less speech than this share of its audio is mostly silence.
 const MIN_VOICED_SHARE: f64 = 0.2;
@@ -90,29 +86,11 @@ async fn as_wav(
 
 /// Where a part's speech is in its WAV file.
 struct SpeechSpan {
+    sentences: Vec<SentenceSpan>,
     format: PcmFormat,
     /// Byte offset of its first frame.
     data_offset: u64,
     frames: u64,
-}
-
-/// The timing marks object (`{key}.marks.json`).
-#[derive(Debug, Serialize)]
-struct Marks<'a> {
-    job_id: &'a str,
-    audio_key: &'a str,
-    duration_ms: u64,
-    parts: Vec<Mark<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-struct Mark<'a> {
-    index: usize,
-    /// Character range `[start, end)` of the text (Unicode scalar values).
-    chars: [usize; 2],
-    start_ms: u64,
-    end_ms: u64,
-    request_id: &'a str,
 }
 
 impl Pipeline {
@@ -136,7 +114,7 @@ impl Pipeline {
         {
             return Ok(done);
         }
-        let key = self.keys.key_for(job, AudioFormat::Wav.extension())?;
+        let key = self.keys.key_for(job, job.deliverable.format.extension())?;
         // Refused before anything is paid for.
         Box::pin(self.check_owner(job, &key)).await?;
         let checkpoint = match loaded {
@@ -179,6 +157,16 @@ impl Pipeline {
         let Some(stored) = &checkpoint.stored else {
             return Ok(None);
         };
+        // Rendered for other options: another deliverable, rendered anew
+        // (a record of an earlier version is Segmind's WAV as served).
+        let rendered_for = stored
+            .deliverable
+            .clone()
+            .unwrap_or_else(|| Deliverable::default().fingerprint());
+        if rendered_for != job.deliverable.fingerprint() {
+            info!(stored = %rendered_for, asked = %job.deliverable.fingerprint(), "the stored audio was rendered for other options; rendering again");
+            return Ok(None);
+        }
         // A multipart object has no `sha256` metadata: its ETag changes if
         // it is written again.
         let intact = |info: &crate::storage::ObjectInfo| {
@@ -199,13 +187,14 @@ impl Pipeline {
             StoredAudio {
                 bucket: self.storage.bucket().to_owned(),
                 key: stored.key.clone(),
-                content_type: AudioFormat::Wav.content_type().to_owned(),
+                content_type: job.deliverable.format.content_type().to_owned(),
                 size_bytes: stored.size_bytes,
                 sha256: stored.sha256.clone(),
                 duration_seconds: Some(stored.duration_seconds),
             },
             &parts,
             Some(stored.marks_key.clone()),
+            stored.delivery.clone(),
             attempt,
             true,
         )))
@@ -243,11 +232,12 @@ impl LongJob<'_> {
                 "a part ended without its audio recorded".into(),
             ));
         }
-        // Stage: stitch and store.
+        // Stage: stitch, render and store.
+        let layout = self.layout(&records)?;
         self.pipeline.check_owner(self.job, key).await?;
         let slot = self.pipeline.transfers.acquire().await.ok();
-        let stitched = Box::pin(self.stitch(key, &records)).await;
-        let (stored, etag, layout) = match stitched {
+        let rendered = Box::pin(self.render(key, &records, &layout)).await;
+        let rendered = match rendered {
             Err(JobError::PartGone { index, detail }) => {
                 // Forget that part's audio: the next delivery produces it again.
                 let mut cp = self.checkpoint.lock().await;
@@ -264,8 +254,12 @@ impl LongJob<'_> {
             other => other?,
         };
         let marks_key = format!("{key}.marks.json");
-        self.write_marks(key, &marks_key, &records, &layout).await?;
+        let delivery = self
+            .write_marks_and_captions(key, &marks_key, &records, &layout, &rendered)
+            .await?;
         drop(slot);
+        let stored = rendered.audio;
+        let seconds = rendered.delivered.duration_seconds;
         self.pipeline
             .metrics
             .audio_bytes
@@ -276,20 +270,23 @@ impl LongJob<'_> {
                 key: stored.key.clone(),
                 sha256: stored.sha256.clone(),
                 size_bytes: stored.size_bytes,
-                etag,
-                duration_seconds: layout.duration_seconds(),
+                etag: rendered.etag,
+                duration_seconds: seconds,
                 marks_key: marks_key.clone(),
+                deliverable: Some(self.job.deliverable.fingerprint()),
+                delivery: Some(delivery.clone()),
             };
             save_stitched(&self.pipeline.checkpoints, &self.job.id, &record).await;
             cp.stored = Some(record);
         }
-        info!(key = %key, bytes = stored.size_bytes, parts = records.len(), seconds = layout.duration_seconds(), "long text stitched and stored");
+        info!(key = %key, bytes = stored.size_bytes, parts = records.len(), seconds, format = %self.job.deliverable.format, lufs = ?delivery.loudness_lufs, "stitched, rendered and stored");
         let refs: Vec<&PartAudio> = records.iter().collect();
         Ok(completed(
             self.job,
             stored,
             &refs,
             Some(marks_key),
+            Some(delivery),
             attempt,
             false,
         ))
@@ -363,7 +360,7 @@ impl LongJob<'_> {
                     self.pipeline.metrics.inference_duration.observe(t);
                 }
                 let wav = as_wav(synthesis.audio.clone(), synthesis.content_type.as_deref()).await;
-                match wav.and_then(|wav| self.checked(wav, chars)) {
+                match wav.and_then(|wav| self.checked(wav, part)) {
                     Ok((audio, speech)) => {
                         let key = self.pipeline.checkpoints.part_audio_key(&self.job.id, index);
                         // The bytes move into the request: no copy is made.
@@ -378,6 +375,7 @@ impl LongJob<'_> {
                             request_id: synthesis.request_id.clone(),
                             data_offset: speech.data_offset,
                             frames: speech.frames,
+                            sentences: speech.sentences,
                             sample_rate: speech.format.sample_rate,
                             channels: speech.format.channels,
                             inference_time_seconds: synthesis.inference_time_seconds,
@@ -465,8 +463,9 @@ impl LongJob<'_> {
     fn checked(
         &self,
         audio: bytes::Bytes,
-        chars: usize,
+        part: &Part,
     ) -> Result<(bytes::Bytes, SpeechSpan), AudioError> {
+        let chars = part.text.chars().count();
         let wav = stitch::parse_wav(&audio).map_err(|e| AudioError::NotStitchable {
             format: if matches!(e, stitch::WavError::NotPcm16 { .. }) {
                 "non-16-bit wav"
@@ -496,22 +495,54 @@ impl LongJob<'_> {
                 percent: ratio * 100.0,
             });
         }
+        let sentences = self.sentences(&audio[wav.data.clone()], wav.format, &speech, part);
         let span = SpeechSpan {
             format: wav.format,
             data_offset: wav.data.start as u64 + speech.kept.start * wav.format.frame_bytes(),
             frames,
+            sentences,
         };
         Ok((audio, span))
     }
 
-    /// Streams the parts into one WAV object: header, each part's samples,
-    /// the pause its join asks for; uploaded in parts, its SHA-256 computed
-    /// on the way. Memory: two upload parts, whatever the audio's length.
-    async fn stitch(
+    /// Where each sentence of `part` is in its speech, in frames from the
+    /// speech's first kept frame ([`crate::align`]).
+    fn sentences(
         &self,
-        key: &ObjectKey,
-        records: &[PartAudio],
-    ) -> Result<(StoredAudio, Option<String>, Layout), JobError> {
+        pcm: &[u8],
+        format: PcmFormat,
+        speech: &stitch::Speech,
+        part: &Part,
+    ) -> Vec<SentenceSpan> {
+        let ranges: Vec<std::ops::Range<usize>> = Vec::new(); // WIPSHIM align::sentences(&self.job.speech.text, part.chars.clone());
+        if ranges.is_empty() || format.channels != 1 {
+            return Vec::new();
+        }
+        let weights: Vec<usize> = ranges.iter().map(|r| r.len()).collect();
+        let samples: Vec<i16> = pcm
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        let kept = speech.kept.clone();
+        let _ = (&samples, &weights);
+        Vec::<std::ops::Range<u64>>::new() // WIPSHIM align::align(&samples, format.sample_rate, kept.clone(), &weights)
+            .into_iter()
+            .zip(&ranges)
+            .map(|(frames, chars)| SentenceSpan {
+                chars: [chars.start, chars.end],
+                frames: [
+                    frames.start.saturating_sub(kept.start),
+                    frames.end.saturating_sub(kept.start),
+                ],
+            })
+            .collect()
+    }
+}
+
+impl LongJob<'_> {
+    /// Where each part goes in the stitched programme; the parts must share
+    /// one mono 16-bit PCM format (Gemini's).
+    fn layout(&self, records: &[PartAudio]) -> Result<Layout, JobError> {
         let first = &records[0];
         let format = PcmFormat {
             sample_rate: first.sample_rate,
@@ -527,201 +558,18 @@ impl LongJob<'_> {
             }
             .into());
         }
+        if format.channels != 1 {
+            return Err(AudioError::NotStitchable {
+                format: "multichannel wav",
+            }
+            .into());
+        }
         let shape: Vec<(u64, crate::plan::Join)> = records
             .iter()
             .zip(self.plan)
             .map(|(r, p)| (r.frames, p.join))
             .collect();
-        let layout = stitch::layout(format, &shape);
-        let storage = &self.pipeline.storage;
-        let mut upload = storage
-            .start_multipart(
-                key,
-                AudioFormat::Wav.content_type(),
-                &self.job.id,
-                &[
-                    ("parts", records.len().to_string()),
-                    ("duration-seconds", layout.duration_seconds().to_string()),
-                ],
-            )
-            .await?;
-        let written = Box::pin(self.write_parts(&mut upload, records, &layout)).await;
-        // The stitch took a while: the key must still be free or ours.
-        let written = match written {
-            Ok(sha256) => self
-                .pipeline
-                .check_owner(self.job, key)
-                .await
-                .map(|_| sha256),
-            Err(e) => Err(e),
-        };
-        let sha256 = match written {
-            Ok(sha256) => sha256,
-            Err(e) => {
-                upload.abort().await;
-                return Err(e);
-            }
-        };
-        let etag = upload.complete().await?;
-        Ok((
-            StoredAudio {
-                bucket: storage.bucket().to_owned(),
-                key: key.to_string(),
-                content_type: AudioFormat::Wav.content_type().to_owned(),
-                size_bytes: layout.file_bytes(),
-                sha256,
-                duration_seconds: Some(layout.duration_seconds()),
-            },
-            etag,
-            layout,
-        ))
-    }
-
-    async fn write_parts(
-        &self,
-        upload: &mut MultipartUpload,
-        records: &[PartAudio],
-        layout: &Layout,
-    ) -> Result<String, JobError> {
-        let frame = layout.format.frame_bytes();
-        let mut out = Sink::new(upload);
-        out.write(&stitch::wav_header(layout.format, layout.data_bytes()))
-            .await?;
-        for (index, (record, placed)) in records.iter().zip(&layout.parts).enumerate() {
-            let Some(mut stream) = self.pipeline.storage.read_stream(&record.key).await? else {
-                return Err(JobError::PartGone {
-                    index,
-                    detail: format!(
-                        "the stored part {} is gone; the next delivery produces it again",
-                        record.key
-                    ),
-                });
-            };
-            let mut skip = usize::try_from(record.data_offset).unwrap_or(usize::MAX);
-            let mut left = record.frames * frame;
-            while let Some(chunk) = stream.next_chunk().await? {
-                let s = skip.min(chunk.len());
-                skip -= s;
-                let body = &chunk[s..];
-                let take = usize::try_from(left).unwrap_or(usize::MAX).min(body.len());
-                out.write(&body[..take]).await?;
-                left -= take as u64;
-            }
-            if left > 0 {
-                return Err(JobError::PartGone {
-                    index,
-                    detail: format!(
-                        "the stored part {} is shorter than recorded; the next delivery produces it again",
-                        record.key
-                    ),
-                });
-            }
-            out.silence(placed.pause * frame).await?;
-        }
-        let (sha256, written) = out.finish().await?;
-        if written != layout.file_bytes() {
-            return Err(JobError::Interrupted(format!(
-                "stitched {written} bytes where the layout has {}",
-                layout.file_bytes()
-            )));
-        }
-        Ok(sha256)
-    }
-
-    async fn write_marks(
-        &self,
-        key: &ObjectKey,
-        marks_key: &str,
-        records: &[PartAudio],
-        layout: &Layout,
-    ) -> Result<(), JobError> {
-        let format = layout.format;
-        let marks = Marks {
-            job_id: self.job.id.as_str(),
-            audio_key: key.as_str(),
-            duration_ms: format.millis_of(layout.frames),
-            parts: self
-                .plan
-                .iter()
-                .zip(records)
-                .zip(&layout.parts)
-                .enumerate()
-                .map(|(index, ((part, record), placed))| Mark {
-                    index,
-                    chars: [part.chars.start, part.chars.end],
-                    start_ms: format.millis_of(placed.start),
-                    end_ms: format.millis_of(placed.end),
-                    request_id: &record.request_id,
-                })
-                .collect(),
-        };
-        // Serializing strings and numbers cannot fail.
-        let body = serde_json::to_vec_pretty(&marks).unwrap_or_default();
-        self.pipeline
-            .storage
-            .put_bytes(marks_key, body, "application/json")
-            .await?;
-        Ok(())
-    }
-}
-
-/// Where the stitched bytes go: a buffer of one upload part, hashed on the
-/// way.
-struct Sink<'u> {
-    upload: &'u mut MultipartUpload,
-    buffer: Vec<u8>,
-    hasher: Sha256,
-    written: u64,
-}
-
-impl<'u> Sink<'u> {
-    fn new(upload: &'u mut MultipartUpload) -> Self {
-        Sink {
-            upload,
-            buffer: Vec::with_capacity(UPLOAD_PART_BYTES),
-            hasher: Sha256::new(),
-            written: 0,
-        }
-    }
-
-    async fn write(&mut self, mut bytes: &[u8]) -> Result<(), JobError> {
-        self.hasher.update(bytes);
-        self.written += bytes.len() as u64;
-        while !bytes.is_empty() {
-            let room = UPLOAD_PART_BYTES - self.buffer.len();
-            let n = room.min(bytes.len());
-            self.buffer.extend_from_slice(&bytes[..n]);
-            bytes = &bytes[n..];
-            if self.buffer.len() == UPLOAD_PART_BYTES {
-                self.flush().await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn silence(&mut self, bytes: u64) -> Result<(), JobError> {
-        const ZEROS: [u8; 4096] = [0; 4096];
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(ZEROS.len() as u64) as usize;
-            self.write(&ZEROS[..n]).await?;
-            left -= n as u64;
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> Result<(), JobError> {
-        let full = std::mem::replace(&mut self.buffer, Vec::with_capacity(UPLOAD_PART_BYTES));
-        Box::pin(self.upload.upload_part(full)).await?;
-        Ok(())
-    }
-
-    /// Uploads what is left; returns the SHA-256 and the bytes written.
-    async fn finish(mut self) -> Result<(String, u64), JobError> {
-        if !self.buffer.is_empty() {
-            self.flush().await?;
-        }
-        Ok((hex::encode(self.hasher.finalize()), self.written))
+        Ok(stitch::layout(format, &shape))
     }
 }
 
@@ -757,6 +605,7 @@ fn completed(
     audio: StoredAudio,
     parts: &[&PartAudio],
     marks_key: Option<String>,
+    delivery: Option<Delivery>,
     attempt: u32,
     served_from_storage: bool,
 ) -> Completed {
@@ -772,6 +621,7 @@ fn completed(
         parts: u32::try_from(parts.len()).unwrap_or(u32::MAX),
         request_ids,
         marks_key,
+        delivery,
         inference_time_seconds: sum(|p| p.inference_time_seconds),
         segmind_cost: sum(|p| p.cost),
         // Set by `run`, which counts every call of the delivery.

@@ -1,0 +1,1 @@
+//! Caption files (stub: being written).

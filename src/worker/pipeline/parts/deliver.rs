@@ -1,0 +1,598 @@
+//! The last stage of a rendered job: its parts' speech read back in order
+//! with the pause after each ([`PcmReader`]), measured for loudness over the
+//! whole programme when a target is asked (pass 1), then rendered —
+//! resampled, given one gain, encoded — and uploaded as a stream in S3
+//! multipart parts (pass 2); the timing marks and caption files are written
+//! beside it.
+//!
+//! The DSP is synchronous and CPU-bound: it runs on a blocking thread
+//! ([`OffThread`]) fed through a bounded channel, so memory holds a few
+//! chunks of PCM and one upload part whatever the audio's length, and the
+//! async threads never encode.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tracing::info;
+
+use super::LongJob;
+use crate::checkpoint::PartAudio;
+use crate::deliverable::{CaptionFormat, SOURCE_RATE};
+use crate::job::{Caption, Delivery, ObjectKey, StoredAudio};
+use crate::render::{self, Delivered, Meter, Render, RenderError, RenderSpec};
+use crate::stitch::Layout;
+use crate::storage::{MIN_PART_BYTES, MultipartUpload, ObjectStream, Storage};
+use crate::worker::pipeline::JobError;
+
+/// Bytes of the delivered file uploaded per multipart part: what the
+/// stage holds in memory (twice, while one part uploads and the next fills).
+const UPLOAD_PART_BYTES: usize = 2 * MIN_PART_BYTES;
+
+/// Frames of PCM handed to the DSP thread at a time (one second), and
+/// chunks queued for it: the PCM in memory.
+const CHUNK_FRAMES: u64 = SOURCE_RATE as u64;
+const QUEUED_CHUNKS: usize = 4;
+
+/// What the stage delivered.
+pub(super) struct Rendered {
+    pub audio: StoredAudio,
+    pub etag: Option<String>,
+    pub delivered: Delivered,
+    /// Frames of codec delay at the start of the file (marks are shifted by it).
+    pub delay_frames: u64,
+}
+
+impl LongJob<'_> {
+    /// Renders the stitched parts into the deliverable and uploads it under
+    /// `key`, its SHA-256 computed on the way.
+    pub(super) async fn render(
+        &self,
+        key: &ObjectKey,
+        records: &[PartAudio],
+        layout: &Layout,
+    ) -> Result<Rendered, JobError> {
+        let deliverable = &self.job.deliverable;
+        let storage = &self.pipeline.storage;
+        let input_rate = layout.format.sample_rate;
+        let gain_db = match deliverable.loudness {
+            None => 0.0,
+            Some(target) => {
+                // Pass 1: the whole programme at the output rate.
+                let output_rate = deliverable.sample_rate;
+                let meter = OffThread::spawn(move || Meter::new(input_rate, output_rate));
+                let measured =
+                    Box::pin(drive(PcmReader::new(storage, records, layout), meter, None)).await?;
+                let gain = render::gain_db(&measured, &target, deliverable.format.is_lossy());
+                info!(
+                    measured_lufs = ?measured.integrated_lufs,
+                    true_peak_db = ?measured.true_peak_db,
+                    target_lufs = target.lufs,
+                    gain_db = gain,
+                    "loudness measured over the whole programme"
+                );
+                gain
+            }
+        };
+        let spec = RenderSpec {
+            format: deliverable.format,
+            input_rate,
+            output_rate: deliverable.sample_rate,
+            bitrate_kbps: deliverable.bitrate_kbps,
+            gain_db,
+            input_frames: layout.frames,
+        };
+        let delay_frames = spec.timeline_delay_frames();
+        let mut upload = storage
+            .start_multipart(
+                key,
+                deliverable.format.content_type(),
+                &self.job.id,
+                &[
+                    ("parts", records.len().to_string()),
+                    ("deliverable", deliverable.fingerprint()),
+                ],
+            )
+            .await?;
+        // Pass 2: render and upload.
+        let written = {
+            let encoder = OffThread::spawn(move || Render::new(spec));
+            let mut sink = Sink::new(&mut upload);
+            match Box::pin(drive(
+                PcmReader::new(storage, records, layout),
+                encoder,
+                Some(&mut sink),
+            ))
+            .await
+            {
+                Ok(delivered) => sink
+                    .finish()
+                    .await
+                    .map(|(sha, size)| (delivered, sha, size)),
+                Err(e) => Err(e),
+            }
+        };
+        // The render took a while: the key must still be free or ours.
+        let written = match written {
+            Ok(w) => self.pipeline.check_owner(self.job, key).await.map(|_| w),
+            Err(e) => Err(e),
+        };
+        let (delivered, sha256, size_bytes) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                upload.abort().await;
+                return Err(e);
+            }
+        };
+        let etag = upload.complete().await?;
+        Ok(Rendered {
+            audio: StoredAudio {
+                bucket: storage.bucket().to_owned(),
+                key: key.to_string(),
+                content_type: deliverable.format.content_type().to_owned(),
+                size_bytes,
+                sha256,
+                duration_seconds: Some(delivered.duration_seconds),
+            },
+            etag,
+            delivered,
+            delay_frames,
+        })
+    }
+
+    /// Writes the timing marks (parts and sentences, in the delivered
+    /// file's timeline) and the caption files asked for; returns what the
+    /// completion event says of the delivery.
+    pub(super) async fn write_marks_and_captions(
+        &self,
+        key: &ObjectKey,
+        marks_key: &str,
+        records: &[PartAudio],
+        layout: &Layout,
+        rendered: &Rendered,
+    ) -> Result<Delivery, JobError> {
+        let timeline = Timeline {
+            input_rate: layout.format.sample_rate,
+            output_rate: rendered.delivered.sample_rate,
+            delay_frames: rendered.delay_frames,
+        };
+        let chars: Vec<char> = self.job.speech.text.chars().collect();
+        let text_of = |[s, e]: [usize; 2]| -> String {
+            chars[s.min(chars.len())..e.min(chars.len())]
+                .iter()
+                .collect::<String>()
+        };
+        let mut sentences = Vec::new();
+        for ((index, record), placed) in records.iter().enumerate().zip(&layout.parts) {
+            for s in &record.sentences {
+                sentences.push(SentenceMark {
+                    part: index,
+                    chars: s.chars,
+                    text: text_of(s.chars),
+                    start_ms: timeline.millis(placed.start + s.frames[0]),
+                    end_ms: timeline.millis(placed.start + s.frames[1]),
+                });
+            }
+        }
+        let marks = Marks {
+            job_id: self.job.id.as_str(),
+            audio_key: key.as_str(),
+            format: self.job.deliverable.format.as_str(),
+            sample_rate: timeline.output_rate,
+            duration_ms: (rendered.delivered.duration_seconds * 1_000.0).round() as u64,
+            parts: self
+                .plan
+                .iter()
+                .zip(records)
+                .zip(&layout.parts)
+                .enumerate()
+                .map(|(index, ((part, record), placed))| PartMark {
+                    index,
+                    chars: [part.chars.start, part.chars.end],
+                    start_ms: timeline.millis(placed.start),
+                    end_ms: timeline.millis(placed.end),
+                    request_id: &record.request_id,
+                })
+                .collect(),
+            sentences: &sentences,
+        };
+        // Serializing strings and numbers cannot fail.
+        let body = serde_json::to_vec_pretty(&marks).unwrap_or_default();
+        let storage = &self.pipeline.storage;
+        storage
+            .put_bytes(marks_key, body, "application/json")
+            .await?;
+        let mut captions_written = Vec::new();
+        if !self.job.deliverable.captions.is_empty() {
+            let timed: Vec<(&str, u64, u64)> = sentences
+                .iter()
+                .map(|s| (s.text.as_str(), s.start_ms, s.end_ms))
+                .collect();
+            let cues = timed; // WIPSHIM captions::cues(&timed);
+            for &format in &self.job.deliverable.captions {
+                let body = match format {
+                    CaptionFormat::Vtt => format!("{}", cues.len()),
+                    CaptionFormat::Srt => String::new(),
+                }; // WIPSHIM
+                let caption_key = caption_key(key, format);
+                storage
+                    .put_bytes(&caption_key, body.into_bytes(), format.content_type())
+                    .await?;
+                captions_written.push(Caption {
+                    format,
+                    key: caption_key,
+                });
+            }
+        }
+        let d = &rendered.delivered;
+        Ok(Delivery {
+            format: self.job.deliverable.format,
+            sample_rate: d.sample_rate,
+            channels: d.channels,
+            bitrate_kbps: d.bitrate_kbps,
+            loudness_lufs: d.loudness_lufs,
+            true_peak_db: d.true_peak_db,
+            captions: captions_written,
+        })
+    }
+}
+
+/// A caption file's key: the audio's, with the caption's extension in place
+/// of the audio's (`talk.mp3` → `talk.vtt`), as players look for it.
+fn caption_key(audio: &ObjectKey, format: CaptionFormat) -> String {
+    let key = audio.as_str();
+    let name_starts = key.rfind('/').map_or(0, |i| i + 1);
+    let stem = match key[name_starts..].rfind('.') {
+        Some(dot) if dot > 0 => &key[..name_starts + dot],
+        _ => key,
+    };
+    format!("{stem}.{}", format.extension())
+}
+
+/// Maps a frame of the stitched programme (at the parts' rate) to the
+/// delivered file's timeline: resampled, after the codec's delay.
+struct Timeline {
+    input_rate: u32,
+    output_rate: u32,
+    delay_frames: u64,
+}
+
+impl Timeline {
+    fn millis(&self, frame: u64) -> u64 {
+        let seconds = frame as f64 / f64::from(self.input_rate.max(1))
+            + self.delay_frames as f64 / f64::from(self.output_rate.max(1));
+        (seconds * 1_000.0).round() as u64
+    }
+}
+
+/// The timing marks object (`{key}.marks.json`).
+#[derive(Debug, Serialize)]
+struct Marks<'a> {
+    job_id: &'a str,
+    audio_key: &'a str,
+    format: &'a str,
+    sample_rate: u32,
+    duration_ms: u64,
+    parts: Vec<PartMark<'a>>,
+    sentences: &'a [SentenceMark],
+}
+
+#[derive(Debug, Serialize)]
+struct PartMark<'a> {
+    index: usize,
+    /// Character range `[start, end)` of the text (Unicode scalar values).
+    chars: [usize; 2],
+    start_ms: u64,
+    end_ms: u64,
+    request_id: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct SentenceMark {
+    part: usize,
+    chars: [usize; 2],
+    text: String,
+    start_ms: u64,
+    end_ms: u64,
+}
+
+/// The stitched programme as 16-bit mono PCM chunks: each part's speech,
+/// streamed from its stored object, then the pause after it.
+struct PcmReader<'a> {
+    storage: &'a Storage,
+    records: &'a [PartAudio],
+    layout: &'a Layout,
+    /// The part being read (or whose pause is being written).
+    index: usize,
+    stream: Option<ObjectStream>,
+    skip: u64,
+    left: u64,
+    pause_left: u64,
+    /// The odd byte of a chunk that ended inside a sample.
+    carry: Option<u8>,
+    opened: usize,
+}
+
+impl<'a> PcmReader<'a> {
+    fn new(storage: &'a Storage, records: &'a [PartAudio], layout: &'a Layout) -> Self {
+        PcmReader {
+            storage,
+            records,
+            layout,
+            index: 0,
+            stream: None,
+            skip: 0,
+            left: 0,
+            pause_left: 0,
+            carry: None,
+            opened: 0,
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<Vec<i16>>, JobError> {
+        loop {
+            if let Some(stream) = &mut self.stream {
+                if self.left == 0 {
+                    self.stream = None;
+                    continue;
+                }
+                let Some(chunk) = stream.next_chunk().await? else {
+                    return Err(JobError::PartGone {
+                        index: self.index,
+                        detail: format!(
+                            "the stored part {} is shorter than recorded; the next delivery produces it again",
+                            self.records[self.index].key
+                        ),
+                    });
+                };
+                let s = usize::try_from(self.skip)
+                    .unwrap_or(usize::MAX)
+                    .min(chunk.len());
+                self.skip -= s as u64;
+                let body = &chunk[s..];
+                let take = usize::try_from(self.left)
+                    .unwrap_or(usize::MAX)
+                    .min(body.len());
+                self.left -= take as u64;
+                let samples = self.samples(&body[..take]);
+                if !samples.is_empty() {
+                    return Ok(Some(samples));
+                }
+            } else if self.pause_left > 0 {
+                let n = self.pause_left.min(CHUNK_FRAMES);
+                self.pause_left -= n;
+                return Ok(Some(vec![0; n as usize]));
+            } else if self.opened < self.records.len() {
+                let index = self.opened;
+                let record = &self.records[index];
+                let Some(stream) = self.storage.read_stream(&record.key).await? else {
+                    return Err(JobError::PartGone {
+                        index,
+                        detail: format!(
+                            "the stored part {} is gone; the next delivery produces it again",
+                            record.key
+                        ),
+                    });
+                };
+                self.index = index;
+                self.opened += 1;
+                self.stream = Some(stream);
+                self.skip = record.data_offset;
+                self.left = record.frames * 2;
+                self.carry = None;
+                self.pause_left = self.layout.parts.get(index).map_or(0, |p| p.pause);
+            } else {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Little-endian 16-bit samples of `bytes`, with the odd byte of the
+    /// previous chunk in front.
+    fn samples(&mut self, mut bytes: &[u8]) -> Vec<i16> {
+        let mut out = Vec::with_capacity(bytes.len() / 2 + 1);
+        if let Some(low) = self.carry.take()
+            && let Some((&high, rest)) = bytes.split_first()
+        {
+            out.push(i16::from_le_bytes([low, high]));
+            bytes = rest;
+        }
+        let pairs = bytes.chunks_exact(2);
+        if let [odd] = pairs.remainder() {
+            self.carry = Some(*odd);
+        }
+        out.extend(pairs.map(|p| i16::from_le_bytes([p[0], p[1]])));
+        out
+    }
+}
+
+/// Synchronous PCM work (a meter or an encoder) the stage feeds.
+trait PcmWork {
+    type Done: Send + 'static;
+    fn push(&mut self, pcm: &[i16], out: &mut Vec<u8>) -> Result<(), RenderError>;
+    fn finish(self, out: &mut Vec<u8>) -> Result<Self::Done, RenderError>;
+}
+
+impl PcmWork for Render {
+    type Done = Delivered;
+    fn push(&mut self, pcm: &[i16], out: &mut Vec<u8>) -> Result<(), RenderError> {
+        Render::push(self, pcm, out)
+    }
+    fn finish(self, out: &mut Vec<u8>) -> Result<Delivered, RenderError> {
+        Render::finish(self, out)
+    }
+}
+
+impl PcmWork for Meter {
+    type Done = render::Measured;
+    fn push(&mut self, pcm: &[i16], _: &mut Vec<u8>) -> Result<(), RenderError> {
+        Meter::push(self, pcm)
+    }
+    fn finish(self, _: &mut Vec<u8>) -> Result<render::Measured, RenderError> {
+        Meter::finish(self)
+    }
+}
+
+/// PCM work on a blocking thread: PCM in through a bounded channel, bytes
+/// out through another (drained after every chunk sent, so it holds at
+/// most what the queued chunks produce).
+struct OffThread<D> {
+    input: mpsc::Sender<Vec<i16>>,
+    output: mpsc::UnboundedReceiver<Vec<u8>>,
+    done: tokio::task::JoinHandle<Result<D, RenderError>>,
+}
+
+impl<D: Send + 'static> OffThread<D> {
+    /// Builds the work on its thread (an encoder need not be `Send`).
+    fn spawn<W>(make: impl FnOnce() -> Result<W, RenderError> + Send + 'static) -> Self
+    where
+        W: PcmWork<Done = D>,
+    {
+        let (input, mut rx) = mpsc::channel::<Vec<i16>>(QUEUED_CHUNKS);
+        let (tx, output) = mpsc::unbounded_channel();
+        let done = tokio::task::spawn_blocking(move || {
+            let mut work = make()?;
+            let mut out = Vec::new();
+            while let Some(pcm) = rx.blocking_recv() {
+                work.push(&pcm, &mut out)?;
+                if !out.is_empty() {
+                    // The stage is gone when nobody receives: stop.
+                    if tx.send(std::mem::take(&mut out)).is_err() {
+                        break;
+                    }
+                }
+            }
+            let done = work.finish(&mut out)?;
+            if !out.is_empty() {
+                let _ = tx.send(out);
+            }
+            Ok(done)
+        });
+        OffThread {
+            input,
+            output,
+            done,
+        }
+    }
+}
+
+/// Feeds the programme to `work`, writing what it produces to `sink`.
+async fn drive<D: Send + 'static>(
+    mut reader: PcmReader<'_>,
+    work: OffThread<D>,
+    mut sink: Option<&mut Sink<'_>>,
+) -> Result<D, JobError> {
+    let OffThread {
+        input,
+        mut output,
+        done,
+    } = work;
+    while let Some(pcm) = reader.next().await? {
+        if input.send(pcm).await.is_err() {
+            // The thread ended early: its error is in `done`.
+            break;
+        }
+        while let Ok(bytes) = output.try_recv() {
+            if let Some(sink) = sink.as_deref_mut() {
+                sink.write(&bytes).await?;
+            }
+        }
+    }
+    drop(input);
+    while let Some(bytes) = output.recv().await {
+        if let Some(sink) = sink.as_deref_mut() {
+            sink.write(&bytes).await?;
+        }
+    }
+    match done.await {
+        Ok(result) => Ok(result?),
+        Err(e) => Err(JobError::Interrupted(format!(
+            "the audio render stopped: {e}"
+        ))),
+    }
+}
+
+/// Where the delivered bytes go: a buffer of one upload part, hashed on the
+/// way.
+struct Sink<'u> {
+    upload: &'u mut MultipartUpload,
+    buffer: Vec<u8>,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl<'u> Sink<'u> {
+    fn new(upload: &'u mut MultipartUpload) -> Self {
+        Sink {
+            upload,
+            buffer: Vec::with_capacity(UPLOAD_PART_BYTES),
+            hasher: Sha256::new(),
+            written: 0,
+        }
+    }
+
+    async fn write(&mut self, mut bytes: &[u8]) -> Result<(), JobError> {
+        self.hasher.update(bytes);
+        self.written += bytes.len() as u64;
+        while !bytes.is_empty() {
+            let room = UPLOAD_PART_BYTES - self.buffer.len();
+            let n = room.min(bytes.len());
+            self.buffer.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.buffer.len() == UPLOAD_PART_BYTES {
+                self.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), JobError> {
+        let full = std::mem::replace(&mut self.buffer, Vec::with_capacity(UPLOAD_PART_BYTES));
+        Box::pin(self.upload.upload_part(full)).await?;
+        Ok(())
+    }
+
+    /// Uploads what is left; returns the SHA-256 and the bytes written.
+    async fn finish(mut self) -> Result<(String, u64), JobError> {
+        if !self.buffer.is_empty() {
+            self.flush().await?;
+        }
+        Ok((hex::encode(self.hasher.finalize()), self.written))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> ObjectKey {
+        ObjectKey::parse(s, 1024).expect("a key")
+    }
+
+    #[test]
+    fn caption_files_are_named_after_the_audio() {
+        assert_eq!(
+            caption_key(&key("tts/j-1.mp3"), CaptionFormat::Vtt),
+            "tts/j-1.vtt"
+        );
+        assert_eq!(
+            caption_key(&key("a.b/talk"), CaptionFormat::Srt),
+            "a.b/talk.srt"
+        );
+        assert_eq!(
+            caption_key(&key(".hidden"), CaptionFormat::Srt),
+            ".hidden.srt"
+        );
+    }
+
+    #[test]
+    fn marks_follow_the_delivered_timeline() {
+        let t = Timeline {
+            input_rate: 24_000,
+            output_rate: 16_000,
+            delay_frames: 1_600,
+        };
+        // 1 s of source, then the codec's 100 ms.
+        assert_eq!(t.millis(24_000), 1_100);
+        assert_eq!(t.millis(0), 100);
+    }
+}
