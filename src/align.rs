@@ -5,14 +5,17 @@
 //! audio itself. Speech pauses between sentences; it also pauses, more
 //! briefly, at commas, and barely between words. [`align`] finds the pauses
 //! (runs of silence, as [`crate::stitch::speech_bounds`] hears it, of at
-//! least [`MIN_PAUSE`]) and matches the sentence ends of the text to them,
-//! in order: where a boundary is expected comes from the sentences' spoken
-//! weights ([`spoken_weights`]), measured in *voiced* time (the audio with
-//! its pauses removed), so that long pauses do not push the expectations
-//! off; among pauses near an expectation the longer ones win, since a
-//! sentence's pause is usually longer than a comma's. A boundary that finds
-//! no pause falls back to its expected position, moved to the nearest gap
-//! between words.
+//! least [`MIN_PAUSE_MS`]) and cuts the speech at some of them, one
+//! sentence after another, by dynamic programming: each sentence should
+//! last, in *voiced* time (the audio with its pauses removed, so a long
+//! pause does not count as speech), the share of the part that its spoken
+//! weight ([`spoken_weights`]) gives it; pauses left inside a sentence cost
+//! by their length, so a sentence's (usually longer) pause wins over a
+//! comma's nearby. Comparing each sentence's duration, rather than where
+//! each boundary should be, keeps one sentence spoken faster than the rest
+//! from shifting every boundary after it. Sentences whose pause was not
+//! heard share a span, cut where their weights put the boundary, at the
+//! nearest gap between words.
 //!
 //! Pure: text and samples in, ranges out. [`sentences`] uses the plan's
 //! sentence rules ([`crate::plan::sentence_ends`]), so marks and parts agree.
@@ -26,25 +29,33 @@ use crate::plan::{SPEAKER_LABELS, sentence_ends};
 /// 100–250 ms at a comma, and a few tens of ms between words.
 pub const MIN_PAUSE_MS: u64 = 120;
 
-/// [`MIN_PAUSE_MS`] as a duration.
-pub const MIN_PAUSE: std::time::Duration = std::time::Duration::from_millis(MIN_PAUSE_MS);
-
 /// A sample under this peak (−40 dBFS) is silence: the threshold
 /// [`crate::stitch::speech_bounds`] trims with, so that what is trimmed and
 /// what is a pause agree.
 const SILENCE_PEAK: u16 = 328;
 
-/// Cost of leaving a pause unused, per second of its length, in units of
-/// one mean sentence of distance: a long pause inside a sentence is
-/// unlikely, so the matching prefers to end sentences at long pauses. At 2,
-/// a pause 0.4 s longer than another may be 0.8 sentence further from its
-/// expected place and still be chosen.
-const SKIP_PER_SECOND: f64 = 2.0;
+/// Cost of leaving a pause unused, per second of its length: a long pause
+/// inside a sentence is unlikely, so sentences end at long pauses rather
+/// than short ones. At 6, preferring a 600 ms pause over a 200 ms one is
+/// worth a sentence ≈ 2.2 deviations off its expected length.
+const SKIP_PER_SECOND: f64 = 6.0;
 
-/// Cost of a boundary matched to no pause, in units of one mean sentence of
-/// distance: a pause further off than this (plus what leaving it would
-/// cost) is not taken.
-const MISS: f64 = 0.75;
+/// Cost of a boundary that takes no pause (its sentences share a span):
+/// about a sentence 2.5 deviations off its expected length.
+const MISS: f64 = 3.0;
+
+/// Most sentences sharing one span.
+const MAX_GROUP: usize = 6;
+
+/// How far a sentence's voiced duration strays from the share its weight
+/// gives it: speaking rates vary from sentence to sentence (≈ ± 15 %), and
+/// letters are only a proxy for sounds.
+const DURATION_SPREAD: f64 = 0.15;
+/// The least deviation, in seconds: a short sentence's length is ruled
+/// by its words' own rhythm.
+const DURATION_FLOOR: f64 = 0.3;
+/// A span this badly off is not considered (a bound on the search).
+const MAX_DURATION_COST: f64 = 30.0;
 
 /// The sentences of `text` within the characters `chars` (Unicode scalar
 /// offsets, as [`crate::plan::Part::chars`]): character ranges in the whole
@@ -131,46 +142,40 @@ pub fn align(
         .cloned()
         .collect();
     let voiced = Voiced::new(heard.voiced.clone(), &pauses);
-    let total: usize = weights.iter().sum();
-    let expected: Vec<f64> = (1..n)
-        .map(|k| {
-            let share = if total == 0 {
-                k as f64 / n as f64
-            } else {
-                weights[..k].iter().sum::<usize>() as f64 / total as f64
-            };
-            voiced.length as f64 * share
-        })
-        .collect();
-    let matched = match_pauses(
-        &expected,
-        &pauses,
-        &voiced,
-        voiced.length as f64 / n as f64,
-        f64::from(sample_rate),
-    );
+    let groups = segment(weights, &pauses, &voiced, f64::from(sample_rate));
     // Each boundary as (end of the sentence before, start of the next).
     let mut boundaries: Vec<(u64, u64)> = Vec::with_capacity(n - 1);
-    for k in 0..n - 1 {
-        if let Some(p) = matched[k] {
-            boundaries.push((pauses[p].start, pauses[p].end));
-            continue;
+    let mut from = 0;
+    for group in &groups {
+        // Boundaries inside a group have no pause of their own: each goes
+        // where its weight puts it within the group, moved to the nearest
+        // gap between words.
+        let (v_from, v_to) = (voiced.at_point(from), voiced.at_point(group.to));
+        let high = voiced.point_start(group.to, heard.voiced.end);
+        let weight = |r: Range<usize>| weights[r].iter().sum::<usize>();
+        let group_weight = weight(group.sentences.clone());
+        for s in group.sentences.start + 1..group.sentences.end {
+            let share = if group_weight == 0 {
+                (s - group.sentences.start) as f64 / group.sentences.len() as f64
+            } else {
+                weight(group.sentences.start..s) as f64 / group_weight as f64
+            };
+            let low = boundaries.last().map_or(heard.voiced.start, |b| b.1);
+            let at = voiced
+                .frame_at(v_from + (v_to - v_from) * share)
+                .clamp(low, high.max(low));
+            let gap = heard
+                .gaps
+                .iter()
+                .filter(|g| g.start >= low && g.end <= high)
+                .min_by_key(|g| g.start.abs_diff(at).min(g.end.abs_diff(at)));
+            boundaries.push(gap.map_or((at, at), |g| (g.start, g.end)));
         }
-        let low = boundaries.last().map_or(heard.voiced.start, |b| b.1);
-        let high = matched[k + 1..]
-            .iter()
-            .flatten()
-            .next()
-            .map_or(heard.voiced.end, |&p| pauses[p].start)
-            .max(low);
-        let at = voiced.frame_at(expected[k]).clamp(low, high);
-        // The gap between words nearest the expected place, if any.
-        let gap = heard
-            .gaps
-            .iter()
-            .filter(|g| g.start >= low && g.end <= high)
-            .min_by_key(|g| g.start.abs_diff(at).min(g.end.abs_diff(at)));
-        boundaries.push(gap.map_or((at, at), |g| (g.start, g.end)));
+        if group.to <= pauses.len() && group.sentences.end < n {
+            let pause = &pauses[group.to - 1];
+            boundaries.push((pause.start, pause.end));
+        }
+        from = group.to;
     }
     (0..n)
         .map(|i| {
@@ -263,9 +268,23 @@ impl Voiced {
         }
     }
 
-    /// The voiced frames before pause `i`.
-    fn before(&self, i: usize) -> u64 {
-        self.pauses[i].1
+    /// Voiced frames before point `p`: 0 the start of the speech, 1..=m
+    /// the pauses, m + 1 its end.
+    fn at_point(&self, p: usize) -> f64 {
+        match p {
+            0 => 0.0,
+            p if p <= self.pauses.len() => self.pauses[p - 1].1 as f64,
+            _ => self.length as f64,
+        }
+    }
+
+    /// The frame at which point `p` starts (`end` for the end of the speech).
+    fn point_start(&self, p: usize, end: u64) -> u64 {
+        match p {
+            0 => self.start,
+            p if p <= self.pauses.len() => self.pauses[p - 1].0.start,
+            _ => end,
+        }
     }
 
     /// The frame at `v` voiced frames (at a pause, its start).
@@ -282,76 +301,106 @@ impl Voiced {
     }
 }
 
-/// Which pause ends each sentence: for boundaries expected at `expected`
-/// voiced frames, the pauses (in order) each boundary takes, or `None`.
-/// Dynamic programming over (boundary, pause): a match costs its distance
-/// in voiced time (in mean sentences, `sentence` frames), a pause left
-/// unused costs by its length ([`SKIP_PER_SECOND`]), a boundary left
-/// unmatched [`MISS`]; matches keep their order.
-fn match_pauses(
-    expected: &[f64],
-    pauses: &[Range<u64>],
-    voiced: &Voiced,
-    sentence: f64,
-    rate: f64,
-) -> Vec<Option<usize>> {
-    let (k_max, m) = (expected.len(), pauses.len());
-    let sentence = sentence.max(1.0);
-    let skip = |j: usize| SKIP_PER_SECOND * (pauses[j].end - pauses[j].start) as f64 / rate;
-    let distance = |k: usize, j: usize| (voiced.before(j) as f64 - expected[k]).abs() / sentence;
-    #[derive(Clone, Copy)]
-    enum Step {
-        Skip,
-        Match,
-        Miss,
+/// Sentences that end together at a point: one sentence, or several
+/// whose boundaries found no pause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Group {
+    sentences: Range<usize>,
+    /// The point it ends at: a pause (1-based index into the pauses), or
+    /// one past the last pause for the end of the speech. It starts where
+    /// the group before it ended (point 0: the start of the speech).
+    to: usize,
+}
+
+/// Cuts the speech into sentences at pauses: dynamic programming over
+/// (sentences said, the pause they end at). A sentence from one point to a
+/// later one costs by how far its voiced duration is from what its weight
+/// expects ([`duration_cost`]); each pause inside it costs by its length
+/// ([`SKIP_PER_SECOND`]); a few sentences may share a span when a pause
+/// between them was not heard, each boundary without a pause costing
+/// [`MISS`]. Durations, not positions, are compared, so an error in one
+/// sentence's expected length does not shift every later one.
+fn segment(weights: &[usize], pauses: &[Range<u64>], voiced: &Voiced, rate: f64) -> Vec<Group> {
+    let (n, m) = (weights.len(), pauses.len());
+    let points = m + 2;
+    let all = vec![Group {
+        sentences: 0..n,
+        to: m + 1,
+    }];
+    // Weight shares (equal when the weights are all zero).
+    let total: usize = weights.iter().sum();
+    let mut cumulative = vec![0.0; n + 1];
+    for (i, &w) in weights.iter().enumerate() {
+        cumulative[i + 1] = cumulative[i] + if total == 0 { 1.0 } else { w as f64 };
     }
-    let width = m + 1;
-    let mut cost = vec![f64::INFINITY; (k_max + 1) * width];
-    let mut step = vec![Step::Skip; (k_max + 1) * width];
+    let length = voiced.length as f64;
+    let expected =
+        |r: Range<usize>| length * (cumulative[r.end] - cumulative[r.start]) / cumulative[n];
+    // skipped[p]: the cost of leaving pauses 1..=p unused.
+    let mut skipped = vec![0.0; points];
+    for (p, pause) in pauses.iter().enumerate() {
+        skipped[p + 1] = skipped[p] + SKIP_PER_SECOND * (pause.end - pause.start) as f64 / rate;
+    }
+    skipped[m + 1] = skipped[m];
+    let inside = |i: usize, j: usize| skipped[j - 1] - skipped[i];
+    let at = |p: usize| voiced.at_point(p);
+    let mut cost = vec![f64::INFINITY; (n + 1) * points];
+    let mut back = vec![(0usize, 0usize); (n + 1) * points];
     cost[0] = 0.0;
-    for k in 0..=k_max {
-        for j in 0..=m {
-            let at = k * width + j;
-            if k == 0 && j == 0 {
-                continue;
-            }
-            let mut best = (f64::INFINITY, Step::Skip);
-            if j > 0 {
-                let c = cost[at - 1] + skip(j - 1);
-                if c < best.0 {
-                    best = (c, Step::Skip);
+    for k in 1..=n {
+        // Only the last sentence ends at the end of the speech.
+        let ends = if k == n { m + 1..m + 2 } else { 1..m + 1 };
+        for j in ends {
+            let mut best = (f64::INFINITY, (0, 0));
+            for r in 1..=k.min(MAX_GROUP) {
+                let x = expected(k - r..k);
+                for i in (0..j).rev() {
+                    let before = cost[(k - r) * points + i];
+                    let d = at(j) - at(i);
+                    let fit = duration_cost(d, x, rate);
+                    if fit > MAX_DURATION_COST && d > x {
+                        // Earlier points only make it longer.
+                        break;
+                    }
+                    if !before.is_finite() {
+                        continue;
+                    }
+                    let c = before + fit + inside(i, j) + (r - 1) as f64 * MISS;
+                    if c < best.0 {
+                        best = (c, (k - r, i));
+                    }
                 }
             }
-            if k > 0 && j > 0 {
-                let c = cost[at - width - 1] + distance(k - 1, j - 1);
-                if c < best.0 {
-                    best = (c, Step::Match);
-                }
-            }
-            if k > 0 {
-                let c = cost[at - width] + MISS;
-                if c < best.0 {
-                    best = (c, Step::Miss);
-                }
-            }
-            cost[at] = best.0;
-            step[at] = best.1;
+            cost[k * points + j] = best.0;
+            back[k * points + j] = best.1;
         }
     }
-    let mut matched = vec![None; k_max];
-    let (mut k, mut j) = (k_max, m);
-    while k > 0 || j > 0 {
-        match step[k * width + j] {
-            Step::Skip => j -= 1,
-            Step::Match => {
-                matched[k - 1] = Some(j - 1);
-                k -= 1;
-                j -= 1;
-            }
-            Step::Miss => k -= 1,
-        }
+    if !cost[n * points + m + 1].is_finite() {
+        return all;
     }
-    matched
+    let mut groups = Vec::new();
+    let (mut k, mut j) = (n, m + 1);
+    while k > 0 {
+        let (k0, i) = back[k * points + j];
+        groups.push(Group {
+            sentences: k0..k,
+            to: j,
+        });
+        (k, j) = (k0, i);
+    }
+    groups.reverse();
+    groups
+}
+
+/// The cost of a sentence (or group) lasting `d` voiced frames when its
+/// weight expects `x`: half the square of the error in deviations up to
+/// two, then linear (one odd sentence must not outweigh all the others).
+/// The deviation grows with the length ([`DURATION_SPREAD`]) from a floor
+/// ([`DURATION_FLOOR`]).
+fn duration_cost(d: f64, x: f64, rate: f64) -> f64 {
+    let sigma = DURATION_SPREAD * x + DURATION_FLOOR * rate;
+    let z = (d - x).abs() / sigma;
+    if z <= 2.0 { z * z / 2.0 } else { 2.0 * z - 2.0 }
 }
 
 /// `span` shared out by `weights` (equally when they are all zero).

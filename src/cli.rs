@@ -26,7 +26,7 @@ pub enum Command {
     /// Run the worker until SIGTERM/SIGINT.
     Run,
     /// Publish a request; with --wait, wait for its event and save the audio.
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// Validate the configuration and check the broker, bucket and API are reachable.
     Check,
 }
@@ -45,7 +45,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         }
         Command::Submit(args) => {
-            if crate::submit::run(&settings, args).await? {
+            if crate::submit::run(&settings, *args).await? {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -312,7 +312,8 @@ pub struct Completed {
     pub marks_key: Option<String>,
     /// What a rendered deliverable's audio is (format, rate, loudness,
     /// captions); `None` for Segmind's audio delivered as served.
-    pub delivery: Option<Delivery>,
+    /// Boxed: most completions are passthrough and carry none.
+    pub delivery: Option<Box<Delivery>>,
     pub inference_time_seconds: Option<f64>,
     /// Credits Segmind reported for the job (`metrics.cost`, summed over
     /// the parts), when known.

@@ -28,10 +28,11 @@
 //! Test hooks, not part of Segmind's API: `GET /_sim/stats` (call counts, in
 //! total and per request id), `GET /_sim/truth/{id}` (where each sentence
 //! is in that request's audio, with the realistic speech model: the ground
-//! truth for sentence alignment; [`SimHandle::truth`]), `POST /_sim/faults` (`{"statuses":[429,502]}`:
-//! the next API calls answer these codes; `{"accept_then":[504]}`: the next
-//! submissions are accepted, and billed, and then answered with these codes,
-//! as a gateway that times out after the API took the request).
+//! truth for sentence alignment; [`SimHandle::truth`]), `POST /_sim/faults`
+//! (`{"statuses":[429,502]}`: the next API calls answer these codes;
+//! `{"accept_then":[504]}`: the next submissions are accepted, and billed,
+//! and then answered with these codes, as a gateway that times out after
+//! the API took the request).
 
 mod config;
 mod gate;

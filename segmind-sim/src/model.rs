@@ -14,7 +14,9 @@ pub enum SpeechModel {
     /// A tone per word, ≈ 0.4 s a word (the default; what short-job tests
     /// were written against).
     Words,
-    /// Length from the character count and the voice's rate, cut at `cap`.
+    /// Length from the character count and the voice's rate, cut at `cap`;
+    /// spoken sentence by sentence with pauses of varying length, each
+    /// sentence's times recorded (`crate::speech::render_speech`).
     Realistic { cap: Duration },
 }
 

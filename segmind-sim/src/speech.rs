@@ -12,6 +12,14 @@
 //! length. A style instruction in front of the text ("Narrate calmly: …",
 //! how the worker sends a job's `style`) and two-speaker labels
 //! ("Speaker 1:") are not spoken and are not sentences.
+//!
+//! The audio's length is still asked from outside (the text's characters
+//! at the voice's rate, [`crate::model`]), the style's characters included:
+//! the silences are drawn first (100–160 ms at each end, 20–60 ms between
+//! words, 120–250 ms at a comma, 250–900 ms after a sentence, 400–1,000 ms
+//! after a line, 800–1,500 ms after a paragraph, all from a seed) and the
+//! words share the rest by characters. The times are the WAV's; an MP3
+//! container adds its codec's delay.
 
 use std::f64::consts::PI;
 use std::ops::Range;
@@ -567,11 +575,13 @@ fn synthesize(bursts: &[Burst], total: usize) -> Vec<i16> {
         let ramp = (frames_in(RAMP).min(burst.len / 2)).max(1) as f64;
         let step = 2.0 * PI * burst.pitch / rate;
         let end = (burst.start + burst.len).min(total);
-        for at in burst.start..end {
-            let i = at - burst.start;
+        let Some(samples) = pcm.get_mut(burst.start..end) else {
+            continue;
+        };
+        for (i, sample) in samples.iter_mut().enumerate() {
             let edge = (i.min(burst.len - 1 - i) as f64 + 0.5) / ramp;
             let envelope = (edge.min(1.0) * PI / 2.0).sin();
-            pcm[at] = ((step * i as f64).sin() * envelope * AMPLITUDE) as i16;
+            *sample = ((step * i as f64).sin() * envelope * AMPLITUDE) as i16;
         }
     }
     pcm

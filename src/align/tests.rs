@@ -122,7 +122,12 @@ fn two_sentences_split_at_their_pause() {
     );
     // One sentence: all of the speech; none: nothing.
     let one = align(&pcm, RATE, kept(&pcm), &[30]);
-    assert!(close(&in_ms(&one), &[200..2_660], 2), "{:?}", in_ms(&one));
+    assert_eq!(one.len(), 1);
+    assert!(
+        ms(one[0].start).abs_diff(200) <= 2 && ms(one[0].end).abs_diff(2_660) <= 2,
+        "{:?}",
+        in_ms(&one)
+    );
     assert!(align(&pcm, RATE, kept(&pcm), &[]).is_empty());
 }
 
@@ -290,9 +295,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 /// `speech_bounds`, its sentences aligned; compared with the simulator's
 /// truth. Returns (sentences, errors at boundaries inside parts, errors at
 /// every boundary).
-fn narration_errors(
-    aligner: fn(&[i16], u32, Range<u64>, &[usize]) -> Vec<Range<u64>>,
-) -> (usize, Vec<u64>, Vec<u64>) {
+fn narration_errors() -> (usize, Vec<u64>, Vec<u64>) {
     let text = narration(60);
     let style = "Narrate calmly: ";
     let (mut count, mut inside, mut all) = (0, Vec::new(), Vec::new());
@@ -325,13 +328,14 @@ fn narration_errors(
             ranges, truth_ranges,
             "the worker and the simulator cut the same sentences"
         );
-        let got = aligner(&pcm, RATE, speech, &spoken_weights(&text, &ranges));
+        let got = align(&pcm, RATE, speech, &spoken_weights(&text, &ranges));
         assert_eq!(got.len(), truth.len());
         let n = got.len();
         for (i, (g, t)) in got.iter().zip(&truth).enumerate() {
             let start = ms(g.start).abs_diff(t.start_ms);
             let end = ms(g.end).abs_diff(t.end_ms);
-            if start.max(end) > 300 && std::env::var("ALIGN_DEBUG").is_ok() {
+            if start.max(end) > 300 {
+                // Visible with --nocapture: which sentences went astray.
                 println!(
                     "part {:?} sentence {i}/{n}: got {:?} truth {}..{} {:?}",
                     part.chars,
@@ -356,22 +360,31 @@ fn narration_errors(
     (count, inside, all)
 }
 
+/// The aim: a median boundary error under 150 ms over a long
+/// narration. Measured here (310 sentences, 594 boundaries inside parts):
+/// median 1 ms, p95 2 ms, worst 3 ms — the simulator's pauses are clean
+/// silence. The bounds below leave room for a harsher simulator but fail
+/// when sentences are matched to the wrong pauses: with positions by weight
+/// only (no pauses) the median is ≈ 870 ms and p95 ≈ 3 s; matching
+/// positions instead of durations left 2 % of boundaries seconds off.
 #[test]
 fn sentences_of_a_long_narration_are_found_within_150_ms() {
-    let (count, inside, all) = narration_errors(align);
-    let (median, p95, max) = (
+    let (count, inside, all) = narration_errors();
+    let (median, p95, p99) = (
         percentile(&inside, 0.5),
         percentile(&inside, 0.95),
-        inside[inside.len() - 1],
+        percentile(&inside, 0.99),
     );
     println!(
-        "alignment over {count} sentences: boundaries inside parts ({}): median {median} ms, p95 {p95} ms, max {max} ms; all boundaries ({}): median {} ms, p95 {} ms",
+        "alignment over {count} sentences: boundaries inside parts ({}): median {median} ms, p95 {p95} ms, p99 {p99} ms, max {} ms; all boundaries ({}): median {} ms, p95 {} ms",
         inside.len(),
+        inside[inside.len() - 1],
         all.len(),
         percentile(&all, 0.5),
         percentile(&all, 0.95),
     );
     assert!(count >= 300, "{count} sentences");
     assert!(median < 150, "median {median} ms");
-    assert!(p95 < 600, "p95 {p95} ms");
+    assert!(p95 < 100, "p95 {p95} ms");
+    assert!(p99 < 300, "p99 {p99} ms");
 }

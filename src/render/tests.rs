@@ -692,56 +692,6 @@ fn empty_and_silent_programmes_render() {
     }
 }
 
-/// Real-time factor per format (debug build: a lower bound). Run with
-/// `cargo test --lib render::tests::speed -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn speed() {
-    let pcm = speech_like(60.0, 0.5, 9);
-    for (format, rate) in [
-        (Format::Wav, 24_000),
-        (Format::Wav, 48_000),
-        (Format::Mulaw, 8_000),
-        (Format::Mp3, 24_000),
-        (Format::Mp3, 48_000),
-        (Format::Mp3, 8_000),
-        (Format::Ogg, 48_000),
-        (Format::Ogg, 24_000),
-        (Format::Ogg, 16_000),
-        (Format::Ogg, 8_000),
-        (Format::Flac, 24_000),
-        (Format::Flac, 48_000),
-    ] {
-        let start = Cpu::now();
-        let r = render(spec(format, rate, -1.0, pcm.len()), &pcm);
-        let elapsed = start.elapsed();
-        println!(
-            "{format}@{rate}: {:.0}× real time ({} bytes)",
-            60.0 / elapsed,
-            r.bytes.len()
-        );
-    }
-}
-
-/// CPU time of this thread (so that other processes on the machine do not
-/// skew a speed measurement).
-struct Cpu(u64);
-
-impl Cpu {
-    fn read() -> u64 {
-        std::fs::read_to_string("/proc/thread-self/schedstat")
-            .ok()
-            .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
-            .unwrap_or(0)
-    }
-    fn now() -> Cpu {
-        Cpu(Self::read())
-    }
-    fn elapsed(&self) -> f64 {
-        (Self::read() - self.0) as f64 / 1e9
-    }
-}
-
 #[test]
 fn renders_can_move_to_a_blocking_thread() {
     fn send<T: Send + 'static>() {}

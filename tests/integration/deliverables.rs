@@ -191,12 +191,26 @@ async fn check_delivered(
     let probe = audio_check::ffprobe(file.path());
     assert_eq!(probe.codec, case.codec(), "{}", case.format);
     assert_eq!(probe.channels, 1);
+    let container = match case.format {
+        "mulaw" => "wav",
+        f => f,
+    };
+    assert_eq!(probe.format_name, container, "{}", case.format);
     // ffmpeg decodes Opus at 48 kHz whatever the input rate (opusinfo
     // reads the original rate below).
     if case.format != "ogg" {
         assert_eq!(probe.sample_rate, case.rate, "{}", case.format);
     }
     let duration = a.duration_seconds.expect("a duration");
+    // The container's own duration (from its header or last page; an
+    // MP3's is estimated from its bitrate).
+    let container_slack = if case.format == "mp3" { 0.15 } else { 0.03 };
+    assert!(
+        (probe.duration - duration).abs() <= container_slack,
+        "{}: ffprobe reads {} s, the event says {duration} s",
+        case.format,
+        probe.duration
+    );
     // What ffmpeg decodes: the event's duration, plus LAME's delay and
     // padding for MP3 (no gapless tag: the output is a stream).
     let decoded = audio_check::decode(file.path(), case.rate).len() as f64 / f64::from(case.rate);
@@ -211,7 +225,7 @@ async fn check_delivered(
         "ogg" => {
             let report = audio_check::opusinfo(file.path());
             assert!(
-                report.contains(&format!("Original sample rate: {}Hz", case.rate)),
+                report.contains(&format!("Original sample rate: {} Hz", case.rate)),
                 "{report}"
             );
         }
@@ -321,13 +335,20 @@ async fn every_format_of_a_short_text_passes_independent_decoders_on_target() {
 /// The pause the worker puts between two parts, from what separates them
 /// in the text.
 fn intended_pause(text: &[char], end_of_first: usize, start_of_next: usize) -> f64 {
-    let between: String = text[end_of_first.min(start_of_next)..start_of_next]
-        .iter()
-        .collect();
-    let before: String = text[..end_of_first].iter().collect();
+    // The whitespace between the two parts' words, wherever the ranges
+    // put it.
+    let mut from = end_of_first.min(text.len());
+    while from > 0 && text[from - 1].is_whitespace() {
+        from -= 1;
+    }
+    let mut to = start_of_next.max(from);
+    while to < text.len() && text[to].is_whitespace() {
+        to += 1;
+    }
+    let between: String = text[from..to].iter().collect();
     if between.contains("\n\n") {
         0.8
-    } else if before.trim_end().ends_with(['.', '!', '?']) {
+    } else if from > 0 && ['.', '!', '?'].contains(&text[from - 1]) {
         0.4
     } else {
         0.15
@@ -457,5 +478,121 @@ async fn a_combination_no_codec_can_do_is_refused_naming_the_field() {
     );
     assert!(!failed.error.retryable);
     assert_eq!(app.sim.stats().submits_accepted, 0);
+    app.cleanup().await;
+}
+
+/// Median and 95th percentile of `errors` (ms).
+fn median_p95(mut errors: Vec<u64>) -> (u64, u64) {
+    errors.sort_unstable();
+    let at = |q: usize| errors[(errors.len() - 1) * q / 100];
+    (at(50), at(95))
+}
+
+#[tokio::test]
+async fn sentence_marks_and_captions_follow_the_delivered_audio_and_the_simulators_truth() {
+    let app = app(1_200).await;
+    let text = narration(3, 1_100);
+    // MP3 at 44.1 kHz: resampled, and LAME's delay is in the timeline.
+    app.publish_json(json!({
+        "text": text, "job_id": "marks-1", "format": "mp3", "sample_rate": 44_100,
+        "loudness_lufs": -18, "captions": ["vtt"],
+    }))
+    .await;
+    let queue = app.events_queue().to_owned();
+    let received = app
+        .next_event_within(&queue, Duration::from_secs(120))
+        .await;
+    let data = received.completed().clone();
+    assert!(data.parts >= 3, "{} parts", data.parts);
+    let marks: Value = serde_json::from_slice(
+        &app.storage
+            .get(data.audio.marks_key.as_deref().unwrap())
+            .await
+            .unwrap()
+            .bytes,
+    )
+    .unwrap();
+    assert_eq!(marks["format"], "mp3");
+    assert_eq!(marks["sample_rate"], 44_100);
+    let parts = marks["parts"].as_array().unwrap();
+    let sentences = marks["sentences"].as_array().unwrap();
+
+    // Ground truth: where the simulator put each sentence in each part's
+    // audio, moved to the delivered timeline by the part's mark (its
+    // speech starts 40 ms after the mark: the kept margin).
+    let mut expected = Vec::new();
+    for part in parts {
+        let truth = app
+            .sim
+            .truth(part["request_id"].as_str().unwrap())
+            .expect("the simulator's truth for the part");
+        let first = truth.sentences[0].start_ms;
+        let at = part["start_ms"].as_u64().unwrap() + 40;
+        for s in truth.sentences {
+            expected.push((s.text, at + s.start_ms - first, at + s.end_ms - first));
+        }
+    }
+    assert_eq!(sentences.len(), expected.len(), "one mark per sentence");
+    let mut errors = Vec::new();
+    for (mark, (truth_text, start, end)) in sentences.iter().zip(&expected) {
+        assert_eq!(mark["text"].as_str().unwrap().trim(), truth_text.trim());
+        errors.push(mark["start_ms"].as_u64().unwrap().abs_diff(*start));
+        errors.push(mark["end_ms"].as_u64().unwrap().abs_diff(*end));
+    }
+    let (median, p95) = median_p95(errors);
+    println!(
+        "sentence boundaries vs the simulator's truth, delivered MP3 timeline: median {median} ms, p95 {p95} ms over {} sentences",
+        sentences.len()
+    );
+    assert!(median < 150, "median {median} ms");
+    assert!(p95 < 300, "p95 {p95} ms");
+
+    // Independently of the worker's arithmetic: in what ffmpeg decodes,
+    // each sentence starts and ends where its mark says (±50 ms).
+    let object = app.storage.get(&data.audio.key).await.unwrap();
+    let file = TempFile::new(&object.bytes, "mp3");
+    let loud = loud_windows(&audio_check::decode(file.path(), 44_100), 44_100);
+    for mark in sentences {
+        let start = mark["start_ms"].as_u64().unwrap() as usize / 10;
+        let end = mark["end_ms"].as_u64().unwrap() as usize / 10;
+        let onset = (start.saturating_sub(5)..loud.len())
+            .find(|&w| loud[w])
+            .unwrap();
+        let offset = (0..(end + 5).min(loud.len()))
+            .rev()
+            .find(|&w| loud[w])
+            .unwrap()
+            + 1;
+        assert!(
+            onset.abs_diff(start) <= 5 && offset.abs_diff(end) <= 5,
+            "{mark}: sound from {} ms to {} ms",
+            onset * 10,
+            offset * 10
+        );
+    }
+
+    // The captions: cut at sentence starts, inside the audio.
+    let vtt = &data.audio.captions[0];
+    let object = app.storage.get(&vtt.key).await.unwrap();
+    let file = TempFile::new(&object.bytes, "vtt");
+    let cues = audio_check::parse_captions(file.path(), "vtt");
+    let starts: Vec<f64> = sentences
+        .iter()
+        .map(|m| m["start_ms"].as_u64().unwrap() as f64 / 1000.0)
+        .collect();
+    for (start, end, _) in &cues {
+        assert!(
+            starts.iter().any(|s| (s - start).abs() < 0.002)
+                || sentences.iter().any(|m| {
+                    let (a, b) = (
+                        m["start_ms"].as_u64().unwrap() as f64 / 1000.0,
+                        m["end_ms"].as_u64().unwrap() as f64 / 1000.0,
+                    );
+                    *start > a && *start < b
+                }),
+            "a cue at {start}..{end} starts at a sentence or inside one"
+        );
+    }
+    assert!(cues.len() >= sentences.len() / 2);
     app.cleanup().await;
 }

@@ -24,6 +24,7 @@ use tokio::sync::Mutex;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::{JobError, Pipeline, save_part, save_stitched};
+use crate::align;
 use crate::audio::{Audio, AudioError, AudioFormat};
 use crate::checkpoint::{PartAudio, PartsCheckpoint, SentenceSpan, StitchedRecord};
 use crate::deliverable::Deliverable;
@@ -194,7 +195,7 @@ impl Pipeline {
             },
             &parts,
             Some(stored.marks_key.clone()),
-            stored.delivery.clone(),
+            stored.delivery.clone().map(Box::new),
             attempt,
             true,
         )))
@@ -286,7 +287,7 @@ impl LongJob<'_> {
             stored,
             &refs,
             Some(marks_key),
-            Some(delivery),
+            Some(Box::new(delivery)),
             attempt,
             false,
         ))
@@ -514,18 +515,18 @@ impl LongJob<'_> {
         speech: &stitch::Speech,
         part: &Part,
     ) -> Vec<SentenceSpan> {
-        let ranges: Vec<std::ops::Range<usize>> = Vec::new(); // WIPSHIM align::sentences(&self.job.speech.text, part.chars.clone());
+        let text = &self.job.speech.text;
+        let ranges = align::sentences(text, part.chars.clone());
         if ranges.is_empty() || format.channels != 1 {
             return Vec::new();
         }
-        let weights: Vec<usize> = ranges.iter().map(|r| r.len()).collect();
+        let weights = align::spoken_weights(text, &ranges);
         let samples: Vec<i16> = pcm
             .chunks_exact(2)
             .map(|b| i16::from_le_bytes([b[0], b[1]]))
             .collect();
         let kept = speech.kept.clone();
-        let _ = (&samples, &weights);
-        Vec::<std::ops::Range<u64>>::new() // WIPSHIM align::align(&samples, format.sample_rate, kept.clone(), &weights)
+        align::align(&samples, format.sample_rate, kept.clone(), &weights)
             .into_iter()
             .zip(&ranges)
             .map(|(frames, chars)| SentenceSpan {
@@ -605,7 +606,7 @@ fn completed(
     audio: StoredAudio,
     parts: &[&PartAudio],
     marks_key: Option<String>,
-    delivery: Option<Delivery>,
+    delivery: Option<Box<Delivery>>,
     attempt: u32,
     served_from_storage: bool,
 ) -> Completed {

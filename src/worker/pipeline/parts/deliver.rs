@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use super::LongJob;
+use crate::captions;
 use crate::checkpoint::PartAudio;
 use crate::deliverable::{CaptionFormat, SOURCE_RATE};
 use crate::job::{Caption, Delivery, ObjectKey, StoredAudio};
@@ -162,7 +163,20 @@ impl LongJob<'_> {
                 .collect::<String>()
         };
         let mut sentences = Vec::new();
-        for ((index, record), placed) in records.iter().enumerate().zip(&layout.parts) {
+        for (((index, record), placed), part) in
+            records.iter().enumerate().zip(&layout.parts).zip(self.plan)
+        {
+            if record.sentences.is_empty() {
+                // A part recorded by an earlier version: one span.
+                let chars = [part.chars.start, part.chars.end];
+                sentences.push(SentenceMark {
+                    part: index,
+                    chars,
+                    text: text_of(chars).trim().to_owned(),
+                    start_ms: timeline.millis(placed.start),
+                    end_ms: timeline.millis(placed.end),
+                });
+            }
             for s in &record.sentences {
                 sentences.push(SentenceMark {
                     part: index,
@@ -207,12 +221,12 @@ impl LongJob<'_> {
                 .iter()
                 .map(|s| (s.text.as_str(), s.start_ms, s.end_ms))
                 .collect();
-            let cues = timed; // WIPSHIM captions::cues(&timed);
+            let cues = captions::cues(&timed);
             for &format in &self.job.deliverable.captions {
                 let body = match format {
-                    CaptionFormat::Vtt => format!("{}", cues.len()),
-                    CaptionFormat::Srt => String::new(),
-                }; // WIPSHIM
+                    CaptionFormat::Vtt => captions::to_vtt(&cues),
+                    CaptionFormat::Srt => captions::to_srt(&cues),
+                };
                 let caption_key = caption_key(key, format);
                 storage
                     .put_bytes(&caption_key, body.into_bytes(), format.content_type())
