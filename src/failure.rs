@@ -54,6 +54,9 @@ pub enum ErrorCode {
     StorageBucketMissing,
     /// The audio was empty, too large, or not audio.
     AudioInvalid,
+    /// The deliverable could not be rendered (resampled, encoded, metered):
+    /// a worker fault, not the audio's; the paid parts are kept.
+    RenderFailed,
     /// The message was delivered more times than allowed without finishing
     /// (it crashed or stalled workers); dead-lettered.
     PoisonMessage,
@@ -71,7 +74,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation checks and exhaustive tests.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::InvalidRequest,
         ErrorCode::ContentBlocked,
         ErrorCode::InferenceFailed,
@@ -88,6 +91,7 @@ impl ErrorCode {
         ErrorCode::StorageAccessDenied,
         ErrorCode::StorageBucketMissing,
         ErrorCode::AudioInvalid,
+        ErrorCode::RenderFailed,
         ErrorCode::PoisonMessage,
         ErrorCode::SubmissionUnconfirmed,
         ErrorCode::StorageRejected,
@@ -114,6 +118,7 @@ impl ErrorCode {
             ErrorCode::StorageAccessDenied => "storage_access_denied",
             ErrorCode::StorageBucketMissing => "storage_bucket_missing",
             ErrorCode::AudioInvalid => "audio_invalid",
+            ErrorCode::RenderFailed => "render_failed",
             ErrorCode::PoisonMessage => "poison_message",
             ErrorCode::SubmissionUnconfirmed => "submission_unconfirmed",
             ErrorCode::StorageRejected => "storage_rejected",
@@ -152,6 +157,7 @@ impl ErrorCode {
             | ErrorCode::StorageBucketMissing
             | ErrorCode::StorageRejected
             | ErrorCode::OutputKeyTaken
+            | ErrorCode::RenderFailed
             | ErrorCode::PoisonMessage => true,
             ErrorCode::InvalidRequest
             | ErrorCode::ContentBlocked
@@ -367,6 +373,8 @@ pub enum Fault<'a> {
     OutputKeyTaken,
     /// The audio is empty, too large, truncated or not audio.
     BadAudio,
+    /// Rendering the deliverable failed.
+    Render,
     /// An S3 call failed.
     Storage(StorageFault),
 }
@@ -415,6 +423,9 @@ pub fn classify(err: &dyn AsFault, block_patterns: &[String]) -> Failure {
         Fault::OutputKeyForbidden => (ErrorCode::OutputKeyForbidden, Class::Permanent, None),
         Fault::OutputKeyTaken => (ErrorCode::OutputKeyTaken, Class::Permanent, None),
         Fault::BadAudio => (ErrorCode::AudioInvalid, Class::Permanent, None),
+        // Retried by redelivery (up to the poison limit) from the stored
+        // parts: nothing is paid again.
+        Fault::Render => (ErrorCode::RenderFailed, Class::Transient, None),
         Fault::Storage(kind) => {
             let (code, class) = match kind {
                 StorageFault::NoSuchBucket => (ErrorCode::StorageBucketMissing, Class::Account),
@@ -661,6 +672,7 @@ mod tests {
             UpstreamUnavailable,
             StorageFailed,
             Forbidden,
+            RenderFailed,
         ] {
             assert!(code.keeps_paid_request(), "{code}");
         }

@@ -69,8 +69,7 @@ impl AsFault for JobError {
             JobError::Segmind(e) => e.fault(),
             JobError::Audio(e) => e.fault(),
             JobError::Storage(e) => e.fault(),
-            // An encoder refusing this audio would refuse it again.
-            JobError::Render(_) => Fault::BadAudio,
+            JobError::Render(_) => Fault::Render,
             // Like a lost answer: the next delivery resumes the request if
             // the step checkpointed it, else submits.
             JobError::Interrupted(_) | JobError::PartGone { .. } => {

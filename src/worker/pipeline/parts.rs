@@ -544,7 +544,11 @@ impl LongJob<'_> {
     /// Where each part goes in the stitched programme; the parts must share
     /// one mono 16-bit PCM format (Gemini's).
     fn layout(&self, records: &[PartAudio]) -> Result<Layout, JobError> {
-        let first = &records[0];
+        let Some(first) = records.first() else {
+            return Err(JobError::Interrupted(
+                "a job with no parts to stitch".into(),
+            ));
+        };
         let format = PcmFormat {
             sample_rate: first.sample_rate,
             channels: first.channels,

@@ -29,8 +29,9 @@ use crate::worker::pipeline::JobError;
 /// stage holds in memory (twice, while one part uploads and the next fills).
 const UPLOAD_PART_BYTES: usize = 2 * MIN_PART_BYTES;
 
-/// Frames of PCM handed to the DSP thread at a time (one second), and
-/// chunks queued for it: the PCM in memory.
+/// Frames of silence handed to the DSP thread at a time (one second; speech
+/// goes in the chunks S3 reads give), and chunks queued for it: the PCM in
+/// memory.
 const CHUNK_FRAMES: u64 = SOURCE_RATE as u64;
 const QUEUED_CHUNKS: usize = 4;
 
@@ -158,9 +159,8 @@ impl LongJob<'_> {
         };
         let chars: Vec<char> = self.job.speech.text.chars().collect();
         let text_of = |[s, e]: [usize; 2]| -> String {
-            chars[s.min(chars.len())..e.min(chars.len())]
-                .iter()
-                .collect::<String>()
+            let e = e.min(chars.len());
+            chars[s.min(e)..e].iter().collect::<String>()
         };
         let mut sentences = Vec::new();
         for (((index, record), placed), part) in
@@ -221,7 +221,17 @@ impl LongJob<'_> {
                 .iter()
                 .map(|s| (s.text.as_str(), s.start_ms, s.end_ms))
                 .collect();
-            let cues = captions::cues(&timed);
+            // Inside the delivered audio: a short last sentence's cue is
+            // held no later than the end.
+            let end_ms = marks.duration_ms;
+            let cues: Vec<captions::Cue> = captions::cues(&timed)
+                .into_iter()
+                .filter(|c| c.start_ms < end_ms)
+                .map(|mut c| {
+                    c.end_ms = c.end_ms.min(end_ms);
+                    c
+                })
+                .collect();
             for &format in &self.job.deliverable.captions {
                 let body = match format {
                     CaptionFormat::Vtt => captions::to_vtt(&cues),
@@ -321,8 +331,7 @@ struct PcmReader<'a> {
     skip: u64,
     left: u64,
     pause_left: u64,
-    /// The odd byte of a chunk that ended inside a sample.
-    carry: Option<u8>,
+    pcm: Le16,
     opened: usize,
 }
 
@@ -337,7 +346,7 @@ impl<'a> PcmReader<'a> {
             skip: 0,
             left: 0,
             pause_left: 0,
-            carry: None,
+            pcm: Le16::default(),
             opened: 0,
         }
     }
@@ -367,7 +376,7 @@ impl<'a> PcmReader<'a> {
                     .unwrap_or(usize::MAX)
                     .min(body.len());
                 self.left -= take as u64;
-                let samples = self.samples(&body[..take]);
+                let samples = self.pcm.samples(&body[..take]);
                 if !samples.is_empty() {
                     return Ok(Some(samples));
                 }
@@ -392,23 +401,34 @@ impl<'a> PcmReader<'a> {
                 self.stream = Some(stream);
                 self.skip = record.data_offset;
                 self.left = record.frames * 2;
-                self.carry = None;
+                self.pcm = Le16::default();
                 self.pause_left = self.layout.parts.get(index).map_or(0, |p| p.pause);
             } else {
                 return Ok(None);
             }
         }
     }
+}
 
-    /// Little-endian 16-bit samples of `bytes`, with the odd byte of the
-    /// previous chunk in front.
+/// 16-bit little-endian samples from chunks of any length (an S3 body's
+/// chunks may end inside a sample).
+#[derive(Debug, Default)]
+struct Le16 {
+    /// The odd byte of a chunk that ended inside a sample.
+    carry: Option<u8>,
+}
+
+impl Le16 {
+    /// The samples of `bytes`, with the odd byte of the previous chunk in
+    /// front.
     fn samples(&mut self, mut bytes: &[u8]) -> Vec<i16> {
         let mut out = Vec::with_capacity(bytes.len() / 2 + 1);
-        if let Some(low) = self.carry.take()
-            && let Some((&high, rest)) = bytes.split_first()
-        {
-            out.push(i16::from_le_bytes([low, high]));
-            bytes = rest;
+        if bytes.is_empty() {
+            return out;
+        }
+        if let Some(low) = self.carry.take() {
+            out.push(i16::from_le_bytes([low, bytes[0]]));
+            bytes = &bytes[1..];
         }
         let pairs = bytes.chunks_exact(2);
         if let [odd] = pairs.remainder() {
@@ -596,6 +616,25 @@ mod tests {
             caption_key(&key(".hidden"), CaptionFormat::Srt),
             ".hidden.srt"
         );
+    }
+
+    #[test]
+    fn samples_split_across_chunks_of_any_length_are_kept_whole() {
+        let samples: Vec<i16> = (0..1_000).map(|i| (i * 37 - 9_000) as i16).collect();
+        let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let mut pcm = Le16::default();
+        let mut got = Vec::new();
+        let mut rest = &bytes[..];
+        // Odd lengths, and empty chunks while a byte is carried.
+        for len in [1, 0, 3, 0, 0, 7, 2, 5].iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (chunk, tail) = rest.split_at((*len).min(rest.len()));
+            got.extend(pcm.samples(chunk));
+            rest = tail;
+        }
+        assert_eq!(got, samples);
     }
 
     #[test]
