@@ -492,9 +492,10 @@ fn median_p95(mut errors: Vec<u64>) -> (u64, u64) {
 async fn sentence_marks_and_captions_follow_the_delivered_audio_and_the_simulators_truth() {
     let app = app(1_200).await;
     let text = narration(3, 1_100);
-    // MP3 at 44.1 kHz: resampled, and LAME's delay is in the timeline.
+    // MP3 at 16 kHz: resampled, and LAME's delay (1,105 samples: 69 ms)
+    // is in the timeline.
     app.publish_json(json!({
-        "text": text, "job_id": "marks-1", "format": "mp3", "sample_rate": 44_100,
+        "text": text, "job_id": "marks-1", "format": "mp3", "sample_rate": 16_000,
         "loudness_lufs": -18, "captions": ["vtt"],
     }))
     .await;
@@ -513,7 +514,7 @@ async fn sentence_marks_and_captions_follow_the_delivered_audio_and_the_simulato
     )
     .unwrap();
     assert_eq!(marks["format"], "mp3");
-    assert_eq!(marks["sample_rate"], 44_100);
+    assert_eq!(marks["sample_rate"], 16_000);
     let parts = marks["parts"].as_array().unwrap();
     let sentences = marks["sentences"].as_array().unwrap();
 
@@ -551,7 +552,7 @@ async fn sentence_marks_and_captions_follow_the_delivered_audio_and_the_simulato
     // each sentence starts and ends where its mark says (±50 ms).
     let object = app.storage.get(&data.audio.key).await.unwrap();
     let file = TempFile::new(&object.bytes, "mp3");
-    let loud = loud_windows(&audio_check::decode(file.path(), 44_100), 44_100);
+    let loud = loud_windows(&audio_check::decode(file.path(), 16_000), 16_000);
     for mark in sentences {
         let start = mark["start_ms"].as_u64().unwrap() as usize / 10;
         let end = mark["end_ms"].as_u64().unwrap() as usize / 10;

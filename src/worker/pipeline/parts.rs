@@ -87,7 +87,9 @@ async fn as_wav(
 
 /// Where a part's speech is in its WAV file.
 struct SpeechSpan {
-    sentences: Vec<SentenceSpan>,
+    /// Byte range of the samples in the file, and the frames of speech.
+    data: std::ops::Range<usize>,
+    kept: std::ops::Range<u64>,
     format: PcmFormat,
     /// Byte offset of its first frame.
     data_offset: u64,
@@ -363,6 +365,7 @@ impl LongJob<'_> {
                 let wav = as_wav(synthesis.audio.clone(), synthesis.content_type.as_deref()).await;
                 match wav.and_then(|wav| self.checked(wav, part)) {
                     Ok((audio, speech)) => {
+                        let sentences = self.sentences(&audio, &speech, part).await;
                         let key = self.pipeline.checkpoints.part_audio_key(&self.job.id, index);
                         // The bytes move into the request: no copy is made.
                         self.pipeline
@@ -376,7 +379,7 @@ impl LongJob<'_> {
                             request_id: synthesis.request_id.clone(),
                             data_offset: speech.data_offset,
                             frames: speech.frames,
-                            sentences: speech.sentences,
+                            sentences,
                             sample_rate: speech.format.sample_rate,
                             channels: speech.format.channels,
                             inference_time_seconds: synthesis.inference_time_seconds,
@@ -496,48 +499,70 @@ impl LongJob<'_> {
                 percent: ratio * 100.0,
             });
         }
-        let sentences = self.sentences(&audio[wav.data.clone()], wav.format, &speech, part);
         let span = SpeechSpan {
             format: wav.format,
             data_offset: wav.data.start as u64 + speech.kept.start * wav.format.frame_bytes(),
             frames,
-            sentences,
+            data: wav.data.clone(),
+            kept: speech.kept.clone(),
         };
         Ok((audio, span))
     }
 
-    /// Where each sentence of `part` is in its speech, in frames from the
-    /// speech's first kept frame ([`crate::align`]).
-    fn sentences(
+    /// Where each sentence of `part` is in its speech ([`sentence_spans`]),
+    /// found on a blocking thread: it reads every sample of the part.
+    async fn sentences(
         &self,
-        pcm: &[u8],
-        format: PcmFormat,
-        speech: &stitch::Speech,
+        audio: &bytes::Bytes,
+        span: &SpeechSpan,
         part: &Part,
     ) -> Vec<SentenceSpan> {
-        let text = &self.job.speech.text;
-        let ranges = align::sentences(text, part.chars.clone());
-        if ranges.is_empty() || format.channels != 1 {
-            return Vec::new();
-        }
-        let weights = align::spoken_weights(text, &ranges);
-        let samples: Vec<i16> = pcm
-            .chunks_exact(2)
-            .map(|b| i16::from_le_bytes([b[0], b[1]]))
-            .collect();
-        let kept = speech.kept.clone();
-        align::align(&samples, format.sample_rate, kept.clone(), &weights)
-            .into_iter()
-            .zip(&ranges)
-            .map(|(frames, chars)| SentenceSpan {
-                chars: [chars.start, chars.end],
-                frames: [
-                    frames.start.saturating_sub(kept.start),
-                    frames.end.saturating_sub(kept.start),
-                ],
-            })
-            .collect()
+        let audio = audio.clone();
+        let text = self.job.speech.text.clone();
+        let (data, kept, format, chars) = (
+            span.data.clone(),
+            span.kept.clone(),
+            span.format,
+            part.chars.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            sentence_spans(&audio[data], format, kept, &text, chars)
+        })
+        .await
+        .unwrap_or_default()
     }
+}
+
+/// Where each sentence of the text's `chars` is in a part's speech (`pcm`,
+/// whose speech is the frames `kept`), in frames from the first kept frame
+/// ([`crate::align`]). None for audio of several channels.
+fn sentence_spans(
+    pcm: &[u8],
+    format: PcmFormat,
+    kept: std::ops::Range<u64>,
+    text: &str,
+    chars: std::ops::Range<usize>,
+) -> Vec<SentenceSpan> {
+    let ranges = align::sentences(text, chars);
+    if ranges.is_empty() || format.channels != 1 {
+        return Vec::new();
+    }
+    let weights = align::spoken_weights(text, &ranges);
+    let samples: Vec<i16> = pcm
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    align::align(&samples, format.sample_rate, kept.clone(), &weights)
+        .into_iter()
+        .zip(&ranges)
+        .map(|(frames, chars)| SentenceSpan {
+            chars: [chars.start, chars.end],
+            frames: [
+                frames.start.saturating_sub(kept.start),
+                frames.end.saturating_sub(kept.start),
+            ],
+        })
+        .collect()
 }
 
 impl LongJob<'_> {
