@@ -20,42 +20,15 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "../tests/common/heap.rs"]
+mod heap;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, bail};
 use tts_worker::deliverable::{Format, LoudnessTarget};
 use tts_worker::render::{self, Meter, Render, RenderSpec};
-
-/// Counts the heap in use and its peak.
-struct Counting;
-
-static IN_USE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded to the system allocator with the caller's layout.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = IN_USE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) };
-        IN_USE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
 
 const SOURCE_RATE: u32 = 24_000;
 
@@ -145,8 +118,7 @@ fn render_once(case: &Case, minute: &[i16], minutes: u64) -> anyhow::Result<(f64
         gain_db: 3.0,
         input_frames: minute.len() as u64 * minutes,
     };
-    let base = IN_USE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
+    let base = heap::start();
     let started = thread_cpu();
     let mut render = Render::new(spec)?;
     let mut out = Vec::new();
@@ -162,7 +134,7 @@ fn render_once(case: &Case, minute: &[i16], minutes: u64) -> anyhow::Result<(f64
     render.finish(&mut out)?;
     bytes += out.len() as u64;
     let seconds = thread_cpu() - started;
-    Ok((seconds, bytes, PEAK.load(Ordering::Relaxed) - base))
+    Ok((seconds, bytes, heap::peak_since(base)))
 }
 
 /// ffmpeg converting the same PCM on one thread; its CPU seconds (user +

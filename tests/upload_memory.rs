@@ -3,9 +3,6 @@
 //! Its own test binary, because it installs a global allocator that tracks
 //! the peak of live heap bytes. Runs against the local stack's Garage.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use bytes::Bytes;
 use tts_worker::audio::{Audio, wav_from_pcm};
 use tts_worker::config::Settings;
@@ -14,30 +11,8 @@ use tts_worker::storage::Storage;
 
 mod common;
 use common::{env_value, stack_env};
-
-struct PeakTracking;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for PeakTracking {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: PeakTracking = PeakTracking;
+#[path = "common/heap.rs"]
+mod heap;
 
 #[tokio::test(flavor = "current_thread")]
 async fn uploading_audio_does_not_copy_it() {
@@ -62,13 +37,12 @@ async fn uploading_audio_does_not_copy_it() {
     let key = ObjectKey::parse(&format!("{}big.wav", settings.s3.prefix), 512).unwrap();
     let job = JobId::parse("big", 64).unwrap();
 
-    let before = LIVE.load(Ordering::Relaxed);
-    PEAK.store(before, Ordering::Relaxed);
+    let before = heap::start();
     let stored = storage
         .put(&key, audio, &job, "r-1", false)
         .await
         .expect("uploaded");
-    let extra = PEAK.load(Ordering::Relaxed).saturating_sub(before);
+    let extra = heap::peak_since(before);
 
     assert_eq!(stored.size_bytes, SIZE as u64 + 44);
     println!(

@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use segmind_sim::model::{OUTPUT_CAP, SpeechModel};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::audio_check::{self, TempFile};
-use crate::helpers::{TestApp, spawn_app_with, wait_for};
+use crate::helpers::{TestApp, wait_for};
+use crate::long_text::long_text_app;
 
 /// Paragraphs of plain prose; sentences of varied length.
 fn narration(paragraphs: usize, chars_each: usize) -> String {
@@ -34,19 +34,6 @@ fn narration(paragraphs: usize, chars_each: usize) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n\n")
-}
-
-/// A worker whose simulator speaks at a realistic rate, in parts of
-/// `part_chars`.
-async fn app(part_chars: usize) -> TestApp {
-    spawn_app_with(
-        |sim| sim.speech = SpeechModel::Realistic { cap: OUTPUT_CAP },
-        |s| {
-            s.long_text.part_chars = part_chars;
-            s.long_text.max_parallel_parts = 3;
-        },
-    )
-    .await
 }
 
 /// What a job asks for and what the checks expect of it.
@@ -306,7 +293,7 @@ async fn check_captions(app: &TestApp, data: &tts_worker::wire::CompletedData) -
 
 #[tokio::test]
 async fn every_format_of_a_short_text_passes_independent_decoders_on_target() {
-    let app = app(3_000).await;
+    let app = long_text_app(3_000).await;
     let text = "The lighthouse keeper counted the ships that came home. One by one, they rounded the point. \
                 By nightfall the harbour was full, and the keeper wrote the last name in his book.";
     let events = deliver_all(&app, text, "short").await;
@@ -364,7 +351,7 @@ fn loud_windows(pcm: &[i16], rate: u32) -> Vec<bool> {
 
 #[tokio::test]
 async fn every_format_of_a_long_narration_has_clean_seams_and_one_loudness() {
-    let app = app(900).await;
+    let app = long_text_app(900).await;
     let text = narration(4, 1_300);
     let chars: Vec<char> = text.chars().collect();
     let events = deliver_all(&app, &text, "long").await;
@@ -434,7 +421,7 @@ async fn every_format_of_a_long_narration_has_clean_seams_and_one_loudness() {
 
 #[tokio::test]
 async fn a_replay_with_other_options_is_rendered_again_without_paying_again() {
-    let app = app(3_000).await;
+    let app = long_text_app(3_000).await;
     let text = "Your order has shipped. It will arrive tomorrow before noon.";
     let ask = |bitrate: u32| json!({"text": text, "job_id": "replay-1", "format": "mp3", "bitrate_kbps": bitrate});
     app.publish_json(ask(64)).await;
@@ -463,7 +450,7 @@ async fn a_replay_with_other_options_is_rendered_again_without_paying_again() {
 
 #[tokio::test]
 async fn a_combination_no_codec_can_do_is_refused_naming_the_field() {
-    let app = app(3_000).await;
+    let app = long_text_app(3_000).await;
     app.publish_json(
         json!({"text": "Hello.", "job_id": "bad-1", "format": "mulaw", "sample_rate": 44_100}),
     )
@@ -490,7 +477,7 @@ fn median_p95(mut errors: Vec<u64>) -> (u64, u64) {
 
 #[tokio::test]
 async fn sentence_marks_and_captions_follow_the_delivered_audio_and_the_simulators_truth() {
-    let app = app(1_200).await;
+    let app = long_text_app(1_200).await;
     let text = narration(3, 1_100);
     // MP3 at 16 kHz: resampled, and LAME's delay (1,105 samples: 69 ms)
     // is in the timeline.

@@ -29,7 +29,7 @@ fn narration(paragraphs: usize, chars_each: usize) -> String {
 
 /// A worker whose simulator speaks at a realistic rate (≈ 15 characters a
 /// second by voice, cut at Gemini's 512 s cap), with parts of `part_chars`.
-async fn long_text_app(part_chars: usize) -> TestApp {
+pub async fn long_text_app(part_chars: usize) -> TestApp {
     spawn_app_with(
         |sim| sim.speech = SpeechModel::Realistic { cap: OUTPUT_CAP },
         |s| {
