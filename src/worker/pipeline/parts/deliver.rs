@@ -27,7 +27,9 @@ use crate::worker::pipeline::JobError;
 
 /// Bytes of the delivered file uploaded per multipart part: what the
 /// stage holds in memory (twice, while one part uploads and the next fills).
-const UPLOAD_PART_BYTES: usize = 2 * MIN_PART_BYTES;
+/// S3's minimum: 10,000 parts still take 50 GB, and an encoded file is far
+/// smaller than the PCM it came from.
+const UPLOAD_PART_BYTES: usize = MIN_PART_BYTES;
 
 /// Frames of silence handed to the DSP thread at a time (one second; speech
 /// goes in the chunks S3 reads give), and chunks queued for it: the PCM in
