@@ -95,6 +95,9 @@ echo "Play them with e.g.: ffplay $OUT/chapter.mp3, aplay $OUT/narration.wav   (
 completed=$(grep -l '^completed job' "$RUN"/narration.out "$RUN"/dialogue.out "$RUN"/cheerful.out "$RUN"/chapter.out | wc -l)
 blocked=$(grep -c '^failed job .*: content_blocked ' "$RUN/blocked.out" || true)
 parts=$(grep -oE '^  [0-9]+ parts' "$RUN/chapter.out" | grep -oE '[0-9]+' || echo 0)
+# What the chapter's MP3 measures (target −16 LUFS; with no limiter, a peaky
+# voice ends under the target rather than over the −1 dBTP ceiling).
+measured=$(grep -oE -- '-?[0-9.]+ LUFS, true peak -?[0-9.]+ dBTP' "$RUN/chapter.out" || echo "loudness unknown")
 if [ "$completed" -eq 4 ] && [ "$blocked" -eq 1 ] && [ "$parts" -gt 1 ] && [ -s "$OUT/chapter.vtt" ]; then
-  echo "[demo] OK: 4 completed (the chapter as one MP3 of $parts parts at −16 LUFS with captions $OUT/chapter.vtt and .srt, marks in $OUT/chapter.mp3.marks.json; the dialogue as Ogg Opus; the cheerful line as 8 kHz μ-law), 1 content_blocked"
+  echo "[demo] OK: 4 completed (the chapter as one MP3 of $parts parts, asked −16 LUFS, delivered $measured, with captions $OUT/chapter.vtt and .srt, marks in $OUT/chapter.mp3.marks.json; the dialogue as Ogg Opus; the cheerful line as 8 kHz μ-law), 1 content_blocked"
 else echo "[demo] unexpected results; logs in $RUN/"; exit 1; fi
