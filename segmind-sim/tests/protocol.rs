@@ -59,6 +59,28 @@ async fn get(url: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// Runs `body` through the v2 flow to a success: the request id and the
+/// audio served.
+async fn synthesize(sim: &SimHandle, body: Value) -> (String, Vec<u8>) {
+    let r = post(sim, &format!("/v2/{MODEL}"), KEY, body).await;
+    let submitted: Value = r.json().await.unwrap();
+    let (code, _) = until_terminal(submitted["status_url"].as_str().unwrap()).await;
+    assert_eq!(code, 200);
+    let result: Value = get(submitted["response_url"].as_str().unwrap())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let audio = reqwest::get(result["output"].as_str().unwrap())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    (submitted["request_id"].as_str().unwrap().to_owned(), audio)
+}
+
 #[tokio::test]
 async fn the_v2_flow_submit_poll_result_download() {
     let sim = sim(|c| c.latency_mean = Duration::from_millis(300)).await;
@@ -323,27 +345,7 @@ async fn the_realistic_model_gives_audio_as_long_as_the_text_up_to_the_cap() {
     let seconds_of = |text: String, voice: &'static str| {
         let sim = sim.clone();
         async move {
-            let r = post(
-                &sim,
-                &format!("/v2/{MODEL}"),
-                KEY,
-                json!({"text": text, "voice_1": voice}),
-            )
-            .await;
-            let submitted: Value = r.json().await.unwrap();
-            let (code, _) = until_terminal(submitted["status_url"].as_str().unwrap()).await;
-            assert_eq!(code, 200);
-            let result: Value = get(submitted["response_url"].as_str().unwrap())
-                .await
-                .json()
-                .await
-                .unwrap();
-            let wav = reqwest::get(result["output"].as_str().unwrap())
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
+            let (_, wav) = synthesize(&sim, json!({"text": text, "voice_1": voice})).await;
             let (rate, pcm) = segmind_sim::wav::pcm_of(&wav).expect("a WAV file");
             pcm.len() as f64 / 2.0 / f64::from(rate)
         }
@@ -380,22 +382,7 @@ async fn the_realistic_model_serves_the_truth_of_each_sentence() {
     .await;
     let text = "Narrate calmly: The storm broke at dawn. Nobody on the pier, not even the \
                 fishermen, had seen it coming.\n\nBy noon the harbour was calm again.";
-    let r = post(&sim, &format!("/v2/{MODEL}"), KEY, json!({"text": text})).await;
-    let submitted: Value = r.json().await.unwrap();
-    let id = submitted["request_id"].as_str().unwrap().to_owned();
-    let (code, _) = until_terminal(submitted["status_url"].as_str().unwrap()).await;
-    assert_eq!(code, 200);
-    let result: Value = get(submitted["response_url"].as_str().unwrap())
-        .await
-        .json()
-        .await
-        .unwrap();
-    let wav = reqwest::get(result["output"].as_str().unwrap())
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let (id, wav) = synthesize(&sim, json!({"text": text})).await;
     let (_, pcm) = segmind_sim::wav::pcm_of(&wav).unwrap();
 
     let served: Truth = get(&format!("{}/_sim/truth/{id}", sim.base_url()))

@@ -9,6 +9,7 @@ use segmind_sim::model::{OUTPUT_CAP, SpeechModel, chars_per_second};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::audio_check::{self, TempFile};
 use crate::helpers::{TestApp, spawn_app_with, wait_for};
 
 /// Paragraphs of plain prose, each starting with its number so the
@@ -40,34 +41,15 @@ pub async fn long_text_app(part_chars: usize) -> TestApp {
     .await
 }
 
-/// The duration `ffprobe` (Debian's ffmpeg, not our code) reads from `bytes`.
+/// The duration `ffprobe` (Debian's ffmpeg, not our code) reads from
+/// `bytes`, which must be Gemini's PCM format.
 fn ffprobe_seconds(bytes: &[u8]) -> f64 {
-    let path = std::env::temp_dir().join(format!("tts-{}.wav", uuid::Uuid::new_v4().simple()));
-    std::fs::write(&path, bytes).unwrap();
-    let ffprobe = std::env::var("TTS_FFPROBE").unwrap_or_else(|_| "ffprobe".into());
-    let out = std::process::Command::new(&ffprobe)
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "format=duration:stream=codec_name,sample_rate,channels",
-            "-of",
-            "json",
-        ])
-        .arg(&path)
-        .output()
-        .unwrap_or_else(|e| panic!("{ffprobe} must be installed (scripts/tools.sh): {e}"));
-    let _ = std::fs::remove_file(&path);
-    assert!(
-        out.status.success(),
-        "ffprobe could not read the audio: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["streams"][0]["codec_name"], "pcm_s16le", "{v}");
-    assert_eq!(v["streams"][0]["sample_rate"], "24000", "{v}");
-    assert_eq!(v["streams"][0]["channels"], 1, "{v}");
-    v["format"]["duration"].as_str().unwrap().parse().unwrap()
+    let file = TempFile::new(bytes, "wav");
+    let probe = audio_check::ffprobe(file.path());
+    assert_eq!(probe.codec, "pcm_s16le");
+    assert_eq!(probe.sample_rate, 24_000);
+    assert_eq!(probe.channels, 1);
+    probe.duration
 }
 
 /// A mark's character count and seconds of audio.
