@@ -217,26 +217,23 @@ pub async fn run(settings: &Settings, args: SubmitArgs) -> anyhow::Result<bool> 
                 );
             }
             if let Some(path) = &args.out {
-                save_audio(settings, &c.audio.key, &c.audio.sha256, path).await?;
+                let storage = Storage::new(&settings.s3).await;
+                save_audio(&storage, &c.audio.key, &c.audio.sha256, path).await?;
                 println!("saved {}", path.display());
                 if let Some(marks) = &c.audio.marks_key {
                     // The timing marks beside the audio: `{out}.marks.json`.
-                    let storage = Storage::new(&settings.s3).await;
-                    let object = storage.get(marks).await?;
                     let mut marks_path = path.clone().into_os_string();
                     marks_path.push(".marks.json");
-                    std::fs::write(&marks_path, &object.bytes)
-                        .with_context(|| format!("writing {marks_path:?}"))?;
-                    println!("saved {}", PathBuf::from(marks_path).display());
+                    save_object(&storage, marks, &PathBuf::from(marks_path)).await?;
                 }
                 // Caption files beside the audio, named after `--out`.
                 for caption in &c.audio.captions {
-                    let storage = Storage::new(&settings.s3).await;
-                    let object = storage.get(&caption.key).await?;
-                    let caption_path = path.with_extension(&caption.format);
-                    std::fs::write(&caption_path, &object.bytes)
-                        .with_context(|| format!("writing {}", caption_path.display()))?;
-                    println!("saved {}", caption_path.display());
+                    save_object(
+                        &storage,
+                        &caption.key,
+                        &path.with_extension(&caption.format),
+                    )
+                    .await?;
                 }
             }
             true
@@ -254,13 +251,20 @@ pub async fn run(settings: &Settings, args: SubmitArgs) -> anyhow::Result<bool> 
     Ok(completed)
 }
 
+/// Saves an object beside the audio and says so.
+async fn save_object(storage: &Storage, key: &str, path: &PathBuf) -> anyhow::Result<()> {
+    let object = storage.get(key).await?;
+    std::fs::write(path, &object.bytes).with_context(|| format!("writing {}", path.display()))?;
+    println!("saved {}", path.display());
+    Ok(())
+}
+
 async fn save_audio(
-    settings: &Settings,
+    storage: &Storage,
     key: &str,
     sha256: &str,
     path: &PathBuf,
 ) -> anyhow::Result<()> {
-    let storage = Storage::new(&settings.s3).await;
     let object = storage.get(key).await?;
     let actual = hex::encode(Sha256::digest(&object.bytes));
     if actual != sha256 {
