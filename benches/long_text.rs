@@ -76,6 +76,7 @@ fn args() -> Args {
         limit: num("--limit", 50.0) as u32,
         deliverable: {
             let mut d = serde_json::Map::new();
+            d.insert("version".into(), 2.into());
             if let Some(f) = cli.get("--format") {
                 d.insert("format".into(), f.into());
             }

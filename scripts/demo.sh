@@ -10,17 +10,28 @@ export PATH="$HOME/.cargo/bin:$PATH"
 OUT=demo-output
 RUN=.demo
 mkdir -p "$OUT" "$RUN"
+started=$SECONDS
+say() { printf '[demo %dm%02ds] %s\n' $(( (SECONDS - started) / 60 )) $(( (SECONDS - started) % 60 )) "$*"; }
 
-# cmake for the Opus encoder's build, espeak-ng for real speech in the
-# simulator (it falls back to tones without it).
-scripts/debian-deps.sh --demo
+# Expected durations are for a fresh 2-core machine; later runs take seconds.
+say "1/4 Debian packages: cmake, the audio checkers, espeak-ng (real speech in the simulator), Garage's libraries (first run ≈ 1 min)"
+scripts/debian-deps.sh --demo --garage
 
-env_file=$(scripts/stack.sh up)
+# Garage (built from source the first time) and the worker are two long
+# builds: they run side by side, which keeps both cores busy through each
+# build's serial stretches.
+say "2/4 RabbitMQ and Garage, in the background (first run ≈ 6 min: Garage is built from source; log: $RUN/stack.log)"
+scripts/stack.sh up > "$RUN/stack.env" 2> "$RUN/stack.log" &
+stack_pid=$!
+say "3/4 building the worker and the simulator (first run ≈ 9 min, beside Garage's build)"
+cargo build --locked --workspace --bins -q
+say "    built; waiting for RabbitMQ and Garage"
+if ! wait "$stack_pid"; then
+  echo "[demo] the stack did not come up; the end of $RUN/stack.log:"; tail -20 "$RUN/stack.log"; exit 1
+fi
+env_file=$(cat "$RUN/stack.env")
 # shellcheck disable=SC1090
 . "$env_file"
-
-echo "[demo] building"
-cargo build --locked --workspace --bins -q
 
 # A throwaway key shared by the simulator and the worker.
 export SEGMIND_API_KEY="sk-demo-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -43,7 +54,7 @@ target/debug/segmind-sim --listen 127.0.0.1:18090 --media-listen 127.0.0.1:18091
 target/debug/tts-worker run > "$RUN/worker.log" 2>&1 & echo $! > "$RUN/worker.pid"
 for _ in $(seq 1 60); do curl -fs http://127.0.0.1:19090/readyz >/dev/null 2>&1 && break; sleep 0.5; done
 curl -fs http://127.0.0.1:19090/readyz >/dev/null || { echo "[demo] the worker did not become ready:"; tail -20 "$RUN/worker.log"; exit 1; }
-echo "[demo] worker ready; submitting 5 jobs"
+say "4/4 worker ready; submitting 5 jobs (≈ 1 min; the chapter is 9 minutes of speech in 3 parts)"
 
 submit() { # name, extension, then submit args
   local name=$1 ext=$2; shift 2
@@ -98,6 +109,7 @@ parts=$(grep -oE '^  [0-9]+ parts' "$RUN/chapter.out" | grep -oE '[0-9]+' || ech
 # What the chapter's MP3 measures (target −16 LUFS; with no limiter, a peaky
 # voice ends under the target rather than over the −1 dBTP ceiling).
 measured=$(grep -oE -- '-?[0-9.]+ LUFS, true peak -?[0-9.]+ dBTP' "$RUN/chapter.out" || echo "loudness unknown")
+say "done"
 if [ "$completed" -eq 4 ] && [ "$blocked" -eq 1 ] && [ "$parts" -gt 1 ] && [ -s "$OUT/chapter.vtt" ]; then
   echo "[demo] OK: 4 completed (the chapter as one MP3 of $parts parts, asked −16 LUFS, delivered $measured, with captions $OUT/chapter.vtt and .srt, marks in $OUT/chapter.mp3.marks.json; the dialogue as Ogg Opus; the cheerful line as 8 kHz μ-law), 1 content_blocked"
 else echo "[demo] unexpected results; logs in $RUN/"; exit 1; fi

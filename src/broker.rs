@@ -54,6 +54,11 @@ pub const COUNTED_DELIVERIES_HEADER: &str = "tts-counted-deliveries";
 /// `jobs.max_pause_cycles`).
 pub const PAUSES_HEADER: &str = "tts-pause-cycles";
 
+/// Header of a request handed back because its version is newer than the
+/// replica knew: when that first happened, in milliseconds since the Unix
+/// epoch (see `jobs.unsupported_version_grace`). Kept by later hand-overs.
+pub const DEFERRED_SINCE_HEADER: &str = "tts-deferred-since";
+
 /// The broker's own count of a message's earlier deliveries that counted
 /// (reject with requeue, a closed channel; on 3.10 and 4.0 a nack too).
 const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
@@ -383,33 +388,44 @@ pub fn acquired_count(properties: &BasicProperties) -> Option<u32> {
         .then(|| header_u32(properties, ACQUIRED_COUNT_HEADER))
 }
 
+/// When this request was first handed back for a newer replica
+/// ([`DEFERRED_SINCE_HEADER`], ms since the epoch); `None` before that.
+pub fn deferred_since(properties: &BasicProperties) -> Option<u64> {
+    header_u64(properties, DEFERRED_SINCE_HEADER)
+}
+
 fn header_u32(properties: &BasicProperties, name: &str) -> u32 {
-    let Some(headers) = properties.headers().as_ref() else {
-        return 0;
-    };
-    match headers.inner().get(name) {
-        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
-        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
-        Some(AMQPValue::LongUInt(n)) => *n,
-        Some(AMQPValue::ShortInt(n)) => u32::try_from(*n).unwrap_or(0),
-        Some(AMQPValue::ShortShortInt(n)) => u32::try_from(*n).unwrap_or(0),
-        Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes())
+    header_u64(properties, name).map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// A whole-number header (negative and unreadable values read as 0).
+fn header_u64(properties: &BasicProperties, name: &str) -> Option<u64> {
+    let value = properties.headers().as_ref()?.inner().get(name)?;
+    Some(match value {
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).unwrap_or(0),
+        AMQPValue::LongInt(n) => u64::try_from(*n).unwrap_or(0),
+        AMQPValue::LongUInt(n) => u64::from(*n),
+        AMQPValue::ShortInt(n) => u64::try_from(*n).unwrap_or(0),
+        AMQPValue::ShortShortInt(n) => u64::try_from(*n).unwrap_or(0),
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes())
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0),
         _ => 0,
-    }
+    })
 }
 
 /// The properties of a handed-over copy of a delivery with `properties`:
 /// everything kept (message id, correlation id, reply-to, trace context,
 /// headers) but the broker's counts, which become
 /// [`COUNTED_DELIVERIES_HEADER`] = `counted`, and [`PAUSES_HEADER`] = `pauses`
-/// (when not 0).
+/// (when not 0); [`DEFERRED_SINCE_HEADER`] is set to `deferred_since` when
+/// given and the message has none yet.
 pub fn handover_properties(
     properties: &BasicProperties,
     counted: u32,
     pauses: u32,
+    deferred_since: Option<u64>,
 ) -> BasicProperties {
     let mut headers = FieldTable::default();
     let replaced = [
@@ -432,6 +448,14 @@ pub fn handover_properties(
             PAUSES_HEADER.into(),
             AMQPValue::LongLongInt(i64::from(pauses)),
         );
+    }
+    if let Some(since) = deferred_since {
+        if !headers.contains_key(DEFERRED_SINCE_HEADER) {
+            headers.insert(
+                DEFERRED_SINCE_HEADER.into(),
+                AMQPValue::LongLongInt(i64::try_from(since).unwrap_or(i64::MAX)),
+            );
+        }
     }
     properties.clone().with_headers(headers)
 }
@@ -479,7 +503,7 @@ mod tests {
         .with_message_id("m-1".into())
         .with_correlation_id("c-1".into());
         let counted = delivery_count(&original);
-        let copy = handover_properties(&original, counted, 0);
+        let copy = handover_properties(&original, counted, 0, None);
         assert_eq!(pause_count(&copy), 0);
         assert_eq!(delivery_count(&copy), 3, "the copy's first delivery");
         // Redelivered twice more by the broker: 3 + 2.
@@ -487,11 +511,11 @@ mod tests {
         headers.insert("x-delivery-count".into(), AMQPValue::LongLongInt(2));
         assert_eq!(delivery_count(&copy.clone().with_headers(headers)), 5);
         // Handed over again: the count does not grow.
-        assert_eq!(delivery_count(&handover_properties(&copy, 3, 0)), 3);
+        assert_eq!(delivery_count(&handover_properties(&copy, 3, 0, None)), 3);
         // Handed over by a pause this message caused: its own pause count grows.
-        let paused = handover_properties(&copy, 3, pause_count(&copy) + 1);
+        let paused = handover_properties(&copy, 3, pause_count(&copy) + 1, None);
         assert_eq!((delivery_count(&paused), pause_count(&paused)), (3, 1));
-        let again = handover_properties(&paused, 3, pause_count(&paused) + 1);
+        let again = handover_properties(&paused, 3, pause_count(&paused) + 1, None);
         assert_eq!(pause_count(&again), 2);
         assert_eq!(header_str(&copy, "traceparent"), Some("00-abc-def-01"));
         assert_eq!(copy.message_id().as_ref().map(|m| m.as_str()), Some("m-1"));
@@ -499,6 +523,19 @@ mod tests {
             copy.correlation_id().as_ref().map(|m| m.as_str()),
             Some("c-1")
         );
+    }
+
+    #[test]
+    fn the_first_hand_back_for_a_newer_replica_dates_every_later_copy() {
+        let original = BasicProperties::default();
+        assert_eq!(deferred_since(&original), None);
+        let first = handover_properties(&original, 0, 0, Some(1_000));
+        assert_eq!(deferred_since(&first), Some(1_000));
+        // Later hand-backs (and a shutdown's) keep the first date.
+        let later = handover_properties(&first, 0, 0, Some(9_000));
+        assert_eq!(deferred_since(&later), Some(1_000));
+        let shutdown = handover_properties(&later, 2, 0, None);
+        assert_eq!(deferred_since(&shutdown), Some(1_000));
     }
 
     #[test]
@@ -510,7 +547,7 @@ mod tests {
         ]);
         assert_eq!(acquired_count(&v43), Some(5));
         assert_eq!(delivery_count(&v43), 1);
-        let copy = handover_properties(&v43, 1, 0);
+        let copy = handover_properties(&v43, 1, 0, None);
         assert_eq!(acquired_count(&copy), None, "the copy starts its own count");
     }
 

@@ -22,6 +22,9 @@ use crate::config::AccountPolicy;
 pub enum ErrorCode {
     /// The request failed validation (or the API answered 400).
     InvalidRequest,
+    /// The request says a version no replica of the fleet knew within
+    /// `jobs.unsupported_version_grace` (it was handed back meanwhile).
+    UnsupportedVersion,
     /// FAILED with an error that mentions a content/RAI/safety block.
     ContentBlocked,
     /// Any other FAILED job (HTTP 422).
@@ -74,8 +77,9 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation checks and exhaustive tests.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::InvalidRequest,
+        ErrorCode::UnsupportedVersion,
         ErrorCode::ContentBlocked,
         ErrorCode::InferenceFailed,
         ErrorCode::Unauthorized,
@@ -103,6 +107,7 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
             ErrorCode::ContentBlocked => "content_blocked",
             ErrorCode::InferenceFailed => "inference_failed",
             ErrorCode::Unauthorized => "unauthorized",
@@ -160,6 +165,7 @@ impl ErrorCode {
             | ErrorCode::RenderFailed
             | ErrorCode::PoisonMessage => true,
             ErrorCode::InvalidRequest
+            | ErrorCode::UnsupportedVersion
             | ErrorCode::ContentBlocked
             | ErrorCode::InferenceFailed
             | ErrorCode::Expired
@@ -211,6 +217,8 @@ impl Failure {
                     | ErrorCode::Expired
                     | ErrorCode::Timeout
                     | ErrorCode::SubmissionUnconfirmed
+                    // once replicas that know its version run
+                    | ErrorCode::UnsupportedVersion
             ),
         }
     }
@@ -220,6 +228,22 @@ impl Failure {
             code: ErrorCode::InvalidRequest,
             class: Class::Permanent,
             message: message.into(),
+            http_status: None,
+        }
+    }
+
+    /// A request of `version`, newer than this replica's `known`, handed
+    /// back for `waited` without any replica taking it.
+    pub fn unsupported_version(version: u64, known: u32, waited: std::time::Duration) -> Self {
+        Failure {
+            code: ErrorCode::UnsupportedVersion,
+            class: Class::Permanent,
+            message: format!(
+                "request version {version} is newer than this worker knows (1 to {known}) and no replica took it in {} s; \
+                 the original is in the dead-letter queue: send it again once workers that know version {version} run, \
+                 or send a version {known} request",
+                waited.as_secs()
+            ),
             http_status: None,
         }
     }

@@ -90,22 +90,26 @@ pub async fn run(settings: &Settings, args: SubmitArgs) -> anyhow::Result<bool> 
         .job_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let body = serde_json::to_vec(&RequestBody {
-        text: args.text.clone(),
-        style: args.style.clone(),
-        voice_1: args.voice_1.clone(),
-        voice_2: args.voice_2.clone(),
-        temperature: args.temperature,
-        job_id: args.job_id.clone(),
-        output_key: args.output_key.clone(),
-        metadata: None,
-        format: args.format.clone(),
-        sample_rate: args.sample_rate,
-        bitrate_kbps: args.bitrate_kbps,
-        loudness_lufs: args.loudness_lufs,
-        true_peak_db: args.true_peak_db,
-        captions: (!args.captions.is_empty()).then(|| args.captions.clone()),
-    })?;
+    let body = serde_json::to_vec(
+        &RequestBody {
+            text: args.text.clone(),
+            style: args.style.clone(),
+            voice_1: args.voice_1.clone(),
+            voice_2: args.voice_2.clone(),
+            temperature: args.temperature,
+            job_id: args.job_id.clone(),
+            output_key: args.output_key.clone(),
+            metadata: None,
+            format: args.format.clone(),
+            sample_rate: args.sample_rate,
+            bitrate_kbps: args.bitrate_kbps,
+            loudness_lufs: args.loudness_lufs,
+            true_peak_db: args.true_peak_db,
+            captions: (!args.captions.is_empty()).then(|| args.captions.clone()),
+            ..RequestBody::default()
+        }
+        .versioned(),
+    )?;
     // A trace of its own, so the job, its spans and its event can be found
     // by the id printed below.
     let traceparent = crate::telemetry::new_traceparent();

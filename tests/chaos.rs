@@ -36,6 +36,8 @@ use tts_worker::wire::{self, EventData};
 
 mod common;
 use common::{amqp_url, env_value, rabbitmqctl, stack_env};
+#[path = "common/schemas.rs"]
+mod schemas;
 
 /// One scenario at a time: the first restarts the broker.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -173,6 +175,7 @@ async fn collect_events(queue: String, jobs: usize) -> Seen {
             .await
         {
             Ok(Some(msg)) => {
+                schemas::assert_valid_event(&msg.delivery.data);
                 let event = wire::decode_event(&msg.delivery.data).expect("a valid event");
                 seen.entry(event.subject.clone())
                     .or_default()

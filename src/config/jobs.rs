@@ -37,6 +37,12 @@ pub struct JobSettings {
     /// How long a pause keeps the consumer (holding what it received)
     /// before cancelling it and handing its deliveries back.
     pub pause_hold: Duration,
+    /// How long a request of a version newer than this replica knows is
+    /// held before it is handed back.
+    pub version_handback_delay: Duration,
+    /// How long such a request may keep being handed back before it fails
+    /// as `unsupported_version`.
+    pub unsupported_version_grace: Duration,
 }
 
 #[derive(Deserialize)]
@@ -53,6 +59,8 @@ pub(super) struct RawJobs {
     pub(super) max_transfers: u32,
     pub(super) max_pause_cycles: u32,
     pub(super) pause_hold: f64,
+    pub(super) version_handback_delay: f64,
+    pub(super) unsupported_version_grace: f64,
 }
 
 impl RawJobs {
@@ -81,6 +89,14 @@ impl RawJobs {
                 "must be at most 1200 s: RabbitMQ closes a channel holding a delivery past its consumer_timeout (30 min by default)",
             ));
         }
+        let version_handback_delay =
+            seconds("jobs.version_handback_delay", self.version_handback_delay)?;
+        if version_handback_delay > Duration::from_secs(60) {
+            return Err(invalid(
+                "jobs.version_handback_delay",
+                "must be at most 60 s: the request waits in this replica meanwhile",
+            ));
+        }
         Ok(JobSettings {
             max_deliveries: self.max_deliveries,
             requeue_delay: Duration::try_from_secs_f64(self.requeue_delay)
@@ -94,6 +110,11 @@ impl RawJobs {
             max_transfers: positive("jobs.max_transfers", self.max_transfers)?,
             max_pause_cycles: positive("jobs.max_pause_cycles", self.max_pause_cycles)? as u32,
             pause_hold,
+            version_handback_delay,
+            unsupported_version_grace: seconds(
+                "jobs.unsupported_version_grace",
+                self.unsupported_version_grace,
+            )?,
         })
     }
 }

@@ -97,7 +97,17 @@ pub struct RequestLimits {
     pub max_metadata_bytes: usize,
     pub max_job_id_len: usize,
     pub max_output_key_len: usize,
+    /// The newest request version this replica accepts (see
+    /// [`NEWEST_REQUEST_VERSION`]); a newer request is handed back for a
+    /// newer replica.
+    pub max_request_version: u32,
 }
+
+/// The newest request version this build knows: 1 is the original request;
+/// 2 adds the deliverable's fields (`format`, `sample_rate`, `bitrate_kbps`,
+/// `loudness_lufs`, `true_peak_db`, `captions`). `wire::request` holds the
+/// table of which field came in which version.
+pub const NEWEST_REQUEST_VERSION: u32 = 2;
 
 impl Default for RequestLimits {
     fn default() -> Self {
@@ -106,6 +116,7 @@ impl Default for RequestLimits {
             max_metadata_bytes: 8_192,
             max_job_id_len: 128,
             max_output_key_len: 512,
+            max_request_version: NEWEST_REQUEST_VERSION,
         }
     }
 }
@@ -346,6 +357,12 @@ fn validate_limits(limits: RequestLimits) -> Result<RequestLimits, ConfigError> 
         return Err(invalid(
             "limits.max_output_key_len",
             "must be between 16 and 1024 (S3 keys are at most 1024 bytes)",
+        ));
+    }
+    if !(1..=NEWEST_REQUEST_VERSION).contains(&limits.max_request_version) {
+        return Err(invalid(
+            "limits.max_request_version",
+            format!("must be 1 to {NEWEST_REQUEST_VERSION} (the versions this build knows)"),
         ));
     }
     Ok(limits)

@@ -3,6 +3,7 @@
 //! --wait` and tests.
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -13,11 +14,16 @@ use crate::job::Outcome;
 pub const COMPLETED_TYPE: &str = "tts.job.completed";
 /// Routing key (and CloudEvents `type`) of a failure event.
 pub const FAILED_TYPE: &str = "tts.job.failed";
+/// `$id` of the completion event's schema (`contract/schemas/`), and its
+/// events' CloudEvents `dataschema`.
+pub const COMPLETED_SCHEMA_ID: &str = "urn:tts-worker:schema:tts.job.completed:1";
+/// `$id` of the failure event's schema, and its events' `dataschema`.
+pub const FAILED_SCHEMA_ID: &str = "urn:tts-worker:schema:tts.job.failed:1";
 /// Content type of events: CloudEvents 1.0 structured mode, JSON.
 pub const EVENT_CONTENT_TYPE: &str = "application/cloudevents+json";
 
 /// A CloudEvents 1.0 envelope in structured JSON mode.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct CloudEvent<D> {
     pub specversion: String,
     pub id: String,
@@ -27,6 +33,10 @@ pub struct CloudEvent<D> {
     pub subject: String,
     pub time: String,
     pub datacontenttype: String,
+    /// The `$id` of this event's JSON Schema (`contract/schemas/`), naming
+    /// its kind and version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataschema: Option<String>,
     /// CloudEvents distributed-tracing extension: the job's W3C context.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
@@ -35,7 +45,7 @@ pub struct CloudEvent<D> {
     pub data: D,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AudioData {
     pub bucket: String,
     pub key: String,
@@ -69,7 +79,7 @@ pub struct AudioData {
     pub captions: Vec<CaptionData>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CaptionData {
     /// `vtt` or `srt`.
     pub format: String,
@@ -78,7 +88,7 @@ pub struct CaptionData {
     pub content_type: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SegmindData {
     /// The request of a one-part job; a long job's first part's.
     pub request_id: String,
@@ -97,7 +107,7 @@ pub struct SegmindData {
     pub calls: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorData {
     pub code: String,
     pub message: String,
@@ -107,7 +117,7 @@ pub struct ErrorData {
 }
 
 /// `data` of a `tts.job.completed` event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CompletedData {
     pub job_id: String,
     pub audio: AudioData,
@@ -130,7 +140,7 @@ fn one() -> u32 {
 }
 
 /// `data` of a `tts.job.failed` event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct FailedData {
     pub job_id: String,
     pub error: ErrorData,
@@ -141,7 +151,7 @@ pub struct FailedData {
     pub metadata: Option<Map<String, Value>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SegmindRef {
     pub request_id: String,
 }
@@ -186,7 +196,7 @@ pub fn encode_event(
     trace: &TraceHeaders,
 ) -> EncodedEvent {
     let id = event_id(outcome);
-    let envelope = |kind: &'static str, subject: &str| CloudEvent {
+    let envelope = |kind: &'static str, schema: &'static str, subject: &str| CloudEvent {
         specversion: "1.0".into(),
         id: id.clone(),
         source: source.into(),
@@ -194,6 +204,7 @@ pub fn encode_event(
         subject: subject.into(),
         time: now.to_rfc3339_opts(SecondsFormat::Millis, true),
         datacontenttype: "application/json".into(),
+        dataschema: Some(schema.into()),
         traceparent: trace.traceparent.clone(),
         tracestate: trace.tracestate.clone(),
         data: (),
@@ -247,7 +258,10 @@ pub fn encode_event(
             };
             (
                 COMPLETED_TYPE,
-                to_json(envelope(COMPLETED_TYPE, c.job_id.as_str()), data),
+                to_json(
+                    envelope(COMPLETED_TYPE, COMPLETED_SCHEMA_ID, c.job_id.as_str()),
+                    data,
+                ),
             )
         }
         Outcome::Failed(f) => {
@@ -268,7 +282,10 @@ pub fn encode_event(
             };
             (
                 FAILED_TYPE,
-                to_json(envelope(FAILED_TYPE, f.job_id.as_str()), data),
+                to_json(
+                    envelope(FAILED_TYPE, FAILED_SCHEMA_ID, f.job_id.as_str()),
+                    data,
+                ),
             )
         }
     };
@@ -290,6 +307,7 @@ impl<D> CloudEvent<D> {
             subject: self.subject,
             time: self.time,
             datacontenttype: self.datacontenttype,
+            dataschema: self.dataschema,
             traceparent: self.traceparent,
             tracestate: self.tracestate,
             data,

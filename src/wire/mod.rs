@@ -5,10 +5,12 @@
 
 pub mod event;
 pub mod request;
+pub mod schema;
 
 pub use event::{
-    COMPLETED_TYPE, CloudEvent, CompletedData, EVENT_CONTENT_TYPE, EncodedEvent, EventData,
-    FAILED_TYPE, FailedData, decode_event, encode_event, event_id,
+    COMPLETED_SCHEMA_ID, COMPLETED_TYPE, CloudEvent, CompletedData, EVENT_CONTENT_TYPE,
+    EncodedEvent, EventData, FAILED_SCHEMA_ID, FAILED_TYPE, FailedData, decode_event, encode_event,
+    event_id,
 };
 pub use request::{DecodedRequest, FieldError, InvalidRequest, RequestBody, decode_request};
 

@@ -16,22 +16,41 @@ use crate::plan::SPEAKER_LABELS;
 /// speaking ("Narrate calmly, like a bedtime story"), not a second text.
 pub const MAX_STYLE_CHARS: usize = 300;
 
-const KNOWN_FIELDS: [&str; 14] = [
-    "text",
-    "style",
-    "voice_1",
-    "voice_2",
-    "temperature",
-    "job_id",
-    "output_key",
-    "metadata",
-    "format",
-    "sample_rate",
-    "bitrate_kbps",
-    "loudness_lufs",
-    "true_peak_db",
-    "captions",
+/// Every request field and the request version it came in. A request says
+/// its version in `version` (absent: 1). A field newer than the request's
+/// version is refused even by a replica that knows it, so a producer learns
+/// to declare the version before a replica that does not know the field
+/// would meet it (see [`decode_request`]).
+pub const FIELDS: [(&str, u32); 15] = [
+    ("version", 1),
+    ("text", 1),
+    ("style", 1),
+    ("voice_1", 1),
+    ("voice_2", 1),
+    ("temperature", 1),
+    ("job_id", 1),
+    ("output_key", 1),
+    ("metadata", 1),
+    ("format", 2),
+    ("sample_rate", 2),
+    ("bitrate_kbps", 2),
+    ("loudness_lufs", 2),
+    ("true_peak_db", 2),
+    ("captions", 2),
 ];
+
+/// The version a field came in; `None` for a field no version has.
+pub fn field_version(field: &str) -> Option<u32> {
+    FIELDS.iter().find(|(f, _)| *f == field).map(|(_, v)| *v)
+}
+
+/// The fields a replica accepting versions up to `known` knows.
+fn known_fields(known: u32) -> impl Iterator<Item = &'static str> {
+    FIELDS
+        .iter()
+        .filter(move |(_, since)| *since <= known)
+        .map(|(f, _)| *f)
+}
 
 /// One broken rule of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +66,18 @@ pub struct FieldError {
 #[error("{}", .errors.iter().map(|e| format!("{}: {}", e.field, e.rule)).collect::<Vec<_>>().join("; "))]
 pub struct InvalidRequest {
     pub errors: Vec<FieldError>,
+}
+
+/// Why a request does not become a job here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// It breaks the rules of its version.
+    #[error(transparent)]
+    Invalid(#[from] InvalidRequest),
+    /// It says a version newer than this replica accepts: a newer replica
+    /// may take it (its fields are not judged here).
+    #[error("request version {version} is newer than this replica knows (1 to {known})")]
+    NewerVersion { version: u64, known: u32 },
 }
 
 impl InvalidRequest {
@@ -68,13 +99,19 @@ impl InvalidRequest {
 pub struct DecodedRequest {
     pub job_id: JobId,
     pub metadata: Option<Map<String, Value>>,
-    pub job: Result<TtsJob, InvalidRequest>,
+    pub job: Result<TtsJob, RequestError>,
 }
 
 /// Decodes and validates a request body. Never panics, whatever the bytes.
 ///
 /// The job id is the body's `job_id`, else the AMQP `message_id`, else one
 /// derived from the bytes (so a redelivery keeps its id).
+///
+/// A request whose `version` is newer than `limits.max_request_version` is
+/// [`RequestError::NewerVersion`], whatever its other fields; otherwise a
+/// field of a version this replica knows but the request does not declare is
+/// refused (with the version to declare), and a field of no version it knows
+/// is an unknown field (typos such as `voice1` are caught).
 pub fn decode_request(
     body: &[u8],
     message_id: Option<&str>,
@@ -90,7 +127,7 @@ pub fn decode_request(
             return DecodedRequest {
                 job_id: fallback_id(),
                 metadata: None,
-                job: Err(e),
+                job: Err(e.into()),
             };
         }
     };
@@ -153,17 +190,60 @@ pub fn decode_request(
         }
     };
 
+    let known = limits.max_request_version;
+    let version = match object.get("version") {
+        None | Some(Value::Null) => 1,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(v) if v >= 1 => v,
+            _ => {
+                reject(
+                    "version",
+                    format!(
+                        "must be a whole number from 1 (this replica knows 1 to {known}), got {n}"
+                    ),
+                );
+                1
+            }
+        },
+        Some(other) => {
+            reject(
+                "version",
+                format!("must be a whole number, got {}", type_name(other)),
+            );
+            1
+        }
+    };
+    if version > u64::from(known) {
+        return DecodedRequest {
+            job_id,
+            metadata,
+            job: Err(RequestError::NewerVersion { version, known }),
+        };
+    }
+
     for key in object.keys() {
-        if !KNOWN_FIELDS.contains(&key.as_str()) {
-            let shown: String = key.chars().take(64).collect();
-            let rule = match suggest_field(key) {
-                Some(known) => format!("unknown field {shown:?} (did you mean {known:?}?)"),
-                None => format!(
-                    "unknown field {shown:?}; allowed: {}",
-                    KNOWN_FIELDS.join(", ")
-                ),
-            };
-            reject(key_label(key), rule);
+        match field_version(key) {
+            Some(since) if since <= known => {
+                if u64::from(since) > version {
+                    reject(
+                        key,
+                        format!(
+                            "came in request version {since}: send \"version\": {since} to use it (this request is version {version})"
+                        ),
+                    );
+                }
+            }
+            _ => {
+                let shown: String = key.chars().take(64).collect();
+                let rule = match suggest_field(key, known) {
+                    Some(field) => format!("unknown field {shown:?} (did you mean {field:?}?)"),
+                    None => format!(
+                        "unknown field {shown:?}; allowed: {}",
+                        known_fields(known).collect::<Vec<_>>().join(", ")
+                    ),
+                };
+                reject(key_label(key), rule);
+            }
         }
     }
 
@@ -305,7 +385,7 @@ pub fn decode_request(
             metadata: metadata.clone(),
             deliverable,
         }),
-        _ => Err(InvalidRequest { errors }),
+        _ => Err(InvalidRequest { errors }.into()),
     };
     DecodedRequest {
         job_id,
@@ -427,7 +507,7 @@ fn key_label(key: &str) -> &str {
     }
 }
 
-fn suggest_field(key: &str) -> Option<&'static str> {
+fn suggest_field(key: &str, known: u32) -> Option<&'static str> {
     let norm = |s: &str| {
         s.chars()
             .filter(|c| c.is_ascii_alphanumeric())
@@ -435,7 +515,7 @@ fn suggest_field(key: &str) -> Option<&'static str> {
             .to_ascii_lowercase()
     };
     let wanted = norm(key);
-    KNOWN_FIELDS.iter().copied().find(|k| {
+    known_fields(known).find(|k| {
         let k = norm(k);
         k == wanted
             || (wanted == "voice" && k == "voice1")
@@ -454,36 +534,86 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-/// A request body as a producer writes it (used by `tts-worker submit`).
-#[derive(Debug, Clone, Default, Serialize)]
+/// A request body as a producer writes it (used by `tts-worker submit`, and
+/// the source of the contract's request schema: `wire::schema`).
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 pub struct RequestBody {
+    /// The request version: absent means 1. A request using a field newer
+    /// than version 1 must say the version that has it (2: `format`,
+    /// `sample_rate`, `bitrate_kbps`, `loudness_lufs`, `true_peak_db`,
+    /// `captions`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// What to say: not blank. Dialogue starts each speaker's lines with
+    /// `Speaker 1:` and `Speaker 2:`. A long text is cut into parts and
+    /// delivered as one file.
     pub text: String,
+    /// A manner of speaking ("Narrate calmly"), sent before the text (and
+    /// before every part of a long text); not blank.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub style: Option<String>,
+    /// The voice, one of Gemini's 30 (default Kore).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub voice_1: Option<String>,
+    /// The second speaker's voice, for a two-speaker dialogue.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub voice_2: Option<String>,
+    /// Sampling temperature, 0 to 2 (default 0.4).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
+    /// The job's id (else the AMQP message_id, else one derived from the
+    /// bytes): the key of its checkpoint, its event and its default object
+    /// key. A resend with the same id resumes instead of paying again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
+    /// Where to store the audio, a relative key under the worker's
+    /// `s3.output_prefix` (default `{s3.prefix}{job_id}.{extension}`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_key: Option<String>,
+    /// Any JSON object, echoed in the job's event.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Map<String, Value>>,
+    /// Version 2. The delivered container and codec (default wav: what
+    /// Segmind serves, 24 kHz mono).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
+    /// Version 2. The delivered sample rate in Hz, one the format can be
+    /// written at (default 24000; mulaw 8000).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sample_rate: Option<u32>,
+    /// Version 2. The bitrate of mp3 or ogg in kbit/s, one the codec offers
+    /// at the rate (default: 64/48/24 for mp3, 32/16 for ogg, by rate).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bitrate_kbps: Option<u32>,
+    /// Version 2. An integrated loudness target in LUFS (EBU R128); without
+    /// it the audio keeps Gemini's level.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loudness_lufs: Option<f64>,
+    /// Version 2. The true-peak ceiling in dBTP for the loudness target
+    /// (default -1): a peaky voice ends under its target rather than clip.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub true_peak_db: Option<f64>,
+    /// Version 2. Caption files to write beside the audio, cut at sentences.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub captions: Option<Vec<String>>,
+}
+
+impl RequestBody {
+    /// This body with `version` set to the lowest version that has every
+    /// field it uses (left out when that is 1).
+    pub fn versioned(mut self) -> Self {
+        let used = serde_json::to_value(&self)
+            .ok()
+            .and_then(|v| v.as_object().cloned())
+            .unwrap_or_default();
+        let needed = used
+            .keys()
+            .filter_map(|k| field_version(k))
+            .max()
+            .unwrap_or(1);
+        self.version = (needed > 1).then_some(needed);
+        self
+    }
 }
 
 #[cfg(test)]
@@ -500,7 +630,14 @@ mod tests {
     }
 
     fn rejected(v: Value) -> InvalidRequest {
-        decode(v.clone()).job.expect_err(&v.to_string())
+        invalid(decode(v.clone()).job, &v.to_string())
+    }
+
+    fn invalid(job: Result<TtsJob, RequestError>, what: &str) -> InvalidRequest {
+        match job {
+            Err(RequestError::Invalid(e)) => e,
+            other => panic!("{what}: expected an invalid request, got {other:?}"),
+        }
     }
 
     fn fields(e: &InvalidRequest) -> Vec<&str> {
@@ -642,7 +779,7 @@ mod tests {
             (b"\"text\"", "JSON object"),
         ] {
             let d = decode_request(body, None, &limits());
-            let err = d.job.unwrap_err();
+            let err = invalid(d.job, "malformed body");
             assert_eq!(fields(&err), vec!["body"]);
             assert!(err.to_string().contains(needle), "{err}");
         }
@@ -672,7 +809,114 @@ mod tests {
         assert_eq!(d.job_id.as_str(), "m-1");
         // A hostile message_id is rejected, not used.
         let d = decode_request(body, Some("../../x"), &limits());
-        assert!(fields(&d.job.unwrap_err()).contains(&"message_id"));
+        assert!(fields(&invalid(d.job, "hostile message_id")).contains(&"message_id"));
+    }
+
+    fn older(known: u32) -> RequestLimits {
+        RequestLimits {
+            max_request_version: known,
+            ..limits()
+        }
+    }
+
+    #[test]
+    fn a_field_of_a_later_version_needs_that_version_declared() {
+        let e = rejected(json!({"text": "a", "format": "mp3", "captions": ["vtt"]}));
+        assert_eq!(fields(&e), ["captions", "format"]);
+        assert!(
+            e.to_string()
+                .contains("came in request version 2: send \"version\": 2"),
+            "{e}"
+        );
+        let e = rejected(json!({"version": 1, "text": "a", "sample_rate": 16000}));
+        assert_eq!(fields(&e), ["sample_rate"]);
+        let job = decode(json!({"version": 2, "text": "a", "format": "mp3"}))
+            .job
+            .unwrap();
+        assert_eq!(job.deliverable.format.extension(), "mp3");
+        // A version-1 request may say so.
+        assert!(decode(json!({"version": 1, "text": "a"})).job.is_ok());
+    }
+
+    #[test]
+    fn a_newer_version_is_not_judged_here() {
+        // Whatever its fields: a newer replica knows them.
+        let d = decode(json!({"version": 3, "text": "a", "speed": 1.5, "job_id": "j-3"}));
+        assert_eq!(d.job_id.as_str(), "j-3");
+        assert_eq!(
+            d.job.unwrap_err(),
+            RequestError::NewerVersion {
+                version: 3,
+                known: 2
+            }
+        );
+        // A replica that knows only version 1 hands version 2 back...
+        let d = decode_request(
+            br#"{"version": 2, "text": "a", "format": "mp3"}"#,
+            None,
+            &older(1),
+        );
+        assert_eq!(
+            d.job.unwrap_err(),
+            RequestError::NewerVersion {
+                version: 2,
+                known: 1
+            }
+        );
+        // ...and calls version 2's fields unknown in a request that does
+        // not declare it, as before versions existed.
+        let d = decode_request(br#"{"text": "a", "format": "mp3"}"#, None, &older(1));
+        let e = invalid(d.job, "an undeclared field older replicas do not know");
+        assert!(e.to_string().contains("unknown field \"format\""), "{e}");
+        assert!(
+            !e.to_string().contains("captions"),
+            "lists only what it knows: {e}"
+        );
+    }
+
+    #[test]
+    fn typos_are_caught_in_every_version() {
+        for (limits, body) in [
+            (limits(), json!({"text": "a", "voice1": "Puck"})),
+            (
+                limits(),
+                json!({"version": 2, "text": "a", "voice1": "Puck"}),
+            ),
+            (older(1), json!({"text": "a", "voice1": "Puck"})),
+        ] {
+            let d = decode_request(body.to_string().as_bytes(), None, &limits);
+            let e = invalid(d.job, &body.to_string());
+            assert!(e.to_string().contains("did you mean \"voice_1\""), "{e}");
+        }
+        let e = rejected(json!({"version": 2, "text": "a", "Captions": ["vtt"]}));
+        assert!(e.to_string().contains("did you mean \"captions\""), "{e}");
+    }
+
+    #[test]
+    fn a_malformed_version_is_refused() {
+        for bad in [json!(0), json!(-1), json!(1.5), json!("2"), json!([2])] {
+            let e = rejected(json!({"version": bad, "text": "a"}));
+            assert_eq!(fields(&e), ["version"], "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_body_says_the_version_its_fields_need() {
+        let plain = RequestBody {
+            text: "a".into(),
+            ..RequestBody::default()
+        }
+        .versioned();
+        assert_eq!(plain.version, None);
+        let mp3 = RequestBody {
+            text: "a".into(),
+            format: Some("mp3".into()),
+            ..RequestBody::default()
+        }
+        .versioned();
+        assert_eq!(mp3.version, Some(2));
+        let bytes = serde_json::to_vec(&mp3).unwrap();
+        assert!(decode_request(&bytes, None, &limits()).job.is_ok());
     }
 
     #[test]
@@ -699,7 +943,12 @@ mod tests {
                         assert!(ObjectKey::parse(k.as_str(), limits.max_output_key_len).is_ok());
                     }
                 }
-                Err(e) => assert!(!e.errors.is_empty(), "a rejection names at least one rule"),
+                Err(RequestError::Invalid(e)) => {
+                    assert!(!e.errors.is_empty(), "a rejection names at least one rule")
+                }
+                Err(RequestError::NewerVersion { version, known }) => {
+                    assert!(*version > u64::from(*known))
+                }
             }
         }
 
@@ -726,7 +975,7 @@ mod tests {
 
         fn request_object() -> impl Strategy<Value = Value> {
             let key = prop_oneof![
-                prop::sample::select(KNOWN_FIELDS.to_vec()).prop_map(str::to_owned),
+                prop::sample::select(FIELDS.map(|(f, _)| f).to_vec()).prop_map(str::to_owned),
                 ".{0,12}",
             ];
             prop::collection::btree_map(key, json_value(), 0..8)
@@ -749,7 +998,7 @@ mod tests {
                 let d = decode_request(&bytes, None, &limits);
                 check_invariants(&d, &limits);
                 // Unknown keys are always rejected.
-                let unknown = obj.as_object().unwrap().keys().any(|k| !KNOWN_FIELDS.contains(&k.as_str()));
+                let unknown = obj.as_object().unwrap().keys().any(|k| field_version(k).is_none());
                 if unknown {
                     prop_assert!(d.job.is_err());
                 }

@@ -112,6 +112,9 @@ pub enum HandOverReason {
     /// met the failure: the message's own count of pauses grows (see
     /// `jobs.max_pause_cycles`); jobs merely held alongside are not charged.
     Paused { caused: bool },
+    /// The request says a version newer than this replica knows: a newer
+    /// replica may take it (see `jobs.unsupported_version_grace`).
+    NewerVersion,
 }
 
 impl HandOverReason {
@@ -120,6 +123,7 @@ impl HandOverReason {
         match self {
             HandOverReason::Shutdown => "shutdown",
             HandOverReason::Paused { .. } => "paused",
+            HandOverReason::NewerVersion => "newer_version",
         }
     }
 }
@@ -199,7 +203,8 @@ impl Pipeline {
         *self.handover.borrow()
     }
 
-    async fn handover_requested(&self) {
+    /// Resolves once [`Pipeline::hand_over_waiting_jobs`] is asked.
+    pub async fn handover_requested(&self) {
         let mut rx = self.handover.subscribe();
         // The sender lives as long as `self`: `wait_for` cannot fail here.
         let _ = rx.wait_for(|asked| *asked).await;

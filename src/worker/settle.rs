@@ -9,19 +9,21 @@
 //! counts as a delivery on every supported RabbitMQ version).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use tracing::{Instrument, Span, error, field, info, info_span, warn};
 
+use super::pause::jittered;
 use super::pipeline::{HandOverReason, JobEnd, Pipeline};
 use crate::broker::{self, BrokerError, Publisher, Topology};
 use crate::config::RequestLimits;
 use crate::failure::{Attempt, Failure};
 use crate::job::{Failed, JobId, Outcome};
 use crate::telemetry;
+use crate::wire::request::RequestError;
 use crate::wire::{
     self, DEAD_LETTER_CODE_HEADER, DEAD_LETTER_JOB_HEADER, DEAD_LETTER_MESSAGE_HEADER,
     TRACEPARENT_HEADER, TRACESTATE_HEADER, TraceHeaders,
@@ -220,10 +222,42 @@ async fn settle(ctx: &JobContext, delivery: &Delivery, producer: &TraceHeaders) 
         )
     } else {
         match &decoded.job {
-            Err(invalid) => {
+            Err(RequestError::Invalid(invalid)) => {
                 warn!(error = %invalid, "rejecting invalid request");
                 (
                     rejected(Failure::invalid_request(invalid.to_string())),
+                    true,
+                )
+            }
+            Err(RequestError::NewerVersion { version, known }) => {
+                let now = epoch_millis();
+                let waited = Duration::from_millis(
+                    now.saturating_sub(broker::deferred_since(props).unwrap_or(now)),
+                );
+                if waited < jobs.unsupported_version_grace {
+                    info!(
+                        version,
+                        known,
+                        waited_s = waited.as_secs(),
+                        "handing a request of a newer version back for a newer replica"
+                    );
+                    // Held a moment, so replicas that all know too little do
+                    // not pass it around in a tight loop.
+                    let hold = jittered(jobs.version_handback_delay, &mut rand::rng());
+                    tokio::select! {
+                        () = tokio::time::sleep(hold) => {}
+                        () = ctx.pipeline.handover_requested() => {}
+                    }
+                    return Settled::unfinished(Settlement::HandOver(HandOverReason::NewerVersion));
+                }
+                warn!(
+                    version,
+                    known,
+                    waited_s = waited.as_secs(),
+                    "no replica took a request of a newer version in time; dead-lettering it"
+                );
+                (
+                    rejected(Failure::unsupported_version(*version, *known, waited)),
                     true,
                 )
             }
@@ -285,6 +319,11 @@ async fn settle(ctx: &JobContext, delivery: &Delivery, producer: &TraceHeaders) 
     }
 }
 
+/// Now, in milliseconds since the Unix epoch.
+fn epoch_millis() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
+}
+
 /// The producer's W3C trace context, from the request's headers.
 fn trace_headers(properties: &BasicProperties) -> TraceHeaders {
     TraceHeaders {
@@ -335,7 +374,9 @@ pub async fn hand_over(
     let counted = broker::delivery_count(&delivery.properties);
     let pauses = broker::pause_count(&delivery.properties)
         + u32::from(reason == HandOverReason::Paused { caused: true });
-    let properties = broker::handover_properties(&delivery.properties, counted, pauses);
+    let deferred_since = (reason == HandOverReason::NewerVersion).then(epoch_millis);
+    let properties =
+        broker::handover_properties(&delivery.properties, counted, pauses, deferred_since);
     let copied = ctx
         .publisher
         .publish(

@@ -82,6 +82,7 @@ impl Case {
 
     fn request(&self, text: &str, job_id: &str) -> Value {
         let mut r = json!({
+            "version": 2,
             "text": text,
             "voice_1": "Kore",
             "job_id": job_id,
@@ -423,7 +424,7 @@ async fn every_format_of_a_long_narration_has_clean_seams_and_one_loudness() {
 async fn a_replay_with_other_options_is_rendered_again_without_paying_again() {
     let app = long_text_app(3_000).await;
     let text = "Your order has shipped. It will arrive tomorrow before noon.";
-    let ask = |bitrate: u32| json!({"text": text, "job_id": "replay-1", "format": "mp3", "bitrate_kbps": bitrate});
+    let ask = |bitrate: u32| json!({"version": 2, "text": text, "job_id": "replay-1", "format": "mp3", "bitrate_kbps": bitrate});
     app.publish_json(ask(64)).await;
     let first = app.next_event().await.completed().clone();
     assert_eq!(first.audio.bitrate_kbps, Some(64));
@@ -452,7 +453,7 @@ async fn a_replay_with_other_options_is_rendered_again_without_paying_again() {
 async fn a_combination_no_codec_can_do_is_refused_naming_the_field() {
     let app = long_text_app(3_000).await;
     app.publish_json(
-        json!({"text": "Hello.", "job_id": "bad-1", "format": "mulaw", "sample_rate": 44_100}),
+        json!({"version": 2, "text": "Hello.", "job_id": "bad-1", "format": "mulaw", "sample_rate": 44_100}),
     )
     .await;
     let received = app.next_event().await;
@@ -482,7 +483,7 @@ async fn sentence_marks_and_captions_follow_the_delivered_audio_and_the_simulato
     // MP3 at 16 kHz: resampled, and LAME's delay (1,105 samples: 69 ms)
     // is in the timeline.
     app.publish_json(json!({
-        "text": text, "job_id": "marks-1", "format": "mp3", "sample_rate": 16_000,
+        "version": 2, "text": text, "job_id": "marks-1", "format": "mp3", "sample_rate": 16_000,
         "loudness_lufs": -18, "captions": ["vtt"],
     }))
     .await;

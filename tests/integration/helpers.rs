@@ -168,6 +168,46 @@ async fn start_worker(settings: &Settings, storage: &Storage) -> WorkerHandle {
     (ops_addr, tx, worker)
 }
 
+/// Another worker on a [`TestApp`]'s queues, bucket prefix and simulator,
+/// with settings of its own (a replica of another release, say).
+pub struct Replica {
+    pub ops_addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    worker: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Replica {
+    /// Stops it as SIGTERM would.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(worker) = self.worker.take() {
+            worker
+                .await
+                .expect("replica task")
+                .expect("the replica stops cleanly");
+        }
+    }
+
+    /// The value of one of its metric samples, if exposed.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        metric_at(self.ops_addr, sample).await
+    }
+}
+
+/// The value of a metric sample line (`name{labels}`) at `addr`, if exposed.
+async fn metric_at(addr: SocketAddr, sample: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// The real binary, running; see [`TestApp::spawn_binary`].
 pub struct BinaryWorker {
     child: tokio::process::Child,
@@ -321,6 +361,8 @@ impl TestApp {
             .await
             .unwrap_or_else(|| panic!("no event on {queue} within {timeout:?}"));
         let raw = message.delivery.data.clone();
+        // Every event a test reads is checked against the contract.
+        crate::schemas::assert_valid_event(&raw);
         let event = wire::decode_event(&raw).expect("events are valid CloudEvents");
         Received {
             event,
@@ -427,9 +469,20 @@ impl TestApp {
 
     /// The value of a metric sample line (`name{labels}`), if exposed.
     pub async fn metric(&self, sample: &str) -> Option<f64> {
-        let text = self.metrics().await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        metric_at(self.ops_addr, sample).await
+    }
+
+    /// Starts another worker beside this app's, on the same queues, bucket
+    /// prefix and simulator, with `adjust` applied to a copy of its settings.
+    pub async fn start_replica(&self, adjust: impl FnOnce(&mut Settings)) -> Replica {
+        let mut settings = self.settings.clone();
+        adjust(&mut settings);
+        let (ops_addr, tx, worker) = start_worker(&settings, &self.storage).await;
+        Replica {
+            ops_addr,
+            shutdown: Some(tx),
+            worker: Some(worker),
+        }
     }
 
     /// Runs the real `tts-worker` binary, as an operator would, on a requests

@@ -16,5 +16,8 @@ mod observability;
 mod pipeline;
 mod recovery;
 mod resilience;
+#[path = "../common/schemas.rs"]
+mod schemas;
 mod storage;
+mod versions;
 mod worker_pipeline;
