@@ -8,6 +8,7 @@ mod common;
 mod contract;
 mod corpus;
 mod deliverables;
+mod examples;
 mod failures;
 mod helpers;
 mod image;
