@@ -23,6 +23,13 @@ scripts/debian-deps.sh --demo --garage
 say "2/4 RabbitMQ and Garage, in the background (first run ≈ 6 min: Garage is built from source; log: $RUN/stack.log)"
 scripts/stack.sh up > "$RUN/stack.env" 2> "$RUN/stack.log" &
 stack_pid=$!
+# The Python example producer (examples/python) is the sixth job: its small
+# venv installs from PyPI meanwhile.
+EXAMPLE_VENV="${TTS_STACK_DIR:-$HOME/.local/share/tts-worker}/example-venv"
+( { [ -x "$EXAMPLE_VENV/bin/python" ] && "$EXAMPLE_VENV/bin/python" -c 'import pika, jsonschema, boto3'; } 2>/dev/null \
+  || { python3 -m venv "$EXAMPLE_VENV" && "$EXAMPLE_VENV/bin/pip" install -q --disable-pip-version-check \
+         -r examples/python/requirements.txt; } ) > "$RUN/example-venv.log" 2>&1 &
+venv_pid=$!
 say "3/4 building the worker and the simulator (first run ≈ 9 min, beside Garage's build)"
 cargo build --locked --workspace --bins -q
 say "    built; waiting for RabbitMQ and Garage"
@@ -54,7 +61,7 @@ target/debug/segmind-sim --listen 127.0.0.1:18090 --media-listen 127.0.0.1:18091
 target/debug/tts-worker run > "$RUN/worker.log" 2>&1 & echo $! > "$RUN/worker.pid"
 for _ in $(seq 1 60); do curl -fs http://127.0.0.1:19090/readyz >/dev/null 2>&1 && break; sleep 0.5; done
 curl -fs http://127.0.0.1:19090/readyz >/dev/null || { echo "[demo] the worker did not become ready:"; tail -20 "$RUN/worker.log"; exit 1; }
-say "4/4 worker ready; submitting 5 jobs (≈ 1 min; the chapter is 9 minutes of speech in 3 parts)"
+say "4/4 worker ready; submitting 6 jobs (≈ 1 min; the chapter is ≈ 9 minutes of speech, in parts)"
 
 submit() { # name, extension, then submit args
   local name=$1 ext=$2; shift 2
@@ -83,6 +90,18 @@ for i in 1 2 3 4 5 6 7 8 9 10 11 12; do
 done
 submit chapter mp3 --format mp3 --sample-rate 44100 --loudness -16 --captions vtt --captions srt --style "Narrate calmly, like an audiobook" --text "$chapter" --voice-1 Charon &
 pids+=($!)
+# A producer of your own: the Python example publishes a version 2 request
+# with a correlation id and a traceparent, checks the event against
+# contract/schemas/ and downloads the MP3 and its captions.
+if wait "$venv_pid"; then
+  AMQP_URL=$TTS__AMQP__URL TTS_REQUESTS_QUEUE=tts.requests S3_ENDPOINT=$TTS__S3__ENDPOINT AWS_REGION=$TTS__S3__REGION \
+    "$EXAMPLE_VENV/bin/python" examples/python/producer.py --out-dir "$OUT/example" \
+    --text "Hello from the Python example producer: this request and its event were checked against the contract." \
+    > "$RUN/example.out" 2> "$RUN/example.log" &
+  pids+=($!)
+else
+  echo "[demo] could not install the Python example's packages; see $RUN/example-venv.log" > "$RUN/example.out"
+fi
 wait "${pids[@]}" # not a bare wait: the simulator and worker run in the background too
 
 echo
@@ -96,8 +115,10 @@ for name in narration dialogue cheerful chapter blocked; do
   sed -n '/^{/,/^}/p' "$RUN/$name.out"
 done
 echo
+echo "example producer (examples/python/producer.py): $(cat "$RUN/example.out")"
+echo
 echo "audio files:"
-ls -l "$OUT"/*.wav "$OUT"/*.ogg "$OUT"/*.mp3 "$OUT"/*.vtt "$OUT"/*.srt "$OUT"/*.marks.json 2>/dev/null || echo "  (none)"
+ls -l "$OUT"/*.wav "$OUT"/*.ogg "$OUT"/*.mp3 "$OUT"/*.vtt "$OUT"/*.srt "$OUT"/*.marks.json "$OUT"/example/* 2>/dev/null || echo "  (none)"
 echo
 echo "metrics (excerpt):"
 curl -fs http://127.0.0.1:19090/metrics | grep -E '^tts_(jobs_total|queue_depth|segmind_requests_total|inference_duration_seconds_(sum|count))' || true
@@ -110,6 +131,7 @@ parts=$(grep -oE '^  [0-9]+ parts' "$RUN/chapter.out" | grep -oE '[0-9]+' || ech
 # voice ends under the target rather than over the −1 dBTP ceiling).
 measured=$(grep -oE -- '-?[0-9.]+ LUFS, true peak -?[0-9.]+ dBTP' "$RUN/chapter.out" || echo "loudness unknown")
 say "done"
-if [ "$completed" -eq 4 ] && [ "$blocked" -eq 1 ] && [ "$parts" -gt 1 ] && [ -s "$OUT/chapter.vtt" ]; then
-  echo "[demo] OK: 4 completed (the chapter as one MP3 of $parts parts, asked −16 LUFS, delivered $measured, with captions $OUT/chapter.vtt and .srt, marks in $OUT/chapter.mp3.marks.json; the dialogue as Ogg Opus; the cheerful line as 8 kHz μ-law), 1 content_blocked"
+example=$(grep -c '"type": *"tts.job.completed"' "$RUN/example.out" || true)
+if [ "$completed" -eq 4 ] && [ "$blocked" -eq 1 ] && [ "$parts" -gt 1 ] && [ -s "$OUT/chapter.vtt" ] && [ "$example" -eq 1 ]; then
+  echo "[demo] OK: the Python example producer's job completed and checked against contract/schemas/ (audio in $OUT/example/); 4 completed (the chapter as one MP3 of $parts parts, asked −16 LUFS, delivered $measured, with captions $OUT/chapter.vtt and .srt, marks in $OUT/chapter.mp3.marks.json; the dialogue as Ogg Opus; the cheerful line as 8 kHz μ-law), 1 content_blocked"
 else echo "[demo] unexpected results; logs in $RUN/"; exit 1; fi
