@@ -8,6 +8,7 @@
 #   garage:  pkg-config, libsodium-dev, libzstd-dev (--garage: scripts/stack.sh
 #            builds Garage against them)
 #   brokers: debootstrap (--brokers: scripts/rabbitmq.sh's chroots)
+#   stack:   rabbitmq-server (--stack: scripts/stack.sh's RabbitMQ 3.10)
 # Flags combine; the scripts ask for everything up front, so no two apt runs
 # overlap when later steps run side by side.
 set -euo pipefail
@@ -20,6 +21,8 @@ for flag in "$@"; do
     --garage) want+=(pkg-config libsodium-dev libzstd-dev) ;;
     # the RabbitMQ 4.0 and 4.3 chroots (scripts/rabbitmq.sh)
     --brokers) want+=(debootstrap) ;;
+    # the local stack's RabbitMQ 3.10 (scripts/stack.sh starts it)
+    --stack) want+=(rabbitmq-server) ;;
     *) log "unknown flag $flag"; exit 2 ;;
   esac
 done

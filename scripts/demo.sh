@@ -15,14 +15,17 @@ say() { printf '[demo %dm%02ds] %s\n' $(( (SECONDS - started) / 60 )) $(( (SECON
 
 # Expected durations are for a fresh 2-core machine; later runs take seconds.
 say "1/4 Debian packages: cmake, the audio checkers, espeak-ng (real speech in the simulator), Garage's libraries (first run ≈ 1 min)"
-scripts/debian-deps.sh --demo --garage
+scripts/debian-deps.sh --demo --stack --garage
 
 # Garage (built from source the first time) and the worker are two long
 # builds: they run side by side, which keeps both cores busy through each
 # build's serial stretches.
 say "2/4 RabbitMQ and Garage, in the background (first run ≈ 6 min: Garage is built from source; log: $RUN/stack.log)"
-scripts/stack.sh up > "$RUN/stack.env" 2> "$RUN/stack.log" &
+# In sessions of their own (setsid), stopped with all they started on any
+# exit, Ctrl-C included.
+setsid scripts/stack.sh up > "$RUN/stack.env" 2> "$RUN/stack.log" &
 stack_pid=$!
+trap 'kill -- "-$stack_pid" 2>/dev/null || true' EXIT
 # The Python example producer (examples/python) is the sixth job: its small
 # venv installs from PyPI meanwhile.
 EXAMPLE_VENV="${TTS_STACK_DIR:-$HOME/.local/share/tts-worker}/example-venv"
@@ -30,6 +33,7 @@ EXAMPLE_VENV="${TTS_STACK_DIR:-$HOME/.local/share/tts-worker}/example-venv"
   || { python3 -m venv "$EXAMPLE_VENV" && "$EXAMPLE_VENV/bin/pip" install -q --disable-pip-version-check \
          -r examples/python/requirements.txt; } ) > "$RUN/example-venv.log" 2>&1 &
 venv_pid=$!
+trap 'kill -- "-$stack_pid" 2>/dev/null || true; kill "$venv_pid" 2>/dev/null || true' EXIT
 say "3/4 building the worker and the simulator (first run ≈ 9 min, beside Garage's build)"
 cargo build --locked --workspace --bins -q
 say "    built; waiting for RabbitMQ and Garage"
@@ -54,7 +58,7 @@ export TTS__S3__PREFIX=demo/
 
 stop() { for f in "$RUN"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; done; }
 stop # leftovers of an earlier run
-trap stop EXIT
+trap 'stop; kill "$venv_pid" 2>/dev/null || true' EXIT
 
 target/debug/segmind-sim --listen 127.0.0.1:18090 --media-listen 127.0.0.1:18091 --preset demo \
   > "$RUN/sim.log" 2>&1 & echo $! > "$RUN/sim.pid"

@@ -75,7 +75,9 @@ up() {
 }
 
 case "${1:-up}" in
-  up) up ;;
+  # One set-up at a time per line: a second run waits instead of
+  # debootstrapping over the first.
+  up) mkdir -p "$STACK_DIR"; exec 9>"$STACK_DIR/.rabbitmq-$LINE.lock"; flock 9; up ;;
   down) if port_open "$PORT"; then in_root rabbitmqctl -q -n "$NODE" stop >&2 || true; fi ;;
   ctl) shift; in_root rabbitmqctl -n "$NODE" "$@" ;;
   *) echo "usage: $0 4.0|4.3 up|down|ctl ARGS" >&2; exit 2 ;;

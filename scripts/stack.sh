@@ -134,7 +134,10 @@ ENV
 }
 
 case "${1:-up}" in
-  up) ensure_rabbitmq; ensure_garage; echo "$ENV_FILE" ;;
+  # One set-up at a time: a second run (the demo and the tests side by
+  # side, or a rerun after Ctrl-C) waits instead of building Garage twice.
+  up) mkdir -p "$STACK_DIR"; exec 9>"$STACK_DIR/.stack.lock"; flock 9
+      ensure_rabbitmq; ensure_garage; echo "$ENV_FILE" ;;
   env) echo "$ENV_FILE" ;;
   down)
     if [ -f "$GARAGE_DIR/garage.pid" ]; then kill "$(cat "$GARAGE_DIR/garage.pid")" 2>/dev/null || true; rm -f "$GARAGE_DIR/garage.pid"; fi ;;

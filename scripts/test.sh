@@ -26,24 +26,29 @@ started=$SECONDS
 say() { printf '[test %dm%02ds] %s\n' $(( (SECONDS - started) / 60 )) $(( (SECONDS - started) % 60 )) "$*"; }
 work=$(mktemp -d)
 log="$work/results.log"
-trap 'rm -rf "$work"' EXIT
+declare -A pid=()
+# Background set-up steps run in sessions of their own (setsid): on any exit,
+# Ctrl-C included, they are stopped with everything they started.
+cleanup() { for p in "${pid[@]}"; do kill -- "-$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 \
+  || { echo "[test] Node.js 20+ with npm is needed (the AsyncAPI parser, the Node example)" >&2; exit 1; }
 
 # Set-up runs beside the first build: every apt install first (so no two
 # overlap), then the stack (Garage is built from source on a fresh machine,
 # ≈ 6 min), the validators and the RabbitMQ 4.3 and 4.0 chroots (≈ 2 min
 # each, mostly downloads) in the background while clippy builds.
 say "Debian packages (first run ≈ 1 min)"
-scripts/debian-deps.sh --garage --brokers
-background() { # name, command...: output in $work/name.{out,log,rc}
+scripts/debian-deps.sh --stack --garage --brokers
+background() { # name, command...: output in $work/name.{out,log}
   local name=$1; shift
-  ( set +e; "$@" > "$work/$name.out" 2> "$work/$name.log"; echo $? > "$work/$name.rc" ) &
+  setsid "$@" > "$work/$name.out" 2> "$work/$name.log" &
+  pid[$name]=$!
 }
-await() { # name, what: waits for a background step, prints its stdout
-  while [ ! -f "$work/$1.rc" ]; do sleep 1; done
-  if [ "$(cat "$work/$1.rc")" != 0 ]; then
+await() { # name, what: waits for a background step; its stdout is in $work/name.out
+  if ! wait "${pid[$1]}"; then
     echo "[test] $2 failed; the end of its log:" >&2; tail -30 "$work/$1.log" >&2; exit 1
   fi
-  cat "$work/$1.out"
 }
 say "in the background: RabbitMQ 3.10 + Garage (first run ≈ 6 min), validators and example producers' packages (≈ 2 min), RabbitMQ 4.3 and 4.0 chroots (≈ 4 min)"
 background stack scripts/stack.sh up
@@ -54,12 +59,12 @@ say "cargo fmt --check"
 cargo fmt --all -- --check
 say "cargo clippy (first run ≈ 12 min, beside the set-up)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-env_file=$(await stack "scripts/stack.sh up")
+await stack "scripts/stack.sh up"
 # shellcheck disable=SC1090
-. "$env_file"
-tools_file=$(await tools "scripts/tools.sh")
+. "$(cat "$work/stack.out")"
+await tools "scripts/tools.sh"
 # shellcheck disable=SC1090
-. "$tools_file"
+. "$(cat "$work/tools.out")"
 say "AsyncAPI document, parsed and validated by @asyncapi/parser"
 node contract/validate.mjs
 status=0
@@ -74,7 +79,7 @@ run() { # label, command...
 }
 # Every broker is up before the first test: the chaos scenarios restart
 # RabbitMQ 3.10, and nothing else should be starting meanwhile.
-await brokers "scripts/rabbitmq.sh 4.3 up, 4.0 up" > /dev/null
+await brokers "scripts/rabbitmq.sh 4.3 up, 4.0 up"
 rabbitmq43_url=$(scripts/rabbitmq.sh 4.3 up)
 rabbitmq40_url=$(scripts/rabbitmq.sh 4.0 up)
 run "cargo test (RabbitMQ 3.10 on :5672)" cargo test --workspace --locked "$@"

@@ -41,14 +41,16 @@ fi
 # npm packages exactly as locked, install scripts disabled; again when a lock
 # changes: the AsyncAPI parser (contract/validate.mjs) and the Node example.
 for dir in "$(dirname "$0")/../contract" "$EXAMPLES/node"; do
-  if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules" ]; then
+  # The lock installed last is kept beside the packages: a failed or older
+  # install installs again.
+  if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.installed-lock.json"; then
     # Node.js 20+ with npm is the machine's; no apt install here:
     # scripts/test.sh runs this beside other set-up.
     command -v npm >/dev/null 2>&1 \
       || { log "$dir needs Node.js 20 or newer with npm, and npm is not on the PATH"; exit 1; }
     log "installing $(basename "$(dirname "$dir/x")")'s npm packages (npm ci --ignore-scripts)"
     npm ci --ignore-scripts --no-audit --no-fund --prefix "$dir" >&2
-    touch "$dir/node_modules"
+    cp "$dir/package-lock.json" "$dir/node_modules/.installed-lock.json"
   fi
 done
 if [ ! -x "$BIN/promtool" ]; then

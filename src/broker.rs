@@ -394,6 +394,30 @@ pub fn deferred_since(properties: &BasicProperties) -> Option<u64> {
     header_u64(properties, DEFERRED_SINCE_HEADER)
 }
 
+fn deferred_since_of(headers: &FieldTable) -> Option<u64> {
+    let props = BasicProperties::default().with_headers(headers.clone());
+    deferred_since(&props)
+}
+
+/// `properties` without the headers the worker sets on its own copies
+/// ([`COUNTED_DELIVERIES_HEADER`], [`PAUSES_HEADER`],
+/// [`DEFERRED_SINCE_HEADER`]).
+pub fn without_worker_headers(properties: &BasicProperties) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    for (k, v) in properties.headers().iter().flat_map(|h| h.inner()) {
+        if ![
+            COUNTED_DELIVERIES_HEADER,
+            PAUSES_HEADER,
+            DEFERRED_SINCE_HEADER,
+        ]
+        .contains(&k.as_str())
+        {
+            headers.insert(k.clone(), v.clone());
+        }
+    }
+    properties.clone().with_headers(headers)
+}
+
 fn header_u32(properties: &BasicProperties, name: &str) -> u32 {
     header_u64(properties, name).map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
 }
@@ -420,7 +444,7 @@ fn header_u64(properties: &BasicProperties, name: &str) -> Option<u64> {
 /// headers) but the broker's counts, which become
 /// [`COUNTED_DELIVERIES_HEADER`] = `counted`, and [`PAUSES_HEADER`] = `pauses`
 /// (when not 0); [`DEFERRED_SINCE_HEADER`] is set to `deferred_since` when
-/// given and the message has none yet.
+/// given and the message has none yet or a later one.
 pub fn handover_properties(
     properties: &BasicProperties,
     counted: u32,
@@ -450,7 +474,7 @@ pub fn handover_properties(
         );
     }
     if let Some(since) = deferred_since {
-        if !headers.contains_key(DEFERRED_SINCE_HEADER) {
+        if deferred_since_of(&headers).is_none_or(|kept| kept > since) {
             headers.insert(
                 DEFERRED_SINCE_HEADER.into(),
                 AMQPValue::LongLongInt(i64::try_from(since).unwrap_or(i64::MAX)),
@@ -536,6 +560,22 @@ mod tests {
         assert_eq!(deferred_since(&later), Some(1_000));
         let shutdown = handover_properties(&later, 2, 0, None);
         assert_eq!(deferred_since(&shutdown), Some(1_000));
+        // A date in the future (a skewed clock, a producer's header) gives way.
+        let future = handover_properties(&original, 0, 0, Some(50_000));
+        assert_eq!(
+            deferred_since(&handover_properties(&future, 0, 0, Some(2_000))),
+            Some(2_000)
+        );
+        // A dead-letter copy sent again starts afresh.
+        let fresh = without_worker_headers(&handover_properties(&shutdown, 2, 1, None));
+        assert_eq!(
+            (
+                delivery_count(&fresh),
+                pause_count(&fresh),
+                deferred_since(&fresh)
+            ),
+            (0, 0, None)
+        );
     }
 
     #[test]

@@ -39,6 +39,13 @@ pub const FIELDS: [(&str, u32); 15] = [
     ("captions", 2),
 ];
 
+/// The newest version a request may use without declaring it: versions 1
+/// and 2 predate the `version` field, so a request without it may use their
+/// fields (producers written before versions keep working). A field of a
+/// later version needs `"version"` declared; a declared version must cover
+/// the fields the request uses.
+pub const UNDECLARED_UP_TO: u32 = 2;
+
 /// The version a field came in; `None` for a field no version has.
 pub fn field_version(field: &str) -> Option<u32> {
     FIELDS.iter().find(|(f, _)| *f == field).map(|(_, v)| *v)
@@ -191,10 +198,10 @@ pub fn decode_request(
     };
 
     let known = limits.max_request_version;
-    let version = match object.get("version") {
-        None | Some(Value::Null) => 1,
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(v) if v >= 1 => v,
+    let declared = match object.get("version") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match whole_number(n) {
+            Some(v) if v >= 1 => Some(v),
             _ => {
                 reject(
                     "version",
@@ -202,7 +209,7 @@ pub fn decode_request(
                         "must be a whole number from 1 (this replica knows 1 to {known}), got {n}"
                     ),
                 );
-                1
+                None
             }
         },
         Some(other) => {
@@ -210,9 +217,23 @@ pub fn decode_request(
                 "version",
                 format!("must be a whole number, got {}", type_name(other)),
             );
-            1
+            None
         }
     };
+    // A field is used when it is there and not null.
+    let used = |key: &str| object.get(key).is_some_and(|v| !v.is_null());
+    // Undeclared, a request is the version its fields need, up to the
+    // versions that predate the `version` field (their producers cannot
+    // have declared it); a later field must be declared.
+    let version = declared.unwrap_or_else(|| {
+        let needed = FIELDS
+            .iter()
+            .filter(|(field, since)| *since <= known && used(field))
+            .map(|(_, since)| *since)
+            .max()
+            .unwrap_or(1);
+        u64::from(needed.min(UNDECLARED_UP_TO))
+    });
     if version > u64::from(known) {
         return DecodedRequest {
             job_id,
@@ -224,7 +245,7 @@ pub fn decode_request(
     for key in object.keys() {
         match field_version(key) {
             Some(since) if since <= known => {
-                if u64::from(since) > version {
+                if u64::from(since) > version && used(key) {
                     reject(
                         key,
                         format!(
@@ -408,7 +429,7 @@ fn asked(object: &Map<String, Value>, reject: &mut impl FnMut(&str, String)) -> 
     let format = string("format");
     let mut whole = |field: &str| match object.get(field) {
         None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => match n.as_u64().and_then(|n| u32::try_from(n).ok()) {
+        Some(Value::Number(n)) => match whole_number(n).and_then(|n| u32::try_from(n).ok()) {
             Some(v) => Some(v),
             None => {
                 reject(field, format!("must be a positive whole number, got {n}"));
@@ -466,6 +487,16 @@ fn asked(object: &Map<String, Value>, reject: &mut impl FnMut(&str, String)) -> 
         true_peak_db,
         captions,
     }
+}
+
+/// A JSON number that is a whole number ≥ 0, written `64` or `64.0` (JSON
+/// Schema and many serializers treat both as the integer 64).
+fn whole_number(n: &serde_json::Number) -> Option<u64> {
+    n.as_u64().or_else(|| {
+        let f = n.as_f64()?;
+        // 2^53: past it an f64 no longer holds every whole number.
+        (f >= 0.0 && f.fract() == 0.0 && f <= 9_007_199_254_740_992.0).then_some(f as u64)
+    })
 }
 
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>, InvalidRequest> {
@@ -538,10 +569,10 @@ fn type_name(v: &Value) -> &'static str {
 /// the source of the contract's request schema: `wire::schema`).
 #[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 pub struct RequestBody {
-    /// The request version: absent means 1. A request using a field newer
-    /// than version 1 must say the version that has it (2: `format`,
-    /// `sample_rate`, `bitrate_kbps`, `loudness_lufs`, `true_peak_db`,
-    /// `captions`).
+    /// The request version: the newest version whose fields the request
+    /// uses (2: `format`, `sample_rate`, `bitrate_kbps`, `loudness_lufs`,
+    /// `true_peak_db`, `captions`). Without it, the version the fields need,
+    /// up to 2; a declared version must cover the fields used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
     /// What to say: not blank. Dialogue starts each speaker's lines with
@@ -820,22 +851,50 @@ mod tests {
     }
 
     #[test]
-    fn a_field_of_a_later_version_needs_that_version_declared() {
-        let e = rejected(json!({"text": "a", "format": "mp3", "captions": ["vtt"]}));
-        assert_eq!(fields(&e), ["captions", "format"]);
+    fn a_declared_version_must_cover_the_fields_it_uses() {
+        let e = rejected(json!({"version": 1, "text": "a", "format": "mp3", "sample_rate": 16000}));
+        assert_eq!(fields(&e), ["format", "sample_rate"]);
         assert!(
             e.to_string()
                 .contains("came in request version 2: send \"version\": 2"),
             "{e}"
         );
-        let e = rejected(json!({"version": 1, "text": "a", "sample_rate": 16000}));
-        assert_eq!(fields(&e), ["sample_rate"]);
         let job = decode(json!({"version": 2, "text": "a", "format": "mp3"}))
             .job
             .unwrap();
         assert_eq!(job.deliverable.format.extension(), "mp3");
-        // A version-1 request may say so.
+        // A version-1 request may say so; a null field is not used.
         assert!(decode(json!({"version": 1, "text": "a"})).job.is_ok());
+        assert!(
+            decode(json!({"version": 1, "text": "a", "format": null}))
+                .job
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn an_undeclared_version_is_what_its_fields_need_up_to_the_versions_before_the_field() {
+        // Producers written before `version` existed keep working.
+        let job = decode(json!({"text": "a", "format": "ogg", "captions": ["vtt"]}))
+            .job
+            .unwrap();
+        assert_eq!(job.deliverable.format.extension(), "ogg");
+        assert_eq!(
+            UNDECLARED_UP_TO, 2,
+            "a field of version 3 will need declaring"
+        );
+    }
+
+    #[test]
+    fn whole_numbers_may_be_written_with_a_zero_fraction() {
+        let job = decode(json!({"version": 2.0, "text": "a", "format": "mp3",
+                                "sample_rate": 44100.0, "bitrate_kbps": 128.0}))
+        .job
+        .unwrap();
+        assert_eq!(job.deliverable.sample_rate, 44_100);
+        assert_eq!(job.deliverable.bitrate_kbps, Some(128));
+        let e = rejected(json!({"version": 2, "text": "a", "sample_rate": 16000.5}));
+        assert_eq!(fields(&e), ["sample_rate"]);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use super::event::{
     COMPLETED_SCHEMA_ID, COMPLETED_TYPE, CloudEvent, CompletedData, FAILED_SCHEMA_ID, FAILED_TYPE,
     FailedData,
 };
-use super::request::{FIELDS, MAX_STYLE_CHARS, RequestBody};
+use super::request::{FIELDS, MAX_STYLE_CHARS, RequestBody, UNDECLARED_UP_TO};
 use crate::config::{NEWEST_REQUEST_VERSION, RequestLimits};
 use crate::deliverable::{CaptionFormat, Format, LOUDNESS_RANGE, SOURCE_RATE, TRUE_PEAK_RANGE};
 use crate::failure::ErrorCode;
@@ -120,12 +120,20 @@ fn tidy(value: &mut Value) {
 
 /// What the request schema cannot say, in its description (the corpus test
 /// checks each of these against the decoder).
-pub const REQUEST_SCHEMA_EXCEPTIONS: [&str; 4] = [
+pub const REQUEST_SCHEMA_EXCEPTIONS: [&str; 6] = [
     "voice_1, voice_2, format and captions are accepted in any letter case and with surrounding spaces (\"puck\", \" MP3 \"), and captions also as \"webvtt\"; the schema lists the canonical spellings",
     "metadata must be at most limits.max_metadata_bytes (8192 by default) bytes once serialized as JSON",
     "output_key is limited to limits.max_output_key_len (512 by default) bytes of UTF-8, not characters",
     "the lengths here are the defaults of limits.max_text_chars, limits.max_job_id_len and limits.max_output_key_len; an operator may change them",
+    "output_key must not lead into the worker's own area (under s3.prefix, or '_' when that is empty): such a job fails as output_key_forbidden",
+    "without job_id, the AMQP message_id property is the job id and follows job_id's rules",
 ];
+
+/// What Rust's `str::trim` (Unicode White_Space) removes, as a character
+/// class spelled out: `\s` differs between regex engines (ECMAScript counts
+/// U+FEFF, Rust and Python U+0085, Python U+001C–U+001F).
+const WHITE_SPACE: &str =
+    r"\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
 
 /// The decoder's rules ([`super::decode_request`]) as schema keywords.
 fn request_rules(schema: &mut Value, limits: &RequestLimits) {
@@ -150,11 +158,12 @@ fn request_rules(schema: &mut Value, limits: &RequestLimits) {
         r
     };
     let caption_names = [CaptionFormat::Vtt, CaptionFormat::Srt].map(|c| c.as_str());
-    let not_blank = r"\S";
+    let not_blank = format!("[^{WHITE_SPACE}]");
 
     let description = format!(
         "A text-to-speech request: publish it as JSON to the default exchange with the requests queue's name as routing key. \
-         Version {NEWEST_REQUEST_VERSION}: a request that uses a field newer than version 1 says its version in `version`. \
+         Version {NEWEST_REQUEST_VERSION}: a request that uses a field newer than version 1 should say its version in `version` \
+         (without it, the version its fields need, up to {UNDECLARED_UP_TO}); a declared version must cover the fields used. \
          Rules this schema cannot express (the worker checks them): {}.",
         REQUEST_SCHEMA_EXCEPTIONS.join("; ")
     );
@@ -240,21 +249,32 @@ fn request_rules(schema: &mut Value, limits: &RequestLimits) {
     });
 
     let mut rules = Vec::new();
-    // A field newer than version 1 needs its version declared (even when null).
-    let newer: Vec<&str> = FIELDS
-        .iter()
-        .filter(|(_, since)| *since > 1)
-        .map(|(f, _)| *f)
-        .collect();
-    rules.push(json!({
-        "if": {"anyOf": newer.iter().map(|f| json!({"required": [f]})).collect::<Vec<_>>()},
-        "then": {"required": ["version"], "properties": {"version": {"type": "integer", "minimum": 2}}}
-    }));
+    // A declared version covers the fields used (null is not used).
+    for version in 1..NEWEST_REQUEST_VERSION {
+        let later: Map<String, Value> = FIELDS
+            .iter()
+            .filter(|(_, since)| *since > version)
+            .map(|(f, _)| ((*f).to_owned(), json!({"type": "null"})))
+            .collect();
+        rules.push(json!({
+            "if": {"required": ["version"], "properties": {"version": {"const": version}}},
+            "then": {"properties": later}
+        }));
+    }
+    // A field of a version later than the undeclared ones needs declaring.
+    for (field, since) in FIELDS.iter().filter(|(_, since)| *since > UNDECLARED_UP_TO) {
+        let mut not_null = Map::new();
+        not_null.insert((*field).to_owned(), json!({"not": {"type": "null"}}));
+        rules.push(json!({
+            "if": {"required": [field], "properties": not_null},
+            "then": {"required": ["version"], "properties": {"version": {"type": "number", "minimum": since}}}
+        }));
+    }
     // Dialogue: a second voice needs both speakers' lines.
     rules.push(json!({
         "if": {"required": ["voice_2"], "properties": {"voice_2": {"type": "string"}}},
         "then": {"properties": {"text": {"allOf": SPEAKER_LABELS.iter()
-            .map(|l| json!({"pattern": format!(r"(^|\n)\s*{l}")}))
+            .map(|l| json!({"pattern": format!(r"(^|\n)[{WHITE_SPACE}]*{l}")}))
             .collect::<Vec<_>>()}}}
     }));
     // A true-peak ceiling bounds a loudness target.
@@ -331,6 +351,11 @@ fn bitrate_rule(format: Format) -> Option<Value> {
 /// The encoder's constants as schema keywords ([`super::encode_event`]).
 fn event_rules(schema: &mut Value, kind: &str, id: &str) {
     let error_codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    let codes_described = format!(
+        "The error's code. Known codes: {}. New codes may appear within a schema version: \
+         treat an unknown code by `retryable`.",
+        error_codes.join(", ")
+    );
     let Some(root) = schema.as_object_mut() else {
         return;
     };
@@ -355,7 +380,8 @@ fn event_rules(schema: &mut Value, kind: &str, id: &str) {
     };
     if let Some(props) = defs.get_mut("ErrorData").and_then(properties_of) {
         refine(props, "code", |p| {
-            p.insert("enum".into(), json!(error_codes));
+            p.insert("description".into(), json!(codes_described));
+            p.insert("pattern".into(), json!("^[a-z][a-z_]*$"));
         });
     }
     if let Some(props) = defs.get_mut("AudioData").and_then(properties_of) {

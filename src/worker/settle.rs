@@ -230,10 +230,7 @@ async fn settle(ctx: &JobContext, delivery: &Delivery, producer: &TraceHeaders) 
                 )
             }
             Err(RequestError::NewerVersion { version, known }) => {
-                let now = epoch_millis();
-                let waited = Duration::from_millis(
-                    now.saturating_sub(broker::deferred_since(props).unwrap_or(now)),
-                );
+                let waited = deferred_for(broker::deferred_since(props), epoch_millis());
                 if waited < jobs.unsupported_version_grace {
                     info!(
                         version,
@@ -242,8 +239,12 @@ async fn settle(ctx: &JobContext, delivery: &Delivery, producer: &TraceHeaders) 
                         "handing a request of a newer version back for a newer replica"
                     );
                     // Held a moment, so replicas that all know too little do
-                    // not pass it around in a tight loop.
-                    let hold = jittered(jobs.version_handback_delay, &mut rand::rng());
+                    // not pass it around in a tight loop; longer the longer
+                    // no replica has taken it.
+                    let hold = jittered(
+                        handback_hold(jobs.version_handback_delay, waited),
+                        &mut rand::rng(),
+                    );
                     tokio::select! {
                         () = tokio::time::sleep(hold) => {}
                         () = ctx.pipeline.handover_requested() => {}
@@ -319,6 +320,22 @@ async fn settle(ctx: &JobContext, delivery: &Delivery, producer: &TraceHeaders) 
     }
 }
 
+/// How long a request has been handed back for a newer replica: since its
+/// `tts-deferred-since` (ms since the epoch), none when it has no such
+/// header, and none for a date in the future (another replica's clock, or a
+/// producer's header: it must not keep the request from ever failing). Pure.
+pub fn deferred_for(since: Option<u64>, now: u64) -> Duration {
+    Duration::from_millis(since.map_or(0, |since| now.saturating_sub(since)))
+}
+
+/// How long to hold a newer-version request before handing it back: the
+/// configured delay, growing to an eighth of the time it has been handed
+/// back, at most 30 s, so a request no replica takes costs tens of
+/// republishes over the grace, not hundreds. Pure.
+pub fn handback_hold(delay: Duration, waited: Duration) -> Duration {
+    delay.max((waited / 8).min(Duration::from_secs(30)))
+}
+
 /// Now, in milliseconds since the Unix epoch.
 fn epoch_millis() -> u64 {
     u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
@@ -374,7 +391,14 @@ pub async fn hand_over(
     let counted = broker::delivery_count(&delivery.properties);
     let pauses = broker::pause_count(&delivery.properties)
         + u32::from(reason == HandOverReason::Paused { caused: true });
-    let deferred_since = (reason == HandOverReason::NewerVersion).then(epoch_millis);
+    // The first hand-back dates the request; a date in the future (see
+    // `deferred_for`) is replaced by now.
+    let deferred_since = (reason == HandOverReason::NewerVersion).then(|| {
+        let now = epoch_millis();
+        broker::deferred_since(&delivery.properties)
+            .filter(|since| *since <= now)
+            .unwrap_or(now)
+    });
     let properties =
         broker::handover_properties(&delivery.properties, counted, pauses, deferred_since);
     let copied = ctx
@@ -465,8 +489,10 @@ async fn publish_dead_letter(
     };
     // Header values are capped: a request can carry huge invalid fields.
     let message: String = failed.failure.message.chars().take(1024).collect();
+    // Without the worker's own hand-over headers: a copy sent again by an
+    // operator starts afresh (its deliveries, pauses and deferral uncounted).
     let properties = broker::with_headers(
-        with_trace(delivery.properties.clone(), trace),
+        with_trace(broker::without_worker_headers(&delivery.properties), trace),
         &[
             (DEAD_LETTER_CODE_HEADER, failed.failure.code.as_str()),
             (DEAD_LETTER_MESSAGE_HEADER, &message),
@@ -493,6 +519,34 @@ async fn publish_dead_letter(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deferral_dated_in_the_future_counts_from_now() {
+        assert_eq!(deferred_for(None, 10_000), Duration::ZERO);
+        assert_eq!(deferred_for(Some(4_000), 10_000), Duration::from_secs(6));
+        assert_eq!(deferred_for(Some(99_000), 10_000), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_hand_back_hold_grows_with_the_wait_up_to_30_s() {
+        let delay = Duration::from_secs(2);
+        assert_eq!(handback_hold(delay, Duration::ZERO), delay);
+        assert_eq!(
+            handback_hold(delay, Duration::from_secs(80)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            handback_hold(delay, Duration::from_secs(3600)),
+            Duration::from_secs(30)
+        );
+        // Over the default 15-minute grace: a few dozen hand-backs.
+        let (mut waited, mut handbacks) = (Duration::ZERO, 0);
+        while waited < Duration::from_secs(900) {
+            waited += handback_hold(delay, waited);
+            handbacks += 1;
+        }
+        assert!((30..60).contains(&handbacks), "{handbacks}");
+    }
     use crate::failure::{ErrorCode, Failure};
     use crate::job::{Completed, StoredAudio};
 

@@ -179,20 +179,29 @@ pub struct Replica {
 impl Replica {
     /// Stops it as SIGTERM would.
     pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(worker) = self.worker.take() {
-            worker
-                .await
-                .expect("replica task")
-                .expect("the replica stops cleanly");
-        }
+        stop_task(&mut self.shutdown, &mut self.worker).await;
     }
 
     /// The value of one of its metric samples, if exposed.
     pub async fn metric(&self, sample: &str) -> Option<f64> {
         metric_at(self.ops_addr, sample).await
+    }
+}
+
+/// Stops a worker started by [`start_worker`] as SIGTERM would, and waits
+/// for it to end cleanly.
+async fn stop_task(
+    shutdown: &mut Option<oneshot::Sender<()>>,
+    worker: &mut Option<JoinHandle<anyhow::Result<()>>>,
+) {
+    if let Some(tx) = shutdown.take() {
+        let _ = tx.send(());
+    }
+    if let Some(worker) = worker.take() {
+        worker
+            .await
+            .expect("worker task")
+            .expect("worker stops cleanly");
     }
 }
 
@@ -401,15 +410,7 @@ impl TestApp {
 
     /// Stops the worker, leaving queues in place.
     pub async fn stop_worker(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(worker) = self.worker.take() {
-            worker
-                .await
-                .expect("worker task")
-                .expect("worker stops cleanly");
-        }
+        stop_task(&mut self.shutdown, &mut self.worker).await;
     }
 
     /// Messages ready in the requests queue, once the count has settled:
@@ -559,6 +560,17 @@ impl TestApp {
     /// (unacked deliveries return to it when the worker's connection closes).
     pub async fn stop(mut self) -> u32 {
         self.stop_worker().await;
+        // Events no test read are checked against the contract too.
+        if let Some(queue) = self.settings.amqp.events_queue.clone() {
+            while let Ok(Some(message)) = self
+                .channel
+                .basic_get(queue.as_str().into(), BasicGetOptions::default())
+                .await
+            {
+                crate::schemas::assert_valid_event(&message.delivery.data);
+                let _ = message.delivery.acker.ack(BasicAckOptions::default()).await;
+            }
+        }
         let left = self.requests_ready().await;
         self.cleanup().await;
         left

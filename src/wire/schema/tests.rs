@@ -16,7 +16,8 @@ fn pretty(schema: &Value) -> String {
 }
 
 /// The committed schemas are what the types generate. With
-/// `TTS_UPDATE_CONTRACT=1` the files are rewritten instead (then commit them).
+/// `TTS_UPDATE_CONTRACT=1` the files are rewritten and the test still fails
+/// (so an update is never taken for a check): run it again without it.
 #[test]
 fn the_committed_schemas_are_what_the_types_generate() {
     let update = std::env::var("TTS_UPDATE_CONTRACT").is_ok_and(|v| v == "1");
@@ -24,16 +25,19 @@ fn the_committed_schemas_are_what_the_types_generate() {
     for s in contract_schemas() {
         let path = contract_dir().join(s.file);
         let generated = pretty(&s.schema);
-        if update {
-            std::fs::create_dir_all(contract_dir()).unwrap();
-            std::fs::write(&path, &generated).unwrap();
-            continue;
-        }
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
         if committed != generated {
             stale.push(s.file);
+            if update {
+                std::fs::create_dir_all(contract_dir()).unwrap();
+                std::fs::write(&path, &generated).unwrap();
+            }
         }
     }
+    assert!(
+        !update || stale.is_empty(),
+        "rewrote contract/schemas/{stale:?}: check and commit them, then run the test again without TTS_UPDATE_CONTRACT"
+    );
     assert!(
         stale.is_empty(),
         "contract/schemas/{stale:?} differ from the wire types: run \
@@ -182,7 +186,7 @@ fn the_event_schemas_refuse_what_the_worker_never_sends() {
         metadata: None,
     }));
     assert_eq!(errors(&failed, &event), Vec::<String>::new());
-    event["data"]["error"]["code"] = json!("no_such_code");
+    event["data"]["error"]["code"] = json!("No Such Code");
     assert!(!errors(&failed, &event).is_empty());
 }
 
@@ -210,5 +214,47 @@ fn versioned_request_bodies_are_valid() {
     for body in bodies {
         let body = serde_json::to_value(body.versioned()).unwrap();
         assert_eq!(errors(&schema, &body), Vec::<String>::new(), "{body}");
+    }
+}
+
+/// The AsyncAPI document is written by hand: it must say what the code
+/// does, name for name.
+#[test]
+fn the_asyncapi_document_names_what_the_code_uses() {
+    let doc = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("contract/asyncapi.yaml"),
+    )
+    .unwrap();
+    let settings = crate::config::Settings::load_from(None, &[]).unwrap();
+    let amqp = &settings.amqp;
+    let named = [
+        amqp.requests_queue.clone(),
+        amqp.events_exchange.clone(),
+        amqp.events_queue.clone().unwrap_or_default(),
+        amqp.dead_letter_queue.clone(),
+        crate::broker::EVENTS_BINDING.to_owned(),
+        COMPLETED_TYPE.to_owned(),
+        FAILED_TYPE.to_owned(),
+        crate::broker::COUNTED_DELIVERIES_HEADER.to_owned(),
+        crate::broker::PAUSES_HEADER.to_owned(),
+        crate::broker::DEFERRED_SINCE_HEADER.to_owned(),
+        crate::wire::DEAD_LETTER_CODE_HEADER.to_owned(),
+        crate::wire::DEAD_LETTER_MESSAGE_HEADER.to_owned(),
+        crate::wire::DEAD_LETTER_JOB_HEADER.to_owned(),
+        crate::wire::TRACEPARENT_HEADER.to_owned(),
+        crate::wire::TRACESTATE_HEADER.to_owned(),
+        crate::wire::EVENT_CONTENT_TYPE.to_owned(),
+        format!("x-delivery-limit: {}", settings.jobs.max_deliveries + 1),
+        "./schemas/request.schema.json".to_owned(),
+        "./schemas/job.completed.schema.json".to_owned(),
+        "./schemas/job.failed.schema.json".to_owned(),
+        "unsupported_version".to_owned(),
+        "invalid_request".to_owned(),
+    ];
+    for name in named {
+        assert!(
+            doc.contains(&name),
+            "contract/asyncapi.yaml does not mention {name:?}"
+        );
     }
 }
