@@ -20,7 +20,7 @@ scripts/debian-deps.sh --demo --stack --garage
 # Garage (built from source the first time) and the worker are two long
 # builds: they run side by side, which keeps both cores busy through each
 # build's serial stretches.
-say "2/4 RabbitMQ and Garage, in the background (first run ≈ 6 min: Garage is built from source; log: $RUN/stack.log)"
+say "2/4 RabbitMQ and Garage, in the background (first run ≈ 11 min beside the next step: Garage is built from source; log: $RUN/stack.log)"
 # In sessions of their own (setsid), stopped with all they started on any
 # exit, Ctrl-C included.
 setsid scripts/stack.sh up > "$RUN/stack.env" 2> "$RUN/stack.log" &
@@ -34,7 +34,7 @@ EXAMPLE_VENV="${TTS_STACK_DIR:-$HOME/.local/share/tts-worker}/example-venv"
          -r examples/python/requirements.txt; } ) > "$RUN/example-venv.log" 2>&1 &
 venv_pid=$!
 trap 'kill -- "-$stack_pid" 2>/dev/null || true; kill "$venv_pid" 2>/dev/null || true' EXIT
-say "3/4 building the worker and the simulator (first run ≈ 9 min, beside Garage's build)"
+say "3/4 building the worker and the simulator (first run ≈ 14 min with Garage's build beside it; then seconds)"
 cargo build --locked --workspace --bins -q
 say "    built; waiting for RabbitMQ and Garage"
 if ! wait "$stack_pid"; then
