@@ -65,7 +65,8 @@ up() {
   mounts
   if ! port_open "$PORT"; then
     log "starting RabbitMQ as $NODE on $PORT"
-    in_root rabbitmq-server -detached >&2 || true
+    # 9>&-: the daemon must not inherit (and so hold forever) the set-up lock.
+    in_root rabbitmq-server -detached >&2 9>&- || true
     for _ in $(seq 1 240); do port_open "$PORT" && break; sleep 0.5; done
     port_open "$PORT" || { log "RabbitMQ $LINE did not open $PORT"; exit 1; }
     for _ in $(seq 1 60); do in_root rabbitmqctl -q -n "$NODE" await_startup >/dev/null 2>&1 && break; sleep 1; done

@@ -35,7 +35,8 @@ ensure_rabbitmq() {
     apt-get install -y -qq rabbitmq-server >&2
   fi
   log "starting RabbitMQ"
-  rabbitmq-server -detached >&2 || true
+  # 9>&-: the daemon must not inherit (and so hold forever) the set-up lock.
+  rabbitmq-server -detached >&2 9>&- || true
   wait_port 5672 120 RabbitMQ
   # The port opens before the broker accepts logins; wait for the app.
   for _ in $(seq 1 60); do rabbitmqctl -q await_startup >/dev/null 2>&1 && break; sleep 1; done
@@ -88,7 +89,7 @@ TOML
   fi
   if ! port_open "$S3_PORT"; then
     log "starting Garage on 127.0.0.1:$S3_PORT"
-    nohup garage -c "$GARAGE_DIR/garage.toml" server > "$GARAGE_DIR/garage.log" 2>&1 &
+    nohup garage -c "$GARAGE_DIR/garage.toml" server > "$GARAGE_DIR/garage.log" 2>&1 9>&- &
     echo $! > "$GARAGE_DIR/garage.pid"
     wait_port "$S3_PORT" 60 Garage
     wait_port "$RPC_PORT" 60 "Garage RPC"
