@@ -50,14 +50,14 @@ await() { # name, what: waits for a background step; its stdout is in $work/name
     echo "[test] $2 failed; the end of its log:" >&2; tail -30 "$work/$1.log" >&2; exit 1
   fi
 }
-say "in the background: RabbitMQ 3.10 + Garage (first run ≈ 6 min), validators and example producers' packages (≈ 2 min), RabbitMQ 4.3 and 4.0 chroots (≈ 4 min)"
+say "in the background: RabbitMQ 3.10 + Garage (first run ≈ 10 min beside clippy), validators and example producers' packages (≈ 2 min), RabbitMQ 4.3 and 4.0 chroots (≈ 4 min)"
 background stack scripts/stack.sh up
 background tools scripts/tools.sh
 background brokers sh -c 'scripts/rabbitmq.sh 4.3 up && scripts/rabbitmq.sh 4.0 up'
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
-say "cargo clippy (first run ≈ 12 min, beside the set-up)"
+say "cargo clippy (first run ≈ 10 min, beside the set-up)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 await stack "scripts/stack.sh up"
 # shellcheck disable=SC1090

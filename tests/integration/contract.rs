@@ -1,6 +1,7 @@
 //! The worker and the simulator keep separate lists of what the API accepts,
 //! and both are compared with the API reference's own list (a fixture), so a
-//! mistake on either side shows up here instead of being shared.
+//! mistake on either side shows up here instead of being shared. And the
+//! hand-written AsyncAPI document is held to the names the code uses.
 
 use std::net::SocketAddr;
 
@@ -58,4 +59,46 @@ fn the_simulator_knows_exactly_the_apis_voices() {
     api.sort_unstable();
     sim.sort_unstable();
     assert_eq!(sim, api);
+}
+
+/// The AsyncAPI document is written by hand: it must say what the code
+/// does, name for name.
+#[test]
+fn the_asyncapi_document_names_what_the_code_uses() {
+    let doc = std::fs::read_to_string(
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("contract/asyncapi.yaml"),
+    )
+    .unwrap();
+    let settings = tts_worker::config::Settings::load_from(None, &[]).unwrap();
+    let amqp = &settings.amqp;
+    let named = [
+        amqp.requests_queue.clone(),
+        amqp.events_exchange.clone(),
+        amqp.events_queue.clone().unwrap_or_default(),
+        amqp.dead_letter_queue.clone(),
+        tts_worker::broker::EVENTS_BINDING.to_owned(),
+        tts_worker::wire::COMPLETED_TYPE.to_owned(),
+        tts_worker::wire::FAILED_TYPE.to_owned(),
+        tts_worker::broker::COUNTED_DELIVERIES_HEADER.to_owned(),
+        tts_worker::broker::PAUSES_HEADER.to_owned(),
+        tts_worker::broker::DEFERRED_SINCE_HEADER.to_owned(),
+        tts_worker::wire::DEAD_LETTER_CODE_HEADER.to_owned(),
+        tts_worker::wire::DEAD_LETTER_MESSAGE_HEADER.to_owned(),
+        tts_worker::wire::DEAD_LETTER_JOB_HEADER.to_owned(),
+        tts_worker::wire::TRACEPARENT_HEADER.to_owned(),
+        tts_worker::wire::TRACESTATE_HEADER.to_owned(),
+        tts_worker::wire::EVENT_CONTENT_TYPE.to_owned(),
+        format!("x-delivery-limit: {}", settings.jobs.max_deliveries + 1),
+        "./schemas/request.schema.json".to_owned(),
+        "./schemas/job.completed.schema.json".to_owned(),
+        "./schemas/job.failed.schema.json".to_owned(),
+        "unsupported_version".to_owned(),
+        "invalid_request".to_owned(),
+    ];
+    for name in named {
+        assert!(
+            doc.contains(&name),
+            "contract/asyncapi.yaml does not mention {name:?}"
+        );
+    }
 }
