@@ -394,11 +394,6 @@ pub fn deferred_since(properties: &BasicProperties) -> Option<u64> {
     header_u64(properties, DEFERRED_SINCE_HEADER)
 }
 
-fn deferred_since_of(headers: &FieldTable) -> Option<u64> {
-    let props = BasicProperties::default().with_headers(headers.clone());
-    deferred_since(&props)
-}
-
 /// `properties` without the headers the worker sets on its own copies
 /// ([`COUNTED_DELIVERIES_HEADER`], [`PAUSES_HEADER`],
 /// [`DEFERRED_SINCE_HEADER`]).
@@ -424,7 +419,11 @@ fn header_u32(properties: &BasicProperties, name: &str) -> u32 {
 
 /// A whole-number header (negative and unreadable values read as 0).
 fn header_u64(properties: &BasicProperties, name: &str) -> Option<u64> {
-    let value = properties.headers().as_ref()?.inner().get(name)?;
+    table_u64(properties.headers().as_ref()?, name)
+}
+
+fn table_u64(headers: &FieldTable, name: &str) -> Option<u64> {
+    let value = headers.inner().get(name)?;
     Some(match value {
         AMQPValue::LongLongInt(n) => u64::try_from(*n).unwrap_or(0),
         AMQPValue::LongInt(n) => u64::try_from(*n).unwrap_or(0),
@@ -474,7 +473,7 @@ pub fn handover_properties(
         );
     }
     if let Some(since) = deferred_since {
-        if deferred_since_of(&headers).is_none_or(|kept| kept > since) {
+        if table_u64(&headers, DEFERRED_SINCE_HEADER).is_none_or(|kept| kept > since) {
             headers.insert(
                 DEFERRED_SINCE_HEADER.into(),
                 AMQPValue::LongLongInt(i64::try_from(since).unwrap_or(i64::MAX)),
