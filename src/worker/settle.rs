@@ -320,12 +320,18 @@ async fn settle(ctx: &JobContext, delivery: &Delivery, producer: &TraceHeaders) 
     }
 }
 
-/// How long a request has been handed back for a newer replica: since its
-/// `tts-deferred-since` (ms since the epoch), none when it has no such
-/// header, and none for a date in the future (another replica's clock, or a
-/// producer's header: it must not keep the request from ever failing). Pure.
+/// When a request's hand-backs for a newer replica began: its
+/// `tts-deferred-since` (ms since the epoch), else now; a date in the future
+/// (another replica's clock, or a producer's header) is now too, so it can
+/// never keep the request from failing. Pure.
+pub fn deferral_start(since: Option<u64>, now: u64) -> u64 {
+    since.filter(|since| *since <= now).unwrap_or(now)
+}
+
+/// How long a request has been handed back for a newer replica (see
+/// [`deferral_start`]). Pure.
 pub fn deferred_for(since: Option<u64>, now: u64) -> Duration {
-    Duration::from_millis(since.map_or(0, |since| now.saturating_sub(since)))
+    Duration::from_millis(now - deferral_start(since, now))
 }
 
 /// How long to hold a newer-version request before handing it back: the
@@ -391,14 +397,9 @@ pub async fn hand_over(
     let counted = broker::delivery_count(&delivery.properties);
     let pauses = broker::pause_count(&delivery.properties)
         + u32::from(reason == HandOverReason::Paused { caused: true });
-    // The first hand-back dates the request; a date in the future (see
-    // `deferred_for`) is replaced by now.
-    let deferred_since = (reason == HandOverReason::NewerVersion).then(|| {
-        let now = epoch_millis();
-        broker::deferred_since(&delivery.properties)
-            .filter(|since| *since <= now)
-            .unwrap_or(now)
-    });
+    // The first hand-back dates the request (see `deferral_start`).
+    let deferred_since = (reason == HandOverReason::NewerVersion)
+        .then(|| deferral_start(broker::deferred_since(&delivery.properties), epoch_millis()));
     let properties =
         broker::handover_properties(&delivery.properties, counted, pauses, deferred_since);
     let copied = ctx

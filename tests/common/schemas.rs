@@ -11,26 +11,38 @@ use serde_json::Value;
 
 struct Schemas {
     request: jsonschema::Validator,
+    /// The request schema's description (the rules it cannot express).
+    request_description: String,
     completed: jsonschema::Validator,
     failed: jsonschema::Validator,
 }
 
-fn load(file: &str) -> jsonschema::Validator {
+fn read(file: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("contract/schemas")
         .join(file);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let schema: Value = serde_json::from_str(&text).expect("a committed schema is JSON");
-    jsonschema::draft7::new(&schema).expect("a committed schema compiles")
+    serde_json::from_str(&text).expect("a committed schema is JSON")
+}
+
+fn compile(schema: &Value) -> jsonschema::Validator {
+    jsonschema::draft7::new(schema).expect("a committed schema compiles")
 }
 
 fn schemas() -> &'static Schemas {
     static SCHEMAS: OnceLock<Schemas> = OnceLock::new();
-    SCHEMAS.get_or_init(|| Schemas {
-        request: load("request.schema.json"),
-        completed: load("job.completed.schema.json"),
-        failed: load("job.failed.schema.json"),
+    SCHEMAS.get_or_init(|| {
+        let request = read("request.schema.json");
+        Schemas {
+            request: compile(&request),
+            request_description: request["description"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            completed: compile(&read("job.completed.schema.json")),
+            failed: compile(&read("job.failed.schema.json")),
+        }
     })
 }
 
@@ -73,13 +85,5 @@ pub fn request_errors(body: &[u8]) -> Vec<String> {
 
 /// The request schema's description (where the rules it cannot express are listed).
 pub fn request_schema_description() -> String {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("contract/schemas/request.schema.json");
-    let schema: Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("the request schema"))
-            .expect("JSON");
-    schema["description"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+    schemas().request_description.clone()
 }
