@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::failure::StorageFault;
 use crate::job::{Delivery, JobId, Speech, StoredAudio};
+use crate::plan::Part;
 use crate::storage::{Storage, StorageError};
 
 /// What a failed checkpoint read means.
@@ -40,7 +41,9 @@ pub fn failed_read(fault: StorageFault, marker_readable: bool) -> FailedRead {
     }
 }
 
-/// The persisted form of a checkpoint (versioned by its fields' defaults).
+/// A one-part checkpoint as earlier releases wrote it
+/// (`{prefix}_checkpoints/{job_id}.json`); this release reads it as a
+/// one-part plan ([`Checkpoints::load_plan`]) and writes plans only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub job_id: String,
@@ -107,7 +110,22 @@ pub fn fingerprint(speech: &Speech) -> String {
     hex::encode(h.finalize())
 }
 
-/// A long job's checkpoint, kept under `{s3.prefix}_parts/{job_id}/`: its
+/// A stable hash of a plan: the speech (text, style, voices, temperature)
+/// and where its parts are cut. A record carrying another plan's
+/// fingerprint describes other audio and is never used.
+pub fn plan_fingerprint(speech: &Speech, parts: &[Part]) -> String {
+    let mut h = Sha256::new();
+    h.update(fingerprint(speech).as_bytes());
+    for part in parts {
+        h.update((part.chars.start as u64).to_le_bytes());
+        h.update((part.chars.end as u64).to_le_bytes());
+        h.update(part.text.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// A job's checkpoint, kept under `{s3.prefix}_parts/{job_id}/`: its
 /// plan (`plan.json`), one record per part (`NNNNN.json`, written as the
 /// part is submitted and as its audio is stored, so a redelivery resumes
 /// every part where it was), the parts' audio (`NNNNN.wav`) and, once
@@ -122,11 +140,16 @@ pub struct PartsCheckpoint {
     pub stored: Option<StitchedRecord>,
 }
 
-/// What a long job's parts were planned from.
+/// What a job's parts were planned from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanRecord {
     pub job_id: String,
+    /// The speech's fingerprint ([`fingerprint`]).
     pub fingerprint: String,
+    /// The plan's fingerprint ([`plan_fingerprint`]); none in records of an
+    /// earlier release, whose part records carry none either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
     /// The part size the plan was made with: another size plans other
     /// parts, whose records would not match.
     pub part_chars: usize,
@@ -136,6 +159,15 @@ pub struct PlanRecord {
 /// Where one part is.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PartRecord {
+    /// The plan it belongs to ([`plan_fingerprint`]); none in records of an
+    /// earlier release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    /// Set just before a submission is sent, cleared once it is answered:
+    /// another replica finding it fresh waits for that answer instead of
+    /// paying for the part again (see [`MARKER_MARGIN`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitting_since: Option<DateTime<Utc>>,
     /// The Segmind request of its latest submission.
     #[serde(default)]
     pub request_id: Option<String>,
@@ -170,6 +202,34 @@ pub struct PartAudio {
     /// records of an earlier version (marks then keep to parts).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sentences: Vec<SentenceSpan>,
+    /// Set when the part's object is Segmind's file as served, stored as
+    /// the job's delivered audio (a one-part job delivered as served).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_served: Option<ServedRecord>,
+}
+
+/// Segmind's file as served, delivered as a job's audio.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServedRecord {
+    pub content_type: String,
+    pub sha256: String,
+    pub size_bytes: u64,
+    #[serde(default)]
+    pub duration_seconds: Option<f64>,
+}
+
+impl PartAudio {
+    /// Whether its speech can be read back as 16-bit PCM frames for a
+    /// rendered deliverable: a part delivered as served is only if it was
+    /// a WAV and where its speech is was measured.
+    pub fn stitchable(&self) -> bool {
+        self.frames > 0
+            && self.sample_rate > 0
+            && self
+                .as_served
+                .as_ref()
+                .is_none_or(|s| s.content_type == "audio/wav")
+    }
 }
 
 /// A sentence of a part: its characters in the job's text and its frames
@@ -182,9 +242,13 @@ pub struct SentenceSpan {
     pub frames: [u64; 2],
 }
 
-/// Where a long job's stitched audio and its marks went.
+/// Where a job's delivered audio (and its marks) went.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StitchedRecord {
+    /// The plan it was delivered from ([`plan_fingerprint`]); none in
+    /// records of an earlier release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
     pub key: String,
     pub sha256: String,
     pub size_bytes: u64,
@@ -192,8 +256,16 @@ pub struct StitchedRecord {
     /// replaced (a multipart object has no `sha256` metadata to compare).
     #[serde(default)]
     pub etag: Option<String>,
-    pub duration_seconds: f64,
-    pub marks_key: String,
+    #[serde(default)]
+    pub duration_seconds: Option<f64>,
+    /// The timing marks beside a rendered deliverable; none for Segmind's
+    /// file delivered as served.
+    #[serde(default)]
+    pub marks_key: Option<String>,
+    /// The delivered object's content type; none in records of an earlier
+    /// release (the deliverable's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
     /// The deliverable it was rendered for ([`crate::deliverable::Deliverable::fingerprint`]);
     /// none in records of an earlier version (Segmind's WAV as served).
     #[serde(default)]
@@ -204,17 +276,34 @@ pub struct StitchedRecord {
 }
 
 impl PartsCheckpoint {
-    /// A fresh checkpoint for a plan of `parts` parts.
-    pub fn new(job_id: &JobId, speech: &Speech, part_chars: usize, parts: usize) -> Self {
+    /// A fresh checkpoint for `plan`.
+    pub fn new(job_id: &JobId, speech: &Speech, part_chars: usize, plan: &[Part]) -> Self {
+        let fingerprint = plan_fingerprint(speech, plan);
         PartsCheckpoint {
             plan: PlanRecord {
                 job_id: job_id.to_string(),
-                fingerprint: fingerprint(speech),
+                fingerprint: self::fingerprint(speech),
+                plan: Some(fingerprint.clone()),
                 part_chars,
-                parts,
+                parts: plan.len(),
             },
-            parts: vec![PartRecord::default(); parts],
+            parts: vec![PartRecord::for_plan(&fingerprint); plan.len()],
             stored: None,
+        }
+    }
+
+    /// The plan's fingerprint that every record of it carries.
+    pub fn fingerprint(&self) -> &str {
+        self.plan.plan.as_deref().unwrap_or_default()
+    }
+}
+
+impl PartRecord {
+    /// An empty record of the plan `fingerprint`.
+    pub fn for_plan(fingerprint: &str) -> Self {
+        PartRecord {
+            plan: Some(fingerprint.to_owned()),
+            ..PartRecord::default()
         }
     }
 }
@@ -226,6 +315,22 @@ impl PlanRecord {
             && self.part_chars == part_chars
             && self.parts == parts
     }
+}
+
+/// How long past a part's deadline a `submitting_since` marker is honoured:
+/// the submission step it marks ends by its deadline, and its answer is
+/// written within this margin.
+pub const MARKER_MARGIN: Duration = Duration::from_secs(30);
+
+/// What [`Checkpoints::load_plan`] found.
+#[derive(Debug)]
+pub enum Loaded {
+    /// The plan's records (possibly none yet stored for some parts).
+    Found(PartsCheckpoint),
+    /// No record of this plan. `stale`: another plan's record left under
+    /// the job id (an earlier text), whose records and part objects are
+    /// removed before the new plan is written.
+    Fresh { stale: Option<PlanRecord> },
 }
 
 /// Reads and writes checkpoints.
@@ -259,9 +364,22 @@ impl Checkpoints {
         format!("{}{job_id}/", self.parts_prefix)
     }
 
-    /// Where part `index` of a long job is stored until the job is settled.
-    pub fn part_audio_key(&self, job_id: &JobId, index: usize) -> String {
+    /// Where part `index` of a job is stored until the job is settled: one
+    /// object per take (its Segmind request), so a record can never
+    /// describe another delivery's take.
+    pub fn part_audio_key(&self, job_id: &JobId, index: usize, request_id: &str) -> String {
+        format!("{}{index:05}.{request_id}.wav", self.parts_dir(job_id))
+    }
+
+    /// Where an earlier release stored part `index`, whatever its take.
+    fn legacy_part_audio_key(&self, job_id: &JobId, index: usize) -> String {
         format!("{}{index:05}.wav", self.parts_dir(job_id))
+    }
+
+    /// Whether `key` is one of the worker's intermediate part objects (not
+    /// a delivered one).
+    pub fn is_part_object(&self, key: &str) -> bool {
+        key.starts_with(&self.parts_prefix)
     }
 
     fn part_record_key(&self, job_id: &JobId, index: usize) -> String {
@@ -292,7 +410,8 @@ impl Checkpoints {
             .await
     }
 
-    /// The checkpoint of `job_id` if it is for the same `speech`.
+    /// The one-part checkpoint an earlier release wrote for `job_id`, if it
+    /// is for the same `speech`.
     pub async fn load(
         &self,
         job_id: &JobId,
@@ -329,6 +448,8 @@ impl Checkpoints {
         Ok(Some(checkpoint))
     }
 
+    /// Writes a one-part checkpoint as an earlier release did (the rolling
+    /// upgrade tests write them; this release reads them as one-part plans).
     pub async fn save(&self, checkpoint: &Checkpoint) -> Result<(), StorageError> {
         // Serializing a struct of strings and numbers cannot fail.
         let body = serde_json::to_vec(checkpoint).unwrap_or_default();
@@ -336,41 +457,170 @@ impl Checkpoints {
         self.storage.put_bytes(&key, body, "application/json").await
     }
 
-    pub async fn delete(&self, job_id: &JobId) -> Result<(), StorageError> {
-        self.delete_parts(job_id, false).await?;
-        self.storage.delete(&self.key(job_id)).await
-    }
-
-    /// A long job's checkpoint if it is for the same speech cut the same way.
-    pub async fn load_parts(
+    /// The records of `plan` for `job_id`: its plan record, each part's
+    /// record and the delivery record, each used only if it carries this
+    /// plan's fingerprint. Records of an earlier release (no fingerprint)
+    /// are used under their plan record when it matches the speech and the
+    /// cut; a one-part checkpoint of an earlier release
+    /// (`{prefix}_checkpoints/{job_id}.json`) is read as a one-part plan and
+    /// written as one, so a rolling upgrade resumes instead of paying again.
+    pub async fn load_plan(
         &self,
         job_id: &JobId,
         speech: &Speech,
         part_chars: usize,
-        parts: usize,
-    ) -> Result<Option<PartsCheckpoint>, StorageError> {
-        let Some(plan) = self.read_json::<PlanRecord>(&self.plan_key(job_id)).await? else {
-            return Ok(None);
+        plan: &[Part],
+    ) -> Result<Loaded, StorageError> {
+        let fingerprint = plan_fingerprint(speech, plan);
+        let Some(record) = self.read_json::<PlanRecord>(&self.plan_key(job_id)).await? else {
+            // Boxed: only a job of an earlier release takes this road, and
+            // a job queued for its first read should not carry its size.
+            if plan.len() == 1
+                && let Some(cp) =
+                    Box::pin(self.adopt_one_part(job_id, speech, part_chars, plan)).await?
+            {
+                return Ok(Loaded::Found(cp));
+            }
+            return Ok(Loaded::Fresh { stale: None });
         };
-        if !plan.matches(speech, part_chars, parts) {
-            tracing::warn!(
-                "job id reused for different speech or another part size; ignoring its checkpoint"
+        let ours = |p: &Option<String>| match (&record.plan, p) {
+            (Some(_), Some(p)) => *p == fingerprint,
+            // Under a plan record of an earlier release: its own records.
+            (None, p) => p.as_ref().is_none_or(|p| *p == fingerprint),
+            (Some(_), None) => false,
+        };
+        let same_plan = match &record.plan {
+            Some(p) => *p == fingerprint,
+            None => record.matches(speech, part_chars, plan.len()),
+        };
+        if !same_plan {
+            tracing::info!(
+                "job id reused for other speech or another cut: its earlier plan's records are replaced"
             );
-            return Ok(None);
+            return Ok(Loaded::Fresh {
+                stale: Some(record),
+            });
         }
-        let mut records = Vec::with_capacity(parts);
-        for index in 0..parts {
-            let record = self
+        let mut parts = Vec::with_capacity(plan.len());
+        for index in 0..plan.len() {
+            let read = self
                 .read_json::<PartRecord>(&self.part_record_key(job_id, index))
                 .await?;
-            records.push(record.unwrap_or_default());
+            parts.push(match read {
+                Some(r) if ours(&r.plan) => r,
+                _ => PartRecord::for_plan(&fingerprint),
+            });
         }
-        let stored = self.read_json(&self.stitched_key(job_id)).await?;
-        Ok(Some(PartsCheckpoint {
-            plan,
-            parts: records,
+        let stored = self
+            .read_json::<StitchedRecord>(&self.stitched_key(job_id))
+            .await?
+            .filter(|s| ours(&s.plan));
+        let mut plan_record = record;
+        plan_record.plan = Some(fingerprint);
+        Ok(Loaded::Found(PartsCheckpoint {
+            plan: plan_record,
+            parts,
             stored,
         }))
+    }
+
+    /// An earlier release's one-part checkpoint of the same speech, read as
+    /// a one-part plan and written as one (its plan, part and delivery
+    /// records): from then on the job is read like any other.
+    async fn adopt_one_part(
+        &self,
+        job_id: &JobId,
+        speech: &Speech,
+        part_chars: usize,
+        plan: &[Part],
+    ) -> Result<Option<PartsCheckpoint>, StorageError> {
+        let Some(old) = self.load(job_id, speech).await? else {
+            return Ok(None);
+        };
+        let mut cp = PartsCheckpoint::new(job_id, speech, part_chars, plan);
+        let fingerprint = cp.fingerprint().to_owned();
+        let part = &mut cp.parts[0];
+        part.request_id = Some(old.request_id.clone());
+        part.submitted_at = Some(old.submitted_at);
+        part.submissions = 1;
+        if let Some(stored) = &old.stored {
+            // Delivered as served: the record a replay needs. Where its
+            // speech is was not measured; a rendered deliverable of the same
+            // text produces its part again.
+            part.audio = Some(PartAudio {
+                key: stored.key.clone(),
+                request_id: old.request_id.clone(),
+                data_offset: 0,
+                frames: 0,
+                sample_rate: 0,
+                channels: 0,
+                inference_time_seconds: stored.inference_time_seconds,
+                cost: stored.cost,
+                sentences: Vec::new(),
+                as_served: Some(ServedRecord {
+                    content_type: stored.content_type.clone(),
+                    sha256: stored.sha256.clone(),
+                    size_bytes: stored.size_bytes,
+                    duration_seconds: stored.duration_seconds,
+                }),
+            });
+            cp.stored = Some(StitchedRecord {
+                plan: Some(fingerprint),
+                key: stored.key.clone(),
+                sha256: stored.sha256.clone(),
+                size_bytes: stored.size_bytes,
+                etag: None,
+                duration_seconds: stored.duration_seconds,
+                marks_key: None,
+                content_type: Some(stored.content_type.clone()),
+                deliverable: None,
+                delivery: None,
+            });
+        }
+        tracing::info!(request_id = %old.request_id, "an earlier release's checkpoint: read as a one-part plan");
+        self.save_plan(job_id, &cp.plan).await?;
+        self.save_part(job_id, 0, &cp.parts[0]).await?;
+        if let Some(stored) = &cp.stored {
+            self.save_stitched(job_id, stored).await?;
+        }
+        self.storage.delete(&self.key(job_id)).await?;
+        Ok(Some(cp))
+    }
+
+    /// Writes a new plan's record, after removing what `stale` (another
+    /// plan of the same job id) left: its part records, its part objects
+    /// and its delivery record (not the delivered audio, which belongs to
+    /// the producer's key). Before anything of the new plan is paid.
+    pub async fn start_plan(
+        &self,
+        job_id: &JobId,
+        cp: &PartsCheckpoint,
+        stale: Option<&PlanRecord>,
+    ) -> Result<(), StorageError> {
+        if let Some(stale) = stale {
+            self.delete_plan(job_id, stale.parts).await?;
+        }
+        self.save_plan(job_id, &cp.plan).await
+    }
+
+    /// Deletes a plan of `parts` parts: each part's objects and record, the
+    /// delivery record and the plan record.
+    async fn delete_plan(&self, job_id: &JobId, parts: usize) -> Result<(), StorageError> {
+        for index in 0..parts {
+            let key = self.part_record_key(job_id, index);
+            if let Some(record) = self.read_json::<PartRecord>(&key).await?
+                && let Some(audio) = &record.audio
+                && self.is_part_object(&audio.key)
+            {
+                self.storage.delete(&audio.key).await?;
+            }
+            self.storage
+                .delete(&self.legacy_part_audio_key(job_id, index))
+                .await?;
+            self.storage.delete(&key).await?;
+        }
+        self.storage.delete(&self.stitched_key(job_id)).await?;
+        self.storage.delete(&self.plan_key(job_id)).await
     }
 
     async fn read_json<T: serde::de::DeserializeOwned>(
@@ -400,6 +650,20 @@ impl Checkpoints {
         self.write_json(&self.plan_key(job_id), plan).await
     }
 
+    /// Part `index`'s record as stored now, if it is of the plan
+    /// `fingerprint` (read again after another step may have written it).
+    pub async fn load_part(
+        &self,
+        job_id: &JobId,
+        index: usize,
+        fingerprint: &str,
+    ) -> Result<Option<PartRecord>, StorageError> {
+        let record = self
+            .read_json::<PartRecord>(&self.part_record_key(job_id, index))
+            .await?;
+        Ok(record.filter(|r| r.plan.as_deref().is_none_or(|p| p == fingerprint)))
+    }
+
     /// Records one part's progress.
     pub async fn save_part(
         &self,
@@ -420,30 +684,21 @@ impl Checkpoints {
         self.write_json(&self.stitched_key(job_id), record).await
     }
 
-    /// Deletes a long job's intermediate parts, and its records too unless
-    /// `keep_records` (a completed job keeps them, to answer a repeat from
-    /// storage). Nothing to do for a job of one part.
-    pub async fn delete_parts(
+    /// Deletes a completed job's intermediate part objects (the takes
+    /// `request_ids` in the order of its parts); the records stay, so a
+    /// repeat is answered from storage.
+    pub async fn delete_part_objects(
         &self,
         job_id: &JobId,
-        keep_records: bool,
+        request_ids: &[String],
     ) -> Result<(), StorageError> {
-        let Some(plan) = self.read_json::<PlanRecord>(&self.plan_key(job_id)).await? else {
-            return Ok(());
-        };
-        for index in 0..plan.parts {
+        for (index, request_id) in request_ids.iter().enumerate() {
             self.storage
-                .delete(&self.part_audio_key(job_id, index))
+                .delete(&self.part_audio_key(job_id, index, request_id))
                 .await?;
-            if !keep_records {
-                self.storage
-                    .delete(&self.part_record_key(job_id, index))
-                    .await?;
-            }
-        }
-        if !keep_records {
-            self.storage.delete(&self.stitched_key(job_id)).await?;
-            self.storage.delete(&self.plan_key(job_id)).await?;
+            self.storage
+                .delete(&self.legacy_part_audio_key(job_id, index))
+                .await?;
         }
         Ok(())
     }

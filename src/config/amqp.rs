@@ -21,6 +21,8 @@ pub struct AmqpSettings {
     pub queue_depth_interval: Duration,
     pub connect_timeout: Duration,
     pub publish_timeout: Duration,
+    /// The broker's consumer timeout, as stated (see `jobs.delivery_lifetime`).
+    pub consumer_timeout: Duration,
 }
 
 #[derive(Deserialize)]
@@ -35,6 +37,7 @@ pub(super) struct RawAmqp {
     pub(super) queue_depth_interval: f64,
     pub(super) connect_timeout: f64,
     pub(super) publish_timeout: f64,
+    pub(super) consumer_timeout: f64,
 }
 
 impl RawAmqp {
@@ -68,6 +71,7 @@ impl RawAmqp {
             queue_depth_interval: seconds("amqp.queue_depth_interval", self.queue_depth_interval)?,
             connect_timeout: seconds("amqp.connect_timeout", self.connect_timeout)?,
             publish_timeout: seconds("amqp.publish_timeout", self.publish_timeout)?,
+            consumer_timeout: seconds("amqp.consumer_timeout", self.consumer_timeout)?,
         })
     }
 }

@@ -27,9 +27,12 @@ pub struct JobSettings {
     pub probe_max: Duration,
     pub resume_window: Duration,
     pub audio_retries: u32,
-    pub min_seconds_per_word: f64,
     /// Finished jobs fetching, checking and uploading their audio at once.
     pub max_transfers: usize,
+    /// Jobs rendering and uploading their deliverable at once.
+    pub max_renders: usize,
+    /// How long one delivery may work on a job before handing it back.
+    pub delivery_lifetime: Duration,
     /// Pauses one message may cause while the probe says the account works;
     /// past it the message fails with its own code (the refusal concerns
     /// that request, not the account).
@@ -55,8 +58,9 @@ pub(super) struct RawJobs {
     pub(super) probe_max: f64,
     pub(super) resume_window: f64,
     pub(super) audio_retries: u32,
-    pub(super) min_seconds_per_word: f64,
     pub(super) max_transfers: u32,
+    pub(super) max_renders: u32,
+    pub(super) delivery_lifetime: f64,
     pub(super) max_pause_cycles: u32,
     pub(super) pause_hold: f64,
     pub(super) version_handback_delay: f64,
@@ -67,12 +71,6 @@ impl RawJobs {
     pub(super) fn validate(self) -> Result<JobSettings, ConfigError> {
         if self.max_deliveries == 0 {
             return Err(invalid("jobs.max_deliveries", "must be at least 1"));
-        }
-        if !(0.0..=10.0).contains(&self.min_seconds_per_word) {
-            return Err(invalid(
-                "jobs.min_seconds_per_word",
-                "must be between 0 and 10",
-            ));
         }
         let probe_initial = seconds("jobs.probe_initial", self.probe_initial)?;
         let probe_max = seconds("jobs.probe_max", self.probe_max)?;
@@ -106,8 +104,9 @@ impl RawJobs {
             probe_max,
             resume_window: seconds("jobs.resume_window", self.resume_window)?,
             audio_retries: self.audio_retries,
-            min_seconds_per_word: self.min_seconds_per_word,
             max_transfers: positive("jobs.max_transfers", self.max_transfers)?,
+            max_renders: positive("jobs.max_renders", self.max_renders)?,
+            delivery_lifetime: seconds("jobs.delivery_lifetime", self.delivery_lifetime)?,
             max_pause_cycles: positive("jobs.max_pause_cycles", self.max_pause_cycles)? as u32,
             pause_hold,
             version_handback_delay,

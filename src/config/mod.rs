@@ -307,12 +307,23 @@ impl RawSettings {
         segmind_env_key: Option<String>,
         otel_env: OtelEnv,
     ) -> Result<Settings, ConfigError> {
+        let amqp = self.amqp.validate()?;
+        let jobs = self.jobs.validate()?;
+        if jobs.delivery_lifetime >= amqp.consumer_timeout {
+            return Err(invalid(
+                "jobs.delivery_lifetime",
+                format!(
+                    "must be below amqp.consumer_timeout ({} s): a delivery held past the broker's consumer timeout closes its channel (RabbitMQ before 4.3) or is taken back while the worker still works on it (4.3+)",
+                    amqp.consumer_timeout.as_secs_f64()
+                ),
+            ));
+        }
         Ok(Settings {
-            amqp: self.amqp.validate()?,
+            amqp,
             segmind: self.segmind.validate(segmind_env_key)?,
             s3: self.s3.validate()?,
             http: self.http,
-            jobs: self.jobs.validate()?,
+            jobs,
             limits: validate_limits(self.limits)?,
             long_text: validate_long_text(self.long_text)?,
             telemetry: self.telemetry.validate(otel_env)?,

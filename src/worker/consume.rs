@@ -7,17 +7,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::Channel;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::pause;
-use super::pipeline::HandOverReason;
-use super::settle::{JobContext, hand_over, process};
+use super::pipeline::{DeliveryLimit, HandOverReason};
+use super::settle::{JobContext, REQUEUE, Settlement, hand_over, process};
 use crate::broker;
 
 /// The channel requests are consumed on, able to start and cancel consumers
@@ -133,6 +133,10 @@ pub async fn run(
     let gate = ctx.pipeline.pause.clone();
     let mut pause_changes = gate.subscribe();
     let mut consumer: Option<lapin::Consumer> = None;
+    // Turns true when the broker cancels the current consumer: the
+    // deliveries it handed out are given back (see `DeliveryLimit`).
+    let mut cancelled = watch::Sender::new(false);
+    let lifetime = ctx.pipeline.jobs.delivery_lifetime;
     let mut prober: Option<tokio::task::JoinHandle<()>> = None;
     // When the current pause began; `None` while consuming.
     let mut paused_since: Option<tokio::time::Instant> = None;
@@ -220,14 +224,42 @@ pub async fn run(
         match next {
             Some(Ok(delivery)) => {
                 let ctx = ctx.clone();
+                let limit = DeliveryLimit::after(lifetime).with_consumer(cancelled.subscribe());
                 tasks.spawn(async move {
                     let _permit = permit;
-                    process(&ctx, delivery).await
+                    let acker = delivery.acker.clone();
+                    let run = std::panic::AssertUnwindSafe(process(&ctx, delivery, limit));
+                    match run.catch_unwind().await {
+                        Ok(settlement) => settlement,
+                        Err(_) => {
+                            // Settled at once (counted) instead of held
+                            // unacked until the broker's consumer timeout.
+                            error!("a job's task panicked; rejecting its delivery for a later one");
+                            ctx.pipeline
+                                .metrics
+                                .requeues
+                                .with_label_values(&["internal"])
+                                .inc();
+                            if let Err(e) = acker.reject(REQUEUE).await {
+                                warn!(error = %e, "could not reject the delivery; the broker will redeliver it");
+                            }
+                            Settlement::Requeue
+                        }
+                    }
                 });
             }
             Some(Err(e)) => break Stopped::BrokerLost(e.to_string()),
             None => {
-                warn!("the broker cancelled the consumer; consuming again");
+                // RabbitMQ 4.3+ cancels a consumer whose delivery outlived
+                // its consumer timeout (that delivery is back in the queue,
+                // uncounted). What the consumer still holds is handed back
+                // now, uncounted, so nothing stays held long enough to time
+                // out too (RabbitMQ 4.4 then closes the channel anyway).
+                warn!(
+                    "the broker cancelled the consumer; handing back what it holds and consuming again"
+                );
+                cancelled.send_replace(true);
+                cancelled = watch::Sender::new(false);
                 consumer = None;
             }
         }

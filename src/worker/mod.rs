@@ -15,5 +15,5 @@ pub mod pipeline;
 pub mod settle;
 
 pub use consume::{Consuming, Stopped, run};
-pub use pipeline::{HandOverReason, JobEnd, JobError, Pipeline};
+pub use pipeline::{DeliveryLimit, HandOverReason, JobEnd, JobError, Pipeline};
 pub use settle::{JobContext, Settlement, process};

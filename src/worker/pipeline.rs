@@ -1,29 +1,33 @@
-//! A valid job's work, without the broker: answer from storage when it is
-//! already done, else resume or submit at Segmind, check the audio (submitting
-//! again on Gemini's silent failure), store it, record that in the
-//! checkpoint, and decide what a failure means for the delivery.
+//! A valid job's work, without the broker: one engine for every job. A job
+//! is a plan of parts (a short text is a plan of one part), run in stages
+//! by [`parts`]: plan → synthesize each part (resumed from its record, else
+//! submitted; checked by the one quality gate) → deliver (Segmind's file as
+//! served for a one-part job that asks for it, else rendered) — and the
+//! failure's meaning for the delivery.
 //!
 //! Nothing here knows AMQP: [`Pipeline::run`] takes a [`TtsJob`] and its
 //! delivery attempt and returns a [`JobEnd`], so it can be driven (and tested)
 //! without a broker.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, SemaphorePermit, watch};
 
-use tracing::{Instrument, Span, info, warn};
+use tracing::{Span, info, warn};
 
+mod jobs;
 mod parts;
 
+pub use jobs::DeliveryLimit;
+use jobs::JobTable;
+
 use super::pause::{PauseGate, PauseReason, probe};
-use crate::audio::{self, Audio, AudioError};
-use crate::checkpoint::{self, Checkpoint, Checkpoints, PartRecord, StitchedRecord, StoredRecord};
+use crate::audio::{Audio, AudioError};
+use crate::checkpoint::{Checkpoints, PartRecord, StitchedRecord};
 use crate::config::{AccountPolicy, JobSettings, LongTextSettings, Settings};
 use crate::failure::{self, AsFault, Attempt, Class, Disposition, ErrorCode, Fault, Limits};
-use crate::job::{
-    Completed, Failed, ForbiddenKey, JobId, KeyPolicy, ObjectKey, Outcome, StoredAudio, TtsJob,
-};
+use crate::job::{Failed, ForbiddenKey, JobId, KeyPolicy, ObjectKey, Outcome, StoredAudio, TtsJob};
 use crate::metrics::Metrics;
 use crate::quality::SpeakingRate;
 use crate::segmind::{SegmindClient, SegmindError, Submitted, Synthesis};
@@ -53,14 +57,15 @@ pub enum JobError {
         "output_key {key:?} already holds an object of job {owner:?}; it is not overwritten (choose another key)"
     )]
     KeyTaken { key: String, owner: String },
-    /// A long job's stored part is gone or shorter than recorded: its
-    /// record is cleared so the next delivery produces it again.
+    /// A stored part is gone or shorter than recorded: its record is
+    /// cleared so the next delivery produces it again.
     #[error("{detail}")]
     PartGone { index: usize, detail: String },
-    /// The worker is shutting down and the job was waiting: its delivery is
-    /// handed to another replica, which resumes it from the checkpoint.
-    #[error("handed over: the worker is shutting down")]
-    HandedOver,
+    /// The delivery gives its job back (shutdown, its lifetime, its consumer
+    /// cancelled): another delivery resumes it from storage. An outcome,
+    /// not a failure: `run` ends the job with [`JobEnd::HandOver`].
+    #[error("handed over: {}", .0.as_str())]
+    HandedOver(HandOverReason),
 }
 
 impl AsFault for JobError {
@@ -78,16 +83,9 @@ impl AsFault for JobError {
             JobError::ForbiddenKey(_) => Fault::OutputKeyForbidden,
             JobError::KeyTaken { .. } => Fault::OutputKeyTaken,
             // Never classified: `run` ends a handed-over job before.
-            JobError::HandedOver => Fault::Deadline,
+            JobError::HandedOver(_) => Fault::Deadline,
         }
     }
-}
-
-/// What became of Segmind's audio.
-enum Stored {
-    Done(Box<Completed>),
-    /// Empty, truncated or not audio: worth submitting again.
-    Unusable(AudioError),
 }
 
 /// How a job's processing ended.
@@ -115,6 +113,16 @@ pub enum HandOverReason {
     /// The request says a version newer than this replica knows: a newer
     /// replica may take it (see `jobs.unsupported_version_grace`).
     NewerVersion,
+    /// The delivery reached `jobs.delivery_lifetime`: given back before the
+    /// broker's consumer timeout takes it (and, on RabbitMQ before 4.3,
+    /// every other delivery of the channel with it).
+    Lifetime,
+    /// The broker cancelled the consumer that holds the delivery (RabbitMQ
+    /// 4.3+'s consumer timeout sends `basic.cancel`).
+    ConsumerCancelled,
+    /// Another delivery of the same job is being worked on (in this process
+    /// or under the job's lease elsewhere): this one waits in the queue.
+    Busy,
 }
 
 impl HandOverReason {
@@ -124,6 +132,9 @@ impl HandOverReason {
             HandOverReason::Shutdown => "shutdown",
             HandOverReason::Paused { .. } => "paused",
             HandOverReason::NewerVersion => "newer_version",
+            HandOverReason::Lifetime => "lifetime",
+            HandOverReason::ConsumerCancelled => "consumer_cancelled",
+            HandOverReason::Busy => "busy",
         }
     }
 }
@@ -143,18 +154,27 @@ pub struct Pipeline {
     pub jobs: JobSettings,
     /// Where audio may be stored.
     keys: KeyPolicy,
-    /// Bound on one delivery's time at Segmind.
+    /// Bound on one Segmind request of one part: from its submission (or
+    /// resume) to its audio fetched. Waiting for the job's turn or a slot
+    /// does not count.
     job_deadline: Duration,
     /// Lower-cased substrings marking a FAILED message as a content block.
     block_patterns: Vec<String>,
-    /// Slots of the heavy phase (result, download, checks, upload): the only
-    /// part of a job that holds audio.
+    /// Slots of the heavy phase of a part (result, download, checks,
+    /// upload): the only part of a job's synthesis that holds audio.
     transfers: Semaphore,
-    /// How long texts are cut and synthesized.
+    /// Slots of the delivery stage of a rendered job (read back, render,
+    /// upload): minutes each for a long text, apart from `transfers` so
+    /// that a finished short job never waits behind them.
+    renders: Semaphore,
+    /// How texts are cut and synthesized.
     long_text: LongTextSettings,
     /// Each voice's speaking rate, learned from delivered parts: the
-    /// quality gate of a long text's parts.
+    /// quality gate of every part of every job.
     speaking_rate: SpeakingRate,
+    /// The jobs this process is working on (one delivery at a time each,
+    /// and each job's submission turn).
+    jobs_here: JobTable,
     /// Set once on shutdown: waiting jobs hand their deliveries over.
     handover: watch::Sender<bool>,
 }
@@ -185,8 +205,10 @@ impl Pipeline {
             job_deadline: settings.segmind.job_deadline,
             block_patterns: settings.segmind.content_blocked_patterns.clone(),
             transfers: Semaphore::new(settings.jobs.max_transfers),
+            renders: Semaphore::new(settings.jobs.max_renders),
             long_text: settings.long_text,
             speaking_rate: SpeakingRate::new(),
+            jobs_here: JobTable::default(),
             handover: watch::Sender::new(false),
         }
     }
@@ -210,33 +232,73 @@ impl Pipeline {
         let _ = rx.wait_for(|asked| *asked).await;
     }
 
-    /// Runs a valid job (its delivery `attempt`) and decides what its
-    /// failure, if any, means: a failure event, a requeue, or a hand-over
-    /// that pauses consumption.
+    /// Why a delivery under `limit` must give its job back now, if it must.
+    fn must_hand_over(&self, limit: &DeliveryLimit) -> Option<HandOverReason> {
+        if self.handing_over() {
+            return Some(HandOverReason::Shutdown);
+        }
+        limit.reached()
+    }
+
+    /// Resolves with the reason once a delivery under `limit` must give its
+    /// job back.
+    async fn hand_over_requested(&self, limit: &DeliveryLimit) -> HandOverReason {
+        tokio::select! {
+            () = self.handover_requested() => HandOverReason::Shutdown,
+            reason = limit.wait() => reason,
+        }
+    }
+
+    /// Runs a valid job (its delivery `attempt`) within
+    /// `jobs.delivery_lifetime`; see [`Pipeline::run_delivery`].
     pub async fn run(&self, job: &TtsJob, attempt: Attempt) -> JobEnd {
-        let deadline = tokio::time::Instant::now() + self.job_deadline;
-        let mut calls = 0u32;
-        let mut request_id = None;
-        let result = self
-            .synthesize_and_store(job, attempt.number, deadline, &mut calls, &mut request_id)
-            .await
-            .map(|mut completed| {
-                completed.segmind_calls = calls;
-                completed
-            });
+        let limit = DeliveryLimit::after(self.jobs.delivery_lifetime);
+        self.run_delivery(job, attempt, &limit).await
+    }
+
+    /// Runs a valid job (its delivery `attempt`, to be given back when
+    /// `limit` is reached) and decides what its failure, if any, means: a
+    /// failure event, a requeue, or a hand-over. One delivery of a job
+    /// works at a time in this process: a second one waits for the first
+    /// (and is then mostly answered from storage).
+    pub async fn run_delivery(
+        &self,
+        job: &TtsJob,
+        attempt: Attempt,
+        limit: &DeliveryLimit,
+    ) -> JobEnd {
+        let entry = self.jobs_here.entry(&job.id);
+        let turn = tokio::select! {
+            biased;
+            turn = entry.delivery.clone().lock_owned() => turn,
+            reason = self.hand_over_requested(limit) => {
+                info!(reason = reason.as_str(), "another delivery of this job is running here; handing this one back");
+                return JobEnd::HandOver(reason);
+            }
+        };
+        let run = parts::JobRun::new(self, job, attempt.number, limit, entry.clone());
+        let result = Box::pin(run.execute()).await;
+        drop(turn);
+        let calls = run.calls();
         if calls > 0 {
             self.metrics.segmind_calls_per_job.observe(f64::from(calls));
         }
         let err = match result {
-            Ok(completed) => return JobEnd::Finished(Box::new(Outcome::Completed(completed))),
-            Err(JobError::HandedOver) => {
-                info!("handing the job over: the worker is shutting down");
-                return JobEnd::HandOver(HandOverReason::Shutdown);
+            Ok(mut completed) => {
+                completed.segmind_calls = calls;
+                return JobEnd::Finished(Box::new(Outcome::Completed(completed)));
+            }
+            Err(JobError::HandedOver(reason)) => {
+                info!(
+                    reason = reason.as_str(),
+                    "handing the job over; its progress is in storage"
+                );
+                return JobEnd::HandOver(reason);
             }
             Err(err) => err,
         };
         let failure = failure::classify(&err, &self.block_patterns);
-        let request_id = request_id.or_else(|| match &err {
+        let request_id = run.last_request_id().or_else(|| match &err {
             JobError::Segmind(e) => e.request_id().map(str::to_owned),
             _ => None,
         });
@@ -294,159 +356,6 @@ impl Pipeline {
         }
     }
 
-    async fn synthesize_and_store(
-        &self,
-        job: &TtsJob,
-        attempt: u32,
-        deadline: tokio::time::Instant,
-        calls: &mut u32,
-        request_id: &mut Option<String>,
-    ) -> Result<Completed, JobError> {
-        // Storage calls are boxed: their futures are large, and a job's
-        // future is as large as its largest state, paid by every waiting job.
-        // A text that fits in one part is planned as that one part.
-        let long = job.speech.text.chars().count() > self.long_text.part_chars;
-        let checkpoint = Box::pin(self.checkpoints.load(&job.id, &job.speech)).await?;
-        // A text of several parts is a long job, unless an earlier version
-        // of the worker already submitted it whole (its checkpoint says so):
-        // that request is resumed or replayed, not paid again as parts.
-        // A deliverable other than Segmind's WAV is rendered, which only the
-        // parts' path does (a short text is a plan of one part). A
-        // whole-text checkpoint of the same job is not used for it: its
-        // audio was delivered as served.
-        let rendered = !job.deliverable.is_passthrough();
-        if (long && checkpoint.is_none()) || rendered {
-            let plan = crate::plan::plan(
-                &job.speech.text,
-                self.long_text.part_chars,
-                job.speech.voice_2.is_some(),
-            );
-            return Box::pin(self.run_parts(job, attempt, &plan, calls)).await;
-        }
-        if let Some(cp) = &checkpoint
-            && let Some(done) = Box::pin(self.replay_from_storage(job, cp, attempt)).await?
-        {
-            return Ok(done);
-        }
-        if let Some(key) = &job.output_key {
-            // Refused before anything is paid for.
-            let key = self.keys.resolve(key)?;
-            Box::pin(self.check_owner(job, &key)).await?;
-        }
-        let mut resume = checkpoint.filter(|cp| self.checkpoints.resumable(cp, chrono::Utc::now()));
-        let mut audio_retries_left = self.jobs.audio_retries;
-        let text_chars = job.speech.text.chars().count();
-        loop {
-            let (submitted, submitted_at, resumed) = match resume.take() {
-                Some(cp) => {
-                    info!(request_id = %cp.request_id, "resuming the Segmind request from the checkpoint");
-                    self.metrics.resumed.with_label_values(&["poll"]).inc();
-                    (self.segmind.resume(&cp.request_id), cp.submitted_at, true)
-                }
-                None => {
-                    if self.handing_over() {
-                        return Err(JobError::HandedOver);
-                    }
-                    let (submitted, submitted_at) =
-                        self.submit_and_checkpoint(job, deadline, calls).await?;
-                    (submitted, submitted_at, false)
-                }
-            };
-            *request_id = Some(submitted.request_id.clone());
-            Span::current().record("request_id", submitted.request_id.as_str());
-            let fetched = Box::pin(self.wait_and_fetch(
-                &submitted,
-                submitted_at,
-                text_chars,
-                deadline,
-                calls,
-            ))
-            .await;
-            let (synthesis, slot) = match fetched {
-                Err(e)
-                    if resumed
-                        && failure::classify(&e, &self.block_patterns).code
-                            == ErrorCode::Expired =>
-                {
-                    info!("the resumed request has expired at Segmind; submitting again");
-                    continue;
-                }
-                other => other?,
-            };
-            // Boxed: the audio, the upload and the completion are large
-            // states that a waiting job must not carry.
-            let stored = Box::pin(self.store(job, attempt, synthesis, slot, submitted_at)).await?;
-            match stored {
-                Stored::Done(completed) => return Ok(*completed),
-                Stored::Unusable(e) if audio_retries_left > 0 => {
-                    audio_retries_left -= 1;
-                    self.metrics
-                        .retries
-                        .with_label_values(&["audio_invalid"])
-                        .inc();
-                    warn!(error = %e, "Segmind returned unusable audio; submitting again");
-                }
-                Stored::Unusable(e) => return Err(e.into()),
-            }
-        }
-    }
-
-    /// Checks the audio of `synthesis` and, when usable, uploads it under
-    /// the job's key (releasing the transfer `slot` as soon as the upload
-    /// ends) and records it in the checkpoint.
-    async fn store(
-        &self,
-        job: &TtsJob,
-        attempt: u32,
-        synthesis: Synthesis,
-        slot: Option<SemaphorePermit<'_>>,
-        submitted_at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Stored, JobError> {
-        if let Some(t) = synthesis.inference_time_seconds {
-            self.metrics.inference_duration.observe(t);
-        }
-        let checked =
-            Audio::parse(synthesis.audio, synthesis.content_type.as_deref()).and_then(|a| {
-                audio::check_plausible(&a, &job.speech.text, self.jobs.min_seconds_per_word)
-                    .map(|()| a)
-            });
-        let audio = match checked {
-            Ok(audio) => audio,
-            Err(e) => return Ok(Stored::Unusable(e)),
-        };
-        let key = self.keys.key_for(job, audio.format.extension())?;
-        let upload_started = Instant::now();
-        let stored = Box::pin(self.upload_exclusive(job, &key, audio, &synthesis.request_id)).await;
-        // The audio is gone with the upload: free the slot for the next job.
-        drop(slot);
-        self.metrics
-            .s3_upload
-            .observe(upload_started.elapsed().as_secs_f64());
-        let stored = stored?;
-        self.metrics.audio_bytes.observe(stored.size_bytes as f64);
-        let record =
-            StoredRecord::from_stored(&stored, synthesis.inference_time_seconds, synthesis.cost);
-        self.save_checkpoint(job, &synthesis.request_id, submitted_at, Some(record))
-            .await;
-        info!(key = %key, bytes = stored.size_bytes, "audio stored");
-        Ok(Stored::Done(Box::new(Completed {
-            job_id: job.id.clone(),
-            audio: stored,
-            request_ids: vec![synthesis.request_id.clone()],
-            request_id: synthesis.request_id,
-            parts: 1,
-            marks_key: None,
-            delivery: None,
-            inference_time_seconds: synthesis.inference_time_seconds,
-            segmind_cost: synthesis.cost,
-            // Set by `run`, which counts every call of the delivery.
-            segmind_calls: 0,
-            attempts: attempt,
-            metadata: job.metadata.clone(),
-            served_from_storage: false,
-        })))
-    }
-
     /// Uploads `audio` to `key` unless an object another job wrote is there.
     /// Two guards: the object's `job-id` metadata, read just before (works on
     /// every store), and a conditional write (`If-None-Match: *`) that closes
@@ -461,27 +370,37 @@ impl Pipeline {
         audio: Audio,
         request_id: &str,
     ) -> Result<StoredAudio, JobError> {
+        let started = std::time::Instant::now();
         let absent = self.check_owner(job, key).await?;
         // The `Bytes` clone shares the audio: it copies nothing.
         let again = audio.clone();
-        match self
+        let first = self
             .storage
             .put(key, audio, &job.id, request_id, absent)
-            .await
-        {
+            .await;
+        let stored = match first {
             // A store without conditional writes that says so: the check
             // above is the guard.
-            Err(e) if e.not_implemented() => {}
+            Err(e) if e.not_implemented() => None,
             // Written since the check above: replaced only if it is ours.
             Err(e) if e.precondition_failed() => {
                 self.check_owner(job, key).await?;
+                None
             }
-            other => return Ok(other?),
-        }
-        Ok(self
-            .storage
-            .put(key, again, &job.id, request_id, false)
-            .await?)
+            other => Some(other?),
+        };
+        let stored = match stored {
+            Some(s) => s,
+            None => {
+                self.storage
+                    .put(key, again, &job.id, request_id, false)
+                    .await?
+            }
+        };
+        self.metrics
+            .s3_upload
+            .observe(started.elapsed().as_secs_f64());
+        Ok(stored)
     }
 
     /// Fails with [`JobError::KeyTaken`] when `key` holds an object that is
@@ -507,58 +426,18 @@ impl Pipeline {
         }
     }
 
-    /// Submits the job and records its request id in the checkpoint, as one
-    /// step that outlives the job: it runs in its own task, so a job dropped
-    /// mid-way (its broker session was lost, shutdown's grace ran out) still
-    /// checkpoints a request Segmind accepted, and its redelivery resumes it
-    /// instead of paying again.
-    async fn submit_and_checkpoint(
-        &self,
-        job: &TtsJob,
-        deadline: tokio::time::Instant,
-        calls: &mut u32,
-    ) -> Result<(Submitted, chrono::DateTime<chrono::Utc>), JobError> {
-        let segmind = self.segmind.clone();
-        let checkpoints = self.checkpoints.clone();
-        let (job_id, speech) = (job.id.clone(), job.speech.clone());
-        let step = tokio::spawn(
-            async move {
-                let mut calls = 0;
-                let submitted = segmind.submit(&speech, deadline, &mut calls).await;
-                let submitted_at = chrono::Utc::now();
-                if let Ok(s) = &submitted {
-                    let checkpoint = Checkpoint {
-                        job_id: job_id.to_string(),
-                        request_id: s.request_id.clone(),
-                        submitted_at,
-                        fingerprint: checkpoint::fingerprint(&speech),
-                        stored: None,
-                    };
-                    save(&checkpoints, &checkpoint).await;
-                }
-                (submitted.map(|s| (s, submitted_at)), calls)
-            }
-            // Its spans belong to the job's trace.
-            .in_current_span(),
-        );
-        match step.await {
-            Ok((result, used)) => {
-                *calls += used;
-                Ok(result?)
-            }
-            Err(e) => Err(JobError::Interrupted(e.to_string())),
-        }
-    }
-
     /// Waits for Segmind to finish `submitted` holding nothing but its ids,
     /// then takes a transfer slot and fetches the result and the audio. The
     /// slot is returned with the audio: it is held until the upload is done.
+    /// The time spent waiting for the slot is added to `deadline`: a fetch's
+    /// deadline starts when its slot is granted.
     async fn wait_and_fetch(
         &self,
         submitted: &Submitted,
         submitted_at: chrono::DateTime<chrono::Utc>,
         text_chars: usize,
         deadline: tokio::time::Instant,
+        limit: &DeliveryLimit,
         calls: &mut u32,
     ) -> Result<(Synthesis, Option<SemaphorePermit<'_>>), JobError> {
         // The schedule counts from the submission, also for a resumed job.
@@ -569,13 +448,15 @@ impl Pipeline {
         let since = now.checked_sub(ago).unwrap_or(now);
         let done = tokio::select! {
             biased;
-            () = self.handover_requested() => return Err(JobError::HandedOver),
+            reason = self.hand_over_requested(limit) => return Err(JobError::HandedOver(reason)),
             done = self.segmind.wait_until_done(submitted, since, text_chars, deadline, calls) => done?,
         };
         self.metrics.transfers_waiting.inc();
+        let asked = tokio::time::Instant::now();
         // The semaphore is never closed; `None` would only mean no bound.
         let slot = self.transfers.acquire().await.ok();
         self.metrics.transfers_waiting.dec();
+        let deadline = deadline + asked.elapsed();
         let synthesis = Box::pin(
             self.segmind
                 .fetch_audio(submitted, &done, text_chars, deadline, calls),
@@ -584,25 +465,7 @@ impl Pipeline {
         Ok((synthesis, slot))
     }
 
-    /// Writes the checkpoint of `job` (see [`save`]).
-    async fn save_checkpoint(
-        &self,
-        job: &TtsJob,
-        request_id: &str,
-        submitted_at: chrono::DateTime<chrono::Utc>,
-        stored: Option<StoredRecord>,
-    ) {
-        let checkpoint = Checkpoint {
-            job_id: job.id.to_string(),
-            request_id: request_id.to_owned(),
-            submitted_at,
-            fingerprint: checkpoint::fingerprint(&job.speech),
-            stored,
-        };
-        save(&self.checkpoints, &checkpoint).await;
-    }
-
-    /// Whether `key` still holds the object a checkpoint recorded (`intact`
+    /// Whether `key` still holds the object a record describes (`intact`
     /// says what must match); a replay from storage is counted and logged.
     async fn still_stored(
         &self,
@@ -615,7 +478,7 @@ impl Pipeline {
         if !intact(&info) {
             warn!(
                 key,
-                "stored audio does not match the checkpoint; producing it again"
+                "stored audio does not match its record; producing it again"
             );
             return Ok(false);
         }
@@ -626,71 +489,20 @@ impl Pipeline {
         );
         Ok(true)
     }
-
-    /// The completion of a job whose audio is already stored: the facts come
-    /// from the checkpoint, and the object must still be there, complete and
-    /// matching the checksum, size and job id recorded there.
-    async fn replay_from_storage(
-        &self,
-        job: &TtsJob,
-        checkpoint: &Checkpoint,
-        attempt: u32,
-    ) -> Result<Option<Completed>, JobError> {
-        let Some(stored) = &checkpoint.stored else {
-            return Ok(None);
-        };
-        let intact = |info: &ObjectInfo| {
-            info.sha256.as_deref() == Some(stored.sha256.as_str())
-                && info.size_bytes == Some(stored.size_bytes)
-                && info.job_id.as_deref() == Some(job.id.as_str())
-        };
-        if !self.still_stored(&stored.key, intact).await? {
-            return Ok(None);
-        }
-        Ok(Some(Completed {
-            job_id: job.id.clone(),
-            audio: StoredAudio {
-                bucket: self.storage.bucket().to_owned(),
-                key: stored.key.clone(),
-                content_type: stored.content_type.clone(),
-                size_bytes: stored.size_bytes,
-                sha256: stored.sha256.clone(),
-                duration_seconds: stored.duration_seconds,
-            },
-            request_id: checkpoint.request_id.clone(),
-            request_ids: vec![checkpoint.request_id.clone()],
-            parts: 1,
-            marks_key: None,
-            delivery: None,
-            inference_time_seconds: stored.inference_time_seconds,
-            segmind_cost: stored.cost,
-            segmind_calls: 0,
-            attempts: attempt,
-            metadata: job.metadata.clone(),
-            served_from_storage: true,
-        }))
-    }
 }
 
-/// Writes a long job's part record (see [`save`]).
+/// Writes a part record (see [`save_stitched`]).
 async fn save_part(checkpoints: &Checkpoints, job_id: &JobId, index: usize, record: &PartRecord) {
     if let Err(e) = checkpoints.save_part(job_id, index, record).await {
         warn!(error = %e, part = index, "could not write the part's checkpoint; a redelivery would submit it again");
     }
 }
 
-/// Writes where a long job's stitched audio went (see [`save`]).
+/// Writes where a job's delivered audio went. A failure is logged, not
+/// fatal: the job can still finish; only a replay of it would be lost.
 async fn save_stitched(checkpoints: &Checkpoints, job_id: &JobId, record: &StitchedRecord) {
     if let Err(e) = checkpoints.save_stitched(job_id, record).await {
-        warn!(error = %e, "could not write the stitch's checkpoint; a repeat would stitch again");
-    }
-}
-
-/// Writes `checkpoint`. A failure is logged, not fatal: the job can still
-/// finish; only a crash-resume of this job would be lost.
-async fn save(checkpoints: &Checkpoints, checkpoint: &Checkpoint) {
-    if let Err(e) = checkpoints.save(checkpoint).await {
-        warn!(error = %e, "could not write the checkpoint; a redelivery of this job would submit again");
+        warn!(error = %e, "could not write the delivery's checkpoint; a repeat would deliver again");
     }
 }
 
@@ -737,12 +549,22 @@ mod tests {
         let submitted = pipeline.segmind.resume("r-1");
         let mut calls = 0;
         let deadline = tokio::time::Instant::now();
-        let waiting =
-            pipeline.wait_and_fetch(&submitted, chrono::Utc::now(), 11, deadline, &mut calls);
+        let limit = DeliveryLimit::after(Duration::from_secs(60));
+        let waiting = pipeline.wait_and_fetch(
+            &submitted,
+            chrono::Utc::now(),
+            11,
+            deadline,
+            &limit,
+            &mut calls,
+        );
         let waiting_size = std::mem::size_of_val(&waiting);
         // What a job holds while queued for an S3 or API slot: the SDK's and
         // reqwest's futures are allocated only once the slot is taken.
-        let load = pipeline.checkpoints.load(&job.id, &job.speech);
+        let plan = crate::plan::plan(&job.speech.text, 3_000, false);
+        let load = pipeline
+            .checkpoints
+            .load_plan(&job.id, &job.speech, 3_000, &plan);
         let load_size = std::mem::size_of_val(&load);
         let mut submit_calls = 0;
         let submit = pipeline

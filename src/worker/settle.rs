@@ -17,7 +17,7 @@ use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use tracing::{Instrument, Span, error, field, info, info_span, warn};
 
 use super::pause::jittered;
-use super::pipeline::{HandOverReason, JobEnd, Pipeline};
+use super::pipeline::{DeliveryLimit, HandOverReason, JobEnd, Pipeline};
 use crate::broker::{self, BrokerError, Publisher, Topology};
 use crate::config::RequestLimits;
 use crate::failure::{Attempt, Failure};
@@ -53,8 +53,9 @@ pub enum Settlement {
     HandOver(HandOverReason),
 }
 
-/// Takes one delivery to a confirmed terminal event or a requeue, and settles it.
-pub async fn process(ctx: &JobContext, delivery: Delivery) -> Settlement {
+/// Takes one delivery to a confirmed terminal event or a requeue, and
+/// settles it; a job still working when `limit` is reached is handed back.
+pub async fn process(ctx: &JobContext, delivery: Delivery, limit: DeliveryLimit) -> Settlement {
     let started = Instant::now();
     let metrics = &ctx.pipeline.metrics;
     let _in_flight = metrics.job_in_flight();
@@ -81,7 +82,7 @@ pub async fn process(ctx: &JobContext, delivery: Delivery) -> Settlement {
         settlement,
         label,
         forget,
-    } = settle(ctx, &delivery, &producer)
+    } = settle(ctx, &delivery, &producer, &limit)
         .instrument(span.clone())
         .await;
     let ack_result = match settlement {
@@ -100,24 +101,24 @@ pub async fn process(ctx: &JobContext, delivery: Delivery) -> Settlement {
             );
         }
         Ok(settled) => {
-            if let Some(cleanup) = forget.filter(|_| settled) {
+            if let Some(Cleanup::Intermediates {
+                job_id,
+                request_ids,
+            }) = forget.filter(|_| settled)
+            {
                 // Only after the ack: a crash before it redelivers a job
-                // that still has its checkpoint and parts, so nothing is
-                // paid twice. A failed job whose request cannot give audio
-                // any more starts afresh if it is ever sent again; a
-                // completed long job keeps its checkpoint (a repeat is
-                // answered from storage) but not its intermediate parts.
-                let deleted = match &cleanup {
-                    Cleanup::Forget(job_id) => {
-                        Box::pin(ctx.pipeline.checkpoints.delete(job_id)).await
-                    }
-                    Cleanup::Intermediates(job_id) => {
-                        Box::pin(ctx.pipeline.checkpoints.delete_parts(job_id, true)).await
-                    }
-                };
+                // that still has its parts, so nothing is paid twice. A
+                // completed job keeps its records (a repeat is answered
+                // from storage) but not its intermediate part objects.
+                let deleted = Box::pin(
+                    ctx.pipeline
+                        .checkpoints
+                        .delete_part_objects(&job_id, &request_ids),
+                )
+                .await;
                 if let Err(e) = deleted {
                     span.in_scope(
-                        || warn!(error = %e, "could not delete a settled job's checkpoint or parts"),
+                        || warn!(error = %e, "could not delete a settled job's intermediate parts"),
                     );
                 }
             }
@@ -145,24 +146,29 @@ struct Settled {
 /// What a settled job leaves to delete once its delivery is acked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cleanup {
-    /// The checkpoint and any parts: a failed job whose request cannot
-    /// give audio any more.
-    Forget(JobId),
-    /// A completed long job's intermediate parts.
-    Intermediates(JobId),
+    /// A completed job's intermediate part objects (its takes, in the
+    /// order of its parts).
+    Intermediates {
+        job_id: JobId,
+        request_ids: Vec<String>,
+    },
 }
 
 /// What to delete once a finished job's delivery is acked. Pure.
-pub fn cleanup_after(outcome: &Outcome, valid_request: bool) -> Option<Cleanup> {
+///
+/// A failed job keeps its stored parts and records: a resend within
+/// `jobs.resume_window` pays only for the parts not stored (a part whose
+/// request's result is final was already forgotten by the engine). What it
+/// leaves is swept by the worker once the window has passed.
+pub fn cleanup_after(outcome: &Outcome) -> Option<Cleanup> {
     match outcome {
-        // A failure whose paid request may still give audio (a deadline,
-        // an outage) keeps its checkpoint: a resend resumes the request.
-        Outcome::Failed(f) if valid_request && !f.failure.code.keeps_paid_request() => {
-            Some(Cleanup::Forget(f.job_id.clone()))
-        }
-        // Every job that ran as parts (several, or one part rendered).
+        // Every job whose parts were stored apart from its delivered audio
+        // (several parts, or one part rendered).
         Outcome::Completed(c) if c.parts > 1 || c.delivery.is_some() => {
-            Some(Cleanup::Intermediates(c.job_id.clone()))
+            Some(Cleanup::Intermediates {
+                job_id: c.job_id.clone(),
+                request_ids: c.request_ids.clone(),
+            })
         }
         _ => None,
     }
@@ -179,7 +185,12 @@ impl Settled {
 }
 
 /// Runs the job and publishes its outcome; returns the settlement.
-async fn settle(ctx: &JobContext, delivery: &Delivery, producer: &TraceHeaders) -> Settled {
+async fn settle(
+    ctx: &JobContext,
+    delivery: &Delivery,
+    producer: &TraceHeaders,
+    limit: &DeliveryLimit,
+) -> Settled {
     let props = &delivery.properties;
     let jobs = &ctx.pipeline.jobs;
     let attempt = Attempt {
@@ -262,7 +273,7 @@ async fn settle(ctx: &JobContext, delivery: &Delivery, producer: &TraceHeaders) 
                     true,
                 )
             }
-            Ok(job) => match ctx.pipeline.run(job, attempt).await {
+            Ok(job) => match ctx.pipeline.run_delivery(job, attempt, limit).await {
                 JobEnd::Finished(outcome) => (*outcome, false),
                 JobEnd::HandOver(reason) => {
                     return Settled::unfinished(Settlement::HandOver(reason));
@@ -300,7 +311,7 @@ async fn settle(ctx: &JobContext, delivery: &Delivery, producer: &TraceHeaders) 
     };
     match published {
         Ok(()) => {
-            let forget = cleanup_after(&outcome, decoded.job.is_ok());
+            let forget = cleanup_after(&outcome);
             info!(outcome = label, "job finished");
             Settled {
                 settlement: Settlement::Ack,
@@ -373,7 +384,7 @@ fn with_trace(properties: BasicProperties, trace: &TraceHeaders) -> BasicPropert
 
 /// A counted return: `basic.reject` raises `x-delivery-count` on RabbitMQ
 /// 3.10, 4.0 and 4.3 alike (4.3 no longer counts `basic.nack`).
-const REQUEUE: BasicRejectOptions = BasicRejectOptions { requeue: true };
+pub const REQUEUE: BasicRejectOptions = BasicRejectOptions { requeue: true };
 
 /// Gives `delivery` back to the queue without counting it toward the poison
 /// limit, and settles it: publishes a byte-identical copy to the requests
@@ -589,24 +600,25 @@ mod tests {
     }
 
     #[test]
-    fn after_the_ack_a_long_jobs_parts_go_and_a_final_failures_checkpoint_goes() {
+    fn after_the_ack_a_completed_jobs_intermediate_parts_go_and_a_failed_jobs_stay() {
         let id = JobId::parse("j-1", 64).unwrap();
         assert_eq!(
-            cleanup_after(&completed(5), true),
-            Some(Cleanup::Intermediates(id.clone()))
+            cleanup_after(&completed(5)),
+            Some(Cleanup::Intermediates {
+                job_id: id,
+                request_ids: vec!["r".into(); 5]
+            })
         );
-        // A one-part job keeps its checkpoint: a repeat is replayed from it.
-        assert_eq!(cleanup_after(&completed(1), true), None);
-        assert_eq!(
-            cleanup_after(&failed(ErrorCode::ContentBlocked), true),
-            Some(Cleanup::Forget(id))
-        );
-        // A request that may still give audio keeps its checkpoint and parts.
-        assert_eq!(cleanup_after(&failed(ErrorCode::Timeout), true), None);
-        // A rejected request never had a checkpoint of its own.
-        assert_eq!(
-            cleanup_after(&failed(ErrorCode::InvalidRequest), false),
-            None
-        );
+        // A one-part job delivered as served has no intermediate object.
+        assert_eq!(cleanup_after(&completed(1)), None);
+        // A failed job keeps its paid parts for a resend, whatever the code.
+        for code in [
+            ErrorCode::ContentBlocked,
+            ErrorCode::Timeout,
+            ErrorCode::InferenceFailed,
+            ErrorCode::InvalidRequest,
+        ] {
+            assert_eq!(cleanup_after(&failed(code)), None, "{code}");
+        }
     }
 }

@@ -1,13 +1,16 @@
-//! A long text as one job, in stages: plan (done by the caller) →
-//! synthesize the parts in parallel, each resumed from its own checkpoint
-//! record → check each part's audio → store it, trimmed, as an intermediate
-//! object → stitch the parts as a stream into one WAV with S3 multipart
-//! upload → write the timing marks beside it.
+//! The engine every job runs on, in stages: plan (a short text is a plan
+//! of one part) → synthesize the parts in parallel, each resumed from its
+//! own record → check each part's audio (the one quality gate) → store it →
+//! deliver: Segmind's file as served for a one-part job that asks for it
+//! ([`JobRun::deliver_as_served`]), else the parts stitched, rendered and
+//! uploaded as one stream ([`deliver`]).
 //!
-//! Paid once, part by part: a part's request id is checkpointed by the same
-//! spawned step that submits it, and its audio once stored; a redelivery
-//! finds every part where it was: stored parts are not fetched again,
-//! running ones are polled, only missing ones are submitted.
+//! Paid once, part by part: a part's request id is recorded by the same
+//! spawned step that submits it (after a `submitting_since` marker written
+//! before the POST), and its audio once stored; a redelivery finds every
+//! part where it was: stored parts are not fetched again, running ones are
+//! polled, only missing ones are submitted. Every record carries the plan's
+//! fingerprint: a record of another text or cut is never used.
 //!
 //! Fair across jobs: a job has at most one submission at a time (waiting
 //! for the rate budget or at Segmind), so every job with parts to submit
@@ -18,20 +21,25 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::Mutex;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, Span, info, info_span, warn};
 
+use super::jobs::{DeliveryLimit, JobEntry};
 use super::{JobError, Pipeline, save_part, save_stitched};
 use crate::align;
 use crate::audio::{Audio, AudioError, AudioFormat};
-use crate::checkpoint::{PartAudio, PartsCheckpoint, SentenceSpan, StitchedRecord};
+use crate::checkpoint::{
+    Loaded, MARKER_MARGIN, PartAudio, PartsCheckpoint, SentenceSpan, ServedRecord, StitchedRecord,
+};
 use crate::deliverable::Deliverable;
 use crate::failure::{self, ErrorCode};
 use crate::job::{Completed, Delivery, ObjectKey, Speech, StoredAudio, TtsJob};
 use crate::plan::Part;
 use crate::quality::Verdict;
+use crate::segmind::Submitted;
 use crate::stitch::{self, Layout, PcmFormat};
 
 mod deliver;
@@ -39,28 +47,48 @@ mod deliver;
 /// A part with less speech than this share of its audio is mostly silence.
 const MIN_VOICED_SHARE: f64 = 0.2;
 
-/// The shared state of one long job's delivery.
-struct LongJob<'a> {
+/// How often a part marked as being submitted elsewhere is read again.
+const MARKER_RECHECK: Duration = Duration::from_secs(1);
+
+/// One delivery of one job: what every stage reads (the job, its plan, its
+/// records) and what the delivery accumulates (calls, request ids).
+pub(super) struct JobRun<'a> {
     pipeline: &'a Pipeline,
     job: &'a TtsJob,
-    plan: &'a [Part],
+    attempt: u32,
+    limit: &'a DeliveryLimit,
+    /// This job's locks in the process (its submission turn).
+    entry: Arc<JobEntry>,
+    plan: Vec<Part>,
+    /// Segmind's file is delivered as served (a one-part plan asking for it).
+    as_served: bool,
+    /// The plan's records; shared with the spawned submission steps.
     checkpoint: Arc<Mutex<PartsCheckpoint>>,
-    /// One submission at a time per job (see the module's doc). The
-    /// spawned submission step holds it: whoever takes it next knows no
-    /// submission of this job is in flight.
-    submit_turn: Arc<Mutex<()>>,
     calls: AtomicU32,
+    /// The Segmind request this delivery last submitted or resumed (named
+    /// in a failure event).
+    last_request: std::sync::Mutex<Option<String>>,
     /// The voice key the speaking rate is learned under.
     voice: String,
 }
 
+/// What a submission turn found.
+enum Submission {
+    /// Submitted now: the request, when, and its deadline.
+    Sent(
+        Submitted,
+        chrono::DateTime<chrono::Utc>,
+        tokio::time::Instant,
+    ),
+    /// Another step recorded a request for the part meanwhile: resumed.
+    Found(String, chrono::DateTime<chrono::Utc>),
+    /// Another delivery stored the part meanwhile.
+    Stored,
+}
+
 /// A part's audio as a 16-bit PCM WAV file, whatever Segmind served: a WAV
 /// (or raw PCM) as is, an MP3 decoded (off the async threads).
-async fn as_wav(
-    bytes: bytes::Bytes,
-    content_type: Option<&str>,
-) -> Result<bytes::Bytes, AudioError> {
-    let audio = Audio::parse(bytes, content_type)?;
+async fn as_wav(audio: Audio) -> Result<bytes::Bytes, AudioError> {
     match audio.format {
         AudioFormat::Wav => Ok(audio.bytes),
         AudioFormat::Mp3 => {
@@ -96,70 +124,122 @@ struct SpeechSpan {
     frames: u64,
 }
 
-impl Pipeline {
-    /// Runs a job whose text was planned as several parts.
-    pub(super) async fn run_parts(
-        &self,
-        job: &TtsJob,
+impl<'a> JobRun<'a> {
+    pub(super) fn new(
+        pipeline: &'a Pipeline,
+        job: &'a TtsJob,
         attempt: u32,
-        plan: &[Part],
-        calls: &mut u32,
-    ) -> Result<Completed, JobError> {
-        let part_chars = self.long_text.part_chars;
-        let loaded =
-            Box::pin(
-                self.checkpoints
-                    .load_parts(&job.id, &job.speech, part_chars, plan.len()),
-            )
-            .await?;
-        if let Some(cp) = &loaded
-            && let Some(done) = Box::pin(self.replay_stitched(job, cp, attempt)).await?
-        {
-            return Ok(done);
-        }
-        let key = self.keys.key_for(job, job.deliverable.format.extension())?;
-        // Refused before anything is paid for.
-        Box::pin(self.check_owner(job, &key)).await?;
-        let checkpoint = match loaded {
-            Some(cp) => cp,
-            None => {
-                let cp = PartsCheckpoint::new(&job.id, &job.speech, part_chars, plan.len());
-                // Before anything is paid: a redelivery finds the plan its
-                // parts' records belong to.
-                Box::pin(self.checkpoints.save_plan(&job.id, &cp.plan)).await?;
-                cp
-            }
-        };
-        let long = LongJob {
-            pipeline: self,
+        limit: &'a DeliveryLimit,
+        entry: Arc<JobEntry>,
+    ) -> Self {
+        let part_chars = pipeline.long_text.part_chars;
+        let plan = crate::plan::plan(&job.speech.text, part_chars, job.speech.voice_2.is_some());
+        let as_served = plan.len() == 1 && job.deliverable.is_passthrough();
+        let checkpoint = PartsCheckpoint::new(&job.id, &job.speech, part_chars, &plan);
+        JobRun {
+            pipeline,
             job,
+            attempt,
+            limit,
+            entry,
             plan,
+            as_served,
             checkpoint: Arc::new(Mutex::new(checkpoint)),
-            submit_turn: Arc::new(Mutex::new(())),
             calls: AtomicU32::new(0),
+            last_request: std::sync::Mutex::new(None),
             voice: rate_key(&job.speech),
-        };
-        info!(
-            parts = plan.len(),
-            parallel = self.long_text.max_parallel_parts,
-            "long text: synthesizing its parts"
-        );
-        let result = Box::pin(long.run(&key, attempt)).await;
-        *calls += long.calls.load(Ordering::Relaxed);
-        result
+        }
     }
 
-    /// The completion of a long job whose stitched audio is already stored
-    /// and is still the object written then (size, job id and ETag).
-    async fn replay_stitched(
-        &self,
-        job: &TtsJob,
-        checkpoint: &PartsCheckpoint,
-        attempt: u32,
-    ) -> Result<Option<Completed>, JobError> {
-        let Some(stored) = &checkpoint.stored else {
+    /// Segmind calls this delivery made (retries included).
+    pub(super) fn calls(&self) -> u32 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// The Segmind request this delivery last submitted or resumed.
+    pub(super) fn last_request_id(&self) -> Option<String> {
+        self.last_request
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn note_request(&self, request_id: &str) {
+        Span::current().record("request_id", request_id);
+        *self.last_request.lock().unwrap_or_else(|e| e.into_inner()) = Some(request_id.to_owned());
+    }
+
+    /// The stages: plan → synthesize and check the parts → deliver.
+    pub(super) async fn execute(&self) -> Result<Completed, JobError> {
+        let pipeline = self.pipeline;
+        let job = self.job;
+        // Stage: the plan and its records.
+        let loaded = Box::pin(pipeline.checkpoints.load_plan(
+            &job.id,
+            &job.speech,
+            pipeline.long_text.part_chars,
+            &self.plan,
+        ))
+        .await?;
+        let stale = match loaded {
+            Loaded::Found(cp) => {
+                if let Some(done) = Box::pin(self.replay(&cp)).await? {
+                    return Ok(done);
+                }
+                *self.checkpoint.lock().await = cp;
+                None
+            }
+            Loaded::Fresh { stale } => Some(stale),
+        };
+        // Refused before anything is paid for.
+        let key = pipeline
+            .keys
+            .key_for(job, job.deliverable.format.extension())?;
+        Box::pin(pipeline.check_owner(job, &key)).await?;
+        if let Some(stale) = stale {
+            let cp = self.checkpoint.lock().await.clone();
+            Box::pin(
+                pipeline
+                    .checkpoints
+                    .start_plan(&job.id, &cp, stale.as_ref()),
+            )
+            .await?;
+        }
+        if self.plan.len() > 1 {
+            info!(
+                parts = self.plan.len(),
+                parallel = pipeline.long_text.max_parallel_parts,
+                "long text: synthesizing its parts"
+            );
+        }
+        // Stage: synthesize, check and store every part.
+        Box::pin(self.synthesize_parts()).await?;
+        let records: Vec<PartAudio> = {
+            let cp = self.checkpoint.lock().await;
+            cp.parts.iter().filter_map(|p| p.audio.clone()).collect()
+        };
+        if records.len() != self.plan.len() {
+            // Every part future ended well, so every part has its audio.
+            return Err(JobError::Interrupted(
+                "a part ended without its audio recorded".into(),
+            ));
+        }
+        // Stage: deliver.
+        if self.as_served {
+            Box::pin(self.deliver_as_served(&records)).await
+        } else {
+            Box::pin(self.deliver_rendered(&key, &records)).await
+        }
+    }
+
+    /// The completion of a job whose delivered audio is already stored: the
+    /// record is of this plan, rendered for the same options, at the key
+    /// asked now, and the object is still the one written then.
+    async fn replay(&self, cp: &PartsCheckpoint) -> Result<Option<Completed>, JobError> {
+        let Some(stored) = &cp.stored else {
             return Ok(None);
         };
+        let job = self.job;
         // Rendered for other options: another deliverable, rendered anew
         // (a record of an earlier version is Segmind's WAV as served).
         let rendered_for = stored
@@ -167,7 +247,19 @@ impl Pipeline {
             .clone()
             .unwrap_or_else(|| Deliverable::default().fingerprint());
         if rendered_for != job.deliverable.fingerprint() {
-            info!(stored = %rendered_for, asked = %job.deliverable.fingerprint(), "the stored audio was rendered for other options; rendering again");
+            info!(stored = %rendered_for, asked = %job.deliverable.fingerprint(), "the stored audio was rendered for other options; delivering again");
+            return Ok(None);
+        }
+        let content_type = stored
+            .content_type
+            .clone()
+            .unwrap_or_else(|| job.deliverable.format.content_type().to_owned());
+        let asked = self
+            .pipeline
+            .keys
+            .key_for(job, extension_of(&content_type, &job.deliverable))?;
+        if asked.as_str() != stored.key {
+            info!(stored = %stored.key, asked = %asked, "the stored audio is at another key than asked now; delivering again");
             return Ok(None);
         }
         // A multipart object has no `sha256` metadata: its ETag changes if
@@ -176,37 +268,37 @@ impl Pipeline {
             info.size_bytes == Some(stored.size_bytes)
                 && info.job_id.as_deref() == Some(job.id.as_str())
                 && (stored.etag.is_none() || info.etag == stored.etag)
+                && info
+                    .sha256
+                    .as_deref()
+                    .is_none_or(|sha| sha == stored.sha256)
         };
-        if !self.still_stored(&stored.key, intact).await? {
+        if !self.pipeline.still_stored(&stored.key, intact).await? {
             return Ok(None);
         }
-        let parts: Vec<&PartAudio> = checkpoint
-            .parts
-            .iter()
-            .filter_map(|p| p.audio.as_ref())
-            .collect();
+        let parts: Vec<&PartAudio> = cp.parts.iter().filter_map(|p| p.audio.as_ref()).collect();
         Ok(Some(completed(
             job,
             StoredAudio {
-                bucket: self.storage.bucket().to_owned(),
+                bucket: self.pipeline.storage.bucket().to_owned(),
                 key: stored.key.clone(),
-                content_type: job.deliverable.format.content_type().to_owned(),
+                content_type,
                 size_bytes: stored.size_bytes,
                 sha256: stored.sha256.clone(),
-                duration_seconds: Some(stored.duration_seconds),
+                duration_seconds: stored.duration_seconds,
             },
             &parts,
-            Some(stored.marks_key.clone()),
+            stored.marks_key.clone(),
             stored.delivery.clone().map(Box::new),
-            attempt,
+            self.attempt,
             true,
         )))
     }
-}
 
-impl LongJob<'_> {
-    async fn run(&self, key: &ObjectKey, attempt: u32) -> Result<Completed, JobError> {
-        // Stage: synthesize, check and store every part, a few at a time.
+    /// Synthesizes, checks and stores every part, a few at a time. The
+    /// first failure ends the stage, but not before the submission in
+    /// flight (its own task) has recorded its request id.
+    async fn synthesize_parts(&self) -> Result<(), JobError> {
         let mut parts = futures_util::stream::iter(0..self.plan.len())
             .map(|index| Box::pin(self.part(index)))
             .buffer_unordered(self.pipeline.long_text.max_parallel_parts);
@@ -219,95 +311,32 @@ impl LongJob<'_> {
         }
         drop(parts);
         if let Some(e) = failed {
-            // The first failure ends the delivery, but not before the
-            // submission in flight (its own task) has recorded its request
-            // id: the next delivery must find it, not pay for it again.
-            let _ = self.submit_turn.clone().lock_owned().await;
+            // The next delivery must find the request, not pay for it again.
+            let _ = self.entry.submit.clone().lock_owned().await;
             return Err(e);
         }
-        let records: Vec<PartAudio> = {
-            let cp = self.checkpoint.lock().await;
-            cp.parts.iter().filter_map(|p| p.audio.clone()).collect()
-        };
-        if records.len() != self.plan.len() {
-            // Every part future ended well, so every part has its audio.
-            return Err(JobError::Interrupted(
-                "a part ended without its audio recorded".into(),
-            ));
-        }
-        // Stage: stitch, render and store.
-        let layout = self.layout(&records)?;
-        self.pipeline.check_owner(self.job, key).await?;
-        let slot = self.pipeline.transfers.acquire().await.ok();
-        let rendered = Box::pin(self.render(key, &records, &layout)).await;
-        let rendered = match rendered {
-            Err(JobError::PartGone { index, detail }) => {
-                // Forget that part's audio: the next delivery produces it again.
-                let mut cp = self.checkpoint.lock().await;
-                cp.parts[index].audio = None;
-                save_part(
-                    &self.pipeline.checkpoints,
-                    &self.job.id,
-                    index,
-                    &cp.parts[index],
-                )
-                .await;
-                return Err(JobError::Interrupted(detail));
-            }
-            other => other?,
-        };
-        let marks_key = format!("{key}.marks.json");
-        let delivery = self
-            .write_marks_and_captions(key, &marks_key, &records, &layout, &rendered)
-            .await?;
-        drop(slot);
-        let stored = rendered.audio;
-        let seconds = rendered.delivered.duration_seconds;
-        self.pipeline
-            .metrics
-            .audio_bytes
-            .observe(stored.size_bytes as f64);
-        {
-            let mut cp = self.checkpoint.lock().await;
-            let record = StitchedRecord {
-                key: stored.key.clone(),
-                sha256: stored.sha256.clone(),
-                size_bytes: stored.size_bytes,
-                etag: rendered.etag,
-                duration_seconds: seconds,
-                marks_key: marks_key.clone(),
-                deliverable: Some(self.job.deliverable.fingerprint()),
-                delivery: Some(delivery.clone()),
-            };
-            save_stitched(&self.pipeline.checkpoints, &self.job.id, &record).await;
-            cp.stored = Some(record);
-        }
-        info!(key = %key, bytes = stored.size_bytes, parts = records.len(), seconds, format = %self.job.deliverable.format, lufs = ?delivery.loudness_lufs, "stitched, rendered and stored");
-        let refs: Vec<&PartAudio> = records.iter().collect();
-        Ok(completed(
-            self.job,
-            stored,
-            &refs,
-            Some(marks_key),
-            Some(Box::new(delivery)),
-            attempt,
-            false,
-        ))
+        Ok(())
+    }
+
+    /// Whether a stored part's audio serves this delivery: read back as PCM
+    /// for a rendered deliverable, or as it is for one delivered as served.
+    fn usable(&self, audio: &PartAudio) -> bool {
+        self.as_served || audio.stitchable()
     }
 
     /// One part to its stored audio: kept if already stored, resumed if
     /// submitted, else submitted; its audio checked (resubmitted when
-    /// unusable, within `jobs.audio_retries`) and stored trimmed.
+    /// unusable, within `jobs.audio_retries`) and stored.
     async fn part(&self, index: usize) -> Result<(), JobError> {
         let part = &self.plan[index];
         let span = info_span!("part", index, chars = part.text.chars().count());
         async move {
-            let (record, submitted_at) = {
+            let (record, request) = {
                 let cp = self.checkpoint.lock().await;
                 let r = &cp.parts[index];
                 (r.audio.clone(), r.request_id.clone().zip(r.submitted_at))
             };
-            if let Some(audio) = record {
+            if let Some(audio) = record.filter(|a| self.usable(a)) {
                 if self.pipeline.storage.head(&audio.key).await?.is_some() {
                     return Ok(());
                 }
@@ -318,79 +347,90 @@ impl LongJob<'_> {
                 ..self.job.speech.clone()
             };
             let chars = part.text.chars().count();
-            let mut resume = submitted_at.filter(|(_, at)| {
+            let mut resume = request.filter(|(_, at)| {
                 self.pipeline.checkpoints.resumable_since(*at, chrono::Utc::now())
             });
             let mut retries_left = self.pipeline.jobs.audio_retries;
             loop {
-                let deadline = tokio::time::Instant::now() + self.pipeline.job_deadline;
-                let (submitted, submitted_at, resumed) = match resume.take() {
+                let (submitted, submitted_at, resumed, deadline) = match resume.take() {
                     Some((request_id, at)) => {
                         info!(request_id = %request_id, "resuming the part's Segmind request");
                         self.pipeline.metrics.resumed.with_label_values(&["poll"]).inc();
-                        (self.pipeline.segmind.resume(&request_id), at, true)
+                        let deadline = tokio::time::Instant::now() + self.pipeline.job_deadline;
+                        (self.pipeline.segmind.resume(&request_id), at, true, deadline)
                     }
                     None => {
-                        if self.pipeline.handing_over() {
-                            return Err(JobError::HandedOver);
+                        if let Some(reason) = self.pipeline.must_hand_over(self.limit) {
+                            return Err(JobError::HandedOver(reason));
                         }
-                        let (s, at) = self.submit(index, &speech, deadline).await?;
-                        (s, at, false)
+                        match self.submit(index, &speech).await? {
+                            Submission::Sent(s, at, deadline) => (s, at, false, deadline),
+                            Submission::Found(request_id, at) => {
+                                resume = Some((request_id, at));
+                                continue;
+                            }
+                            Submission::Stored => return Ok(()),
+                        }
                     }
                 };
+                self.note_request(&submitted.request_id);
                 let mut calls = 0;
                 let fetched = Box::pin(self.pipeline.wait_and_fetch(
                     &submitted,
                     submitted_at,
                     chars,
                     deadline,
+                    self.limit,
                     &mut calls,
                 ))
                 .await;
                 self.calls.fetch_add(calls, Ordering::Relaxed);
                 let (synthesis, slot) = match fetched {
-                    Err(e)
-                        if resumed
-                            && failure::classify(&e, &self.pipeline.block_patterns).code
-                                == ErrorCode::Expired =>
-                    {
-                        info!("the part's resumed request has expired at Segmind; submitting again");
-                        continue;
+                    Err(JobError::HandedOver(reason)) => return Err(JobError::HandedOver(reason)),
+                    Err(e) => {
+                        let code = failure::classify(&e, &self.pipeline.block_patterns).code;
+                        if resumed && code == ErrorCode::Expired {
+                            info!("the part's resumed request has expired at Segmind; submitting again");
+                            continue;
+                        }
+                        if !code.keeps_paid_request() {
+                            // Its result is final: never resumed again.
+                            self.forget_request(index).await;
+                        }
+                        return Err(e);
                     }
-                    other => other?,
+                    Ok(fetched) => fetched,
                 };
                 if let Some(t) = synthesis.inference_time_seconds {
                     self.pipeline.metrics.inference_duration.observe(t);
                 }
-                let wav = as_wav(synthesis.audio.clone(), synthesis.content_type.as_deref()).await;
-                match wav.and_then(|wav| self.checked(wav, part)) {
-                    Ok((audio, speech)) => {
-                        let sentences = self.sentences(&audio, &speech, part).await;
-                        let key = self.pipeline.checkpoints.part_audio_key(&self.job.id, index);
-                        // The bytes move into the request: no copy is made.
-                        self.pipeline
-                            .storage
-                            .put_bytes(&key, audio, AudioFormat::Wav.content_type())
-                            .await?;
+                let checked = match Audio::parse(synthesis.audio.clone(), synthesis.content_type.as_deref()) {
+                    Ok(served) => as_wav(served.clone())
+                        .await
+                        .and_then(|wav| self.checked(wav, part))
+                        .map(|(wav, speech)| (served, wav, speech)),
+                    Err(e) => Err(e),
+                };
+                match checked {
+                    Ok((served, wav, speech)) => {
+                        let record = if self.as_served {
+                            self.store_as_served(served, &speech, &synthesis).await?
+                        } else {
+                            drop(served);
+                            self.store_part(index, wav, &speech, part, &synthesis).await?
+                        };
                         drop(slot);
                         let mut cp = self.checkpoint.lock().await;
-                        cp.parts[index].audio = Some(PartAudio {
-                            key,
-                            request_id: synthesis.request_id.clone(),
-                            data_offset: speech.data_offset,
-                            frames: speech.frames,
-                            sentences,
-                            sample_rate: speech.format.sample_rate,
-                            channels: speech.format.channels,
-                            inference_time_seconds: synthesis.inference_time_seconds,
-                            cost: synthesis.cost,
-                        });
+                        cp.parts[index].audio = Some(record);
                         save_part(&self.pipeline.checkpoints, &self.job.id, index, &cp.parts[index]).await;
                         return Ok(());
                     }
                     // Audio the worker cannot use whatever the take (a
-                    // format it does not stitch) is not paid for again.
-                    Err(e) if !worth_resubmitting(&e) => return Err(e.into()),
+                    // format it does not read) is not paid for again.
+                    Err(e) if !worth_resubmitting(&e) => {
+                        self.forget_request(index).await;
+                        return Err(e.into());
+                    }
                     Err(e) if retries_left > 0 => {
                         retries_left -= 1;
                         self.pipeline
@@ -400,7 +440,10 @@ impl LongJob<'_> {
                             .inc();
                         warn!(error = %e, request_id = %synthesis.request_id, "the part's audio is unusable; submitting the part again");
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => {
+                        self.forget_request(index).await;
+                        return Err(e.into());
+                    }
                 }
             }
         }
@@ -408,16 +451,112 @@ impl LongJob<'_> {
         .await
     }
 
-    /// Submits a part and records its request id, as one step that outlives
-    /// the job (see [`Pipeline::submit_and_checkpoint`]); one at a time per
-    /// job.
-    async fn submit(
+    /// Forgets part `index`'s request: its result is final (it failed, or
+    /// its audio is unusable), so no later delivery resumes it.
+    async fn forget_request(&self, index: usize) {
+        let mut cp = self.checkpoint.lock().await;
+        let record = &mut cp.parts[index];
+        if record.request_id.take().is_some() {
+            record.submitted_at = None;
+            save_part(&self.pipeline.checkpoints, &self.job.id, index, record).await;
+        }
+    }
+
+    /// Stores a part's checked audio (a WAV) as an intermediate object
+    /// named after its take, with where its sentences are.
+    async fn store_part(
         &self,
         index: usize,
-        speech: &Speech,
-        deadline: tokio::time::Instant,
-    ) -> Result<(crate::segmind::Submitted, chrono::DateTime<chrono::Utc>), JobError> {
-        let turn = self.submit_turn.clone().lock_owned().await;
+        audio: bytes::Bytes,
+        speech: &SpeechSpan,
+        part: &Part,
+        synthesis: &crate::segmind::Synthesis,
+    ) -> Result<PartAudio, JobError> {
+        let sentences = self.sentences(&audio, speech, part).await;
+        let key =
+            self.pipeline
+                .checkpoints
+                .part_audio_key(&self.job.id, index, &synthesis.request_id);
+        let started = std::time::Instant::now();
+        // The bytes move into the request: no copy is made.
+        self.pipeline
+            .storage
+            .put_bytes(&key, audio, AudioFormat::Wav.content_type())
+            .await?;
+        self.pipeline
+            .metrics
+            .s3_upload
+            .observe(started.elapsed().as_secs_f64());
+        Ok(PartAudio {
+            key,
+            request_id: synthesis.request_id.clone(),
+            data_offset: speech.data_offset,
+            frames: speech.frames,
+            sentences,
+            sample_rate: speech.format.sample_rate,
+            channels: speech.format.channels,
+            inference_time_seconds: synthesis.inference_time_seconds,
+            cost: synthesis.cost,
+            as_served: None,
+        })
+    }
+
+    /// Stores Segmind's file as served under the job's key: the part's
+    /// object is the delivered audio.
+    async fn store_as_served(
+        &self,
+        served: Audio,
+        speech: &SpeechSpan,
+        synthesis: &crate::segmind::Synthesis,
+    ) -> Result<PartAudio, JobError> {
+        let key = self
+            .pipeline
+            .keys
+            .key_for(self.job, served.format.extension())?;
+        let stored = self
+            .pipeline
+            .upload_exclusive(self.job, &key, served, &synthesis.request_id)
+            .await?;
+        info!(key = %key, bytes = stored.size_bytes, "audio stored as served");
+        Ok(PartAudio {
+            key: stored.key.clone(),
+            request_id: synthesis.request_id.clone(),
+            data_offset: speech.data_offset,
+            frames: speech.frames,
+            sentences: Vec::new(),
+            sample_rate: speech.format.sample_rate,
+            channels: speech.format.channels,
+            inference_time_seconds: synthesis.inference_time_seconds,
+            cost: synthesis.cost,
+            as_served: Some(ServedRecord {
+                content_type: stored.content_type.clone(),
+                sha256: stored.sha256.clone(),
+                size_bytes: stored.size_bytes,
+                duration_seconds: stored.duration_seconds,
+            }),
+        })
+    }
+
+    /// Takes the job's submission turn and submits part `index`, recording
+    /// its request id, as one step that outlives the delivery: it runs in
+    /// its own task, so a delivery dropped mid-way (its broker session was
+    /// lost, shutdown's grace ran out) still records a request Segmind
+    /// accepted, and the redelivery resumes it instead of paying again.
+    /// The part's deadline starts once the turn is granted.
+    async fn submit(&self, index: usize, speech: &Speech) -> Result<Submission, JobError> {
+        let (turn, contended) = match self.entry.submit.clone().try_lock_owned() {
+            Ok(turn) => (turn, false),
+            Err(_) => tokio::select! {
+                turn = self.entry.submit.clone().lock_owned() => (turn, true),
+                reason = self.pipeline.hand_over_requested(self.limit) => {
+                    return Err(JobError::HandedOver(reason));
+                }
+            },
+        };
+        if let Some(found) = self.recheck(index, contended).await? {
+            return Ok(found);
+        }
+        let deadline = tokio::time::Instant::now() + self.pipeline.job_deadline;
         let job_id = self.job.id.clone();
         let segmind = self.pipeline.segmind.clone();
         let checkpoints = self.pipeline.checkpoints.clone();
@@ -430,8 +569,13 @@ impl LongJob<'_> {
                 // The job's first submission starts it, like any new job;
                 // its further parts must not hold back the intake of others.
                 let started = {
-                    let cp = checkpoint.lock().await;
-                    cp.parts.iter().any(|p| p.request_id.is_some())
+                    let mut cp = checkpoint.lock().await;
+                    let started = cp.parts.iter().any(|p| p.request_id.is_some());
+                    // Before the POST: another replica finding this part
+                    // waits for its answer instead of paying again.
+                    cp.parts[index].submitting_since = Some(chrono::Utc::now());
+                    save_part(&checkpoints, &job_id, index, &cp.parts[index]).await;
+                    started
                 };
                 let submitted = if started {
                     segmind.submit_part(&speech, deadline, &mut calls).await
@@ -439,14 +583,15 @@ impl LongJob<'_> {
                     segmind.submit(&speech, deadline, &mut calls).await
                 };
                 let submitted_at = chrono::Utc::now();
+                let mut cp = checkpoint.lock().await;
+                let record = &mut cp.parts[index];
+                record.submitting_since = None;
                 if let Ok(s) = &submitted {
-                    let mut cp = checkpoint.lock().await;
-                    let record = &mut cp.parts[index];
                     record.request_id = Some(s.request_id.clone());
                     record.submitted_at = Some(submitted_at);
                     record.submissions += 1;
-                    save_part(&checkpoints, &job_id, index, record).await;
                 }
+                save_part(&checkpoints, &job_id, index, record).await;
                 (submitted.map(|s| (s, submitted_at)), calls)
             }
             .in_current_span(),
@@ -454,9 +599,77 @@ impl LongJob<'_> {
         match step.await {
             Ok((result, used)) => {
                 self.calls.fetch_add(used, Ordering::Relaxed);
-                Ok(result?)
+                let (submitted, at) = result?;
+                Ok(Submission::Sent(submitted, at, deadline))
             }
             Err(e) => Err(JobError::Interrupted(e.to_string())),
+        }
+    }
+
+    /// Before submitting part `index`: reads its record again when another
+    /// step may have written it since it was loaded (the turn was held by
+    /// another delivery's step, or the record says a submission is under
+    /// way, perhaps on another replica). A fresh `submitting_since` marker
+    /// is waited on until it resolves or ages out (the part's deadline plus
+    /// [`MARKER_MARGIN`]).
+    async fn recheck(&self, index: usize, contended: bool) -> Result<Option<Submission>, JobError> {
+        let bound = self.pipeline.job_deadline + MARKER_MARGIN;
+        let live = |since: Option<chrono::DateTime<chrono::Utc>>| {
+            since.is_some_and(|s| {
+                (chrono::Utc::now() - s)
+                    .to_std()
+                    .map_or(true, |age| age < bound)
+            })
+        };
+        let (mut known, mut marked) = {
+            let cp = self.checkpoint.lock().await;
+            let r = &cp.parts[index];
+            (r.request_id.clone(), live(r.submitting_since))
+        };
+        if !contended && !marked {
+            return Ok(None);
+        }
+        let fingerprint = self.checkpoint.lock().await.fingerprint().to_owned();
+        loop {
+            let fresh = self
+                .pipeline
+                .checkpoints
+                .load_part(&self.job.id, index, &fingerprint)
+                .await?;
+            let Some(fresh) = fresh else {
+                return Ok(None);
+            };
+            if fresh.audio.as_ref().is_some_and(|a| self.usable(a)) {
+                let mut cp = self.checkpoint.lock().await;
+                cp.parts[index] = fresh;
+                return Ok(Some(Submission::Stored));
+            }
+            if let Some((request_id, at)) = fresh.request_id.clone().zip(fresh.submitted_at)
+                && fresh.request_id != known
+                && self
+                    .pipeline
+                    .checkpoints
+                    .resumable_since(at, chrono::Utc::now())
+            {
+                info!(request_id = %request_id, "another step submitted this part meanwhile; resuming its request");
+                let mut cp = self.checkpoint.lock().await;
+                cp.parts[index] = fresh;
+                return Ok(Some(Submission::Found(request_id, at)));
+            }
+            if !live(fresh.submitting_since) {
+                return Ok(None);
+            }
+            if !marked {
+                info!("this part is being submitted elsewhere; waiting for its answer");
+            }
+            known = fresh.request_id.clone();
+            marked = true;
+            tokio::select! {
+                () = tokio::time::sleep(MARKER_RECHECK) => {}
+                reason = self.pipeline.hand_over_requested(self.limit) => {
+                    return Err(JobError::HandedOver(reason));
+                }
+            }
         }
     }
 
@@ -499,6 +712,15 @@ impl LongJob<'_> {
                 percent: ratio * 100.0,
             });
         }
+        // Caught before it is stored: a part the others cannot be joined to.
+        if let Some((rate, channels)) = self.stitch_format()
+            && (rate, channels) != (wav.format.sample_rate, wav.format.channels)
+        {
+            return Err(AudioError::MixedFormats {
+                first: format!("{rate} Hz × {channels}"),
+                other: format!("{} Hz × {}", wav.format.sample_rate, wav.format.channels),
+            });
+        }
         let span = SpeechSpan {
             format: wav.format,
             data_offset: wav.data.start as u64 + speech.kept.start * wav.format.frame_bytes(),
@@ -531,6 +753,166 @@ impl LongJob<'_> {
         .await
         .unwrap_or_default()
     }
+
+    /// The format the stored parts share (a rendered job's parts are joined
+    /// into one stream); none before the first is stored.
+    fn stitch_format(&self) -> Option<(u32, u16)> {
+        if self.as_served {
+            return None;
+        }
+        let cp = self.checkpoint.try_lock().ok()?;
+        cp.parts
+            .iter()
+            .filter_map(|p| p.audio.as_ref())
+            .find(|a| a.stitchable())
+            .map(|a| (a.sample_rate, a.channels))
+    }
+
+    /// Delivers the one part of a job as Segmind served it: stored under
+    /// the job's key by the part stage, or (a changed `output_key`, a part
+    /// stored for another deliverable) copied there now.
+    async fn deliver_as_served(&self, records: &[PartAudio]) -> Result<Completed, JobError> {
+        let part = &records[0];
+        let pipeline = self.pipeline;
+        let in_place = part.as_served.as_ref().filter(|s| {
+            pipeline
+                .keys
+                .key_for(
+                    self.job,
+                    extension_of(&s.content_type, &self.job.deliverable),
+                )
+                .is_ok_and(|k| k.as_str() == part.key)
+        });
+        let stored = match in_place {
+            Some(s) => StoredAudio {
+                bucket: pipeline.storage.bucket().to_owned(),
+                key: part.key.clone(),
+                content_type: s.content_type.clone(),
+                size_bytes: s.size_bytes,
+                sha256: s.sha256.clone(),
+                duration_seconds: s.duration_seconds,
+            },
+            None => {
+                let _slot = pipeline.transfers.acquire().await.ok();
+                let object = pipeline.storage.get(&part.key).await?;
+                let audio = Audio::parse(object.bytes, None)?;
+                let key = pipeline.keys.key_for(self.job, audio.format.extension())?;
+                info!(from = %part.key, to = %key, "delivering the stored take under the key asked now");
+                pipeline
+                    .upload_exclusive(self.job, &key, audio, &part.request_id)
+                    .await?
+            }
+        };
+        pipeline
+            .metrics
+            .audio_bytes
+            .observe(stored.size_bytes as f64);
+        let record = StitchedRecord {
+            plan: Some(self.checkpoint.lock().await.fingerprint().to_owned()),
+            key: stored.key.clone(),
+            sha256: stored.sha256.clone(),
+            size_bytes: stored.size_bytes,
+            etag: None,
+            duration_seconds: stored.duration_seconds,
+            marks_key: None,
+            content_type: Some(stored.content_type.clone()),
+            deliverable: Some(self.job.deliverable.fingerprint()),
+            delivery: None,
+        };
+        save_stitched(&pipeline.checkpoints, &self.job.id, &record).await;
+        self.checkpoint.lock().await.stored = Some(record);
+        Ok(completed(
+            self.job,
+            stored,
+            &[part],
+            None,
+            None,
+            self.attempt,
+            false,
+        ))
+    }
+
+    /// Stitches, renders and stores the parts under `key` in a render slot
+    /// (`jobs.max_renders`), then writes the marks and captions beside it.
+    async fn deliver_rendered(
+        &self,
+        key: &ObjectKey,
+        records: &[PartAudio],
+    ) -> Result<Completed, JobError> {
+        let pipeline = self.pipeline;
+        let layout = self.layout(records)?;
+        pipeline.check_owner(self.job, key).await?;
+        let slot = pipeline.renders.acquire().await.ok();
+        let started = std::time::Instant::now();
+        let rendered = Box::pin(self.render(key, records, &layout)).await;
+        let rendered = match rendered {
+            Err(JobError::PartGone { index, detail }) => {
+                // Forget that part's audio: the next delivery produces it again.
+                let mut cp = self.checkpoint.lock().await;
+                cp.parts[index].audio = None;
+                save_part(&pipeline.checkpoints, &self.job.id, index, &cp.parts[index]).await;
+                return Err(JobError::Interrupted(detail));
+            }
+            other => other?,
+        };
+        pipeline
+            .metrics
+            .s3_upload
+            .observe(started.elapsed().as_secs_f64());
+        let marks_key = format!("{key}.marks.json");
+        let delivery = self
+            .write_marks_and_captions(key, &marks_key, records, &layout, &rendered)
+            .await?;
+        drop(slot);
+        let stored = rendered.audio;
+        let seconds = rendered.delivered.duration_seconds;
+        pipeline
+            .metrics
+            .audio_bytes
+            .observe(stored.size_bytes as f64);
+        {
+            let mut cp = self.checkpoint.lock().await;
+            let record = StitchedRecord {
+                plan: Some(cp.fingerprint().to_owned()),
+                key: stored.key.clone(),
+                sha256: stored.sha256.clone(),
+                size_bytes: stored.size_bytes,
+                etag: rendered.etag,
+                duration_seconds: Some(seconds),
+                marks_key: Some(marks_key.clone()),
+                content_type: Some(stored.content_type.clone()),
+                deliverable: Some(self.job.deliverable.fingerprint()),
+                delivery: Some(delivery.clone()),
+            };
+            save_stitched(&pipeline.checkpoints, &self.job.id, &record).await;
+            cp.stored = Some(record);
+        }
+        info!(key = %key, bytes = stored.size_bytes, parts = records.len(), seconds, format = %self.job.deliverable.format, lufs = ?delivery.loudness_lufs, "stitched, rendered and stored");
+        let refs: Vec<&PartAudio> = records.iter().collect();
+        Ok(completed(
+            self.job,
+            stored,
+            &refs,
+            Some(marks_key),
+            Some(Box::new(delivery)),
+            self.attempt,
+            false,
+        ))
+    }
+}
+
+/// The extension of a delivered object of `content_type` (Segmind's WAV or
+/// MP3 as served), else the deliverable's.
+fn extension_of(content_type: &str, deliverable: &Deliverable) -> &'static str {
+    [
+        AudioFormat::Wav,
+        AudioFormat::Mp3,
+        AudioFormat::Ogg,
+        AudioFormat::Flac,
+    ]
+    .into_iter()
+    .find(|f| f.content_type() == content_type)
+    .map_or(deliverable.format.extension(), AudioFormat::extension)
 }
 
 /// Where each sentence of the text's `chars` is in a part's speech (`pcm`,
@@ -565,7 +947,7 @@ fn sentence_spans(
         .collect()
 }
 
-impl LongJob<'_> {
+impl JobRun<'_> {
     /// Where each part goes in the stitched programme; the parts must share
     /// one mono 16-bit PCM format (Gemini's).
     fn layout(&self, records: &[PartAudio]) -> Result<Layout, JobError> {
@@ -596,7 +978,7 @@ impl LongJob<'_> {
         }
         let shape: Vec<(u64, crate::plan::Join)> = records
             .iter()
-            .zip(self.plan)
+            .zip(&self.plan)
             .map(|(r, p)| (r.frames, p.join))
             .collect();
         Ok(stitch::layout(format, &shape))
@@ -629,7 +1011,7 @@ fn worth_resubmitting(e: &AudioError) -> bool {
     )
 }
 
-/// A long job's completion from its parts' records.
+/// A job's completion from its parts' records.
 fn completed(
     job: &TtsJob,
     audio: StoredAudio,

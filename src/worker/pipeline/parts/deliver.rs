@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::info;
 
-use super::LongJob;
+use super::JobRun;
 use crate::captions;
 use crate::checkpoint::PartAudio;
 use crate::deliverable::{CaptionFormat, SOURCE_RATE};
@@ -46,7 +46,7 @@ pub(super) struct Rendered {
     pub delay_frames: u64,
 }
 
-impl LongJob<'_> {
+impl JobRun<'_> {
     /// Renders the stitched parts into the deliverable and uploads it under
     /// `key`, its SHA-256 computed on the way.
     pub(super) async fn render(
@@ -165,8 +165,11 @@ impl LongJob<'_> {
             chars[s.min(e)..e].iter().collect::<String>()
         };
         let mut sentences = Vec::new();
-        for (((index, record), placed), part) in
-            records.iter().enumerate().zip(&layout.parts).zip(self.plan)
+        for (((index, record), placed), part) in records
+            .iter()
+            .enumerate()
+            .zip(&layout.parts)
+            .zip(&self.plan)
         {
             if record.sentences.is_empty() {
                 // A part recorded by an earlier version: one span.
