@@ -184,6 +184,7 @@ impl Application {
                 warn!(error = %e, "operations endpoint stopped");
             }
         });
+        let sweeper = tokio::spawn(sweep_parts(pipeline.clone()));
         let amqp = &settings.amqp;
         info!(%ops_addr, queue = %amqp.requests_queue, max_in_flight = amqp.max_in_flight, "tts-worker running");
         let runner = Runner {
@@ -194,6 +195,7 @@ impl Application {
         };
         runner.run(session, stop_rx).await;
         ops_task.abort();
+        sweeper.abort();
         info!("tts-worker stopped");
         Ok(())
     }
@@ -268,6 +270,35 @@ impl Runner {
                     }
                 }
             };
+        }
+    }
+}
+
+/// How often a replica deletes the part objects failed jobs left once their
+/// resume window has passed: none outlives the window by more than this.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30 * 60);
+
+/// Sweeps the part objects failed jobs left (`Checkpoints::sweep_parts`): every
+/// [`SWEEP_INTERVAL`], the first time at a jittered point of it so that a
+/// fleet does not list the bucket in lockstep.
+async fn sweep_parts(pipeline: Arc<Pipeline>) {
+    let first = crate::worker::pause::jittered(SWEEP_INTERVAL / 2, &mut rand::rng());
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + first, SWEEP_INTERVAL);
+    loop {
+        tick.tick().await;
+        let swept = pipeline
+            .checkpoints
+            .sweep_parts(pipeline.jobs.resume_window, chrono::Utc::now())
+            .await;
+        match swept {
+            Ok(0) => {}
+            Ok(deleted) => info!(
+                deleted,
+                "deleted part objects left past their resume window"
+            ),
+            Err(e) => {
+                warn!(error = %e, "could not sweep old part objects; the next sweep tries again")
+            }
         }
     }
 }

@@ -703,6 +703,27 @@ impl Checkpoints {
         Ok(())
     }
 
+    /// Deletes the part objects (audio, not records) written more than
+    /// `age` ago: what failed jobs leave for a resend, once their resume
+    /// window has passed. Returns how many were deleted.
+    pub async fn sweep_parts(
+        &self,
+        age: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<usize, StorageError> {
+        let mut deleted = 0;
+        for (key, modified) in self.storage.list(&self.parts_prefix).await? {
+            let old = modified
+                .and_then(|m| (now - m).to_std().ok())
+                .is_some_and(|a| a > age);
+            if key.ends_with(".wav") && old {
+                self.storage.delete(&key).await?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Whether the checkpoint's Segmind result may still exist.
     pub fn resumable(&self, checkpoint: &Checkpoint, now: DateTime<Utc>) -> bool {
         self.resumable_since(checkpoint.submitted_at, now)

@@ -36,7 +36,10 @@ const WINDOW: usize = 63;
 /// real ones arrive).
 const PRIOR_WEIGHT: usize = 5;
 
-/// Parts this short say little about a voice's rate (a pause dominates).
+/// Parts this short say little about a voice's rate (a pause, a breath or
+/// a leading silence dominates so short a take): they are neither learned
+/// from nor judged by it (the voiced-share check still catches an empty or
+/// silent take).
 const MIN_CHARS_TO_LEARN: usize = 40;
 
 /// What the gate says of a part's audio.
@@ -80,7 +83,7 @@ impl SpeakingRate {
     }
 
     fn verdict(&self, voice: &str, chars: usize, seconds: f64) -> Verdict {
-        if chars == 0 {
+        if chars < MIN_CHARS_TO_LEARN {
             return Verdict::Plausible;
         }
         let expected = chars as f64 * self.seconds_per_char(voice);
@@ -124,6 +127,17 @@ mod tests {
     use super::*;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn a_text_too_short_to_time_is_not_judged_by_its_rate() {
+        let rate = SpeakingRate::new();
+        // "Hi there!": 9 characters, a 0.2 s take after a long breath.
+        assert_eq!(rate.judge("Kore", 9, 0.2), Verdict::Plausible);
+        assert!(matches!(
+            rate.judge("Kore", MIN_CHARS_TO_LEARN, 0.2),
+            Verdict::Truncated { .. }
+        ));
+    }
 
     #[test]
     fn an_empty_or_cut_part_is_truncated_a_normal_one_is_not() {

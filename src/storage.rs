@@ -367,6 +367,43 @@ impl Storage {
             .map_err(|e| storage_error("delete", self.object(key), e))
     }
 
+    /// The keys under `prefix` with when each was last written, page by
+    /// page (ListObjectsV2).
+    pub async fn list(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, Option<chrono::DateTime<chrono::Utc>>)>, StorageError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = {
+                let _slot = self.slot().await;
+                self.client
+                    .list_objects_v2()
+                    .bucket(&self.bucket)
+                    .prefix(prefix)
+                    .set_continuation_token(token.take())
+                    .send()
+                    .boxed()
+                    .await
+                    .map_err(|e| {
+                        storage_error("list", format!("s3 prefix {}/{prefix}", self.bucket), e)
+                    })?
+            };
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                let modified = object
+                    .last_modified()
+                    .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()));
+                out.push((key.to_owned(), modified));
+            }
+            match page.next_continuation_token() {
+                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_owned()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
     /// An object's size and the checksum and job id it was stored with,
     /// without reading it; `None` when missing.
     pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {

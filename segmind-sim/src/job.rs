@@ -202,7 +202,9 @@ pub(crate) fn new_job(
             "Content blocked: the input was flagged by RAI safety filters (PROHIBITED_CONTENT)"
                 .into(),
         )
-    } else if text.contains("[[sim:fail]]") {
+    } else if text.contains("[[sim:fail]]")
+        || (text.contains("[[sim:fail-once]]") && first_of_its_text)
+    {
         Fate::Fail(
             "Inference failed: the model returned no candidates (finishReason: OTHER)".into(),
         )

@@ -15,7 +15,8 @@
 //!   CDN), or a data URI / bare base64 when so configured.
 //!
 //! Markers in the text trigger outcomes (they are not spoken):
-//! `[[sim:rai]]` a content/RAI block, `[[sim:fail]]` an inference failure,
+//! `[[sim:rai]]` a content/RAI block, `[[sim:fail]]` an inference failure
+//! (`[[sim:fail-once]]`: only on the first submission of that text),
 //! `[[sim:empty]]` a COMPLETED job with empty audio, `[[sim:truncated]]` one
 //! with only the first word of audio (`[[sim:truncated-once]]`: only on the
 //! first submission of that text), `[[sim:latency=S]]` a job taking S seconds,

@@ -165,6 +165,24 @@ fn invalid_values_name_the_key() {
         ),
         ("TTS__SEGMIND__POLL_MAX", "0.5", "segmind.poll_max"),
         ("TTS__JOBS__MAX_TRANSFERS", "0", "jobs.max_transfers"),
+        ("TTS__JOBS__MAX_RENDERS", "0", "jobs.max_renders"),
+        (
+            "TTS__JOBS__DELIVERY_LIFETIME",
+            "0",
+            "jobs.delivery_lifetime",
+        ),
+        ("TTS__AMQP__CONSUMER_TIMEOUT", "0", "amqp.consumer_timeout"),
+        // Not below the broker's consumer timeout (1800 s by default).
+        (
+            "TTS__JOBS__DELIVERY_LIFETIME",
+            "1800",
+            "jobs.delivery_lifetime",
+        ),
+        (
+            "TTS__AMQP__CONSUMER_TIMEOUT",
+            "900",
+            "jobs.delivery_lifetime",
+        ),
         (
             "TTS__S3__MAX_CONCURRENT_REQUESTS",
             "0",
@@ -196,6 +214,24 @@ fn under_a_rate_limit_a_replica_holds_about_what_its_budget_can_start() {
     )
     .unwrap();
     assert_eq!(small.prefetch(), 100, "max_in_flight still bounds it");
+}
+
+#[test]
+fn a_delivery_lives_below_the_brokers_consumer_timeout() {
+    let s = Settings::load_from(None, &[]).unwrap();
+    assert_eq!(s.jobs.delivery_lifetime, Duration::from_secs(1500));
+    assert_eq!(s.amqp.consumer_timeout, Duration::from_secs(1800));
+    assert_eq!(s.jobs.max_renders, 4);
+    // A queue with a 60 s consumer-timeout policy: a lifetime under it.
+    let short = Settings::load_from(
+        None,
+        &env(&[
+            ("TTS__AMQP__CONSUMER_TIMEOUT", "60"),
+            ("TTS__JOBS__DELIVERY_LIFETIME", "45"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(short.jobs.delivery_lifetime, Duration::from_secs(45));
 }
 
 #[test]

@@ -120,9 +120,6 @@ pub enum HandOverReason {
     /// The broker cancelled the consumer that holds the delivery (RabbitMQ
     /// 4.3+'s consumer timeout sends `basic.cancel`).
     ConsumerCancelled,
-    /// Another delivery of the same job is being worked on (in this process
-    /// or under the job's lease elsewhere): this one waits in the queue.
-    Busy,
 }
 
 impl HandOverReason {
@@ -134,7 +131,6 @@ impl HandOverReason {
             HandOverReason::NewerVersion => "newer_version",
             HandOverReason::Lifetime => "lifetime",
             HandOverReason::ConsumerCancelled => "consumer_cancelled",
-            HandOverReason::Busy => "busy",
         }
     }
 }

@@ -599,3 +599,12 @@ impl TestApp {
         let _ = self.connection.close(200, "test done".into()).await;
     }
 }
+
+/// Runs `rabbitmqctl` of the broker under test with `args`; whether it
+/// succeeded (a policy key an older broker does not know is refused).
+pub fn rabbitmqctl(args: &[&str]) -> bool {
+    crate::common::rabbitmqctl()
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}

@@ -14,7 +14,7 @@ use crate::helpers::{TestApp, spawn_app_with, wait_for};
 
 /// Paragraphs of plain prose, each starting with its number so the
 /// simulator's per-text counts tell the parts apart.
-fn narration(paragraphs: usize, chars_each: usize) -> String {
+pub(crate) fn narration(paragraphs: usize, chars_each: usize) -> String {
     let sentence = "The river bends past the old mill, and the light turns gold over the fields. ";
     (0..paragraphs)
         .map(|i| {

@@ -14,6 +14,7 @@ mod helpers;
 mod image;
 mod long_text;
 mod observability;
+mod one_engine;
 mod pipeline;
 mod recovery;
 mod resilience;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tts_worker::checkpoint::{self, Checkpoint, Checkpoints};
+use tts_worker::checkpoint::{self, Checkpoint, Checkpoints, Loaded, PartsCheckpoint};
 use tts_worker::job::{JobId, Speech, Voice};
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with, wait_for};
@@ -28,7 +28,23 @@ fn checkpoints(app: &TestApp) -> Checkpoints {
     )
 }
 
-/// Submits straight to the simulator, as a worker that died right after its
+/// The records of a one-part job's plan, if any.
+async fn plan_of(app: &TestApp, job_id: &str, text: &str) -> Option<PartsCheckpoint> {
+    let part_chars = app.settings.long_text.part_chars;
+    let plan = tts_worker::plan::plan(text, part_chars, false);
+    let id = JobId::parse(job_id, 64).unwrap();
+    match checkpoints(app)
+        .load_plan(&id, &speech(text), part_chars, &plan)
+        .await
+        .unwrap()
+    {
+        Loaded::Found(cp) => Some(cp),
+        Loaded::Fresh { .. } => None,
+    }
+}
+
+/// Submits straight to the simulator, as a worker of the previous release
+/// that died right after its
 /// checkpoint would have, and writes that checkpoint.
 async fn submitted_by_a_dead_worker(app: &TestApp, job_id: &str, text: &str) -> String {
     let submitted: Value = reqwest::Client::new()
@@ -73,17 +89,17 @@ async fn a_redelivered_job_resumes_its_segmind_request_instead_of_paying_again()
         data.segmind.request_id, request_id,
         "the earlier request was resumed"
     );
-    let after = checkpoints(&app)
-        .load(&job_id, &speech("already paid for"))
+    // The previous release's checkpoint was read as a one-part plan.
+    let after = plan_of(&app, "resume-1", "already paid for")
         .await
-        .unwrap()
-        .unwrap();
+        .expect("the job's plan is recorded");
     assert!(
         after.stored.is_some(),
         "the checkpoint records the stored audio"
     );
     assert_eq!(
-        after.submitted_at, before.submitted_at,
+        after.parts[0].submitted_at,
+        Some(before.submitted_at),
         "the resume window still counts from the original submission"
     );
     assert_eq!(app.sim.stats().submits_accepted, 1, "no second submission");
@@ -322,12 +338,10 @@ async fn shutdown_hands_waiting_jobs_over_uncounted_and_the_next_worker_resumes_
     let text = "a long one [[sim:latency=4]]";
     app.publish_json(json!({"text": text, "job_id": "long-1"}))
         .await;
-    let job_id = JobId::parse("long-1", 64).unwrap();
     let checkpointed = || async {
-        checkpoints(&app)
-            .load(&job_id, &speech(text))
+        plan_of(&app, "long-1", text)
             .await
-            .is_ok_and(|c| c.is_some())
+            .is_some_and(|cp| cp.parts[0].request_id.is_some())
     };
     wait_for("the checkpoint", Duration::from_secs(10), checkpointed).await;
     app.stop_worker().await;

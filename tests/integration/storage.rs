@@ -83,13 +83,9 @@ async fn a_missing_bucket_pauses_consumption_until_it_exists() {
     // Leave no bucket behind.
     let key = done.audio.key.clone();
     app.storage.delete(&key).await.unwrap();
-    app.storage
-        .delete(&format!(
-            "{}_checkpoints/nobucket-1.json",
-            app.settings.s3.prefix
-        ))
-        .await
-        .unwrap();
+    for (key, _) in app.storage.list(&app.settings.s3.prefix).await.unwrap() {
+        app.storage.delete(&key).await.unwrap();
+    }
     assert_eq!(app.stop().await, 0);
     garage(&["bucket", "delete", "--yes", &bucket]);
 }

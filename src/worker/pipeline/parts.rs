@@ -70,6 +70,8 @@ pub(super) struct JobRun<'a> {
     last_request: std::sync::Mutex<Option<String>>,
     /// The voice key the speaking rate is learned under.
     voice: String,
+    /// The delivery's `job` span (its `request_id` field is set here).
+    span: Span,
 }
 
 /// What a submission turn found.
@@ -148,6 +150,7 @@ impl<'a> JobRun<'a> {
             calls: AtomicU32::new(0),
             last_request: std::sync::Mutex::new(None),
             voice: rate_key(&job.speech),
+            span: Span::current(),
         }
     }
 
@@ -165,7 +168,7 @@ impl<'a> JobRun<'a> {
     }
 
     fn note_request(&self, request_id: &str) {
-        Span::current().record("request_id", request_id);
+        self.span.record("request_id", request_id);
         *self.last_request.lock().unwrap_or_else(|e| e.into_inner()) = Some(request_id.to_owned());
     }
 
@@ -295,27 +298,40 @@ impl<'a> JobRun<'a> {
         )))
     }
 
-    /// Synthesizes, checks and stores every part, a few at a time. The
-    /// first failure ends the stage, but not before the submission in
-    /// flight (its own task) has recorded its request id.
+    /// Synthesizes, checks and stores every part, a few at a time. A part
+    /// that fails in a way a resend may not ([`finish_the_others`]) lets the
+    /// other parts finish, so that a resend pays only for it; any other
+    /// failure ends the stage at once (the next delivery resumes every
+    /// part), but not before the submission in flight (its own task) has
+    /// recorded its request id.
     async fn synthesize_parts(&self) -> Result<(), JobError> {
         let mut parts = futures_util::stream::iter(0..self.plan.len())
             .map(|index| Box::pin(self.part(index)))
             .buffer_unordered(self.pipeline.long_text.max_parallel_parts);
-        let mut failed = None;
+        let mut failed: Option<JobError> = None;
         while let Some(done) = parts.next().await {
-            if let Err(e) = done {
+            let Err(e) = done else { continue };
+            let go_on = !matches!(e, JobError::HandedOver(_))
+                && finish_the_others(&failure::classify(&e, &self.pipeline.block_patterns));
+            if failed.is_none() {
                 failed = Some(e);
+            }
+            if !go_on {
                 break;
             }
+            info!(
+                "a part failed for good; the other parts finish so that a resend pays only for it"
+            );
         }
         drop(parts);
-        if let Some(e) = failed {
-            // The next delivery must find the request, not pay for it again.
-            let _ = self.entry.submit.clone().lock_owned().await;
-            return Err(e);
+        match failed {
+            Some(e) => {
+                // The next delivery must find the request, not pay for it again.
+                let _ = self.entry.submit.clone().lock_owned().await;
+                Err(e)
+            }
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Whether a stored part's audio serves this delivery: read back as PCM
@@ -337,10 +353,11 @@ impl<'a> JobRun<'a> {
                 (r.audio.clone(), r.request_id.clone().zip(r.submitted_at))
             };
             if let Some(audio) = record.filter(|a| self.usable(a)) {
-                if self.pipeline.storage.head(&audio.key).await?.is_some() {
+                let info = self.pipeline.storage.head(&audio.key).await?;
+                if info.as_ref().is_some_and(|info| still_the_take(&audio, info)) {
                     return Ok(());
                 }
-                warn!(key = %audio.key, "a stored part is missing; producing it again");
+                warn!(key = %audio.key, "a stored part is missing or replaced; producing it again");
             }
             let speech = Speech {
                 text: part.text.clone(),
@@ -557,6 +574,9 @@ impl<'a> JobRun<'a> {
             return Ok(found);
         }
         let deadline = tokio::time::Instant::now() + self.pipeline.job_deadline;
+        // The step keeps the job's entry alive: a redelivery in this process
+        // finds the same turn, held, and waits for it.
+        let entry = self.entry.clone();
         let job_id = self.job.id.clone();
         let segmind = self.pipeline.segmind.clone();
         let checkpoints = self.pipeline.checkpoints.clone();
@@ -564,7 +584,7 @@ impl<'a> JobRun<'a> {
         let speech = speech.clone();
         let step = tokio::spawn(
             async move {
-                let _turn = turn;
+                let _held = (entry, turn);
                 let mut calls = 0;
                 // The job's first submission starts it, like any new job;
                 // its further parts must not hold back the intake of others.
@@ -997,6 +1017,27 @@ fn rate_key(speech: &Speech) -> String {
         key = format!("{key}|{}", style.to_lowercase());
     }
     key
+}
+
+/// Whether the object `info` describes is still the take `audio` records:
+/// a part delivered as served has the checksum and size recorded (anyone
+/// may overwrite a producer's key); an intermediate part is the worker's own
+/// (a shortened one is caught when it is read back).
+fn still_the_take(audio: &PartAudio, info: &crate::storage::ObjectInfo) -> bool {
+    audio.as_served.as_ref().is_none_or(|served| {
+        info.sha256.as_deref() == Some(served.sha256.as_str())
+            && info.size_bytes == Some(served.size_bytes)
+    })
+}
+
+/// Whether the other parts of a job go on after one part failed with
+/// `failure`: when the job will fail but the producer may resend it
+/// (`inference_failed`, `audio_invalid`), the others are stored for that
+/// resend; a failure of the request itself (`content_blocked`: the resend
+/// carries another text, another plan) or one a later delivery retries
+/// anyway (transient, account-level) stops them. Pure.
+fn finish_the_others(failure: &failure::Failure) -> bool {
+    failure.class == failure::Class::Permanent && failure.retryable()
 }
 
 /// Whether another take of a part may give usable audio: Gemini's empty,

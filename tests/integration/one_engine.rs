@@ -1,0 +1,414 @@
+//! One engine for every job (issue 22): records bound to their plan, paid
+//! parts kept across a failure, one delivery of a job at a time, no
+//! orphaned submission, one quality gate for short jobs too, a delivery
+//! lifetime below the broker's consumer timeout, and checkpoints written by
+//! the previous release resumed without paying again.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use segmind_sim::model::{self, OUTPUT_CAP, SpeechModel};
+use serde_json::json;
+use tts_worker::checkpoint::{PartRecord, PlanRecord};
+use tts_worker::failure::ErrorCode;
+use tts_worker::job::{Completed, Outcome};
+use tts_worker::worker::{JobEnd, Pipeline};
+
+use crate::helpers::{spawn_app_with, wait_for};
+use crate::long_text::{long_text_app, narration};
+use crate::worker_pipeline::{attempt, job, pipeline_with};
+
+/// A pipeline (no broker) on a simulator that speaks at a realistic rate,
+/// texts cut into parts of `part_chars`.
+async fn engine(
+    part_chars: usize,
+    sim: impl FnOnce(&mut segmind_sim::SimConfig),
+) -> (Arc<Pipeline>, segmind_sim::SimHandle) {
+    let (pipeline, handle) = pipeline_with(
+        |c| {
+            c.speech = SpeechModel::Realistic { cap: OUTPUT_CAP };
+            sim(c);
+        },
+        |s| {
+            s.long_text.part_chars = part_chars;
+            s.long_text.max_parallel_parts = 2;
+        },
+    )
+    .await;
+    (Arc::new(pipeline), handle)
+}
+
+fn completed(end: JobEnd) -> Completed {
+    match end {
+        JobEnd::Finished(o) => match *o {
+            Outcome::Completed(c) => c,
+            Outcome::Failed(f) => panic!("failed: {:?}", f.failure),
+        },
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Paragraphs of prose tagged `tag` (so each text's parts differ).
+fn tagged(tag: &str, paragraphs: usize, chars_each: usize) -> String {
+    narration(paragraphs, chars_each).replace("Paragraph", &format!("{tag} paragraph"))
+}
+
+/// Submissions Segmind accepted for texts containing `needle`, by text.
+fn paid_for(sim: &segmind_sim::SimHandle, needle: &str) -> Vec<u32> {
+    sim.stats()
+        .submits_by_text
+        .iter()
+        .filter(|(text, _)| text.contains(needle))
+        .map(|(_, n)| *n)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_job_resent_with_new_text_and_killed_mid_way_delivers_the_new_texts_audio() {
+    let (pipeline, sim) = engine(1_000, |_| {}).await;
+    let a = tagged("Alpha", 2, 900);
+    let body_a = json!({"text": a, "job_id": "resent-1"}).to_string();
+    let first = completed(pipeline.run(&job(&body_a), attempt(1)).await);
+    assert_eq!(first.parts, 2);
+
+    // The producer corrects the text and resends under the same job id;
+    // the delivery dies once some of its parts are paid for.
+    let b = tagged("Bravo", 5, 900);
+    let body_b = json!({"text": b, "job_id": "resent-1"}).to_string();
+    let running = {
+        let (pipeline, body) = (pipeline.clone(), body_b.clone());
+        tokio::spawn(async move { pipeline.run(&job(&body), attempt(1)).await })
+    };
+    wait_for(
+        "two of the new text's parts to be paid",
+        Duration::from_secs(20),
+        || {
+            let paid = paid_for(&sim, "Bravo").len();
+            async move { paid >= 2 }
+        },
+    )
+    .await;
+    running.abort();
+    let _ = running.await;
+
+    let second = completed(pipeline.run(&job(&body_b), attempt(2)).await);
+    assert!(!second.served_from_storage, "not the first text's replay");
+    assert_eq!(second.parts, 5);
+    assert_ne!(second.audio.sha256, first.audio.sha256);
+    let earlier: HashSet<&String> = first.request_ids.iter().collect();
+    assert!(
+        second.request_ids.iter().all(|r| !earlier.contains(r)),
+        "no take of the first text in the new audio"
+    );
+    // Its length follows the new text (five paragraphs, not two).
+    let object = pipeline.storage.get(&second.audio.key).await.unwrap();
+    let seconds =
+        crate::audio_check::ffprobe(crate::audio_check::TempFile::new(&object.bytes, "wav").path())
+            .duration;
+    let spoken: usize = b.chars().count();
+    let expected = model::audio_seconds(spoken, "Kore", Duration::MAX, 1.0);
+    assert!(
+        seconds > 0.8 * expected && seconds < 1.2 * expected,
+        "{seconds} s delivered for a text of ≈ {expected} s"
+    );
+    // Every part of the new text paid once, the interruption included.
+    let paid = paid_for(&sim, "Bravo");
+    assert_eq!(paid.len(), 5, "{paid:?}");
+    assert!(paid.iter().all(|n| *n == 1), "{paid:?}");
+}
+
+#[tokio::test]
+async fn a_part_that_fails_once_is_the_only_part_a_resend_pays_for() {
+    let (pipeline, sim) = engine(700, |_| {}).await;
+    let mut paragraphs: Vec<String> = tagged("Failing", 6, 550)
+        .split("\n\n")
+        .map(str::to_owned)
+        .collect();
+    paragraphs[3].push_str(" [[sim:fail-once]]");
+    let text = paragraphs.join("\n\n");
+    let body = json!({"text": text, "job_id": "fails-once-1"}).to_string();
+    let end = pipeline.run(&job(&body), attempt(1)).await;
+    let JobEnd::Finished(outcome) = end else {
+        panic!("{end:?}")
+    };
+    let Outcome::Failed(failed) = *outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(failed.failure.code, ErrorCode::InferenceFailed);
+    assert!(failed.failure.retryable());
+    assert_eq!(sim.stats().submits_accepted, 6, "every part was paid once");
+
+    // The producer resends it: only the failed part is paid again.
+    let done = completed(pipeline.run(&job(&body), attempt(1)).await);
+    assert_eq!(done.parts, 6);
+    assert_eq!(sim.stats().submits_accepted, 7, "the resend paid one part");
+}
+
+#[tokio::test]
+async fn a_redelivery_waits_for_a_submission_still_running_and_pays_once() {
+    // Segmind accepts (and bills) the job, then takes 1 s to answer: the
+    // delivery is dropped meanwhile (its broker session was lost) and the
+    // redelivery starts at once, while the submission step still runs.
+    let (pipeline, sim) = pipeline_with(|c| c.submit_delay = Duration::from_secs(1), |_| {}).await;
+    let pipeline = Arc::new(pipeline);
+    let body = r#"{"text":"orphaned submission","job_id":"orphan-1"}"#;
+    let running = {
+        let pipeline = pipeline.clone();
+        tokio::spawn(async move { pipeline.run(&job(body), attempt(1)).await })
+    };
+    wait_for("Segmind to accept the job", Duration::from_secs(10), || {
+        let accepted = sim.stats().submits_accepted;
+        async move { accepted == 1 }
+    })
+    .await;
+    running.abort();
+    let done = completed(pipeline.run(&job(body), attempt(2)).await);
+    assert_eq!(done.request_ids.len(), 1);
+    assert_eq!(sim.stats().submits_accepted, 1, "paid once");
+}
+
+#[tokio::test]
+async fn short_jobs_delivered_as_served_pass_the_one_quality_gate() {
+    // A third of Segmind's takes silently cut to 13–46 % of the speech.
+    let (pipeline, sim) = engine(3_000, |c| c.truncation_rate = 0.33).await;
+    let sentence = "A short notice about your order and its delivery window today. ";
+    let jobs: Vec<String> = (0..36)
+        .map(|n| {
+            json!({
+                "text": format!("Notice {n}. {}", sentence.repeat(3)),
+                "job_id": format!("gate-{n}"),
+            })
+            .to_string()
+        })
+        .collect();
+    let pipeline_ref = &*pipeline;
+    let ends = futures_util::future::join_all(
+        jobs.iter()
+            .map(|body| async move { (body, pipeline_ref.run(&job(body), attempt(1)).await) }),
+    )
+    .await;
+    let (mut complete, mut invalid) = (0, 0);
+    for (body, end) in ends {
+        let JobEnd::Finished(outcome) = end else {
+            panic!("{end:?}")
+        };
+        match *outcome {
+            Outcome::Completed(done) => {
+                complete += 1;
+                assert!(done.delivery.is_none(), "delivered as served");
+                let text = job(body).speech.text;
+                let full = model::audio_seconds(text.chars().count(), "Kore", Duration::MAX, 1.0);
+                let object = pipeline.storage.get(&done.audio.key).await.unwrap();
+                let seconds = crate::audio_check::ffprobe(
+                    crate::audio_check::TempFile::new(&object.bytes, "wav").path(),
+                )
+                .duration;
+                assert!(
+                    seconds > 0.6 * full,
+                    "{} delivered as complete with {seconds:.1} s of {full:.1} s",
+                    done.job_id
+                );
+            }
+            Outcome::Failed(f) => {
+                assert_eq!(f.failure.code, ErrorCode::AudioInvalid, "{:?}", f.failure);
+                invalid += 1;
+            }
+        }
+    }
+    let stats = sim.stats();
+    let retries = pipeline.jobs.audio_retries;
+    assert!(
+        stats.submits_by_text.values().all(|n| *n <= retries + 1),
+        "{:?}",
+        stats.submits_by_text.values().collect::<Vec<_>>()
+    );
+    assert!(
+        stats.submits_accepted > 36,
+        "some takes were truncated and paid again"
+    );
+    assert_eq!(complete + invalid, 36);
+}
+
+#[tokio::test]
+async fn a_long_jobs_checkpoints_of_the_previous_release_resume_paid_once() {
+    let (pipeline, sim) = engine(700, |_| {}).await;
+    let text = tagged("Upgrade", 3, 550);
+    let body = json!({"text": text, "job_id": "upgrade-1"}).to_string();
+    let j = job(&body);
+    let plan = tts_worker::plan::plan(&j.speech.text, 700, false);
+    assert_eq!(plan.len(), 3);
+    // The previous release planned it and submitted every part, then died:
+    // its records carry no plan fingerprint.
+    let client = reqwest::Client::new();
+    let checkpoints = &pipeline.checkpoints;
+    checkpoints
+        .save_plan(
+            &j.id,
+            &PlanRecord {
+                job_id: j.id.to_string(),
+                fingerprint: tts_worker::checkpoint::fingerprint(&j.speech),
+                plan: None,
+                part_chars: 700,
+                parts: 3,
+            },
+        )
+        .await
+        .unwrap();
+    for (index, part) in plan.iter().enumerate() {
+        let submitted: serde_json::Value = client
+            .post(format!("{}/v2/gemini-2.5-pro-tts", sim.base_url()))
+            .header("x-api-key", "pipeline-key")
+            .json(&json!({"text": part.text, "voice_1": "Kore", "temperature": 0.4}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let record = PartRecord {
+            request_id: submitted["request_id"].as_str().map(str::to_owned),
+            submitted_at: Some(chrono::Utc::now()),
+            submissions: 1,
+            ..PartRecord::default()
+        };
+        checkpoints.save_part(&j.id, index, &record).await.unwrap();
+    }
+    assert_eq!(sim.stats().submits_accepted, 3);
+    let done = completed(pipeline.run(&j, attempt(2)).await);
+    assert_eq!(done.parts, 3);
+    assert_eq!(sim.stats().submits_accepted, 3, "resumed, not paid again");
+}
+
+#[tokio::test]
+async fn the_same_long_job_published_twice_at_once_pays_each_part_once() {
+    let app = long_text_app(700).await;
+    let text = tagged("Twice", 8, 550);
+    let body = json!({"text": text, "job_id": "twice-1"});
+    app.publish_json(body.clone()).await;
+    app.publish_json(body).await;
+    let first = app.next_event().await.completed().clone();
+    let second = app.next_event().await.completed().clone();
+    assert_eq!(first.parts, 8);
+    assert_eq!(first.audio.key, second.audio.key);
+    assert_eq!(first.audio.sha256, second.audio.sha256);
+    let paid = paid_for(&app.sim, "Twice");
+    assert_eq!(paid.len(), 8, "{paid:?}");
+    assert!(
+        paid.iter().all(|n| *n == 1),
+        "each part paid once: {paid:?}"
+    );
+    // The object is what the events say.
+    let object = app.storage.get(&first.audio.key).await.unwrap();
+    assert_eq!(object.bytes.len() as u64, first.audio.size_bytes);
+    assert_eq!(app.stop().await, 0);
+}
+
+#[tokio::test]
+async fn a_job_longer_than_the_delivery_lifetime_is_handed_back_and_completes_paid_once() {
+    // Each part takes 2 s at Segmind, two at a time: ≈ 6 s for six parts,
+    // with deliveries of 2.5 s. On a broker that takes a consumer-timeout
+    // policy, the queue's is set just above the lifetime.
+    let app = spawn_app_with(
+        |sim| sim.speech = SpeechModel::Realistic { cap: OUTPUT_CAP },
+        |s| {
+            s.long_text.part_chars = 700;
+            s.long_text.max_parallel_parts = 2;
+            s.jobs.delivery_lifetime = Duration::from_millis(2_500);
+            s.amqp.consumer_timeout = Duration::from_secs(10);
+        },
+    )
+    .await;
+    let policy = crate::helpers::rabbitmqctl(&[
+        "set_policy",
+        "--apply-to",
+        "queues",
+        &format!("{}-timeout", app.requests_queue()),
+        &format!("^{}$", regex_escape(app.requests_queue())),
+        r#"{"consumer-timeout":10000}"#,
+    ]);
+    let mut paragraphs: Vec<String> = tagged("Lifetime", 6, 550)
+        .split("\n\n")
+        .map(|p| format!("{p} [[sim:latency=2]]"))
+        .collect();
+    let text = paragraphs.join("\n\n");
+    paragraphs.clear();
+    app.publish_json(json!({"text": text, "job_id": "lifetime-1"}))
+        .await;
+    for n in 0..5 {
+        app.publish_json(
+            json!({"text": format!("short neighbour {n}"), "job_id": format!("neighbour-{n}")}),
+        )
+        .await;
+    }
+    let mut long = None;
+    for _ in 0..6 {
+        let received = app
+            .next_event_within(app.events_queue(), Duration::from_secs(60))
+            .await;
+        let data = received.completed().clone();
+        if data.job_id == "lifetime-1" {
+            long = Some(data);
+        } else {
+            assert_eq!(data.attempts, 1, "a neighbour was charged: {}", data.job_id);
+        }
+    }
+    let long = long.expect("the long job completed");
+    assert_eq!(long.parts, 6);
+    let paid = paid_for(&app.sim, "Lifetime");
+    assert_eq!(paid.len(), 6, "{paid:?}");
+    assert!(
+        paid.iter().all(|n| *n == 1),
+        "each part paid once: {paid:?}"
+    );
+    let handed_back = app
+        .metric("tts_handovers_total{reason=\"lifetime\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(handed_back >= 1.0, "the long job outlived a delivery");
+    assert_eq!(long.attempts, 1, "hand-backs are not counted");
+    if policy {
+        crate::helpers::rabbitmqctl(&[
+            "clear_policy",
+            &format!("{}-timeout", app.requests_queue()),
+        ]);
+    }
+    assert_eq!(app.stop().await, 0);
+}
+
+fn regex_escape(name: &str) -> String {
+    name.replace('.', "\\.")
+}
+
+#[tokio::test]
+async fn part_objects_past_the_resume_window_are_swept_and_records_stay() {
+    let (pipeline, _sim) = engine(700, |_| {}).await;
+    let checkpoints = &pipeline.checkpoints;
+    let id = tts_worker::job::JobId::parse("swept-1", 64).unwrap();
+    let part = checkpoints.part_audio_key(&id, 0, "r-1");
+    pipeline
+        .storage
+        .put_bytes(&part, b"RIFF....".to_vec(), "audio/wav")
+        .await
+        .unwrap();
+    checkpoints
+        .save_part(&id, 0, &PartRecord::default())
+        .await
+        .unwrap();
+    let window = Duration::from_secs(3300);
+    // Within the window: kept for a resend.
+    assert_eq!(
+        checkpoints
+            .sweep_parts(window, chrono::Utc::now())
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(pipeline.storage.head(&part).await.unwrap().is_some());
+    // An hour past it: the audio goes, the record stays.
+    let later = chrono::Utc::now() + chrono::Duration::seconds(3300 + 3600);
+    assert!(checkpoints.sweep_parts(window, later).await.unwrap() >= 1);
+    assert!(pipeline.storage.head(&part).await.unwrap().is_none());
+    let record = checkpoints.load_part(&id, 0, "any").await.unwrap();
+    assert!(record.is_some(), "the part's record is kept");
+}
