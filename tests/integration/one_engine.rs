@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use segmind_sim::model::{self, OUTPUT_CAP, SpeechModel};
 use serde_json::json;
-use tts_worker::checkpoint::{PartRecord, PlanRecord};
+use tts_worker::checkpoint::{Loaded, PartRecord, PartsCheckpoint, PlanRecord};
 use tts_worker::failure::ErrorCode;
 use tts_worker::job::{Completed, Outcome};
 use tts_worker::worker::{JobEnd, Pipeline};
@@ -116,6 +116,65 @@ async fn a_job_resent_with_new_text_and_killed_mid_way_delivers_the_new_texts_au
     let paid = paid_for(&sim, "Bravo");
     assert_eq!(paid.len(), 5, "{paid:?}");
     assert!(paid.iter().all(|n| *n == 1), "{paid:?}");
+}
+
+#[tokio::test]
+async fn a_late_write_of_an_earlier_plans_records_is_never_used() {
+    let (pipeline, sim) = engine(1_000, |_| {}).await;
+    let a = tagged("Early", 2, 900);
+    let body_a = json!({"text": a, "job_id": "late-1"}).to_string();
+    let first = completed(pipeline.run(&job(&body_a), attempt(1)).await);
+    let ja = job(&body_a);
+    let plan_a = tts_worker::plan::plan(&ja.speech.text, 1_000, false);
+    let Loaded::Found(records_a) = pipeline
+        .checkpoints
+        .load_plan(&ja.id, &ja.speech, 1_000, &plan_a)
+        .await
+        .unwrap()
+    else {
+        panic!("the first text's records")
+    };
+    // The text is corrected: its plan starts (the earlier records go) ...
+    let b = tagged("Later", 2, 900);
+    let body_b = json!({"text": b, "job_id": "late-1"}).to_string();
+    let jb = job(&body_b);
+    let plan_b = tts_worker::plan::plan(&jb.speech.text, 1_000, false);
+    assert_eq!(plan_b.len(), plan_a.len());
+    pipeline
+        .checkpoints
+        .start_plan(
+            &jb.id,
+            &PartsCheckpoint::new(&jb.id, &jb.speech, 1_000, &plan_b),
+            Some(&records_a.plan),
+        )
+        .await
+        .unwrap();
+    // ... and a delivery of the earlier text, still running elsewhere,
+    // writes its records afterwards.
+    for (index, record) in records_a.parts.iter().enumerate() {
+        pipeline
+            .checkpoints
+            .save_part(&ja.id, index, record)
+            .await
+            .unwrap();
+    }
+    pipeline
+        .checkpoints
+        .save_stitched(&ja.id, records_a.stored.as_ref().unwrap())
+        .await
+        .unwrap();
+    let second = completed(pipeline.run(&jb, attempt(1)).await);
+    assert!(!second.served_from_storage, "not the earlier text's replay");
+    assert_ne!(second.audio.sha256, first.audio.sha256);
+    assert!(
+        second
+            .request_ids
+            .iter()
+            .all(|r| !first.request_ids.contains(r)),
+        "no take of the earlier text"
+    );
+    let paid = paid_for(&sim, "Later");
+    assert_eq!(paid, vec![1, 1], "each part of the new text paid once");
 }
 
 #[tokio::test]
