@@ -13,7 +13,7 @@ use lapin::options::BasicQosOptions;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::broker::{self, Publisher, Topology};
+use crate::broker::{self, Leases, Publisher, Topology};
 use crate::config::Settings;
 use crate::http::OpsServer;
 use crate::metrics::Metrics;
@@ -210,10 +210,14 @@ struct Runner {
 }
 
 impl Runner {
-    fn job_context(&self, publisher: Publisher) -> JobContext {
+    fn job_context(&self, session: &Session) -> JobContext {
         JobContext {
             pipeline: self.pipeline.clone(),
-            publisher,
+            publisher: session.publisher.clone(),
+            leases: Leases::new(
+                session.connection.clone(),
+                &self.settings.amqp.requests_queue,
+            ),
             topology: Topology::from(&self.settings),
             limits: self.settings.limits.clone(),
             event_source: format!("tts-worker/{}", hostname()),
@@ -230,7 +234,7 @@ impl Runner {
                 self.metrics.clone(),
                 self.settings.amqp.queue_depth_interval,
             ));
-            let ctx = Arc::new(self.job_context(session.publisher.clone()));
+            let ctx = Arc::new(self.job_context(&session));
             let stopped = worker::run(
                 ctx,
                 &session.consuming,

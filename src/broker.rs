@@ -43,6 +43,10 @@ use tracing::Instrument;
 
 use crate::config::{AmqpSettings, Settings};
 
+mod lease;
+
+pub use lease::{Lease, LeaseError, Leases};
+
 /// Binding of the default events queue: every job event.
 pub const EVENTS_BINDING: &str = "tts.job.#";
 

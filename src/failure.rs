@@ -73,11 +73,15 @@ pub enum ErrorCode {
     OutputKeyForbidden,
     /// `output_key` already holds an object another job wrote.
     OutputKeyTaken,
+    /// An invariant of the worker's own broke (a part ended without its
+    /// audio, a plan without parts, a step that panicked): a bug, not the
+    /// request's fault; retried on a later delivery and counted.
+    Internal,
 }
 
 impl ErrorCode {
     /// Every code, for documentation checks and exhaustive tests.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::InvalidRequest,
         ErrorCode::UnsupportedVersion,
         ErrorCode::ContentBlocked,
@@ -101,6 +105,7 @@ impl ErrorCode {
         ErrorCode::StorageRejected,
         ErrorCode::OutputKeyForbidden,
         ErrorCode::OutputKeyTaken,
+        ErrorCode::Internal,
     ];
 
     /// The code's one spelling, in events, dead-letter headers and metric labels.
@@ -129,6 +134,7 @@ impl ErrorCode {
             ErrorCode::StorageRejected => "storage_rejected",
             ErrorCode::OutputKeyForbidden => "output_key_forbidden",
             ErrorCode::OutputKeyTaken => "output_key_taken",
+            ErrorCode::Internal => "internal",
         }
     }
 
@@ -163,6 +169,7 @@ impl ErrorCode {
             | ErrorCode::StorageRejected
             | ErrorCode::OutputKeyTaken
             | ErrorCode::RenderFailed
+            | ErrorCode::Internal
             | ErrorCode::PoisonMessage => true,
             ErrorCode::InvalidRequest
             | ErrorCode::UnsupportedVersion
@@ -399,6 +406,8 @@ pub enum Fault<'a> {
     BadAudio,
     /// Rendering the deliverable failed.
     Render,
+    /// An invariant of the worker's own broke.
+    Internal,
     /// An S3 call failed.
     Storage(StorageFault),
 }
@@ -429,6 +438,7 @@ pub fn classify(err: &dyn AsFault, block_patterns: &[String]) -> Failure {
             (ErrorCode::UpstreamUnavailable, Class::Transient, None)
         }
         Fault::Protocol => (ErrorCode::ProtocolError, Class::Permanent, None),
+        Fault::Internal => (ErrorCode::Internal, Class::Transient, None),
         Fault::JobFailed {
             message,
             http_status,

@@ -60,14 +60,18 @@ fn declared_modules() -> BTreeSet<String> {
         .collect()
 }
 
-/// Every `.rs` file of a top-level module (`x.rs` or the tree under `x/`).
+/// Every `.rs` file of a top-level module: `x.rs` and the tree under `x/`
+/// (both, when `x.rs` declares submodules kept in `x/`).
 fn files_of(module: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
     let file = src().join(format!("{module}.rs"));
     if file.exists() {
-        return vec![file];
+        out.push(file);
     }
-    let mut out = Vec::new();
-    let mut dirs = vec![src().join(module)];
+    let mut dirs: Vec<PathBuf> = vec![src().join(module)]
+        .into_iter()
+        .filter(|d| d.is_dir())
+        .collect();
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir:?}: {e}")) {
             let path = entry.unwrap().path();

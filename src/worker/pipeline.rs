@@ -45,10 +45,14 @@ pub enum JobError {
     /// Rendering the deliverable (resampling, encoding, metering) failed.
     #[error("rendering the audio failed: {0}")]
     Render(#[from] crate::render::RenderError),
-    /// The submission step ended without an answer (its task panicked or
-    /// the runtime is shutting down); whether Segmind accepted it is unknown.
+    /// The submission step ended without an answer (the runtime is shutting
+    /// down); whether Segmind accepted it is unknown.
     #[error("the submission step was interrupted: {0}")]
     Interrupted(String),
+    /// An invariant of the worker's own broke (a bug): retried on a later
+    /// delivery as `internal`, counted.
+    #[error("internal error: {0}")]
+    Invariant(String),
     /// The producer's `output_key` reaches the worker's own objects.
     #[error(transparent)]
     ForbiddenKey(#[from] ForbiddenKey),
@@ -80,6 +84,7 @@ impl AsFault for JobError {
             JobError::Interrupted(_) | JobError::PartGone { .. } => {
                 Fault::Network { timeout: false }
             }
+            JobError::Invariant(_) => Fault::Internal,
             JobError::ForbiddenKey(_) => Fault::OutputKeyForbidden,
             JobError::KeyTaken { .. } => Fault::OutputKeyTaken,
             // Never classified: `run` ends a handed-over job before.
@@ -236,8 +241,17 @@ impl Pipeline {
         limit.reached()
     }
 
+    /// Whether `job`'s text is planned as several parts (a long job).
+    pub fn is_long(&self, job: &TtsJob) -> bool {
+        job.speech.text.chars().count() > self.long_text.part_chars
+    }
+
     /// Resolves with the reason once a delivery under `limit` must give its
-    /// job back.
+    /// job back (the worker's shutdown, the limit).
+    pub async fn until_hand_over(&self, limit: &DeliveryLimit) -> HandOverReason {
+        self.hand_over_requested(limit).await
+    }
+
     async fn hand_over_requested(&self, limit: &DeliveryLimit) -> HandOverReason {
         tokio::select! {
             () = self.handover_requested() => HandOverReason::Shutdown,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use segmind_sim::model::{self, OUTPUT_CAP, SpeechModel};
 use serde_json::json;
+use sha2::Digest;
 use tts_worker::checkpoint::{Loaded, PartRecord, PartsCheckpoint, PlanRecord};
 use tts_worker::failure::ErrorCode;
 use tts_worker::job::{Completed, Outcome};
@@ -470,4 +471,99 @@ async fn part_objects_past_the_resume_window_are_swept_and_records_stay() {
     assert!(pipeline.storage.head(&part).await.unwrap().is_none());
     let record = checkpoints.load_part(&id, 0, "any").await.unwrap();
     assert!(record.is_some(), "the part's record is kept");
+}
+
+#[tokio::test]
+async fn two_replicas_given_the_same_long_job_at_once_pay_each_part_once() {
+    let app = long_text_app(700).await;
+    let other = app
+        .start_replica(|s| {
+            s.long_text.part_chars = 700;
+            s.long_text.max_parallel_parts = 3;
+        })
+        .await;
+    let text = tagged("Replicas", 6, 550);
+    let body = json!({"text": text, "job_id": "replicas-1"});
+    app.publish_json(body.clone()).await;
+    app.publish_json(body).await;
+    let first = app.next_event().await.completed().clone();
+    let second = app.next_event().await.completed().clone();
+    assert_eq!(first.parts, 6);
+    assert_eq!(first.audio.key, second.audio.key);
+    let paid = paid_for(&app.sim, "Replicas");
+    assert_eq!(paid.len(), 6, "{paid:?}");
+    assert!(
+        paid.iter().all(|n| *n == 1),
+        "each part paid once across replicas: {paid:?}"
+    );
+    // Whichever delivery came second was answered from storage.
+    assert!(first.served_from_storage || second.served_from_storage);
+    let object = app.storage.get(&first.audio.key).await.unwrap();
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(&object.bytes)),
+        second.audio.sha256
+    );
+    other.stop().await;
+    assert_eq!(app.stop().await, 0);
+}
+
+#[tokio::test]
+async fn short_jobs_finishing_while_long_renders_run_do_not_time_out() {
+    // One transfer slot and a 2 s deadline: a short job that waited for a
+    // render to give its slot back, with its deadline running, would fail.
+    let (pipeline, sim) = pipeline_with(
+        |_| {},
+        |s| {
+            s.long_text.part_chars = 700;
+            s.jobs.max_transfers = 1;
+            s.jobs.max_renders = 4;
+            s.segmind.job_deadline = Duration::from_secs(2);
+        },
+    )
+    .await;
+    let pipeline = Arc::new(pipeline);
+    let renders: Vec<_> = (0..4)
+        .map(|n| {
+            let body = json!({
+                "version": 2,
+                "text": tagged(&format!("Render{n}"), 4, 550),
+                "job_id": format!("render-{n}"),
+                "format": "mp3",
+                "sample_rate": 44_100,
+                "loudness_lufs": -16.0,
+            })
+            .to_string();
+            let pipeline = pipeline.clone();
+            tokio::spawn(async move { pipeline.run(&job(&body), attempt(1)).await })
+        })
+        .collect();
+    wait_for(
+        "every long part to be downloaded (the renders start)",
+        Duration::from_secs(60),
+        || {
+            let fetched = sim.stats().media_fetches;
+            async move { fetched >= 16 }
+        },
+    )
+    .await;
+    let shorts = futures_util::future::join_all((0..20).map(|n| {
+        let pipeline = pipeline.clone();
+        async move {
+            let body = json!({"text": format!("short job {n}"), "job_id": format!("short-{n}")})
+                .to_string();
+            pipeline.run(&job(&body), attempt(1)).await
+        }
+    }))
+    .await;
+    let renders_running = renders.iter().filter(|r| !r.is_finished()).count();
+    for end in shorts {
+        completed(end);
+    }
+    for render in renders {
+        assert_eq!(completed(render.await.unwrap()).parts, 4);
+    }
+    assert!(
+        renders_running > 0,
+        "the short jobs finished while renders were running"
+    );
 }

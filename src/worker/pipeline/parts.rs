@@ -223,7 +223,7 @@ impl<'a> JobRun<'a> {
         };
         if records.len() != self.plan.len() {
             // Every part future ended well, so every part has its audio.
-            return Err(JobError::Interrupted(
+            return Err(JobError::Invariant(
                 "a part ended without its audio recorded".into(),
             ));
         }
@@ -622,6 +622,10 @@ impl<'a> JobRun<'a> {
                 let (submitted, at) = result?;
                 Ok(Submission::Sent(submitted, at, deadline))
             }
+            // Its record says whether Segmind accepted it.
+            Err(e) if e.is_panic() => Err(JobError::Invariant(format!(
+                "the submission step panicked: {e}"
+            ))),
             Err(e) => Err(JobError::Interrupted(e.to_string())),
         }
     }
@@ -972,9 +976,7 @@ impl JobRun<'_> {
     /// one mono 16-bit PCM format (Gemini's).
     fn layout(&self, records: &[PartAudio]) -> Result<Layout, JobError> {
         let Some(first) = records.first() else {
-            return Err(JobError::Interrupted(
-                "a job with no parts to stitch".into(),
-            ));
+            return Err(JobError::Invariant("a job with no parts to stitch".into()));
         };
         let format = PcmFormat {
             sample_rate: first.sample_rate,
