@@ -4,7 +4,7 @@
 //! Gemini returns audio without timing, so sentences are located in the
 //! audio itself. Speech pauses between sentences; it also pauses, more
 //! briefly, at commas, and barely between words. [`align`] finds the pauses
-//! (runs of silence, as [`crate::stitch::speech_bounds`] hears it, of at
+//! (runs of silence, as [`crate::pcm::speech_bounds`] hears it, of at
 //! least [`MIN_PAUSE_MS`]) and cuts the speech at some of them, one
 //! sentence after another, by dynamic programming: each sentence should
 //! last, in *voiced* time (the audio with its pauses removed, so a long
@@ -30,7 +30,7 @@ use crate::plan::{SPEAKER_LABELS, sentence_ends};
 pub const MIN_PAUSE_MS: u64 = 120;
 
 /// A sample under this peak (−40 dBFS) is silence: the threshold
-/// [`crate::stitch::speech_bounds`] trims with, so that what is trimmed and
+/// [`crate::pcm::speech_bounds`] trims with, so that what is trimmed and
 /// what is a pause agree.
 const SILENCE_PEAK: u16 = 328;
 
@@ -109,7 +109,7 @@ pub fn spoken_weight(sentence: &str) -> usize {
 }
 
 /// Each sentence's frames in a part's audio: `pcm` (mono 16-bit samples at
-/// `sample_rate`), `speech` the frames [`crate::stitch::speech_bounds`]
+/// `sample_rate`), `speech` the frames [`crate::pcm::speech_bounds`]
 /// kept, `weights` each sentence's spoken weight ([`spoken_weights`]).
 /// Returns one range per weight, in frames of `pcm`, in order, not
 /// overlapping, inside `speech`: a sentence starts at its first sound and

@@ -119,7 +119,7 @@ impl Audio {
                 .and_then(|r| r.split(';').next())
                 .and_then(|r| r.trim().parse().ok())
                 .unwrap_or(24_000);
-            let wav = wav_from_pcm(&bytes, rate);
+            let wav = wav_from_pcm(&bytes, rate)?;
             let duration_seconds = wav_duration(&wav);
             return Ok(Audio {
                 bytes: Bytes::from(wav),
@@ -288,24 +288,17 @@ pub fn wav_duration(bytes: &[u8]) -> Option<f64> {
     None
 }
 
-/// Wraps 16-bit little-endian mono PCM in a WAV header.
-pub fn wav_from_pcm(pcm: &[u8], sample_rate: u32) -> Vec<u8> {
-    let data_len = pcm.len() as u32;
-    let mut out = Vec::with_capacity(44 + pcm.len());
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + data_len).to_le_bytes());
-    out.extend_from_slice(b"WAVEfmt ");
-    out.extend_from_slice(&16u32.to_le_bytes()); // fmt chunk size
-    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    out.extend_from_slice(&1u16.to_le_bytes()); // mono
-    out.extend_from_slice(&sample_rate.to_le_bytes());
-    out.extend_from_slice(&(sample_rate * 2).to_le_bytes()); // byte rate
-    out.extend_from_slice(&2u16.to_le_bytes()); // block align
-    out.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&data_len.to_le_bytes());
-    out.extend_from_slice(pcm);
-    out
+/// Wraps 16-bit little-endian mono PCM in a WAV header
+/// ([`crate::pcm::wav_of`]); PCM too long for a WAV header is refused.
+pub fn wav_from_pcm(pcm: &[u8], sample_rate: u32) -> Result<Vec<u8>, AudioError> {
+    let format = crate::pcm::PcmFormat {
+        sample_rate,
+        channels: 1,
+    };
+    crate::pcm::wav_of(pcm, format).map_err(|e| AudioError::Undecodable {
+        format: "pcm",
+        detail: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -315,7 +308,7 @@ mod tests {
     #[test]
     fn sniffs_each_container() {
         assert_eq!(
-            sniff(&wav_from_pcm(&[0, 0], 24_000)),
+            sniff(&wav_from_pcm(&[0, 0], 24_000).unwrap()),
             Some(AudioFormat::Wav)
         );
         assert_eq!(sniff(b"ID3\x04\x00rest"), Some(AudioFormat::Mp3));
@@ -330,7 +323,7 @@ mod tests {
     #[test]
     fn wav_duration_comes_from_the_data_chunk() {
         let one_second = vec![0u8; 48_000];
-        let wav = wav_from_pcm(&one_second, 24_000);
+        let wav = wav_from_pcm(&one_second, 24_000).unwrap();
         assert_eq!(wav_duration(&wav), Some(1.0));
         let parsed = Audio::parse(Bytes::from(wav), Some("audio/wav")).unwrap();
         assert_eq!(parsed.format, AudioFormat::Wav);
@@ -343,7 +336,7 @@ mod tests {
             Audio::parse(Bytes::new(), None).unwrap_err(),
             AudioError::Empty
         );
-        let header_only = wav_from_pcm(&[], 24_000);
+        let header_only = wav_from_pcm(&[], 24_000).unwrap();
         assert_eq!(
             Audio::parse(Bytes::from(header_only), None).unwrap_err(),
             AudioError::NoSamples
@@ -368,8 +361,11 @@ mod tests {
 
     #[test]
     fn audio_too_short_for_its_text_is_implausible() {
-        let half_second =
-            Audio::parse(Bytes::from(wav_from_pcm(&[0; 24_000], 24_000)), None).unwrap();
+        let half_second = Audio::parse(
+            Bytes::from(wav_from_pcm(&[0; 24_000], 24_000).unwrap()),
+            None,
+        )
+        .unwrap();
         let ten_words = "one two three four five six seven eight nine ten";
         assert!(check_plausible(&half_second, "hello there", 0.1).is_ok());
         assert_eq!(

@@ -326,7 +326,7 @@ pub const MARKER_MARGIN: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub enum Loaded {
     /// The plan's records (possibly none yet stored for some parts).
-    Found(PartsCheckpoint),
+    Found(Box<PartsCheckpoint>),
     /// No record of this plan. `stale`: another plan's record left under
     /// the job id (an earlier text), whose records and part objects are
     /// removed before the new plan is written.
@@ -479,7 +479,7 @@ impl Checkpoints {
                 && let Some(cp) =
                     Box::pin(self.adopt_one_part(job_id, speech, part_chars, plan)).await?
             {
-                return Ok(Loaded::Found(cp));
+                return Ok(Loaded::Found(Box::new(cp)));
             }
             return Ok(Loaded::Fresh { stale: None });
         };
@@ -517,11 +517,11 @@ impl Checkpoints {
             .filter(|s| ours(&s.plan));
         let mut plan_record = record;
         plan_record.plan = Some(fingerprint);
-        Ok(Loaded::Found(PartsCheckpoint {
+        Ok(Loaded::Found(Box::new(PartsCheckpoint {
             plan: plan_record,
             parts,
             stored,
-        }))
+        })))
     }
 
     /// An earlier release's one-part checkpoint of the same speech, read as

@@ -4,19 +4,25 @@
 //!
 //! # Layout
 //!
-//! Modules form layers; each imports only from layers below it (checked by
-//! `tests/layers.rs`, stated in ARCHITECTURE.md):
+//! Modules form nine layers; each imports only from layers below it
+//! (checked by `tests/layers.rs`, the table in ARCHITECTURE.md):
 //!
-//! 1. Configuration and domain values: [`config`], [`failure`] (the
-//!    vocabulary of failure and the one classifier), [`job`], [`audio`],
-//!    [`plan`] (cutting long texts into parts), [`quality`] (is a part's
-//!    audio as long as its text?), [`metrics`]; the wire
-//!    formats, [`wire`].
-//! 2. Adapters: [`segmind`] (the API client), [`storage`] (S3), [`broker`]
-//!    (RabbitMQ), [`http`] and [`telemetry`] (observability); above storage,
-//!    [`checkpoint`] (a job's durable record in the bucket).
-//! 3. The [`worker`]: pipeline, settlement, consume loop, pause gate.
-//! 4. Wiring, [`app`], and the command line: [`cli`], [`submit`], [`check`].
+//! 0. [`config`], [`metrics`].
+//! 1. [`failure`] (the vocabulary of failure and the one classifier),
+//!    [`deliverable`] (what a producer wants delivered), [`pcm`] (16-bit
+//!    PCM, its WAV container, where its speech is).
+//! 2. Domain values and pure decisions: [`job`], [`audio`], [`plan`]
+//!    (cutting texts into parts), [`quality`] (the one gate: is a take as
+//!    long as its text?), [`captions`].
+//! 3. [`wire`] (the wire formats, converted to domain types at the edge),
+//!    [`stitch`], [`align`], [`render`].
+//! 4. Adapters: [`segmind`] (the API client), [`storage`] (S3), [`broker`]
+//!    (RabbitMQ, and leases on jobs), [`http`] and [`telemetry`].
+//! 5. [`checkpoint`] (a job's plan and records in the bucket).
+//! 6. The [`worker`]: the one engine, settlement and its pure decisions,
+//!    the consume loop, the pause gate.
+//! 7. Wiring, [`app`], and the subcommands [`submit`], [`check`].
+//! 8. The command line, [`cli`].
 
 pub mod align;
 pub mod app;
@@ -32,6 +38,7 @@ pub mod failure;
 pub mod http;
 pub mod job;
 pub mod metrics;
+pub mod pcm;
 pub mod plan;
 pub mod quality;
 pub mod render;

@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("metrics", 0),
     ("failure", 1),
     ("deliverable", 1),
+    ("pcm", 1),
     ("job", 2),
     ("audio", 2),
     ("plan", 2),

@@ -32,8 +32,11 @@ async fn uploading_audio_does_not_copy_it() {
     storage.check().await.expect("bucket reachable");
 
     const SIZE: usize = 24 * 1024 * 1024;
-    let audio = Audio::parse(Bytes::from(wav_from_pcm(&vec![0u8; SIZE], 24_000)), None)
-        .expect("valid audio");
+    let audio = Audio::parse(
+        Bytes::from(wav_from_pcm(&vec![0u8; SIZE], 24_000).unwrap()),
+        None,
+    )
+    .expect("valid audio");
     let key = ObjectKey::parse(&format!("{}big.wav", settings.s3.prefix), 512).unwrap();
     let job = JobId::parse("big", 64).unwrap();
 

@@ -1,8 +1,8 @@
 use segmind_sim::speech::{SentenceTruth, render_sentences, seed_of};
 
 use super::*;
+use crate::pcm::{PcmFormat, speech_bounds};
 use crate::plan::plan;
-use crate::stitch::{PcmFormat, speech_bounds};
 
 const RATE: u32 = 24_000;
 

@@ -4,28 +4,18 @@
 
 use super::RenderError;
 
-/// The 44-byte header of a mono 16-bit PCM WAV file of `frames` frames.
+/// The 44-byte header of a mono 16-bit PCM WAV file of `frames` frames
+/// ([`crate::pcm::wav_header`], the crate's one PCM header writer).
 pub(crate) fn pcm_header(rate: u32, frames: u64) -> Result<Vec<u8>, RenderError> {
-    let data = frames
+    let format = crate::pcm::PcmFormat {
+        sample_rate: rate,
+        channels: 1,
+    };
+    frames
         .checked_mul(2)
-        .and_then(|d| u32::try_from(d).ok())
-        .filter(|d| d.checked_add(36).is_some())
-        .ok_or(RenderError::TooLong { frames })?;
-    let mut h = Vec::with_capacity(44);
-    h.extend_from_slice(b"RIFF");
-    h.extend_from_slice(&(36 + data).to_le_bytes());
-    h.extend_from_slice(b"WAVE");
-    h.extend_from_slice(b"fmt ");
-    h.extend_from_slice(&16u32.to_le_bytes());
-    h.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    h.extend_from_slice(&1u16.to_le_bytes()); // mono
-    h.extend_from_slice(&rate.to_le_bytes());
-    h.extend_from_slice(&(rate * 2).to_le_bytes()); // bytes per second
-    h.extend_from_slice(&2u16.to_le_bytes()); // block align
-    h.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
-    h.extend_from_slice(b"data");
-    h.extend_from_slice(&data.to_le_bytes());
-    Ok(h)
+        .and_then(|bytes| crate::pcm::wav_header(format, bytes).ok())
+        .map(|h| h.to_vec())
+        .ok_or(RenderError::TooLong { frames })
 }
 
 /// Appends samples as little-endian 16-bit PCM.

@@ -19,7 +19,6 @@ use futures_util::{FutureExt, StreamExt};
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::Value;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span};
 use url::Url;
@@ -28,8 +27,8 @@ use super::budget::{Priority, RateBudget};
 use super::error::SegmindError;
 use super::poll::{self, Observation, PollContext, PollSchedule};
 use super::protocol::{
-    AudioSource, ResultMetrics, SubmitBody, Submitted, audio_source, interpret_result,
-    interpret_status, parse_submitted, status_error, transport,
+    AudioSource, ResultMetrics, SubmitBody, Submitted, interpret_result_audio, interpret_status,
+    parse_submitted, status_error, transport,
 };
 use super::retry::{server_hint, with_retry};
 use crate::config::{AmbiguousSubmits, RateScope, RetrySettings, SegmindSettings};
@@ -330,11 +329,11 @@ impl SegmindClient {
         deadline: Instant,
         calls: &mut u32,
     ) -> Result<(Bytes, Option<String>, ResultMetrics), SegmindError> {
-        let (output, metrics) = self
+        let (source, metrics) = self
             .retrying(Call::Result, deadline, calls, || self.fetch_result(job))
             .await?;
         self.learn(done, text_chars, &metrics);
-        let (audio, content_type) = match audio_source(&output)? {
+        let (audio, content_type) = match source {
             AudioSource::Inline { bytes, mime } => {
                 if bytes.len() as u64 > self.max_audio_bytes {
                     return Err(SegmindError::TooLarge {
@@ -526,10 +525,13 @@ impl SegmindClient {
     }
 
     /// Fetches the result of a COMPLETED job: its `output` and inference time.
-    async fn fetch_result(&self, job: &Submitted) -> Result<(Value, ResultMetrics), SegmindError> {
+    async fn fetch_result(
+        &self,
+        job: &Submitted,
+    ) -> Result<(AudioSource, ResultMetrics), SegmindError> {
         let request = self.api.get(job.response_url.clone());
         let (status, headers, bytes) = self.send_api(Call::Result, Priority::Paid, request).await?;
-        interpret_result(&job.request_id, status, &headers, &bytes)
+        interpret_result_audio(&job.request_id, status, &headers, &bytes)
     }
 
     /// Downloads audio from the media host: no API key, size-capped.

@@ -190,7 +190,19 @@ impl ResultMetrics {
     }
 }
 
-pub(crate) fn interpret_result(
+/// What a result answer means for the worker: where its audio is, and
+/// what it reports of the job's time and cost. Segmind's JSON stays here.
+pub(crate) fn interpret_result_audio(
+    request_id: &str,
+    status: StatusCode,
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> Result<(AudioSource, ResultMetrics), SegmindError> {
+    let (output, metrics) = interpret_result(request_id, status, headers, bytes)?;
+    Ok((audio_source(&output)?, metrics))
+}
+
+fn interpret_result(
     request_id: &str,
     status: StatusCode,
     headers: &HeaderMap,
@@ -244,7 +256,7 @@ pub(crate) enum AudioSource {
 
 /// Finds the audio in a result's `output`: a media URL (likely), a data URI or
 /// bare base64; possibly wrapped in a list or an object.
-pub(crate) fn audio_source(output: &Value) -> Result<AudioSource, SegmindError> {
+fn audio_source(output: &Value) -> Result<AudioSource, SegmindError> {
     let protocol = |detail: String| SegmindError::Protocol {
         call: Call::Result,
         detail,

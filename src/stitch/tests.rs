@@ -1,4 +1,5 @@
 use super::*;
+use crate::pcm::{WavError, parse_wav, speech_bounds, wav_header};
 
 const F: PcmFormat = PcmFormat::GEMINI;
 
@@ -20,7 +21,7 @@ fn pcm(segments: &[(f64, bool)]) -> Vec<u8> {
 
 #[test]
 fn a_header_written_for_a_format_reads_back_as_that_format() {
-    let mut file = wav_header(F, 48_000).to_vec();
+    let mut file = wav_header(F, 48_000).unwrap().to_vec();
     file.extend(vec![0u8; 48_000]);
     let wav = parse_wav(&file).unwrap();
     assert_eq!(wav.format, F);
@@ -32,7 +33,7 @@ fn a_header_written_for_a_format_reads_back_as_that_format() {
 
 #[test]
 fn only_16_bit_pcm_wav_is_accepted() {
-    let mut file = wav_header(F, 0).to_vec();
+    let mut file = wav_header(F, 0).unwrap().to_vec();
     file[34] = 24;
     assert_eq!(
         parse_wav(&file),
@@ -42,7 +43,7 @@ fn only_16_bit_pcm_wav_is_accepted() {
         })
     );
     assert_eq!(parse_wav(b"ID3\x04 not a wav"), Err(WavError::NotWav));
-    let header_only = &wav_header(F, 0)[..36];
+    let header_only = &wav_header(F, 0).unwrap()[..36];
     assert_eq!(parse_wav(header_only), Err(WavError::NoData));
 }
 

@@ -88,7 +88,7 @@ pub fn admit<'a>(
 pub enum Ending {
     /// Refused by [`admit`] (poison, invalid, expired): its failure event,
     /// with the original bytes dead-lettered.
-    Refused(Outcome),
+    Refused(Box<Outcome>),
     /// Handed back by [`admit`] before running.
     HandedBack(HandOverReason),
     /// The job ran (`valid`: a request that decoded).
@@ -119,7 +119,7 @@ pub fn conclude(ending: Ending) -> Conclusion {
     };
     match ending {
         Ending::Refused(outcome) => Conclusion {
-            event: Some((outcome, true)),
+            event: Some((*outcome, true)),
             settlement: Settlement::Ack,
             cleanup: None,
             requeue_reason: None,
@@ -329,7 +329,7 @@ mod tests {
         // (ending, event?, dead letter?, settlement, cleanup, requeue reason)
         let cases = vec![
             (
-                Ending::Refused(failed(ErrorCode::InvalidRequest)),
+                Ending::Refused(Box::new(failed(ErrorCode::InvalidRequest))),
                 true,
                 true,
                 Settlement::Ack,
@@ -337,7 +337,7 @@ mod tests {
                 None,
             ),
             (
-                Ending::Refused(failed(ErrorCode::PoisonMessage)),
+                Ending::Refused(Box::new(failed(ErrorCode::PoisonMessage))),
                 true,
                 true,
                 Settlement::Ack,

@@ -126,4 +126,3 @@ pub(super) async fn publish_dead_letter(
         .inc();
     Ok(())
 }
-

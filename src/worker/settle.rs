@@ -18,10 +18,10 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use tracing::{Instrument, Span, error, field, info, info_span, warn};
 
+pub use super::decide::Settlement;
 use super::decide::{
     Admission, Cleanup, Conclusion, DeliveryFacts, Ending, admit, conclude, deferral_start,
 };
-pub use super::decide::Settlement;
 use super::pause::jittered;
 use super::pipeline::{DeliveryLimit, HandOverReason, JobEnd, Pipeline};
 use super::publish::{publish_dead_letter, publish_outcome, trace_headers};
@@ -175,13 +175,13 @@ async fn settle(
         );
     }
     let refused = |failure: Failure| {
-        Ending::Refused(Outcome::Failed(Failed {
+        Ending::Refused(Box::new(Outcome::Failed(Failed {
             job_id: decoded.job_id.clone(),
             failure,
             request_id: None,
             attempts: attempt.number,
             metadata: decoded.metadata.clone(),
-        }))
+        })))
     };
     let ending = match admit(&facts, &decoded.job, jobs) {
         Admission::Poison(failure) => {
@@ -379,4 +379,3 @@ pub async fn hand_over(
         }
     }
 }
-

@@ -38,7 +38,7 @@ async fn plan_of(app: &TestApp, job_id: &str, text: &str) -> Option<PartsCheckpo
         .await
         .unwrap()
     {
-        Loaded::Found(cp) => Some(cp),
+        Loaded::Found(cp) => Some(*cp),
         Loaded::Fresh { .. } => None,
     }
 }

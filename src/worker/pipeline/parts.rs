@@ -37,10 +37,11 @@ use crate::checkpoint::{
 use crate::deliverable::Deliverable;
 use crate::failure::{self, ErrorCode};
 use crate::job::{Completed, Delivery, ObjectKey, Speech, StoredAudio, TtsJob};
+use crate::pcm::{self, PcmFormat};
 use crate::plan::Part;
 use crate::quality::Verdict;
 use crate::segmind::Submitted;
-use crate::stitch::{self, Layout, PcmFormat};
+use crate::stitch::{self, Layout};
 
 mod deliver;
 
@@ -104,9 +105,10 @@ async fn as_wav(audio: Audio) -> Result<bytes::Bytes, AudioError> {
                 sample_rate: pcm.sample_rate,
                 channels: pcm.channels,
             };
-            let mut wav = Vec::with_capacity(44 + pcm.samples.len());
-            wav.extend_from_slice(&stitch::wav_header(format, pcm.samples.len() as u64));
-            wav.extend_from_slice(&pcm.samples);
+            let wav = pcm::wav_of(&pcm.samples, format).map_err(|e| AudioError::Undecodable {
+                format: "mp3",
+                detail: e.to_string(),
+            })?;
             Ok(bytes::Bytes::from(wav))
         }
         other => Err(AudioError::NotStitchable {
@@ -189,7 +191,7 @@ impl<'a> JobRun<'a> {
                 if let Some(done) = Box::pin(self.replay(&cp)).await? {
                     return Ok(done);
                 }
-                *self.checkpoint.lock().await = cp;
+                *self.checkpoint.lock().await = *cp;
                 None
             }
             Loaded::Fresh { stale } => Some(stale),
@@ -707,14 +709,14 @@ impl<'a> JobRun<'a> {
         part: &Part,
     ) -> Result<(bytes::Bytes, SpeechSpan), AudioError> {
         let chars = part.text.chars().count();
-        let wav = stitch::parse_wav(&audio).map_err(|e| AudioError::NotStitchable {
-            format: if matches!(e, stitch::WavError::NotPcm16 { .. }) {
+        let wav = pcm::parse_wav(&audio).map_err(|e| AudioError::NotStitchable {
+            format: if matches!(e, pcm::WavError::NotPcm16 { .. }) {
                 "non-16-bit wav"
             } else {
                 "wav"
             },
         })?;
-        let speech = stitch::speech_bounds(&audio[wav.data.clone()], wav.format);
+        let speech = pcm::speech_bounds(&audio[wav.data.clone()], wav.format);
         let frames = speech.kept.end - speech.kept.start;
         if frames == 0 {
             return Err(AudioError::NoSamples);
