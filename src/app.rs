@@ -279,7 +279,9 @@ impl Runner {
 }
 
 /// How often a replica deletes the part objects failed jobs left once their
-/// resume window has passed: none outlives the window by more than this.
+/// resume window and this interval have passed (a job still running that
+/// long keeps them that much longer): none outlives the window by more than
+/// twice this, an hour.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30 * 60);
 
 /// Sweeps the part objects failed jobs left (`Checkpoints::sweep_parts`): every
@@ -292,7 +294,10 @@ async fn sweep_parts(pipeline: Arc<Pipeline>) {
         tick.tick().await;
         let swept = pipeline
             .checkpoints
-            .sweep_parts(pipeline.jobs.resume_window, chrono::Utc::now())
+            .sweep_parts(
+                pipeline.jobs.resume_window + SWEEP_INTERVAL,
+                chrono::Utc::now(),
+            )
             .await;
         match swept {
             Ok(0) => {}

@@ -134,7 +134,11 @@ pub fn plan_fingerprint(speech: &Speech, parts: &[Part]) -> String {
 /// part's progress with an older copy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PartsCheckpoint {
+    /// The plan's record as stored (`plan: None` when an earlier release
+    /// wrote it: its part records then carry no fingerprint either).
     pub plan: PlanRecord,
+    /// This plan's fingerprint ([`plan_fingerprint`]).
+    pub fingerprint: String,
     pub parts: Vec<PartRecord>,
     /// Set once the stitched audio is in the bucket.
     pub stored: Option<StitchedRecord>,
@@ -288,13 +292,20 @@ impl PartsCheckpoint {
                 parts: plan.len(),
             },
             parts: vec![PartRecord::for_plan(&fingerprint); plan.len()],
+            fingerprint,
             stored: None,
         }
     }
 
-    /// The plan's fingerprint that every record of it carries.
+    /// The plan's fingerprint, which every record written for it carries.
     pub fn fingerprint(&self) -> &str {
-        self.plan.plan.as_deref().unwrap_or_default()
+        &self.fingerprint
+    }
+
+    /// What this plan's part records are stamped with: its fingerprint, or
+    /// none under an earlier release's plan record.
+    pub fn stamp(&self) -> Option<&str> {
+        self.plan.plan.as_deref()
     }
 }
 
@@ -317,9 +328,10 @@ impl PlanRecord {
     }
 }
 
-/// How long past a part's deadline a `submitting_since` marker is honoured:
-/// the submission step it marks ends by its deadline, and its answer is
-/// written within this margin.
+/// How long past a part's deadline and one record write
+/// (`s3.operation_timeout`) a `submitting_since` marker is honoured: the
+/// submission step it marks ends by its deadline, and its answer is
+/// written within one S3 call and this margin.
 pub const MARKER_MARGIN: Duration = Duration::from_secs(30);
 
 /// What [`Checkpoints::load_plan`] found.
@@ -360,7 +372,7 @@ impl Checkpoints {
     }
 
     /// Where a long job's plan, part records, parts and stitch record are.
-    fn parts_dir(&self, job_id: &JobId) -> String {
+    pub fn parts_dir(&self, job_id: &JobId) -> String {
         format!("{}{job_id}/", self.parts_prefix)
     }
 
@@ -382,8 +394,19 @@ impl Checkpoints {
         key.starts_with(&self.parts_prefix)
     }
 
-    fn part_record_key(&self, job_id: &JobId, index: usize) -> String {
-        format!("{}{index:05}.json", self.parts_dir(job_id))
+    /// Where part `index`'s record of the plan stamped `stamp` is: named
+    /// after the plan (its fingerprint's first 16 hex digits), so a late
+    /// write of another plan's step never overwrites this plan's progress;
+    /// an earlier release's records (no stamp) at `NNNNN.json`.
+    fn part_record_key(&self, job_id: &JobId, index: usize, stamp: Option<&str>) -> String {
+        match stamp {
+            Some(plan) => format!(
+                "{}{index:05}.{}.json",
+                self.parts_dir(job_id),
+                plan.get(..16).unwrap_or(plan)
+            ),
+            None => format!("{}{index:05}.json", self.parts_dir(job_id)),
+        }
     }
 
     pub fn plan_key(&self, job_id: &JobId) -> String {
@@ -473,13 +496,10 @@ impl Checkpoints {
     ) -> Result<Loaded, StorageError> {
         let fingerprint = plan_fingerprint(speech, plan);
         let Some(record) = self.read_json::<PlanRecord>(&self.plan_key(job_id)).await? else {
-            // Boxed: only a job of an earlier release takes this road, and
-            // a job queued for its first read should not carry its size.
-            if plan.len() == 1
-                && let Some(cp) =
-                    Box::pin(self.adopt_one_part(job_id, speech, part_chars, plan)).await?
-            {
-                return Ok(Loaded::Found(Box::new(cp)));
+            if plan.len() == 1 {
+                // Boxed: a job queued for its first read should not carry
+                // the size of these steps.
+                return Box::pin(self.load_one_part(job_id, speech, part_chars, plan)).await;
             }
             return Ok(Loaded::Fresh { stale: None });
         };
@@ -501,27 +521,66 @@ impl Checkpoints {
                 stale: Some(record),
             });
         }
+        let stamp = record.plan.clone();
         let mut parts = Vec::with_capacity(plan.len());
         for index in 0..plan.len() {
             let read = self
-                .read_json::<PartRecord>(&self.part_record_key(job_id, index))
+                .read_json::<PartRecord>(&self.part_record_key(job_id, index, stamp.as_deref()))
                 .await?;
             parts.push(match read {
                 Some(r) if ours(&r.plan) => r,
-                _ => PartRecord::for_plan(&fingerprint),
+                _ => PartRecord {
+                    plan: stamp.clone(),
+                    ..PartRecord::default()
+                },
             });
         }
         let stored = self
             .read_json::<StitchedRecord>(&self.stitched_key(job_id))
             .await?
             .filter(|s| ours(&s.plan));
-        let mut plan_record = record;
-        plan_record.plan = Some(fingerprint);
         Ok(Loaded::Found(Box::new(PartsCheckpoint {
-            plan: plan_record,
+            plan: record,
+            fingerprint,
             parts,
             stored,
         })))
+    }
+
+    /// A one-part plan: it has no plan record (one object less per short
+    /// job); its part record, named after the plan, is read directly, and
+    /// the delivery record once the part is stored. Else an earlier
+    /// release's one-part checkpoint of the same speech.
+    async fn load_one_part(
+        &self,
+        job_id: &JobId,
+        speech: &Speech,
+        part_chars: usize,
+        plan: &[Part],
+    ) -> Result<Loaded, StorageError> {
+        let mut cp = PartsCheckpoint::new(job_id, speech, part_chars, plan);
+        let key = self.part_record_key(job_id, 0, cp.stamp());
+        let found = self
+            .read_json::<PartRecord>(&key)
+            .await?
+            .filter(|r| r.plan.as_deref() == cp.stamp());
+        if let Some(part) = found {
+            if part.audio.is_some() {
+                cp.stored = self
+                    .read_json::<StitchedRecord>(&self.stitched_key(job_id))
+                    .await?
+                    .filter(|s| s.plan.as_deref() == cp.stamp());
+            }
+            cp.parts[0] = part;
+            return Ok(Loaded::Found(Box::new(cp)));
+        }
+        match self
+            .adopt_one_part(job_id, speech, part_chars, plan)
+            .await?
+        {
+            Some(cp) => Ok(Loaded::Found(Box::new(cp))),
+            None => Ok(Loaded::Fresh { stale: None }),
+        }
     }
 
     /// An earlier release's one-part checkpoint of the same speech, read as
@@ -578,7 +637,6 @@ impl Checkpoints {
             });
         }
         tracing::info!(request_id = %old.request_id, "an earlier release's checkpoint: read as a one-part plan");
-        self.save_plan(job_id, &cp.plan).await?;
         self.save_part(job_id, 0, &cp.parts[0]).await?;
         if let Some(stored) = &cp.stored {
             self.save_stitched(job_id, stored).await?;
@@ -587,7 +645,8 @@ impl Checkpoints {
         Ok(Some(cp))
     }
 
-    /// Writes a new plan's record, after removing what `stale` (another
+    /// Writes a new plan's record (a plan of several parts: a one-part
+    /// plan's record is its part's), after removing what `stale` (another
     /// plan of the same job id) left: its part records, its part objects
     /// and its delivery record (not the delivered audio, which belongs to
     /// the producer's key). Before anything of the new plan is paid.
@@ -598,16 +657,19 @@ impl Checkpoints {
         stale: Option<&PlanRecord>,
     ) -> Result<(), StorageError> {
         if let Some(stale) = stale {
-            self.delete_plan(job_id, stale.parts).await?;
+            self.delete_plan(job_id, stale).await?;
         }
-        self.save_plan(job_id, &cp.plan).await
+        if cp.parts.len() > 1 {
+            self.save_plan(job_id, &cp.plan).await?;
+        }
+        Ok(())
     }
 
     /// Deletes a plan of `parts` parts: each part's objects and record, the
     /// delivery record and the plan record.
-    async fn delete_plan(&self, job_id: &JobId, parts: usize) -> Result<(), StorageError> {
-        for index in 0..parts {
-            let key = self.part_record_key(job_id, index);
+    async fn delete_plan(&self, job_id: &JobId, stale: &PlanRecord) -> Result<(), StorageError> {
+        for index in 0..stale.parts {
+            let key = self.part_record_key(job_id, index, stale.plan.as_deref());
             if let Some(record) = self.read_json::<PartRecord>(&key).await?
                 && let Some(audio) = &record.audio
                 && self.is_part_object(&audio.key)
@@ -650,18 +712,18 @@ impl Checkpoints {
         self.write_json(&self.plan_key(job_id), plan).await
     }
 
-    /// Part `index`'s record as stored now, if it is of the plan
-    /// `fingerprint` (read again after another step may have written it).
+    /// Part `index`'s record of the plan stamped `stamp`, as stored now
+    /// (read again after another step may have written it).
     pub async fn load_part(
         &self,
         job_id: &JobId,
         index: usize,
-        fingerprint: &str,
+        stamp: Option<&str>,
     ) -> Result<Option<PartRecord>, StorageError> {
         let record = self
-            .read_json::<PartRecord>(&self.part_record_key(job_id, index))
+            .read_json::<PartRecord>(&self.part_record_key(job_id, index, stamp))
             .await?;
-        Ok(record.filter(|r| r.plan.as_deref().is_none_or(|p| p == fingerprint)))
+        Ok(record.filter(|r| r.plan.as_deref() == stamp))
     }
 
     /// Records one part's progress.
@@ -671,8 +733,11 @@ impl Checkpoints {
         index: usize,
         record: &PartRecord,
     ) -> Result<(), StorageError> {
-        self.write_json(&self.part_record_key(job_id, index), record)
-            .await
+        self.write_json(
+            &self.part_record_key(job_id, index, record.plan.as_deref()),
+            record,
+        )
+        .await
     }
 
     /// Records where a long job's stitched audio went.

@@ -511,6 +511,49 @@ impl Storage {
         })
     }
 
+    /// Copies the object at `from` to `to` as a stream of multipart parts
+    /// (bounded memory whatever its size), carrying `job_id` and `metadata`;
+    /// returns the new object's ETag and size, or `None` when `from` is gone.
+    pub async fn copy_streamed(
+        &self,
+        from: &str,
+        to: &ObjectKey,
+        content_type: &str,
+        job_id: &JobId,
+        metadata: &[(&str, String)],
+    ) -> Result<Option<(Option<String>, u64)>, StorageError> {
+        let Some(mut source) = self.read_stream(from).await? else {
+            return Ok(None);
+        };
+        let mut upload = self
+            .start_multipart(to, content_type, job_id, metadata)
+            .await?;
+        let mut buffer = Vec::with_capacity(MIN_PART_BYTES);
+        let mut size = 0u64;
+        let copied = async {
+            while let Some(chunk) = source.next_chunk().await? {
+                size += chunk.len() as u64;
+                buffer.extend_from_slice(&chunk);
+                if buffer.len() >= MIN_PART_BYTES {
+                    let full = std::mem::replace(&mut buffer, Vec::with_capacity(MIN_PART_BYTES));
+                    upload.upload_part(full).await?;
+                }
+            }
+            if !buffer.is_empty() {
+                upload.upload_part(std::mem::take(&mut buffer)).await?;
+            }
+            Ok::<(), StorageError>(())
+        }
+        .await;
+        match copied {
+            Ok(()) => Ok(Some((upload.complete().await?, size))),
+            Err(e) => {
+                upload.abort().await;
+                Err(e)
+            }
+        }
+    }
+
     /// Checks the bucket exists and the credentials can reach it.
     pub async fn check(&self) -> Result<(), StorageError> {
         match self

@@ -193,13 +193,21 @@ impl Settings {
     /// Valid but risky combinations, in plain words, for a log line at start.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
-        // RabbitMQ closes a channel whose delivery stays unacked longer than
-        // its consumer_timeout (30 minutes by default).
-        if self.segmind.job_deadline >= Duration::from_secs(25 * 60) {
+        // A delivery hands its job back at jobs.delivery_lifetime, but a
+        // fetch under way then finishes first, within segmind.job_deadline:
+        // RabbitMQ closes a channel (3.10-4.2) or cancels the consumer (4.3+)
+        // whose delivery stays unacked past its consumer_timeout.
+        if self.segmind.job_deadline
+            >= self
+                .amqp
+                .consumer_timeout
+                .saturating_sub(self.jobs.delivery_lifetime)
+            && self.segmind.job_deadline >= Duration::from_secs(25 * 60)
+        {
             out.push(format!(
-                "segmind.job_deadline is {:?}: close to RabbitMQ's default consumer_timeout (30 min); \
-                 a job that long would have its channel closed by the broker",
-                self.segmind.job_deadline
+                "segmind.job_deadline is {:?}: a fetch under way when a delivery's lifetime ends could outlast \
+                 the broker's consumer_timeout (amqp.consumer_timeout, {:?})",
+                self.segmind.job_deadline, self.amqp.consumer_timeout
             ));
         }
         if self.jobs.resume_window >= Duration::from_secs(3600) {
@@ -211,22 +219,6 @@ impl Settings {
         }
         if self.segmind.retry.max >= self.segmind.job_deadline {
             out.push("segmind.retry_max is not below segmind.job_deadline: one backoff could use the whole job".into());
-        }
-        // A long text's delivery lasts about (parts ÷ parallel parts) ×
-        // Segmind's time for a part (≈ 1 min for 3,000 characters).
-        let rounds = self
-            .limits
-            .max_text_chars
-            .div_ceil(self.long_text.part_chars)
-            .div_ceil(self.long_text.max_parallel_parts);
-        if rounds > 25 {
-            out.push(format!(
-                "a text of limits.max_text_chars ({}) is {rounds} rounds of long_text.max_parallel_parts ({}) parts: \
-                 at ≈ 1 min a round its delivery may outlast RabbitMQ's consumer_timeout (30 min by default), \
-                 which closes the channel and redelivers it (counted; every part resumes): raise the queue's \
-                 consumer_timeout or max_parallel_parts",
-                self.limits.max_text_chars, self.long_text.max_parallel_parts
-            ));
         }
         if self.jobs.max_deliveries == 1 {
             out.push(

@@ -1,9 +1,11 @@
-//! Wire formats: the request message producers publish ([`request`]) and the
-//! CloudEvents the worker emits ([`event`]). Bytes become domain types
+//! Wire formats: the request message producers publish ([`request`]), the
+//! CloudEvents the worker emits ([`event`]) and the timing marks it writes
+//! beside rendered audio ([`marks`]). Bytes become domain types
 //! (`crate::job`) here and nowhere else; the rest of the crate never sees
 //! JSON of these formats.
 
 pub mod event;
+pub mod marks;
 pub mod request;
 pub mod schema;
 

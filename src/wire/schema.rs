@@ -21,6 +21,7 @@ use super::event::{
     COMPLETED_SCHEMA_ID, COMPLETED_TYPE, CloudEvent, CompletedData, FAILED_SCHEMA_ID, FAILED_TYPE,
     FailedData,
 };
+use super::marks::{MARKS_SCHEMA_ID, Marks};
 use super::request::{FIELDS, MAX_STYLE_CHARS, RequestBody, UNDECLARED_UP_TO};
 use crate::config::{NEWEST_REQUEST_VERSION, RequestLimits};
 use crate::deliverable::{CaptionFormat, Format, LOUDNESS_RANGE, SOURCE_RATE, TRUE_PEAK_RANGE};
@@ -41,7 +42,7 @@ pub struct ContractSchema {
 }
 
 /// Every schema of the contract.
-pub fn contract_schemas() -> [ContractSchema; 3] {
+pub fn contract_schemas() -> [ContractSchema; 4] {
     [
         ContractSchema {
             file: "request.schema.json",
@@ -58,7 +59,40 @@ pub fn contract_schemas() -> [ContractSchema; 3] {
             id: FAILED_SCHEMA_ID,
             schema: failed_schema(),
         },
+        ContractSchema {
+            file: "marks.schema.json",
+            id: MARKS_SCHEMA_ID,
+            schema: marks_schema(),
+        },
     ]
+}
+
+/// The timing marks object beside a rendered deliverable (not a message:
+/// an object in the bucket, named by the completion event's `marks_key`).
+pub fn marks_schema() -> Value {
+    let mut schema = generate::<Marks>();
+    if let Some(root) = schema.as_object_mut() {
+        root.insert("$id".into(), json!(MARKS_SCHEMA_ID));
+        root.insert("title".into(), json!("tts-worker timing marks"));
+        root.insert(
+            "description".into(),
+            json!(
+                "The timing marks written beside a rendered deliverable ({key}.marks.json; the completion \
+                 event's marks_key names it): where each part and each sentence of the text is in the \
+                 delivered audio, in milliseconds of the delivered file's timeline. Readers must ignore \
+                 fields they do not know: fields may be added within a schema version."
+            ),
+        );
+        if let Some(format) = root
+            .get_mut("properties")
+            .and_then(|p| p.get_mut("format"))
+            .and_then(Value::as_object_mut)
+        {
+            let formats: Vec<Value> = Format::ALL.iter().map(|f| json!(f.as_str())).collect();
+            format.insert("enum".into(), Value::Array(formats));
+        }
+    }
+    schema
 }
 
 /// The request message's body.

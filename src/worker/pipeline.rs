@@ -159,6 +159,10 @@ pub struct Pipeline {
     /// resume) to its audio fetched. Waiting for the job's turn or a slot
     /// does not count.
     job_deadline: Duration,
+    /// How long a part's `submitting_since` marker is honoured: the
+    /// submission's deadline, plus the time its record's write may take
+    /// (`s3.operation_timeout`), plus a margin.
+    marker_bound: Duration,
     /// Lower-cased substrings marking a FAILED message as a content block.
     block_patterns: Vec<String>,
     /// Slots of the heavy phase of a part (result, download, checks,
@@ -204,6 +208,9 @@ impl Pipeline {
                 output_prefix: settings.s3.output_prefix.clone(),
             },
             job_deadline: settings.segmind.job_deadline,
+            marker_bound: settings.segmind.job_deadline
+                + settings.s3.operation_timeout
+                + crate::checkpoint::MARKER_MARGIN,
             block_patterns: settings.segmind.content_blocked_patterns.clone(),
             transfers: Semaphore::new(settings.jobs.max_transfers),
             renders: Semaphore::new(settings.jobs.max_renders),
@@ -555,6 +562,11 @@ mod tests {
             },
         );
         let size = std::mem::size_of_val(&future);
+        let limit = DeliveryLimit::after(Duration::from_secs(60));
+        let entry = pipeline.jobs_here.entry(&job.id);
+        let run = parts::JobRun::new(&pipeline, &job, 1, &limit, entry);
+        let [execute, part, stage] = run.future_sizes();
+        println!("stages: {execute} bytes; one part: {part}; the parts' stage: {stage}");
         // What the job holds while Segmind works: the polling state, boxed.
         let submitted = pipeline.segmind.resume("r-1");
         let mut calls = 0;

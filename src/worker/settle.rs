@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use tracing::{Instrument, Span, error, field, info, info_span, warn};
 
 pub use super::decide::Settlement;
@@ -25,7 +25,7 @@ use super::decide::{
 use super::pause::jittered;
 use super::pipeline::{DeliveryLimit, HandOverReason, JobEnd, Pipeline};
 use super::publish::{publish_dead_letter, publish_outcome, trace_headers};
-use crate::broker::{self, LeaseError, Leases, Publisher, Topology};
+use crate::broker::{self, Lease, LeaseError, Leases, Publisher, Topology};
 use crate::config::RequestLimits;
 use crate::failure::{Attempt, Failure};
 use crate::job::{Failed, Outcome, TtsJob};
@@ -77,6 +77,7 @@ pub async fn process(ctx: &JobContext, delivery: Delivery, limit: DeliveryLimit)
         settlement,
         label,
         cleanup,
+        lease,
     } = settle(ctx, &delivery, &producer, &limit)
         .instrument(span.clone())
         .await;
@@ -119,6 +120,11 @@ pub async fn process(ctx: &JobContext, delivery: Delivery, limit: DeliveryLimit)
             }
         }
     }
+    // Released once the delivery is settled and its parts cleaned up: a
+    // resend waiting for the lease never sees parts about to go.
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
     if let Some(label) = label {
         metrics.jobs.with_label_values(&[label]).inc();
         metrics
@@ -136,6 +142,8 @@ struct Settled {
     label: Option<&'static str>,
     /// What is deleted once the delivery is acked.
     cleanup: Option<Cleanup>,
+    /// The job's lease (a job of several parts), held until then.
+    lease: Option<Lease>,
 }
 
 /// Admits the delivery, runs its job, publishes the outcome; returns the
@@ -183,6 +191,7 @@ async fn settle(
             metadata: decoded.metadata.clone(),
         })))
     };
+    let mut lease = None;
     let ending = match admit(&facts, &decoded.job, jobs) {
         Admission::Poison(failure) => {
             warn!(attempt = attempt.number, "dead-lettering a poison message");
@@ -210,7 +219,11 @@ async fn settle(
             }
             Ending::HandedBack(HandOverReason::NewerVersion)
         }
-        Admission::Run(job) => Ending::Ran(Box::pin(run_leased(ctx, job, attempt, limit)).await),
+        Admission::Run(job) => {
+            let (end, held) = Box::pin(run_leased(ctx, job, attempt, limit)).await;
+            lease = held;
+            Ending::Ran(end)
+        }
     };
     let Conclusion {
         event,
@@ -234,6 +247,7 @@ async fn settle(
             settlement,
             label: None,
             cleanup: None,
+            lease,
         };
     };
     let label = outcome.label();
@@ -259,6 +273,7 @@ async fn settle(
                 settlement,
                 label: Some(label),
                 cleanup,
+                lease,
             }
         }
         Err(e) => {
@@ -272,6 +287,7 @@ async fn settle(
                 settlement: Settlement::Requeue,
                 label: None,
                 cleanup: None,
+                lease,
             }
         }
     }
@@ -280,16 +296,17 @@ async fn settle(
 /// Runs a valid job; one of several parts under its lease, so that one
 /// delivery at a time works on it across the fleet (see
 /// [`broker::Leases`]): a second delivery waits for the lease within its
-/// own lifetime, then hands itself back. A one-part job is not leased: two
-/// deliveries of it on two replicas at the same moment may both pay it.
+/// own lifetime, then hands itself back. Returns the lease, held until the
+/// delivery is settled. A one-part job is not leased: two deliveries of it
+/// on two replicas at the same moment may both pay it.
 async fn run_leased(
     ctx: &JobContext,
     job: &TtsJob,
     attempt: Attempt,
     limit: &DeliveryLimit,
-) -> JobEnd {
+) -> (JobEnd, Option<Lease>) {
     if !ctx.pipeline.is_long(job) {
-        return ctx.pipeline.run_delivery(job, attempt, limit).await;
+        return (ctx.pipeline.run_delivery(job, attempt, limit).await, None);
     }
     let mut waiting = false;
     let lease = loop {
@@ -302,7 +319,7 @@ async fn run_leased(
                 }
                 tokio::select! {
                     () = tokio::time::sleep(jittered(LEASE_RECHECK, &mut rand::rng())) => {}
-                    reason = ctx.pipeline.until_hand_over(limit) => return JobEnd::HandOver(reason),
+                    reason = ctx.pipeline.until_hand_over(limit) => return (JobEnd::HandOver(reason), None),
                 }
             }
             Err(LeaseError::Broker(e)) => {
@@ -311,11 +328,7 @@ async fn run_leased(
             }
         }
     };
-    let end = ctx.pipeline.run_delivery(job, attempt, limit).await;
-    if let Some(lease) = lease {
-        lease.release().await;
-    }
-    end
+    (ctx.pipeline.run_delivery(job, attempt, limit).await, lease)
 }
 
 /// Now, in milliseconds since the Unix epoch.
@@ -325,6 +338,13 @@ fn epoch_millis() -> u64 {
 
 /// A counted return: `basic.reject` raises `x-delivery-count` on RabbitMQ
 /// 3.10, 4.0 and 4.3 alike (4.3 no longer counts `basic.nack`).
+/// An uncounted return on RabbitMQ 4.3+ (counted on 3.10 and 4.0, which
+/// never cancel a consumer for a timeout).
+const UNCOUNTED_ON_4_3: BasicNackOptions = BasicNackOptions {
+    multiple: false,
+    requeue: true,
+};
+
 pub const REQUEUE: BasicRejectOptions = BasicRejectOptions { requeue: true };
 
 /// Gives `delivery` back to the queue without counting it toward the poison
@@ -346,6 +366,18 @@ pub async fn hand_over(
     delivery: &Delivery,
     reason: HandOverReason,
 ) -> Result<bool, lapin::Error> {
+    if reason == HandOverReason::ConsumerCancelled {
+        // Only RabbitMQ 4.3+ cancels a consumer for a consumer timeout, and
+        // there `nack(requeue)` is an uncounted return. The delivery that
+        // timed out is already back in the queue (its nack is ignored): a
+        // copy would deliver the job twice.
+        ctx.pipeline
+            .metrics
+            .handovers
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        return delivery.acker.nack(UNCOUNTED_ON_4_3).await;
+    }
     let counted = broker::delivery_count(&delivery.properties);
     let pauses = broker::pause_count(&delivery.properties)
         + u32::from(reason == HandOverReason::Paused { caused: true });

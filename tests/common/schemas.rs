@@ -15,6 +15,7 @@ struct Schemas {
     request_description: String,
     completed: jsonschema::Validator,
     failed: jsonschema::Validator,
+    marks: jsonschema::Validator,
 }
 
 fn read(file: &str) -> Value {
@@ -42,6 +43,7 @@ fn schemas() -> &'static Schemas {
                 .to_owned(),
             completed: compile(&read("job.completed.schema.json")),
             failed: compile(&read("job.failed.schema.json")),
+            marks: compile(&read("marks.schema.json")),
         }
     })
 }
@@ -81,6 +83,16 @@ pub fn request_errors(body: &[u8]) -> Vec<String> {
         Ok(request) => errors(&schemas().request, &request),
         Err(e) => vec![format!("not JSON: {e}")],
     }
+}
+
+/// Panics unless `marks` (a `{key}.marks.json` object) is valid against the
+/// committed marks schema.
+pub fn assert_valid_marks(marks: &Value) {
+    let problems = errors(&schemas().marks, marks);
+    assert!(
+        problems.is_empty(),
+        "the marks break their schema: {problems:?}\n{marks}"
+    );
 }
 
 /// The request schema's description (where the rules it cannot express are listed).

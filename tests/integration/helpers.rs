@@ -608,3 +608,15 @@ pub fn rabbitmqctl(args: &[&str]) -> bool {
         .output()
         .is_ok_and(|o| o.status.success())
 }
+
+/// What `rabbitmqctl` of the broker under test prints for `args` (empty
+/// when it fails).
+pub fn rabbitmqctl_output(args: &[&str]) -> String {
+    crate::common::rabbitmqctl()
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}

@@ -78,7 +78,10 @@ async fn check_object(app: &TestApp, data: &tts_worker::wire::CompletedData) {
 
 async fn marks_of(app: &TestApp, key: &str) -> Value {
     let object = app.storage.get(key).await.expect("marks stored");
-    serde_json::from_slice(&object.bytes).expect("marks are JSON")
+    let marks: Value = serde_json::from_slice(&object.bytes).expect("marks are JSON");
+    // What a consumer of the marks reads: valid by the committed schema.
+    crate::schemas::assert_valid_marks(&marks);
+    marks
 }
 
 #[tokio::test]

@@ -469,19 +469,24 @@ async fn part_objects_past_the_resume_window_are_swept_and_records_stay() {
     let later = chrono::Utc::now() + chrono::Duration::seconds(3300 + 3600);
     assert!(checkpoints.sweep_parts(window, later).await.unwrap() >= 1);
     assert!(pipeline.storage.head(&part).await.unwrap().is_none());
-    let record = checkpoints.load_part(&id, 0, "any").await.unwrap();
+    let record = checkpoints.load_part(&id, 0, None).await.unwrap();
     assert!(record.is_some(), "the part's record is kept");
 }
 
 #[tokio::test]
 async fn two_replicas_given_the_same_long_job_at_once_pay_each_part_once() {
-    let app = long_text_app(700).await;
-    let other = app
-        .start_replica(|s| {
-            s.long_text.part_chars = 700;
-            s.long_text.max_parallel_parts = 3;
-        })
-        .await;
+    // One delivery at a time per replica: each replica takes one copy.
+    let one_each = |s: &mut tts_worker::config::Settings| {
+        s.long_text.part_chars = 700;
+        s.long_text.max_parallel_parts = 3;
+        s.amqp.max_in_flight = 1;
+    };
+    let app = spawn_app_with(
+        |sim| sim.speech = SpeechModel::Realistic { cap: OUTPUT_CAP },
+        one_each,
+    )
+    .await;
+    let other = app.start_replica(one_each).await;
     let text = tagged("Replicas", 6, 550);
     let body = json!({"text": text, "job_id": "replicas-1"});
     app.publish_json(body.clone()).await;
@@ -498,6 +503,18 @@ async fn two_replicas_given_the_same_long_job_at_once_pay_each_part_once() {
     );
     // Whichever delivery came second was answered from storage.
     assert!(first.served_from_storage || second.served_from_storage);
+    // Each replica settled one of the copies: the lease, not one replica's
+    // own turn, kept the second from paying.
+    // (Counted once a delivery is settled, just after its event.)
+    let completed = "tts_jobs_total{outcome=\"completed\"}";
+    wait_for(
+        "each replica to settle one copy",
+        Duration::from_secs(10),
+        || async {
+            app.metric(completed).await == Some(1.0) && other.metric(completed).await == Some(1.0)
+        },
+    )
+    .await;
     let object = app.storage.get(&first.audio.key).await.unwrap();
     assert_eq!(
         hex::encode(sha2::Sha256::digest(&object.bytes)),
@@ -547,6 +564,7 @@ async fn short_jobs_finishing_while_long_renders_run_do_not_time_out() {
         },
     )
     .await;
+    let renders_running = renders.iter().filter(|r| !r.is_finished()).count();
     let shorts = futures_util::future::join_all((0..20).map(|n| {
         let pipeline = pipeline.clone();
         async move {
@@ -556,7 +574,6 @@ async fn short_jobs_finishing_while_long_renders_run_do_not_time_out() {
         }
     }))
     .await;
-    let renders_running = renders.iter().filter(|r| !r.is_finished()).count();
     for end in shorts {
         completed(end);
     }
@@ -565,6 +582,131 @@ async fn short_jobs_finishing_while_long_renders_run_do_not_time_out() {
     }
     assert!(
         renders_running > 0,
-        "the short jobs finished while renders were running"
+        "the short jobs started while renders were running"
     );
+}
+
+#[tokio::test]
+async fn a_consumer_the_broker_cancels_hands_back_what_it_holds_and_the_job_completes_once() {
+    // The worker is told the broker's timeout is RabbitMQ's default (30
+    // min) while the queue's policy says 4 s: RabbitMQ 4.3+ cancels the
+    // consumer holding the long job (`basic.cancel`). Brokers that do not
+    // take the policy key (3.10) have nothing to cancel: this test needs
+    // RabbitMQ 4.3 (`scripts/test.sh` runs the suite there too).
+    let app = spawn_app_with(
+        |sim| sim.speech = SpeechModel::Realistic { cap: OUTPUT_CAP },
+        |s| {
+            s.long_text.part_chars = 700;
+            s.long_text.max_parallel_parts = 2;
+        },
+    )
+    .await;
+    let name = format!("{}-cancel", app.requests_queue());
+    let policy = crate::helpers::rabbitmqctl(&[
+        "set_policy",
+        "--apply-to",
+        "queues",
+        &name,
+        &format!("^{}$", regex_escape(app.requests_queue())),
+        r#"{"consumer-timeout":4000}"#,
+    ]);
+    let version = crate::helpers::rabbitmqctl_output(&["version"]);
+    if !policy || !version.trim().starts_with('4') || version.trim().starts_with("4.0") {
+        println!("RabbitMQ {version}: no consumer cancelled for a timeout here; skipped");
+        if policy {
+            crate::helpers::rabbitmqctl(&["clear_policy", &name]);
+        }
+        assert_eq!(app.stop().await, 0);
+        return;
+    }
+    let text: String = tagged("Cancelled", 6, 550)
+        .split("\n\n")
+        .map(|p| format!("{p} [[sim:latency=3]]"))
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    app.publish_json(json!({"text": text, "job_id": "cancelled-1"}))
+        .await;
+    for n in 0..3 {
+        app.publish_json(
+            json!({"text": format!("short neighbour {n}"), "job_id": format!("bystander-{n}")}),
+        )
+        .await;
+    }
+    let mut long = None;
+    for _ in 0..4 {
+        let received = app
+            .next_event_within(app.events_queue(), Duration::from_secs(90))
+            .await;
+        let data = received.completed().clone();
+        if data.job_id == "cancelled-1" {
+            long = Some(data);
+        } else {
+            assert_eq!(data.attempts, 1, "a bystander was charged: {}", data.job_id);
+        }
+    }
+    crate::helpers::rabbitmqctl(&["clear_policy", &name]);
+    let long = long.expect("the long job completed");
+    assert_eq!(long.parts, 6);
+    assert_eq!(
+        long.attempts, 1,
+        "a cancelled consumer's hand-back is not counted"
+    );
+    let paid = paid_for(&app.sim, "Cancelled");
+    assert_eq!(paid.len(), 6, "{paid:?}");
+    assert!(
+        paid.iter().all(|n| *n == 1),
+        "each part paid once: {paid:?}"
+    );
+    let cancelled = app
+        .metric("tts_handovers_total{reason=\"consumer_cancelled\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(cancelled >= 1.0, "the broker cancelled the consumer");
+    assert_eq!(app.stop().await, 0);
+}
+
+#[tokio::test]
+async fn a_broker_connection_lost_while_submissions_wait_for_the_rate_budget_pays_each_job_once() {
+    // 12 submissions a minute: one every 5 s, the rest waiting for the
+    // budget (in their spawned submission steps) when the connection dies.
+    let app = spawn_app_with(
+        |_| {},
+        |s| {
+            s.segmind.rate_limit_per_minute = Some(12);
+            s.segmind.rate_limit_scope = tts_worker::config::RateScope::Submits;
+            s.jobs.max_deliveries = 10;
+        },
+    )
+    .await;
+    for n in 0..3 {
+        app.publish_json(
+            json!({"text": format!("budgeted job {n}"), "job_id": format!("budget-{n}")}),
+        )
+        .await;
+    }
+    wait_for(
+        "the first submission, the others waiting for the budget",
+        Duration::from_secs(20),
+        || {
+            let accepted = app.sim.stats().submits_accepted;
+            async move { accepted >= 1 }
+        },
+    )
+    .await;
+    assert!(
+        app.kill_worker_connection() >= 1,
+        "the worker was connected"
+    );
+    let mut done = HashSet::new();
+    for _ in 0..3 {
+        let received = app
+            .next_event_within(app.events_queue(), Duration::from_secs(90))
+            .await;
+        done.insert(received.completed().job_id.clone());
+    }
+    assert_eq!(done.len(), 3, "{done:?}");
+    let paid = paid_for(&app.sim, "budgeted job");
+    assert_eq!(paid.len(), 3, "{paid:?}");
+    assert!(paid.iter().all(|n| *n == 1), "each job paid once: {paid:?}");
+    assert_eq!(app.stop().await, 0);
 }

@@ -263,7 +263,8 @@ async fn an_output_key_into_the_workers_own_objects_is_refused_before_anything_i
     let victim = r#"{"text":"the victim","job_id":"victim-1"}"#;
     let done = pipeline.run(&job(victim), attempt(1)).await;
     assert_eq!(failed_with(&done), None, "{done:?}");
-    let checkpoint_key = pipeline.checkpoints.plan_key(&job(victim).id);
+    let parts_dir = pipeline.checkpoints.parts_dir(&job(victim).id);
+    let (checkpoint_key, _) = pipeline.storage.list(&parts_dir).await.unwrap()[0].clone();
     let before = pipeline.storage.get(&checkpoint_key).await.unwrap().bytes;
     let attack = format!(r#"{{"text":"overwrite it","output_key":"{checkpoint_key}"}}"#);
     let end = pipeline.run(&job(&attack), attempt(1)).await;

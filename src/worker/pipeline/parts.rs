@@ -32,7 +32,7 @@ use super::{JobError, Pipeline, save_part, save_stitched};
 use crate::align;
 use crate::audio::{Audio, AudioError, AudioFormat};
 use crate::checkpoint::{
-    Loaded, MARKER_MARGIN, PartAudio, PartsCheckpoint, SentenceSpan, ServedRecord, StitchedRecord,
+    Loaded, PartAudio, PartsCheckpoint, SentenceSpan, ServedRecord, StitchedRecord,
 };
 use crate::deliverable::Deliverable;
 use crate::failure::{self, ErrorCode};
@@ -156,6 +156,17 @@ impl<'a> JobRun<'a> {
         }
     }
 
+    /// The sizes of the futures a waiting job holds: its stages, one part's
+    /// work, the stage that synthesizes every part (for the memory test).
+    #[cfg(test)]
+    pub(super) fn future_sizes(&self) -> [usize; 3] {
+        [
+            std::mem::size_of_val(&self.execute()),
+            std::mem::size_of_val(&self.part(0)),
+            std::mem::size_of_val(&self.synthesize_parts()),
+        ]
+    }
+
     /// Segmind calls this delivery made (retries included).
     pub(super) fn calls(&self) -> u32 {
         self.calls.load(Ordering::Relaxed)
@@ -241,7 +252,8 @@ impl<'a> JobRun<'a> {
     /// record is of this plan, rendered for the same options, at the key
     /// asked now, and the object is still the one written then.
     async fn replay(&self, cp: &PartsCheckpoint) -> Result<Option<Completed>, JobError> {
-        let Some(stored) = &cp.stored else {
+        let in_place = self.served_in_place(cp);
+        let Some(stored) = cp.stored.as_ref().or(in_place.as_ref()) else {
             return Ok(None);
         };
         let job = self.job;
@@ -263,7 +275,10 @@ impl<'a> JobRun<'a> {
             .pipeline
             .keys
             .key_for(job, extension_of(&content_type, &job.deliverable))?;
-        if asked.as_str() != stored.key {
+        let moved = asked.as_str() != stored.key;
+        // Segmind's file as served is delivered again by its part (stored
+        // under the earlier key): `deliver_as_served` copies it.
+        if moved && stored.marks_key.is_none() {
             info!(stored = %stored.key, asked = %asked, "the stored audio is at another key than asked now; delivering again");
             return Ok(None);
         }
@@ -282,6 +297,30 @@ impl<'a> JobRun<'a> {
             return Ok(None);
         }
         let parts: Vec<&PartAudio> = cp.parts.iter().filter_map(|p| p.audio.as_ref()).collect();
+        if moved {
+            // A rendered delivery asked under another key: copied there
+            // (audio, marks, captions), not rendered nor paid again.
+            let Some(moved) = Box::pin(self.move_delivery(stored, &asked, &cp.fingerprint)).await?
+            else {
+                return Ok(None);
+            };
+            return Ok(Some(completed(
+                job,
+                StoredAudio {
+                    bucket: self.pipeline.storage.bucket().to_owned(),
+                    key: moved.key.clone(),
+                    content_type,
+                    size_bytes: moved.size_bytes,
+                    sha256: moved.sha256.clone(),
+                    duration_seconds: moved.duration_seconds,
+                },
+                &parts,
+                moved.marks_key.clone(),
+                moved.delivery.clone().map(Box::new),
+                self.attempt,
+                true,
+            )));
+        }
         Ok(Some(completed(
             job,
             StoredAudio {
@@ -300,6 +339,29 @@ impl<'a> JobRun<'a> {
         )))
     }
 
+    /// The delivery record of a one-part job delivered as served under the
+    /// job's key: its part's record says it all (no delivery record is
+    /// written for it).
+    fn served_in_place(&self, cp: &PartsCheckpoint) -> Option<StitchedRecord> {
+        if !self.as_served {
+            return None;
+        }
+        let audio = cp.parts.first()?.audio.as_ref()?;
+        let served = audio.as_served.as_ref()?;
+        Some(StitchedRecord {
+            plan: Some(cp.fingerprint().to_owned()),
+            key: audio.key.clone(),
+            sha256: served.sha256.clone(),
+            size_bytes: served.size_bytes,
+            etag: None,
+            duration_seconds: served.duration_seconds,
+            marks_key: None,
+            content_type: Some(served.content_type.clone()),
+            deliverable: Some(Deliverable::default().fingerprint()),
+            delivery: None,
+        })
+    }
+
     /// Synthesizes, checks and stores every part, a few at a time. A part
     /// that fails in a way a resend may not ([`finish_the_others`]) lets the
     /// other parts finish, so that a resend pays only for it; any other
@@ -307,6 +369,14 @@ impl<'a> JobRun<'a> {
     /// part), but not before the submission in flight (its own task) has
     /// recorded its request id.
     async fn synthesize_parts(&self) -> Result<(), JobError> {
+        if self.plan.len() == 1 {
+            // One part: no stream to keep (a short job's memory, times
+            // thousands waiting).
+            return match Box::pin(self.part(0)).await {
+                Err(e) => Err(self.after_failure(e).await),
+                Ok(()) => Ok(()),
+            };
+        }
         let mut parts = futures_util::stream::iter(0..self.plan.len())
             .map(|index| Box::pin(self.part(index)))
             .buffer_unordered(self.pipeline.long_text.max_parallel_parts);
@@ -327,13 +397,24 @@ impl<'a> JobRun<'a> {
         }
         drop(parts);
         match failed {
-            Some(e) => {
-                // The next delivery must find the request, not pay for it again.
-                let _ = self.entry.submit.clone().lock_owned().await;
-                Err(e)
-            }
+            Some(e) => Err(self.after_failure(e).await),
             None => Ok(()),
         }
+    }
+
+    /// What ends the parts' stage with `e`: handed over, nothing to wait for
+    /// (the submission in flight, its own task, records its request on its
+    /// own; a redelivery here waits for the job's turn, one elsewhere for
+    /// the part's marker); else the submission in flight is waited for,
+    /// within the delivery's lifetime, so the failure names its request.
+    async fn after_failure(&self, e: JobError) -> JobError {
+        if !matches!(e, JobError::HandedOver(_)) {
+            tokio::select! {
+                _ = self.entry.submit.clone().lock_owned() => {}
+                _ = self.pipeline.hand_over_requested(self.limit) => {}
+            }
+        }
+        e
     }
 
     /// Whether a stored part's audio serves this delivery: read back as PCM
@@ -355,7 +436,7 @@ impl<'a> JobRun<'a> {
                 (r.audio.clone(), r.request_id.clone().zip(r.submitted_at))
             };
             if let Some(audio) = record.filter(|a| self.usable(a)) {
-                let info = self.pipeline.storage.head(&audio.key).await?;
+                let info = Box::pin(self.pipeline.storage.head(&audio.key)).await?;
                 if info.as_ref().is_some_and(|info| still_the_take(&audio, info)) {
                     return Ok(());
                 }
@@ -382,7 +463,9 @@ impl<'a> JobRun<'a> {
                         if let Some(reason) = self.pipeline.must_hand_over(self.limit) {
                             return Err(JobError::HandedOver(reason));
                         }
-                        match self.submit(index, &speech).await? {
+                        // Boxed, like every step but the wait: a part's
+                        // future is what a waiting job holds.
+                        match Box::pin(self.submit(index, &speech)).await? {
                             Submission::Sent(s, at, deadline) => (s, at, false, deadline),
                             Submission::Found(request_id, at) => {
                                 resume = Some((request_id, at));
@@ -414,7 +497,7 @@ impl<'a> JobRun<'a> {
                         }
                         if !code.keeps_paid_request() {
                             // Its result is final: never resumed again.
-                            self.forget_request(index).await;
+                            Box::pin(self.forget_request(index)).await;
                         }
                         return Err(e);
                     }
@@ -423,20 +506,21 @@ impl<'a> JobRun<'a> {
                 if let Some(t) = synthesis.inference_time_seconds {
                     self.pipeline.metrics.inference_duration.observe(t);
                 }
+                let joined = self.stitch_format().await;
                 let checked = match Audio::parse(synthesis.audio.clone(), synthesis.content_type.as_deref()) {
-                    Ok(served) => as_wav(served.clone())
+                    Ok(served) => Box::pin(as_wav(served.clone()))
                         .await
-                        .and_then(|wav| self.checked(wav, part))
+                        .and_then(|wav| self.checked(wav, part, joined))
                         .map(|(wav, speech)| (served, wav, speech)),
                     Err(e) => Err(e),
                 };
                 match checked {
                     Ok((served, wav, speech)) => {
                         let record = if self.as_served {
-                            self.store_as_served(served, &speech, &synthesis).await?
+                            Box::pin(self.store_as_served(served, &speech, &synthesis)).await?
                         } else {
                             drop(served);
-                            self.store_part(index, wav, &speech, part, &synthesis).await?
+                            Box::pin(self.store_part(index, wav, &speech, part, &synthesis)).await?
                         };
                         drop(slot);
                         let mut cp = self.checkpoint.lock().await;
@@ -447,7 +531,7 @@ impl<'a> JobRun<'a> {
                     // Audio the worker cannot use whatever the take (a
                     // format it does not read) is not paid for again.
                     Err(e) if !worth_resubmitting(&e) => {
-                        self.forget_request(index).await;
+                        Box::pin(self.forget_request(index)).await;
                         return Err(e.into());
                     }
                     Err(e) if retries_left > 0 => {
@@ -460,7 +544,7 @@ impl<'a> JobRun<'a> {
                         warn!(error = %e, request_id = %synthesis.request_id, "the part's audio is unusable; submitting the part again");
                     }
                     Err(e) => {
-                        self.forget_request(index).await;
+                        Box::pin(self.forget_request(index)).await;
                         return Err(e.into());
                     }
                 }
@@ -637,9 +721,9 @@ impl<'a> JobRun<'a> {
     /// another delivery's step, or the record says a submission is under
     /// way, perhaps on another replica). A fresh `submitting_since` marker
     /// is waited on until it resolves or ages out (the part's deadline plus
-    /// [`MARKER_MARGIN`]).
+    /// `s3.operation_timeout` plus [`crate::checkpoint::MARKER_MARGIN`]).
     async fn recheck(&self, index: usize, contended: bool) -> Result<Option<Submission>, JobError> {
-        let bound = self.pipeline.job_deadline + MARKER_MARGIN;
+        let bound = self.pipeline.marker_bound;
         let live = |since: Option<chrono::DateTime<chrono::Utc>>| {
             since.is_some_and(|s| {
                 (chrono::Utc::now() - s)
@@ -655,12 +739,12 @@ impl<'a> JobRun<'a> {
         if !contended && !marked {
             return Ok(None);
         }
-        let fingerprint = self.checkpoint.lock().await.fingerprint().to_owned();
+        let stamp = self.checkpoint.lock().await.stamp().map(str::to_owned);
         loop {
             let fresh = self
                 .pipeline
                 .checkpoints
-                .load_part(&self.job.id, index, &fingerprint)
+                .load_part(&self.job.id, index, stamp.as_deref())
                 .await?;
             let Some(fresh) = fresh else {
                 return Ok(None);
@@ -707,6 +791,7 @@ impl<'a> JobRun<'a> {
         &self,
         audio: bytes::Bytes,
         part: &Part,
+        joined: Option<(u32, u16)>,
     ) -> Result<(bytes::Bytes, SpeechSpan), AudioError> {
         let chars = part.text.chars().count();
         let wav = pcm::parse_wav(&audio).map_err(|e| AudioError::NotStitchable {
@@ -738,8 +823,14 @@ impl<'a> JobRun<'a> {
                 percent: ratio * 100.0,
             });
         }
-        // Caught before it is stored: a part the others cannot be joined to.
-        if let Some((rate, channels)) = self.stitch_format()
+        // Caught before it is stored: a part the others cannot be joined to
+        // (the stitch reads mono 16-bit PCM of one rate).
+        if !self.as_served && wav.format.channels != 1 {
+            return Err(AudioError::NotStitchable {
+                format: "multichannel wav",
+            });
+        }
+        if let Some((rate, channels)) = joined
             && (rate, channels) != (wav.format.sample_rate, wav.format.channels)
         {
             return Err(AudioError::MixedFormats {
@@ -782,11 +873,11 @@ impl<'a> JobRun<'a> {
 
     /// The format the stored parts share (a rendered job's parts are joined
     /// into one stream); none before the first is stored.
-    fn stitch_format(&self) -> Option<(u32, u16)> {
+    async fn stitch_format(&self) -> Option<(u32, u16)> {
         if self.as_served {
             return None;
         }
-        let cp = self.checkpoint.try_lock().ok()?;
+        let cp = self.checkpoint.lock().await;
         cp.parts
             .iter()
             .filter_map(|p| p.audio.as_ref())
@@ -809,25 +900,36 @@ impl<'a> JobRun<'a> {
                 )
                 .is_ok_and(|k| k.as_str() == part.key)
         });
-        let stored = match in_place {
-            Some(s) => StoredAudio {
+        // The part's record is the delivery's: nothing more to write.
+        if let Some(s) = in_place {
+            pipeline.metrics.audio_bytes.observe(s.size_bytes as f64);
+            let audio = StoredAudio {
                 bucket: pipeline.storage.bucket().to_owned(),
                 key: part.key.clone(),
                 content_type: s.content_type.clone(),
                 size_bytes: s.size_bytes,
                 sha256: s.sha256.clone(),
                 duration_seconds: s.duration_seconds,
-            },
-            None => {
-                let _slot = pipeline.transfers.acquire().await.ok();
-                let object = pipeline.storage.get(&part.key).await?;
-                let audio = Audio::parse(object.bytes, None)?;
-                let key = pipeline.keys.key_for(self.job, audio.format.extension())?;
-                info!(from = %part.key, to = %key, "delivering the stored take under the key asked now");
-                pipeline
-                    .upload_exclusive(self.job, &key, audio, &part.request_id)
-                    .await?
-            }
+            };
+            return Ok(completed(
+                self.job,
+                audio,
+                &[part],
+                None,
+                None,
+                self.attempt,
+                false,
+            ));
+        }
+        let stored = {
+            let _slot = pipeline.transfers.acquire().await.ok();
+            let object = pipeline.storage.get(&part.key).await?;
+            let audio = Audio::parse(object.bytes, None)?;
+            let key = pipeline.keys.key_for(self.job, audio.format.extension())?;
+            info!(from = %part.key, to = %key, "delivering the stored take under the key asked now");
+            pipeline
+                .upload_exclusive(self.job, &key, audio, &part.request_id)
+                .await?
         };
         pipeline
             .metrics
@@ -868,7 +970,18 @@ impl<'a> JobRun<'a> {
         let pipeline = self.pipeline;
         let layout = self.layout(records)?;
         pipeline.check_owner(self.job, key).await?;
-        let slot = pipeline.renders.acquire().await.ok();
+        // Waiting for a render slot is given up at the delivery's end; a
+        // render once started runs to its end (see README "A delivery's
+        // lifetime").
+        let slot = tokio::select! {
+            slot = pipeline.renders.acquire() => slot.ok(),
+            reason = pipeline.hand_over_requested(self.limit) => {
+                return Err(JobError::HandedOver(reason));
+            }
+        };
+        if let Some(reason) = pipeline.must_hand_over(self.limit) {
+            return Err(JobError::HandedOver(reason));
+        }
         let started = std::time::Instant::now();
         let rendered = Box::pin(self.render(key, records, &layout)).await;
         let rendered = match rendered {

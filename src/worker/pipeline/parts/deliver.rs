@@ -10,32 +10,27 @@
 //! chunks of PCM and one upload part whatever the audio's length, and the
 //! async threads never encode.
 
-use serde::Serialize;
-use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 use tracing::info;
 
 use super::JobRun;
 use crate::captions;
-use crate::checkpoint::PartAudio;
+use crate::checkpoint::{PartAudio, StitchedRecord};
 use crate::deliverable::{CaptionFormat, SOURCE_RATE};
 use crate::job::{Caption, Delivery, ObjectKey, StoredAudio};
-use crate::render::{self, Delivered, Meter, Render, RenderError, RenderSpec};
+use crate::render::{self, Delivered, Meter, Render, RenderSpec};
 use crate::stitch::Layout;
-use crate::storage::{MIN_PART_BYTES, MultipartUpload, ObjectStream, Storage};
+use crate::storage::{ObjectStream, Storage};
+use crate::wire::marks::{Marks, PartMark, SentenceMark};
 use crate::worker::pipeline::JobError;
 
-/// Bytes of the delivered file uploaded per multipart part: what the
-/// stage holds in memory (twice, while one part uploads and the next fills).
-/// S3's minimum: 10,000 parts still take 50 GB, and an encoded file is far
-/// smaller than the PCM it came from.
-const UPLOAD_PART_BYTES: usize = MIN_PART_BYTES;
+mod offthread;
+
+use offthread::{OffThread, Sink};
 
 /// Frames of silence handed to the DSP thread at a time (one second; speech
-/// goes in the chunks S3 reads give), and chunks queued for it: the PCM in
-/// memory.
+/// goes in the chunks S3 reads give): with the chunks queued for the DSP
+/// thread, the PCM in memory.
 const CHUNK_FRAMES: u64 = SOURCE_RATE as u64;
-const QUEUED_CHUNKS: usize = 4;
 
 /// What the stage delivered.
 pub(super) struct Rendered {
@@ -193,9 +188,9 @@ impl JobRun<'_> {
             }
         }
         let marks = Marks {
-            job_id: self.job.id.as_str(),
-            audio_key: key.as_str(),
-            format: self.job.deliverable.format.as_str(),
+            job_id: self.job.id.to_string(),
+            audio_key: key.to_string(),
+            format: self.job.deliverable.format.as_str().to_owned(),
             sample_rate: timeline.output_rate,
             duration_ms: (rendered.delivered.duration_seconds * 1_000.0).round() as u64,
             parts: self
@@ -209,10 +204,10 @@ impl JobRun<'_> {
                     chars: [part.chars.start, part.chars.end],
                     start_ms: timeline.millis(placed.start),
                     end_ms: timeline.millis(placed.end),
-                    request_id: &record.request_id,
+                    request_id: record.request_id.clone(),
                 })
                 .collect(),
-            sentences: &sentences,
+            sentences,
         };
         // Serializing strings and numbers cannot fail.
         let body = serde_json::to_vec_pretty(&marks).unwrap_or_default();
@@ -222,7 +217,8 @@ impl JobRun<'_> {
             .await?;
         let mut captions_written = Vec::new();
         if !self.job.deliverable.captions.is_empty() {
-            let timed: Vec<(&str, u64, u64)> = sentences
+            let timed: Vec<(&str, u64, u64)> = marks
+                .sentences
                 .iter()
                 .map(|s| (s.text.as_str(), s.start_ms, s.end_ms))
                 .collect();
@@ -265,6 +261,82 @@ impl JobRun<'_> {
     }
 }
 
+impl JobRun<'_> {
+    /// Copies a rendered delivery (`stored`, still intact) to `key`: the
+    /// audio as a stream, the marks rewritten to name it, the caption files
+    /// beside it; records it. `None` when the audio went meanwhile.
+    pub(super) async fn move_delivery(
+        &self,
+        stored: &StitchedRecord,
+        key: &ObjectKey,
+        plan: &str,
+    ) -> Result<Option<StitchedRecord>, JobError> {
+        let pipeline = self.pipeline;
+        let storage = &pipeline.storage;
+        pipeline.check_owner(self.job, key).await?;
+        let content_type = stored
+            .content_type
+            .clone()
+            .unwrap_or_else(|| self.job.deliverable.format.content_type().to_owned());
+        let started = std::time::Instant::now();
+        let Some((etag, size_bytes)) = storage
+            .copy_streamed(
+                &stored.key,
+                key,
+                &content_type,
+                &self.job.id,
+                &[("deliverable", self.job.deliverable.fingerprint())],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        pipeline
+            .metrics
+            .s3_upload
+            .observe(started.elapsed().as_secs_f64());
+        let marks_key = format!("{key}.marks.json");
+        if let Some(old) = &stored.marks_key
+            && let Some(bytes) = storage.get_optional(old).await?
+            && let Ok(mut marks) = serde_json::from_slice::<Marks>(&bytes)
+        {
+            marks.audio_key = key.to_string();
+            // Serializing strings and numbers cannot fail.
+            let body = serde_json::to_vec_pretty(&marks).unwrap_or_default();
+            storage
+                .put_bytes(&marks_key, body, "application/json")
+                .await?;
+        }
+        let mut delivery = stored.delivery.clone();
+        if let Some(delivery) = delivery.as_mut() {
+            for caption in &mut delivery.captions {
+                let to = caption_key(key, caption.format);
+                if let Some(bytes) = storage.get_optional(&caption.key).await? {
+                    storage
+                        .put_bytes(&to, bytes, caption.format.content_type())
+                        .await?;
+                }
+                caption.key = to;
+            }
+        }
+        info!(from = %stored.key, to = %key, "a rendered delivery copied to the key asked now");
+        let record = StitchedRecord {
+            plan: Some(plan.to_owned()),
+            key: key.to_string(),
+            sha256: stored.sha256.clone(),
+            size_bytes,
+            etag,
+            duration_seconds: stored.duration_seconds,
+            marks_key: Some(marks_key),
+            content_type: Some(content_type),
+            deliverable: stored.deliverable.clone(),
+            delivery,
+        };
+        super::save_stitched(&pipeline.checkpoints, &self.job.id, &record).await;
+        Ok(Some(record))
+    }
+}
+
 /// A caption file's key: the audio's, with the caption's extension in place
 /// of the audio's (`talk.mp3` → `talk.vtt`), as players look for it.
 fn caption_key(audio: &ObjectKey, format: CaptionFormat) -> String {
@@ -291,37 +363,6 @@ impl Timeline {
             + self.delay_frames as f64 / f64::from(self.output_rate.max(1));
         (seconds * 1_000.0).round() as u64
     }
-}
-
-/// The timing marks object (`{key}.marks.json`).
-#[derive(Debug, Serialize)]
-struct Marks<'a> {
-    job_id: &'a str,
-    audio_key: &'a str,
-    format: &'a str,
-    sample_rate: u32,
-    duration_ms: u64,
-    parts: Vec<PartMark<'a>>,
-    sentences: &'a [SentenceMark],
-}
-
-#[derive(Debug, Serialize)]
-struct PartMark<'a> {
-    index: usize,
-    /// Character range `[start, end)` of the text (Unicode scalar values).
-    chars: [usize; 2],
-    start_ms: u64,
-    end_ms: u64,
-    request_id: &'a str,
-}
-
-#[derive(Debug, Serialize)]
-struct SentenceMark {
-    part: usize,
-    chars: [usize; 2],
-    text: String,
-    start_ms: u64,
-    end_ms: u64,
 }
 
 /// The stitched programme as 16-bit mono PCM chunks: each part's speech,
@@ -444,76 +485,6 @@ impl Le16 {
     }
 }
 
-/// Synchronous PCM work (a meter or an encoder) the stage feeds.
-trait PcmWork {
-    type Done: Send + 'static;
-    fn push(&mut self, pcm: &[i16], out: &mut Vec<u8>) -> Result<(), RenderError>;
-    fn finish(self, out: &mut Vec<u8>) -> Result<Self::Done, RenderError>;
-}
-
-impl PcmWork for Render {
-    type Done = Delivered;
-    fn push(&mut self, pcm: &[i16], out: &mut Vec<u8>) -> Result<(), RenderError> {
-        Render::push(self, pcm, out)
-    }
-    fn finish(self, out: &mut Vec<u8>) -> Result<Delivered, RenderError> {
-        Render::finish(self, out)
-    }
-}
-
-impl PcmWork for Meter {
-    type Done = render::Measured;
-    fn push(&mut self, pcm: &[i16], _: &mut Vec<u8>) -> Result<(), RenderError> {
-        Meter::push(self, pcm)
-    }
-    fn finish(self, _: &mut Vec<u8>) -> Result<render::Measured, RenderError> {
-        Meter::finish(self)
-    }
-}
-
-/// PCM work on a blocking thread: PCM in through a bounded channel, bytes
-/// out through another (drained after every chunk sent, so it holds at
-/// most what the queued chunks produce).
-struct OffThread<D> {
-    input: mpsc::Sender<Vec<i16>>,
-    output: mpsc::UnboundedReceiver<Vec<u8>>,
-    done: tokio::task::JoinHandle<Result<D, RenderError>>,
-}
-
-impl<D: Send + 'static> OffThread<D> {
-    /// Builds the work on its thread (an encoder need not be `Send`).
-    fn spawn<W>(make: impl FnOnce() -> Result<W, RenderError> + Send + 'static) -> Self
-    where
-        W: PcmWork<Done = D>,
-    {
-        let (input, mut rx) = mpsc::channel::<Vec<i16>>(QUEUED_CHUNKS);
-        let (tx, output) = mpsc::unbounded_channel();
-        let done = tokio::task::spawn_blocking(move || {
-            let mut work = make()?;
-            let mut out = Vec::new();
-            while let Some(pcm) = rx.blocking_recv() {
-                work.push(&pcm, &mut out)?;
-                if !out.is_empty() {
-                    // The stage is gone when nobody receives: stop.
-                    if tx.send(std::mem::take(&mut out)).is_err() {
-                        break;
-                    }
-                }
-            }
-            let done = work.finish(&mut out)?;
-            if !out.is_empty() {
-                let _ = tx.send(out);
-            }
-            Ok(done)
-        });
-        OffThread {
-            input,
-            output,
-            done,
-        }
-    }
-}
-
 /// Feeds the programme to `work`, writing what it produces to `sink`.
 async fn drive<D: Send + 'static>(
     mut reader: PcmReader<'_>,
@@ -547,55 +518,6 @@ async fn drive<D: Send + 'static>(
         Err(e) => Err(JobError::Interrupted(format!(
             "the audio render stopped: {e}"
         ))),
-    }
-}
-
-/// Where the delivered bytes go: a buffer of one upload part, hashed on the
-/// way.
-struct Sink<'u> {
-    upload: &'u mut MultipartUpload,
-    buffer: Vec<u8>,
-    hasher: Sha256,
-    written: u64,
-}
-
-impl<'u> Sink<'u> {
-    fn new(upload: &'u mut MultipartUpload) -> Self {
-        Sink {
-            upload,
-            buffer: Vec::with_capacity(UPLOAD_PART_BYTES),
-            hasher: Sha256::new(),
-            written: 0,
-        }
-    }
-
-    async fn write(&mut self, mut bytes: &[u8]) -> Result<(), JobError> {
-        self.hasher.update(bytes);
-        self.written += bytes.len() as u64;
-        while !bytes.is_empty() {
-            let room = UPLOAD_PART_BYTES - self.buffer.len();
-            let n = room.min(bytes.len());
-            self.buffer.extend_from_slice(&bytes[..n]);
-            bytes = &bytes[n..];
-            if self.buffer.len() == UPLOAD_PART_BYTES {
-                self.flush().await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> Result<(), JobError> {
-        let full = std::mem::replace(&mut self.buffer, Vec::with_capacity(UPLOAD_PART_BYTES));
-        Box::pin(self.upload.upload_part(full)).await?;
-        Ok(())
-    }
-
-    /// Uploads what is left; returns the SHA-256 and the bytes written.
-    async fn finish(mut self) -> Result<(String, u64), JobError> {
-        if !self.buffer.is_empty() {
-            self.flush().await?;
-        }
-        Ok((hex::encode(self.hasher.finalize()), self.written))
     }
 }
 
