@@ -222,6 +222,42 @@ pub struct ServedRecord {
     pub duration_seconds: Option<f64>,
 }
 
+impl ServedRecord {
+    /// What a delivered file as served is.
+    pub fn of(audio: &StoredAudio) -> Self {
+        ServedRecord {
+            content_type: audio.content_type.clone(),
+            sha256: audio.sha256.clone(),
+            size_bytes: audio.size_bytes,
+            duration_seconds: audio.duration_seconds,
+        }
+    }
+}
+
+impl StitchedRecord {
+    /// The delivery record of Segmind's file as served, stored at `key`
+    /// for the plan `plan` (and, when known, the deliverable asked).
+    pub fn served(
+        plan: &str,
+        key: &str,
+        served: &ServedRecord,
+        deliverable: Option<String>,
+    ) -> Self {
+        StitchedRecord {
+            plan: Some(plan.to_owned()),
+            key: key.to_owned(),
+            sha256: served.sha256.clone(),
+            size_bytes: served.size_bytes,
+            etag: None,
+            duration_seconds: served.duration_seconds,
+            marks_key: None,
+            content_type: Some(served.content_type.clone()),
+            deliverable,
+            delivery: None,
+        }
+    }
+}
+
 impl PartAudio {
     /// Whether its speech can be read back as 16-bit PCM frames for a
     /// rendered deliverable: a part delivered as served is only if it was
@@ -598,6 +634,7 @@ impl Checkpoints {
         };
         let mut cp = PartsCheckpoint::new(job_id, speech, part_chars, plan);
         let fingerprint = cp.fingerprint().to_owned();
+        let mut stitched = None;
         let part = &mut cp.parts[0];
         part.request_id = Some(old.request_id.clone());
         part.submitted_at = Some(old.submitted_at);
@@ -606,6 +643,18 @@ impl Checkpoints {
             // Delivered as served: the record a replay needs. Where its
             // speech is was not measured; a rendered deliverable of the same
             // text produces its part again.
+            let served = ServedRecord {
+                content_type: stored.content_type.clone(),
+                sha256: stored.sha256.clone(),
+                size_bytes: stored.size_bytes,
+                duration_seconds: stored.duration_seconds,
+            };
+            stitched = Some(StitchedRecord::served(
+                &fingerprint,
+                &stored.key,
+                &served,
+                None,
+            ));
             part.audio = Some(PartAudio {
                 key: stored.key.clone(),
                 request_id: old.request_id.clone(),
@@ -616,26 +665,10 @@ impl Checkpoints {
                 inference_time_seconds: stored.inference_time_seconds,
                 cost: stored.cost,
                 sentences: Vec::new(),
-                as_served: Some(ServedRecord {
-                    content_type: stored.content_type.clone(),
-                    sha256: stored.sha256.clone(),
-                    size_bytes: stored.size_bytes,
-                    duration_seconds: stored.duration_seconds,
-                }),
-            });
-            cp.stored = Some(StitchedRecord {
-                plan: Some(fingerprint),
-                key: stored.key.clone(),
-                sha256: stored.sha256.clone(),
-                size_bytes: stored.size_bytes,
-                etag: None,
-                duration_seconds: stored.duration_seconds,
-                marks_key: None,
-                content_type: Some(stored.content_type.clone()),
-                deliverable: None,
-                delivery: None,
+                as_served: Some(served),
             });
         }
+        cp.stored = stitched;
         tracing::info!(request_id = %old.request_id, "an earlier release's checkpoint: read as a one-part plan");
         self.save_part(job_id, 0, &cp.parts[0]).await?;
         if let Some(stored) = &cp.stored {

@@ -348,18 +348,12 @@ impl<'a> JobRun<'a> {
         }
         let audio = cp.parts.first()?.audio.as_ref()?;
         let served = audio.as_served.as_ref()?;
-        Some(StitchedRecord {
-            plan: Some(cp.fingerprint().to_owned()),
-            key: audio.key.clone(),
-            sha256: served.sha256.clone(),
-            size_bytes: served.size_bytes,
-            etag: None,
-            duration_seconds: served.duration_seconds,
-            marks_key: None,
-            content_type: Some(served.content_type.clone()),
-            deliverable: Some(Deliverable::default().fingerprint()),
-            delivery: None,
-        })
+        Some(StitchedRecord::served(
+            cp.fingerprint(),
+            &audio.key,
+            served,
+            Some(Deliverable::default().fingerprint()),
+        ))
     }
 
     /// Synthesizes, checks and stores every part, a few at a time. A part
@@ -631,12 +625,7 @@ impl<'a> JobRun<'a> {
             channels: speech.format.channels,
             inference_time_seconds: synthesis.inference_time_seconds,
             cost: synthesis.cost,
-            as_served: Some(ServedRecord {
-                content_type: stored.content_type.clone(),
-                sha256: stored.sha256.clone(),
-                size_bytes: stored.size_bytes,
-                duration_seconds: stored.duration_seconds,
-            }),
+            as_served: Some(ServedRecord::of(&stored)),
         })
     }
 
@@ -935,18 +924,12 @@ impl<'a> JobRun<'a> {
             .metrics
             .audio_bytes
             .observe(stored.size_bytes as f64);
-        let record = StitchedRecord {
-            plan: Some(self.checkpoint.lock().await.fingerprint().to_owned()),
-            key: stored.key.clone(),
-            sha256: stored.sha256.clone(),
-            size_bytes: stored.size_bytes,
-            etag: None,
-            duration_seconds: stored.duration_seconds,
-            marks_key: None,
-            content_type: Some(stored.content_type.clone()),
-            deliverable: Some(self.job.deliverable.fingerprint()),
-            delivery: None,
-        };
+        let record = StitchedRecord::served(
+            self.checkpoint.lock().await.fingerprint(),
+            &stored.key,
+            &ServedRecord::of(&stored),
+            Some(self.job.deliverable.fingerprint()),
+        );
         save_stitched(&pipeline.checkpoints, &self.job.id, &record).await;
         self.checkpoint.lock().await.stored = Some(record);
         Ok(completed(
