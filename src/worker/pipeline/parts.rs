@@ -422,7 +422,13 @@ impl<'a> JobRun<'a> {
     /// unusable, within `jobs.audio_retries`) and stored.
     async fn part(&self, index: usize) -> Result<(), JobError> {
         let part = &self.plan[index];
-        let span = info_span!("part", index, chars = part.text.chars().count());
+        // A span per part of a long job; a short job's steps are the job
+        // span's own children (a span costs memory, times thousands).
+        let span = if self.plan.len() > 1 {
+            info_span!("part", index, chars = part.text.chars().count())
+        } else {
+            Span::none()
+        };
         async move {
             let (record, request) = {
                 let cp = self.checkpoint.lock().await;
