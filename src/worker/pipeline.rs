@@ -588,6 +588,9 @@ mod tests {
             .checkpoints
             .load_plan(&job.id, &job.speech, 3_000, &plan);
         let load_size = std::mem::size_of_val(&load);
+        let first_read = pipeline
+            .checkpoints
+            .load_one_part_size(&job.id, &job.speech, &plan);
         let mut submit_calls = 0;
         let submit = pipeline
             .segmind
@@ -600,6 +603,13 @@ mod tests {
         assert!(
             load_size <= 2048,
             "a checkpoint read queued for a slot: {load_size} bytes"
+        );
+        // What every new job holds while its first read waits for a slot,
+        // thousands at once when a backlog arrives.
+        println!("a one-part plan's first read: {first_read} bytes");
+        assert!(
+            first_read <= 2048,
+            "a one-part plan's first read queued for a slot: {first_read} bytes"
         );
         // 2 KiB, plus the budget priority a submission carries since long
         // texts (a new job's or a further part's): 2,080 bytes measured.
