@@ -711,9 +711,18 @@ async fn parts_state(storage: &Storage, dir: &str) -> Option<(usize, usize, usiz
             .ok()??,
     )?;
     let parts = plan["parts"].as_u64()? as usize;
+    // Part records are named after their plan (the first 16 hex digits of
+    // its fingerprint).
+    let stamp = plan["plan"]
+        .as_str()
+        .map(|p| format!(".{}", &p[..16.min(p.len())]));
+    let stamp = stamp.unwrap_or_default();
     let (mut stored, mut running) = (0, 0);
     for i in 0..parts {
-        let Ok(Some(bytes)) = storage.get_optional(&format!("{dir}{i:05}.json")).await else {
+        let Ok(Some(bytes)) = storage
+            .get_optional(&format!("{dir}{i:05}{stamp}.json"))
+            .await
+        else {
             continue;
         };
         let record = json(bytes)?;
