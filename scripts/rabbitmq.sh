@@ -13,7 +13,13 @@
 set -euo pipefail
 
 STACK_DIR="${TTS_STACK_DIR:-$HOME/.local/share/tts-worker}"
-MIRROR="${TTS_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# The machine's own Debian mirror (its apt configuration), unless given.
+machine_mirror() {
+  awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null \
+    || awk '$1 == "deb" { print $2; exit }' /etc/apt/sources.list 2>/dev/null
+}
+MIRROR="${TTS_DEBIAN_MIRROR:-$(machine_mirror)}"
+[ -n "$MIRROR" ] || { echo "no Debian mirror in the apt configuration; set TTS_DEBIAN_MIRROR" >&2; exit 1; }
 LINE="${1:-}"
 case "$LINE" in
   4.0) SUITE=trixie; ROOT="$STACK_DIR/rabbitmq4-root"; PORT=5673; DIST_PORT=25673; NODE="rabbit4@localhost" ;;
