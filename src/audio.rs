@@ -41,10 +41,6 @@ pub enum AudioError {
     Empty,
     #[error("the WAV file holds no samples")]
     NoSamples,
-    #[error(
-        "{seconds:.2} s of audio is implausibly short for {words} words (Gemini's silent truncation)"
-    )]
-    Implausible { seconds: f64, words: usize },
     #[error("the audio is mostly silence ({voiced_percent:.0} % of it holds speech)")]
     MostlySilence { voiced_percent: f64 },
     #[error(
@@ -220,22 +216,6 @@ pub fn decode_mp3(bytes: Bytes) -> Result<Pcm, AudioError> {
     Ok(pcm)
 }
 
-/// Rejects audio too short for its text: Gemini sometimes answers success
-/// with truncated audio. Only checked when the duration is known (WAV).
-pub fn check_plausible(
-    audio: &Audio,
-    text: &str,
-    min_seconds_per_word: f64,
-) -> Result<(), AudioError> {
-    let words = text.split_whitespace().count();
-    match audio.duration_seconds {
-        Some(seconds) if seconds < words as f64 * min_seconds_per_word => {
-            Err(AudioError::Implausible { seconds, words })
-        }
-        _ => Ok(()),
-    }
-}
-
 /// Recognises a container by its first bytes.
 pub fn sniff(bytes: &[u8]) -> Option<AudioFormat> {
     if bytes.len() >= 12 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WAVE" {
@@ -357,28 +337,6 @@ mod tests {
         assert_eq!(a.format, AudioFormat::Wav);
         assert_eq!(a.duration_seconds, Some(1.0));
         assert_eq!(sniff(&a.bytes), Some(AudioFormat::Wav));
-    }
-
-    #[test]
-    fn audio_too_short_for_its_text_is_implausible() {
-        let half_second = Audio::parse(
-            Bytes::from(wav_from_pcm(&[0; 24_000], 24_000).unwrap()),
-            None,
-        )
-        .unwrap();
-        let ten_words = "one two three four five six seven eight nine ten";
-        assert!(check_plausible(&half_second, "hello there", 0.1).is_ok());
-        assert_eq!(
-            check_plausible(&half_second, ten_words, 0.1).unwrap_err(),
-            AudioError::Implausible {
-                seconds: 0.5,
-                words: 10
-            }
-        );
-        assert!(
-            check_plausible(&half_second, ten_words, 0.0).is_ok(),
-            "0 disables the check"
-        );
     }
 
     #[test]
