@@ -230,13 +230,19 @@ async fn a_redelivery_waits_for_a_submission_still_running_and_pays_once() {
 
 #[tokio::test]
 async fn short_jobs_delivered_as_served_pass_the_one_quality_gate() {
-    // A third of Segmind's takes silently cut to 13–46 % of the speech.
-    let (pipeline, sim) = engine(3_000, |c| c.truncation_rate = 0.33).await;
+    // A third of the jobs' first takes silently cut to 30 % of the speech
+    // (a fixed third: the learned rate's median stays a normal take).
+    let (pipeline, sim) = engine(3_000, |_| {}).await;
     let sentence = "A short notice about your order and its delivery window today. ";
     let jobs: Vec<String> = (0..36)
         .map(|n| {
+            let cut = if n % 3 == 0 {
+                " [[sim:truncated-once]]"
+            } else {
+                ""
+            };
             json!({
-                "text": format!("Notice {n}. {}", sentence.repeat(3)),
+                "text": format!("Notice {n}. {}{cut}", sentence.repeat(3)),
                 "job_id": format!("gate-{n}"),
             })
             .to_string()
