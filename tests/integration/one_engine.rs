@@ -55,6 +55,15 @@ fn tagged(tag: &str, paragraphs: usize, chars_each: usize) -> String {
     narration(paragraphs, chars_each).replace("Paragraph", &format!("{tag} paragraph"))
 }
 
+/// Six paragraphs tagged `tag`, each a part that takes `seconds` at Segmind.
+fn slow_parts(tag: &str, seconds: u32) -> String {
+    tagged(tag, 6, 550)
+        .split("\n\n")
+        .map(|p| format!("{p} [[sim:latency={seconds}]]"))
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
 /// Submissions Segmind accepted for texts containing `needle`, by text.
 fn paid_for(sim: &segmind_sim::SimHandle, needle: &str) -> Vec<u32> {
     sim.stats()
@@ -393,12 +402,7 @@ async fn a_job_longer_than_the_delivery_lifetime_is_handed_back_and_completes_pa
         &format!("^{}$", regex_escape(app.requests_queue())),
         r#"{"consumer-timeout":10000}"#,
     ]);
-    let mut paragraphs: Vec<String> = tagged("Lifetime", 6, 550)
-        .split("\n\n")
-        .map(|p| format!("{p} [[sim:latency=2]]"))
-        .collect();
-    let text = paragraphs.join("\n\n");
-    paragraphs.clear();
+    let text = slow_parts("Lifetime", 2);
     app.publish_json(json!({"text": text, "job_id": "lifetime-1"}))
         .await;
     for n in 0..5 {
@@ -628,11 +632,7 @@ async fn a_consumer_the_broker_cancels_hands_back_what_it_holds_and_the_job_comp
     // A consumer takes the queue's timeout when it attaches (4.3.6,
     // measured): the worker consumes again under the policy.
     app.restart_worker(|_| {}).await;
-    let text: String = tagged("Cancelled", 6, 550)
-        .split("\n\n")
-        .map(|p| format!("{p} [[sim:latency=3]]"))
-        .collect::<Vec<_>>()
-        .join("\n\n");
+    let text = slow_parts("Cancelled", 3);
     app.publish_json(json!({"text": text, "job_id": "cancelled-1"}))
         .await;
     for n in 0..3 {
