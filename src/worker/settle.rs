@@ -411,3 +411,31 @@ pub async fn hand_over(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<'a, A: 'a, B, C, F>(_: impl Fn(&'a A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn future_size4<'a, A: 'a, B: 'a, C: 'a, D: 'a, F>(
+        _: impl Fn(&'a A, &'a B, &'a C, &'a D) -> F,
+    ) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn a_jobs_task_is_small_while_its_job_waits() {
+        let process = future_size::<JobContext, Delivery, DeliveryLimit, _>(process);
+        println!("a job's task: {process} bytes");
+        let delivery = Delivery::mock(1, "".into(), "q".into(), false, vec![]);
+        let reject = std::mem::size_of_val(&delivery.acker.reject(REQUEUE));
+        let ack = std::mem::size_of_val(&delivery.acker.ack(BasicAckOptions::default()));
+        let settle = future_size4::<JobContext, Delivery, TraceHeaders, DeliveryLimit, _>(settle);
+        println!("reject: {reject}; ack: {ack}; settle: {settle}");
+        assert!(process <= 4096, "a job's task is {process} bytes");
+    }
+}
