@@ -26,7 +26,7 @@ say "2/4 RabbitMQ and Garage, in the background (first run ≈ 11 min beside the
 setsid scripts/stack.sh up > "$RUN/stack.env" 2> "$RUN/stack.log" &
 stack_pid=$!
 trap 'kill -- "-$stack_pid" 2>/dev/null || true' EXIT
-# The Python example producer (examples/python) is the sixth job: its small
+# The Python example producer (examples/python) is the seventh job: its small
 # venv installs from PyPI meanwhile.
 EXAMPLE_VENV="${TTS_STACK_DIR:-$HOME/.local/share/tts-worker}/example-venv"
 ( { [ -x "$EXAMPLE_VENV/bin/python" ] && "$EXAMPLE_VENV/bin/python" -c 'import pika, jsonschema, boto3'; } 2>/dev/null \
@@ -65,7 +65,7 @@ target/debug/segmind-sim --listen 127.0.0.1:18090 --media-listen 127.0.0.1:18091
 target/debug/tts-worker run > "$RUN/worker.log" 2>&1 & echo $! > "$RUN/worker.pid"
 for _ in $(seq 1 60); do curl -fs http://127.0.0.1:19090/readyz >/dev/null 2>&1 && break; sleep 0.5; done
 curl -fs http://127.0.0.1:19090/readyz >/dev/null || { echo "[demo] the worker did not become ready:"; tail -20 "$RUN/worker.log"; exit 1; }
-say "4/4 worker ready; submitting 6 jobs (≈ 1 min; the chapter is ≈ 9 minutes of speech, in parts)"
+say "4/4 worker ready; submitting 7 jobs (≈ 1 min; the chapter is ≈ 9 minutes of speech, in parts)"
 
 submit() { # name, extension, then submit args
   local name=$1 ext=$2; shift 2
@@ -94,6 +94,17 @@ for i in 1 2 3 4 5 6 7 8 9 10 11 12; do
 done
 submit chapter mp3 --format mp3 --sample-rate 44100 --loudness -16 --captions vtt --captions srt --style "Narrate calmly, like an audiobook" --text "$chapter" --voice-1 Charon &
 pids+=($!)
+# Chinese (≈ 1,000 characters): parts are sized by how long they take to speak,
+# not by characters (a Han character is ≈ 3.3 English ones), so it is two parts
+# of ≈ 500, each well under one call's cap; captions break lines between
+# words at 16 characters.
+story=""
+for i in $(seq 1 28); do
+  story+="灯塔看守人每天晚上爬上一百级台阶，修剪灯芯，把巨大的透镜擦得闪闪发亮。"
+  story+=$'\n'
+done
+submit chinese wav --captions vtt --text "$story" --voice-1 Kore &
+pids+=($!)
 # A producer of your own: the Python example publishes a version 2 request
 # with a correlation id and a traceparent, checks the event against
 # contract/schemas/ and downloads the MP3 and its captions.
@@ -110,12 +121,12 @@ wait "${pids[@]}" # not a bare wait: the simulator and worker run in the backgro
 
 echo
 echo "================ demo summary ================"
-for name in narration dialogue cheerful chapter blocked; do
+for name in narration dialogue cheerful chapter chinese blocked; do
   printf '%-10s %s\n' "$name" "$(grep -E '^(completed|failed)' "$RUN/$name.out" || tail -1 "$RUN/$name.out")"
 done
 echo
 echo "events (CloudEvents 1.0, as published to tts.events and the reply queue):"
-for name in narration dialogue cheerful chapter blocked; do
+for name in narration dialogue cheerful chapter chinese blocked; do
   sed -n '/^{/,/^}/p' "$RUN/$name.out"
 done
 echo
@@ -128,14 +139,15 @@ echo "metrics (excerpt):"
 curl -fs http://127.0.0.1:19090/metrics | grep -E '^tts_(jobs_total|queue_depth|segmind_requests_total|inference_duration_seconds_(sum|count))' || true
 echo
 echo "Play them with e.g.: ffplay $OUT/chapter.mp3, aplay $OUT/narration.wav   (or open them in any audio player; the captions beside the MP3 load with it)"
-completed=$(grep -l '^completed job' "$RUN"/narration.out "$RUN"/dialogue.out "$RUN"/cheerful.out "$RUN"/chapter.out | wc -l)
+completed=$(grep -l '^completed job' "$RUN"/narration.out "$RUN"/dialogue.out "$RUN"/cheerful.out "$RUN"/chapter.out "$RUN"/chinese.out | wc -l)
 blocked=$(grep -c '^failed job .*: content_blocked ' "$RUN/blocked.out" || true)
 parts=$(grep -oE '^  [0-9]+ parts' "$RUN/chapter.out" | grep -oE '[0-9]+' || echo 0)
+zh_parts=$(grep -oE '^  [0-9]+ parts' "$RUN/chinese.out" | grep -oE '[0-9]+' || echo 0)
 # What the chapter's MP3 measures (target −16 LUFS; with no limiter, a peaky
 # voice ends under the target rather than over the −1 dBTP ceiling).
 measured=$(grep -oE -- '-?[0-9.]+ LUFS, true peak -?[0-9.]+ dBTP' "$RUN/chapter.out" || echo "loudness unknown")
 say "done"
 example=$(grep -c '"type": *"tts.job.completed"' "$RUN/example.out" || true)
-if [ "$completed" -eq 4 ] && [ "$blocked" -eq 1 ] && [ "$parts" -gt 1 ] && [ -s "$OUT/chapter.vtt" ] && [ "$example" -eq 1 ]; then
-  echo "[demo] OK: the Python example producer's job completed and checked against contract/schemas/ (audio in $OUT/example/); 4 completed (the chapter as one MP3 of $parts parts, asked −16 LUFS, delivered $measured, with captions $OUT/chapter.vtt and .srt, marks in $OUT/chapter.mp3.marks.json; the dialogue as Ogg Opus; the cheerful line as 8 kHz μ-law), 1 content_blocked"
+if [ "$completed" -eq 5 ] && [ "$blocked" -eq 1 ] && [ "$parts" -gt 1 ] && [ "$zh_parts" -gt 1 ] && [ -s "$OUT/chapter.vtt" ] && [ -s "$OUT/chinese.vtt" ] && [ "$example" -eq 1 ]; then
+  echo "[demo] OK: the Python example producer's job completed and checked against contract/schemas/ (audio in $OUT/example/); 5 completed (the chapter as one MP3 of $parts parts, asked −16 LUFS, delivered $measured, with captions $OUT/chapter.vtt and .srt, marks in $OUT/chapter.mp3.marks.json; the dialogue as Ogg Opus; the cheerful line as 8 kHz μ-law; ≈ 1,000 Chinese characters as $zh_parts parts sized by their speech, captions in $OUT/chinese.vtt), 1 content_blocked"
 else echo "[demo] unexpected results; logs in $RUN/"; exit 1; fi

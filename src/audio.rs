@@ -44,11 +44,11 @@ pub enum AudioError {
     #[error("the audio is mostly silence ({voiced_percent:.0} % of it holds speech)")]
     MostlySilence { voiced_percent: f64 },
     #[error(
-        "{seconds:.1} s of speech for {chars} characters is {percent:.0} % of what the voice takes (Gemini's silent truncation)"
+        "{seconds:.1} s of speech where its text takes ≈ {expected:.1} s in this voice: {percent:.0} % (Gemini's silent truncation)"
     )]
     Truncated {
         seconds: f64,
-        chars: usize,
+        expected: f64,
         percent: f64,
     },
     #[error("a part served as {format} cannot be stitched (16-bit PCM WAV and MP3 can)")]

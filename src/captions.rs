@@ -5,17 +5,25 @@
 //! read together. Readability follows common subtitling guidance (BBC,
 //! Netflix timed-text style guides): at most [`MAX_LINES`] lines of
 //! [`MAX_LINE_CHARS`] characters (characters, not bytes: captions are read
-//! in any script), lines broken at spaces and balanced, a cue on screen for
+//! in any script; [`MAX_WIDE_LINE_CHARS`] for Chinese and Japanese), lines
+//! broken at spaces — between words (UAX #29) in scripts written without
+//! spaces (Chinese, Japanese, Thai), never inside a grapheme cluster — and
+//! balanced, a cue on screen for
 //! at least [`MIN_CUE_MS`] when the next one leaves room and at most
 //! [`MAX_CUE_MS`]. A sentence longer than that is split into several cues at
 //! spaces, their times shared out by characters.
 //!
-//! Pure: layer 2, it imports nothing of the crate.
+//! Pure: layer 2, it imports only `spoken` (the script of a character).
 
 use std::fmt::Write as _;
 
+use crate::spoken::Script;
+
 /// Characters on a caption line.
 pub const MAX_LINE_CHARS: usize = 42;
+/// Characters on a line of Chinese or Japanese (full-width characters:
+/// Netflix's Chinese guide says 16, its Japanese one 13 for vertical text).
+pub const MAX_WIDE_LINE_CHARS: usize = 16;
 /// Lines in a cue.
 pub const MAX_LINES: usize = 2;
 /// A shorter cue is held on screen longer when the next one leaves room,
@@ -39,7 +47,7 @@ pub struct Cue {
 /// are in order and never overlap.
 pub fn cues(sentences: &[(&str, u64, u64)]) -> Vec<Cue> {
     // Pieces of sentences: (words, start, end).
-    let mut pieces: Vec<(Vec<String>, u64, u64)> = Vec::new();
+    let mut pieces: Vec<(Vec<Word>, u64, u64)> = Vec::new();
     let mut floor = 0;
     for &(text, start, end) in sentences {
         let words = words_of(text);
@@ -62,7 +70,7 @@ pub fn cues(sentences: &[(&str, u64, u64)]) -> Vec<Cue> {
     }
     // Short pieces share a cue with the next when both fit in one and
     // follow closely.
-    let mut merged: Vec<(Vec<String>, u64, u64)> = Vec::new();
+    let mut merged: Vec<(Vec<Word>, u64, u64)> = Vec::new();
     for (words, start, end) in pieces {
         if let Some((last_words, last_start, last_end)) = merged.last_mut() {
             // Only across a short gap: a cue is not held through a silence.
@@ -95,52 +103,125 @@ pub fn cues(sentences: &[(&str, u64, u64)]) -> Vec<Cue> {
                 start_ms: start,
                 end_ms: end,
                 text: lines(&words)
-                    .unwrap_or_else(|| vec![words.join(" ")])
+                    .unwrap_or_else(|| vec![join(&words)])
                     .join("\n"),
             }
         })
         .collect()
 }
 
-/// The words of `text`, a word longer than a line cut into line-long runs.
-fn words_of(text: &str) -> Vec<String> {
+/// A word of a caption, and whether it follows the one before without a
+/// space (scripts written without spaces).
+#[derive(Debug, Clone, PartialEq)]
+struct Word {
+    text: String,
+    glued: bool,
+    /// Chinese or Japanese: its line holds [`MAX_WIDE_LINE_CHARS`].
+    wide: bool,
+}
+
+/// The words of `text`: whitespace-separated, and UAX #29 words inside a
+/// run of a script written without spaces; a word longer than a line cut
+/// into line-long runs of grapheme clusters.
+fn words_of(text: &str) -> Vec<Word> {
+    use unicode_segmentation::UnicodeSegmentation;
     let mut out = Vec::new();
-    for word in text.split_whitespace() {
-        let chars: Vec<char> = word.chars().collect();
-        for run in chars.chunks(MAX_LINE_CHARS) {
-            out.push(run.iter().collect());
+    for token in text.split_whitespace() {
+        let unspaced = token
+            .chars()
+            .any(|c| c.is_alphabetic() && Script::of(c).is_some_and(Script::unspaced));
+        let wide = token
+            .chars()
+            .any(|c| matches!(Script::of(c), Some(Script::Han | Script::Kana)));
+        let max = if wide {
+            MAX_WIDE_LINE_CHARS
+        } else {
+            MAX_LINE_CHARS
+        };
+        let segments: Vec<&str> = if unspaced {
+            token.split_word_bounds().collect()
+        } else {
+            vec![token]
+        };
+        for (i, segment) in segments.into_iter().enumerate() {
+            let mut run = String::new();
+            let mut first = true;
+            for g in segment.graphemes(true) {
+                if run.chars().count() + g.chars().count() > max && !run.is_empty() {
+                    out.push(Word {
+                        text: std::mem::take(&mut run),
+                        glued: i > 0 || !first,
+                        wide,
+                    });
+                    first = false;
+                }
+                run.push_str(g);
+            }
+            if !run.is_empty() {
+                out.push(Word {
+                    text: run,
+                    glued: i > 0 || !first,
+                    wide,
+                });
+            }
         }
     }
     out
 }
 
-/// Characters of `words` joined by single spaces.
-fn joined_len(words: &[String]) -> usize {
-    words.iter().map(|w| w.chars().count()).sum::<usize>() + words.len().saturating_sub(1)
+/// Characters on a line of `words`.
+fn line_max(words: &[Word]) -> usize {
+    if words.iter().any(|w| w.wide) {
+        MAX_WIDE_LINE_CHARS
+    } else {
+        MAX_LINE_CHARS
+    }
+}
+
+/// `words` as they read: a space before each but the first, unless glued.
+fn join(words: &[Word]) -> String {
+    let mut out = String::new();
+    for (i, w) in words.iter().enumerate() {
+        if i > 0 && !w.glued {
+            out.push(' ');
+        }
+        out.push_str(&w.text);
+    }
+    out
+}
+
+/// Characters of `words` as joined.
+fn joined_len(words: &[Word]) -> usize {
+    words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| w.text.chars().count() + usize::from(i > 0 && !w.glued))
+        .sum()
 }
 
 /// `words` laid out as at most [`MAX_LINES`] (two) lines of at most
-/// [`MAX_LINE_CHARS`], the break placed where the two lines are most even;
-/// `None` when they do not fit.
-fn lines(words: &[String]) -> Option<Vec<String>> {
-    if joined_len(words) <= MAX_LINE_CHARS {
-        return Some(vec![words.join(" ")]);
+/// [`line_max`] characters, the break placed where the two lines are most
+/// even; `None` when they do not fit.
+fn lines(words: &[Word]) -> Option<Vec<String>> {
+    let max = line_max(words);
+    if joined_len(words) <= max {
+        return Some(vec![join(words)]);
     }
     (1..words.len())
         .map(|cut| (joined_len(&words[..cut]), joined_len(&words[cut..]), cut))
-        .filter(|&(a, b, _)| a <= MAX_LINE_CHARS && b <= MAX_LINE_CHARS)
+        .filter(|&(a, b, _)| a <= max && b <= max)
         // Most even; on a tie the shorter line on top.
         .min_by_key(|&(a, b, _)| (a.abs_diff(b), a > b))
-        .map(|(_, _, cut)| vec![words[..cut].join(" "), words[cut..].join(" ")])
+        .map(|(_, _, cut)| vec![join(&words[..cut]), join(&words[cut..])])
 }
 
 /// A sentence's words as the fewest pieces of even length that each fit a
 /// cue's lines and last at most [`MAX_CUE_MS`] of the sentence's
 /// `duration_ms` (shared by characters).
-fn split_sentence(words: &[String], duration_ms: u64) -> Vec<Vec<String>> {
+fn split_sentence(words: &[Word], duration_ms: u64) -> Vec<Vec<Word>> {
     let total = joined_len(words);
     let by_time = duration_ms.div_ceil(MAX_CUE_MS) as usize;
-    let by_text = total.div_ceil(MAX_LINES * MAX_LINE_CHARS);
+    let by_text = total.div_ceil(MAX_LINES * line_max(words));
     let mut count = by_time.max(by_text).clamp(1, words.len());
     loop {
         let pieces = even_pieces(words, count);
@@ -158,14 +239,15 @@ fn split_sentence(words: &[String], duration_ms: u64) -> Vec<Vec<String>> {
 
 /// `words` in `count` consecutive non-empty pieces, cut at the spaces
 /// nearest to even shares of the characters.
-fn even_pieces(words: &[String], count: usize) -> Vec<Vec<String>> {
+fn even_pieces(words: &[Word], count: usize) -> Vec<Vec<Word>> {
     let total = joined_len(words);
     // Character offset at which each word starts.
     let mut starts = Vec::with_capacity(words.len());
     let mut at = 0;
-    for w in words {
+    for (i, w) in words.iter().enumerate() {
+        at += usize::from(i > 0 && !w.glued);
         starts.push(at);
-        at += w.chars().count() + 1;
+        at += w.text.chars().count();
     }
     let mut cuts = Vec::with_capacity(count + 1);
     cuts.push(0);

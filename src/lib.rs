@@ -10,7 +10,8 @@
 //! 0. [`config`], [`metrics`].
 //! 1. [`failure`] (the vocabulary of failure and the one classifier),
 //!    [`deliverable`] (what a producer wants delivered), [`pcm`] (16-bit
-//!    PCM, its WAV container, where its speech is).
+//!    PCM, its WAV container, where its speech is), [`spoken`] (what of a
+//!    text is spoken, in which scripts, and how long it takes).
 //! 2. Domain values and pure decisions: [`job`], [`audio`], [`plan`]
 //!    (cutting texts into parts), [`quality`] (the one gate: is a take as
 //!    long as its text?), [`captions`].
@@ -43,6 +44,7 @@ pub mod plan;
 pub mod quality;
 pub mod render;
 pub mod segmind;
+pub mod spoken;
 pub mod stitch;
 pub mod storage;
 pub mod submit;

@@ -6,6 +6,13 @@
 //! longer, and Google advises splitting long text because quality drifts
 //! after a few minutes of audio. [`DEFAULT_PART_CHARS`] is chosen from both.
 //!
+//! Parts are sized by how long they take to speak, not by their characters:
+//! the size counts characters of Latin prose (≈ 15 a second), and a
+//! character of another script weighs what it takes to speak
+//! ([`crate::spoken::latin_equivalent`]): 3,000 characters are ≈ 200 s of
+//! English but ≈ 670 s of Chinese, past the cap, so a Chinese part holds
+//! ≈ 900. Every part is ≈ 200 s of speech or less, in every script.
+//!
 //! The plan is a pure function of the text and the part size, so a
 //! redelivered job finds the same parts (and resumes them by index). Parts
 //! are contiguous character ranges that cover the text exactly; cuts are made
@@ -17,7 +24,7 @@
 //! a turn longer than a part is cut inside and every piece keeps its
 //! speaker's label.
 //!
-//! This module is pure text handling; it imports nothing of the crate.
+//! This module is pure text handling; it imports only [`crate::spoken`].
 
 use std::ops::Range;
 
@@ -89,7 +96,8 @@ impl Level {
     }
 }
 
-/// Plans `text` as parts of at most `max_chars` characters (at least 16).
+/// Plans `text` as parts of at most `max_chars` characters of Latin prose
+/// or their time in other scripts (at least 16).
 /// A text that fits is one part. Dialogue (lines starting with
 /// [`SPEAKER_LABELS`]) is planned by [`plan_dialogue`] when `dialogue`.
 pub fn plan(text: &str, max_chars: usize, dialogue: bool) -> Vec<Part> {
@@ -112,8 +120,7 @@ pub fn plan_dialogue(text: &str, max_chars: usize) -> Vec<Part> {
     // remembering the label to repeat.
     let mut pieces: Vec<(Range<usize>, Join, Option<&str>)> = Vec::new();
     for (range, label) in turns {
-        let len = chars_in(&text[range.clone()]);
-        if len <= max_chars {
+        if weight(&text[range.clone()]) <= max_chars as f64 {
             pieces.push((range, Join::Paragraph, None));
             continue;
         }
@@ -146,7 +153,8 @@ pub fn plan_dialogue(text: &str, max_chars: usize) -> Vec<Part> {
         if let (Some((last, last_join)), Some(last_label)) = (cuts.last_mut(), labels.last())
             && label.is_none()
             && *last_join == Join::Paragraph
-            && chars_in(&text[last.start..range.end]) + label_len(*last_label) <= max_chars
+            && weight(&text[last.start..range.end]) + label_len(*last_label) as f64
+                <= max_chars as f64
         {
             last.end = range.end;
             *last_join = join;
@@ -200,18 +208,20 @@ fn pack(
     out: &mut Vec<(Range<usize>, Join)>,
 ) {
     let units = units(text, range, level);
+    let limit = max as f64;
     let mut current: Option<Range<usize>> = None;
     for unit in units {
-        let unit_len = chars_in(&text[unit.clone()]);
         if let Some(cur) = current.as_mut() {
-            if chars_in(&text[cur.start..unit.end]) <= max {
+            // Weighed whole: a character of no script takes the script
+            // around it.
+            if weight(&text[cur.start..unit.end]) <= limit {
                 cur.end = unit.end;
                 continue;
             }
             out.push((cur.clone(), level.join()));
             current = None;
         }
-        if unit_len <= max {
+        if weight(&text[unit.clone()]) <= limit {
             current = Some(unit);
         } else if let Some(finer) = level.finer() {
             pack(text, unit, finer, max, out);
@@ -339,6 +349,13 @@ fn is_grapheme_boundary(s: &str, at: usize) -> bool {
 
 fn chars_in(s: &str) -> usize {
     s.chars().count()
+}
+
+/// What a part is sized by: how long `s` takes to speak, in characters of
+/// Latin prose ([`crate::spoken::latin_equivalent`]: a Han character weighs
+/// 3⅓ of them).
+fn weight(s: &str) -> f64 {
+    crate::spoken::latin_equivalent(s)
 }
 
 /// Turns byte-range cuts into parts with character ranges and the text to

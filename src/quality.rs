@@ -1,25 +1,33 @@
-//! The quality gate of a part's audio: is it about as long as its text?
+//! The quality gate of a part's audio: is it about as long as what its text
+//! speaks?
 //!
 //! Gemini sometimes stops early and reports success: the audio holds only
-//! 13–46 % of the text ("silent truncation", billed as a success). Speech
-//! runs at ≈ 15 characters a second, varying by voice and by take (± 20 %).
-//! [`SpeakingRate`] learns each voice's seconds per character online from
-//! delivered audio and [`SpeakingRate::judge`] calls a part truncated when
-//! it is shorter than [`TRUNCATION_RATIO`] of what its text should take.
+//! 13–46 % of the text ("silent truncation", billed as a success). How long
+//! a text takes is its spoken characters ([`Spoken`]: no direction, no
+//! speaker labels, a pause per punctuation run) at its scripts' rates,
+//! varying by voice and by take (± 20 %). [`SpeakingRate`] learns each
+//! voice's characters a second per script online from delivered audio and
+//! [`SpeakingRate::judge`] calls a part truncated when it is shorter than
+//! [`TRUNCATION_RATIO`] of what its text should take. A text expected to
+//! take under [`MIN_SECONDS_TO_JUDGE`] is not judged: a breath or a leading
+//! silence dominates so short a take (the voiced-share check still catches
+//! an empty or silent one).
 //!
-//! The learned rate is the median of a voice's recent observations, seeded
-//! with the prior: truncated takes sit in the low tail, so as long as fewer
-//! than half the takes are cut (30–40 % in production reports), the median
-//! is a normal take and the gate cannot learn to accept truncation. A voice
-//! faster or slower than the prior moves the median within a few takes.
+//! A learned rate is the median of the voice's recent observations in that
+//! script, seeded with the script's prior and clamped to a plausible band
+//! around it: truncated takes sit in the low tail, so as long as fewer than
+//! half the takes are cut (30–40 % in production reports), the median is a
+//! normal take and the gate cannot learn to accept truncation; one
+//! producer's odd text (a list of numbers) moves it by one observation at
+//! most. Keys are a voice (or a pair) and a script, both from closed sets:
+//! the map is bounded whatever producers send; styles create no keys.
 //!
-//! Pure and clock-free; it imports nothing of the crate.
+//! Pure and clock-free.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-/// Characters a second of speech before anything is learned.
-pub const PRIOR_CHARS_PER_SECOND: f64 = 15.0;
+use crate::spoken::{Script, Spoken};
 
 /// A part shorter than this share of its expected duration is truncated.
 /// Between the longest truncation reported (46 % of a take up to 20 % slow:
@@ -29,36 +37,47 @@ pub const PRIOR_CHARS_PER_SECOND: f64 = 15.0;
 /// expectation, normal at least 0.73).
 pub const TRUNCATION_RATIO: f64 = 0.65;
 
-/// Observations kept per voice.
+/// Texts expected to take less than this are neither judged nor learned
+/// from (≈ 45 characters of English, 14 of Chinese).
+pub const MIN_SECONDS_TO_JUDGE: f64 = 3.0;
+
+/// A take is learned from for a script only when that script takes at
+/// least this share of its expected time.
+const DOMINANT_SHARE: f64 = 0.9;
+
+/// A learned rate stays within this factor of its script's prior either
+/// way (the slowest and fastest voices Gemini has are well inside it).
+const PLAUSIBLE_BAND: f64 = 1.6;
+
+/// Observations kept per voice and script.
 const WINDOW: usize = 63;
 
-/// Prior observations each voice starts with (they leave the window as
-/// real ones arrive).
+/// Prior observations each key starts with (they leave the window as real
+/// ones arrive).
 const PRIOR_WEIGHT: usize = 5;
 
-/// Parts this short say little about a voice's rate (a pause, a breath or
-/// a leading silence dominates so short a take): they are neither learned
-/// from nor judged by it (the voiced-share check still catches an empty or
-/// silent take).
-const MIN_CHARS_TO_LEARN: usize = 40;
+/// Who speaks: a voice, or the two voices of a dialogue.
+pub type Voices = (&'static str, Option<&'static str>);
 
 /// What the gate says of a part's audio.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Verdict {
-    /// Long enough for its text.
+    /// Long enough for its text, or too short a text to judge.
     Plausible,
     /// Much shorter than its text should take: submit the part again.
     Truncated {
         /// Its duration as a share of the expected one.
         ratio: f64,
+        /// The expected duration, in seconds.
+        expected: f64,
     },
 }
 
-/// Seconds per character per voice, learned from delivered audio. Shared by
-/// every job of a process.
+/// Characters a second per voice and script, learned from delivered audio.
+/// Shared by every job of a process.
 #[derive(Debug, Default)]
 pub struct SpeakingRate {
-    voices: Mutex<HashMap<String, VecDeque<f64>>>,
+    rates: Mutex<HashMap<(Voices, Script), VecDeque<f64>>>,
 }
 
 impl SpeakingRate {
@@ -66,54 +85,67 @@ impl SpeakingRate {
         SpeakingRate::default()
     }
 
-    /// The seconds per character `voice` is expected to take.
-    pub fn seconds_per_char(&self, voice: &str) -> f64 {
-        let voices = self.voices.lock().unwrap_or_else(|e| e.into_inner());
-        voices
-            .get(voice)
-            .map_or(1.0 / PRIOR_CHARS_PER_SECOND, median)
+    /// The characters a second `voices` are expected to speak `script` at.
+    pub fn chars_per_second(&self, voices: Voices, script: Script) -> f64 {
+        let rates = self.rates.lock().unwrap_or_else(|e| e.into_inner());
+        rates
+            .get(&(voices, script))
+            .map_or(script.prior_chars_per_second(), |w| {
+                clamp(script, median(w))
+            })
     }
 
-    /// Judges `seconds` of audio for `chars` characters spoken by `voice`,
-    /// and learns from it.
-    pub fn judge(&self, voice: &str, chars: usize, seconds: f64) -> Verdict {
-        let verdict = self.verdict(voice, chars, seconds);
-        self.observe(voice, chars, seconds);
-        verdict
+    /// The seconds `spoken` is expected to take in `voices`.
+    pub fn expected_seconds(&self, voices: Voices, spoken: &Spoken) -> f64 {
+        spoken.seconds_at(|script| self.chars_per_second(voices, script))
     }
 
-    fn verdict(&self, voice: &str, chars: usize, seconds: f64) -> Verdict {
-        if chars < MIN_CHARS_TO_LEARN {
+    /// Judges `seconds` of audio for `spoken` in `voices`, and learns
+    /// from it when `learn`.
+    pub fn judge(&self, voices: Voices, spoken: &Spoken, seconds: f64, learn: bool) -> Verdict {
+        let expected = self.expected_seconds(voices, spoken);
+        if expected < MIN_SECONDS_TO_JUDGE {
             return Verdict::Plausible;
         }
-        let expected = chars as f64 * self.seconds_per_char(voice);
-        let ratio = if expected > 0.0 {
-            seconds / expected
-        } else {
-            1.0
-        };
+        if learn {
+            self.observe(voices, spoken, seconds);
+        }
+        let ratio = seconds / expected;
         if ratio < TRUNCATION_RATIO {
-            Verdict::Truncated { ratio }
+            Verdict::Truncated { ratio, expected }
         } else {
             Verdict::Plausible
         }
     }
 
-    /// Adds an observation (truncated ones too: the median ignores the
-    /// low tail they form).
-    fn observe(&self, voice: &str, chars: usize, seconds: f64) {
-        if chars < MIN_CHARS_TO_LEARN || !seconds.is_finite() || seconds <= 0.0 {
+    /// Adds an observation to the dominant script's window (truncated ones
+    /// too: the median ignores the low tail they form).
+    fn observe(&self, voices: Voices, spoken: &Spoken, seconds: f64) {
+        let Some(script) = spoken.dominant(DOMINANT_SHARE) else {
+            return;
+        };
+        if !seconds.is_finite() || seconds <= 0.0 {
             return;
         }
-        let mut voices = self.voices.lock().unwrap_or_else(|e| e.into_inner());
-        let window = voices.entry(voice.to_owned()).or_insert_with(|| {
-            std::iter::repeat_n(1.0 / PRIOR_CHARS_PER_SECOND, PRIOR_WEIGHT).collect()
+        // The script's share of the take, by the priors.
+        let share = f64::from(spoken.chars(script))
+            / script.prior_chars_per_second()
+            / spoken.prior_seconds();
+        let rate = f64::from(spoken.chars(script)) / (seconds * share);
+        let mut rates = self.rates.lock().unwrap_or_else(|e| e.into_inner());
+        let window = rates.entry((voices, script)).or_insert_with(|| {
+            std::iter::repeat_n(script.prior_chars_per_second(), PRIOR_WEIGHT).collect()
         });
-        window.push_back(seconds / chars as f64);
+        window.push_back(rate);
         if window.len() > WINDOW {
             window.pop_front();
         }
     }
+}
+
+fn clamp(script: Script, rate: f64) -> f64 {
+    let prior = script.prior_chars_per_second();
+    rate.clamp(prior / PLAUSIBLE_BAND, prior * PLAUSIBLE_BAND)
 }
 
 fn median(window: &VecDeque<f64>) -> f64 {
@@ -128,13 +160,37 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
+    const KORE: Voices = ("Kore", None);
+    const PUCK: Voices = ("Puck", None);
+
+    /// `n` spoken characters of `script`.
+    fn text(script: Script, n: usize) -> Spoken {
+        let c = match script {
+            Script::Latin => "a",
+            Script::Han => "中",
+            Script::Kana => "か",
+            Script::Thai => "ก",
+            _ => unreachable!("not used here"),
+        };
+        Spoken::of(&c.repeat(n), false)
+    }
+
     #[test]
     fn a_text_too_short_to_time_is_not_judged_by_its_rate() {
         let rate = SpeakingRate::new();
-        // "Hi there!": 9 characters, a 0.2 s take after a long breath.
-        assert_eq!(rate.judge("Kore", 9, 0.2), Verdict::Plausible);
+        // "Hi there!": a 0.2 s take after a long breath.
+        let hi = Spoken::of("Hi there!", false);
+        assert_eq!(rate.judge(KORE, &hi, 0.2, true), Verdict::Plausible);
+        // "Say cheerfully: your order has shipped!" speaks 24 characters.
+        let cheerful = Spoken::of("Say cheerfully: your order has shipped!", false);
+        assert_eq!(rate.judge(KORE, &cheerful, 1.1, true), Verdict::Plausible);
+        // 3 s of speech is judged: 45 Latin characters, or 14 Han ones.
         assert!(matches!(
-            rate.judge("Kore", MIN_CHARS_TO_LEARN, 0.2),
+            rate.judge(KORE, &text(Script::Latin, 45), 0.2, true),
+            Verdict::Truncated { .. }
+        ));
+        assert!(matches!(
+            rate.judge(KORE, &text(Script::Han, 14), 0.2, true),
             Verdict::Truncated { .. }
         ));
     }
@@ -143,14 +199,16 @@ mod tests {
     fn an_empty_or_cut_part_is_truncated_a_normal_one_is_not() {
         let rate = SpeakingRate::new();
         // 1,500 characters at 15 c/s: 100 s expected.
-        assert_eq!(rate.judge("Kore", 1_500, 100.0), Verdict::Plausible);
-        assert_eq!(rate.judge("Kore", 1_500, 82.0), Verdict::Plausible);
+        let part = text(Script::Latin, 1_500);
+        assert_eq!(rate.judge(KORE, &part, 100.0, true), Verdict::Plausible);
+        assert_eq!(rate.judge(KORE, &part, 82.0, true), Verdict::Plausible);
         assert!(matches!(
-            rate.judge("Kore", 1_500, 40.0),
-            Verdict::Truncated { ratio } if (ratio - 0.4).abs() < 0.05
+            rate.judge(KORE, &part, 40.0, true),
+            Verdict::Truncated { ratio, expected }
+                if (ratio - 0.4).abs() < 0.05 && (expected - 100.0).abs() < 5.0
         ));
         assert!(matches!(
-            rate.judge("Kore", 1_500, 0.0),
+            rate.judge(KORE, &part, 0.0, true),
             Verdict::Truncated { .. }
         ));
     }
@@ -160,22 +218,81 @@ mod tests {
         let rate = SpeakingRate::new();
         // A voice at 22 c/s: 1,000 characters take 45 s (0.68 of the prior's
         // 67 s): plausible from the first take, and learned within a few.
+        let part = text(Script::Latin, 1_000);
         for _ in 0..10 {
-            assert_eq!(rate.judge("Puck", 1_000, 45.5), Verdict::Plausible);
+            assert_eq!(rate.judge(PUCK, &part, 45.5, true), Verdict::Plausible);
         }
-        assert!((1.0 / rate.seconds_per_char("Puck") - 22.0).abs() < 0.5);
+        assert!((rate.chars_per_second(PUCK, Script::Latin) - 22.0).abs() < 0.5);
         // Now a 46 % take of that voice is caught although it is 31 % of
         // the prior's expectation… and a 60 % one too.
         assert!(matches!(
-            rate.judge("Puck", 1_000, 45.5 * 0.46),
+            rate.judge(PUCK, &part, 45.5 * 0.46, true),
             Verdict::Truncated { .. }
         ));
         assert!(matches!(
-            rate.judge("Puck", 1_000, 45.5 * 0.55),
+            rate.judge(PUCK, &part, 45.5 * 0.55, true),
             Verdict::Truncated { .. }
         ));
-        // Other voices keep the prior.
-        assert!((1.0 / rate.seconds_per_char("Kore") - 15.0).abs() < 1e-9);
+        // Other voices, and this voice's other scripts, keep their priors.
+        assert_eq!(rate.chars_per_second(KORE, Script::Latin), 15.0);
+        assert_eq!(rate.chars_per_second(PUCK, Script::Han), 4.5);
+    }
+
+    #[test]
+    fn chinese_is_judged_at_its_own_rate_and_does_not_drag_latin_down() {
+        let rate = SpeakingRate::new();
+        // 3,000 Han characters at 5 c/s: 600 s. A take cut at Gemini's
+        // 512 s cap passes (85 %); one cut to 200 s does not, although it
+        // is what 3,000 Latin characters take.
+        let chinese = text(Script::Han, 3_000);
+        assert_eq!(rate.judge(KORE, &chinese, 512.0, true), Verdict::Plausible);
+        assert!(matches!(
+            rate.judge(KORE, &chinese, 200.0, true),
+            Verdict::Truncated { .. }
+        ));
+        // Many Chinese takes later, Latin is still judged at the Latin prior.
+        for _ in 0..50 {
+            rate.judge(KORE, &text(Script::Han, 1_000), 200.0, true);
+        }
+        assert!((rate.chars_per_second(KORE, Script::Han) - 5.0).abs() < 0.1);
+        assert_eq!(rate.chars_per_second(KORE, Script::Latin), 15.0);
+        let latin = text(Script::Latin, 1_500);
+        assert_eq!(rate.judge(KORE, &latin, 95.0, true), Verdict::Plausible);
+    }
+
+    #[test]
+    fn odd_takes_move_a_rate_within_its_band_and_directed_ones_not_at_all() {
+        let rate = SpeakingRate::new();
+        // A producer's list of numbers spoken at 40 c/s, over and over: the
+        // median follows, but no further than the band.
+        for _ in 0..100 {
+            rate.judge(KORE, &text(Script::Latin, 1_000), 25.0, true);
+        }
+        let learned = rate.chars_per_second(KORE, Script::Latin);
+        assert!((learned - 15.0 * PLAUSIBLE_BAND).abs() < 1e-9, "{learned}");
+        // Takes judged without learning ("speak slowly") change nothing.
+        for _ in 0..100 {
+            rate.judge(PUCK, &text(Script::Latin, 1_000), 200.0, false);
+        }
+        assert_eq!(rate.chars_per_second(PUCK, Script::Latin), 15.0);
+    }
+
+    #[test]
+    fn keys_are_bounded_whatever_the_texts() {
+        let rate = SpeakingRate::new();
+        let mut rng = StdRng::seed_from_u64(3);
+        let voices: [Voices; 3] = [KORE, PUCK, ("Kore", Some("Puck"))];
+        for _ in 0..2_000 {
+            let len = rng.random_range(50..500);
+            let said: String = (0..len)
+                .map(|_| char::from_u32(rng.random_range(0x20..0x3_0000)).unwrap_or('x'))
+                .collect();
+            let spoken = Spoken::of(&said, false);
+            let v = voices[rng.random_range(0..3)];
+            rate.judge(v, &spoken, rng.random_range(1.0..100.0), true);
+        }
+        let keys = rate.rates.lock().unwrap().len();
+        assert!(keys <= 3 * Script::ALL.len(), "{keys} keys");
     }
 
     /// Runs `takes` takes over `voices` (characters a second) with takes
@@ -183,13 +300,13 @@ mod tests {
     /// returns (cut, caught, normal, false alarms), counting only takes
     /// after the first `warm_up` of each voice.
     fn measure(voices: &[f64], takes: usize, warm_up: usize, seed: u64) -> (u32, u32, u32, u32) {
+        const NAMES: [&str; 8] = ["v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7"];
         let mut rng = StdRng::seed_from_u64(seed);
         let rate = SpeakingRate::new();
         let mut seen = vec![0usize; voices.len()];
         let (mut cut, mut caught, mut normal, mut false_alarms) = (0, 0, 0, 0);
         for _ in 0..takes {
             let v = rng.random_range(0..voices.len());
-            let voice = format!("v{v}");
             let chars = rng.random_range(200..3_000);
             let take = chars as f64 / voices[v] * rng.random_range(0.8..=1.2);
             let truncated = rng.random_bool(0.3);
@@ -198,7 +315,7 @@ mod tests {
             } else {
                 take
             };
-            let verdict = rate.judge(&voice, chars, seconds);
+            let verdict = rate.judge((NAMES[v], None), &text(Script::Latin, chars), seconds, true);
             seen[v] += 1;
             if seen[v] <= warm_up {
                 continue;

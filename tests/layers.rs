@@ -19,6 +19,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("failure", 1),
     ("deliverable", 1),
     ("pcm", 1),
+    ("spoken", 1),
     ("job", 2),
     ("audio", 2),
     ("plan", 2),

@@ -231,10 +231,10 @@ pub(crate) fn new_job(
                     1.0
                 }
             });
-            let chars = spoken.chars().count();
+            let whole = model::speech_seconds(&crate::speech::said(&spoken, two_speakers), &voice);
             Some(AudioLength {
-                spoken: model::audio_seconds(chars, &voice, Duration::MAX, 1.0),
-                served: model::audio_seconds(chars, &voice, cap, kept),
+                spoken: whole,
+                served: model::audio_seconds(whole, cap, kept),
             })
         }
     };

@@ -13,8 +13,9 @@
 //! how the worker sends a job's `style`) and two-speaker labels
 //! ("Speaker 1:") are not spoken and are not sentences.
 //!
-//! The audio's length is still asked from outside (the text's characters
-//! at the voice's rate, [`crate::model`]), the style's characters included:
+//! The audio's length is asked from outside (what is said — [`said`]: no
+//! style, no labels — at its scripts' rates and the voice's pace,
+//! [`crate::model`]):
 //! the silences are drawn first (100–160 ms at each end, 20–60 ms between
 //! words, 120–250 ms at a comma, 250–900 ms after a sentence, 400–1,000 ms
 //! after a line, 800–1,500 ms after a paragraph, all from a seed) and the
@@ -281,6 +282,25 @@ pub fn style_prefix(text: &str) -> Option<usize> {
         && after.starts_with(char::is_whitespace)
         && !after.trim().is_empty();
     shaped.then(|| text.len() - after.trim_start().len())
+}
+
+/// What Gemini says of `text`: without a style in front
+/// ([`style_prefix`]) and, with two speakers, without the lines' speaker
+/// labels.
+pub fn said(text: &str, two_speakers: bool) -> String {
+    let body = &text[style_prefix(text).unwrap_or(0)..];
+    if !two_speakers {
+        return body.to_owned();
+    }
+    body.split_inclusive('\n')
+        .map(|line| {
+            let trimmed = line.trim_start();
+            match speaker_label(trimmed) {
+                Some((len, _)) => &trimmed[len..],
+                None => line,
+            }
+        })
+        .collect()
 }
 
 /// A "Speaker N:" label at the start of `s`: the bytes it takes (with the
@@ -762,6 +782,15 @@ mod tests {
             ]
         );
         assert_eq!(style_prefix("Say cheerfully: have a nice day"), Some(16));
+        assert_eq!(
+            super::said("Say cheerfully: have a nice day", false),
+            "have a nice day"
+        );
+        assert_eq!(
+            super::said("Speaker 1: Did you hear?\n  Speaker 2: Nope.", true),
+            "Did you hear?\nNope."
+        );
+        assert_eq!(super::said("Speaker 1: hi", false), "Speaker 1: hi");
         for plain in [
             "Hello there: general Kenobi. Nothing else.",
             "Speaker 1: hi",

@@ -285,3 +285,34 @@ fn independent_parsers_read_back_every_cue() {
     assert_eq!(parsed["vtt"].as_array().unwrap(), &expected);
     assert_eq!(parsed["srt"].as_array().unwrap(), &expected);
 }
+
+#[test]
+fn chinese_japanese_and_thai_lines_break_between_words_without_spaces() {
+    let zh = "我们今天在这里讨论一个很长的故事，它有许多句子，每一句都很长。";
+    let ja = "今日はとても長い物語を読みます。";
+    let th = "ภาษาไทยไม่มีช่องว่างระหว่างคำจึงต้องตัดที่ขอบเขตของกลุ่มอักขระ";
+    for (text, max) in [
+        (zh, MAX_WIDE_LINE_CHARS),
+        (ja, MAX_WIDE_LINE_CHARS),
+        (th, MAX_LINE_CHARS),
+    ] {
+        let cues = sentence_cues(&[(text, 0, 6_000)]);
+        check_shape(&cues);
+        let mut read = String::new();
+        for cue in &cues {
+            for line in cue.text.lines() {
+                assert!(line.chars().count() <= max, "{line:?} is over {max}");
+                assert!(!line.contains(' '), "no space is added: {line:?}");
+                read.push_str(line);
+            }
+        }
+        // Nothing lost, added or cut inside a grapheme cluster.
+        assert_eq!(read, text);
+    }
+    // A full-width text has more, shorter lines than 42 characters allow.
+    assert!(
+        sentence_cues(&[(zh, 0, 6_000)])
+            .iter()
+            .any(|c| c.text.contains('\n'))
+    );
+}

@@ -187,3 +187,31 @@ fn clause_punctuation_carrying_a_combining_mark_is_not_cut_after() {
     assert!(parts.len() > 1);
     assert_sound(&text, &parts, 16);
 }
+
+#[test]
+fn parts_are_sized_by_their_speech_in_every_script() {
+    let seconds = |p: &Part| crate::spoken::latin_equivalent(&p.text) / 15.0;
+    // 12,000 Chinese characters are ≈ 2,670 s of speech at 4.5 a second:
+    // parts of ≈ 900 characters (200 s), not 3,000 (667 s, past one
+    // call's cap).
+    let zh = "我们今天在这里讨论一个很长的故事，它有许多句子。".repeat(500);
+    assert_eq!(zh.chars().count(), 12_000);
+    let parts = plan(&zh, DEFAULT_PART_CHARS, false);
+    assert!(parts.len() >= 14, "{} parts", parts.len());
+    for p in &parts {
+        assert!(seconds(p) <= 200.0 + 1e-6, "{:.0} s", seconds(p));
+        assert!(p.chars.len() <= 900);
+    }
+    // Japanese (kanji and kana) and Thai likewise; English keeps its
+    // 3,000-character parts.
+    let ja = "今日はとても長い物語を読みます。ゆっくり聞いてください。".repeat(200);
+    let th = "ภาษาไทยไม่มีช่องว่างระหว่างคำ จึงต้องตัดที่ขอบเขตของกลุ่มอักขระ ".repeat(150);
+    let en = "The quick brown fox jumps over the lazy dog, again and again. ".repeat(200);
+    for (text, at_least) in [(&ja, 5), (&th, 4), (&en, 5)] {
+        let parts = plan(text, DEFAULT_PART_CHARS, false);
+        assert!(parts.len() >= at_least, "{} parts", parts.len());
+        assert!(parts.iter().all(|p| seconds(p) <= 200.0 + 1e-6));
+    }
+    let en_parts = plan(&en, DEFAULT_PART_CHARS, false);
+    assert!(en_parts[0].chars.len() > 2_900);
+}

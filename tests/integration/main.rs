@@ -20,6 +20,7 @@ mod recovery;
 mod resilience;
 #[path = "../common/schemas.rs"]
 mod schemas;
+mod spoken;
 mod storage;
 mod versions;
 mod worker_pipeline;

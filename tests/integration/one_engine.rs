@@ -116,8 +116,7 @@ async fn a_job_resent_with_new_text_and_killed_mid_way_delivers_the_new_texts_au
     let seconds =
         crate::audio_check::ffprobe(crate::audio_check::TempFile::new(&object.bytes, "wav").path())
             .duration;
-    let spoken: usize = b.chars().count();
-    let expected = model::audio_seconds(spoken, "Kore", Duration::MAX, 1.0);
+    let expected = model::speech_seconds(&b, "Kore");
     assert!(
         seconds > 0.8 * expected && seconds < 1.2 * expected,
         "{seconds} s delivered for a text of ≈ {expected} s"
@@ -273,7 +272,7 @@ async fn short_jobs_delivered_as_served_pass_the_one_quality_gate() {
                 complete += 1;
                 assert!(done.delivery.is_none(), "delivered as served");
                 let text = job(body).speech.text;
-                let full = model::audio_seconds(text.chars().count(), "Kore", Duration::MAX, 1.0);
+                let full = model::speech_seconds(&text, "Kore");
                 let object = pipeline.storage.get(&done.audio.key).await.unwrap();
                 let seconds = crate::audio_check::ffprobe(
                     crate::audio_check::TempFile::new(&object.bytes, "wav").path(),

@@ -36,11 +36,12 @@ use crate::checkpoint::{
 };
 use crate::deliverable::Deliverable;
 use crate::failure::{self, ErrorCode};
-use crate::job::{Completed, Delivery, ObjectKey, Speech, StoredAudio, TtsJob};
+use crate::job::{Completed, Delivery, ObjectKey, Speech, StoredAudio, TtsJob, Voice};
 use crate::pcm::{self, PcmFormat};
 use crate::plan::Part;
-use crate::quality::Verdict;
+use crate::quality::{Verdict, Voices};
 use crate::segmind::Submitted;
+use crate::spoken::Spoken;
 use crate::stitch::{self, Layout};
 
 mod deliver;
@@ -69,8 +70,8 @@ pub(super) struct JobRun<'a> {
     /// The Segmind request this delivery last submitted or resumed (named
     /// in a failure event).
     last_request: std::sync::Mutex<Option<String>>,
-    /// The voice key the speaking rate is learned under.
-    voice: String,
+    /// Who speaks: the key speaking rates are learned under.
+    voices: Voices,
     /// The delivery's `job` span (its `request_id` field is set here).
     span: Span,
 }
@@ -151,7 +152,10 @@ impl<'a> JobRun<'a> {
             checkpoint: Arc::new(Mutex::new(checkpoint)),
             calls: AtomicU32::new(0),
             last_request: std::sync::Mutex::new(None),
-            voice: rate_key(&job.speech),
+            voices: (
+                job.speech.voice_1.name(),
+                job.speech.voice_2.map(Voice::name),
+            ),
             span: Span::current(),
         }
     }
@@ -792,7 +796,6 @@ impl<'a> JobRun<'a> {
         part: &Part,
         joined: Option<(u32, u16)>,
     ) -> Result<(bytes::Bytes, SpeechSpan), AudioError> {
-        let chars = part.text.chars().count();
         let wav = pcm::parse_wav(&audio).map_err(|e| AudioError::NotStitchable {
             format: if matches!(e, pcm::WavError::NotPcm16 { .. }) {
                 "non-16-bit wav"
@@ -811,14 +814,18 @@ impl<'a> JobRun<'a> {
             });
         }
         let seconds = frames as f64 / f64::from(wav.format.sample_rate.max(1));
-        if let Verdict::Truncated { ratio } =
+        let spoken = Spoken::of(&part.text, self.job.speech.voice_2.is_some());
+        // A directed take ("speak slowly") is judged, not learned from: it
+        // must not teach the voice's rate to other producers' jobs.
+        let learn = self.job.speech.style.is_none() && !spoken.directed();
+        if let Verdict::Truncated { ratio, expected } =
             self.pipeline
                 .speaking_rate
-                .judge(&self.voice, chars, seconds)
+                .judge(self.voices, &spoken, seconds, learn)
         {
             return Err(AudioError::Truncated {
                 seconds,
-                chars,
+                expected,
                 percent: ratio * 100.0,
             });
         }
@@ -1113,20 +1120,6 @@ impl JobRun<'_> {
             .collect();
         Ok(stitch::layout(format, &shape))
     }
-}
-
-/// What a speaking rate is learned under: the voices, and the style (a
-/// "speak slowly" must not teach the voice's rate to other jobs, nor be
-/// judged by it).
-fn rate_key(speech: &Speech) -> String {
-    let mut key = speech.voice_1.name().to_owned();
-    if let Some(v2) = speech.voice_2 {
-        key = format!("{key}+{}", v2.name());
-    }
-    if let Some(style) = &speech.style {
-        key = format!("{key}|{}", style.to_lowercase());
-    }
-    key
 }
 
 /// Whether the object `info` describes is still the take `audio` records:
