@@ -20,7 +20,7 @@ mod jobs;
 mod parts;
 
 pub use jobs::DeliveryLimit;
-use jobs::JobTable;
+use jobs::{JobEntry, JobTable};
 
 use super::pause::{PauseGate, PauseReason, probe};
 use crate::audio::{Audio, AudioError};
@@ -266,6 +266,20 @@ impl Pipeline {
         }
     }
 
+    /// Waits for the job's delivery turn held by another delivery here, or
+    /// for this one's hand-over.
+    async fn delivery_turn(
+        &self,
+        entry: &JobEntry,
+        limit: &DeliveryLimit,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, HandOverReason> {
+        tokio::select! {
+            biased;
+            turn = entry.delivery.clone().lock_owned() => Ok(turn),
+            reason = self.hand_over_requested(limit) => Err(reason),
+        }
+    }
+
     /// Runs a valid job (its delivery `attempt`) within
     /// `jobs.delivery_lifetime`; see [`Pipeline::run_delivery`].
     pub async fn run(&self, job: &TtsJob, attempt: Attempt) -> JobEnd {
@@ -285,13 +299,20 @@ impl Pipeline {
         limit: &DeliveryLimit,
     ) -> JobEnd {
         let entry = self.jobs_here.entry(&job.id);
-        let turn = tokio::select! {
-            biased;
-            turn = entry.delivery.clone().lock_owned() => turn,
-            reason = self.hand_over_requested(limit) => {
-                info!(reason = reason.as_str(), "another delivery of this job is running here; handing this one back");
-                return JobEnd::HandOver(reason);
-            }
+        // Waiting for another delivery of the job is boxed: the common case
+        // (no other) holds none of its state while the job runs.
+        let turn = match entry.delivery.clone().try_lock_owned() {
+            Ok(turn) => turn,
+            Err(_) => match Box::pin(self.delivery_turn(&entry, limit)).await {
+                Ok(turn) => turn,
+                Err(reason) => {
+                    info!(
+                        reason = reason.as_str(),
+                        "another delivery of this job is running here; handing this one back"
+                    );
+                    return JobEnd::HandOver(reason);
+                }
+            },
         };
         let run = parts::JobRun::new(self, job, attempt.number, limit, entry.clone());
         let result = Box::pin(run.execute()).await;
@@ -565,8 +586,25 @@ mod tests {
         let limit = DeliveryLimit::after(Duration::from_secs(60));
         let entry = pipeline.jobs_here.entry(&job.id);
         let run = parts::JobRun::new(&pipeline, &job, 1, &limit, entry);
-        let [execute, part, stage] = run.future_sizes();
-        println!("stages: {execute} bytes; one part: {part}; the parts' stage: {stage}");
+        let [execute, part, stage, submit, recheck] = run.future_sizes();
+        println!(
+            "stages: {execute} bytes; one part: {part}; the parts' stage: {stage}; \
+             a part's submission: {submit}; its recheck: {recheck}"
+        );
+        let delivery = std::mem::size_of_val(&pipeline.run_delivery(
+            &job,
+            Attempt {
+                number: 1,
+                pauses: 0,
+            },
+            &limit,
+        ));
+        let hand_over = std::mem::size_of_val(&pipeline.hand_over_requested(&limit));
+        println!(
+            "a delivery: {delivery} bytes; its hand-over watch: {hand_over}; a Delivery: {}; a job: {}",
+            std::mem::size_of::<lapin::message::Delivery>(),
+            std::mem::size_of::<TtsJob>()
+        );
         // What the job holds while Segmind works: the polling state, boxed.
         let submitted = pipeline.segmind.resume("r-1");
         let mut calls = 0;

@@ -84,7 +84,7 @@ pub async fn process(ctx: &JobContext, delivery: Delivery, limit: DeliveryLimit)
     let ack_result = match settlement {
         Settlement::Ack => Box::pin(delivery.acker.ack(BasicAckOptions::default())).await,
         Settlement::Requeue => {
-            tokio::time::sleep(ctx.pipeline.jobs.requeue_delay).await;
+            Box::pin(tokio::time::sleep(ctx.pipeline.jobs.requeue_delay)).await;
             Box::pin(delivery.acker.reject(REQUEUE)).await
         }
         Settlement::HandOver(reason) => Box::pin(hand_over(ctx, &delivery, reason)).await,
@@ -123,7 +123,7 @@ pub async fn process(ctx: &JobContext, delivery: Delivery, limit: DeliveryLimit)
     // Released once the delivery is settled and its parts cleaned up: a
     // resend waiting for the lease never sees parts about to go.
     if let Some(lease) = lease {
-        lease.release().await;
+        Box::pin(lease.release()).await;
     }
     if let Some(label) = label {
         metrics.jobs.with_label_values(&[label]).inc();
@@ -213,10 +213,13 @@ async fn settle(
             // Held a moment, so replicas that all know too little do not
             // pass it around in a tight loop; longer the longer no replica
             // has taken it.
-            tokio::select! {
-                () = tokio::time::sleep(jittered(hold, &mut rand::rng())) => {}
-                () = ctx.pipeline.handover_requested() => {}
-            }
+            Box::pin(async {
+                tokio::select! {
+                    () = tokio::time::sleep(jittered(hold, &mut rand::rng())) => {}
+                    () = ctx.pipeline.handover_requested() => {}
+                }
+            })
+            .await;
             Ending::HandedBack(HandOverReason::NewerVersion)
         }
         Admission::Run(job) => {
@@ -225,6 +228,22 @@ async fn settle(
             Ending::Ran(end)
         }
     };
+    // Carried out in its own (boxed) future: the event and its publishing
+    // are large, and every running job's task would otherwise carry them.
+    Box::pin(carry_out(ctx, delivery, producer, ending, lease)).await
+}
+
+/// Concludes a delivery's `ending` and carries the conclusion out up to
+/// the settlement: publishes its event (and dead letter), counts a requeue.
+async fn carry_out(
+    ctx: &JobContext,
+    delivery: &Delivery,
+    producer: &TraceHeaders,
+    ending: Ending,
+    lease: Option<Lease>,
+) -> Settled {
+    let props = &delivery.properties;
+    let span = Span::current();
     let Conclusion {
         event,
         settlement,
@@ -310,7 +329,9 @@ async fn run_leased(
     }
     let mut waiting = false;
     let lease = loop {
-        match ctx.leases.acquire(job.id.as_str()).await {
+        // Boxed: a short job, which never leases, does not carry the
+        // declaration's state.
+        match Box::pin(ctx.leases.acquire(job.id.as_str())).await {
             Ok(lease) => break Some(lease),
             Err(LeaseError::Held) => {
                 if !waiting {
@@ -436,6 +457,12 @@ mod tests {
         let ack = std::mem::size_of_val(&delivery.acker.ack(BasicAckOptions::default()));
         let settle = future_size4::<JobContext, Delivery, TraceHeaders, DeliveryLimit, _>(settle);
         println!("reject: {reject}; ack: {ack}; settle: {settle}");
+        fn leased_size<'a, F>(
+            _: impl Fn(&'a JobContext, &'a TtsJob, Attempt, &'a DeliveryLimit) -> F,
+        ) -> usize {
+            std::mem::size_of::<F>()
+        }
+        println!("run_leased: {}", leased_size(run_leased));
         assert!(process <= 4096, "a job's task is {process} bytes");
     }
 }

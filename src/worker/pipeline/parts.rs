@@ -163,11 +163,13 @@ impl<'a> JobRun<'a> {
     /// The sizes of the futures a waiting job holds: its stages, one part's
     /// work, the stage that synthesizes every part (for the memory test).
     #[cfg(test)]
-    pub(super) fn future_sizes(&self) -> [usize; 3] {
+    pub(super) fn future_sizes(&self) -> [usize; 5] {
         [
             std::mem::size_of_val(&self.execute()),
             std::mem::size_of_val(&self.part(0)),
             std::mem::size_of_val(&self.synthesize_parts()),
+            std::mem::size_of_val(&self.submit(0, &self.job.speech)),
+            std::mem::size_of_val(&self.recheck(0, (None, false))),
         ]
     }
 
@@ -375,10 +377,16 @@ impl<'a> JobRun<'a> {
             // One part: no stream to keep (a short job's memory, times
             // thousands waiting).
             return match Box::pin(self.part(0)).await {
-                Err(e) => Err(self.after_failure(e).await),
+                Err(e) => Err(Box::pin(self.after_failure(e)).await),
                 Ok(()) => Ok(()),
             };
         }
+        Box::pin(self.synthesize_several()).await
+    }
+
+    /// The parts' stage of a plan of several parts: up to
+    /// `long_text.max_parallel_parts` at once.
+    async fn synthesize_several(&self) -> Result<(), JobError> {
         let mut parts = futures_util::stream::iter(0..self.plan.len())
             .map(|index| Box::pin(self.part(index)))
             .buffer_unordered(self.pipeline.long_text.max_parallel_parts);
@@ -533,7 +541,7 @@ impl<'a> JobRun<'a> {
                         drop(slot);
                         let mut cp = self.checkpoint.lock().await;
                         cp.parts[index].audio = Some(record);
-                        save_part(&self.pipeline.checkpoints, &self.job.id, index, &cp.parts[index]).await;
+                        Box::pin(save_part(&self.pipeline.checkpoints, &self.job.id, index, &cp.parts[index])).await;
                         return Ok(());
                     }
                     // Audio the worker cannot use whatever the take (a
@@ -659,7 +667,11 @@ impl<'a> JobRun<'a> {
                 }
             },
         };
-        if let Some(found) = self.recheck(index, contended).await? {
+        // Read again only when another step may have written the record
+        // (boxed: the common case holds none of the reading's state).
+        if let Some(known) = self.needs_recheck(index, contended).await
+            && let Some(found) = Box::pin(self.recheck(index, known)).await?
+        {
             return Ok(found);
         }
         let deadline = tokio::time::Instant::now() + self.pipeline.job_deadline;
@@ -683,13 +695,16 @@ impl<'a> JobRun<'a> {
                     // Before the POST: another replica finding this part
                     // waits for its answer instead of paying again.
                     cp.parts[index].submitting_since = Some(chrono::Utc::now());
-                    save_part(&checkpoints, &job_id, index, &cp.parts[index]).await;
+                    Box::pin(save_part(&checkpoints, &job_id, index, &cp.parts[index])).await;
                     started
                 };
+                // Boxed, like the writes: a step queued for a storage slot
+                // (thousands at once when a backlog arrives) holds a few
+                // hundred bytes, not the submission's state.
                 let submitted = if started {
-                    segmind.submit_part(&speech, deadline, &mut calls).await
+                    Box::pin(segmind.submit_part(&speech, deadline, &mut calls)).await
                 } else {
-                    segmind.submit(&speech, deadline, &mut calls).await
+                    Box::pin(segmind.submit(&speech, deadline, &mut calls)).await
                 };
                 let submitted_at = chrono::Utc::now();
                 let mut cp = checkpoint.lock().await;
@@ -700,7 +715,7 @@ impl<'a> JobRun<'a> {
                     record.submitted_at = Some(submitted_at);
                     record.submissions += 1;
                 }
-                save_part(&checkpoints, &job_id, index, record).await;
+                Box::pin(save_part(&checkpoints, &job_id, index, record)).await;
                 (submitted.map(|s| (s, submitted_at)), calls)
             }
             .in_current_span(),
@@ -719,29 +734,37 @@ impl<'a> JobRun<'a> {
         }
     }
 
+    /// Whether a `submitting_since` marker is younger than its bound.
+    fn marker_live(&self, since: Option<chrono::DateTime<chrono::Utc>>) -> bool {
+        since.is_some_and(|s| {
+            (chrono::Utc::now() - s)
+                .to_std()
+                .map_or(true, |age| age < self.pipeline.marker_bound)
+        })
+    }
+
+    /// What [`Self::recheck`] starts from — the request id known and whether
+    /// the part is marked as being submitted — or `None` when nothing needs
+    /// reading again (the turn was free and no marker is live).
+    async fn needs_recheck(&self, index: usize, contended: bool) -> Option<(Option<String>, bool)> {
+        let cp = self.checkpoint.lock().await;
+        let r = &cp.parts[index];
+        let marked = self.marker_live(r.submitting_since);
+        (contended || marked).then(|| (r.request_id.clone(), marked))
+    }
+
     /// Before submitting part `index`: reads its record again when another
     /// step may have written it since it was loaded (the turn was held by
     /// another delivery's step, or the record says a submission is under
     /// way, perhaps on another replica). A fresh `submitting_since` marker
     /// is waited on until it resolves or ages out (the part's deadline plus
     /// `s3.operation_timeout` plus [`crate::checkpoint::MARKER_MARGIN`]).
-    async fn recheck(&self, index: usize, contended: bool) -> Result<Option<Submission>, JobError> {
-        let bound = self.pipeline.marker_bound;
-        let live = |since: Option<chrono::DateTime<chrono::Utc>>| {
-            since.is_some_and(|s| {
-                (chrono::Utc::now() - s)
-                    .to_std()
-                    .map_or(true, |age| age < bound)
-            })
-        };
-        let (mut known, mut marked) = {
-            let cp = self.checkpoint.lock().await;
-            let r = &cp.parts[index];
-            (r.request_id.clone(), live(r.submitting_since))
-        };
-        if !contended && !marked {
-            return Ok(None);
-        }
+    async fn recheck(
+        &self,
+        index: usize,
+        (mut known, mut marked): (Option<String>, bool),
+    ) -> Result<Option<Submission>, JobError> {
+        let live = |since| self.marker_live(since);
         let stamp = self.checkpoint.lock().await.stamp().map(str::to_owned);
         loop {
             let fresh = self
