@@ -479,7 +479,8 @@ impl Checkpoints {
         let read = match self.storage.get_optional(&self.key(job_id)).await {
             Ok(read) => read,
             Err(e) if e.kind() == StorageFault::AccessDenied => {
-                let marker = self.storage.get_optional(&self.marker_key()).await;
+                // Boxed: a rare path every read would otherwise carry.
+                let marker = Box::pin(self.storage.get_optional(&self.marker_key())).await;
                 match failed_read(e.kind(), matches!(marker, Ok(Some(_)))) {
                     FailedRead::Missing => {
                         tracing::warn!(error = %e, "checkpoint read refused while the marker beside it reads fine: taken as missing (grant s3:ListBucket so S3 answers 404)");
@@ -608,13 +609,16 @@ impl Checkpoints {
             cp.parts[0] = part;
             return Ok(Loaded::Found(Box::new(cp)));
         }
-        // Boxed: only a job of an earlier release goes on to these writes,
-        // and every new job waits in this function for its first read,
-        // thousands at once.
-        match Box::pin(self.adopt_one_part(job_id, speech, part_chars, plan)).await? {
-            Some(cp) => Ok(Loaded::Found(Box::new(cp))),
-            None => Ok(Loaded::Fresh { stale: None }),
-        }
+        drop(cp);
+        // An earlier release's checkpoint, read here (a new job holds only
+        // this read's state); boxed: only a job of an earlier release goes
+        // on to these writes, and every new job waits in this function for
+        // its reads, thousands at once.
+        let Some(old) = self.load(job_id, speech).await? else {
+            return Ok(Loaded::Fresh { stale: None });
+        };
+        let cp = Box::pin(self.adopt_one_part(old, job_id, speech, part_chars, plan)).await?;
+        Ok(Loaded::Found(Box::new(cp)))
     }
 
     /// The size of the future of a one-part plan's first read (for the
@@ -634,14 +638,12 @@ impl Checkpoints {
     /// records): from then on the job is read like any other.
     async fn adopt_one_part(
         &self,
+        old: Checkpoint,
         job_id: &JobId,
         speech: &Speech,
         part_chars: usize,
         plan: &[Part],
-    ) -> Result<Option<PartsCheckpoint>, StorageError> {
-        let Some(old) = self.load(job_id, speech).await? else {
-            return Ok(None);
-        };
+    ) -> Result<PartsCheckpoint, StorageError> {
         let mut cp = PartsCheckpoint::new(job_id, speech, part_chars, plan);
         let fingerprint = cp.fingerprint().to_owned();
         let mut stitched = None;
@@ -685,7 +687,7 @@ impl Checkpoints {
             self.save_stitched(job_id, stored).await?;
         }
         self.storage.delete(&self.key(job_id)).await?;
-        Ok(Some(cp))
+        Ok(cp)
     }
 
     /// Writes a new plan's record (a plan of several parts: a one-part
