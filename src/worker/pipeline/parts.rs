@@ -519,47 +519,28 @@ impl<'a> JobRun<'a> {
                     }
                     Ok(fetched) => fetched,
                 };
-                if let Some(t) = synthesis.inference_time_seconds {
-                    self.pipeline.metrics.inference_duration.observe(t);
-                }
-                let joined = self.stitch_format().await;
-                let checked = match Audio::parse(synthesis.audio.clone(), synthesis.content_type.as_deref()) {
-                    Ok(served) => Box::pin(as_wav(served.clone()))
-                        .await
-                        .and_then(|wav| self.checked(wav, part, joined))
-                        .map(|(wav, speech)| (served, wav, speech)),
-                    Err(e) => Err(e),
-                };
-                match checked {
-                    Ok((served, wav, speech)) => {
-                        let record = if self.as_served {
-                            Box::pin(self.store_as_served(served, &speech, &synthesis)).await?
-                        } else {
-                            drop(served);
-                            Box::pin(self.store_part(index, wav, &speech, part, &synthesis)).await?
-                        };
-                        drop(slot);
-                        let mut cp = self.checkpoint.lock().await;
-                        cp.parts[index].audio = Some(record);
-                        Box::pin(save_part(&self.pipeline.checkpoints, &self.job.id, index, &cp.parts[index])).await;
-                        return Ok(());
-                    }
+                // Checked and stored in its own (boxed) future: a part
+                // waiting on Segmind does not carry the audio's state.
+                let request_id = synthesis.request_id.clone();
+                let unusable = Box::pin(self.keep_take(index, part, synthesis, slot)).await?;
+                match unusable {
+                    None => return Ok(()),
                     // Audio the worker cannot use whatever the take (a
                     // format it does not read) is not paid for again.
-                    Err(e) if !worth_resubmitting(&e) => {
+                    Some(e) if !worth_resubmitting(&e) => {
                         Box::pin(self.forget_request(index)).await;
                         return Err(e.into());
                     }
-                    Err(e) if retries_left > 0 => {
+                    Some(e) if retries_left > 0 => {
                         retries_left -= 1;
                         self.pipeline
                             .metrics
                             .retries
                             .with_label_values(&["audio_invalid"])
                             .inc();
-                        warn!(error = %e, request_id = %synthesis.request_id, "the part's audio is unusable; submitting the part again");
+                        warn!(error = %e, request_id = %request_id, "the part's audio is unusable; submitting the part again");
                     }
-                    Err(e) => {
+                    Some(e) => {
                         Box::pin(self.forget_request(index)).await;
                         return Err(e.into());
                     }
@@ -568,6 +549,51 @@ impl<'a> JobRun<'a> {
         }
         .instrument(span)
         .await
+    }
+
+    /// Checks a fetched take of part `index` and stores it with its record;
+    /// `Ok(Some(e))` when its audio is unusable (nothing stored). The
+    /// transfer `slot` is released once the audio is stored.
+    async fn keep_take(
+        &self,
+        index: usize,
+        part: &Part,
+        synthesis: crate::segmind::Synthesis,
+        slot: Option<tokio::sync::SemaphorePermit<'_>>,
+    ) -> Result<Option<AudioError>, JobError> {
+        if let Some(t) = synthesis.inference_time_seconds {
+            self.pipeline.metrics.inference_duration.observe(t);
+        }
+        let joined = self.stitch_format().await;
+        let checked = match Audio::parse(synthesis.audio.clone(), synthesis.content_type.as_deref())
+        {
+            Ok(served) => Box::pin(as_wav(served.clone()))
+                .await
+                .and_then(|wav| self.checked(wav, part, joined))
+                .map(|(wav, speech)| (served, wav, speech)),
+            Err(e) => Err(e),
+        };
+        let (served, wav, speech) = match checked {
+            Ok(checked) => checked,
+            Err(e) => return Ok(Some(e)),
+        };
+        let record = if self.as_served {
+            Box::pin(self.store_as_served(served, &speech, &synthesis)).await?
+        } else {
+            drop(served);
+            Box::pin(self.store_part(index, wav, &speech, part, &synthesis)).await?
+        };
+        drop(slot);
+        let mut cp = self.checkpoint.lock().await;
+        cp.parts[index].audio = Some(record);
+        Box::pin(save_part(
+            &self.pipeline.checkpoints,
+            &self.job.id,
+            index,
+            &cp.parts[index],
+        ))
+        .await;
+        Ok(None)
     }
 
     /// Forgets part `index`'s request: its result is final (it failed, or
