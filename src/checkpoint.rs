@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::failure::StorageFault;
-use crate::job::{Delivery, JobId, Speech, StoredAudio};
+use crate::job::{Delivery, JobId, SpeechRequest, StoredAudio};
 use crate::plan::Part;
 use crate::storage::{Storage, StorageError};
 
@@ -93,7 +93,7 @@ impl StoredRecord {
 }
 
 /// A stable hash of the speech a job asks for.
-pub fn fingerprint(speech: &Speech) -> String {
+pub fn fingerprint(speech: &SpeechRequest) -> String {
     let mut h = Sha256::new();
     h.update(speech.text.as_bytes());
     h.update([0]);
@@ -113,7 +113,7 @@ pub fn fingerprint(speech: &Speech) -> String {
 /// A stable hash of a plan: the speech (text, style, voices, temperature)
 /// and where its parts are cut. A record carrying another plan's
 /// fingerprint describes other audio and is never used.
-pub fn plan_fingerprint(speech: &Speech, parts: &[Part]) -> String {
+pub fn plan_fingerprint(speech: &SpeechRequest, parts: &[Part]) -> String {
     let mut h = Sha256::new();
     h.update(fingerprint(speech).as_bytes());
     for part in parts {
@@ -317,7 +317,7 @@ pub struct StitchedRecord {
 
 impl PartsCheckpoint {
     /// A fresh checkpoint for `plan`.
-    pub fn new(job_id: &JobId, speech: &Speech, part_chars: usize, plan: &[Part]) -> Self {
+    pub fn new(job_id: &JobId, speech: &SpeechRequest, part_chars: usize, plan: &[Part]) -> Self {
         let fingerprint = plan_fingerprint(speech, plan);
         PartsCheckpoint {
             plan: PlanRecord {
@@ -357,7 +357,7 @@ impl PartRecord {
 
 impl PlanRecord {
     /// Whether this plan is for the same speech cut the same way.
-    pub fn matches(&self, speech: &Speech, part_chars: usize, parts: usize) -> bool {
+    pub fn matches(&self, speech: &SpeechRequest, part_chars: usize, parts: usize) -> bool {
         self.fingerprint == fingerprint(speech)
             && self.part_chars == part_chars
             && self.parts == parts
@@ -474,7 +474,7 @@ impl Checkpoints {
     pub async fn load(
         &self,
         job_id: &JobId,
-        speech: &Speech,
+        speech: &SpeechRequest,
     ) -> Result<Option<Checkpoint>, StorageError> {
         let read = match self.storage.get_optional(&self.key(job_id)).await {
             Ok(read) => read,
@@ -527,7 +527,7 @@ impl Checkpoints {
     pub async fn load_plan(
         &self,
         job_id: &JobId,
-        speech: &Speech,
+        speech: &SpeechRequest,
         part_chars: usize,
         plan: &[Part],
     ) -> Result<Loaded, StorageError> {
@@ -591,7 +591,7 @@ impl Checkpoints {
     async fn load_one_part(
         &self,
         job_id: &JobId,
-        speech: &Speech,
+        speech: &SpeechRequest,
         part_chars: usize,
         plan: &[Part],
     ) -> Result<Loaded, StorageError> {
@@ -627,7 +627,7 @@ impl Checkpoints {
     pub(crate) fn load_one_part_size(
         &self,
         job_id: &JobId,
-        speech: &Speech,
+        speech: &SpeechRequest,
         plan: &[Part],
     ) -> usize {
         std::mem::size_of_val(&self.load_one_part(job_id, speech, 3_000, plan))
@@ -640,7 +640,7 @@ impl Checkpoints {
         &self,
         old: Checkpoint,
         job_id: &JobId,
-        speech: &Speech,
+        speech: &SpeechRequest,
         part_chars: usize,
         plan: &[Part],
     ) -> Result<PartsCheckpoint, StorageError> {
@@ -852,8 +852,8 @@ mod tests {
     use super::*;
     use crate::job::Voice;
 
-    fn speech(text: &str) -> Speech {
-        Speech {
+    fn speech(text: &str) -> SpeechRequest {
+        SpeechRequest {
             text: text.into(),
             voice_1: Voice::parse("Kore").unwrap(),
             voice_2: None,

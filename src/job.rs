@@ -228,7 +228,7 @@ impl KeyPolicy {
 
 /// What the model is asked to say.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Speech {
+pub struct SpeechRequest {
     pub text: String,
     pub voice_1: Voice,
     pub voice_2: Option<Voice>,
@@ -237,7 +237,7 @@ pub struct Speech {
     pub style: Option<String>,
 }
 
-impl Speech {
+impl SpeechRequest {
     /// What is sent to the model: `"{style}: {text}"`, or the text alone.
     pub fn prompt(&self) -> std::borrow::Cow<'_, str> {
         match &self.style {
@@ -251,7 +251,7 @@ impl Speech {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TtsJob {
     pub id: JobId,
-    pub speech: Speech,
+    pub speech: SpeechRequest,
     /// Overrides the default storage key.
     pub output_key: Option<ObjectKey>,
     /// Opaque producer data echoed in events.

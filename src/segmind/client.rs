@@ -33,7 +33,7 @@ use super::protocol::{
 use super::retry::{server_hint, with_retry};
 use crate::config::{AmbiguousSubmits, RateScope, RetrySettings, SegmindSettings};
 use crate::failure::{self, Call, Class};
-use crate::job::Speech;
+use crate::job::SpeechRequest;
 use crate::metrics::Metrics;
 
 const API_KEY_HEADER: &str = "x-api-key";
@@ -134,7 +134,7 @@ impl SegmindClient {
     /// a job queued for a slot holds.)
     pub fn submit<'a>(
         &'a self,
-        speech: &'a Speech,
+        speech: &'a SpeechRequest,
         deadline: Instant,
         calls: &'a mut u32,
     ) -> impl Future<Output = Result<Submitted, SegmindError>> + Send + 'a {
@@ -145,7 +145,7 @@ impl SegmindClient {
     /// but not holding back the intake of new jobs (see [`Priority::Part`]).
     pub fn submit_part<'a>(
         &'a self,
-        speech: &'a Speech,
+        speech: &'a SpeechRequest,
         deadline: Instant,
         calls: &'a mut u32,
     ) -> impl Future<Output = Result<Submitted, SegmindError>> + Send + 'a {
@@ -155,7 +155,7 @@ impl SegmindClient {
     async fn submit_as(
         &self,
         priority: Priority,
-        speech: &Speech,
+        speech: &SpeechRequest,
         deadline: Instant,
         calls: &mut u32,
     ) -> Result<Submitted, SegmindError> {
@@ -478,7 +478,7 @@ impl SegmindClient {
     async fn submit_call(
         &self,
         priority: Priority,
-        speech: &Speech,
+        speech: &SpeechRequest,
         deadline: Instant,
         calls: &mut u32,
     ) -> Result<Submitted, SegmindError> {

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tts_worker::checkpoint::{self, Checkpoint, Checkpoints, Loaded, PartsCheckpoint};
-use tts_worker::job::{JobId, Speech, Voice};
+use tts_worker::job::{JobId, SpeechRequest, Voice};
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with, wait_for};
 
-fn speech(text: &str) -> Speech {
-    Speech {
+fn speech(text: &str) -> SpeechRequest {
+    SpeechRequest {
         text: text.into(),
         voice_1: Voice::parse("Kore").unwrap(),
         voice_2: None,

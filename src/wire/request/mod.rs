@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::config::RequestLimits;
-use crate::job::{DEFAULT_VOICE, JobId, Speech, TtsJob};
+use crate::job::{DEFAULT_VOICE, JobId, SpeechRequest, TtsJob};
 
 mod body;
 mod deliverable;
@@ -192,7 +192,7 @@ pub fn decode_request(
     let job = match text {
         Some(text) if errors.is_empty() => Ok(TtsJob {
             id: job_id.clone(),
-            speech: Speech {
+            speech: SpeechRequest {
                 text,
                 voice_1,
                 voice_2,

@@ -36,7 +36,7 @@ use crate::checkpoint::{
 };
 use crate::deliverable::Deliverable;
 use crate::failure::{self, ErrorCode};
-use crate::job::{Completed, Delivery, ObjectKey, Speech, StoredAudio, TtsJob, Voice};
+use crate::job::{Completed, Delivery, ObjectKey, SpeechRequest, StoredAudio, TtsJob, Voice};
 use crate::pcm::{self, PcmFormat};
 use crate::plan::Part;
 use crate::quality::{Verdict, Voices};
@@ -458,7 +458,7 @@ impl<'a> JobRun<'a> {
                 }
                 warn!(key = %audio.key, "a stored part is missing or replaced; producing it again");
             }
-            let speech = Speech {
+            let speech = SpeechRequest {
                 text: part.text.clone(),
                 ..self.job.speech.clone()
             };
@@ -683,7 +683,7 @@ impl<'a> JobRun<'a> {
     /// lost, shutdown's grace ran out) still records a request Segmind
     /// accepted, and the redelivery resumes it instead of paying again.
     /// The part's deadline starts once the turn is granted.
-    async fn submit(&self, index: usize, speech: &Speech) -> Result<Submission, JobError> {
+    async fn submit(&self, index: usize, speech: &SpeechRequest) -> Result<Submission, JobError> {
         let (turn, contended) = match self.entry.submit.clone().try_lock_owned() {
             Ok(turn) => (turn, false),
             Err(_) => tokio::select! {
