@@ -30,7 +30,7 @@ use super::protocol::{
     AudioSource, ResultMetrics, SubmitBody, Submitted, interpret_result_audio, interpret_status,
     parse_submitted, status_error, transport,
 };
-use super::retry::{server_hint, with_retry};
+use super::retry::{CallCount, server_hint, with_retry};
 use crate::config::{AmbiguousSubmits, RateScope, RetrySettings, SegmindSettings};
 use crate::failure::{self, Call, Class};
 use crate::job::SpeechRequest;
@@ -136,7 +136,7 @@ impl SegmindClient {
         &'a self,
         speech: &'a SpeechRequest,
         deadline: Instant,
-        calls: &'a mut u32,
+        calls: &'a CallCount,
     ) -> impl Future<Output = Result<Submitted, SegmindError>> + Send + 'a {
         self.submit_as(Priority::New, speech, deadline, calls)
     }
@@ -147,7 +147,7 @@ impl SegmindClient {
         &'a self,
         speech: &'a SpeechRequest,
         deadline: Instant,
-        calls: &'a mut u32,
+        calls: &'a CallCount,
     ) -> impl Future<Output = Result<Submitted, SegmindError>> + Send + 'a {
         self.submit_as(Priority::Part, speech, deadline, calls)
     }
@@ -157,7 +157,7 @@ impl SegmindClient {
         priority: Priority,
         speech: &SpeechRequest,
         deadline: Instant,
-        calls: &mut u32,
+        calls: &CallCount,
     ) -> Result<Submitted, SegmindError> {
         let started = Instant::now();
         tokio::time::timeout_at(
@@ -197,7 +197,7 @@ impl SegmindClient {
         submitted_at: Instant,
         text_chars: usize,
         deadline: Instant,
-        calls: &mut u32,
+        calls: &CallCount,
     ) -> Result<Done, SegmindError> {
         // Each poll's HTTP call is boxed: the waiting state, which every
         // waiting job keeps, is then a timer and a few numbers. The deadline
@@ -249,7 +249,7 @@ impl SegmindClient {
         done: &Done,
         text_chars: usize,
         deadline: Instant,
-        calls: &mut u32,
+        calls: &CallCount,
     ) -> Result<Synthesis, SegmindError> {
         let started = Instant::now();
         let result =
@@ -327,7 +327,7 @@ impl SegmindClient {
         done: &Done,
         text_chars: usize,
         deadline: Instant,
-        calls: &mut u32,
+        calls: &CallCount,
     ) -> Result<(Bytes, Option<String>, ResultMetrics), SegmindError> {
         let (source, metrics) = self
             .retrying(Call::Result, deadline, calls, || self.fetch_result(job))
@@ -382,7 +382,7 @@ impl SegmindClient {
         &self,
         call: Call,
         deadline: Instant,
-        calls: &mut u32,
+        calls: &CallCount,
         attempt: F,
     ) -> Result<T, SegmindError>
     where
@@ -480,7 +480,7 @@ impl SegmindClient {
         priority: Priority,
         speech: &SpeechRequest,
         deadline: Instant,
-        calls: &mut u32,
+        calls: &CallCount,
     ) -> Result<Submitted, SegmindError> {
         let prompt = speech.prompt();
         let body = SubmitBody {

@@ -21,3 +21,4 @@ pub mod retry;
 pub use client::{Done, SegmindClient, Synthesis};
 pub use error::SegmindError;
 pub use protocol::Submitted;
+pub use retry::CallCount;

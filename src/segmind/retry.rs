@@ -6,6 +6,7 @@
 //! [`crate::failure::disposition`].
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -22,6 +23,24 @@ use crate::metrics::Metrics;
 /// Header Segmind sets on 429 answers: when the rate-limit window resets (UTC).
 pub const RATE_LIMIT_RESET_HEADER: &str = "x-rate-limit-reset-at-utc";
 
+/// The Segmind calls a job made, retries included: counted where each call
+/// is made, read by the job's run context (shared, so stages count into it
+/// without out-parameters).
+#[derive(Debug, Default)]
+pub struct CallCount(AtomicU32);
+
+impl CallCount {
+    /// One more call.
+    pub fn add(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The calls counted so far.
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Runs `call` with backoff on transient errors, at most `policy.attempts`
 /// times and never sleeping past `deadline`. `calls` counts every attempt.
 /// What is transient is [`failure::classify`]'s decision, not this loop's.
@@ -30,7 +49,7 @@ pub(crate) async fn with_retry<T, F, Fut>(
     metrics: &Metrics,
     kind: Call,
     deadline: Instant,
-    calls: &mut u32,
+    calls: &CallCount,
     mut call: F,
 ) -> Result<T, SegmindError>
 where
@@ -39,7 +58,7 @@ where
 {
     let mut retry = 0u32;
     loop {
-        *calls += 1;
+        calls.add();
         let err = match call().await {
             Ok(value) => return Ok(value),
             Err(err) => err,
@@ -153,13 +172,13 @@ mod tests {
         let metrics = Metrics::new();
         let start = Instant::now();
         let mut n = 0;
-        let mut calls = 0;
+        let calls = CallCount::default();
         let result = with_retry(
             &policy(),
             &metrics,
             Call::Submit,
             start + Duration::from_secs(600),
-            &mut calls,
+            &calls,
             || {
                 n += 1;
                 let attempt = n;
@@ -173,7 +192,7 @@ mod tests {
         )
         .await;
         assert_eq!(result.unwrap(), 4);
-        assert_eq!(calls, 4);
+        assert_eq!(calls.get(), 4);
         // Three waits of the 10 s hint plus up to retry_base (1 s) jitter each.
         let waited = start.elapsed();
         assert!(
@@ -191,13 +210,13 @@ mod tests {
     async fn backoff_without_a_hint_is_bounded_by_the_exponential_ceiling() {
         let metrics = Metrics::new();
         let start = Instant::now();
-        let mut calls = 0;
+        let calls = CallCount::default();
         let result: Result<(), _> = with_retry(
             &policy(),
             &metrics,
             Call::Status,
             start + Duration::from_secs(3600),
-            &mut calls,
+            &calls,
             || async { Err(status(502, None)) },
         )
         .await;
@@ -206,7 +225,7 @@ mod tests {
             Err(SegmindError::Status { status: 502, .. })
         ));
         // retry_attempts = 8 calls; the 7 waits are at most 1+2+4+8+16+32+60 s.
-        assert_eq!(calls, 8);
+        assert_eq!(calls.get(), 8);
         assert!(
             start.elapsed() <= Duration::from_secs(123),
             "{:?}",
@@ -218,19 +237,19 @@ mod tests {
     async fn permanent_errors_are_not_retried() {
         let metrics = Metrics::new();
         for code in [400, 401, 403, 404, 406, 410, 422] {
-            let mut calls = 0;
+            let calls = CallCount::default();
             let start = Instant::now();
             let result: Result<(), _> = with_retry(
                 &policy(),
                 &metrics,
                 Call::Submit,
                 start + Duration::from_secs(600),
-                &mut calls,
+                &calls,
                 || async move { Err(status(code, None)) },
             )
             .await;
             assert!(result.is_err());
-            assert_eq!(calls, 1, "HTTP {code} must not be retried");
+            assert_eq!(calls.get(), 1, "HTTP {code} must not be retried");
             assert_eq!(start.elapsed(), Duration::ZERO);
         }
     }
@@ -239,13 +258,13 @@ mod tests {
     async fn retries_never_sleep_past_the_deadline() {
         let metrics = Metrics::new();
         let start = Instant::now();
-        let mut calls = 0;
+        let calls = CallCount::default();
         let result: Result<(), _> = with_retry(
             &policy(),
             &metrics,
             Call::Submit,
             start + Duration::from_secs(5),
-            &mut calls,
+            &calls,
             || async { Err(status(429, Some(Duration::from_secs(30)))) },
         )
         .await;
@@ -253,7 +272,7 @@ mod tests {
             result,
             Err(SegmindError::Status { status: 429, .. })
         ));
-        assert_eq!(calls, 1, "a 30 s wait does not fit in a 5 s deadline");
+        assert_eq!(calls.get(), 1, "a 30 s wait does not fit in a 5 s deadline");
         assert!(start.elapsed() < Duration::from_secs(5));
     }
 

@@ -30,7 +30,7 @@ use crate::failure::{self, AsFault, Attempt, Class, Disposition, ErrorCode, Faul
 use crate::job::{Failed, ForbiddenKey, JobId, KeyPolicy, ObjectKey, Outcome, StoredAudio, TtsJob};
 use crate::metrics::Metrics;
 use crate::quality::SpeakingRate;
-use crate::segmind::{SegmindClient, SegmindError, Submitted, Synthesis};
+use crate::segmind::{CallCount, SegmindClient, SegmindError, Submitted, Synthesis};
 use crate::storage::{ObjectInfo, Storage, StorageError};
 
 /// Every error a job's work can end with.
@@ -476,7 +476,7 @@ impl Pipeline {
         text_chars: usize,
         deadline: tokio::time::Instant,
         limit: &DeliveryLimit,
-        calls: &mut u32,
+        calls: &CallCount,
     ) -> Result<(Synthesis, Option<SemaphorePermit<'_>>), JobError> {
         // The schedule counts from the submission, also for a resumed job.
         let ago = (chrono::Utc::now() - submitted_at)
@@ -607,17 +607,11 @@ mod tests {
         );
         // What the job holds while Segmind works: the polling state, boxed.
         let submitted = pipeline.segmind.resume("r-1");
-        let mut calls = 0;
+        let calls = CallCount::default();
         let deadline = tokio::time::Instant::now();
         let limit = DeliveryLimit::after(Duration::from_secs(60));
-        let waiting = pipeline.wait_and_fetch(
-            &submitted,
-            chrono::Utc::now(),
-            11,
-            deadline,
-            &limit,
-            &mut calls,
-        );
+        let waiting =
+            pipeline.wait_and_fetch(&submitted, chrono::Utc::now(), 11, deadline, &limit, &calls);
         let waiting_size = std::mem::size_of_val(&waiting);
         // What a job holds while queued for an S3 or API slot: the SDK's and
         // reqwest's futures are allocated only once the slot is taken.
@@ -629,10 +623,10 @@ mod tests {
         let first_read = pipeline
             .checkpoints
             .load_one_part_size(&job.id, &job.speech, &plan);
-        let mut submit_calls = 0;
+        let submit_calls = CallCount::default();
         let submit = pipeline
             .segmind
-            .submit(&job.speech, deadline, &mut submit_calls);
+            .submit(&job.speech, deadline, &submit_calls);
         let submit_size = std::mem::size_of_val(&submit);
         println!(
             "a job's future: {size} bytes; waiting: {waiting_size}; queued for S3: {load_size}; \

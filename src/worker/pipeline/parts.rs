@@ -20,7 +20,6 @@
 //! for intake (`Priority::Part` of `segmind::budget`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -40,7 +39,7 @@ use crate::job::{Completed, Delivery, ObjectKey, SpeechRequest, StoredAudio, Tts
 use crate::pcm::{self, PcmFormat};
 use crate::plan::Part;
 use crate::quality::{Verdict, Voices};
-use crate::segmind::Submitted;
+use crate::segmind::{CallCount, Submitted};
 use crate::spoken::Spoken;
 use crate::stitch::{self, Layout};
 
@@ -66,7 +65,8 @@ pub(super) struct JobRun<'a> {
     as_served: bool,
     /// The plan's records; shared with the spawned submission steps.
     checkpoint: Arc<Mutex<PartsCheckpoint>>,
-    calls: AtomicU32,
+    /// Shared with the spawned submission steps, which count into it.
+    calls: Arc<CallCount>,
     /// The Segmind request this delivery last submitted or resumed (named
     /// in a failure event).
     last_request: std::sync::Mutex<Option<String>>,
@@ -150,7 +150,7 @@ impl<'a> JobRun<'a> {
             plan,
             as_served,
             checkpoint: Arc::new(Mutex::new(checkpoint)),
-            calls: AtomicU32::new(0),
+            calls: Arc::default(),
             last_request: std::sync::Mutex::new(None),
             voices: (
                 job.speech.voice_1.name(),
@@ -175,7 +175,7 @@ impl<'a> JobRun<'a> {
 
     /// Segmind calls this delivery made (retries included).
     pub(super) fn calls(&self) -> u32 {
-        self.calls.load(Ordering::Relaxed)
+        self.calls.get()
     }
 
     /// The Segmind request this delivery last submitted or resumed.
@@ -492,17 +492,15 @@ impl<'a> JobRun<'a> {
                     }
                 };
                 self.note_request(&submitted.request_id);
-                let mut calls = 0;
                 let fetched = Box::pin(self.pipeline.wait_and_fetch(
                     &submitted,
                     submitted_at,
                     chars,
                     deadline,
                     self.limit,
-                    &mut calls,
+                    &self.calls,
                 ))
                 .await;
-                self.calls.fetch_add(calls, Ordering::Relaxed);
                 let (synthesis, slot) = match fetched {
                     Err(JobError::HandedOver(reason)) => return Err(JobError::HandedOver(reason)),
                     Err(e) => {
@@ -708,11 +706,11 @@ impl<'a> JobRun<'a> {
         let segmind = self.pipeline.segmind.clone();
         let checkpoints = self.pipeline.checkpoints.clone();
         let checkpoint = self.checkpoint.clone();
+        let calls = self.calls.clone();
         let speech = speech.clone();
         let step = tokio::spawn(
             async move {
                 let _held = (entry, turn);
-                let mut calls = 0;
                 // The job's first submission starts it, like any new job;
                 // its further parts must not hold back the intake of others.
                 let started = {
@@ -728,9 +726,9 @@ impl<'a> JobRun<'a> {
                 // (thousands at once when a backlog arrives) holds a few
                 // hundred bytes, not the submission's state.
                 let submitted = if started {
-                    Box::pin(segmind.submit_part(&speech, deadline, &mut calls)).await
+                    Box::pin(segmind.submit_part(&speech, deadline, &calls)).await
                 } else {
-                    Box::pin(segmind.submit(&speech, deadline, &mut calls)).await
+                    Box::pin(segmind.submit(&speech, deadline, &calls)).await
                 };
                 let submitted_at = chrono::Utc::now();
                 let mut cp = checkpoint.lock().await;
@@ -742,13 +740,12 @@ impl<'a> JobRun<'a> {
                     record.submissions += 1;
                 }
                 Box::pin(save_part(&checkpoints, &job_id, index, record)).await;
-                (submitted.map(|s| (s, submitted_at)), calls)
+                submitted.map(|s| (s, submitted_at))
             }
             .in_current_span(),
         );
         match step.await {
-            Ok((result, used)) => {
-                self.calls.fetch_add(used, Ordering::Relaxed);
+            Ok(result) => {
                 let (submitted, at) = result?;
                 Ok(Submission::Sent(submitted, at, deadline))
             }
