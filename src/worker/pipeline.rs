@@ -605,6 +605,13 @@ mod tests {
             std::mem::size_of::<lapin::message::Delivery>(),
             std::mem::size_of::<TtsJob>()
         );
+        // The levels a queued job holds at once (see ARCHITECTURE.md
+        // "Memory"), each kept to its waiting state: 736, 112, 1,216 and
+        // 800 bytes measured.
+        assert!(delivery <= 1024, "a delivery is {delivery} bytes");
+        assert!(stage <= 256, "a one-part plan's stage is {stage} bytes");
+        assert!(part <= 1536, "a part is {part} bytes");
+        assert!(submit <= 1024, "a part's submission is {submit} bytes");
         // What the job holds while Segmind works: the polling state, boxed.
         let submitted = pipeline.segmind.resume("r-1");
         let calls = CallCount::default();

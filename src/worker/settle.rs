@@ -463,6 +463,8 @@ mod tests {
             std::mem::size_of::<F>()
         }
         println!("run_leased: {}", leased_size(run_leased));
-        assert!(process <= 4096, "a job's task is {process} bytes");
+        // Every job holds its task, thousands at once when a backlog
+        // arrives: 1,896 bytes measured, its conclusion and publishing boxed.
+        assert!(process <= 2048, "a job's task is {process} bytes");
     }
 }
