@@ -450,19 +450,15 @@ mod tests {
 
     #[test]
     fn a_jobs_task_is_small_while_its_job_waits() {
-        let process = future_size::<JobContext, Delivery, DeliveryLimit, _>(process);
-        println!("a job's task: {process} bytes");
-        let delivery = Delivery::mock(1, "".into(), "q".into(), false, vec![]);
-        let reject = std::mem::size_of_val(&delivery.acker.reject(REQUEUE));
-        let ack = std::mem::size_of_val(&delivery.acker.ack(BasicAckOptions::default()));
-        let settle = future_size4::<JobContext, Delivery, TraceHeaders, DeliveryLimit, _>(settle);
-        println!("reject: {reject}; ack: {ack}; settle: {settle}");
         fn leased_size<'a, F>(
             _: impl Fn(&'a JobContext, &'a TtsJob, Attempt, &'a DeliveryLimit) -> F,
         ) -> usize {
             std::mem::size_of::<F>()
         }
-        println!("run_leased: {}", leased_size(run_leased));
+        let process = future_size::<JobContext, Delivery, DeliveryLimit, _>(process);
+        let settle = future_size4::<JobContext, Delivery, TraceHeaders, DeliveryLimit, _>(settle);
+        let leased = leased_size(run_leased);
+        println!("a job's task: {process} bytes; settle: {settle}; run_leased: {leased}");
         // Every job holds its task, thousands at once when a backlog
         // arrives: 1,896 bytes measured, its conclusion and publishing boxed.
         assert!(process <= 2048, "a job's task is {process} bytes");
