@@ -36,8 +36,7 @@ use unicode_segmentation::UnicodeSegmentation;
 /// second (300 s).
 pub const DEFAULT_PART_CHARS: usize = 3_000;
 
-/// Speaker labels of two-speaker dialogue, as the model expects them.
-pub const SPEAKER_LABELS: [&str; 2] = ["Speaker 1:", "Speaker 2:"];
+pub use crate::spoken::SPEAKER_LABELS;
 
 /// What separates a part from the next one, which decides the pause put
 /// between their audio.

@@ -92,23 +92,6 @@ impl Script {
         }
     }
 
-    /// A stable lower-case name (metrics labels, logs).
-    pub fn name(self) -> &'static str {
-        match self {
-            Script::Latin => "latin",
-            Script::Cyrillic => "cyrillic",
-            Script::Greek => "greek",
-            Script::Arabic => "arabic",
-            Script::Hebrew => "hebrew",
-            Script::Devanagari => "devanagari",
-            Script::Thai => "thai",
-            Script::Han => "han",
-            Script::Kana => "kana",
-            Script::Hangul => "hangul",
-            Script::Other => "other",
-        }
-    }
-
     /// Written without spaces between words (Chinese, Japanese, Thai).
     pub fn unspaced(self) -> bool {
         matches!(self, Script::Han | Script::Kana | Script::Thai)
@@ -251,7 +234,7 @@ pub fn without_direction(text: &str) -> &str {
     let reads_as_instruction = (1..=MAX_DIRECTION_WORDS).contains(&words)
         && !head.contains(['.', '!', '?', '。', '！', '？'])
         && !head.chars().any(|c| c.is_ascii_digit())
-        && !is_label(head);
+        && label_of(first_line).is_none();
     let colon_len = first_line[colon..].chars().next().map_or(1, char::len_utf8);
     let rest = text[colon + colon_len..].trim_start();
     if reads_as_instruction && !rest.is_empty() {
@@ -261,27 +244,24 @@ pub fn without_direction(text: &str) -> &str {
     }
 }
 
-/// `line` without a leading `Speaker N:` label.
-fn without_label(line: &str) -> &str {
-    let trimmed = line.trim_start();
-    match trimmed.split_once(':') {
-        Some((head, rest)) if is_label(head) => rest.trim_start(),
-        _ => line,
-    }
+/// Speaker labels of two-speaker dialogue, as the model expects them: they
+/// select the voice and are not spoken.
+pub const SPEAKER_LABELS: [&str; 2] = ["Speaker 1:", "Speaker 2:"];
+
+/// The [`SPEAKER_LABELS`] entry `line` starts with, if any.
+fn label_of(line: &str) -> Option<&'static str> {
+    SPEAKER_LABELS
+        .iter()
+        .copied()
+        .find(|l| line.trim_start().starts_with(l))
 }
 
-/// "Speaker 1", "speaker 2"…
-fn is_label(head: &str) -> bool {
-    let head = head.trim();
-    let Some(number) = head
-        .get(..7)
-        .filter(|word| word.eq_ignore_ascii_case("speaker"))
-        .and_then(|_| head.get(7..))
-        .map(str::trim)
-    else {
-        return false;
-    };
-    !number.is_empty() && number.chars().all(|c| c.is_ascii_digit())
+/// `line` without a leading speaker label.
+fn without_label(line: &str) -> &str {
+    match label_of(line) {
+        Some(label) => line.trim_start()[label.len()..].trim_start(),
+        None => line,
+    }
 }
 
 /// Zero-width and format characters: nothing to say.
