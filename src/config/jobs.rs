@@ -31,6 +31,9 @@ pub struct JobSettings {
     pub max_transfers: usize,
     /// Jobs rendering and uploading their deliverable at once.
     pub max_renders: usize,
+    /// Jobs starting at once: reading their records and making their first
+    /// submission. The others wait before building any of their state.
+    pub max_starting: usize,
     /// How long one delivery may work on a job before handing it back.
     pub delivery_lifetime: Duration,
     /// Pauses one message may cause while the probe says the account works;
@@ -60,6 +63,7 @@ pub(super) struct RawJobs {
     pub(super) audio_retries: u32,
     pub(super) max_transfers: u32,
     pub(super) max_renders: u32,
+    pub(super) max_starting: u32,
     pub(super) delivery_lifetime: f64,
     pub(super) max_pause_cycles: u32,
     pub(super) pause_hold: f64,
@@ -106,6 +110,7 @@ impl RawJobs {
             audio_retries: self.audio_retries,
             max_transfers: positive("jobs.max_transfers", self.max_transfers)?,
             max_renders: positive("jobs.max_renders", self.max_renders)?,
+            max_starting: positive("jobs.max_starting", self.max_starting)?,
             delivery_lifetime: seconds("jobs.delivery_lifetime", self.delivery_lifetime)?,
             max_pause_cycles: positive("jobs.max_pause_cycles", self.max_pause_cycles)? as u32,
             pause_hold,

@@ -166,6 +166,7 @@ fn invalid_values_name_the_key() {
         ("TTS__SEGMIND__POLL_MAX", "0.5", "segmind.poll_max"),
         ("TTS__JOBS__MAX_TRANSFERS", "0", "jobs.max_transfers"),
         ("TTS__JOBS__MAX_RENDERS", "0", "jobs.max_renders"),
+        ("TTS__JOBS__MAX_STARTING", "0", "jobs.max_starting"),
         (
             "TTS__JOBS__DELIVERY_LIFETIME",
             "0",

@@ -172,6 +172,9 @@ pub struct Pipeline {
     /// upload): minutes each for a long text, apart from `transfers` so
     /// that a finished short job never waits behind them.
     renders: Semaphore,
+    /// Slots of a job's start (its records read, its first submission
+    /// made): a backlog of thousands waits before building any state.
+    starting: Semaphore,
     /// How texts are cut and synthesized.
     long_text: LongTextSettings,
     /// Each voice's speaking rate, learned from delivered parts: the
@@ -214,6 +217,7 @@ impl Pipeline {
             block_patterns: settings.segmind.content_blocked_patterns.clone(),
             transfers: Semaphore::new(settings.jobs.max_transfers),
             renders: Semaphore::new(settings.jobs.max_renders),
+            starting: Semaphore::new(settings.jobs.max_starting),
             long_text: settings.long_text,
             speaking_rate: SpeakingRate::new(),
             jobs_here: JobTable::default(),
@@ -280,6 +284,19 @@ impl Pipeline {
         }
     }
 
+    /// Waits for a start slot (`jobs.max_starting`), or for this
+    /// delivery's hand-over. `None` if the semaphore were ever closed.
+    async fn start_slot(
+        &self,
+        limit: &DeliveryLimit,
+    ) -> Result<Option<SemaphorePermit<'_>>, HandOverReason> {
+        tokio::select! {
+            biased;
+            slot = self.starting.acquire() => Ok(slot.ok()),
+            reason = self.hand_over_requested(limit) => Err(reason),
+        }
+    }
+
     /// Runs a valid job (its delivery `attempt`) within
     /// `jobs.delivery_lifetime`; see [`Pipeline::run_delivery`].
     pub async fn run(&self, job: &TtsJob, attempt: Attempt) -> JobEnd {
@@ -314,7 +331,17 @@ impl Pipeline {
                 }
             },
         };
-        let run = parts::JobRun::new(self, job, attempt.number, limit, entry.clone());
+        // A start slot, held until the job's first submission is made (or
+        // its request resumed, or its parts found stored): boxed, waited
+        // for only when every slot is taken.
+        let starting = match self.starting.try_acquire() {
+            Ok(slot) => Some(slot),
+            Err(_) => match Box::pin(self.start_slot(limit)).await {
+                Ok(slot) => slot,
+                Err(reason) => return JobEnd::HandOver(reason),
+            },
+        };
+        let run = parts::JobRun::new(self, job, attempt.number, limit, entry.clone(), starting);
         let result = Box::pin(run.execute()).await;
         drop(turn);
         let calls = run.calls();
@@ -585,7 +612,7 @@ mod tests {
         let size = std::mem::size_of_val(&future);
         let limit = DeliveryLimit::after(Duration::from_secs(60));
         let entry = pipeline.jobs_here.entry(&job.id);
-        let run = parts::JobRun::new(&pipeline, &job, 1, &limit, entry);
+        let run = parts::JobRun::new(&pipeline, &job, 1, &limit, entry, None);
         let [execute, part, stage, submit, recheck] = run.future_sizes();
         println!(
             "stages: {execute} bytes; one part: {part}; the parts' stage: {stage}; \

@@ -718,3 +718,48 @@ async fn a_broker_connection_lost_while_submissions_wait_for_the_rate_budget_pay
     assert!(paid.iter().all(|n| *n == 1), "each job paid once: {paid:?}");
     assert_eq!(app.stop().await, 0);
 }
+
+#[tokio::test]
+async fn a_job_gives_its_start_slot_back_once_submitted() {
+    // One start slot, jobs that take 8 s at Segmind: the slot is what a
+    // job holds from its first storage read to its first submission, not
+    // while Segmind works, so all three are submitted long before the first
+    // is done. (Held to the end, the second would be submitted after 8 s.)
+    let (pipeline, sim) = pipeline_with(
+        |_| {},
+        |s| {
+            s.jobs.max_starting = 1;
+            s.segmind.job_deadline = Duration::from_secs(60);
+        },
+    )
+    .await;
+    let pipeline = Arc::new(pipeline);
+    let runs: Vec<_> = (0..3)
+        .map(|n| {
+            let body = json!({
+                "text": format!("start slot job {n} [[sim:latency=8]]"),
+                "job_id": format!("start-{n}"),
+            })
+            .to_string();
+            let pipeline = pipeline.clone();
+            tokio::spawn(async move { pipeline.run(&job(&body), attempt(1)).await })
+        })
+        .collect();
+    wait_for(
+        "the three jobs to be submitted",
+        Duration::from_secs(6),
+        || {
+            let accepted = sim.stats().submits_accepted;
+            async move { accepted >= 3 }
+        },
+    )
+    .await;
+    assert!(
+        runs.iter().all(|r| !r.is_finished()),
+        "submitted while the first job still waits on Segmind"
+    );
+    for run in runs {
+        completed(run.await.unwrap());
+    }
+    assert_eq!(sim.stats().submits_accepted, 3);
+}

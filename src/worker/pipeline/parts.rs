@@ -74,6 +74,9 @@ pub(super) struct JobRun<'a> {
     voices: Voices,
     /// The delivery's `job` span (its `request_id` field is set here).
     span: Span,
+    /// The job's start slot (`jobs.max_starting`), released once it has
+    /// started: a request submitted or resumed, or every part stored.
+    starting: std::sync::Mutex<Option<tokio::sync::SemaphorePermit<'a>>>,
 }
 
 /// What a submission turn found.
@@ -136,6 +139,7 @@ impl<'a> JobRun<'a> {
         attempt: u32,
         limit: &'a DeliveryLimit,
         entry: Arc<JobEntry>,
+        starting: Option<tokio::sync::SemaphorePermit<'a>>,
     ) -> Self {
         let part_chars = pipeline.long_text.part_chars;
         let plan = crate::plan::plan(&job.speech.text, part_chars, job.speech.voice_2.is_some());
@@ -157,7 +161,18 @@ impl<'a> JobRun<'a> {
                 job.speech.voice_2.map(Voice::name),
             ),
             span: Span::current(),
+            starting: std::sync::Mutex::new(starting),
         }
+    }
+
+    /// The job has started: its start slot goes to the next job.
+    fn started(&self) {
+        drop(
+            self.starting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
     }
 
     /// The sizes of the futures a waiting job holds: its stages, one part's
@@ -251,6 +266,7 @@ impl<'a> JobRun<'a> {
             ));
         }
         // Stage: deliver.
+        self.started();
         if self.as_served {
             Box::pin(self.deliver_as_served(&records)).await
         } else {
@@ -492,6 +508,7 @@ impl<'a> JobRun<'a> {
                     }
                 };
                 self.note_request(&submitted.request_id);
+                self.started();
                 let fetched = Box::pin(self.pipeline.wait_and_fetch(
                     &submitted,
                     submitted_at,
