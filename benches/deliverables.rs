@@ -116,6 +116,8 @@ fn render_once(case: &Case, minute: &[i16], minutes: u64) -> anyhow::Result<(f64
         output_rate: case.rate,
         bitrate_kbps: case.bitrate,
         gain_db: 3.0,
+        // The limiter in the chain, as for every job with a loudness target.
+        ceiling_db: Some(-2.0),
         input_frames: minute.len() as u64 * minutes,
     };
     let base = heap::start();
@@ -247,11 +249,32 @@ fn main() -> anyhow::Result<()> {
             lufs: -16.0,
             true_peak_db: -1.0,
         },
-        true,
+        Format::Mp3,
     );
     println!(
         "  loudness pass at 48 kHz: {meter_speed:.0}× real time ({:?} LUFS, {:?} dBTP; gain to −16 LUFS: {gain:+.1} dB)",
         measured.integrated_lufs, measured.true_peak_db
+    );
+    // The limiter alone, at 48 kHz, 12 dB over the ceiling (every peak
+    // limited).
+    let loud: Vec<f32> = minute
+        .iter()
+        .flat_map(|&s| [f32::from(s) / 8192.0; 2])
+        .collect();
+    let started = thread_cpu();
+    let mut limiter = render::Limiter::new(48_000, -1.0);
+    let mut out = Vec::with_capacity(loud.len());
+    for _ in 0..minutes {
+        for chunk in loud.chunks(48_000) {
+            limiter.push(chunk, &mut out);
+            out.clear();
+        }
+    }
+    limiter.finish(&mut out);
+    let limiter_speed = audio / (thread_cpu() - started);
+    println!(
+        "  true-peak limiter at 48 kHz: {limiter_speed:.0}× real time ({:.0} % of samples limited)",
+        100.0 * limiter.limited() as f64 / (loud.len() as f64 * minutes as f64)
     );
     println!(
         "  slowest format {slowest:.0}× real time (goal ≥ 100×): {}",

@@ -143,9 +143,15 @@ completed=$(grep -l '^completed job' "$RUN"/narration.out "$RUN"/dialogue.out "$
 blocked=$(grep -c '^failed job .*: content_blocked ' "$RUN/blocked.out" || true)
 parts=$(grep -oE '^  [0-9]+ parts' "$RUN/chapter.out" | grep -oE '[0-9]+' || echo 0)
 zh_parts=$(grep -oE '^  [0-9]+ parts' "$RUN/chinese.out" | grep -oE '[0-9]+' || echo 0)
-# What the chapter's MP3 measures (target −16 LUFS; with no limiter, a peaky
-# voice ends under the target rather than over the −1 dBTP ceiling).
+# What the chapter's MP3 measures (target −16 LUFS under −1 dBTP: the
+# limiter shaves the peaks and the gain makes up what it took), and what
+# ffmpeg reads from the file itself.
 measured=$(grep -oE -- '-?[0-9.]+ LUFS, true peak -?[0-9.]+ dBTP' "$RUN/chapter.out" || echo "loudness unknown")
+if command -v ffmpeg >/dev/null && [ -s "$OUT/chapter.mp3" ]; then
+  ffmpeg_reads=$(ffmpeg -hide_banner -nostats -i "$OUT/chapter.mp3" -af ebur128=peak=true -f null - 2>&1 \
+    | awk '/Summary:/{s=1} s&&/ I:/{i=$2} s&&/Peak:/{p=$2} END{if(i!="") printf "%s LUFS, true peak %s dBTP", i, p}')
+  measured="$measured (ffmpeg reads ${ffmpeg_reads:-nothing})"
+fi
 say "done"
 example=$(grep -c '"type": *"tts.job.completed"' "$RUN/example.out" || true)
 if [ "$completed" -eq 5 ] && [ "$blocked" -eq 1 ] && [ "$parts" -gt 1 ] && [ "$zh_parts" -gt 1 ] && [ -s "$OUT/chapter.vtt" ] && [ -s "$OUT/chinese.vtt" ] && [ "$example" -eq 1 ]; then

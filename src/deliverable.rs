@@ -89,11 +89,6 @@ impl Format {
         }
     }
 
-    /// Whether coding loses information (true peak rises after decoding).
-    pub fn is_lossy(self) -> bool {
-        matches!(self, Format::Mp3 | Format::Ogg)
-    }
-
     /// The sample rates it can be written at.
     pub fn rates(self) -> &'static [u32] {
         match self {

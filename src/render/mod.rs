@@ -12,6 +12,7 @@
 //! Pure, synchronous DSP: no I/O, no async. Call it from a blocking thread.
 
 mod flac;
+mod limiter;
 mod loudness;
 mod mp3;
 mod opus;
@@ -21,9 +22,13 @@ mod wav;
 #[cfg(test)]
 mod tests;
 
-pub use loudness::{LOSSY_MARGIN_DB, Measured, Meter, gain_db};
+pub use loudness::{
+    MAKE_UP_PASSES, MAX_LIMITING_DB, Measured, Meter, ceiling_db, decoded_peak_margin_db, gain_db,
+    limits, made_up_gain,
+};
 
 use crate::deliverable::Format;
+pub use limiter::Limiter;
 use loudness::LoudnessMeter;
 use resample::Resampler;
 
@@ -66,6 +71,10 @@ pub struct RenderSpec {
     pub bitrate_kbps: Option<u32>,
     /// Linear gain applied to every sample (see [`gain_db`]).
     pub gain_db: f64,
+    /// The true-peak ceiling (dBTP, of the PCM before encoding) a look-ahead
+    /// limiter holds after the gain (see [`ceiling_db`]); `None`: no
+    /// limiter, the samples are only clipped to 16 bits.
+    pub ceiling_db: Option<f64>,
     /// Frames that will be pushed, in total.
     pub input_frames: u64,
 }
@@ -129,6 +138,11 @@ impl RenderSpec {
         if !self.gain_db.is_finite() || self.gain_db.abs() > 120.0 {
             return Err(RenderError::Spec(format!("gain {} dB", self.gain_db)));
         }
+        if let Some(c) = self.ceiling_db
+            && !(-60.0..=0.0).contains(&c)
+        {
+            return Err(RenderError::Spec(format!("true-peak ceiling {c} dBTP")));
+        }
         Ok(())
     }
 }
@@ -151,8 +165,10 @@ pub struct Delivered {
     /// True peak of the decoded file, dBTP; `None` for digital silence.
     pub true_peak_db: Option<f64>,
     /// Samples that the gain pushed past 16-bit full scale and that were
-    /// clipped (0 when the gain came from [`gain_db`], barring rounding).
+    /// clipped (0 with the limiter, barring rounding).
     pub clipped_samples: u64,
+    /// Samples whose gain the limiter lowered (0 without one).
+    pub limited_samples: u64,
 }
 
 /// The format-specific end of the chain: i16 at the output rate in, bytes
@@ -172,6 +188,7 @@ pub struct Render {
     output_frames: u64,
     resampler: Resampler,
     gain: f32,
+    limiter: Option<Limiter>,
     encoder: Encoder,
     /// Meters the delivered audio (the encoders that decode meter inside).
     meter: LoudnessMeter,
@@ -179,6 +196,7 @@ pub struct Render {
     started: bool,
     clipped: u64,
     resampled: Vec<f32>,
+    limited: Vec<f32>,
     samples: Vec<i16>,
     bytes: Vec<u8>,
 }
@@ -213,12 +231,14 @@ impl Render {
             output_frames,
             resampler: Resampler::new(spec.input_rate, rate)?,
             gain: 10f64.powf(spec.gain_db / 20.0) as f32,
+            limiter: spec.ceiling_db.map(|c| Limiter::new(rate, c)),
             encoder,
             meter: LoudnessMeter::new(rate)?,
             pushed: 0,
             started: false,
             clipped: 0,
             resampled: Vec::with_capacity(2 * BLOCK),
+            limited: Vec::with_capacity(2 * BLOCK),
             samples: Vec::with_capacity(2 * BLOCK),
             bytes: Vec::new(),
             spec,
@@ -233,9 +253,9 @@ impl Render {
     /// Resamples, applies the gain and encodes `pcm` (mono, input rate, any
     /// length), appending the bytes produced to `out`.
     ///
-    /// The gain is linear and the result clipped to 16 bits (counted in
-    /// [`Delivered::clipped_samples`]): the pipeline chooses the gain with
-    /// [`gain_db`] so that the true-peak ceiling holds and nothing clips.
+    /// The gain is linear, followed by the limiter when the spec has a
+    /// ceiling, and the result clipped to 16 bits (counted in
+    /// [`Delivered::clipped_samples`]).
     pub fn push(&mut self, pcm: &[i16], out: &mut Vec<u8>) -> Result<(), RenderError> {
         let announced = self.spec.input_frames;
         if self.pushed + pcm.len() as u64 > announced {
@@ -246,7 +266,7 @@ impl Render {
         for block in pcm.chunks(BLOCK) {
             self.resampled.clear();
             self.resampler.push(block, &mut self.resampled)?;
-            self.encode(out)?;
+            self.encode(out, false)?;
         }
         Ok(())
     }
@@ -269,7 +289,7 @@ impl Render {
         self.start(out)?;
         self.resampled.clear();
         self.resampler.finish(&mut self.resampled)?;
-        self.encode(out)?;
+        self.encode(out, true)?;
         let measured = match self.encoder {
             Encoder::Wav => self.meter.measured()?,
             Encoder::Mulaw => {
@@ -293,6 +313,7 @@ impl Render {
             loudness_lufs: measured.integrated_lufs,
             true_peak_db: measured.true_peak_db,
             clipped_samples: self.clipped,
+            limited_samples: self.limiter.as_ref().map_or(0, Limiter::limited),
         })
     }
 
@@ -313,13 +334,29 @@ impl Render {
         Ok(())
     }
 
-    /// Gain, 16 bits, encoder: for what the resampler just gave.
-    fn encode(&mut self, out: &mut Vec<u8>) -> Result<(), RenderError> {
+    /// Gain, limiter, 16 bits, encoder: for what the resampler just gave
+    /// (and, when `last`, what the limiter still holds).
+    fn encode(&mut self, out: &mut Vec<u8>, last: bool) -> Result<(), RenderError> {
+        let gain = self.gain;
+        let levels = match &mut self.limiter {
+            Some(limiter) => {
+                self.resampled.iter_mut().for_each(|s| *s *= gain);
+                self.limited.clear();
+                limiter.push(&self.resampled, &mut self.limited);
+                if last {
+                    limiter.finish(&mut self.limited);
+                }
+                &self.limited
+            }
+            None => {
+                self.resampled.iter_mut().for_each(|s| *s *= gain);
+                &self.resampled
+            }
+        };
         self.samples.clear();
-        let gain = self.gain * 32768.0;
         let mut clipped = 0u64;
-        self.samples.extend(self.resampled.iter().map(|&s| {
-            let v = (s * gain).round();
+        self.samples.extend(levels.iter().map(|&s| {
+            let v = (s * 32768.0).round();
             if !(-32768.0..=32767.0).contains(&v) {
                 clipped += 1;
             }

@@ -61,7 +61,9 @@ impl JobRun<'_> {
                 let meter = OffThread::spawn(move || Meter::new(input_rate, output_rate));
                 let measured =
                     Box::pin(drive(PcmReader::new(storage, records, layout), meter, None)).await?;
-                let gain = render::gain_db(&measured, &target, deliverable.format.is_lossy());
+                let format = deliverable.format;
+                let ceiling = render::ceiling_db(&target, format);
+                let mut gain = render::gain_db(&measured, &target, format);
                 info!(
                     measured_lufs = ?measured.integrated_lufs,
                     true_peak_db = ?measured.true_peak_db,
@@ -69,6 +71,33 @@ impl JobRun<'_> {
                     gain_db = gain,
                     "loudness measured over the whole programme"
                 );
+                // The limiter takes some loudness with the peaks it shaves:
+                // measured again through it, the gain makes up for that
+                // (only when it limits at all; a read pass each).
+                let mut tried = Vec::new();
+                for _ in 0..render::MAKE_UP_PASSES {
+                    if !render::limits(&measured, gain, ceiling) {
+                        break;
+                    }
+                    let meter = OffThread::spawn(move || {
+                        Meter::limited(input_rate, output_rate, gain, ceiling)
+                    });
+                    let through =
+                        Box::pin(drive(PcmReader::new(storage, records, layout), meter, None))
+                            .await?;
+                    let limited_lufs = through.integrated_lufs;
+                    tried.push((gain, through));
+                    let Some(next) = render::made_up_gain(&measured, &tried, &target, format)
+                    else {
+                        break;
+                    };
+                    info!(
+                        ?limited_lufs,
+                        gain_db = next,
+                        "the limiter took loudness off the peaks; making it up"
+                    );
+                    gain = next;
+                }
                 gain
             }
         };
@@ -78,6 +107,11 @@ impl JobRun<'_> {
             output_rate: deliverable.sample_rate,
             bitrate_kbps: deliverable.bitrate_kbps,
             gain_db,
+            // A loudness target is met under its true-peak ceiling by the
+            // limiter, not by holding the whole programme down.
+            ceiling_db: deliverable
+                .loudness
+                .map(|t| render::ceiling_db(&t, deliverable.format)),
             input_frames: layout.frames,
         };
         let delay_frames = spec.timeline_delay_frames();
