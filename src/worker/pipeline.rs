@@ -362,8 +362,22 @@ impl Pipeline {
             }
             Err(err) => err,
         };
+        // Decided in its own (boxed) future: a job waiting on Segmind does
+        // not carry the failure's state.
+        Box::pin(self.failed(job, attempt, err, run.last_request_id())).await
+    }
+
+    /// What a job's failure means (see [`failure::disposition`]): a failure
+    /// event, a requeue, or a hand-over while consumption pauses.
+    async fn failed(
+        &self,
+        job: &TtsJob,
+        attempt: Attempt,
+        err: JobError,
+        last_request: Option<String>,
+    ) -> JobEnd {
         let failure = failure::classify(&err, &self.block_patterns);
-        let request_id = run.last_request_id().or_else(|| match &err {
+        let request_id = last_request.or_else(|| match &err {
             JobError::Segmind(e) => e.request_id().map(str::to_owned),
             _ => None,
         });

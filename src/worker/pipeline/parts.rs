@@ -183,7 +183,7 @@ impl<'a> JobRun<'a> {
             std::mem::size_of_val(&self.execute()),
             std::mem::size_of_val(&self.part(0)),
             std::mem::size_of_val(&self.synthesize_parts()),
-            std::mem::size_of_val(&self.submit(0, &self.job.speech)),
+            std::mem::size_of_val(&self.submit(0)),
             std::mem::size_of_val(&self.recheck(0, (None, false))),
         ]
     }
@@ -206,11 +206,34 @@ impl<'a> JobRun<'a> {
         *self.last_request.lock().unwrap_or_else(|e| e.into_inner()) = Some(request_id.to_owned());
     }
 
-    /// The stages: plan → synthesize and check the parts → deliver.
+    /// The stages: plan → synthesize and check the parts → deliver. Each
+    /// is its own (boxed) future, so a job waiting on Segmind holds only the
+    /// synthesis's state, not the plan's reads nor the delivery's.
     pub(super) async fn execute(&self) -> Result<Completed, JobError> {
+        if let Some(done) = Box::pin(self.prepare()).await? {
+            return Ok(done);
+        }
+        if self.plan.len() > 1 {
+            info!(
+                parts = self.plan.len(),
+                parallel = self.pipeline.long_text.max_parallel_parts,
+                "long text: synthesizing its parts"
+            );
+        }
+        // Stage: synthesize, check and store every part.
+        Box::pin(self.synthesize_parts()).await?;
+        // Stage: deliver.
+        self.started();
+        Box::pin(self.deliver()).await
+    }
+
+    /// Stage: the plan and its records. A job already delivered is
+    /// answered from storage (`Some`); otherwise the plan is recorded (a new
+    /// plan replaces another's records) once the producer's key is known to
+    /// be free for this job.
+    async fn prepare(&self) -> Result<Option<Completed>, JobError> {
         let pipeline = self.pipeline;
         let job = self.job;
-        // Stage: the plan and its records.
         let loaded = Box::pin(pipeline.checkpoints.load_plan(
             &job.id,
             &job.speech,
@@ -221,7 +244,7 @@ impl<'a> JobRun<'a> {
         let stale = match loaded {
             Loaded::Found(cp) => {
                 if let Some(done) = Box::pin(self.replay(&cp)).await? {
-                    return Ok(done);
+                    return Ok(Some(done));
                 }
                 *self.checkpoint.lock().await = *cp;
                 None
@@ -246,15 +269,11 @@ impl<'a> JobRun<'a> {
             )
             .await?;
         }
-        if self.plan.len() > 1 {
-            info!(
-                parts = self.plan.len(),
-                parallel = pipeline.long_text.max_parallel_parts,
-                "long text: synthesizing its parts"
-            );
-        }
-        // Stage: synthesize, check and store every part.
-        Box::pin(self.synthesize_parts()).await?;
+        Ok(None)
+    }
+
+    /// Stage: every part's audio, stored, delivered as one object.
+    async fn deliver(&self) -> Result<Completed, JobError> {
         let records: Vec<PartAudio> = {
             let cp = self.checkpoint.lock().await;
             cp.parts.iter().filter_map(|p| p.audio.clone()).collect()
@@ -265,11 +284,13 @@ impl<'a> JobRun<'a> {
                 "a part ended without its audio recorded".into(),
             ));
         }
-        // Stage: deliver.
-        self.started();
         if self.as_served {
             Box::pin(self.deliver_as_served(&records)).await
         } else {
+            let key = self
+                .pipeline
+                .keys
+                .key_for(self.job, self.job.deliverable.format.extension())?;
             Box::pin(self.deliver_rendered(&key, &records)).await
         }
     }
@@ -474,10 +495,6 @@ impl<'a> JobRun<'a> {
                 }
                 warn!(key = %audio.key, "a stored part is missing or replaced; producing it again");
             }
-            let speech = SpeechRequest {
-                text: part.text.clone(),
-                ..self.job.speech.clone()
-            };
             let chars = part.text.chars().count();
             let mut resume = request.filter(|(_, at)| {
                 self.pipeline.checkpoints.resumable_since(*at, chrono::Utc::now())
@@ -497,7 +514,7 @@ impl<'a> JobRun<'a> {
                         }
                         // Boxed, like every step but the wait: a part's
                         // future is what a waiting job holds.
-                        match Box::pin(self.submit(index, &speech)).await? {
+                        match Box::pin(self.submit(index)).await? {
                             Submission::Sent(s, at, deadline) => (s, at, false, deadline),
                             Submission::Found(request_id, at) => {
                                 resume = Some((request_id, at));
@@ -698,7 +715,7 @@ impl<'a> JobRun<'a> {
     /// lost, shutdown's grace ran out) still records a request Segmind
     /// accepted, and the redelivery resumes it instead of paying again.
     /// The part's deadline starts once the turn is granted.
-    async fn submit(&self, index: usize, speech: &SpeechRequest) -> Result<Submission, JobError> {
+    async fn submit(&self, index: usize) -> Result<Submission, JobError> {
         let (turn, contended) = match self.entry.submit.clone().try_lock_owned() {
             Ok(turn) => (turn, false),
             Err(_) => tokio::select! {
@@ -724,7 +741,12 @@ impl<'a> JobRun<'a> {
         let checkpoints = self.pipeline.checkpoints.clone();
         let checkpoint = self.checkpoint.clone();
         let calls = self.calls.clone();
-        let speech = speech.clone();
+        // Built for the step only: a part waiting on Segmind does not hold
+        // a second copy of its text.
+        let speech = SpeechRequest {
+            text: self.plan[index].text.clone(),
+            ..self.job.speech.clone()
+        };
         let step = tokio::spawn(
             async move {
                 let _held = (entry, turn);
