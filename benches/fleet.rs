@@ -2,14 +2,16 @@
 //! and Garage and an in-process Segmind simulator, measured side by side.
 //!
 //! ```text
-//! cargo bench --bench fleet -- scale [--jobs 10000] [--variants learned,fixed1,fixed5]
+//! cargo bench --bench fleet -- scale [--jobs 10000] [--variants learned,all-starting,fixed1,fixed5]
 //!                                    [--latency 43.5] [--spread 8] [--per-char 0]
 //!                                    [--arrival 0]   (jobs per second; 0 = all at once)
 //! cargo bench --bench fleet -- rate  [--jobs 60] [--workers 3] [--limit 50] [--scope all|submits]
 //! ```
 //!
-//! `scale` runs one worker per variant (the learned schedule, and fixed 1 s
-//! and 5 s polling through the same worker) on the same job stream, and
+//! `scale` runs one worker per variant (the learned schedule; the same with
+//! every job of the backlog starting at once, no `jobs.max_starting` slots;
+//! and fixed 1 s and 5 s polling through the same worker) on the same job
+//! stream, and
 //! prints peak and waiting RSS, CPU while waiting, polls and calls per job,
 //! mean and p95 lag, throughput, and the ratios to the learned schedule.
 //! `rate` runs `--workers` processes sharing one account limit and checks
@@ -120,6 +122,9 @@ async fn scale(args: &Args) -> anyhow::Result<()> {
     for variant in &args.variants {
         let vars: Vec<(&str, String)> = match variant.as_str() {
             "learned" => vec![],
+            // Every job of the backlog starts at once (no start slots):
+            // what `jobs.max_starting` saves, side by side.
+            "all-starting" => vec![("TTS__JOBS__MAX_STARTING", args.jobs.max(1).to_string())],
             "fixed1" => vec![("TTS__SEGMIND__POLL_FIXED_INTERVAL", "1".into())],
             "fixed5" => vec![("TTS__SEGMIND__POLL_FIXED_INTERVAL", "5".into())],
             other => bail!("unknown variant {other}"),
