@@ -156,6 +156,13 @@ impl ObjectKey {
         ObjectKey(format!("{prefix}{job_id}.{extension}"))
     }
 
+    /// The key of an object derived from this one (marks, captions): its
+    /// full key and `suffix` (`talk.mp3` → `talk.mp3.vtt`), so two formats
+    /// of one name never share a derived object.
+    pub fn derived(&self, suffix: &str) -> ObjectKey {
+        ObjectKey(format!("{}{suffix}", self.0))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -24,30 +24,37 @@
 //!    the consume loop, the pause gate.
 //! 7. Wiring, [`app`], and the subcommands [`submit`], [`check`].
 //! 8. The command line, [`cli`].
+//!
+//! # Visibility
+//!
+//! Modules are `pub(crate)` unless the binary, the integration suite
+//! (`tests/`) or the benchmarks (`benches/`) reach them: what is `pub` here
+//! is that surface, and a module leaves it as soon as nothing outside the
+//! crate uses it (the compiler's dead-code check then sees its unused items).
 
-pub mod align;
+pub(crate) mod align;
 pub mod app;
 pub mod audio;
 pub mod broker;
-pub mod captions;
-pub mod check;
+pub(crate) mod captions;
+pub(crate) mod check;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod deliverable;
 pub mod failure;
-pub mod http;
+pub(crate) mod http;
 pub mod job;
 pub mod metrics;
-pub mod pcm;
+pub(crate) mod pcm;
 pub mod plan;
-pub mod quality;
+pub(crate) mod quality;
 pub mod render;
 pub mod segmind;
-pub mod spoken;
-pub mod stitch;
+pub(crate) mod spoken;
+pub(crate) mod stitch;
 pub mod storage;
-pub mod submit;
-pub mod telemetry;
+pub(crate) mod submit;
+pub(crate) mod telemetry;
 pub mod wire;
 pub mod worker;

@@ -16,6 +16,8 @@ pub struct PcmFormat {
 }
 
 impl PcmFormat {
+    /// What Gemini serves (the tests' usual format).
+    #[cfg(test)]
     pub const GEMINI: PcmFormat = PcmFormat {
         sample_rate: 24_000,
         channels: 1,
@@ -29,10 +31,6 @@ impl PcmFormat {
     /// Frames in `d`, rounded down.
     pub fn frames_in(self, d: Duration) -> u64 {
         (d.as_secs_f64() * f64::from(self.sample_rate)) as u64
-    }
-
-    pub fn millis_of(self, frames: u64) -> u64 {
-        frames * 1_000 / u64::from(self.sample_rate.max(1))
     }
 }
 

@@ -166,6 +166,7 @@ impl Spoken {
     }
 
     /// Spoken characters in all.
+    #[cfg(test)]
     pub fn total_chars(&self) -> u32 {
         self.chars.iter().sum()
     }

@@ -51,22 +51,6 @@ pub struct Layout {
     pub frames: u64,
 }
 
-impl Layout {
-    /// Bytes of samples (without the header).
-    pub fn data_bytes(&self) -> u64 {
-        self.frames * self.format.frame_bytes()
-    }
-
-    /// Bytes of the whole WAV file.
-    pub fn file_bytes(&self) -> u64 {
-        44 + self.data_bytes()
-    }
-
-    pub fn duration_seconds(&self) -> f64 {
-        self.frames as f64 / f64::from(self.format.sample_rate.max(1))
-    }
-}
-
 /// Silence inserted after a part so the silence between two parts' speech
 /// is the pause their join asks for: each part keeps up to [`MARGIN`] of its
 /// own silence at either side, which counts towards the pause.

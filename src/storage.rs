@@ -353,6 +353,37 @@ impl Storage {
             .map_err(|e| storage_error("upload", self.object(key), e))
     }
 
+    /// Writes a small object derived from a job's audio (its marks, its
+    /// captions) with the job's id in its metadata, like the audio; with
+    /// `only_if_absent` the write is conditional (`If-None-Match: *`).
+    pub async fn put_derived(
+        &self,
+        key: &ObjectKey,
+        bytes: bytes::Bytes,
+        content_type: &str,
+        job_id: &JobId,
+        only_if_absent: bool,
+    ) -> Result<(), StorageError> {
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .content_type(content_type)
+            .metadata("job-id", job_id.as_str());
+        if only_if_absent {
+            request = request.if_none_match("*");
+        }
+        let _slot = self.slot().await;
+        request
+            .body(ByteStream::from(bytes))
+            .send()
+            .boxed()
+            .await
+            .map(|_| ())
+            .map_err(|e| storage_error("upload", self.object(key.as_str()), e))
+    }
+
     /// Deletes an object; deleting a missing object is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
         let _slot = self.slot().await;
@@ -625,12 +656,16 @@ impl Drop for MultipartUpload {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        // Finished as far as dropping goes: if the abort is itself dropped
+        // unrun (the runtime shutting down cancels what is spawned then),
+        // its drop must not spawn another (that recursed until the stack
+        // overflowed). The bucket's lifecycle rule is the backstop.
         let upload = MultipartUpload {
             storage: self.storage.clone(),
             key: std::mem::take(&mut self.key),
             upload_id: std::mem::take(&mut self.upload_id),
             parts: Vec::new(),
-            finished: false,
+            finished: true,
         };
         self.finished = true;
         runtime.spawn(upload.abort());

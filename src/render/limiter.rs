@@ -127,13 +127,13 @@ impl Limiter {
         let n = self.taken;
         self.taken += 1;
         self.delayed.push_back(x);
-        self.peaks.push(x);
+        self.peaks.push(x, self.ceiling);
         if n < HALF as u64 {
             return;
         }
         // The sample at k has its 2 × HALF neighbours: its true peak.
         let k = n - HALF as u64;
-        let need = match self.peaks.centre_peak(self.ceiling) {
+        let need = match self.peaks.centre_peak() {
             p if p > self.ceiling => self.ceiling / p,
             _ => 1.0,
         };
@@ -175,6 +175,7 @@ impl Limiter {
 
 /// A `factor`× oversampling view of a stream (at least [`DETECTION_RATE`]):
 /// the true peak around each sample.
+#[derive(Clone)]
 struct Oversampler {
     /// `phases[φ − 1][t]`: coefficient of `x[k − HALF + 1 + t]` for the
     /// point `k + φ / factor`.
@@ -182,8 +183,14 @@ struct Oversampler {
     /// The largest sum of absolute coefficients of a phase: no interpolated
     /// point exceeds it times the window's largest sample.
     reach: f32,
-    /// The last `2 × HALF` samples, oldest first.
-    window: VecDeque<f32>,
+    /// The last `2 × HALF` samples, written twice (at `i` and `i + 2 ×
+    /// HALF`) so that they are always one slice, oldest first, from `at`.
+    ring: [f32; 4 * HALF],
+    at: usize,
+    /// Samples taken, and the count until which the window holds one that
+    /// could take an interpolated point past the floor it was taken with.
+    taken: u64,
+    loud_until: u64,
 }
 
 impl Oversampler {
@@ -198,34 +205,39 @@ impl Oversampler {
         Oversampler {
             phases,
             reach,
-            window: VecDeque::from(vec![0.0; 2 * HALF]),
+            ring: [0.0; 4 * HALF],
+            at: 0,
+            taken: 0,
+            loud_until: 0,
         }
     }
 
-    fn push(&mut self, x: f32) {
-        self.window.pop_front();
-        self.window.push_back(x);
+    /// Takes `x`; `floor` is the level under which a peak does not matter
+    /// (the ceiling, or the highest peak so far): most samples are far
+    /// under it, and their neighbourhood cannot reach it, whatever lies
+    /// between the samples, so no interpolation is done for them.
+    fn push(&mut self, x: f32, floor: f32) {
+        self.ring[self.at] = x;
+        self.ring[self.at + 2 * HALF] = x;
+        self.at = (self.at + 1) % (2 * HALF);
+        self.taken += 1;
+        if x.abs() * self.reach > floor {
+            self.loud_until = self.taken + 2 * HALF as u64;
+        }
     }
 
     /// True peak of the sample at the window's centre (`HALF` samples
     /// ago): it and the interpolated points after it; only the sample's
-    /// own level when nothing around it can pass `floor`.
-    fn centre_peak(&self, floor: f32) -> f32 {
-        let (a, b) = self.window.as_slices();
-        let centre = self.window[HALF - 1].abs();
-        // Most samples are far under the ceiling: their neighbourhood
-        // cannot reach it, whatever lies between the samples.
-        let largest = a.iter().chain(b.iter()).fold(0f32, |m, x| m.max(x.abs()));
-        if largest * self.reach <= floor {
+    /// own level when nothing in the window could pass the floor.
+    fn centre_peak(&self) -> f32 {
+        let window = &self.ring[self.at..self.at + 2 * HALF];
+        let centre = window[HALF - 1].abs();
+        if self.taken >= self.loud_until {
             return centre;
         }
         let mut peak = centre;
         for phase in &self.phases {
-            let v: f32 = phase
-                .iter()
-                .zip(a.iter().chain(b.iter()))
-                .map(|(h, x)| h * x)
-                .sum();
+            let v: f32 = phase.iter().zip(window).map(|(h, x)| h * x).sum();
             peak = peak.max(v.abs());
         }
         peak
@@ -249,23 +261,19 @@ impl PeakMeter {
 
     pub(crate) fn add(&mut self, samples: impl IntoIterator<Item = f32>) {
         for x in samples {
-            self.samples.push(x);
-            self.peak = self.peak.max(self.samples.centre_peak(self.peak));
+            self.samples.push(x, self.peak);
+            self.peak = self.peak.max(self.samples.centre_peak());
         }
     }
 
     /// The peak (linear, 1.0 is full scale), the stream's last samples
     /// included.
     pub(crate) fn peak(&self) -> f32 {
-        let mut rest = Oversampler {
-            phases: self.samples.phases.clone(),
-            reach: self.samples.reach,
-            window: self.samples.window.clone(),
-        };
+        let mut rest = self.samples.clone();
         let mut peak = self.peak;
         for _ in 0..HALF {
-            rest.push(0.0);
-            peak = peak.max(rest.centre_peak(peak));
+            rest.push(0.0, peak);
+            peak = peak.max(rest.centre_peak());
         }
         peak
     }

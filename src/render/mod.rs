@@ -79,13 +79,6 @@ pub struct RenderSpec {
     pub input_frames: u64,
 }
 
-/// LAME's encoder delay (3.100, `ENCDELAY`) plus the MP3 synthesis
-/// filterbank's 529-sample decoder delay: where a decoder that ignores
-/// gapless metadata (there is none: no Xing/LAME tag is written, it would need
-/// a seek back) puts the first input sample. Checked against ffmpeg in the
-/// tests, at MPEG-1, 2 and 2.5 rates.
-pub const MP3_DELAY_FRAMES: u64 = 576 + 529;
-
 impl RenderSpec {
     /// Exact number of frames the delivered audio has at `output_rate`,
     /// known before encoding: `round(input_frames × output / input)`. For
@@ -95,17 +88,6 @@ impl RenderSpec {
     /// output time t.
     pub fn output_frames(&self) -> u64 {
         Resampler::output_len(self.input_frames, self.input_rate, self.output_rate)
-    }
-
-    /// Frames of codec delay that a decoder ignoring gapless metadata sees at
-    /// the start of the file: [`MP3_DELAY_FRAMES`] for MP3 (as ffmpeg decodes
-    /// it), 0 where the container trims it (Opus pre-skip) or there is none
-    /// (WAV, μ-law, FLAC). Marks and captions are shifted by it.
-    pub fn timeline_delay_frames(&self) -> u64 {
-        match self.format {
-            Format::Mp3 => MP3_DELAY_FRAMES,
-            Format::Wav | Format::Mulaw | Format::Ogg | Format::Flac => 0,
-        }
     }
 
     fn bitrate(&self) -> Option<u32> {
@@ -150,9 +132,9 @@ impl RenderSpec {
 /// What was delivered, measured on the delivered audio.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivered {
-    /// Frames of programme at `sample_rate` ([`RenderSpec::output_frames`]).
-    /// An MP3 decoder gives [`RenderSpec::timeline_delay_frames`] more at the
-    /// start and up to a frame of padding at the end.
+    /// Frames of programme at `sample_rate` ([`RenderSpec::output_frames`]):
+    /// what a decoder of the file gives, for MP3 too (its Info frame tells
+    /// the decoder LAME's delay and padding), so marks need no shift.
     pub frames: u64,
     pub sample_rate: u32,
     pub channels: u16,
@@ -277,8 +259,8 @@ impl Render {
     /// samples written for WAV and FLAC, of the table-decoded samples for
     /// μ-law, of each Opus packet decoded again by libopus at the output
     /// rate (pre-skip and end trimmed), and of the MP3 frames decoded in
-    /// stream by Symphonia (codec delay and padding included, as ffmpeg
-    /// decodes the file).
+    /// stream by Symphonia (LAME's delay and padding, silence, included:
+    /// neither the gated loudness nor the peak sees them).
     pub fn finish(mut self, out: &mut Vec<u8>) -> Result<Delivered, RenderError> {
         if self.pushed != self.spec.input_frames {
             return Err(RenderError::ShortInput {
@@ -328,7 +310,10 @@ impl Render {
             Encoder::Wav => out.extend_from_slice(&wav::pcm_header(rate, self.output_frames)?),
             Encoder::Mulaw => out.extend_from_slice(&wav::mulaw_header(rate, self.output_frames)?),
             Encoder::Flac(e) => e.start(out),
-            Encoder::Mp3(_) => {}
+            Encoder::Mp3(_) => {
+                let kbps = self.spec.bitrate().unwrap_or(64);
+                out.extend_from_slice(&mp3::info_frame(rate, kbps, self.output_frames)?);
+            }
             Encoder::Ogg(e) => e.start(out)?,
         }
         Ok(())

@@ -1,5 +1,10 @@
-//! MP3: LAME (mp3lame-encoder), CBR, mono, no Xing/LAME tag (it would need a
-//! seek back to the start). The frames LAME gives are split here and decoded
+//! MP3: LAME (mp3lame-encoder), CBR, mono, gapless: the stream starts with a
+//! Xing "Info" frame carrying LAME's extension (frame count, encoder delay
+//! and padding), written before the first audio frame from the programme's
+//! length, known before encoding ([`info_frame`]; LAME's own tag would need a
+//! seek back to the start, which a stream uploaded as it is encoded cannot
+//! do). Decoders that read it (ffmpeg, mpg123, most players) give exactly the
+//! programme's samples. The frames LAME gives are split here and decoded
 //! again in stream by Symphonia's MP3 decoder, so that loudness and true peak
 //! are measured on what a decoder of the file gets.
 
@@ -48,8 +53,8 @@ impl Mp3Encoder {
         set_bitrate(&mut b, bitrate_kbps)?;
         b.set_quality(QUALITY)
             .map_err(|e| lame_error("quality", e))?;
-        // No Xing/LAME tag: LAME would reserve a silent frame for it at the
-        // start, to be overwritten after a seek we cannot do.
+        // LAME's own tag would reserve a silent frame at the start, to be
+        // overwritten after a seek we cannot do: [`info_frame`] writes it.
         b.set_to_write_vbr_tag(false)
             .map_err(|e| lame_error("vbr tag", e))?;
         let lame = b.build().map_err(|e| lame_error("init", e))?;
@@ -153,6 +158,111 @@ fn frame_len(bytes: &[u8]) -> Result<Option<usize>, RenderError> {
     Ok(Some(per_kbps * kbps / rate + padding))
 }
 
+/// LAME 3.100's encoder delay (`ENCDELAY`): silence before the first
+/// input sample, which the Info frame tells decoders to skip (with the
+/// decoder's own 529).
+const ENCODER_DELAY: u64 = 576;
+
+/// MPEG version and Layer III samples per frame for an output rate.
+fn version_of(rate: u32) -> Option<(u8, u64, [u32; 3])> {
+    match rate {
+        32_000 | 44_100 | 48_000 => Some((0b11, 1152, [44_100, 48_000, 32_000])),
+        16_000 | 22_050 | 24_000 => Some((0b10, 576, [22_050, 24_000, 16_000])),
+        8_000 | 11_025 | 12_000 => Some((0b00, 576, [11_025, 12_000, 8_000])),
+        _ => None,
+    }
+}
+
+/// The frames LAME 3.100 writes for `samples` of input at `spf` samples a
+/// frame, and the padding after the last input sample: `lame_encode_flush`
+/// pads the delay and the input to whole frames, with at least 576 samples
+/// of padding (`lame.c`, checked against LAME in the tests).
+fn stream_layout(samples: u64, spf: u64) -> (u64, u64) {
+    let mut padding = spf - (ENCODER_DELAY + samples) % spf;
+    if padding < 576 {
+        padding += spf;
+    }
+    ((ENCODER_DELAY + samples + padding) / spf, padding)
+}
+
+/// The Xing "Info" frame with LAME's extension for a CBR mono stream of
+/// `samples` at `rate` and `kbps`: a frame of silence to decoders that do
+/// not read it, the stream's frame count, encoder delay and padding to those
+/// that do.
+pub(crate) fn info_frame(rate: u32, kbps: u32, samples: u64) -> Result<Vec<u8>, RenderError> {
+    let (version, spf, rates) =
+        version_of(rate).ok_or_else(|| RenderError::Mp3(format!("no MPEG rate {rate} Hz")))?;
+    const MPEG1_KBPS: [u32; 15] = [
+        0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
+    ];
+    const MPEG2_KBPS: [u32; 15] = [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160];
+    let table = if version == 0b11 {
+        &MPEG1_KBPS
+    } else {
+        &MPEG2_KBPS
+    };
+    let bitrate_index = table
+        .iter()
+        .position(|&k| k == kbps && k != 0)
+        .ok_or_else(|| RenderError::Mp3(format!("no Layer III bitrate {kbps} kbit/s here")))?;
+    let rate_index = rates.iter().position(|&r| r == rate).unwrap_or(0);
+    let header = [
+        0xFF,
+        0xE0 | (version << 3) | (0b01 << 1) | 1, // Layer III, no CRC
+        ((bitrate_index as u8) << 4) | ((rate_index as u8) << 2),
+        0xC4, // mono, original
+    ];
+    let len = frame_len(&header)?.unwrap_or(0);
+    let side_info = if version == 0b11 { 17 } else { 9 };
+    let (frames, padding) = stream_layout(samples, spf);
+    let frames = u32::try_from(frames)
+        .map_err(|_| RenderError::Mp3(format!("{samples} samples are too long for one MP3")))?;
+    let mut tag = Vec::with_capacity(len);
+    tag.extend_from_slice(&header);
+    tag.resize(4 + side_info, 0);
+    tag.extend_from_slice(b"Info");
+    tag.extend_from_slice(&1u32.to_be_bytes()); // flags: the frame count
+    tag.extend_from_slice(&frames.to_be_bytes());
+    tag.extend_from_slice(b"LAME3.100");
+    tag.push(0x01); // tag revision 0, CBR
+    tag.push(0); // lowpass (not given)
+    tag.extend_from_slice(&[0; 4 + 2 + 2]); // ReplayGain: none
+    tag.push(0); // encoding flags, ATH type
+    tag.push(u8::try_from(kbps).unwrap_or(u8::MAX));
+    let delays = ((ENCODER_DELAY as u32) << 12) | (padding as u32 & 0xFFF);
+    tag.extend_from_slice(&delays.to_be_bytes()[1..]);
+    tag.push(0); // misc
+    tag.push(0); // MP3 gain
+    tag.extend_from_slice(&[0; 2]); // preset, surround
+    tag.extend_from_slice(&[0; 4]); // music length (not given)
+    tag.extend_from_slice(&[0; 2]); // music CRC (not given)
+    let crc = crc16(&tag);
+    tag.extend_from_slice(&crc.to_be_bytes());
+    if tag.len() > len {
+        return Err(RenderError::Mp3(format!(
+            "a {len}-byte frame ({kbps} kbit/s at {rate} Hz) cannot hold the Info tag"
+        )));
+    }
+    tag.resize(len, 0);
+    Ok(tag)
+}
+
+/// CRC-16 (polynomial 0x8005, reflected: LAME's tag CRC).
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc = 0u16;
+    for &b in bytes {
+        crc ^= u16::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xA001
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
+}
+
 /// CBR bitrate. LAME takes any MPEG bitrate; the wrapper's enum lacks some
 /// (56, 144 kbit/s), so it is set through LAME's own API.
 fn set_bitrate(b: &mut Builder, kbps: u32) -> Result<(), RenderError> {
@@ -181,5 +291,45 @@ mod tests {
         assert_eq!(frame_len(&[0xFF, 0xF3, 0x66, 0xC4]).expect("ok"), Some(145));
         assert_eq!(frame_len(&[0xFF, 0xF3]).expect("ok"), None);
         assert!(frame_len(b"ID3\x04").is_err());
+    }
+
+    /// LAME writes exactly the frames [`stream_layout`] predicts, which is
+    /// what the Info frame announces before a byte of audio exists.
+    #[test]
+    fn the_info_frame_announces_the_frames_lame_writes() {
+        for (rate, kbps) in [
+            (8_000, 8),
+            (16_000, 32),
+            (24_000, 48),
+            (44_100, 64),
+            (48_000, 128),
+        ] {
+            for samples in [0usize, 1, 575, 576, 577, 1151, 1152, 1153, 10_000, 48_001] {
+                let mut encoder = Mp3Encoder::new(rate, kbps).expect("encoder");
+                let mut out = Vec::new();
+                let pcm: Vec<i16> = (0..samples).map(|i| ((i * 37) % 2000) as i16).collect();
+                for chunk in pcm.chunks(1000) {
+                    encoder.push(chunk, &mut out).expect("push");
+                }
+                encoder.finish(&mut out).expect("finish");
+                let mut frames = 0u64;
+                let mut at = 0;
+                while at < out.len() {
+                    at += frame_len(&out[at..]).expect("a frame").expect("whole");
+                    frames += 1;
+                }
+                let spf = version_of(rate).expect("rate").1;
+                assert_eq!(
+                    (frames, frames * spf),
+                    {
+                        let (f, padding) = stream_layout(samples as u64, spf);
+                        (f, ENCODER_DELAY + samples as u64 + padding)
+                    },
+                    "{samples} samples at {rate} Hz"
+                );
+                let tag = info_frame(rate, kbps, samples as u64).expect("tag");
+                assert_eq!(Some(tag.len()), frame_len(&tag).expect("a frame"));
+            }
+        }
     }
 }

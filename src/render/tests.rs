@@ -339,17 +339,17 @@ fn check(format: Format, rate: u32, gain_db: f64) -> Vec<i16> {
     assert_eq!(probe.codec, codec);
     assert_eq!(probe.sample_rate, probe_rate);
     assert_eq!(probe.channels, 1);
-    let delay = r.spec.timeline_delay_frames() as f64 / f64::from(rate);
-    // ffprobe estimates a tagless CBR MP3's duration from its size: delay
-    // and padding included.
+    // ffprobe reads an MP3's length from its Info frame: the frames it
+    // announces, LAME's delay (1,105 with the decoder's) and padding (576 to
+    // 1,727 samples) included, as for any LAME file; decoders trim them.
     let slack = if format == Format::Mp3 {
-        0.03 + 2.0 * 1152.0 / f64::from(rate)
+        (1_105.0 + 1_727.0) / f64::from(rate)
     } else {
         0.03
     };
     assert!(
-        probe.duration >= seconds + delay - 0.03 && probe.duration <= seconds + delay + slack,
-        "{format}@{rate}: ffprobe says {} s, programme {seconds} s + delay {delay} s",
+        probe.duration >= seconds - 0.001 && probe.duration <= seconds + slack,
+        "{format}@{rate}: ffprobe says {} s, programme {seconds} s",
         probe.duration
     );
 
@@ -367,15 +367,12 @@ fn check(format: Format, rate: u32, gain_db: f64) -> Vec<i16> {
             frames * u64::from(48_000 / rate),
             "{format}@{rate}: decoded length at 48 kHz after pre-skip and end trimming"
         ),
-        Format::Mp3 => {
-            let delay = r.spec.timeline_delay_frames();
-            let spf = if rate >= 32_000 { 1152 } else { 576 };
-            let n = decoded.len() as u64;
-            assert!(
-                n >= frames + delay && n <= frames + delay + 2 * spf,
-                "{format}@{rate}: {n} decoded for {frames} + delay {delay}"
-            );
-        }
+        // Gapless: the Info frame's delay and padding trimmed, exactly.
+        Format::Mp3 => assert_eq!(
+            decoded.len() as u64,
+            frames,
+            "{format}@{rate}: decoded length (gapless)"
+        ),
     }
 
     match format {
@@ -560,14 +557,16 @@ fn an_onset_stays_at_its_time() {
 }
 
 #[test]
-fn mp3_timeline_delay_is_what_ffmpeg_shows() {
+fn mp3_is_time_aligned() {
+    // The click at 1 s is at 1 s in what ffmpeg decodes: the Info frame's
+    // encoder delay is skipped.
     let pcm = click();
     for rate in [8_000, 16_000, 24_000, 44_100, 48_000] {
         let s = spec(Format::Mp3, rate, 0.0, pcm.len());
         let r = render(s.clone(), &pcm);
         let file = TempFile::new(&r.bytes, "mp3");
         let at = argmax(&ffmpeg_decode(file.path())) as i64;
-        let expected = i64::from(rate) + s.timeline_delay_frames() as i64;
+        let expected = i64::from(rate);
         let error_ms = (at - expected) as f64 * 1000.0 / f64::from(rate);
         assert!(
             error_ms.abs() <= 0.5,
@@ -750,11 +749,6 @@ fn lengths_are_known_up_front() {
     assert_eq!(s.output_frames(), 16_001); // 16000.67 rounds up
     let s = spec(Format::Mulaw, 8_000, 0.0, 24_001);
     assert_eq!(s.output_frames(), 8_000); // 8000.33 rounds down
-    assert_eq!(
-        spec(Format::Mp3, 24_000, 0.0, 1).timeline_delay_frames(),
-        1105
-    );
-    assert_eq!(spec(Format::Ogg, 48_000, 0.0, 1).timeline_delay_frames(), 0);
 }
 
 #[test]

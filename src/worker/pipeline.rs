@@ -61,6 +61,12 @@ pub enum JobError {
         "output_key {key:?} already holds an object of job {owner:?}; it is not overwritten (choose another key)"
     )]
     KeyTaken { key: String, owner: String },
+    /// The key holds this job's audio rendered with other options: the
+    /// object its event named is kept.
+    #[error(
+        "output_key {key:?} already holds this job's audio rendered with other options ({options}); it is not overwritten (ask for another output_key to have both)"
+    )]
+    RenderedOtherwise { key: String, options: String },
     /// A stored part is gone or shorter than recorded: its record is
     /// cleared so the next delivery produces it again.
     #[error("{detail}")]
@@ -86,7 +92,7 @@ impl AsFault for JobError {
             }
             JobError::Invariant(_) => Fault::Internal,
             JobError::ForbiddenKey(_) => Fault::OutputKeyForbidden,
-            JobError::KeyTaken { .. } => Fault::OutputKeyTaken,
+            JobError::KeyTaken { .. } | JobError::RenderedOtherwise { .. } => Fault::OutputKeyTaken,
             // Never classified: `run` ends a handed-over job before.
             JobError::HandedOver(_) => Fault::Deadline,
         }
@@ -480,6 +486,38 @@ impl Pipeline {
             .s3_upload
             .observe(started.elapsed().as_secs_f64());
         Ok(stored)
+    }
+
+    /// Writes an object derived from `job`'s audio (marks, captions) to
+    /// `key` under the audio's rules: never over another job's object (its
+    /// `job-id` metadata), conditionally where the store honours it.
+    async fn write_derived(
+        &self,
+        job: &TtsJob,
+        key: &ObjectKey,
+        bytes: bytes::Bytes,
+        content_type: &str,
+    ) -> Result<(), JobError> {
+        let absent = Box::pin(self.check_owner(job, key)).await?;
+        let first =
+            Box::pin(
+                self.storage
+                    .put_derived(key, bytes.clone(), content_type, &job.id, absent),
+            )
+            .await;
+        match first {
+            Err(e) if e.not_implemented() => {}
+            // Written since the check: replaced only if it is ours.
+            Err(e) if e.precondition_failed() => {
+                Box::pin(self.check_owner(job, key)).await?;
+            }
+            other => return Ok(other?),
+        }
+        Ok(Box::pin(
+            self.storage
+                .put_derived(key, bytes, content_type, &job.id, false),
+        )
+        .await?)
     }
 
     /// Fails with [`JobError::KeyTaken`] when `key` holds an object that is

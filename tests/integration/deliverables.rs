@@ -191,23 +191,34 @@ async fn check_delivered(
     }
     let duration = a.duration_seconds.expect("a duration");
     // The container's own duration (from its header or last page; an
-    // MP3's is estimated from its bitrate).
-    let container_slack = if case.format == "mp3" { 0.15 } else { 0.03 };
+    // MP3's from its Info frame: LAME's delay and padding included, as
+    // ffprobe counts them for any LAME file).
+    let container_slack = if case.format == "mp3" {
+        (1_105.0 + 1_727.0) / f64::from(case.rate)
+    } else {
+        0.03
+    };
     assert!(
         (probe.duration - duration).abs() <= container_slack,
         "{}: ffprobe reads {} s, the event says {duration} s",
         case.format,
         probe.duration
     );
-    // What ffmpeg decodes: the event's duration, plus LAME's delay and
-    // padding for MP3 (no gapless tag: the output is a stream).
-    let decoded = audio_check::decode(file.path(), case.rate).len() as f64 / f64::from(case.rate);
-    let slack = if case.format == "mp3" { 0.12 } else { 0.03 };
+    // What ffmpeg decodes: the event's duration (MP3 gapless: LAME's delay
+    // and padding trimmed).
+    let samples = audio_check::decode(file.path(), case.rate).len();
+    let decoded = samples as f64 / f64::from(case.rate);
     assert!(
-        decoded >= duration - 0.03 && decoded <= duration + slack,
+        (decoded - duration).abs() <= 0.03,
         "{}: ffmpeg decodes {decoded} s, the event says {duration} s",
         case.format
     );
+    if case.format == "mp3" {
+        // Gapless: exactly the programme's samples, a chapter of several
+        // parts as a short text.
+        let programme = (duration * f64::from(case.rate)).round() as usize;
+        assert_eq!(samples, programme, "mp3: decoded samples");
+    }
     match case.format {
         "flac" => audio_check::flac_test(file.path()),
         "ogg" => {
@@ -262,14 +273,16 @@ async fn check_delivered(
 /// order, inside the audio.
 async fn check_captions(app: &TestApp, data: &tts_worker::wire::CompletedData) -> usize {
     let a = &data.audio;
-    let stem = &a.key[..a.key.rfind('.').unwrap()];
     assert_eq!(a.captions.len(), 2, "{:?}", a.captions);
     let duration = a.duration_seconds.unwrap();
     let mut counts = Vec::new();
     for caption in &a.captions {
-        assert_eq!(caption.key, format!("{stem}.{}", caption.format));
+        // Named from the audio's full key: `x.mp3` and `x.ogg` never share
+        // a caption file.
+        assert_eq!(caption.key, format!("{}.{}", a.key, caption.format));
         let object = app.storage.get(&caption.key).await.expect("caption stored");
         let info = app.storage.head(&caption.key).await.unwrap().unwrap();
+        assert_eq!(info.job_id.as_deref(), Some(data.job_id.as_str()));
         assert_eq!(
             info.content_type.as_deref(),
             Some(caption.content_type.as_str())
@@ -421,22 +434,42 @@ async fn every_format_of_a_long_narration_has_clean_seams_and_one_loudness() {
 }
 
 #[tokio::test]
-async fn a_replay_with_other_options_is_rendered_again_without_paying_again() {
+async fn a_replay_with_other_options_never_replaces_the_first_rendering() {
     let app = long_text_app(3_000).await;
     let text = "Your order has shipped. It will arrive tomorrow before noon.";
-    let ask = |bitrate: u32| json!({"version": 2, "text": text, "job_id": "replay-1", "format": "mp3", "bitrate_kbps": bitrate});
-    app.publish_json(ask(64)).await;
+    let ask = |bitrate: u32, key: Option<&str>| {
+        let mut body = json!({"version": 2, "text": text, "job_id": "replay-1", "format": "mp3", "bitrate_kbps": bitrate});
+        if let Some(key) = key {
+            body["output_key"] = json!(key);
+        }
+        body
+    };
+    app.publish_json(ask(64, None)).await;
     let first = app.next_event().await.completed().clone();
     assert_eq!(first.audio.bitrate_kbps, Some(64));
     // The same job again with the same options: the stored object.
-    app.publish_json(ask(64)).await;
+    app.publish_json(ask(64, None)).await;
     let same = app.next_event().await.completed().clone();
     assert!(same.served_from_storage);
     assert_eq!(same.audio.sha256, first.audio.sha256);
-    // Other options: another object, rendered from the same paid request.
-    app.publish_json(ask(32)).await;
+    // Other options at the same key: refused, the first object kept.
+    app.publish_json(ask(32, None)).await;
+    let refused = app.next_event().await.failed().clone();
+    assert_eq!(refused.error.code, "output_key_taken");
+    assert!(!refused.error.retryable);
+    assert!(
+        refused.error.message.contains("other options"),
+        "{}",
+        refused.error.message
+    );
+    let kept = app.storage.get(&first.audio.key).await.unwrap();
+    assert_eq!(hex::encode(Sha256::digest(&kept.bytes)), first.audio.sha256);
+    // Other options at another key: rendered there from the same paid
+    // request, the first object still as its event said.
+    app.publish_json(ask(32, Some("replay-1-32k.mp3"))).await;
     let other = app.next_event().await.completed().clone();
     assert!(!other.served_from_storage);
+    assert_ne!(other.audio.key, first.audio.key);
     assert_eq!(other.audio.bitrate_kbps, Some(32));
     assert_ne!(other.audio.sha256, first.audio.sha256);
     assert!(other.audio.size_bytes < first.audio.size_bytes);
@@ -445,7 +478,49 @@ async fn a_replay_with_other_options_is_rendered_again_without_paying_again() {
         hex::encode(Sha256::digest(&stored.bytes)),
         other.audio.sha256
     );
+    let kept = app.storage.get(&first.audio.key).await.unwrap();
+    assert_eq!(hex::encode(Sha256::digest(&kept.bytes)), first.audio.sha256);
     assert_eq!(app.sim.stats().submits_accepted, 1, "paid once");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn two_formats_of_one_name_keep_their_own_captions() {
+    let app = long_text_app(3_000).await;
+    let job = |id: &str, format: &str, text: &str| {
+        json!({"version": 2, "text": text, "job_id": id, "format": format,
+               "output_key": format!("talk.{format}"), "captions": ["vtt"]})
+    };
+    app.publish_json(job(
+        "talk-mp3",
+        "mp3",
+        "The first talk is about rivers. They run to the sea.",
+    ))
+    .await;
+    let mp3 = app.next_event().await.completed().clone();
+    app.publish_json(job(
+        "talk-ogg",
+        "ogg",
+        "The second talk is about mountains and the snow on them. It is longer.",
+    ))
+    .await;
+    let ogg = app.next_event().await.completed().clone();
+    let (a, b) = (&mp3.audio.captions[0], &ogg.audio.captions[0]);
+    assert_ne!(a.key, b.key, "each event names its own captions");
+    for (caption, owner, words) in [(a, "talk-mp3", "rivers"), (b, "talk-ogg", "mountains")] {
+        let info = app
+            .storage
+            .head(&caption.key)
+            .await
+            .unwrap()
+            .expect("caption stored");
+        assert_eq!(info.job_id.as_deref(), Some(owner), "{}", caption.key);
+        let body = app.storage.get(&caption.key).await.unwrap();
+        let body = String::from_utf8(body.bytes.to_vec()).unwrap();
+        assert!(body.contains(words), "{}: {body}", caption.key);
+    }
+    // The marks too, named from the full key.
+    assert_ne!(mp3.audio.marks_key, ogg.audio.marks_key);
     app.cleanup().await;
 }
 
@@ -480,8 +555,8 @@ fn median_p95(mut errors: Vec<u64>) -> (u64, u64) {
 async fn sentence_marks_and_captions_follow_the_delivered_audio_and_the_simulators_truth() {
     let app = long_text_app(1_200).await;
     let text = narration(3, 1_100);
-    // MP3 at 16 kHz: resampled, and LAME's delay (1,105 samples: 69 ms)
-    // is in the timeline.
+    // MP3 at 16 kHz: resampled; LAME's delay is trimmed by the decoder (the
+    // Info frame), so the marks need no shift.
     app.publish_json(json!({
         "version": 2, "text": text, "job_id": "marks-1", "format": "mp3", "sample_rate": 16_000,
         "loudness_lufs": -18, "captions": ["vtt"],

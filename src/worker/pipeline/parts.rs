@@ -310,8 +310,34 @@ impl<'a> JobRun<'a> {
             .deliverable
             .clone()
             .unwrap_or_else(|| Deliverable::default().fingerprint());
+        // A multipart object has no `sha256` metadata: its ETag changes if
+        // it is written again.
+        let intact = |info: &crate::storage::ObjectInfo| {
+            info.size_bytes == Some(stored.size_bytes)
+                && info.job_id.as_deref() == Some(job.id.as_str())
+                && (stored.etag.is_none() || info.etag == stored.etag)
+                && info
+                    .sha256
+                    .as_deref()
+                    .is_none_or(|sha| sha == stored.sha256)
+        };
         if rendered_for != job.deliverable.fingerprint() {
-            info!(stored = %rendered_for, asked = %job.deliverable.fingerprint(), "the stored audio was rendered for other options; delivering again");
+            // Another deliverable. At the key its event named, still as
+            // written, it is kept: never silently replaced by a rendering
+            // with other options (its event's sha256 would lie).
+            let asked = self
+                .pipeline
+                .keys
+                .key_for(job, job.deliverable.format.extension())?;
+            if asked.as_str() == stored.key
+                && self.pipeline.still_stored(&stored.key, intact).await?
+            {
+                return Err(JobError::RenderedOtherwise {
+                    key: stored.key.clone(),
+                    options: rendered_for,
+                });
+            }
+            info!(stored = %rendered_for, asked = %job.deliverable.fingerprint(), "the stored audio was rendered for other options; delivering under the key asked");
             return Ok(None);
         }
         let content_type = stored
@@ -329,17 +355,6 @@ impl<'a> JobRun<'a> {
             info!(stored = %stored.key, asked = %asked, "the stored audio is at another key than asked now; delivering again");
             return Ok(None);
         }
-        // A multipart object has no `sha256` metadata: its ETag changes if
-        // it is written again.
-        let intact = |info: &crate::storage::ObjectInfo| {
-            info.size_bytes == Some(stored.size_bytes)
-                && info.job_id.as_deref() == Some(job.id.as_str())
-                && (stored.etag.is_none() || info.etag == stored.etag)
-                && info
-                    .sha256
-                    .as_deref()
-                    .is_none_or(|sha| sha == stored.sha256)
-        };
         if !self.pipeline.still_stored(&stored.key, intact).await? {
             return Ok(None);
         }
@@ -1083,7 +1098,7 @@ impl<'a> JobRun<'a> {
             .metrics
             .s3_upload
             .observe(started.elapsed().as_secs_f64());
-        let marks_key = format!("{key}.marks.json");
+        let marks_key = key.derived(deliver::MARKS_SUFFIX);
         let delivery = self
             .write_marks_and_captions(key, &marks_key, records, &layout, &rendered)
             .await?;
@@ -1103,7 +1118,7 @@ impl<'a> JobRun<'a> {
                 size_bytes: stored.size_bytes,
                 etag: rendered.etag,
                 duration_seconds: Some(seconds),
-                marks_key: Some(marks_key.clone()),
+                marks_key: Some(marks_key.to_string()),
                 content_type: Some(stored.content_type.clone()),
                 deliverable: Some(self.job.deliverable.fingerprint()),
                 delivery: Some(delivery.clone()),
@@ -1117,7 +1132,7 @@ impl<'a> JobRun<'a> {
             self.job,
             stored,
             &refs,
-            Some(marks_key),
+            Some(marks_key.to_string()),
             Some(Box::new(delivery)),
             self.attempt,
             false,

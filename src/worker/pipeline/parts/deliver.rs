@@ -37,8 +37,6 @@ pub(super) struct Rendered {
     pub audio: StoredAudio,
     pub etag: Option<String>,
     pub delivered: Delivered,
-    /// Frames of codec delay at the start of the file (marks are shifted by it).
-    pub delay_frames: u64,
 }
 
 impl JobRun<'_> {
@@ -114,7 +112,6 @@ impl JobRun<'_> {
                 .map(|t| render::ceiling_db(&t, deliverable.format)),
             input_frames: layout.frames,
         };
-        let delay_frames = spec.timeline_delay_frames();
         let mut upload = storage
             .start_multipart(
                 key,
@@ -168,7 +165,6 @@ impl JobRun<'_> {
             },
             etag,
             delivered,
-            delay_frames,
         })
     }
 
@@ -178,15 +174,13 @@ impl JobRun<'_> {
     pub(super) async fn write_marks_and_captions(
         &self,
         key: &ObjectKey,
-        marks_key: &str,
+        marks_key: &ObjectKey,
         records: &[PartAudio],
         layout: &Layout,
         rendered: &Rendered,
     ) -> Result<Delivery, JobError> {
         let timeline = Timeline {
             input_rate: layout.format.sample_rate,
-            output_rate: rendered.delivered.sample_rate,
-            delay_frames: rendered.delay_frames,
         };
         let chars: Vec<char> = self.job.speech.text.chars().collect();
         let text_of = |[s, e]: [usize; 2]| -> String {
@@ -225,7 +219,7 @@ impl JobRun<'_> {
             job_id: self.job.id.to_string(),
             audio_key: key.to_string(),
             format: self.job.deliverable.format.as_str().to_owned(),
-            sample_rate: timeline.output_rate,
+            sample_rate: rendered.delivered.sample_rate,
             duration_ms: (rendered.delivered.duration_seconds * 1_000.0).round() as u64,
             parts: self
                 .plan
@@ -245,9 +239,8 @@ impl JobRun<'_> {
         };
         // Serializing strings and numbers cannot fail.
         let body = serde_json::to_vec_pretty(&marks).unwrap_or_default();
-        let storage = &self.pipeline.storage;
-        storage
-            .put_bytes(marks_key, body, "application/json")
+        let pipeline = self.pipeline;
+        Box::pin(pipeline.write_derived(self.job, marks_key, body.into(), "application/json"))
             .await?;
         let mut captions_written = Vec::new();
         if !self.job.deliverable.captions.is_empty() {
@@ -273,12 +266,16 @@ impl JobRun<'_> {
                     CaptionFormat::Srt => captions::to_srt(&cues),
                 };
                 let caption_key = caption_key(key, format);
-                storage
-                    .put_bytes(&caption_key, body.into_bytes(), format.content_type())
-                    .await?;
+                Box::pin(pipeline.write_derived(
+                    self.job,
+                    &caption_key,
+                    body.into_bytes().into(),
+                    format.content_type(),
+                ))
+                .await?;
                 captions_written.push(Caption {
                     format,
-                    key: caption_key,
+                    key: caption_key.to_string(),
                 });
             }
         }
@@ -329,7 +326,7 @@ impl JobRun<'_> {
             .metrics
             .s3_upload
             .observe(started.elapsed().as_secs_f64());
-        let marks_key = format!("{key}.marks.json");
+        let marks_key = key.derived(MARKS_SUFFIX);
         if let Some(old) = &stored.marks_key
             && let Some(bytes) = storage.get_optional(old).await?
             && let Ok(mut marks) = serde_json::from_slice::<Marks>(&bytes)
@@ -337,8 +334,7 @@ impl JobRun<'_> {
             marks.audio_key = key.to_string();
             // Serializing strings and numbers cannot fail.
             let body = serde_json::to_vec_pretty(&marks).unwrap_or_default();
-            storage
-                .put_bytes(&marks_key, body, "application/json")
+            Box::pin(pipeline.write_derived(self.job, &marks_key, body.into(), "application/json"))
                 .await?;
         }
         let mut delivery = stored.delivery.clone();
@@ -346,11 +342,15 @@ impl JobRun<'_> {
             for caption in &mut delivery.captions {
                 let to = caption_key(key, caption.format);
                 if let Some(bytes) = storage.get_optional(&caption.key).await? {
-                    storage
-                        .put_bytes(&to, bytes, caption.format.content_type())
-                        .await?;
+                    Box::pin(pipeline.write_derived(
+                        self.job,
+                        &to,
+                        bytes,
+                        caption.format.content_type(),
+                    ))
+                    .await?;
                 }
-                caption.key = to;
+                caption.key = to.to_string();
             }
         }
         info!(from = %stored.key, to = %key, "a rendered delivery copied to the key asked now");
@@ -361,7 +361,7 @@ impl JobRun<'_> {
             size_bytes,
             etag,
             duration_seconds: stored.duration_seconds,
-            marks_key: Some(marks_key),
+            marks_key: Some(marks_key.to_string()),
             content_type: Some(content_type),
             deliverable: stored.deliverable.clone(),
             delivery,
@@ -371,30 +371,27 @@ impl JobRun<'_> {
     }
 }
 
-/// A caption file's key: the audio's, with the caption's extension in place
-/// of the audio's (`talk.mp3` → `talk.vtt`), as players look for it.
-fn caption_key(audio: &ObjectKey, format: CaptionFormat) -> String {
-    let key = audio.as_str();
-    let name_starts = key.rfind('/').map_or(0, |i| i + 1);
-    let stem = match key[name_starts..].rfind('.') {
-        Some(dot) if dot > 0 => &key[..name_starts + dot],
-        _ => key,
-    };
-    format!("{stem}.{}", format.extension())
+/// The suffix of a delivery's timing marks (`talk.mp3.marks.json`).
+pub(super) const MARKS_SUFFIX: &str = ".marks.json";
+
+/// A caption file's key: the audio's full key and the caption's extension
+/// (`talk.mp3` → `talk.mp3.vtt`), so that two formats of one name (two jobs'
+/// `talk.mp3` and `talk.ogg`) never write the same caption file.
+fn caption_key(audio: &ObjectKey, format: CaptionFormat) -> ObjectKey {
+    audio.derived(&format!(".{}", format.extension()))
 }
 
 /// Maps a frame of the stitched programme (at the parts' rate) to the
-/// delivered file's timeline: resampled, after the codec's delay.
+/// delivered file's timeline: the same instant, whatever the output rate
+/// (the resampler keeps time) and the format (no codec delay reaches a
+/// decoder: MP3 carries its Info frame, Opus its pre-skip).
 struct Timeline {
     input_rate: u32,
-    output_rate: u32,
-    delay_frames: u64,
 }
 
 impl Timeline {
     fn millis(&self, frame: u64) -> u64 {
-        let seconds = frame as f64 / f64::from(self.input_rate.max(1))
-            + self.delay_frames as f64 / f64::from(self.output_rate.max(1));
+        let seconds = frame as f64 / f64::from(self.input_rate.max(1));
         (seconds * 1_000.0).round() as u64
     }
 }
@@ -565,17 +562,13 @@ mod tests {
 
     #[test]
     fn caption_files_are_named_after_the_audio() {
-        assert_eq!(
-            caption_key(&key("tts/j-1.mp3"), CaptionFormat::Vtt),
-            "tts/j-1.vtt"
-        );
-        assert_eq!(
-            caption_key(&key("a.b/talk"), CaptionFormat::Srt),
-            "a.b/talk.srt"
-        );
-        assert_eq!(
-            caption_key(&key(".hidden"), CaptionFormat::Srt),
-            ".hidden.srt"
+        let named = |audio: &str, format| caption_key(&key(audio), format).to_string();
+        assert_eq!(named("tts/j-1.mp3", CaptionFormat::Vtt), "tts/j-1.mp3.vtt");
+        assert_eq!(named("a.b/talk", CaptionFormat::Srt), "a.b/talk.srt");
+        // Two formats of one name: two caption files.
+        assert_ne!(
+            named("talk.mp3", CaptionFormat::Vtt),
+            named("talk.ogg", CaptionFormat::Vtt)
         );
     }
 
@@ -600,13 +593,8 @@ mod tests {
 
     #[test]
     fn marks_follow_the_delivered_timeline() {
-        let t = Timeline {
-            input_rate: 24_000,
-            output_rate: 16_000,
-            delay_frames: 1_600,
-        };
-        // 1 s of source, then the codec's 100 ms.
-        assert_eq!(t.millis(24_000), 1_100);
-        assert_eq!(t.millis(0), 100);
+        let t = Timeline { input_rate: 24_000 };
+        assert_eq!(t.millis(24_000), 1_000);
+        assert_eq!(t.millis(36), 2);
     }
 }
