@@ -21,6 +21,7 @@ RUN apt-get update \
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY segmind-sim/Cargo.toml segmind-sim/Cargo.toml
+COPY true-peak true-peak
 # Stand-in sources: enough for cargo to resolve and build every dependency.
 RUN mkdir -p src benches segmind-sim/src \
  && echo 'fn main() {}' > src/main.rs \

@@ -5,9 +5,9 @@
 use ebur128::{EbuR128, Mode};
 
 use super::RenderError;
-use super::limiter::{Limiter, PeakMeter};
 use super::resample::Resampler;
 use crate::deliverable::{Format, LoudnessTarget};
+use tts_true_peak::{Limiter, PeakMeter};
 
 /// Headroom kept under the true-peak ceiling for a format (dB): decoding
 /// raises the true peak of an MP3 by about 0.5–1 dB, of an Opus stream by

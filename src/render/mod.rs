@@ -12,7 +12,6 @@
 //! Pure, synchronous DSP: no I/O, no async. Call it from a blocking thread.
 
 mod flac;
-mod limiter;
 mod loudness;
 mod mp3;
 mod opus;
@@ -28,9 +27,9 @@ pub use loudness::{
 };
 
 use crate::deliverable::Format;
-pub use limiter::Limiter;
 use loudness::LoudnessMeter;
 use resample::Resampler;
+pub use tts_true_peak::Limiter;
 
 /// Input frames processed at a time: bounds every scratch buffer.
 const BLOCK: usize = 4096;

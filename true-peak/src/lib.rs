@@ -246,20 +246,20 @@ impl Oversampler {
 
 /// The highest true peak of a stream, read as the limiter reads it (and as
 /// ffmpeg's `ebur128` does: oversampled to at least 192 kHz).
-pub(crate) struct PeakMeter {
+pub struct PeakMeter {
     samples: Oversampler,
     peak: f32,
 }
 
 impl PeakMeter {
-    pub(crate) fn new(rate: u32) -> PeakMeter {
+    pub fn new(rate: u32) -> PeakMeter {
         PeakMeter {
             samples: Oversampler::new(rate),
             peak: 0.0,
         }
     }
 
-    pub(crate) fn add(&mut self, samples: impl IntoIterator<Item = f32>) {
+    pub fn add(&mut self, samples: impl IntoIterator<Item = f32>) {
         for x in samples {
             self.samples.push(x, self.peak);
             self.peak = self.peak.max(self.samples.centre_peak());
@@ -268,7 +268,7 @@ impl PeakMeter {
 
     /// The peak (linear, 1.0 is full scale), the stream's last samples
     /// included.
-    pub(crate) fn peak(&self) -> f32 {
+    pub fn peak(&self) -> f32 {
         let mut rest = self.samples.clone();
         let mut peak = self.peak;
         for _ in 0..HALF {
