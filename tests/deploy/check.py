@@ -297,6 +297,8 @@ def check_dockerfile() -> None:
         shutil.copy(ROOT / "Cargo.lock", t)
         (t / "segmind-sim" / "src").mkdir(parents=True)
         shutil.copy(ROOT / "segmind-sim" / "Cargo.toml", t / "segmind-sim")
+        # The true-peak crate is small and copied whole, as the Dockerfile does.
+        shutil.copytree(ROOT / "true-peak", t / "true-peak")
         (t / "src").mkdir()
         (t / "benches").mkdir()
         for f in ("src/main.rs", "benches/fleet.rs", "segmind-sim/src/main.rs"):
