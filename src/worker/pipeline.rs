@@ -441,13 +441,8 @@ impl Pipeline {
         }
     }
 
-    /// Uploads `audio` to `key` unless an object another job wrote is there.
-    /// Two guards: the object's `job-id` metadata, read just before (works on
-    /// every store), and a conditional write (`If-None-Match: *`) that closes
-    /// the window between the two where the store honours it (AWS S3 does;
-    /// Garage 2.5 ignores the header, measured). This job's own object (a
-    /// re-run whose checkpoint was not updated) is replaced, and so is an
-    /// object without a job id at the job's default key.
+    /// Uploads `audio` to `key` under [`Pipeline::write_exclusive`]'s rules,
+    /// timed in `tts_s3_upload_seconds`.
     async fn upload_exclusive(
         &self,
         job: &TtsJob,
@@ -456,32 +451,13 @@ impl Pipeline {
         request_id: &str,
     ) -> Result<StoredAudio, JobError> {
         let started = std::time::Instant::now();
-        let absent = self.check_owner(job, key).await?;
         // The `Bytes` clone shares the audio: it copies nothing.
-        let again = audio.clone();
-        let first = self
-            .storage
-            .put(key, audio, &job.id, request_id, absent)
-            .await;
-        let stored = match first {
-            // A store without conditional writes that says so: the check
-            // above is the guard.
-            Err(e) if e.not_implemented() => None,
-            // Written since the check above: replaced only if it is ours.
-            Err(e) if e.precondition_failed() => {
-                self.check_owner(job, key).await?;
-                None
-            }
-            other => Some(other?),
-        };
-        let stored = match stored {
-            Some(s) => s,
-            None => {
+        let stored = self
+            .write_exclusive(job, key, |absent| {
                 self.storage
-                    .put(key, again, &job.id, request_id, false)
-                    .await?
-            }
-        };
+                    .put(key, audio.clone(), &job.id, request_id, absent)
+            })
+            .await?;
         self.metrics
             .s3_upload
             .observe(started.elapsed().as_secs_f64());
@@ -489,8 +465,7 @@ impl Pipeline {
     }
 
     /// Writes an object derived from `job`'s audio (marks, captions) to
-    /// `key` under the audio's rules: never over another job's object (its
-    /// `job-id` metadata), conditionally where the store honours it.
+    /// `key` under the audio's rules ([`Pipeline::write_exclusive`]).
     async fn write_derived(
         &self,
         job: &TtsJob,
@@ -498,26 +473,43 @@ impl Pipeline {
         bytes: bytes::Bytes,
         content_type: &str,
     ) -> Result<(), JobError> {
+        self.write_exclusive(job, key, |absent| {
+            self.storage
+                .put_derived(key, bytes.clone(), content_type, &job.id, absent)
+        })
+        .await
+    }
+
+    /// Writes `key` with `write(only_if_absent)` unless an object another
+    /// job wrote is there. Two guards: the object's `job-id` metadata, read
+    /// just before (works on every store), and a conditional write
+    /// (`If-None-Match: *`) that closes the window between the two where the
+    /// store honours it (AWS S3 does; Garage 2.5 ignores the header,
+    /// measured). This job's own object (a re-run whose checkpoint was not
+    /// updated) is replaced, and so is an object without a job id at the
+    /// job's default key.
+    async fn write_exclusive<T, Write, Fut>(
+        &self,
+        job: &TtsJob,
+        key: &ObjectKey,
+        write: Write,
+    ) -> Result<T, JobError>
+    where
+        Write: Fn(bool) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StorageError>>,
+    {
         let absent = Box::pin(self.check_owner(job, key)).await?;
-        let first =
-            Box::pin(
-                self.storage
-                    .put_derived(key, bytes.clone(), content_type, &job.id, absent),
-            )
-            .await;
-        match first {
+        match Box::pin(write(absent)).await {
+            // A store without conditional writes that says so: the check
+            // above is the guard.
             Err(e) if e.not_implemented() => {}
-            // Written since the check: replaced only if it is ours.
+            // Written since the check above: replaced only if it is ours.
             Err(e) if e.precondition_failed() => {
                 Box::pin(self.check_owner(job, key)).await?;
             }
             other => return Ok(other?),
         }
-        Ok(Box::pin(
-            self.storage
-                .put_derived(key, bytes, content_type, &job.id, false),
-        )
-        .await?)
+        Ok(Box::pin(write(false)).await?)
     }
 
     /// Fails with [`JobError::KeyTaken`] when `key` holds an object that is
