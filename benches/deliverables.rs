@@ -27,8 +27,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
-use tts_worker::deliverable::{Format, LoudnessTarget};
-use tts_worker::render::{self, Meter, Render, RenderSpec};
+use tts_worker::testing::deliverable::{Format, LoudnessTarget};
+use tts_worker::testing::render::{self, Meter, Render, RenderSpec};
 
 const SOURCE_RATE: u32 = 24_000;
 

@@ -35,10 +35,10 @@ use lapin::{BasicProperties, Channel, Connection};
 use segmind_sim::model::{OUTPUT_CAP, SpeechModel};
 use segmind_sim::{SimConfig, SimHandle};
 use serde_json::Value;
-use tts_worker::broker::{self, Publisher, Topology};
-use tts_worker::config::Settings;
-use tts_worker::storage::Storage;
-use tts_worker::wire::{self, EventData};
+use tts_worker::testing::broker::{self, Publisher, Topology};
+use tts_worker::testing::config::Settings;
+use tts_worker::testing::storage::Storage;
+use tts_worker::testing::wire::{self, EventData};
 
 const API_KEY: &str = "sk-bench-not-a-secret";
 

@@ -51,6 +51,10 @@ pub enum AudioError {
         expected: f64,
         percent: f64,
     },
+    #[error(
+        "{seconds:.1} s of speech: at Gemini's output cap (≈ 512 s of audio a call), so cut short"
+    )]
+    AtOutputCap { seconds: f64 },
     #[error("a part served as {format} cannot be stitched (16-bit PCM WAV and MP3 can)")]
     NotStitchable { format: &'static str },
     #[error("the {format} audio could not be decoded: {detail}")]

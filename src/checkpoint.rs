@@ -183,6 +183,47 @@ pub struct PartRecord {
     /// Set once its audio is stored as an intermediate object.
     #[serde(default)]
     pub audio: Option<PartAudio>,
+    /// Set when a take of the part came back at Gemini's output cap: the
+    /// records of its pieces (`plan::split`), each one Segmind call, whose
+    /// audio is delivered in its place. Pieces have no pieces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pieces: Vec<PartRecord>,
+}
+
+impl PartRecord {
+    /// The record of the part itself (`None`) or of its piece `piece`.
+    pub fn unit(&self, piece: Option<usize>) -> Option<&PartRecord> {
+        match piece {
+            None => Some(self),
+            Some(j) => self.pieces.get(j),
+        }
+    }
+
+    /// [`Self::unit`], to write.
+    pub fn unit_mut(&mut self, piece: Option<usize>) -> Option<&mut PartRecord> {
+        match piece {
+            None => Some(self),
+            Some(j) => self.pieces.get_mut(j),
+        }
+    }
+
+    /// The audio delivered for the part: its own, or its pieces' in order;
+    /// `None` while any of it is missing.
+    pub fn delivered_audio(&self) -> Option<Vec<&PartAudio>> {
+        if self.pieces.is_empty() {
+            return self.audio.as_ref().map(|a| vec![a]);
+        }
+        self.pieces.iter().map(|p| p.audio.as_ref()).collect()
+    }
+
+    /// Every object this record's takes are stored as: its own and its
+    /// pieces'.
+    pub fn stored_keys(&self) -> impl Iterator<Item = &str> {
+        self.audio
+            .iter()
+            .chain(self.pieces.iter().filter_map(|p| p.audio.as_ref()))
+            .map(|a| a.key.as_str())
+    }
 }
 
 /// A part's audio, stored as Segmind served it (a 16-bit PCM WAV), with
@@ -715,11 +756,10 @@ impl Checkpoints {
     async fn delete_plan(&self, job_id: &JobId, stale: &PlanRecord) -> Result<(), StorageError> {
         for index in 0..stale.parts {
             let key = self.part_record_key(job_id, index, stale.plan.as_deref());
-            if let Some(record) = self.read_json::<PartRecord>(&key).await?
-                && let Some(audio) = &record.audio
-                && self.is_part_object(&audio.key)
-            {
-                self.storage.delete(&audio.key).await?;
+            if let Some(record) = self.read_json::<PartRecord>(&key).await? {
+                for object in record.stored_keys().filter(|k| self.is_part_object(k)) {
+                    self.storage.delete(object).await?;
+                }
             }
             self.storage
                 .delete(&self.legacy_part_audio_key(job_id, index))
@@ -794,18 +834,20 @@ impl Checkpoints {
         self.write_json(&self.stitched_key(job_id), record).await
     }
 
-    /// Deletes a completed job's intermediate part objects (the takes
-    /// `request_ids` in the order of its parts); the records stay, so a
-    /// repeat is answered from storage.
+    /// Deletes a completed job's intermediate part objects (`objects`, the
+    /// keys its records name; a delivered object is never one) and what an
+    /// earlier release stored for its `parts` parts; the records stay, so
+    /// a repeat is answered from storage.
     pub async fn delete_part_objects(
         &self,
         job_id: &JobId,
-        request_ids: &[String],
+        objects: &[String],
+        parts: usize,
     ) -> Result<(), StorageError> {
-        for (index, request_id) in request_ids.iter().enumerate() {
-            self.storage
-                .delete(&self.part_audio_key(job_id, index, request_id))
-                .await?;
+        for key in objects.iter().filter(|k| self.is_part_object(k)) {
+            self.storage.delete(key).await?;
+        }
+        for index in 0..parts {
             self.storage
                 .delete(&self.legacy_part_audio_key(job_id, index))
                 .await?;

@@ -309,12 +309,14 @@ pub struct Caption {
 pub struct Completed {
     pub job_id: JobId,
     pub audio: StoredAudio,
-    /// The Segmind request of a one-part job; a long job's first part's.
-    pub request_id: String,
     /// Every part's Segmind request, in the order of the text.
     pub request_ids: Vec<String>,
-    /// Parts the text was cut into (1 for a short text).
+    /// Parts the text was cut into (1 for a short text), a part cut at
+    /// Gemini's output cap counted as its pieces: one per request.
     pub parts: u32,
+    /// The intermediate objects its parts were stored as (deleted once the
+    /// delivery is acked); never in an event.
+    pub part_objects: Vec<String>,
     /// A long job's timing marks, beside the audio (`{key}.marks.json`).
     pub marks_key: Option<String>,
     /// What a rendered deliverable's audio is (format, rate, loudness,

@@ -23,38 +23,42 @@
 //! 6. The [`worker`]: the one engine, settlement and its pure decisions,
 //!    the consume loop, the pause gate.
 //! 7. Wiring, [`app`], and the subcommands [`submit`], [`check`].
-//! 8. The command line, [`cli`].
+//! 8. The command line, [`cli`], and the [`testing`] facade.
 //!
 //! # Visibility
 //!
-//! Modules are `pub(crate)` unless the binary, the integration suite
-//! (`tests/`) or the benchmarks (`benches/`) reach them: what is `pub` here
-//! is that surface, and a module leaves it as soon as nothing outside the
-//! crate uses it (the compiler's dead-code check then sees its unused items).
+//! Every module is `pub(crate)`. Outside the crate there are two surfaces:
+//! the binary's ([`Cli`], [`run`], [`report`]) and [`testing`], the small
+//! facade the integration suite (`tests/`) and the benchmarks (`benches/`)
+//! import from. An item is re-exported there only when a test needs it, so
+//! the compiler's dead-code check sees everything else.
 
 pub(crate) mod align;
-pub mod app;
-pub mod audio;
-pub mod broker;
+pub(crate) mod app;
+pub(crate) mod audio;
+pub(crate) mod broker;
 pub(crate) mod captions;
 pub(crate) mod check;
-pub mod checkpoint;
-pub mod cli;
-pub mod config;
-pub mod deliverable;
-pub mod failure;
+pub(crate) mod checkpoint;
+pub(crate) mod cli;
+pub(crate) mod config;
+pub(crate) mod deliverable;
+pub(crate) mod failure;
 pub(crate) mod http;
-pub mod job;
-pub mod metrics;
+pub(crate) mod job;
+pub(crate) mod metrics;
 pub(crate) mod pcm;
-pub mod plan;
+pub(crate) mod plan;
 pub(crate) mod quality;
-pub mod render;
-pub mod segmind;
+pub(crate) mod render;
+pub(crate) mod segmind;
 pub(crate) mod spoken;
 pub(crate) mod stitch;
-pub mod storage;
+pub(crate) mod storage;
 pub(crate) mod submit;
 pub(crate) mod telemetry;
-pub mod wire;
-pub mod worker;
+pub mod testing;
+pub(crate) mod wire;
+pub(crate) mod worker;
+
+pub use cli::{Cli, report, run};

@@ -1,14 +1,14 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tts_worker::cli::{self, Cli};
+use tts_worker::Cli;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match cli::run(Cli::parse()).await {
+    match tts_worker::run(Cli::parse()).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("{}", cli::report(&e));
+            eprintln!("{}", tts_worker::report(&e));
             ExitCode::FAILURE
         }
     }

@@ -33,7 +33,9 @@ use unicode_segmentation::UnicodeSegmentation;
 /// Characters in a part by default: ≈ 200 s of speech at 15 characters a
 /// second — a few minutes, as Google's quality advice asks, and well under
 /// the ≈ 512 s output cap of one call even for a voice at 10 characters a
-/// second (300 s).
+/// second (300 s). The default of `long_text.part_chars` is set in
+/// `config/default.toml`; a test checks the two agree.
+#[cfg(test)]
 pub const DEFAULT_PART_CHARS: usize = 3_000;
 
 pub use crate::spoken::SPEAKER_LABELS;
@@ -107,6 +109,48 @@ pub fn plan(text: &str, max_chars: usize, dialogue: bool) -> Vec<Part> {
     let mut cuts = Vec::new();
     pack(text, 0..text.len(), Level::Paragraph, max_chars, &mut cuts);
     parts_from_cuts(text, &cuts, |_, s| s.trim().to_owned())
+}
+
+/// Cuts `part` of the plan of `text` into about `pieces` pieces of equal
+/// speech, by the plan's own rules (coarsest boundary first; a
+/// dialogue's pieces keep their speaker's label). For a part whose take
+/// came back cut at Gemini's output cap: deterministic, so a redelivery
+/// finds the same pieces. The pieces cover the part's characters exactly;
+/// the last ends as the part does. One piece when the part cannot be cut.
+pub fn split(text: &str, part: &Part, pieces: usize, dialogue: bool) -> Vec<Part> {
+    // A tenth of slack, so that whole sentences make `pieces` pieces
+    // rather than one more holding a remainder.
+    let max = (1.1 * weight(&part.text) / pieces.max(2) as f64).ceil() as usize;
+    let sub = plan(&part.text, max, dialogue);
+    // The part's text is its characters trimmed, perhaps after a speaker's
+    // label: offsets in it map back past that prefix and the leading space.
+    let slice: String = text
+        .chars()
+        .skip(part.chars.start)
+        .take(part.chars.len())
+        .collect();
+    let lead = slice.chars().take_while(|c| c.is_whitespace()).count();
+    let prefix = chars_in(&part.text).saturating_sub(chars_in(slice.trim()));
+    let last = sub.len().saturating_sub(1);
+    let mut start = part.chars.start;
+    sub.into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let end = if i == last {
+                part.chars.end
+            } else {
+                (part.chars.start + lead + p.chars.end.saturating_sub(prefix))
+                    .clamp(start, part.chars.end)
+            };
+            let piece = Part {
+                chars: start..end,
+                text: p.text,
+                join: if i == last { part.join } else { p.join },
+            };
+            start = end;
+            piece
+        })
+        .collect()
 }
 
 /// Plans a two-speaker dialogue: parts hold whole turns where they fit; a

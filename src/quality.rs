@@ -13,6 +13,15 @@
 //! silence dominates so short a take (the voiced-share check still catches
 //! an empty or silent one).
 //!
+//! Gemini also cuts silently at its output cap (≈ 512 s of audio for one
+//! call): a take of [`AT_CAP_SECONDS`] or more is judged
+//! [`Verdict::AtCap`] whatever its text, however slow the voice may be:
+//! no expectation can tell a complete take of that length from a cut one,
+//! so the part is split and its pieces synthesized again (the engine's
+//! rule, `worker::pipeline::parts`). Plans keep parts near 200 s of
+//! estimated speech, so a take reaches the cap only when the voice speaks
+//! much slower than expected.
+//!
 //! A learned rate is the median of the voice's recent observations in that
 //! script, seeded with the script's prior and clamped to a plausible band
 //! around it: truncated takes sit in the low tail, so as long as fewer than
@@ -36,6 +45,12 @@ use crate::spoken::{Script, Spoken};
 /// judged right from its first take (cut at most 0.61 of the prior's
 /// expectation, normal at least 0.73).
 pub const TRUNCATION_RATIO: f64 = 0.65;
+
+/// A take this long is at Gemini's output cap (≈ 512 s; `audio-facts.md`)
+/// or next to it: treated as cut. 12 s under the cap, so a take that ends
+/// in its trailing silence (the gate measures speech, not the file) is
+/// caught as well.
+pub const AT_CAP_SECONDS: f64 = 500.0;
 
 /// Texts expected to take less than this are neither judged nor learned
 /// from (≈ 45 characters of English, 14 of Chinese).
@@ -71,6 +86,9 @@ pub enum Verdict {
         /// The expected duration, in seconds.
         expected: f64,
     },
+    /// At Gemini's output cap ([`AT_CAP_SECONDS`]): cut, whatever its text
+    /// should take; never learned from.
+    AtCap,
 }
 
 /// Characters a second per voice and script, learned from delivered audio.
@@ -103,6 +121,9 @@ impl SpeakingRate {
     /// Judges `seconds` of audio for `spoken` in `voices`, and learns
     /// from it when `learn`.
     pub fn judge(&self, voices: Voices, spoken: &Spoken, seconds: f64, learn: bool) -> Verdict {
+        if seconds >= AT_CAP_SECONDS {
+            return Verdict::AtCap;
+        }
         let expected = self.expected_seconds(voices, spoken);
         if expected < MIN_SECONDS_TO_JUDGE {
             return Verdict::Plausible;
@@ -239,13 +260,29 @@ mod tests {
     }
 
     #[test]
+    fn a_take_at_the_output_cap_is_cut_whatever_its_text() {
+        let rate = SpeakingRate::new();
+        // 3,000 Han characters take ≈ 600 s: a take of 512 s would pass as
+        // 85 % of it, but it is Gemini's cap, so it is cut.
+        let chinese = text(Script::Han, 3_000);
+        assert_eq!(rate.judge(KORE, &chinese, 512.0, true), Verdict::AtCap);
+        // 7,000 Latin characters take ≈ 467 s; a slow voice's 505 s is at
+        // the cap all the same, and is not learned from.
+        let latin = text(Script::Latin, 7_000);
+        assert_eq!(rate.judge(KORE, &latin, 505.0, true), Verdict::AtCap);
+        assert_eq!(rate.chars_per_second(KORE, Script::Latin), 15.0);
+        // Just under the cap, a take is judged by its text as before.
+        assert_eq!(rate.judge(KORE, &latin, 490.0, false), Verdict::Plausible);
+    }
+
+    #[test]
     fn chinese_is_judged_at_its_own_rate_and_does_not_drag_latin_down() {
         let rate = SpeakingRate::new();
-        // 3,000 Han characters at 5 c/s: 600 s. A take cut at Gemini's
-        // 512 s cap passes (85 %); one cut to 200 s does not, although it
-        // is what 3,000 Latin characters take.
-        let chinese = text(Script::Han, 3_000);
-        assert_eq!(rate.judge(KORE, &chinese, 512.0, true), Verdict::Plausible);
+        // 2,000 Han characters at 5 c/s: 400 s. A take of 380 s passes;
+        // one cut to 200 s does not, although it is what 3,000 Latin
+        // characters take.
+        let chinese = text(Script::Han, 2_000);
+        assert_eq!(rate.judge(KORE, &chinese, 380.0, true), Verdict::Plausible);
         assert!(matches!(
             rate.judge(KORE, &chinese, 200.0, true),
             Verdict::Truncated { .. }

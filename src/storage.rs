@@ -20,6 +20,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use futures_util::FutureExt;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::Instrument;
 
@@ -538,7 +539,7 @@ impl Storage {
             key: key.to_string(),
             upload_id: upload_id.to_owned(),
             parts: Vec::new(),
-            finished: false,
+            finished: AtomicBool::new(false),
         })
     }
 
@@ -576,8 +577,12 @@ impl Storage {
             Ok::<(), StorageError>(())
         }
         .await;
-        match copied {
-            Ok(()) => Ok(Some((upload.complete().await?, size))),
+        let completed = match copied {
+            Ok(()) => upload.complete(false).await,
+            Err(e) => Err(e),
+        };
+        match completed {
+            Ok(etag) => Ok(Some((etag, size))),
             Err(e) => {
                 upload.abort().await;
                 Err(e)
@@ -644,13 +649,13 @@ pub struct MultipartUpload {
     key: String,
     upload_id: String,
     parts: Vec<aws_sdk_s3::types::CompletedPart>,
-    /// Completed or aborted.
-    finished: bool,
+    /// Completed or aborted (set through `&self` by [`Self::complete`]).
+    finished: AtomicBool,
 }
 
 impl Drop for MultipartUpload {
     fn drop(&mut self) {
-        if self.finished {
+        if *self.finished.get_mut() {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -665,9 +670,9 @@ impl Drop for MultipartUpload {
             key: std::mem::take(&mut self.key),
             upload_id: std::mem::take(&mut self.upload_id),
             parts: Vec::new(),
-            finished: true,
+            finished: AtomicBool::new(true),
         };
-        self.finished = true;
+        *self.finished.get_mut() = true;
         runtime.spawn(upload.abort());
     }
 }
@@ -715,11 +720,15 @@ impl MultipartUpload {
         Ok(())
     }
 
-    /// Assembles the parts into the object; returns its ETag. On failure
-    /// the upload is aborted.
-    pub async fn complete(mut self) -> Result<Option<String>, StorageError> {
-        let slot = self.storage.slot().await;
-        let out = self
+    /// Assembles the parts into the object; returns its ETag. With
+    /// `only_if_absent` the completion is conditional (`If-None-Match: *`,
+    /// honoured by AWS S3 and MinIO): a key written meanwhile fails it with
+    /// [`StorageError::precondition_failed`]. A failed completion leaves the
+    /// upload as it was, to be completed again (unconditionally, once the
+    /// key is known to be ours) or aborted: dropped, it aborts itself.
+    pub async fn complete(&self, only_if_absent: bool) -> Result<Option<String>, StorageError> {
+        let _slot = self.storage.slot().await;
+        let mut request = self
             .storage
             .client
             .complete_multipart_upload()
@@ -730,30 +739,21 @@ impl MultipartUpload {
                 aws_sdk_s3::types::CompletedMultipartUpload::builder()
                     .set_parts(Some(self.parts.clone()))
                     .build(),
-            )
-            .send()
-            .boxed()
-            .await
-            .map_err(|e| {
-                storage_error("complete the upload of", self.storage.object(&self.key), e)
-            });
-        drop(slot);
-        match out {
-            Ok(out) => {
-                self.finished = true;
-                Ok(out.e_tag().map(str::to_owned))
-            }
-            Err(e) => {
-                self.abort().await;
-                Err(e)
-            }
+            );
+        if only_if_absent {
+            request = request.if_none_match("*");
         }
+        let out = request.send().boxed().await.map_err(|e| {
+            storage_error("complete the upload of", self.storage.object(&self.key), e)
+        })?;
+        self.finished.store(true, Ordering::Relaxed);
+        Ok(out.e_tag().map(str::to_owned))
     }
 
     /// Discards the parts uploaded so far. A failure is only logged: the
     /// bucket's lifecycle rule for incomplete uploads is the backstop.
     pub async fn abort(mut self) {
-        self.finished = true;
+        *self.finished.get_mut() = true;
         let _slot = self.storage.slot().await;
         if let Err(e) = self
             .storage

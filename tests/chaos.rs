@@ -29,10 +29,10 @@ use secrecy::SecretString;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::process::{Child, Command};
-use tts_worker::broker::{self, Publisher};
-use tts_worker::config::Settings;
-use tts_worker::storage::Storage;
-use tts_worker::wire::{self, EventData};
+use tts_worker::testing::broker::{self, Publisher};
+use tts_worker::testing::config::Settings;
+use tts_worker::testing::storage::Storage;
+use tts_worker::testing::wire::{self, EventData};
 
 mod common;
 use common::{amqp_url, env_value, rabbitmqctl, stack_env};

@@ -43,6 +43,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("submit", 7),
     ("check", 7),
     ("cli", 8),
+    ("testing", 8),
 ];
 
 fn src() -> PathBuf {

@@ -4,10 +4,10 @@
 //! the peak of live heap bytes. Runs against the local stack's Garage.
 
 use bytes::Bytes;
-use tts_worker::audio::{Audio, wav_from_pcm};
-use tts_worker::config::Settings;
-use tts_worker::job::{JobId, ObjectKey};
-use tts_worker::storage::Storage;
+use tts_worker::testing::audio::{Audio, wav_from_pcm};
+use tts_worker::testing::config::Settings;
+use tts_worker::testing::job::{JobId, ObjectKey};
+use tts_worker::testing::storage::Storage;
 
 mod common;
 use common::{env_value, stack_env};

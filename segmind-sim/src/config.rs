@@ -49,6 +49,11 @@ pub struct SimConfig {
     /// With the realistic model: probability that a job's audio is silently
     /// truncated to 13–46 % (Gemini's `finishReason: OTHER`), still billed.
     pub truncation_rate: f64,
+    /// With the realistic model: how fast voices speak, as a share of their
+    /// usual pace (1.0). Gemini follows directions such as "read slowly",
+    /// which can halve it; a part planned for ≈ 450 s then runs past the
+    /// output cap and is cut.
+    pub pace: f64,
     /// The container results are served in.
     pub container: Container,
 }
@@ -143,6 +148,7 @@ impl SimConfig {
             output_mode: OutputMode::Url,
             speech: model::SpeechModel::Words,
             truncation_rate: 0.0,
+            pace: 1.0,
             container: Container::Wav,
             foreign_urls: false,
             espeak: speech::espeak_available(),

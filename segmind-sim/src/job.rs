@@ -231,7 +231,8 @@ pub(crate) fn new_job(
                     1.0
                 }
             });
-            let whole = model::speech_seconds(&crate::speech::said(&spoken, two_speakers), &voice);
+            let whole = model::speech_seconds(&crate::speech::said(&spoken, two_speakers), &voice)
+                / config.pace.clamp(0.1, 4.0);
             Some(AudioLength {
                 spoken: whole,
                 served: model::audio_seconds(whole, cap, kept),

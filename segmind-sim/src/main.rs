@@ -82,6 +82,10 @@ struct Args {
     /// With `--speech realistic`: share of jobs silently truncated to 13–46 %.
     #[arg(long, default_value_t = 0.0)]
     truncation_rate: f64,
+    /// With `--speech realistic`: how fast voices speak, as a share of their
+    /// usual pace (a "read slowly" direction: ≈ 0.5).
+    #[arg(long, default_value_t = 1.0)]
+    pace: f64,
     /// The container results are served in: Gemini's PCM wrapped in WAV, or
     /// encoded as MP3 (what Segmind does is unknown).
     #[arg(long, value_enum, default_value = "wav")]
@@ -158,6 +162,7 @@ async fn main() -> anyhow::Result<()> {
         },
     };
     config.truncation_rate = args.truncation_rate;
+    config.pace = args.pace;
     config.container = match args.container {
         ContainerArg::Wav => segmind_sim::Container::Wav,
         ContainerArg::Mp3 => segmind_sim::Container::Mp3,

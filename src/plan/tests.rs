@@ -215,3 +215,69 @@ fn parts_are_sized_by_their_speech_in_every_script() {
     let en_parts = plan(&en, DEFAULT_PART_CHARS, false);
     assert!(en_parts[0].chars.len() > 2_900);
 }
+
+#[test]
+fn a_part_splits_into_pieces_that_cover_it_and_say_all_of_it() {
+    let sentence = "The committee met again on Tuesday, and the vote was close. ";
+    let text = format!("{}\n\n{}", sentence.repeat(60), sentence.repeat(100));
+    let parts = plan(&text, 7_000, false);
+    assert_eq!(parts.len(), 2);
+    let part = &parts[1];
+    let pieces = split(&text, part, 3, false);
+    assert_eq!(pieces.len(), 3, "{pieces:?}");
+    assert_eq!(pieces[0].chars.start, part.chars.start);
+    assert_eq!(pieces.last().map(|p| p.chars.end), Some(part.chars.end));
+    for pair in pieces.windows(2) {
+        assert_eq!(pair[0].chars.end, pair[1].chars.start, "contiguous");
+        // Cut between sentences, not inside one.
+        assert_eq!(pair[0].join, Join::Sentence);
+        assert!(pair[0].text.ends_with('.'), "{:?}", pair[0].text);
+    }
+    assert_eq!(pieces.last().map(|p| p.join), Some(part.join));
+    // Each piece's characters are the text it sends (trimmed), and no
+    // piece holds much more than a third of the part (a tenth of slack).
+    let chars: Vec<char> = text.chars().collect();
+    for piece in &pieces {
+        let slice: String = chars[piece.chars.clone()].iter().collect();
+        assert_eq!(slice.trim(), piece.text);
+        assert!(
+            piece.chars.len() <= part.chars.len() * 11 / 30 + 1,
+            "{}",
+            piece.chars.len()
+        );
+    }
+    // The same part always splits the same way.
+    assert_eq!(split(&text, part, 3, false), pieces);
+}
+
+#[test]
+fn a_dialogue_turn_split_into_pieces_keeps_its_speaker() {
+    let turn = "I have been thinking about what you said yesterday. ".repeat(40);
+    let text = format!("Speaker 1: Hello there.\nSpeaker 2: {turn}\nSpeaker 1: Goodbye.");
+    let parts = plan_dialogue(&text, 7_000);
+    assert_eq!(parts.len(), 1);
+    let pieces = split(&text, &parts[0], 2, true);
+    assert!(pieces.len() >= 2, "{pieces:?}");
+    assert!(pieces[0].text.starts_with("Speaker 1: Hello there."));
+    // A piece starting inside the long turn carries its label again.
+    assert!(
+        pieces[1..].iter().all(|p| p.text.starts_with("Speaker ")),
+        "{pieces:?}"
+    );
+    assert_eq!(pieces[0].chars.start, 0);
+    assert_eq!(
+        pieces.last().map(|p| p.chars.end),
+        Some(text.chars().count())
+    );
+}
+
+#[test]
+fn the_default_part_size_is_the_configured_default() {
+    // `long_text.part_chars` in the shipped defaults.
+    let defaults = include_str!("../../config/default.toml");
+    let configured = defaults
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("part_chars = "))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    assert_eq!(configured, Some(DEFAULT_PART_CHARS));
+}

@@ -21,10 +21,7 @@ mod wav;
 #[cfg(test)]
 mod tests;
 
-pub use loudness::{
-    MAKE_UP_PASSES, MAX_LIMITING_DB, Measured, Meter, ceiling_db, decoded_peak_margin_db, gain_db,
-    limits, made_up_gain,
-};
+pub use loudness::{MAKE_UP_PASSES, Measured, Meter, ceiling_db, gain_db, limits, made_up_gain};
 
 use crate::deliverable::Format;
 use loudness::LoudnessMeter;

@@ -18,7 +18,7 @@ pub mod poll;
 pub mod protocol;
 pub mod retry;
 
-pub use client::{Done, SegmindClient, Synthesis};
+pub use client::{SegmindClient, Synthesis};
 pub use error::SegmindError;
 pub use protocol::Submitted;
 pub use retry::CallCount;

@@ -8,7 +8,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// `$id` of the marks schema.
+/// `$id` of the marks schema (`wire::schema`, test-only).
+#[cfg(test)]
 pub const MARKS_SCHEMA_ID: &str = "urn:tts-worker:schema:marks:1";
 
 /// A delivered file's timing marks.

@@ -7,14 +7,16 @@
 pub mod event;
 pub mod marks;
 pub mod request;
+// The JSON Schemas of the contract, generated from these types: only the
+// tests use them (they check `contract/schemas/` is what the types say).
+#[cfg(test)]
 pub mod schema;
 
 pub use event::{
-    COMPLETED_SCHEMA_ID, COMPLETED_TYPE, CloudEvent, CompletedData, EVENT_CONTENT_TYPE,
-    EncodedEvent, EventData, FAILED_SCHEMA_ID, FAILED_TYPE, FailedData, decode_event, encode_event,
-    event_id,
+    COMPLETED_TYPE, CloudEvent, CompletedData, EVENT_CONTENT_TYPE, EventData, FAILED_TYPE,
+    FailedData, decode_event, encode_event,
 };
-pub use request::{DecodedRequest, FieldError, InvalidRequest, RequestBody, decode_request};
+pub use request::{RequestBody, decode_request};
 
 /// Dead-letter copy headers: why the request was rejected.
 pub const DEAD_LETTER_CODE_HEADER: &str = "x-tts-error-code";

@@ -143,11 +143,12 @@ pub fn conclude(ending: Ending) -> Conclusion {
 /// What a settled job leaves to delete once its delivery is acked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cleanup {
-    /// A completed job's intermediate part objects (its takes, in the
-    /// order of its parts).
+    /// A completed job's intermediate part objects (the keys its records
+    /// name) and what an earlier release stored for its `parts` parts.
     Intermediates {
         job_id: JobId,
-        request_ids: Vec<String>,
+        objects: Vec<String>,
+        parts: usize,
     },
 }
 
@@ -164,7 +165,8 @@ pub fn cleanup_after(outcome: &Outcome) -> Option<Cleanup> {
         Outcome::Completed(c) if c.parts > 1 || c.delivery.is_some() => {
             Some(Cleanup::Intermediates {
                 job_id: c.job_id.clone(),
-                request_ids: c.request_ids.clone(),
+                objects: c.part_objects.clone(),
+                parts: c.parts as usize,
             })
         }
         _ => None,
@@ -279,9 +281,11 @@ mod tests {
                 sha256: "00".into(),
                 duration_seconds: None,
             },
-            request_id: "r".into(),
             request_ids: vec!["r".into(); parts as usize],
             parts,
+            part_objects: (0..parts)
+                .map(|i| format!("parts/j-1/{i:05}.r.wav"))
+                .collect(),
             marks_key: None,
             delivery: rendered.then(|| {
                 Box::new(crate::job::Delivery {
@@ -318,7 +322,10 @@ mod tests {
     fn intermediates(parts: usize) -> Option<Cleanup> {
         Some(Cleanup::Intermediates {
             job_id: JobId::parse("j-1", 64).unwrap(),
-            request_ids: vec!["r".into(); parts],
+            objects: (0..parts)
+                .map(|i| format!("parts/j-1/{i:05}.r.wav"))
+                .collect(),
+            parts,
         })
     }
 

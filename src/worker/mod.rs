@@ -20,5 +20,5 @@ mod publish;
 pub mod settle;
 
 pub use consume::{Consuming, Stopped, run};
-pub use pipeline::{DeliveryLimit, HandOverReason, JobEnd, JobError, Pipeline};
-pub use settle::{JobContext, Settlement, process};
+pub use pipeline::{JobEnd, Pipeline};
+pub use settle::JobContext;

@@ -657,9 +657,9 @@ mod tests {
         let limit = DeliveryLimit::after(Duration::from_secs(60));
         let entry = pipeline.jobs_here.entry(&job.id);
         let run = parts::JobRun::new(&pipeline, &job, 1, &limit, entry, None);
-        let [execute, part, stage, submit, recheck] = run.future_sizes();
+        let [execute, part, unit, stage, submit, recheck] = run.future_sizes();
         println!(
-            "stages: {execute} bytes; one part: {part}; the parts' stage: {stage}; \
+            "stages: {execute} bytes; one part: {part}, its unit's work: {unit}; the parts' stage: {stage}; \
              a part's submission: {submit}; its recheck: {recheck}"
         );
         let delivery = std::mem::size_of_val(&pipeline.run_delivery(
@@ -677,11 +677,12 @@ mod tests {
             std::mem::size_of::<TtsJob>()
         );
         // The levels a queued job holds at once (see ARCHITECTURE.md
-        // "Memory"), each kept to its waiting state: 736, 112, 1,216 and
-        // 800 bytes measured.
+        // "Memory"), each kept to its waiting state: 624, 112, 1,192 (its
+        // unit of work inline: 1,096) and 824 bytes measured.
         assert!(delivery <= 1024, "a delivery is {delivery} bytes");
         assert!(stage <= 256, "a one-part plan's stage is {stage} bytes");
-        assert!(part <= 1536, "a part is {part} bytes");
+        assert!(part <= 1280, "a part is {part} bytes");
+        assert!(unit <= 1152, "a part's unit of work is {unit} bytes");
         assert!(submit <= 1024, "a part's submission is {submit} bytes");
         // What the job holds while Segmind works: the polling state, boxed.
         let submitted = pipeline.segmind.resume("r-1");

@@ -99,7 +99,8 @@ pub async fn process(ctx: &JobContext, delivery: Delivery, limit: DeliveryLimit)
         Ok(settled) => {
             if let Some(Cleanup::Intermediates {
                 job_id,
-                request_ids,
+                objects,
+                parts,
             }) = cleanup.filter(|_| settled)
             {
                 // Only after the ack: a crash before it redelivers a job
@@ -109,7 +110,7 @@ pub async fn process(ctx: &JobContext, delivery: Delivery, limit: DeliveryLimit)
                 let deleted = Box::pin(
                     ctx.pipeline
                         .checkpoints
-                        .delete_part_objects(&job_id, &request_ids),
+                        .delete_part_objects(&job_id, &objects, parts),
                 )
                 .await;
                 if let Err(e) = deleted {

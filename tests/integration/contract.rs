@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use segmind_sim::SimConfig;
 use serde_json::json;
-use tts_worker::job::{VOICES, Voice};
+use tts_worker::testing::job::{VOICES, Voice};
 
 #[tokio::test]
 async fn every_voice_the_worker_accepts_is_accepted_by_the_simulator() {
@@ -69,25 +69,25 @@ fn the_asyncapi_document_names_what_the_code_uses() {
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("contract/asyncapi.yaml"),
     )
     .unwrap();
-    let settings = tts_worker::config::Settings::load_from(None, &[]).unwrap();
+    let settings = tts_worker::testing::config::Settings::load_from(None, &[]).unwrap();
     let amqp = &settings.amqp;
     let named = [
         amqp.requests_queue.clone(),
         amqp.events_exchange.clone(),
         amqp.events_queue.clone().unwrap_or_default(),
         amqp.dead_letter_queue.clone(),
-        tts_worker::broker::EVENTS_BINDING.to_owned(),
-        tts_worker::wire::COMPLETED_TYPE.to_owned(),
-        tts_worker::wire::FAILED_TYPE.to_owned(),
-        tts_worker::broker::COUNTED_DELIVERIES_HEADER.to_owned(),
-        tts_worker::broker::PAUSES_HEADER.to_owned(),
-        tts_worker::broker::DEFERRED_SINCE_HEADER.to_owned(),
-        tts_worker::wire::DEAD_LETTER_CODE_HEADER.to_owned(),
-        tts_worker::wire::DEAD_LETTER_MESSAGE_HEADER.to_owned(),
-        tts_worker::wire::DEAD_LETTER_JOB_HEADER.to_owned(),
-        tts_worker::wire::TRACEPARENT_HEADER.to_owned(),
-        tts_worker::wire::TRACESTATE_HEADER.to_owned(),
-        tts_worker::wire::EVENT_CONTENT_TYPE.to_owned(),
+        tts_worker::testing::broker::EVENTS_BINDING.to_owned(),
+        tts_worker::testing::wire::COMPLETED_TYPE.to_owned(),
+        tts_worker::testing::wire::FAILED_TYPE.to_owned(),
+        tts_worker::testing::broker::COUNTED_DELIVERIES_HEADER.to_owned(),
+        tts_worker::testing::broker::PAUSES_HEADER.to_owned(),
+        tts_worker::testing::broker::DEFERRED_SINCE_HEADER.to_owned(),
+        tts_worker::testing::wire::DEAD_LETTER_CODE_HEADER.to_owned(),
+        tts_worker::testing::wire::DEAD_LETTER_MESSAGE_HEADER.to_owned(),
+        tts_worker::testing::wire::DEAD_LETTER_JOB_HEADER.to_owned(),
+        tts_worker::testing::wire::TRACEPARENT_HEADER.to_owned(),
+        tts_worker::testing::wire::TRACESTATE_HEADER.to_owned(),
+        tts_worker::testing::wire::EVENT_CONTENT_TYPE.to_owned(),
         format!("x-delivery-limit: {}", settings.jobs.max_deliveries + 1),
         "./schemas/request.schema.json".to_owned(),
         "./schemas/job.completed.schema.json".to_owned(),

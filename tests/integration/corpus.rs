@@ -6,10 +6,10 @@
 
 use lapin::BasicProperties;
 use serde_json::{Value, json};
-use tts_worker::broker::header_str;
-use tts_worker::config::RequestLimits;
-use tts_worker::wire::decode_request;
-use tts_worker::wire::request::RequestError;
+use tts_worker::testing::broker::header_str;
+use tts_worker::testing::config::RequestLimits;
+use tts_worker::testing::wire::RequestError;
+use tts_worker::testing::wire::decode_request;
 
 use crate::helpers::spawn_app;
 use crate::schemas::{request_errors, request_schema_description};

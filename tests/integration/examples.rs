@@ -247,7 +247,8 @@ async fn check_example(example: &Example) {
         "the event's traceparent is not in the example's trace"
     );
     assert_eq!(
-        tts_worker::broker::header_str(&received.properties, "traceparent").and_then(trace_id),
+        tts_worker::testing::broker::header_str(&received.properties, "traceparent")
+            .and_then(trace_id),
         Some(sent_trace),
         "the event's traceparent header is not in the example's trace"
     );

@@ -3,8 +3,8 @@
 
 use lapin::BasicProperties;
 use serde_json::json;
-use tts_worker::broker::header_str;
-use tts_worker::config::AccountPolicy;
+use tts_worker::testing::broker::header_str;
+use tts_worker::testing::config::AccountPolicy;
 
 use crate::helpers::{spawn_app, spawn_app_with, wait_for};
 

@@ -13,11 +13,11 @@ use segmind_sim::{SimConfig, SimHandle};
 use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tts_worker::app::Application;
-use tts_worker::broker::{self, Publisher};
-use tts_worker::config::Settings;
-use tts_worker::storage::Storage;
-use tts_worker::wire::{self, CloudEvent, EventData};
+use tts_worker::testing::app::Application;
+use tts_worker::testing::broker::{self, Publisher};
+use tts_worker::testing::config::Settings;
+use tts_worker::testing::storage::Storage;
+use tts_worker::testing::wire::{self, CloudEvent, EventData};
 
 pub use crate::common::{env_value, stack_env};
 

@@ -61,7 +61,7 @@ fn span_of(mark: &Value) -> (u64, f64) {
 
 /// The stored object of a completion: its size and SHA-256 are the
 /// event's, and ffprobe reads the event's duration from it.
-async fn check_object(app: &TestApp, data: &tts_worker::wire::CompletedData) {
+async fn check_object(app: &TestApp, data: &tts_worker::testing::wire::CompletedData) {
     let object = app.storage.get(&data.audio.key).await.expect("stored");
     assert_eq!(object.bytes.len() as u64, data.audio.size_bytes);
     assert_eq!(
@@ -184,14 +184,20 @@ async fn a_long_narration_ends_as_one_stitched_object_with_its_marks() {
         data.parts - 1
     );
 
-    // Once the event is confirmed the intermediate parts are removed.
-    let part_key = format!("{}_parts/chapter-1/00000.wav", app.settings.s3.prefix);
+    // Once the event is confirmed the intermediate parts (one object per
+    // take, named after its request) are removed; the records stay.
+    let dir = format!("{}_parts/chapter-1/", app.settings.s3.prefix);
     wait_for(
         "the intermediate parts to be removed",
         Duration::from_secs(10),
-        || async { app.storage.head(&part_key).await.unwrap().is_none() },
+        || async {
+            let left = app.storage.list(&dir).await.unwrap_or_default();
+            !left.iter().any(|(k, _)| k.ends_with(".wav"))
+        },
     )
     .await;
+    let left = app.storage.list(&dir).await.unwrap();
+    assert!(left.iter().any(|(k, _)| k.ends_with(".json")), "{left:?}");
     app.cleanup().await;
 }
 
@@ -279,6 +285,87 @@ async fn a_silently_truncated_part_is_submitted_again_alone() {
         .await
         .unwrap_or(0.0);
     assert_eq!(retries, 1.0);
+    app.cleanup().await;
+}
+
+/// A voice far slower than the plan expects (a "read slowly" direction at
+/// 40 % of its pace): a part planned at ≈ 400 s of speech runs to ≈ 1,000 s,
+/// and the simulator cuts its take at Gemini's 512 s cap, billed as a
+/// success. The cut take is never delivered: the part is split into
+/// pieces, each paid once, and the file holds the whole text.
+#[tokio::test]
+async fn a_take_cut_at_the_output_cap_is_split_and_never_delivered() {
+    const PACE: f64 = 0.4;
+    let app = spawn_app_with(
+        |sim| {
+            sim.speech = SpeechModel::Realistic { cap: OUTPUT_CAP };
+            sim.pace = PACE;
+        },
+        |s| {
+            s.long_text.part_chars = 7_000;
+            s.long_text.max_parallel_parts = 3;
+        },
+    )
+    .await;
+    // Five paragraphs of ≈ 1,500 characters: the first four make one part
+    // (≈ 400 s at the usual pace), the fifth another.
+    let text = narration(5, 1_500);
+    app.publish_json(json!({"text": text, "voice_1": "Kore", "job_id": "slow-1"}))
+        .await;
+    let received = app.next_event().await;
+    assert_eq!(
+        received.event.kind, "tts.job.completed",
+        "{:?}",
+        received.event
+    );
+    let data = received.completed().clone();
+    let stats = app.sim.stats();
+    // The cut take is the only one paid and not delivered: the first part
+    // became its pieces (one a paragraph), the second stayed whole.
+    assert!(data.parts >= 4, "{} parts delivered", data.parts);
+    assert_eq!(stats.submits_accepted, u64::from(data.parts) + 1);
+    let distinct: HashSet<&String> = data.segmind.request_ids.iter().collect();
+    assert_eq!(distinct.len(), data.parts as usize);
+    let cut = app
+        .metric("tts_retries_total{reason=\"output_cap\"}")
+        .await
+        .unwrap_or(0.0);
+    assert_eq!(cut, 1.0);
+    // Independent decoders: ffprobe reads the event's duration, which is
+    // what the whole text takes at that pace, not the cap's 512 s plus the
+    // last part.
+    check_object(&app, &data).await;
+    let cps = chars_per_second("Kore") * PACE;
+    let expected = text.chars().count() as f64 / cps;
+    let duration = data.audio.duration_seconds.unwrap();
+    assert!(
+        duration > 0.9 * expected && duration < 1.3 * expected,
+        "{duration} s delivered for ≈ {expected} s of speech"
+    );
+    // Every delivered take is whole: none at the cap, each as long as its
+    // characters take.
+    let marks = marks_of(&app, data.audio.marks_key.as_deref().unwrap()).await;
+    let parts = marks["parts"].as_array().unwrap();
+    assert_eq!(parts.len(), data.parts as usize);
+    for (i, mark) in parts.iter().enumerate() {
+        let (chars, seconds) = span_of(mark);
+        assert!(seconds < 500.0, "part {i}: {seconds} s, at the cap");
+        assert!(
+            seconds > 0.8 * chars as f64 / cps,
+            "part {i}: {seconds} s for {chars} characters"
+        );
+    }
+    // Once acked, no intermediate object is left: the pieces' included.
+    let dir = format!("{}_parts/slow-1/", app.settings.s3.prefix);
+    wait_for(
+        "the job's intermediate objects to be deleted",
+        Duration::from_secs(10),
+        || async {
+            let left = app.storage.list(&dir).await.unwrap_or_default();
+            !left.iter().any(|(k, _)| k.ends_with(".wav"))
+        },
+    )
+    .await;
     app.cleanup().await;
 }
 

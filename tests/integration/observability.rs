@@ -202,7 +202,7 @@ async fn spans_reach_an_otlp_collector() {
         .await;
     let producer_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let producer_span = "00f067aa0ba902b7";
-    let properties = tts_worker::broker::with_headers(
+    let properties = tts_worker::testing::broker::with_headers(
         lapin::BasicProperties::default().with_message_id("otel-msg-1".into()),
         &[(
             "traceparent",
@@ -309,7 +309,7 @@ async fn spans_reach_an_otlp_collector() {
     // The event carries the job's context: same trace, the job span's id.
     let expected = format!("00-{producer_trace}-{}-01", job.span_id);
     assert_eq!(
-        tts_worker::broker::header_str(&event.properties, "traceparent"),
+        tts_worker::testing::broker::header_str(&event.properties, "traceparent"),
         Some(expected.as_str())
     );
     let raw: serde_json::Value = serde_json::from_slice(&event.raw).unwrap();
@@ -329,7 +329,7 @@ async fn without_an_exporter_the_producers_traceparent_reaches_the_event() {
     let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     app.publish_raw(
         br#"{"text":"pass it on","job_id":"tp-1"}"#,
-        tts_worker::broker::with_headers(
+        tts_worker::testing::broker::with_headers(
             lapin::BasicProperties::default(),
             &[("traceparent", traceparent)],
         ),
@@ -338,7 +338,7 @@ async fn without_an_exporter_the_producers_traceparent_reaches_the_event() {
     let event = app.next_event().await;
     assert_eq!(event.completed().job_id, "tp-1");
     assert_eq!(
-        tts_worker::broker::header_str(&event.properties, "traceparent"),
+        tts_worker::testing::broker::header_str(&event.properties, "traceparent"),
         Some(traceparent)
     );
     let raw: serde_json::Value = serde_json::from_slice(&event.raw).unwrap();

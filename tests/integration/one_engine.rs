@@ -11,10 +11,10 @@ use std::time::Duration;
 use segmind_sim::model::{self, OUTPUT_CAP, SpeechModel};
 use serde_json::json;
 use sha2::Digest;
-use tts_worker::checkpoint::{Loaded, PartRecord, PartsCheckpoint, PlanRecord};
-use tts_worker::failure::ErrorCode;
-use tts_worker::job::{Completed, Outcome};
-use tts_worker::worker::{JobEnd, Pipeline};
+use tts_worker::testing::checkpoint::{Loaded, PartRecord, PartsCheckpoint, PlanRecord};
+use tts_worker::testing::failure::ErrorCode;
+use tts_worker::testing::job::{Completed, Outcome};
+use tts_worker::testing::worker::{JobEnd, Pipeline};
 
 use crate::helpers::{spawn_app_with, wait_for};
 use crate::long_text::{long_text_app, narration};
@@ -134,7 +134,7 @@ async fn a_late_write_of_an_earlier_plans_records_is_never_used() {
     let body_a = json!({"text": a, "job_id": "late-1"}).to_string();
     let first = completed(pipeline.run(&job(&body_a), attempt(1)).await);
     let ja = job(&body_a);
-    let plan_a = tts_worker::plan::plan(&ja.speech.text, 1_000, false);
+    let plan_a = tts_worker::testing::plan::plan(&ja.speech.text, 1_000, false);
     let Loaded::Found(records_a) = pipeline
         .checkpoints
         .load_plan(&ja.id, &ja.speech, 1_000, &plan_a)
@@ -147,7 +147,7 @@ async fn a_late_write_of_an_earlier_plans_records_is_never_used() {
     let b = tagged("Later", 2, 900);
     let body_b = json!({"text": b, "job_id": "late-1"}).to_string();
     let jb = job(&body_b);
-    let plan_b = tts_worker::plan::plan(&jb.speech.text, 1_000, false);
+    let plan_b = tts_worker::testing::plan::plan(&jb.speech.text, 1_000, false);
     assert_eq!(plan_b.len(), plan_a.len());
     pipeline
         .checkpoints
@@ -310,7 +310,7 @@ async fn a_long_jobs_checkpoints_of_the_previous_release_resume_paid_once() {
     let text = tagged("Upgrade", 3, 550);
     let body = json!({"text": text, "job_id": "upgrade-1"}).to_string();
     let j = job(&body);
-    let plan = tts_worker::plan::plan(&j.speech.text, 700, false);
+    let plan = tts_worker::testing::plan::plan(&j.speech.text, 700, false);
     assert_eq!(plan.len(), 3);
     // The previous release planned it and submitted every part, then died:
     // its records carry no plan fingerprint.
@@ -321,7 +321,7 @@ async fn a_long_jobs_checkpoints_of_the_previous_release_resume_paid_once() {
             &j.id,
             &PlanRecord {
                 job_id: j.id.to_string(),
-                fingerprint: tts_worker::checkpoint::fingerprint(&j.speech),
+                fingerprint: tts_worker::testing::checkpoint::fingerprint(&j.speech),
                 plan: None,
                 part_chars: 700,
                 parts: 3,
@@ -453,7 +453,7 @@ fn regex_escape(name: &str) -> String {
 async fn part_objects_past_the_resume_window_are_swept_and_records_stay() {
     let (pipeline, _sim) = engine(700, |_| {}).await;
     let checkpoints = &pipeline.checkpoints;
-    let id = tts_worker::job::JobId::parse("swept-1", 64).unwrap();
+    let id = tts_worker::testing::job::JobId::parse("swept-1", 64).unwrap();
     let part = checkpoints.part_audio_key(&id, 0, "r-1");
     pipeline
         .storage
@@ -485,7 +485,7 @@ async fn part_objects_past_the_resume_window_are_swept_and_records_stay() {
 #[tokio::test]
 async fn two_replicas_given_the_same_long_job_at_once_pay_each_part_once() {
     // One delivery at a time per replica: each replica takes one copy.
-    let one_each = |s: &mut tts_worker::config::Settings| {
+    let one_each = |s: &mut tts_worker::testing::config::Settings| {
         s.long_text.part_chars = 700;
         s.long_text.max_parallel_parts = 3;
         s.amqp.max_in_flight = 1;
@@ -681,7 +681,7 @@ async fn a_broker_connection_lost_while_submissions_wait_for_the_rate_budget_pay
         |_| {},
         |s| {
             s.segmind.rate_limit_per_minute = Some(12);
-            s.segmind.rate_limit_scope = tts_worker::config::RateScope::Submits;
+            s.segmind.rate_limit_scope = tts_worker::testing::config::RateScope::Submits;
             s.jobs.max_deliveries = 10;
         },
     )

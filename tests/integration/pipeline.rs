@@ -6,7 +6,7 @@ use lapin::types::FieldTable;
 use segmind_sim::OutputMode;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tts_worker::audio::{AudioFormat, sniff, wav_duration};
+use tts_worker::testing::audio::{AudioFormat, sniff, wav_duration};
 
 use crate::helpers::{spawn_app, spawn_app_with};
 

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tts_worker::checkpoint::{self, Checkpoint, Checkpoints, Loaded, PartsCheckpoint};
-use tts_worker::job::{JobId, SpeechRequest, Voice};
+use tts_worker::testing::checkpoint::{self, Checkpoint, Checkpoints, Loaded, PartsCheckpoint};
+use tts_worker::testing::job::{JobId, SpeechRequest, Voice};
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with, wait_for};
 
@@ -31,7 +31,7 @@ fn checkpoints(app: &TestApp) -> Checkpoints {
 /// The records of a one-part job's plan, if any.
 async fn plan_of(app: &TestApp, job_id: &str, text: &str) -> Option<PartsCheckpoint> {
     let part_chars = app.settings.long_text.part_chars;
-    let plan = tts_worker::plan::plan(text, part_chars, false);
+    let plan = tts_worker::testing::plan::plan(text, part_chars, false);
     let id = JobId::parse(job_id, 64).unwrap();
     match checkpoints(app)
         .load_plan(&id, &speech(text), part_chars, &plan)
@@ -503,10 +503,10 @@ async fn a_refusal_of_one_request_fails_that_request_while_the_others_complete()
     for _ in 0..6 {
         let received = app.next_event().await;
         match &received.event.data {
-            tts_worker::wire::EventData::Completed(c) => {
+            tts_worker::testing::wire::EventData::Completed(c) => {
                 completed.push((c.job_id.clone(), c.attempts))
             }
-            tts_worker::wire::EventData::Failed(f) => failed.push(f.clone()),
+            tts_worker::testing::wire::EventData::Failed(f) => failed.push(f.clone()),
         }
     }
     completed.sort();

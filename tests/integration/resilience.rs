@@ -170,7 +170,7 @@ async fn a_submission_accepted_then_answered_504_is_not_paid_twice_when_so_confi
     // The gateway answers 504 after the API took (and billed) the request.
     let app = spawn_app_with(
         |_| {},
-        |s| s.segmind.ambiguous_submits = tts_worker::config::AmbiguousSubmits::Fail,
+        |s| s.segmind.ambiguous_submits = tts_worker::testing::config::AmbiguousSubmits::Fail,
     )
     .await;
     app.sim.inject_accept_then(&[504]);

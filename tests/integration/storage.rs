@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use serde_json::json;
-use tts_worker::config::AccountPolicy;
-use tts_worker::storage::Storage;
+use tts_worker::testing::config::AccountPolicy;
+use tts_worker::testing::storage::Storage;
 
 use crate::helpers::{env_value, spawn_app_with, spawn_app_with_storage, stack_env, wait_for};
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use lapin::BasicProperties;
 use serde_json::json;
-use tts_worker::broker::header_str;
+use tts_worker::testing::broker::header_str;
 
 use crate::helpers::{spawn_app_with, wait_for};
 

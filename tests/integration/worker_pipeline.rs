@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use segmind_sim::SimConfig;
-use tts_worker::config::{AmbiguousSubmits, Settings};
-use tts_worker::failure::{Attempt, ErrorCode};
-use tts_worker::job::Outcome;
-use tts_worker::metrics::Metrics;
-use tts_worker::segmind::SegmindClient;
-use tts_worker::wire;
-use tts_worker::worker::pause::PauseGate;
-use tts_worker::worker::{JobEnd, Pipeline};
+use tts_worker::testing::config::{AmbiguousSubmits, Settings};
+use tts_worker::testing::failure::{Attempt, ErrorCode};
+use tts_worker::testing::job::Outcome;
+use tts_worker::testing::metrics::Metrics;
+use tts_worker::testing::segmind::SegmindClient;
+use tts_worker::testing::wire;
+use tts_worker::testing::worker::PauseGate;
+use tts_worker::testing::worker::{JobEnd, Pipeline};
 
 use crate::helpers::{storage_for, test_settings};
 
@@ -57,13 +57,13 @@ pub(crate) fn attempt(number: u32) -> Attempt {
 async fn recorded_request(pipeline: &Pipeline, body: &str) -> Option<String> {
     let j = job(body);
     let part_chars = 3_000;
-    let plan = tts_worker::plan::plan(&j.speech.text, part_chars, false);
+    let plan = tts_worker::testing::plan::plan(&j.speech.text, part_chars, false);
     match pipeline
         .checkpoints
         .load_plan(&j.id, &j.speech, part_chars, &plan)
         .await
     {
-        Ok(tts_worker::checkpoint::Loaded::Found(cp)) => cp.parts[0].request_id.clone(),
+        Ok(tts_worker::testing::checkpoint::Loaded::Found(cp)) => cp.parts[0].request_id.clone(),
         _ => None,
     }
 }
@@ -78,7 +78,7 @@ fn failed_with(end: &JobEnd) -> Option<ErrorCode> {
     }
 }
 
-pub(crate) fn job(body: &str) -> tts_worker::job::TtsJob {
+pub(crate) fn job(body: &str) -> tts_worker::testing::job::TtsJob {
     wire::decode_request(body.as_bytes(), None, &Default::default())
         .job
         .expect("a valid request")

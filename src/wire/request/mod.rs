@@ -30,6 +30,7 @@ mod testing;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
 pub use style::MAX_STYLE_CHARS;
 
 /// Every request field and the request version it came in. A request says

@@ -51,6 +51,52 @@ const MIN_VOICED_SHARE: f64 = 0.2;
 /// How often a part marked as being submitted elsewhere is read again.
 const MARKER_RECHECK: Duration = Duration::from_secs(1);
 
+/// Pieces a part is split into when its take comes back at Gemini's
+/// output cap (`quality::AT_CAP_SECONDS`): a part planned at ≈ 200 s of
+/// speech that reaches 500 s speaks at under 40 % of the expected pace,
+/// so each third is again well under the cap unless the voice is slower
+/// than a third of that. A piece at the cap fails the job
+/// (`audio_invalid`): one split, never a cascade of paid takes.
+const PIECES_OF_A_CUT_PART: usize = 3;
+
+/// What one Segmind call synthesizes: a part of the plan, or a piece of a
+/// part whose take came back cut at the output cap. Its record is the
+/// part's, or the piece's inside the part's (one object per part either
+/// way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Unit {
+    part: usize,
+    piece: Option<usize>,
+}
+
+impl Unit {
+    fn part(index: usize) -> Self {
+        Unit {
+            part: index,
+            piece: None,
+        }
+    }
+}
+
+/// How a unit's synthesis ended well.
+enum Took {
+    /// Its audio is stored.
+    Stored,
+    /// Its take was at the output cap (a part's, never a piece's): the
+    /// part is to be split.
+    AtCap,
+}
+
+/// Unit `u`'s record in `cp`.
+fn record(cp: &PartsCheckpoint, u: Unit) -> Option<&crate::checkpoint::PartRecord> {
+    cp.parts.get(u.part)?.unit(u.piece)
+}
+
+/// Unit `u`'s record in `cp`, to write.
+fn record_mut(cp: &mut PartsCheckpoint, u: Unit) -> Option<&mut crate::checkpoint::PartRecord> {
+    cp.parts.get_mut(u.part)?.unit_mut(u.piece)
+}
+
 /// One delivery of one job: what every stage reads (the job, its plan, its
 /// records) and what the delivery accumulates (calls, request ids).
 pub(super) struct JobRun<'a> {
@@ -61,8 +107,11 @@ pub(super) struct JobRun<'a> {
     /// This job's locks in the process (its submission turn).
     entry: Arc<JobEntry>,
     plan: Vec<Part>,
-    /// Segmind's file is delivered as served (a one-part plan asking for it).
+    /// Segmind's file is delivered as served (a one-part plan asking for
+    /// it, unless that part was split: see [`Self::as_served`]).
     as_served: bool,
+    /// A part of the plan was split into pieces (its take was at the cap).
+    split: std::sync::atomic::AtomicBool,
     /// The plan's records; shared with the spawned submission steps.
     checkpoint: Arc<Mutex<PartsCheckpoint>>,
     /// Shared with the spawned submission steps, which count into it.
@@ -121,6 +170,14 @@ async fn as_wav(audio: Audio) -> Result<bytes::Bytes, AudioError> {
     }
 }
 
+/// The plan as delivered: each split part's pieces in its place, and where
+/// each entry's record is (the stitch, the marks and the captions follow
+/// it).
+struct DeliveredPlan {
+    plan: Vec<Part>,
+    units: Vec<Unit>,
+}
+
 /// Where a part's speech is in its WAV file.
 struct SpeechSpan {
     /// Byte range of the samples in the file, and the frames of speech.
@@ -153,6 +210,7 @@ impl<'a> JobRun<'a> {
             entry,
             plan,
             as_served,
+            split: std::sync::atomic::AtomicBool::new(false),
             checkpoint: Arc::new(Mutex::new(checkpoint)),
             calls: Arc::default(),
             last_request: std::sync::Mutex::new(None),
@@ -175,16 +233,18 @@ impl<'a> JobRun<'a> {
         );
     }
 
-    /// The sizes of the futures a waiting job holds: its stages, one part's
-    /// work, the stage that synthesizes every part (for the memory test).
+    /// The sizes of the futures a waiting job holds: its stages, one part
+    /// and its unit's work, the stage that synthesizes every part (for the
+    /// memory test).
     #[cfg(test)]
-    pub(super) fn future_sizes(&self) -> [usize; 5] {
+    pub(super) fn future_sizes(&self) -> [usize; 6] {
         [
             std::mem::size_of_val(&self.execute()),
             std::mem::size_of_val(&self.part(0)),
+            std::mem::size_of_val(&self.unit(Unit::part(0))),
             std::mem::size_of_val(&self.synthesize_parts()),
-            std::mem::size_of_val(&self.submit(0)),
-            std::mem::size_of_val(&self.recheck(0, (None, false))),
+            std::mem::size_of_val(&self.submit(Unit::part(0))),
+            std::mem::size_of_val(&self.recheck(Unit::part(0), (None, false))),
         ]
     }
 
@@ -274,24 +334,30 @@ impl<'a> JobRun<'a> {
 
     /// Stage: every part's audio, stored, delivered as one object.
     async fn deliver(&self) -> Result<Completed, JobError> {
-        let records: Vec<PartAudio> = {
+        let (delivered, records) = {
             let cp = self.checkpoint.lock().await;
-            cp.parts.iter().filter_map(|p| p.audio.clone()).collect()
+            let (plan, units) = self.delivered_plan(&cp);
+            let records: Option<Vec<PartAudio>> = units
+                .iter()
+                .map(|u| record(&cp, *u).and_then(|r| r.audio.clone()))
+                .collect();
+            (DeliveredPlan { plan, units }, records)
         };
-        if records.len() != self.plan.len() {
-            // Every part future ended well, so every part has its audio.
+        // Every part future ended well, so every part (or each of its
+        // pieces) has its audio.
+        let Some(records) = records else {
             return Err(JobError::Invariant(
                 "a part ended without its audio recorded".into(),
             ));
-        }
-        if self.as_served {
+        };
+        if self.as_served() {
             Box::pin(self.deliver_as_served(&records)).await
         } else {
             let key = self
                 .pipeline
                 .keys
                 .key_for(self.job, self.job.deliverable.format.extension())?;
-            Box::pin(self.deliver_rendered(&key, &records)).await
+            Box::pin(self.deliver_rendered(&key, &records, &delivered)).await
         }
     }
 
@@ -358,7 +424,12 @@ impl<'a> JobRun<'a> {
         if !self.pipeline.still_stored(&stored.key, intact).await? {
             return Ok(None);
         }
-        let parts: Vec<&PartAudio> = cp.parts.iter().filter_map(|p| p.audio.as_ref()).collect();
+        let parts: Vec<&PartAudio> = cp
+            .parts
+            .iter()
+            .filter_map(|p| p.delivered_audio())
+            .flatten()
+            .collect();
         if moved {
             // A rendered delivery asked under another key: copied there
             // (audio, marks, captions), not rendered nor paid again.
@@ -405,10 +476,11 @@ impl<'a> JobRun<'a> {
     /// job's key: its part's record says it all (no delivery record is
     /// written for it).
     fn served_in_place(&self, cp: &PartsCheckpoint) -> Option<StitchedRecord> {
-        if !self.as_served {
+        let part = cp.parts.first()?;
+        if !self.as_served || !part.pieces.is_empty() {
             return None;
         }
-        let audio = cp.parts.first()?.audio.as_ref()?;
+        let audio = part.audio.as_ref()?;
         let served = audio.as_served.as_ref()?;
         Some(StitchedRecord::served(
             cp.fingerprint(),
@@ -482,12 +554,63 @@ impl<'a> JobRun<'a> {
     /// Whether a stored part's audio serves this delivery: read back as PCM
     /// for a rendered deliverable, or as it is for one delivered as served.
     fn usable(&self, audio: &PartAudio) -> bool {
-        self.as_served || audio.stitchable()
+        self.as_served() || audio.stitchable()
     }
 
-    /// One part to its stored audio: kept if already stored, resumed if
-    /// submitted, else submitted; its audio checked (resubmitted when
-    /// unusable, within `jobs.audio_retries`) and stored.
+    /// Whether Segmind's file is delivered as served: asked for, and its
+    /// one part not split (pieces are stitched like a long job's parts).
+    fn as_served(&self) -> bool {
+        self.as_served && !self.split.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The pieces part `index` is split into ([`crate::plan::split`]).
+    fn pieces_of(&self, index: usize) -> Vec<Part> {
+        crate::plan::split(
+            &self.job.speech.text,
+            &self.plan[index],
+            PIECES_OF_A_CUT_PART,
+            self.job.speech.voice_2.is_some(),
+        )
+    }
+
+    /// What unit `u` speaks.
+    fn unit_part(&self, u: Unit) -> std::borrow::Cow<'_, Part> {
+        match u.piece {
+            None => std::borrow::Cow::Borrowed(&self.plan[u.part]),
+            Some(j) => std::borrow::Cow::Owned(
+                self.pieces_of(u.part)
+                    .into_iter()
+                    .nth(j)
+                    .unwrap_or_else(|| self.plan[u.part].clone()),
+            ),
+        }
+    }
+
+    /// The plan as delivered, with each split part's pieces in its place,
+    /// and where each entry's record is.
+    fn delivered_plan(&self, cp: &PartsCheckpoint) -> (Vec<Part>, Vec<Unit>) {
+        let mut plan = Vec::with_capacity(self.plan.len());
+        let mut units = Vec::with_capacity(self.plan.len());
+        for (index, part) in self.plan.iter().enumerate() {
+            let pieces = cp.parts.get(index).map_or(0, |r| r.pieces.len());
+            if pieces == 0 {
+                plan.push(part.clone());
+                units.push(Unit::part(index));
+            } else {
+                plan.extend(self.pieces_of(index).into_iter().take(pieces));
+                units.extend((0..pieces).map(|j| Unit {
+                    part: index,
+                    piece: Some(j),
+                }));
+            }
+        }
+        (plan, units)
+    }
+
+    /// One part to its stored audio ([`Self::unit`]). A part whose take
+    /// comes back at Gemini's output cap is split: its pieces are recorded
+    /// in its record, then synthesized one after the other like parts,
+    /// and delivered in its place.
     async fn part(&self, index: usize) -> Result<(), JobError> {
         let part = &self.plan[index];
         // A span per part of a long job; a short job's steps are the job
@@ -498,30 +621,133 @@ impl<'a> JobRun<'a> {
             Span::none()
         };
         async move {
+            let split = {
+                let cp = self.checkpoint.lock().await;
+                cp.parts.get(index).is_some_and(|r| !r.pieces.is_empty())
+            };
+            // Not boxed: the part's own unit is what a waiting job holds,
+            // in the part's allocation.
+            if !split && let Took::Stored = self.unit(Unit::part(index)).await? {
+                return Ok(());
+            }
+            Box::pin(self.pieces(index)).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Part `index` as pieces: split now (its take was at the cap) unless a
+    /// delivery did already, then each piece synthesized in turn.
+    async fn pieces(&self, index: usize) -> Result<(), JobError> {
+        let recorded = {
+            let cp = self.checkpoint.lock().await;
+            cp.parts.get(index).map_or(0, |r| r.pieces.len())
+        };
+        let pieces = match recorded {
+            0 => self.split_part(index).await?,
+            n => n,
+        };
+        self.split.store(true, std::sync::atomic::Ordering::Relaxed);
+        for j in 0..pieces {
+            let piece = Unit {
+                part: index,
+                piece: Some(j),
+            };
+            match Box::pin(self.unit(piece).instrument(info_span!("piece", index = j))).await? {
+                Took::Stored => {}
+                Took::AtCap => {
+                    return Err(JobError::Invariant(
+                        "a piece's take at the cap was not failed".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records part `index` as split into pieces (its take came back at
+    /// the output cap): the pieces' empty records in the part's, before
+    /// any piece is paid. Returns how many pieces.
+    async fn split_part(&self, index: usize) -> Result<usize, JobError> {
+        let pieces = self.pieces_of(index).len();
+        if pieces < 2 {
+            return Err(AudioError::AtOutputCap {
+                seconds: crate::quality::AT_CAP_SECONDS,
+            }
+            .into());
+        }
+        warn!(
+            pieces,
+            "the part's take is at Gemini's output cap, so cut: splitting the part and synthesizing its pieces"
+        );
+        self.pipeline
+            .metrics
+            .retries
+            .with_label_values(&["output_cap"])
+            .inc();
+        let mut cp = self.checkpoint.lock().await;
+        let stamp = cp.stamp().map(str::to_owned);
+        let record = &mut cp.parts[index];
+        record.request_id = None;
+        record.submitted_at = None;
+        record.pieces = vec![
+            crate::checkpoint::PartRecord {
+                plan: stamp,
+                ..Default::default()
+            };
+            pieces
+        ];
+        save_part(&self.pipeline.checkpoints, &self.job.id, index, record).await;
+        Ok(pieces)
+    }
+
+    /// One unit (a part, or a piece of one) to its stored audio: kept if
+    /// already stored, resumed if submitted, else submitted; its audio
+    /// checked (resubmitted when unusable, within `jobs.audio_retries`) and
+    /// stored. A part's take at the output cap ends it as [`Took::AtCap`];
+    /// a piece's fails it.
+    async fn unit(&self, u: Unit) -> Result<Took, JobError> {
+        {
             let (record, request) = {
                 let cp = self.checkpoint.lock().await;
-                let r = &cp.parts[index];
+                let r = record(&cp, u).ok_or_else(|| {
+                    JobError::Invariant("a unit of the plan has no record".into())
+                })?;
                 (r.audio.clone(), r.request_id.clone().zip(r.submitted_at))
             };
             if let Some(audio) = record.filter(|a| self.usable(a)) {
                 let info = Box::pin(self.pipeline.storage.head(&audio.key)).await?;
-                if info.as_ref().is_some_and(|info| still_the_take(&audio, info)) {
-                    return Ok(());
+                if info
+                    .as_ref()
+                    .is_some_and(|info| still_the_take(&audio, info))
+                {
+                    return Ok(Took::Stored);
                 }
                 warn!(key = %audio.key, "a stored part is missing or replaced; producing it again");
             }
-            let chars = part.text.chars().count();
+            let chars = self.unit_part(u).text.chars().count();
             let mut resume = request.filter(|(_, at)| {
-                self.pipeline.checkpoints.resumable_since(*at, chrono::Utc::now())
+                self.pipeline
+                    .checkpoints
+                    .resumable_since(*at, chrono::Utc::now())
             });
             let mut retries_left = self.pipeline.jobs.audio_retries;
             loop {
                 let (submitted, submitted_at, resumed, deadline) = match resume.take() {
                     Some((request_id, at)) => {
                         info!(request_id = %request_id, "resuming the part's Segmind request");
-                        self.pipeline.metrics.resumed.with_label_values(&["poll"]).inc();
+                        self.pipeline
+                            .metrics
+                            .resumed
+                            .with_label_values(&["poll"])
+                            .inc();
                         let deadline = tokio::time::Instant::now() + self.pipeline.job_deadline;
-                        (self.pipeline.segmind.resume(&request_id), at, true, deadline)
+                        (
+                            self.pipeline.segmind.resume(&request_id),
+                            at,
+                            true,
+                            deadline,
+                        )
                     }
                     None => {
                         if let Some(reason) = self.pipeline.must_hand_over(self.limit) {
@@ -529,13 +755,13 @@ impl<'a> JobRun<'a> {
                         }
                         // Boxed, like every step but the wait: a part's
                         // future is what a waiting job holds.
-                        match Box::pin(self.submit(index)).await? {
+                        match Box::pin(self.submit(u)).await? {
                             Submission::Sent(s, at, deadline) => (s, at, false, deadline),
                             Submission::Found(request_id, at) => {
                                 resume = Some((request_id, at));
                                 continue;
                             }
-                            Submission::Stored => return Ok(()),
+                            Submission::Stored => return Ok(Took::Stored),
                         }
                     }
                 };
@@ -555,12 +781,14 @@ impl<'a> JobRun<'a> {
                     Err(e) => {
                         let code = failure::classify(&e, &self.pipeline.block_patterns).code;
                         if resumed && code == ErrorCode::Expired {
-                            info!("the part's resumed request has expired at Segmind; submitting again");
+                            info!(
+                                "the part's resumed request has expired at Segmind; submitting again"
+                            );
                             continue;
                         }
                         if !code.keeps_paid_request() {
                             // Its result is final: never resumed again.
-                            Box::pin(self.forget_request(index)).await;
+                            Box::pin(self.forget_request(u)).await;
                         }
                         return Err(e);
                     }
@@ -569,13 +797,19 @@ impl<'a> JobRun<'a> {
                 // Checked and stored in its own (boxed) future: a part
                 // waiting on Segmind does not carry the audio's state.
                 let request_id = synthesis.request_id.clone();
-                let unusable = Box::pin(self.keep_take(index, part, synthesis, slot)).await?;
+                let unusable = Box::pin(self.keep_take(u, synthesis, slot)).await?;
                 match unusable {
-                    None => return Ok(()),
+                    None => return Ok(Took::Stored),
+                    // A part's take at the cap: the part is split (its
+                    // request is replaced by its pieces').
+                    Some(AudioError::AtOutputCap { .. }) if u.piece.is_none() => {
+                        return Ok(Took::AtCap);
+                    }
                     // Audio the worker cannot use whatever the take (a
-                    // format it does not read) is not paid for again.
+                    // format it does not read, a piece at the cap) is not
+                    // paid for again.
                     Some(e) if !worth_resubmitting(&e) => {
-                        Box::pin(self.forget_request(index)).await;
+                        Box::pin(self.forget_request(u)).await;
                         return Err(e.into());
                     }
                     Some(e) if retries_left > 0 => {
@@ -588,23 +822,20 @@ impl<'a> JobRun<'a> {
                         warn!(error = %e, request_id = %request_id, "the part's audio is unusable; submitting the part again");
                     }
                     Some(e) => {
-                        Box::pin(self.forget_request(index)).await;
+                        Box::pin(self.forget_request(u)).await;
                         return Err(e.into());
                     }
                 }
             }
         }
-        .instrument(span)
-        .await
     }
 
-    /// Checks a fetched take of part `index` and stores it with its record;
+    /// Checks a fetched take of unit `u` and stores it with its record;
     /// `Ok(Some(e))` when its audio is unusable (nothing stored). The
     /// transfer `slot` is released once the audio is stored.
     async fn keep_take(
         &self,
-        index: usize,
-        part: &Part,
+        u: Unit,
         synthesis: crate::segmind::Synthesis,
         slot: Option<tokio::sync::SemaphorePermit<'_>>,
     ) -> Result<Option<AudioError>, JobError> {
@@ -612,6 +843,8 @@ impl<'a> JobRun<'a> {
             self.pipeline.metrics.inference_duration.observe(t);
         }
         let joined = self.stitch_format().await;
+        let part = self.unit_part(u);
+        let part = part.as_ref();
         let checked = match Audio::parse(synthesis.audio.clone(), synthesis.content_type.as_deref())
         {
             Ok(served) => Box::pin(as_wav(served.clone()))
@@ -624,33 +857,42 @@ impl<'a> JobRun<'a> {
             Ok(checked) => checked,
             Err(e) => return Ok(Some(e)),
         };
-        let record = if self.as_served {
+        let record = if self.as_served() {
             Box::pin(self.store_as_served(served, &speech, &synthesis)).await?
         } else {
             drop(served);
-            Box::pin(self.store_part(index, wav, &speech, part, &synthesis)).await?
+            Box::pin(self.store_part(u.part, wav, &speech, part, &synthesis)).await?
         };
         drop(slot);
         let mut cp = self.checkpoint.lock().await;
-        cp.parts[index].audio = Some(record);
+        if let Some(r) = record_mut(&mut cp, u) {
+            r.audio = Some(record);
+        }
         Box::pin(save_part(
             &self.pipeline.checkpoints,
             &self.job.id,
-            index,
-            &cp.parts[index],
+            u.part,
+            &cp.parts[u.part],
         ))
         .await;
         Ok(None)
     }
 
-    /// Forgets part `index`'s request: its result is final (it failed, or
-    /// its audio is unusable), so no later delivery resumes it.
-    async fn forget_request(&self, index: usize) {
+    /// Forgets unit `u`'s request: its result is final (it failed, or its
+    /// audio is unusable), so no later delivery resumes it.
+    async fn forget_request(&self, u: Unit) {
         let mut cp = self.checkpoint.lock().await;
-        let record = &mut cp.parts[index];
-        if record.request_id.take().is_some() {
+        if let Some(record) = record_mut(&mut cp, u)
+            && record.request_id.take().is_some()
+        {
             record.submitted_at = None;
-            save_part(&self.pipeline.checkpoints, &self.job.id, index, record).await;
+            save_part(
+                &self.pipeline.checkpoints,
+                &self.job.id,
+                u.part,
+                &cp.parts[u.part],
+            )
+            .await;
         }
     }
 
@@ -730,7 +972,7 @@ impl<'a> JobRun<'a> {
     /// lost, shutdown's grace ran out) still records a request Segmind
     /// accepted, and the redelivery resumes it instead of paying again.
     /// The part's deadline starts once the turn is granted.
-    async fn submit(&self, index: usize) -> Result<Submission, JobError> {
+    async fn submit(&self, u: Unit) -> Result<Submission, JobError> {
         let (turn, contended) = match self.entry.submit.clone().try_lock_owned() {
             Ok(turn) => (turn, false),
             Err(_) => tokio::select! {
@@ -742,8 +984,8 @@ impl<'a> JobRun<'a> {
         };
         // Read again only when another step may have written the record
         // (boxed: the common case holds none of the reading's state).
-        if let Some(known) = self.needs_recheck(index, contended).await
-            && let Some(found) = Box::pin(self.recheck(index, known)).await?
+        if let Some(known) = self.needs_recheck(u, contended).await
+            && let Some(found) = Box::pin(self.recheck(u, known)).await?
         {
             return Ok(found);
         }
@@ -759,7 +1001,7 @@ impl<'a> JobRun<'a> {
         // Built for the step only: a part waiting on Segmind does not hold
         // a second copy of its text.
         let speech = SpeechRequest {
-            text: self.plan[index].text.clone(),
+            text: self.unit_part(u).into_owned().text,
             ..self.job.speech.clone()
         };
         let step = tokio::spawn(
@@ -769,11 +1011,16 @@ impl<'a> JobRun<'a> {
                 // its further parts must not hold back the intake of others.
                 let started = {
                     let mut cp = checkpoint.lock().await;
-                    let started = cp.parts.iter().any(|p| p.request_id.is_some());
+                    let started = cp
+                        .parts
+                        .iter()
+                        .any(|p| p.request_id.is_some() || !p.pieces.is_empty());
                     // Before the POST: another replica finding this part
                     // waits for its answer instead of paying again.
-                    cp.parts[index].submitting_since = Some(chrono::Utc::now());
-                    Box::pin(save_part(&checkpoints, &job_id, index, &cp.parts[index])).await;
+                    if let Some(r) = record_mut(&mut cp, u) {
+                        r.submitting_since = Some(chrono::Utc::now());
+                    }
+                    Box::pin(save_part(&checkpoints, &job_id, u.part, &cp.parts[u.part])).await;
                     started
                 };
                 // Boxed, like the writes: a step queued for a storage slot
@@ -786,14 +1033,15 @@ impl<'a> JobRun<'a> {
                 };
                 let submitted_at = chrono::Utc::now();
                 let mut cp = checkpoint.lock().await;
-                let record = &mut cp.parts[index];
-                record.submitting_since = None;
-                if let Ok(s) = &submitted {
-                    record.request_id = Some(s.request_id.clone());
-                    record.submitted_at = Some(submitted_at);
-                    record.submissions += 1;
+                if let Some(record) = record_mut(&mut cp, u) {
+                    record.submitting_since = None;
+                    if let Ok(s) = &submitted {
+                        record.request_id = Some(s.request_id.clone());
+                        record.submitted_at = Some(submitted_at);
+                        record.submissions += 1;
+                    }
                 }
-                Box::pin(save_part(&checkpoints, &job_id, index, record)).await;
+                Box::pin(save_part(&checkpoints, &job_id, u.part, &cp.parts[u.part])).await;
                 submitted.map(|s| (s, submitted_at))
             }
             .in_current_span(),
@@ -823,9 +1071,9 @@ impl<'a> JobRun<'a> {
     /// What [`Self::recheck`] starts from — the request id known and whether
     /// the part is marked as being submitted — or `None` when nothing needs
     /// reading again (the turn was free and no marker is live).
-    async fn needs_recheck(&self, index: usize, contended: bool) -> Option<(Option<String>, bool)> {
+    async fn needs_recheck(&self, u: Unit, contended: bool) -> Option<(Option<String>, bool)> {
         let cp = self.checkpoint.lock().await;
-        let r = &cp.parts[index];
+        let r = record(&cp, u)?;
         let marked = self.marker_live(r.submitting_since);
         (contended || marked).then(|| (r.request_id.clone(), marked))
     }
@@ -838,7 +1086,7 @@ impl<'a> JobRun<'a> {
     /// `s3.operation_timeout` plus [`crate::checkpoint::MARKER_MARGIN`]).
     async fn recheck(
         &self,
-        index: usize,
+        u: Unit,
         (mut known, mut marked): (Option<String>, bool),
     ) -> Result<Option<Submission>, JobError> {
         let live = |since| self.marker_live(since);
@@ -847,14 +1095,18 @@ impl<'a> JobRun<'a> {
             let fresh = self
                 .pipeline
                 .checkpoints
-                .load_part(&self.job.id, index, stamp.as_deref())
+                .load_part(&self.job.id, u.part, stamp.as_deref())
                 .await?;
-            let Some(fresh) = fresh else {
+            // The part's record as stored, and this unit's in it (a piece
+            // of a split another delivery has not recorded: nothing to
+            // read).
+            let Some((whole, fresh)) = fresh.and_then(|w| w.unit(u.piece).cloned().map(|f| (w, f)))
+            else {
                 return Ok(None);
             };
             if fresh.audio.as_ref().is_some_and(|a| self.usable(a)) {
                 let mut cp = self.checkpoint.lock().await;
-                cp.parts[index] = fresh;
+                cp.parts[u.part] = whole;
                 return Ok(Some(Submission::Stored));
             }
             if let Some((request_id, at)) = fresh.request_id.clone().zip(fresh.submitted_at)
@@ -866,7 +1118,7 @@ impl<'a> JobRun<'a> {
             {
                 info!(request_id = %request_id, "another step submitted this part meanwhile; resuming its request");
                 let mut cp = self.checkpoint.lock().await;
-                cp.parts[index] = fresh;
+                cp.parts[u.part] = whole;
                 return Ok(Some(Submission::Found(request_id, at)));
             }
             if !live(fresh.submitting_since) {
@@ -918,20 +1170,24 @@ impl<'a> JobRun<'a> {
         // A directed take ("speak slowly") is judged, not learned from: it
         // must not teach the voice's rate to other producers' jobs.
         let learn = self.job.speech.style.is_none() && !spoken.directed();
-        if let Verdict::Truncated { ratio, expected } =
-            self.pipeline
-                .speaking_rate
-                .judge(self.voices, &spoken, seconds, learn)
+        match self
+            .pipeline
+            .speaking_rate
+            .judge(self.voices, &spoken, seconds, learn)
         {
-            return Err(AudioError::Truncated {
-                seconds,
-                expected,
-                percent: ratio * 100.0,
-            });
+            Verdict::Plausible => {}
+            Verdict::Truncated { ratio, expected } => {
+                return Err(AudioError::Truncated {
+                    seconds,
+                    expected,
+                    percent: ratio * 100.0,
+                });
+            }
+            Verdict::AtCap => return Err(AudioError::AtOutputCap { seconds }),
         }
         // Caught before it is stored: a part the others cannot be joined to
         // (the stitch reads mono 16-bit PCM of one rate).
-        if !self.as_served && wav.format.channels != 1 {
+        if !self.as_served() && wav.format.channels != 1 {
             return Err(AudioError::NotStitchable {
                 format: "multichannel wav",
             });
@@ -980,13 +1236,17 @@ impl<'a> JobRun<'a> {
     /// The format the stored parts share (a rendered job's parts are joined
     /// into one stream); none before the first is stored.
     async fn stitch_format(&self) -> Option<(u32, u16)> {
-        if self.as_served {
+        if self.as_served() {
             return None;
         }
         let cp = self.checkpoint.lock().await;
         cp.parts
             .iter()
-            .filter_map(|p| p.audio.as_ref())
+            .flat_map(|p| {
+                p.audio
+                    .iter()
+                    .chain(p.pieces.iter().filter_map(|q| q.audio.as_ref()))
+            })
             .find(|a| a.stitchable())
             .map(|a| (a.sample_rate, a.channels))
     }
@@ -1066,9 +1326,10 @@ impl<'a> JobRun<'a> {
         &self,
         key: &ObjectKey,
         records: &[PartAudio],
+        delivered: &DeliveredPlan,
     ) -> Result<Completed, JobError> {
         let pipeline = self.pipeline;
-        let layout = self.layout(records)?;
+        let layout = self.layout(records, &delivered.plan)?;
         pipeline.check_owner(self.job, key).await?;
         // Waiting for a render slot is given up at the delivery's end; a
         // render once started runs to its end (see README "A delivery's
@@ -1088,8 +1349,18 @@ impl<'a> JobRun<'a> {
             Err(JobError::PartGone { index, detail }) => {
                 // Forget that part's audio: the next delivery produces it again.
                 let mut cp = self.checkpoint.lock().await;
-                cp.parts[index].audio = None;
-                save_part(&pipeline.checkpoints, &self.job.id, index, &cp.parts[index]).await;
+                if let Some(u) = delivered.units.get(index).copied()
+                    && let Some(r) = record_mut(&mut cp, u)
+                {
+                    r.audio = None;
+                    save_part(
+                        &pipeline.checkpoints,
+                        &self.job.id,
+                        u.part,
+                        &cp.parts[u.part],
+                    )
+                    .await;
+                }
                 return Err(JobError::Interrupted(detail));
             }
             other => other?,
@@ -1100,7 +1371,14 @@ impl<'a> JobRun<'a> {
             .observe(started.elapsed().as_secs_f64());
         let marks_key = key.derived(deliver::MARKS_SUFFIX);
         let delivery = self
-            .write_marks_and_captions(key, &marks_key, records, &layout, &rendered)
+            .write_marks_and_captions(
+                key,
+                &marks_key,
+                records,
+                &delivered.plan,
+                &layout,
+                &rendered,
+            )
             .await?;
         drop(slot);
         let stored = rendered.audio;
@@ -1189,7 +1467,7 @@ fn sentence_spans(
 impl JobRun<'_> {
     /// Where each part goes in the stitched programme; the parts must share
     /// one mono 16-bit PCM format (Gemini's).
-    fn layout(&self, records: &[PartAudio]) -> Result<Layout, JobError> {
+    fn layout(&self, records: &[PartAudio], plan: &[Part]) -> Result<Layout, JobError> {
         let Some(first) = records.first() else {
             return Err(JobError::Invariant("a job with no parts to stitch".into()));
         };
@@ -1215,7 +1493,7 @@ impl JobRun<'_> {
         }
         let shape: Vec<(u64, crate::plan::Join)> = records
             .iter()
-            .zip(&self.plan)
+            .zip(plan)
             .map(|(r, p)| (r.frames, p.join))
             .collect();
         Ok(stitch::layout(format, &shape))
@@ -1244,11 +1522,13 @@ fn finish_the_others(failure: &failure::Failure) -> bool {
 }
 
 /// Whether another take of a part may give usable audio: Gemini's empty,
-/// silent or truncated takes, not audio the worker cannot read.
+/// silent or truncated takes, not audio the worker cannot read nor a take
+/// at the output cap (the same text is cut again).
 fn worth_resubmitting(e: &AudioError) -> bool {
     !matches!(
         e,
-        AudioError::NotStitchable { .. }
+        AudioError::AtOutputCap { .. }
+            | AudioError::NotStitchable { .. }
             | AudioError::Undecodable { .. }
             | AudioError::MixedFormats { .. }
             | AudioError::Unrecognised { .. }
@@ -1270,11 +1550,12 @@ fn completed(
         (!known.is_empty()).then(|| known.iter().sum())
     };
     let request_ids: Vec<String> = parts.iter().map(|p| p.request_id.clone()).collect();
+    let part_objects = parts.iter().map(|p| p.key.clone()).collect();
     Completed {
         job_id: job.id.clone(),
         audio,
-        request_id: request_ids.first().cloned().unwrap_or_default(),
         parts: u32::try_from(parts.len()).unwrap_or(u32::MAX),
+        part_objects,
         request_ids,
         marks_key,
         delivery,

@@ -17,6 +17,7 @@ use crate::captions;
 use crate::checkpoint::{PartAudio, StitchedRecord};
 use crate::deliverable::{CaptionFormat, SOURCE_RATE};
 use crate::job::{Caption, Delivery, ObjectKey, StoredAudio};
+use crate::plan::Part;
 use crate::render::{self, Delivered, Meter, Render, RenderSpec};
 use crate::stitch::Layout;
 use crate::storage::{ObjectStream, Storage};
@@ -141,19 +142,24 @@ impl JobRun<'_> {
                 Err(e) => Err(e),
             }
         };
-        // The render took a while: the key must still be free or ours.
-        let written = match written {
-            Ok(w) => self.pipeline.check_owner(self.job, key).await.map(|_| w),
+        // The render took a while: the key must still be free or ours, and
+        // the object is assembled only if it still is (conditionally where
+        // the store honours it: the same guarded write as every object).
+        let completed = match written {
+            Ok(w) => self
+                .pipeline
+                .write_exclusive(self.job, key, |absent| upload.complete(absent))
+                .await
+                .map(|etag| (w, etag)),
             Err(e) => Err(e),
         };
-        let (delivered, sha256, size_bytes) = match written {
-            Ok(w) => w,
+        let ((delivered, sha256, size_bytes), etag) = match completed {
+            Ok(done) => done,
             Err(e) => {
                 upload.abort().await;
                 return Err(e);
             }
         };
-        let etag = upload.complete().await?;
         Ok(Rendered {
             audio: StoredAudio {
                 bucket: storage.bucket().to_owned(),
@@ -176,6 +182,7 @@ impl JobRun<'_> {
         key: &ObjectKey,
         marks_key: &ObjectKey,
         records: &[PartAudio],
+        plan: &[Part],
         layout: &Layout,
         rendered: &Rendered,
     ) -> Result<Delivery, JobError> {
@@ -188,11 +195,8 @@ impl JobRun<'_> {
             chars[s.min(e)..e].iter().collect::<String>()
         };
         let mut sentences = Vec::new();
-        for (((index, record), placed), part) in records
-            .iter()
-            .enumerate()
-            .zip(&layout.parts)
-            .zip(&self.plan)
+        for (((index, record), placed), part) in
+            records.iter().enumerate().zip(&layout.parts).zip(plan)
         {
             if record.sentences.is_empty() {
                 // A part recorded by an earlier version: one span.
@@ -221,8 +225,7 @@ impl JobRun<'_> {
             format: self.job.deliverable.format.as_str().to_owned(),
             sample_rate: rendered.delivered.sample_rate,
             duration_ms: (rendered.delivered.duration_seconds * 1_000.0).round() as u64,
-            parts: self
-                .plan
+            parts: plan
                 .iter()
                 .zip(records)
                 .zip(&layout.parts)
