@@ -213,6 +213,56 @@ async fn a_part_that_fails_once_is_the_only_part_a_resend_pays_for() {
     assert_eq!(sim.stats().submits_accepted, 7, "the resend paid one part");
 }
 
+/// A part split after its take came back at the output cap keeps its
+/// pieces' records like parts: a piece that fails once is the only thing a
+/// resend pays for, and the split itself is not repeated.
+#[tokio::test]
+async fn a_split_parts_pieces_are_resumed_like_parts() {
+    // At 40 % of its pace the voice runs four paragraphs of ≈ 1,500
+    // characters (one part) to ≈ 1,000 s: cut at the cap.
+    let (pipeline, sim) = engine(7_000, |c| c.pace = 0.4).await;
+    let mut paragraphs: Vec<String> = tagged("Slowly", 5, 1_500)
+        .split("\n\n")
+        .map(str::to_owned)
+        .collect();
+    // Fails the first take of any text holding it: the whole part's first,
+    // then, once split, the piece's first.
+    paragraphs[2].push_str(" [[sim:fail-once]]");
+    let text = paragraphs.join("\n\n");
+    let body = json!({"text": text, "voice_1": "Kore", "job_id": "split-resume-1"}).to_string();
+    let failed = |end: JobEnd| match end {
+        JobEnd::Finished(o) => match *o {
+            Outcome::Failed(f) => f.failure.code,
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    };
+    // 1: the first part fails at Segmind, the second is stored.
+    let first = failed(pipeline.run(&job(&body), attempt(1)).await);
+    assert_eq!(first, ErrorCode::InferenceFailed);
+    assert_eq!(sim.stats().submits_accepted, 2);
+    // 2: the resend pays the first part again: its take is cut at the cap,
+    // so it is split; the piece holding the marker fails, the others are
+    // stored.
+    let second = failed(pipeline.run(&job(&body), attempt(1)).await);
+    assert_eq!(second, ErrorCode::InferenceFailed);
+    let after_split = sim.stats().submits_accepted;
+    assert!(
+        after_split >= 6,
+        "{after_split} paid: the part, then its pieces"
+    );
+    // 3: only that piece is paid again; the split is not redone.
+    let done = completed(pipeline.run(&job(&body), attempt(1)).await);
+    assert_eq!(sim.stats().submits_accepted, after_split + 1);
+    assert_eq!(
+        u64::from(done.parts),
+        after_split - 2,
+        "the pieces and the second part"
+    );
+    let seconds = done.audio.duration_seconds.unwrap();
+    assert!(seconds > 900.0, "{seconds} s: the whole text at that pace");
+}
+
 #[tokio::test]
 async fn a_redelivery_waits_for_a_submission_still_running_and_pays_once() {
     // Segmind accepts (and bills) the job, then takes 1 s to answer: the

@@ -648,21 +648,32 @@ impl<'a> JobRun<'a> {
             n => n,
         };
         self.split.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Like the parts: a piece that fails in a way a resend may not lets
+        // the others finish, so that the resend pays only for it.
+        let mut failed = None;
         for j in 0..pieces {
             let piece = Unit {
                 part: index,
                 piece: Some(j),
             };
-            match Box::pin(self.unit(piece).instrument(info_span!("piece", index = j))).await? {
-                Took::Stored => {}
-                Took::AtCap => {
+            match Box::pin(self.unit(piece).instrument(info_span!("piece", index = j))).await {
+                Ok(Took::Stored) => {}
+                Ok(Took::AtCap) => {
                     return Err(JobError::Invariant(
                         "a piece's take at the cap was not failed".into(),
                     ));
                 }
+                Err(e) => {
+                    let go_on = !matches!(e, JobError::HandedOver(_))
+                        && finish_the_others(&failure::classify(&e, &self.pipeline.block_patterns));
+                    if !go_on {
+                        return Err(e);
+                    }
+                    failed.get_or_insert(e);
+                }
             }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Records part `index` as split into pieces (its take came back at
