@@ -264,17 +264,21 @@ impl Worker {
     }
 
     /// (parts, stored, stitched) from the job's checkpoint
-    /// (`{prefix}_parts/{job}/`: `plan.json`, `NNNNN.json`, `stitched.json`).
+    /// (`{prefix}_parts/{job}/`: `plan.json`, the part records
+    /// `NNNNN.{plan}.json` named after the plan's fingerprint's first 16
+    /// digits, `stitched.json`).
     async fn phase(&self, job_id: &str) -> Option<(usize, usize, bool)> {
         let dir = format!("{}_parts/{job_id}/", self.settings.s3.prefix);
         let read = |key: String| async move {
             let bytes = self.storage.get_optional(&key).await.ok()??;
             serde_json::from_slice::<Value>(&bytes).ok()
         };
-        let parts = read(format!("{dir}plan.json")).await?["parts"].as_u64()? as usize;
+        let plan = read(format!("{dir}plan.json")).await?;
+        let parts = plan["parts"].as_u64()? as usize;
+        let stamp: String = plan["plan"].as_str()?.chars().take(16).collect();
         let mut stored = 0;
         for i in 0..parts {
-            if read(format!("{dir}{i:05}.json"))
+            if read(format!("{dir}{i:05}.{stamp}.json"))
                 .await
                 .is_some_and(|r| !r["audio"].is_null())
             {
