@@ -212,7 +212,30 @@ pub struct Failure {
     pub http_status: Option<u16>,
 }
 
+/// Most bytes of a failure's message wherever it leaves the worker: an
+/// event's `error.message`, a dead-letter header, a log line. A request can
+/// carry huge invalid fields; what describes them must stay small.
+pub const MESSAGE_LIMIT: usize = 1024;
+
+/// `message` cut to at most [`MESSAGE_LIMIT`] bytes, at a character
+/// boundary, with `…` to say so.
+pub fn capped(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.len() <= MESSAGE_LIMIT {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    let mut end = MESSAGE_LIMIT - '…'.len_utf8();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}…", &message[..end]))
+}
+
 impl Failure {
+    /// The message as it leaves the worker ([`capped`]).
+    pub fn short_message(&self) -> std::borrow::Cow<'_, str> {
+        capped(&self.message)
+    }
+
     /// Whether the producer may expect the same request to succeed later.
     pub fn retryable(&self) -> bool {
         match self.class {
@@ -512,6 +535,18 @@ fn is_content_block(message: &str, patterns: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_leaves_the_worker_capped_at_a_character_boundary() {
+        assert_eq!(capped("short"), "short");
+        let long = "é".repeat(2_000);
+        let cut = capped(&long);
+        assert!(cut.len() <= MESSAGE_LIMIT, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        assert!(cut.len() > MESSAGE_LIMIT - 8);
+        let failure = Failure::invalid_request(long.clone());
+        assert_eq!(failure.short_message(), cut);
+    }
 
     fn patterns() -> Vec<String> {
         ["rai", "safety", "blocked", "prohibited", "policy"]

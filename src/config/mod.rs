@@ -97,6 +97,11 @@ pub struct RequestLimits {
     pub max_metadata_bytes: usize,
     pub max_job_id_len: usize,
     pub max_output_key_len: usize,
+    /// Largest accepted request body, in bytes, checked before it is
+    /// parsed; by default [`RequestLimits::body_bytes`] derives it from the
+    /// other limits.
+    #[serde(default)]
+    pub max_body_bytes: Option<usize>,
     /// The newest request version this replica accepts (see
     /// [`NEWEST_REQUEST_VERSION`]); a newer request is handed back for a
     /// newer replica.
@@ -116,8 +121,25 @@ impl Default for RequestLimits {
             max_metadata_bytes: 8_192,
             max_job_id_len: 128,
             max_output_key_len: 512,
+            max_body_bytes: None,
             max_request_version: NEWEST_REQUEST_VERSION,
         }
+    }
+}
+
+impl RequestLimits {
+    /// The largest body accepted: `max_body_bytes`, else what the largest
+    /// valid request can take — every character of the text and the
+    /// metadata JSON-escaped (`\uXXXX`: 6 bytes, as Python's `json.dumps`
+    /// writes by default), plus 64 KiB for the other fields. 1.3 MB with
+    /// the default limits.
+    pub fn body_bytes(&self) -> usize {
+        self.max_body_bytes.unwrap_or_else(|| {
+            self.max_text_chars
+                .saturating_mul(6)
+                .saturating_add(self.max_metadata_bytes.saturating_mul(6))
+                .saturating_add(64 * 1024)
+        })
     }
 }
 
@@ -360,6 +382,12 @@ fn validate_limits(limits: RequestLimits) -> Result<RequestLimits, ConfigError> 
         return Err(invalid(
             "limits.max_output_key_len",
             "must be between 16 and 1024 (S3 keys are at most 1024 bytes)",
+        ));
+    }
+    if limits.max_body_bytes.is_some_and(|b| b < 4_096) {
+        return Err(invalid(
+            "limits.max_body_bytes",
+            "must be at least 4096 (unset, it is derived from the other limits)",
         ));
     }
     if !(1..=NEWEST_REQUEST_VERSION).contains(&limits.max_request_version) {

@@ -269,7 +269,7 @@ pub fn encode_event(
                 job_id: f.job_id.to_string(),
                 error: ErrorData {
                     code: f.failure.code.as_str().into(),
-                    message: f.failure.message.clone(),
+                    message: f.failure.short_message().into_owned(),
                     retryable: f.failure.retryable(),
                     http_status: f.failure.http_status,
                 },
@@ -440,5 +440,21 @@ mod tests {
             encode_event(&completed(), "s", Utc::now(), &TraceHeaders::default()).id,
             e.id
         );
+    }
+
+    #[test]
+    fn a_huge_failure_message_leaves_in_a_small_event() {
+        let failed = Outcome::Failed(Failed {
+            job_id: JobId::parse("j-3", 128).unwrap(),
+            failure: Failure::invalid_request("x: is wrong; ".repeat(100_000)),
+            request_id: None,
+            attempts: 1,
+            metadata: None,
+        });
+        let e = encode_event(&failed, "s", Utc::now(), &TraceHeaders::default());
+        assert!(e.body.len() < 4 * 1024, "a {}-byte event", e.body.len());
+        let v: Value = serde_json::from_slice(&e.body).unwrap();
+        let message = v["data"]["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with("x: is wrong; ") && message.ends_with('…'));
     }
 }

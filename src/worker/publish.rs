@@ -99,14 +99,14 @@ pub(super) async fn publish_dead_letter(
         return Ok(());
     };
     // Header values are capped: a request can carry huge invalid fields.
-    let message: String = failed.failure.message.chars().take(1024).collect();
+    let message = failed.failure.short_message();
     // Without the worker's own hand-over headers: a copy sent again by an
     // operator starts afresh (its deliveries, pauses and deferral uncounted).
     let properties = broker::with_headers(
         with_trace(broker::without_worker_headers(&delivery.properties), trace),
         &[
             (DEAD_LETTER_CODE_HEADER, failed.failure.code.as_str()),
-            (DEAD_LETTER_MESSAGE_HEADER, &message),
+            (DEAD_LETTER_MESSAGE_HEADER, message.as_ref()),
             (DEAD_LETTER_JOB_HEADER, failed.job_id.as_str()),
         ],
     );

@@ -199,11 +199,11 @@ async fn settle(
             refused(failure)
         }
         Admission::Reject(failure) => {
-            warn!(error = %failure.message, "rejecting invalid request");
+            warn!(error = %failure.short_message(), "rejecting invalid request");
             refused(failure)
         }
         Admission::Expire(failure) => {
-            warn!(error = %failure.message, "no replica took a request of a newer version in time; dead-lettering it");
+            warn!(error = %failure.short_message(), "no replica took a request of a newer version in time; dead-lettering it");
             refused(failure)
         }
         Admission::HandBack { hold } => {

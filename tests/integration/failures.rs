@@ -148,6 +148,66 @@ async fn invalid_requests_fail_with_a_byte_identical_dead_letter_and_no_api_call
     assert_eq!(app.stop().await, 0);
 }
 
+/// A body of ≈ 1.5 MiB of unknown keys (over the derived
+/// `limits.max_body_bytes`) is refused by its size before it is parsed,
+/// and one of unknown keys under the size is named by count: both end in
+/// a small event and a byte-identical dead letter, and the next job runs.
+#[tokio::test]
+async fn a_flood_of_unknown_keys_ends_in_a_small_event_and_the_worker_goes_on() {
+    let app = spawn_app().await;
+    let body_of = |bytes: usize| {
+        let mut body = String::from(r#"{"text":"hi""#);
+        let mut i = 0;
+        while body.len() < bytes {
+            body.push_str(&format!(r#","key{i:07}":1"#));
+            i += 1;
+        }
+        body.push('}');
+        body.into_bytes()
+    };
+    let cases = [
+        (body_of(1_572_864), "over limits.max_body_bytes"),
+        (body_of(512 * 1024), "more unknown fields"),
+    ];
+    for (i, (body, needle)) in cases.iter().enumerate() {
+        let props = BasicProperties::default().with_message_id(format!("flood-{i}").into());
+        app.publish_raw(body, props).await;
+        let received = app.next_event().await;
+        assert!(
+            received.raw.len() <= 64 * 1024,
+            "case {i}: a {}-byte event",
+            received.raw.len()
+        );
+        let f = received.failed();
+        assert_eq!(f.error.code, "invalid_request", "case {i}");
+        assert_eq!(f.job_id, format!("flood-{i}"));
+        assert!(
+            f.error.message.contains(needle),
+            "case {i}: {}",
+            f.error.message
+        );
+        assert!(
+            f.error.message.len() <= 1024,
+            "case {i}: {}",
+            f.error.message.len()
+        );
+        let dead = app.next_dead_letter().await;
+        assert_eq!(
+            dead.delivery.data, *body,
+            "case {i}: dead letter is byte-identical"
+        );
+    }
+    // The worker goes on: the next job completes on its first delivery.
+    app.publish_json(json!({"text": "after the flood", "job_id": "after-flood"}))
+        .await;
+    let received = app.next_event().await;
+    let done = received.completed();
+    assert_eq!(done.job_id, "after-flood");
+    assert_eq!(done.attempts, 1);
+    assert_eq!(app.sim.stats().submits_accepted, 1);
+    assert_eq!(app.stop().await, 0);
+}
+
 #[tokio::test]
 async fn empty_audio_fails_as_audio_invalid() {
     let app = spawn_app().await;

@@ -7,14 +7,20 @@ use serde_json::{Map, Value};
 
 use super::{field_version, known_fields, used};
 
+/// Unknown fields named one by one; past them, only their count.
+const UNKNOWN_NAMED: usize = 3;
+
 /// Rejects every key of a request of `version` that a replica accepting
-/// versions up to `known` does not take.
+/// versions up to `known` does not take. Unknown fields are named up to
+/// [`UNKNOWN_NAMED`], then counted: a body of a million unknown keys gets
+/// a message of a few lines.
 pub(super) fn check(
     object: &Map<String, Value>,
     version: u64,
     known: u32,
     reject: &mut impl FnMut(&str, String),
 ) {
+    let mut unknown = 0usize;
     for key in object.keys() {
         match field_version(key) {
             Some(since) if since <= known => {
@@ -28,6 +34,10 @@ pub(super) fn check(
                 }
             }
             _ => {
+                unknown += 1;
+                if unknown > UNKNOWN_NAMED {
+                    continue;
+                }
                 let shown: String = key.chars().take(64).collect();
                 let rule = match suggest_field(key, known) {
                     Some(field) => format!("unknown field {shown:?} (did you mean {field:?}?)"),
@@ -39,6 +49,15 @@ pub(super) fn check(
                 reject(key_label(key), rule);
             }
         }
+    }
+    if unknown > UNKNOWN_NAMED {
+        reject(
+            "(unknown fields)",
+            format!(
+                "{} more unknown fields ({unknown} in all)",
+                unknown - UNKNOWN_NAMED
+            ),
+        );
     }
 }
 

@@ -146,6 +146,22 @@ pub fn decode_request(
     message_id: Option<&str>,
     limits: &RequestLimits,
 ) -> DecodedRequest {
+    // Before parsing: a body's size is all that is read of one too large.
+    if body.len() > limits.body_bytes() {
+        return DecodedRequest {
+            job_id: job_id::fallback(body, message_id, limits),
+            metadata: None,
+            job: Err(InvalidRequest::single(
+                "body",
+                format!(
+                    "is {} bytes, over limits.max_body_bytes ({})",
+                    body.len(),
+                    limits.body_bytes()
+                ),
+            )
+            .into()),
+        };
+    }
     let object = match body::parse_object(body) {
         Ok(o) => o,
         Err(e) => {

@@ -4,8 +4,9 @@
 
 use serde_json::{Value, json};
 
-use super::testing::{decode, fields, limits, rejected};
+use super::testing::{decode, fields, invalid, limits, rejected};
 use super::{MAX_STYLE_CHARS, RequestBody, decode_request};
+use crate::config::RequestLimits;
 
 #[test]
 fn a_minimal_request_gets_the_defaults() {
@@ -249,4 +250,54 @@ mod properties {
             prop_assert_eq!(job.id.as_str(), job_id.as_str());
         }
     }
+}
+
+#[test]
+fn a_body_over_the_size_limit_is_refused_before_it_is_parsed() {
+    let limits = RequestLimits {
+        max_body_bytes: Some(4_096),
+        ..limits()
+    };
+    let body = format!(r#"{{"text":"{}"}}"#, "a".repeat(5_000));
+    let d = decode_request(body.as_bytes(), Some("m-1"), &limits);
+    let err = invalid(d.job, "too large");
+    assert_eq!(fields(&err), vec!["body"]);
+    assert!(
+        err.to_string()
+            .contains("over limits.max_body_bytes (4096)"),
+        "{err}"
+    );
+    assert_eq!(d.job_id.as_str(), "m-1");
+    // At the limit it is parsed as usual.
+    let body = format!(r#"{{"text":"{}"}}"#, "a".repeat(4_000));
+    assert!(decode_request(body.as_bytes(), None, &limits).job.is_ok());
+    // Derived: every character of the longest text JSON-escaped fits.
+    let defaults = RequestLimits::default();
+    let escaped = format!(
+        r#"{{"text":"{}"}}"#,
+        "\\u4e2d".repeat(defaults.max_text_chars)
+    );
+    assert!(escaped.len() <= defaults.body_bytes());
+    assert!(
+        decode_request(escaped.as_bytes(), None, &defaults)
+            .job
+            .is_ok()
+    );
+}
+
+#[test]
+fn unknown_fields_are_named_up_to_three_then_counted() {
+    let mut object = serde_json::Map::new();
+    object.insert("text".into(), json!("hi"));
+    for i in 0..10_000 {
+        object.insert(format!("key{i:05}"), json!(1));
+    }
+    let err = rejected(Value::Object(object));
+    assert_eq!(err.errors.len(), 4, "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("9997 more unknown fields (10000 in all)"),
+        "{message}"
+    );
+    assert!(message.len() < 1_024, "{} bytes", message.len());
 }
