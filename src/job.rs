@@ -125,8 +125,29 @@ impl fmt::Display for JobId {
     }
 }
 
-/// A relative S3 key: no leading '/', no '.' or '..' segment, no empty segment,
-/// no control characters, at most `max_len` bytes.
+/// Characters a key must not hold: Unicode format characters (soft hyphen,
+/// zero-width spaces and joiners, bidi embeddings, overrides and isolates,
+/// word joiners and invisible operators, the byte-order mark) and the line
+/// and paragraph separators. Each is invisible or reorders what is shown.
+pub fn invisible(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x00AD
+            | 0x061C
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x2028..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0xFEFF
+            | 0xFFF9..=0xFFFB
+    )
+}
+
+/// A relative S3 key: no leading '/', no '.' or '..' segment, no empty or
+/// blank segment, no control characters, no invisible or bidi characters
+/// ([`invisible`]: a key that reads as another in a console or a listing),
+/// at most `max_len` bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectKey(String);
 
@@ -141,11 +162,17 @@ impl ObjectKey {
         if input.chars().any(|c| c.is_control() || c == '\\') {
             return Err("must not contain control characters or '\\'".into());
         }
+        if let Some(c) = input.chars().find(|c| invisible(*c)) {
+            return Err(format!(
+                "must not contain invisible, bidi or line-separator characters (U+{:04X})",
+                u32::from(c)
+            ));
+        }
         if input
             .split('/')
-            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+            .any(|seg| seg.trim().is_empty() || seg == "." || seg == "..")
         {
-            return Err("must not contain empty, '.' or '..' path segments".into());
+            return Err("must not contain empty, blank, '.' or '..' path segments".into());
         }
         Ok(ObjectKey(input.to_owned()))
     }
@@ -468,5 +495,28 @@ mod tests {
             assert!(ObjectKey::parse(bad, 512).is_err(), "{bad:?}");
         }
         assert!(ObjectKey::parse(&"k".repeat(513), 512).is_err());
+    }
+
+    #[test]
+    fn object_keys_are_plain_no_blank_segment_nor_invisible_character() {
+        // What reads as another key, or as nothing, in a console.
+        for bad in [
+            " ",
+            "a/ /b.wav",
+            "a/\u{3000}/b.wav",
+            "invoice\u{202E}vaw.exe",
+            "a\u{200B}b.wav",
+            "a\u{2028}b.wav",
+            "\u{FEFF}a.wav",
+            "a\u{00AD}b.wav",
+        ] {
+            assert!(ObjectKey::parse(bad, 512).is_err(), "{bad:?}");
+        }
+        let err = ObjectKey::parse("invoice\u{202E}vaw.exe", 512).unwrap_err();
+        assert!(err.contains("U+202E"), "{err}");
+        // Spaces inside a segment, and other scripts, are plain.
+        for good in ["my talk.wav", "日本語/音声.wav", "a b/c d.mp3"] {
+            assert!(ObjectKey::parse(good, 512).is_ok(), "{good:?}");
+        }
     }
 }

@@ -154,13 +154,15 @@ fn tidy(value: &mut Value) {
 
 /// What the request schema cannot say, in its description (the corpus test
 /// checks each of these against the decoder).
-pub const REQUEST_SCHEMA_EXCEPTIONS: [&str; 6] = [
+pub const REQUEST_SCHEMA_EXCEPTIONS: [&str; 8] = [
     "voice_1, voice_2, format and captions are accepted in any letter case and with surrounding spaces (\"puck\", \" MP3 \"), and captions also as \"webvtt\"; the schema lists the canonical spellings",
     "metadata must be at most limits.max_metadata_bytes (8192 by default) bytes once serialized as JSON",
     "output_key is limited to limits.max_output_key_len (512 by default) bytes of UTF-8, not characters",
     "the lengths here are the defaults of limits.max_text_chars, limits.max_job_id_len and limits.max_output_key_len; an operator may change them",
     "output_key must not lead into the worker's own area (under s3.prefix, or '_' when that is empty): such a job fails as output_key_forbidden",
     "without job_id, the AMQP message_id property is the job id and follows job_id's rules",
+    "text must hold a letter or a digit (zero-width characters, punctuation and symbols alone are refused) and no grapheme cluster of more than 200 characters",
+    "output_key must have no blank segment and no invisible, bidi or line-separator character (Unicode format characters such as U+200B and U+202E, and U+2028/U+2029)",
 ];
 
 /// What Rust's `str::trim` (Unicode White_Space) removes, as a character

@@ -165,7 +165,7 @@ mod properties {
         assert!(JobId::parse(d.job_id.as_str(), limits.max_job_id_len).is_ok());
         match &d.job {
             Ok(job) => {
-                assert!(!job.speech.text.trim().is_empty());
+                assert!(job.speech.text.chars().any(char::is_alphanumeric));
                 assert!(job.speech.text.chars().count() <= limits.max_text_chars);
                 assert!(TEMPERATURE_RANGE.contains(&job.speech.temperature));
                 assert_eq!(job.id, d.job_id);
@@ -300,4 +300,29 @@ fn unknown_fields_are_named_up_to_three_then_counted() {
         "{message}"
     );
     assert!(message.len() < 1_024, "{} bytes", message.len());
+}
+
+#[test]
+fn text_must_hold_something_to_speak_in_clusters_a_part_can_hold() {
+    for (text, needle) in [
+        ("\u{200B}\u{200B}\u{200D}", "nothing to speak"),
+        ("... !!! ?", "nothing to speak"),
+        ("\u{FEFF}", "nothing to speak"),
+    ] {
+        let err = rejected(json!({ "text": text }));
+        assert_eq!(fields(&err), vec!["text"]);
+        assert!(err.to_string().contains(needle), "{text:?}: {err}");
+    }
+    // One letter with 300 combining marks: one grapheme cluster of 301.
+    let zalgo = format!("a{}", "\u{0301}".repeat(300));
+    let err = rejected(json!({ "text": zalgo }));
+    assert!(
+        err.to_string()
+            .contains("grapheme cluster of 301 characters"),
+        "{err}"
+    );
+    // A few marks, digits alone, and other scripts are speakable.
+    for text in ["e\u{0301}\u{0323}", "42", "日本語", "ไทย", "!!! a"] {
+        assert!(decode(json!({ "text": text })).job.is_ok(), "{text:?}");
+    }
 }

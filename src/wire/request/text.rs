@@ -1,11 +1,20 @@
-//! `text`: what to say; required, not blank, at most `max_text_chars`
-//! characters. A dialogue for two voices names its speakers.
+//! `text`: what to say; required, with something to speak (a letter or a
+//! digit: zero-width characters and punctuation alone would be paid for as
+//! silence), at most `max_text_chars` characters, no grapheme cluster a
+//! part cannot hold. A dialogue for two voices names its speakers.
 
 use serde_json::{Map, Value};
+use unicode_segmentation::UnicodeSegmentation;
 
 use super::json::type_name;
 use crate::config::RequestLimits;
 use crate::plan::SPEAKER_LABELS;
+
+/// Most characters in one grapheme cluster: a text is cut into parts between
+/// clusters, never inside one, and the smallest part
+/// (`long_text.part_chars`' lower bound) must hold it. No script needs more
+/// than a handful; hundreds are an attack ("Zalgo" text).
+pub const MAX_GRAPHEME_CHARS: usize = *crate::config::PART_CHARS_RANGE.start();
 
 /// The request's `text`, or none when it breaks a rule (it is required).
 pub(super) fn parse(
@@ -32,10 +41,30 @@ pub(super) fn parse(
                         limits.max_text_chars
                     ),
                 );
-                None
-            } else {
-                Some(s.clone())
+                return None;
             }
+            if !s.chars().any(char::is_alphanumeric) {
+                reject(
+                    "text",
+                    "has nothing to speak: no letter or digit (zero-width characters, punctuation and symbols alone are not spoken)".into(),
+                );
+                return None;
+            }
+            let widest = s
+                .graphemes(true)
+                .map(|g| g.chars().count())
+                .max()
+                .unwrap_or(0);
+            if widest > MAX_GRAPHEME_CHARS {
+                reject(
+                    "text",
+                    format!(
+                        "holds a grapheme cluster of {widest} characters (a letter with its combining marks); at most {MAX_GRAPHEME_CHARS}, as the smallest part must hold one"
+                    ),
+                );
+                return None;
+            }
+            Some(s.clone())
         }
         Some(other) => {
             reject(
