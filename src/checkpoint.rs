@@ -216,6 +216,40 @@ impl PartRecord {
         self.pieces.iter().map(|p| p.audio.as_ref()).collect()
     }
 
+    /// Folds in what `stored` (the same part's record as read from the
+    /// bucket, perhaps written by another delivery since) knows that this
+    /// one does not: its split, and each unit's request or audio where this
+    /// one has none. What this one knows is kept, so a stale copy never
+    /// erases progress in either direction.
+    pub fn merge(&mut self, stored: &PartRecord) {
+        if self.pieces.is_empty() && !stored.pieces.is_empty() {
+            self.pieces = stored.pieces.clone();
+            self.request_id = None;
+            self.submitted_at = None;
+        }
+        let adopt = |mine: &mut PartRecord, theirs: &PartRecord| {
+            if mine.audio.is_none() && theirs.audio.is_some() {
+                mine.audio = theirs.audio.clone();
+            }
+            if mine.request_id.is_none() && theirs.request_id.is_some() {
+                mine.request_id = theirs.request_id.clone();
+                mine.submitted_at = theirs.submitted_at;
+            }
+            if mine.submitting_since.is_none() {
+                mine.submitting_since = theirs.submitting_since;
+            }
+            mine.submissions = mine.submissions.max(theirs.submissions);
+        };
+        if self.pieces.len() == stored.pieces.len() {
+            for (mine, theirs) in self.pieces.iter_mut().zip(&stored.pieces) {
+                adopt(mine, theirs);
+            }
+        }
+        if self.pieces.is_empty() {
+            adopt(self, stored);
+        }
+    }
+
     /// Every object this record's takes are stored as: its own and its
     /// pieces'.
     pub fn stored_keys(&self) -> impl Iterator<Item = &str> {
@@ -641,7 +675,8 @@ impl Checkpoints {
         let found = self.read_json::<PartRecord>(&key).await?;
         let mut cp = PartsCheckpoint::new(job_id, speech, part_chars, plan);
         if let Some(part) = found.filter(|r| r.plan.as_deref() == cp.stamp()) {
-            if part.audio.is_some() {
+            // Delivered once its audio (or every piece's, when split) is.
+            if part.delivered_audio().is_some() {
                 let key = self.stitched_key(job_id);
                 cp.stored = Box::pin(self.read_json::<StitchedRecord>(&key))
                     .await?
@@ -892,6 +927,39 @@ impl Checkpoints {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stale_copy_of_a_split_parts_record_never_erases_a_siblings_progress() {
+        let piece = |request: Option<&str>| PartRecord {
+            request_id: request.map(str::to_owned),
+            submitted_at: request.map(|_| Utc::now()),
+            ..PartRecord::default()
+        };
+        // This delivery knows piece 0's request; the bucket holds piece 1's,
+        // written by another step since.
+        let mut mine = PartRecord {
+            pieces: vec![piece(Some("r0")), piece(None), piece(None)],
+            ..PartRecord::default()
+        };
+        let stored = PartRecord {
+            pieces: vec![piece(None), piece(Some("r1")), piece(None)],
+            ..PartRecord::default()
+        };
+        mine.merge(&stored);
+        let requests: Vec<Option<&str>> = mine
+            .pieces
+            .iter()
+            .map(|p| p.request_id.as_deref())
+            .collect();
+        assert_eq!(requests, vec![Some("r0"), Some("r1"), None]);
+        // A record that does not know of the split adopts it (and drops the
+        // cut take's request).
+        let mut whole = piece(Some("cut"));
+        whole.merge(&stored);
+        assert_eq!(whole.pieces.len(), 3);
+        assert_eq!(whole.request_id, None);
+        assert_eq!(whole.pieces[1].request_id.as_deref(), Some("r1"));
+    }
     use crate::job::Voice;
 
     fn speech(text: &str) -> SpeechRequest {

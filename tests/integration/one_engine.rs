@@ -263,6 +263,36 @@ async fn a_split_parts_pieces_are_resumed_like_parts() {
     assert!(seconds > 900.0, "{seconds} s: the whole text at that pace");
 }
 
+/// A short job (one part) whose take came back at the cap is delivered
+/// from its pieces, and a repeat is answered from storage like any other:
+/// not rendered again, nothing paid.
+#[tokio::test]
+async fn a_split_one_part_job_is_answered_from_storage_when_repeated() {
+    let (pipeline, sim) = engine(7_000, |c| c.pace = 0.4).await;
+    let text = tagged("Once", 4, 1_500);
+    let body = json!({"text": text, "voice_1": "Kore", "job_id": "split-once-1"}).to_string();
+    let first = completed(pipeline.run(&job(&body), attempt(1)).await);
+    assert!(
+        first.parts >= 3,
+        "{} parts: the one part became its pieces",
+        first.parts
+    );
+    let paid = sim.stats().submits_accepted;
+    assert_eq!(
+        paid,
+        u64::from(first.parts) + 1,
+        "the cut take and each piece"
+    );
+    let again = completed(pipeline.run(&job(&body), attempt(1)).await);
+    assert!(
+        again.served_from_storage,
+        "a repeat is answered from storage"
+    );
+    assert_eq!(again.audio.sha256, first.audio.sha256);
+    assert_eq!(again.parts, first.parts);
+    assert_eq!(sim.stats().submits_accepted, paid, "nothing paid again");
+}
+
 #[tokio::test]
 async fn a_redelivery_waits_for_a_submission_still_running_and_pays_once() {
     // Segmind accepts (and bills) the job, then takes 1 s to answer: the

@@ -97,6 +97,38 @@ fn record_mut(cp: &mut PartsCheckpoint, u: Unit) -> Option<&mut crate::checkpoin
     cp.parts.get_mut(u.part)?.unit_mut(u.piece)
 }
 
+/// Applies `change` to unit `u`'s record and saves its part's record. The
+/// pieces of a split part share their part's record object, so for a piece
+/// the stored record is read first and what another delivery wrote since
+/// (a sibling's request or audio) is merged in (`PartRecord::merge`): a
+/// stale copy never erases a paid request. A part's record is its own and
+/// is written as it is (no extra read per short job).
+async fn update_unit(
+    checkpoints: &crate::checkpoint::Checkpoints,
+    checkpoint: &Mutex<PartsCheckpoint>,
+    job_id: &crate::job::JobId,
+    u: Unit,
+    change: impl FnOnce(&mut crate::checkpoint::PartRecord),
+) {
+    let mut cp = checkpoint.lock().await;
+    if u.piece.is_some() {
+        let stamp = cp.stamp().map(str::to_owned);
+        if let Ok(Some(stored)) = checkpoints
+            .load_part(job_id, u.part, stamp.as_deref())
+            .await
+            && let Some(part) = cp.parts.get_mut(u.part)
+        {
+            part.merge(&stored);
+        }
+    }
+    if let Some(r) = record_mut(&mut cp, u) {
+        change(r);
+    }
+    if let Some(part) = cp.parts.get(u.part) {
+        save_part(checkpoints, job_id, u.part, part).await;
+    }
+}
+
 /// One delivery of one job: what every stage reads (the job, its plan, its
 /// records) and what the delivery accumulates (calls, request ids).
 pub(super) struct JobRun<'a> {
@@ -140,6 +172,8 @@ enum Submission {
     Found(String, chrono::DateTime<chrono::Utc>),
     /// Another delivery stored the part meanwhile.
     Stored,
+    /// Another delivery split the part meanwhile (its take was at the cap).
+    Split,
 }
 
 /// A part's audio as a 16-bit PCM WAV file, whatever Segmind served: a WAV
@@ -336,7 +370,7 @@ impl<'a> JobRun<'a> {
     async fn deliver(&self) -> Result<Completed, JobError> {
         let (delivered, records) = {
             let cp = self.checkpoint.lock().await;
-            let (plan, units) = self.delivered_plan(&cp);
+            let (plan, units) = self.delivered_plan(&cp)?;
             let records: Option<Vec<PartAudio>> = units
                 .iter()
                 .map(|u| record(&cp, *u).and_then(|r| r.audio.clone()))
@@ -574,21 +608,26 @@ impl<'a> JobRun<'a> {
     }
 
     /// What unit `u` speaks.
-    fn unit_part(&self, u: Unit) -> std::borrow::Cow<'_, Part> {
+    fn unit_part(&self, u: Unit) -> Result<std::borrow::Cow<'_, Part>, JobError> {
         match u.piece {
-            None => std::borrow::Cow::Borrowed(&self.plan[u.part]),
-            Some(j) => std::borrow::Cow::Owned(
-                self.pieces_of(u.part)
-                    .into_iter()
-                    .nth(j)
-                    .unwrap_or_else(|| self.plan[u.part].clone()),
-            ),
+            None => Ok(std::borrow::Cow::Borrowed(&self.plan[u.part])),
+            Some(j) => self
+                .pieces_of(u.part)
+                .into_iter()
+                .nth(j)
+                .map(std::borrow::Cow::Owned)
+                .ok_or_else(|| {
+                    JobError::Invariant(format!(
+                        "part {} has no piece {j}: its split changed since it was recorded",
+                        u.part
+                    ))
+                }),
         }
     }
 
     /// The plan as delivered, with each split part's pieces in its place,
     /// and where each entry's record is.
-    fn delivered_plan(&self, cp: &PartsCheckpoint) -> (Vec<Part>, Vec<Unit>) {
+    fn delivered_plan(&self, cp: &PartsCheckpoint) -> Result<(Vec<Part>, Vec<Unit>), JobError> {
         let mut plan = Vec::with_capacity(self.plan.len());
         let mut units = Vec::with_capacity(self.plan.len());
         for (index, part) in self.plan.iter().enumerate() {
@@ -597,14 +636,21 @@ impl<'a> JobRun<'a> {
                 plan.push(part.clone());
                 units.push(Unit::part(index));
             } else {
-                plan.extend(self.pieces_of(index).into_iter().take(pieces));
+                let split = self.pieces_of(index);
+                if split.len() != pieces {
+                    return Err(JobError::Invariant(format!(
+                        "part {index} was recorded as {pieces} pieces but splits into {}",
+                        split.len()
+                    )));
+                }
+                plan.extend(split);
                 units.extend((0..pieces).map(|j| Unit {
                     part: index,
                     piece: Some(j),
                 }));
             }
         }
-        (plan, units)
+        Ok((plan, units))
     }
 
     /// One part to its stored audio ([`Self::unit`]). A part whose take
@@ -698,7 +744,17 @@ impl<'a> JobRun<'a> {
             .inc();
         let mut cp = self.checkpoint.lock().await;
         let stamp = cp.stamp().map(str::to_owned);
+        // Another delivery may have split it already: its pieces are kept.
+        let stored = self
+            .pipeline
+            .checkpoints
+            .load_part(&self.job.id, index, stamp.as_deref())
+            .await?;
         let record = &mut cp.parts[index];
+        if let Some(stored) = stored.filter(|r| !r.pieces.is_empty()) {
+            record.merge(&stored);
+            return Ok(record.pieces.len());
+        }
         record.request_id = None;
         record.submitted_at = None;
         record.pieces = vec![
@@ -736,7 +792,7 @@ impl<'a> JobRun<'a> {
                 }
                 warn!(key = %audio.key, "a stored part is missing or replaced; producing it again");
             }
-            let chars = self.unit_part(u).text.chars().count();
+            let chars = self.unit_part(u)?.text.chars().count();
             let mut resume = request.filter(|(_, at)| {
                 self.pipeline
                     .checkpoints
@@ -773,6 +829,7 @@ impl<'a> JobRun<'a> {
                                 continue;
                             }
                             Submission::Stored => return Ok(Took::Stored),
+                            Submission::Split => return Ok(Took::AtCap),
                         }
                     }
                 };
@@ -854,7 +911,7 @@ impl<'a> JobRun<'a> {
             self.pipeline.metrics.inference_duration.observe(t);
         }
         let joined = self.stitch_format().await;
-        let part = self.unit_part(u);
+        let part = self.unit_part(u)?;
         let part = part.as_ref();
         let checked = match Audio::parse(synthesis.audio.clone(), synthesis.content_type.as_deref())
         {
@@ -875,15 +932,12 @@ impl<'a> JobRun<'a> {
             Box::pin(self.store_part(u.part, wav, &speech, part, &synthesis)).await?
         };
         drop(slot);
-        let mut cp = self.checkpoint.lock().await;
-        if let Some(r) = record_mut(&mut cp, u) {
-            r.audio = Some(record);
-        }
-        Box::pin(save_part(
+        Box::pin(update_unit(
             &self.pipeline.checkpoints,
+            &self.checkpoint,
             &self.job.id,
-            u.part,
-            &cp.parts[u.part],
+            u,
+            |r| r.audio = Some(record),
         ))
         .await;
         Ok(None)
@@ -892,16 +946,20 @@ impl<'a> JobRun<'a> {
     /// Forgets unit `u`'s request: its result is final (it failed, or its
     /// audio is unusable), so no later delivery resumes it.
     async fn forget_request(&self, u: Unit) {
-        let mut cp = self.checkpoint.lock().await;
-        if let Some(record) = record_mut(&mut cp, u)
-            && record.request_id.take().is_some()
-        {
-            record.submitted_at = None;
-            save_part(
+        let known = {
+            let cp = self.checkpoint.lock().await;
+            record(&cp, u).is_some_and(|r| r.request_id.is_some())
+        };
+        if known {
+            update_unit(
                 &self.pipeline.checkpoints,
+                &self.checkpoint,
                 &self.job.id,
-                u.part,
-                &cp.parts[u.part],
+                u,
+                |r| {
+                    r.request_id = None;
+                    r.submitted_at = None;
+                },
             )
             .await;
         }
@@ -1012,7 +1070,7 @@ impl<'a> JobRun<'a> {
         // Built for the step only: a part waiting on Segmind does not hold
         // a second copy of its text.
         let speech = SpeechRequest {
-            text: self.unit_part(u).into_owned().text,
+            text: self.unit_part(u)?.into_owned().text,
             ..self.job.speech.clone()
         };
         let step = tokio::spawn(
@@ -1020,20 +1078,18 @@ impl<'a> JobRun<'a> {
                 let _held = (entry, turn);
                 // The job's first submission starts it, like any new job;
                 // its further parts must not hold back the intake of others.
-                let started = {
-                    let mut cp = checkpoint.lock().await;
-                    let started = cp
-                        .parts
-                        .iter()
-                        .any(|p| p.request_id.is_some() || !p.pieces.is_empty());
-                    // Before the POST: another replica finding this part
-                    // waits for its answer instead of paying again.
-                    if let Some(r) = record_mut(&mut cp, u) {
-                        r.submitting_since = Some(chrono::Utc::now());
-                    }
-                    Box::pin(save_part(&checkpoints, &job_id, u.part, &cp.parts[u.part])).await;
-                    started
-                };
+                let started = checkpoint
+                    .lock()
+                    .await
+                    .parts
+                    .iter()
+                    .any(|p| p.request_id.is_some() || !p.pieces.is_empty());
+                // Before the POST: another replica finding this part waits
+                // for its answer instead of paying again.
+                Box::pin(update_unit(&checkpoints, &checkpoint, &job_id, u, |r| {
+                    r.submitting_since = Some(chrono::Utc::now());
+                }))
+                .await;
                 // Boxed, like the writes: a step queued for a storage slot
                 // (thousands at once when a backlog arrives) holds a few
                 // hundred bytes, not the submission's state.
@@ -1043,16 +1099,22 @@ impl<'a> JobRun<'a> {
                     Box::pin(segmind.submit(&speech, deadline, &calls)).await
                 };
                 let submitted_at = chrono::Utc::now();
-                let mut cp = checkpoint.lock().await;
-                if let Some(record) = record_mut(&mut cp, u) {
-                    record.submitting_since = None;
-                    if let Ok(s) = &submitted {
-                        record.request_id = Some(s.request_id.clone());
-                        record.submitted_at = Some(submitted_at);
-                        record.submissions += 1;
-                    }
-                }
-                Box::pin(save_part(&checkpoints, &job_id, u.part, &cp.parts[u.part])).await;
+                let request_id = submitted.as_ref().ok().map(|s| s.request_id.clone());
+                Box::pin(update_unit(
+                    &checkpoints,
+                    &checkpoint,
+                    &job_id,
+                    u,
+                    |record| {
+                        record.submitting_since = None;
+                        if let Some(request_id) = request_id {
+                            record.request_id = Some(request_id);
+                            record.submitted_at = Some(submitted_at);
+                            record.submissions += 1;
+                        }
+                    },
+                ))
+                .await;
                 submitted.map(|s| (s, submitted_at))
             }
             .in_current_span(),
@@ -1111,13 +1173,23 @@ impl<'a> JobRun<'a> {
             // The part's record as stored, and this unit's in it (a piece
             // of a split another delivery has not recorded: nothing to
             // read).
-            let Some((whole, fresh)) = fresh.and_then(|w| w.unit(u.piece).cloned().map(|f| (w, f)))
-            else {
+            let Some(whole) = fresh else {
+                return Ok(None);
+            };
+            // What another delivery wrote is kept, whatever this unit does
+            // next; and a part it split goes on as pieces.
+            self.checkpoint.lock().await.parts[u.part].merge(&whole);
+            if u.piece.is_none() && !whole.pieces.is_empty() {
+                return Ok(Some(Submission::Split));
+            }
+            let Some(fresh) = whole.unit(u.piece).cloned() else {
                 return Ok(None);
             };
             if fresh.audio.as_ref().is_some_and(|a| self.usable(a)) {
                 let mut cp = self.checkpoint.lock().await;
-                cp.parts[u.part] = whole;
+                if let Some(r) = record_mut(&mut cp, u) {
+                    r.audio = fresh.audio.clone();
+                }
                 return Ok(Some(Submission::Stored));
             }
             if let Some((request_id, at)) = fresh.request_id.clone().zip(fresh.submitted_at)
@@ -1129,7 +1201,10 @@ impl<'a> JobRun<'a> {
             {
                 info!(request_id = %request_id, "another step submitted this part meanwhile; resuming its request");
                 let mut cp = self.checkpoint.lock().await;
-                cp.parts[u.part] = whole;
+                if let Some(r) = record_mut(&mut cp, u) {
+                    r.request_id = Some(request_id.clone());
+                    r.submitted_at = Some(at);
+                }
                 return Ok(Some(Submission::Found(request_id, at)));
             }
             if !live(fresh.submitting_since) {
