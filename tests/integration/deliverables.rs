@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::audio_check::{self, TempFile};
-use crate::helpers::{TestApp, wait_for};
+use crate::helpers::TestApp;
 use crate::long_text::long_text_app;
 
 /// Paragraphs of plain prose; sentences of varied length.
@@ -327,16 +327,7 @@ async fn every_format_of_a_short_text_passes_independent_decoders_on_target() {
     }
     // One paid request a job; the intermediates go once the event is out.
     assert_eq!(app.sim.stats().submits_accepted, 5);
-    let parts = format!("{}_parts/", app.settings.s3.prefix);
-    wait_for(
-        "the intermediate parts to be removed",
-        Duration::from_secs(10),
-        || async {
-            let left = app.storage.list(&parts).await.unwrap_or_default();
-            !left.iter().any(|(k, _)| k.ends_with(".wav"))
-        },
-    )
-    .await;
+    app.wait_for_no_part_objects(None).await;
     app.cleanup().await;
 }
 

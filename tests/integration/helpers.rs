@@ -298,6 +298,26 @@ impl Received {
 }
 
 impl TestApp {
+    /// Waits until no intermediate part object (`*.wav` under the worker's
+    /// `_parts/`) is left for `job_id` (every job's, when `None`): what
+    /// the worker deletes once a completed job's delivery is acked.
+    pub async fn wait_for_no_part_objects(&self, job_id: Option<&str>) {
+        let dir = format!(
+            "{}_parts/{}",
+            self.settings.s3.prefix,
+            job_id.map(|j| format!("{j}/")).unwrap_or_default()
+        );
+        wait_for(
+            "the intermediate part objects to be deleted",
+            Duration::from_secs(10),
+            || async {
+                let left = self.storage.list(&dir).await.unwrap_or_default();
+                !left.iter().any(|(k, _)| k.ends_with(".wav"))
+            },
+        )
+        .await;
+    }
+
     pub fn requests_queue(&self) -> &str {
         &self.settings.amqp.requests_queue
     }

@@ -3,14 +3,13 @@
 //! with timing marks beside it.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use segmind_sim::model::{OUTPUT_CAP, SpeechModel, chars_per_second};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::audio_check::{self, TempFile};
-use crate::helpers::{TestApp, spawn_app_with, wait_for};
+use crate::helpers::{TestApp, spawn_app_with};
 
 /// Paragraphs of plain prose, each starting with its number so the
 /// simulator's per-text counts tell the parts apart.
@@ -186,16 +185,8 @@ async fn a_long_narration_ends_as_one_stitched_object_with_its_marks() {
 
     // Once the event is confirmed the intermediate parts (one object per
     // take, named after its request) are removed; the records stay.
+    app.wait_for_no_part_objects(Some("chapter-1")).await;
     let dir = format!("{}_parts/chapter-1/", app.settings.s3.prefix);
-    wait_for(
-        "the intermediate parts to be removed",
-        Duration::from_secs(10),
-        || async {
-            let left = app.storage.list(&dir).await.unwrap_or_default();
-            !left.iter().any(|(k, _)| k.ends_with(".wav"))
-        },
-    )
-    .await;
     let left = app.storage.list(&dir).await.unwrap();
     assert!(left.iter().any(|(k, _)| k.ends_with(".json")), "{left:?}");
     app.cleanup().await;
@@ -356,16 +347,7 @@ async fn a_take_cut_at_the_output_cap_is_split_and_never_delivered() {
         );
     }
     // Once acked, no intermediate object is left: the pieces' included.
-    let dir = format!("{}_parts/slow-1/", app.settings.s3.prefix);
-    wait_for(
-        "the job's intermediate objects to be deleted",
-        Duration::from_secs(10),
-        || async {
-            let left = app.storage.list(&dir).await.unwrap_or_default();
-            !left.iter().any(|(k, _)| k.ends_with(".wav"))
-        },
-    )
-    .await;
+    app.wait_for_no_part_objects(Some("slow-1")).await;
     app.cleanup().await;
 }
 
