@@ -171,6 +171,26 @@ pub struct EncodedEvent {
     pub body: Vec<u8>,
 }
 
+/// What a key's path may hold as it is in a URI: RFC 3986's unreserved
+/// characters and the `/` between segments; everything else (spaces,
+/// `#`, `?`, `%`, every non-ASCII byte) is percent-encoded.
+const URI_PATH: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
+/// The `s3://` URI of `key` in `bucket`: the key percent-encoded, so a
+/// consumer that parses the URI gets the key back (a bucket name needs no
+/// encoding).
+fn s3_uri(bucket: &str, key: &str) -> String {
+    format!(
+        "s3://{bucket}/{}",
+        percent_encoding::utf8_percent_encode(key, URI_PATH)
+    )
+}
+
 /// The CloudEvents `id` of an outcome: the same outcome of the same job always
 /// gets the same id, so a consumer that meets an event twice (a redelivered
 /// job replays its completion) can drop the copy by `id`.
@@ -214,17 +234,14 @@ pub fn encode_event(
             let data = CompletedData {
                 job_id: c.job_id.to_string(),
                 audio: AudioData {
-                    uri: format!("s3://{}/{}", c.audio.bucket, c.audio.key),
+                    uri: s3_uri(&c.audio.bucket, &c.audio.key),
                     bucket: c.audio.bucket.clone(),
                     key: c.audio.key.clone(),
                     content_type: c.audio.content_type.clone(),
                     size_bytes: c.audio.size_bytes,
                     sha256: c.audio.sha256.clone(),
                     duration_seconds: c.audio.duration_seconds,
-                    marks_uri: c
-                        .marks_key
-                        .as_ref()
-                        .map(|k| format!("s3://{}/{k}", c.audio.bucket)),
+                    marks_uri: c.marks_key.as_ref().map(|k| s3_uri(&c.audio.bucket, k)),
                     marks_key: c.marks_key.clone(),
                     format: c.delivery.as_ref().map(|d| d.format.as_str().to_owned()),
                     sample_rate: c.delivery.as_ref().map(|d| d.sample_rate),
@@ -238,7 +255,7 @@ pub fn encode_event(
                         .flat_map(|d| &d.captions)
                         .map(|cap| CaptionData {
                             format: cap.format.as_str().to_owned(),
-                            uri: format!("s3://{}/{}", c.audio.bucket, cap.key),
+                            uri: s3_uri(&c.audio.bucket, &cap.key),
                             key: cap.key.clone(),
                             content_type: cap.format.content_type().to_owned(),
                         })
@@ -440,6 +457,20 @@ mod tests {
             encode_event(&completed(), "s", Utc::now(), &TraceHeaders::default()).id,
             e.id
         );
+    }
+
+    #[test]
+    fn event_uris_carry_the_key_percent_encoded() {
+        assert_eq!(s3_uri("b", "tts/j-1.wav"), "s3://b/tts/j-1.wav");
+        let uri = s3_uri("b", "talks/my talk #1?.wav");
+        assert_eq!(uri, "s3://b/talks/my%20talk%20%231%3F.wav");
+        assert_eq!(s3_uri("b", "音声/a.wav"), "s3://b/%E9%9F%B3%E5%A3%B0/a.wav");
+        // A URI parser gives the key back.
+        let parsed = url::Url::parse(&uri).unwrap();
+        let path = percent_encoding::percent_decode_str(parsed.path())
+            .decode_utf8()
+            .unwrap();
+        assert_eq!(path, "/talks/my talk #1?.wav");
     }
 
     #[test]
