@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use segmind_sim::SimConfig;
 use serde_json::json;
 use tts_worker::testing::job::{VOICES, Voice};
+use tts_worker::testing::{broker, wire};
 
 #[tokio::test]
 async fn every_voice_the_worker_accepts_is_accepted_by_the_simulator() {
@@ -76,18 +77,18 @@ fn the_asyncapi_document_names_what_the_code_uses() {
         amqp.events_exchange.clone(),
         amqp.events_queue.clone().unwrap_or_default(),
         amqp.dead_letter_queue.clone(),
-        tts_worker::testing::broker::EVENTS_BINDING.to_owned(),
-        tts_worker::testing::wire::COMPLETED_TYPE.to_owned(),
-        tts_worker::testing::wire::FAILED_TYPE.to_owned(),
-        tts_worker::testing::broker::COUNTED_DELIVERIES_HEADER.to_owned(),
-        tts_worker::testing::broker::PAUSES_HEADER.to_owned(),
-        tts_worker::testing::broker::DEFERRED_SINCE_HEADER.to_owned(),
-        tts_worker::testing::wire::DEAD_LETTER_CODE_HEADER.to_owned(),
-        tts_worker::testing::wire::DEAD_LETTER_MESSAGE_HEADER.to_owned(),
-        tts_worker::testing::wire::DEAD_LETTER_JOB_HEADER.to_owned(),
-        tts_worker::testing::wire::TRACEPARENT_HEADER.to_owned(),
-        tts_worker::testing::wire::TRACESTATE_HEADER.to_owned(),
-        tts_worker::testing::wire::EVENT_CONTENT_TYPE.to_owned(),
+        broker::EVENTS_BINDING.to_owned(),
+        wire::COMPLETED_TYPE.to_owned(),
+        wire::FAILED_TYPE.to_owned(),
+        broker::COUNTED_DELIVERIES_HEADER.to_owned(),
+        broker::PAUSES_HEADER.to_owned(),
+        broker::DEFERRED_SINCE_HEADER.to_owned(),
+        wire::DEAD_LETTER_CODE_HEADER.to_owned(),
+        wire::DEAD_LETTER_MESSAGE_HEADER.to_owned(),
+        wire::DEAD_LETTER_JOB_HEADER.to_owned(),
+        wire::TRACEPARENT_HEADER.to_owned(),
+        wire::TRACESTATE_HEADER.to_owned(),
+        wire::EVENT_CONTENT_TYPE.to_owned(),
         format!("x-delivery-limit: {}", settings.jobs.max_deliveries + 1),
         "./schemas/request.schema.json".to_owned(),
         "./schemas/job.completed.schema.json".to_owned(),

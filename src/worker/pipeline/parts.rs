@@ -551,8 +551,7 @@ impl<'a> JobRun<'a> {
         let mut failed: Option<JobError> = None;
         while let Some(done) = parts.next().await {
             let Err(e) = done else { continue };
-            let go_on = !matches!(e, JobError::HandedOver(_))
-                && finish_the_others(&failure::classify(&e, &self.pipeline.block_patterns));
+            let go_on = self.others_go_on_after(&e);
             if failed.is_none() {
                 failed = Some(e);
             }
@@ -583,6 +582,14 @@ impl<'a> JobRun<'a> {
             }
         }
         e
+    }
+
+    /// Whether the job's other parts (or a split part's other pieces) go on
+    /// after one ended with `e`: not after a hand-over, else as
+    /// [`finish_the_others`] decides.
+    fn others_go_on_after(&self, e: &JobError) -> bool {
+        !matches!(e, JobError::HandedOver(_))
+            && finish_the_others(&failure::classify(e, &self.pipeline.block_patterns))
     }
 
     /// Whether a stored part's audio serves this delivery: read back as PCM
@@ -710,9 +717,7 @@ impl<'a> JobRun<'a> {
                     ));
                 }
                 Err(e) => {
-                    let go_on = !matches!(e, JobError::HandedOver(_))
-                        && finish_the_others(&failure::classify(&e, &self.pipeline.block_patterns));
-                    if !go_on {
+                    if !self.others_go_on_after(&e) {
                         return Err(e);
                     }
                     failed.get_or_insert(e);
@@ -774,125 +779,122 @@ impl<'a> JobRun<'a> {
     /// stored. A part's take at the output cap ends it as [`Took::AtCap`];
     /// a piece's fails it.
     async fn unit(&self, u: Unit) -> Result<Took, JobError> {
-        {
-            let (record, request) = {
-                let cp = self.checkpoint.lock().await;
-                let r = record(&cp, u).ok_or_else(|| {
-                    JobError::Invariant("a unit of the plan has no record".into())
-                })?;
-                (r.audio.clone(), r.request_id.clone().zip(r.submitted_at))
-            };
-            if let Some(audio) = record.filter(|a| self.usable(a)) {
-                let info = Box::pin(self.pipeline.storage.head(&audio.key)).await?;
-                if info
-                    .as_ref()
-                    .is_some_and(|info| still_the_take(&audio, info))
-                {
-                    return Ok(Took::Stored);
-                }
-                warn!(key = %audio.key, "a stored part is missing or replaced; producing it again");
+        let (record, request) = {
+            let cp = self.checkpoint.lock().await;
+            let r = record(&cp, u)
+                .ok_or_else(|| JobError::Invariant("a unit of the plan has no record".into()))?;
+            (r.audio.clone(), r.request_id.clone().zip(r.submitted_at))
+        };
+        if let Some(audio) = record.filter(|a| self.usable(a)) {
+            let info = Box::pin(self.pipeline.storage.head(&audio.key)).await?;
+            if info
+                .as_ref()
+                .is_some_and(|info| still_the_take(&audio, info))
+            {
+                return Ok(Took::Stored);
             }
-            let chars = self.unit_part(u)?.text.chars().count();
-            let mut resume = request.filter(|(_, at)| {
-                self.pipeline
-                    .checkpoints
-                    .resumable_since(*at, chrono::Utc::now())
-            });
-            let mut retries_left = self.pipeline.jobs.audio_retries;
-            loop {
-                let (submitted, submitted_at, resumed, deadline) = match resume.take() {
-                    Some((request_id, at)) => {
-                        info!(request_id = %request_id, "resuming the part's Segmind request");
-                        self.pipeline
-                            .metrics
-                            .resumed
-                            .with_label_values(&["poll"])
-                            .inc();
-                        let deadline = tokio::time::Instant::now() + self.pipeline.job_deadline;
-                        (
-                            self.pipeline.segmind.resume(&request_id),
-                            at,
-                            true,
-                            deadline,
-                        )
+            warn!(key = %audio.key, "a stored part is missing or replaced; producing it again");
+        }
+        let chars = self.unit_part(u)?.text.chars().count();
+        let mut resume = request.filter(|(_, at)| {
+            self.pipeline
+                .checkpoints
+                .resumable_since(*at, chrono::Utc::now())
+        });
+        let mut retries_left = self.pipeline.jobs.audio_retries;
+        loop {
+            let (submitted, submitted_at, resumed, deadline) = match resume.take() {
+                Some((request_id, at)) => {
+                    info!(request_id = %request_id, "resuming the part's Segmind request");
+                    self.pipeline
+                        .metrics
+                        .resumed
+                        .with_label_values(&["poll"])
+                        .inc();
+                    let deadline = tokio::time::Instant::now() + self.pipeline.job_deadline;
+                    (
+                        self.pipeline.segmind.resume(&request_id),
+                        at,
+                        true,
+                        deadline,
+                    )
+                }
+                None => {
+                    if let Some(reason) = self.pipeline.must_hand_over(self.limit) {
+                        return Err(JobError::HandedOver(reason));
                     }
-                    None => {
-                        if let Some(reason) = self.pipeline.must_hand_over(self.limit) {
-                            return Err(JobError::HandedOver(reason));
-                        }
-                        // Boxed, like every step but the wait: a part's
-                        // future is what a waiting job holds.
-                        match Box::pin(self.submit(u)).await? {
-                            Submission::Sent(s, at, deadline) => (s, at, false, deadline),
-                            Submission::Found(request_id, at) => {
-                                resume = Some((request_id, at));
-                                continue;
-                            }
-                            Submission::Stored => return Ok(Took::Stored),
-                            Submission::Split => return Ok(Took::AtCap),
-                        }
-                    }
-                };
-                self.note_request(&submitted.request_id);
-                self.started();
-                let fetched = Box::pin(self.pipeline.wait_and_fetch(
-                    &submitted,
-                    submitted_at,
-                    chars,
-                    deadline,
-                    self.limit,
-                    &self.calls,
-                ))
-                .await;
-                let (synthesis, slot) = match fetched {
-                    Err(JobError::HandedOver(reason)) => return Err(JobError::HandedOver(reason)),
-                    Err(e) => {
-                        let code = failure::classify(&e, &self.pipeline.block_patterns).code;
-                        if resumed && code == ErrorCode::Expired {
-                            info!(
-                                "the part's resumed request has expired at Segmind; submitting again"
-                            );
+                    // Boxed, like every step but the wait: a part's
+                    // future is what a waiting job holds.
+                    match Box::pin(self.submit(u)).await? {
+                        Submission::Sent(s, at, deadline) => (s, at, false, deadline),
+                        Submission::Found(request_id, at) => {
+                            resume = Some((request_id, at));
                             continue;
                         }
-                        if !code.keeps_paid_request() {
-                            // Its result is final: never resumed again.
-                            Box::pin(self.forget_request(u)).await;
-                        }
-                        return Err(e);
+                        Submission::Stored => return Ok(Took::Stored),
+                        Submission::Split => return Ok(Took::AtCap),
                     }
-                    Ok(fetched) => fetched,
-                };
-                // Checked and stored in its own (boxed) future: a part
-                // waiting on Segmind does not carry the audio's state.
-                let request_id = synthesis.request_id.clone();
-                let unusable = Box::pin(self.keep_take(u, synthesis, slot)).await?;
-                match unusable {
-                    None => return Ok(Took::Stored),
-                    // A part's take at the cap: the part is split (its
-                    // request is replaced by its pieces').
-                    Some(AudioError::AtOutputCap { .. }) if u.piece.is_none() => {
-                        return Ok(Took::AtCap);
+                }
+            };
+            self.note_request(&submitted.request_id);
+            self.started();
+            let fetched = Box::pin(self.pipeline.wait_and_fetch(
+                &submitted,
+                submitted_at,
+                chars,
+                deadline,
+                self.limit,
+                &self.calls,
+            ))
+            .await;
+            let (synthesis, slot) = match fetched {
+                Err(JobError::HandedOver(reason)) => return Err(JobError::HandedOver(reason)),
+                Err(e) => {
+                    let code = failure::classify(&e, &self.pipeline.block_patterns).code;
+                    if resumed && code == ErrorCode::Expired {
+                        info!(
+                            "the part's resumed request has expired at Segmind; submitting again"
+                        );
+                        continue;
                     }
-                    // Audio the worker cannot use whatever the take (a
-                    // format it does not read, a piece at the cap) is not
-                    // paid for again.
-                    Some(e) if !worth_resubmitting(&e) => {
+                    if !code.keeps_paid_request() {
+                        // Its result is final: never resumed again.
                         Box::pin(self.forget_request(u)).await;
-                        return Err(e.into());
                     }
-                    Some(e) if retries_left > 0 => {
-                        retries_left -= 1;
-                        self.pipeline
-                            .metrics
-                            .retries
-                            .with_label_values(&["audio_invalid"])
-                            .inc();
-                        warn!(error = %e, request_id = %request_id, "the part's audio is unusable; submitting the part again");
-                    }
-                    Some(e) => {
-                        Box::pin(self.forget_request(u)).await;
-                        return Err(e.into());
-                    }
+                    return Err(e);
+                }
+                Ok(fetched) => fetched,
+            };
+            // Checked and stored in its own (boxed) future: a part
+            // waiting on Segmind does not carry the audio's state.
+            let request_id = synthesis.request_id.clone();
+            let unusable = Box::pin(self.keep_take(u, synthesis, slot)).await?;
+            match unusable {
+                None => return Ok(Took::Stored),
+                // A part's take at the cap: the part is split (its
+                // request is replaced by its pieces').
+                Some(AudioError::AtOutputCap { .. }) if u.piece.is_none() => {
+                    return Ok(Took::AtCap);
+                }
+                // Audio the worker cannot use whatever the take (a
+                // format it does not read, a piece at the cap) is not
+                // paid for again.
+                Some(e) if !worth_resubmitting(&e) => {
+                    Box::pin(self.forget_request(u)).await;
+                    return Err(e.into());
+                }
+                Some(e) if retries_left > 0 => {
+                    retries_left -= 1;
+                    self.pipeline
+                        .metrics
+                        .retries
+                        .with_label_values(&["audio_invalid"])
+                        .inc();
+                    warn!(error = %e, request_id = %request_id, "the part's audio is unusable; submitting the part again");
+                }
+                Some(e) => {
+                    Box::pin(self.forget_request(u)).await;
+                    return Err(e.into());
                 }
             }
         }
