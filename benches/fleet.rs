@@ -325,6 +325,10 @@ async fn run(
         ("SEGMIND_API_KEY".into(), API_KEY.into()),
         ("RUST_LOG".into(), "warn".into()),
         ("TTS__SEGMIND__BASE_URL".into(), sim.base_url()),
+        (
+            "TTS__SEGMIND__MEDIA_ALLOW_PRIVATE".into(),
+            sim.media_addr.to_string(),
+        ),
         ("TTS__AMQP__REQUESTS_QUEUE".into(), requests.clone()),
         ("TTS__AMQP__EVENTS_EXCHANGE".into(), events.clone()),
         ("TTS__AMQP__EVENTS_QUEUE".into(), events.clone()),

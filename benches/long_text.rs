@@ -169,6 +169,10 @@ impl Worker {
         for (k, v) in [
             ("SEGMIND_API_KEY", API_KEY.to_owned()),
             ("TTS__SEGMIND__BASE_URL", sim.base_url()),
+            (
+                "TTS__SEGMIND__MEDIA_ALLOW_PRIVATE",
+                sim.media_addr.to_string(),
+            ),
             ("TTS__AMQP__REQUESTS_QUEUE", format!("{tag}.requests")),
             ("TTS__AMQP__EVENTS_EXCHANGE", format!("{tag}.events")),
             ("TTS__AMQP__EVENTS_QUEUE", format!("{tag}.events")),

@@ -47,6 +47,8 @@ env_file=$(cat "$RUN/stack.env")
 # A throwaway key shared by the simulator and the worker.
 export SEGMIND_API_KEY="sk-demo-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export TTS__SEGMIND__BASE_URL=http://127.0.0.1:18090
+# The simulator's media host is on loopback: listed, or the worker refuses it.
+export TTS__SEGMIND__MEDIA_ALLOW_PRIVATE=127.0.0.1:18091
 export TTS__HTTP__ADDR=127.0.0.1:19090
 # The simulator's demo preset takes 3.5 +- 1 s a job: start the learned
 # polling schedule from there.

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::broker::{self, Leases, Publisher, Topology};
-use crate::config::Settings;
+use crate::config::{Settings, TenantIdentity};
 use crate::http::OpsServer;
 use crate::metrics::Metrics;
 use crate::segmind::SegmindClient;
@@ -46,6 +46,11 @@ impl Session {
         broker::declare(&connection, &topology)
             .await
             .context("declaring queues and exchanges")?;
+        if settings.tenants.identity == TenantIdentity::UserId {
+            broker::check_impersonation(&connection)
+                .await
+                .context("checking that the worker may keep a producer's user_id")?;
+        }
         let publisher = Publisher::new(connection.create_channel().await?, amqp.publish_timeout)
             .await
             .context("enabling publisher confirms")?;
@@ -220,6 +225,8 @@ impl Runner {
             ),
             topology: Topology::from(&self.settings),
             limits: self.settings.limits.clone(),
+            tenants: self.settings.tenants.identity,
+            reply_to: self.settings.amqp.reply_to.clone(),
             event_source: format!("tts-worker/{}", hostname()),
         }
     }

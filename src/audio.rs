@@ -5,6 +5,13 @@
 use bytes::Bytes;
 
 use crate::failure::{AsFault, Fault};
+use crate::pcm::{PcmFormat, WavError};
+
+/// The longest take accepted from upstream, in seconds: one Gemini call
+/// produces at most ≈ 512 s, so anything much longer is not a take. Bounds
+/// what a decoder may allocate before it starts (an MP3 of 100 MiB at
+/// 32 kbit/s would otherwise decode to ≈ 4.8 GB of PCM).
+pub const MAX_TAKE_SECONDS: u32 = 600;
 
 /// A recognised audio container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +46,10 @@ impl AudioFormat {
 pub enum AudioError {
     #[error("the audio is empty")]
     Empty,
+    #[error("{0}")]
+    Unsupported(WavError),
+    #[error("the audio is longer than {MAX_TAKE_SECONDS} s, more than one call can produce")]
+    TooLong,
     #[error("the WAV file holds no samples")]
     NoSamples,
     #[error("the audio is mostly silence ({voiced_percent:.0} % of it holds speech)")]
@@ -96,9 +107,19 @@ impl Audio {
         }
         if let Some(format) = sniff(&bytes) {
             let duration_seconds = match format {
-                AudioFormat::Wav => Some(wav_duration(&bytes).ok_or(AudioError::NoSamples)?),
+                AudioFormat::Wav => {
+                    // Its rate and channels are checked before anything is
+                    // sized by them.
+                    if let Err(e @ WavError::Unsupported { .. }) = crate::pcm::parse_wav(&bytes) {
+                        return Err(AudioError::Unsupported(e));
+                    }
+                    Some(wav_duration(&bytes).ok_or(AudioError::NoSamples)?)
+                }
                 _ => None,
             };
+            if duration_seconds.is_some_and(|d| d > f64::from(MAX_TAKE_SECONDS)) {
+                return Err(AudioError::TooLong);
+            }
             if duration_seconds == Some(0.0) {
                 return Err(AudioError::NoSamples);
             }
@@ -119,6 +140,17 @@ impl Audio {
                 .and_then(|r| r.split(';').next())
                 .and_then(|r| r.trim().parse().ok())
                 .unwrap_or(24_000);
+            let format = PcmFormat {
+                sample_rate: rate,
+                channels: 1,
+            }
+            .supported()
+            .map_err(AudioError::Unsupported)?;
+            if bytes.len() as u64 / format.frame_bytes()
+                > u64::from(MAX_TAKE_SECONDS) * u64::from(rate)
+            {
+                return Err(AudioError::TooLong);
+            }
             let wav = wav_from_pcm(&bytes, rate)?;
             let duration_seconds = wav_duration(&wav);
             return Ok(Audio {
@@ -144,7 +176,9 @@ pub struct Pcm {
 }
 
 /// Decodes an MP3 file to PCM with Symphonia (pure Rust). CPU-bound: call
-/// it off the async threads.
+/// it off the async threads. Its rate and channels are checked on the first
+/// frame, and decoding stops with [`AudioError::TooLong`] before the PCM
+/// passes [`MAX_TAKE_SECONDS`].
 pub fn decode_mp3(bytes: Bytes) -> Result<Pcm, AudioError> {
     use symphonia::core::codecs::audio::AudioDecoderOptions;
     use symphonia::core::errors::Error;
@@ -201,9 +235,24 @@ pub fn decode_mp3(bytes: Bytes) -> Result<Pcm, AudioError> {
         }
         match decoder.decode(&packet) {
             Ok(decoded) => {
-                pcm.sample_rate = decoded.spec().rate();
-                pcm.channels = u16::try_from(decoded.spec().channels().count()).unwrap_or(1);
+                let format = PcmFormat {
+                    sample_rate: decoded.spec().rate(),
+                    channels: u16::try_from(decoded.spec().channels().count()).unwrap_or(u16::MAX),
+                }
+                .supported()
+                .map_err(AudioError::Unsupported)?;
+                if pcm.samples.is_empty() {
+                    (pcm.sample_rate, pcm.channels) = (format.sample_rate, format.channels);
+                } else if (pcm.sample_rate, pcm.channels) != (format.sample_rate, format.channels) {
+                    return Err(fail("the stream changes its rate or channels".into()));
+                }
                 decoded.copy_to_vec_interleaved(&mut scratch);
+                let cap = u64::from(MAX_TAKE_SECONDS)
+                    * u64::from(format.sample_rate)
+                    * format.frame_bytes();
+                if (pcm.samples.len() + scratch.len() * 2) as u64 > cap {
+                    return Err(AudioError::TooLong);
+                }
                 pcm.samples.reserve(scratch.len() * 2);
                 for s in &scratch {
                     pcm.samples.extend_from_slice(&s.to_le_bytes());
@@ -288,6 +337,76 @@ pub fn wav_from_pcm(pcm: &[u8], sample_rate: u32) -> Result<Vec<u8>, AudioError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A 16-bit PCM WAV file whose header claims `rate` and `channels`,
+    /// with `data_bytes` of samples.
+    fn wav_claiming(rate: u32, channels: u16, data_bytes: usize) -> Vec<u8> {
+        let mut wav = crate::pcm::wav_header(
+            PcmFormat {
+                sample_rate: 24_000,
+                channels: 1,
+            },
+            data_bytes as u64,
+        )
+        .unwrap()
+        .to_vec();
+        wav[22..24].copy_from_slice(&channels.to_le_bytes());
+        wav[24..28].copy_from_slice(&rate.to_le_bytes());
+        let byte_rate = rate.saturating_mul(2 * u32::from(channels));
+        wav[28..32].copy_from_slice(&byte_rate.to_le_bytes());
+        wav[32..34].copy_from_slice(&channels.saturating_mul(2).to_le_bytes());
+        wav.resize(44 + data_bytes, 0x10);
+        wav
+    }
+
+    #[test]
+    fn hostile_headers_are_refused_before_anything_is_sized_by_them() {
+        for (rate, channels) in [
+            (1_000_000_000, 1),
+            (u32::MAX, 2),
+            (7_999, 1),
+            (48_001, 1),
+            (0, 1),
+            (24_000, 0),
+            (24_000, 3),
+            (24_000, u16::MAX),
+        ] {
+            let wav = wav_claiming(rate, channels, 4_800);
+            match Audio::parse(Bytes::from(wav), Some("audio/wav")) {
+                Err(AudioError::Unsupported(e)) => {
+                    assert!(e.to_string().contains(&format!("{rate} Hz")), "{e}")
+                }
+                other => panic!("{rate} Hz × {channels}: {:?}", other.map(|a| a.format)),
+            }
+        }
+        for (rate, channels) in [(8_000, 1), (48_000, 2), (24_000, 1)] {
+            let wav = wav_claiming(rate, channels, 4_800);
+            assert!(Audio::parse(Bytes::from(wav), None).is_ok(), "{rate} Hz");
+        }
+        let raw = Audio::parse(
+            Bytes::from(vec![0u8; 4_800]),
+            Some("audio/L16;rate=1000000000"),
+        );
+        assert!(matches!(raw, Err(AudioError::Unsupported(_))), "{raw:?}");
+    }
+
+    #[test]
+    fn a_take_longer_than_any_call_produces_is_refused() {
+        let at_cap = (MAX_TAKE_SECONDS * 8_000 * 2) as usize;
+        let wav = wav_claiming(8_000, 1, at_cap);
+        assert!(Audio::parse(Bytes::from(wav), None).is_ok());
+        // (Compared by `matches!`: a failure must not print megabytes.)
+        let wav = wav_claiming(8_000, 1, at_cap + 16_000);
+        assert!(matches!(
+            Audio::parse(Bytes::from(wav), None),
+            Err(AudioError::TooLong)
+        ));
+        let raw = Audio::parse(
+            Bytes::from(vec![0u8; at_cap + 16_000]),
+            Some("audio/L16;rate=8000"),
+        );
+        assert!(matches!(raw, Err(AudioError::TooLong)));
+    }
 
     #[test]
     fn sniffs_each_container() {

@@ -90,6 +90,12 @@ pub enum BrokerError {
     },
     #[error("the broker did not confirm the message within {0:?}")]
     ConfirmTimeout(Duration),
+    #[error(
+        "tenants.identity = \"user_id\" needs the worker's RabbitMQ user to have the `impersonator` tag \
+         (rabbitmqctl set_user_tags <user> ... impersonator): a handed-over or dead-lettered request keeps its \
+         producer's user_id, which RabbitMQ refuses from another user without it"
+    )]
+    NoImpersonation,
 }
 
 impl From<lapin::Error> for BrokerError {
@@ -417,6 +423,78 @@ pub fn without_worker_headers(properties: &BasicProperties) -> BasicProperties {
     properties.clone().with_headers(headers)
 }
 
+/// `properties` as the worker may republish them (a hand-over, a
+/// dead-letter copy): the producer's `user_id` only when `keep_user_id`.
+/// RabbitMQ refuses a `user_id` other than the publishing connection's user
+/// (it closes the channel, 406) unless that user has the `impersonator` tag:
+/// with tenants the worker's user must have it ([`check_impersonation`]) so
+/// a handed-over request keeps its tenant; without tenants the property is
+/// dropped.
+pub fn republishable(properties: &BasicProperties, keep_user_id: bool) -> BasicProperties {
+    if keep_user_id || properties.user_id().is_none() {
+        return properties.clone();
+    }
+    let p = properties;
+    let mut out = BasicProperties::default();
+    macro_rules! copy {
+        ($($get:ident => $with:ident),* $(,)?) => {
+            $(if let Some(v) = p.$get() {
+                out = out.$with(v.clone());
+            })*
+        };
+    }
+    copy!(
+        content_type => with_content_type,
+        content_encoding => with_content_encoding,
+        headers => with_headers,
+        delivery_mode => with_delivery_mode,
+        priority => with_priority,
+        correlation_id => with_correlation_id,
+        reply_to => with_reply_to,
+        expiration => with_expiration,
+        message_id => with_message_id,
+        timestamp => with_timestamp,
+        kind => with_type,
+        app_id => with_app_id,
+        cluster_id => with_cluster_id,
+    );
+    out
+}
+
+/// Checks that the connection's user may publish with another user's
+/// `user_id` (RabbitMQ's `impersonator` tag), which tenants need: a
+/// request handed over or dead-lettered keeps its producer's identity. A
+/// probe message with a foreign `user_id`, to no queue: the broker closes
+/// the probe's channel if the user may not.
+pub async fn check_impersonation(connection: &Connection) -> Result<(), BrokerError> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await?;
+    let published = async {
+        channel
+            .basic_publish(
+                "".into(),
+                "tts-worker.impersonation-check".into(),
+                BasicPublishOptions::default(),
+                b"",
+                BasicProperties::default().with_user_id("tts-worker-impersonation-check".into()),
+            )
+            .await?
+            .await
+    };
+    let confirm = tokio::time::timeout(Duration::from_secs(10), published).await;
+    let open = channel.status().connected();
+    if open {
+        let _ = channel.close(200, "impersonation checked".into()).await;
+    }
+    match confirm {
+        Ok(Ok(_)) if open => Ok(()),
+        Err(_) => Err(BrokerError::ConfirmTimeout(Duration::from_secs(10))),
+        _ => Err(BrokerError::NoImpersonation),
+    }
+}
+
 fn header_u32(properties: &BasicProperties, name: &str) -> u32 {
     header_u64(properties, name).map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
 }
@@ -502,6 +580,28 @@ pub fn with_headers(properties: BasicProperties, extra: &[(&str, &str)]) -> Basi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_republished_copy_keeps_the_producers_user_id_only_when_asked() {
+        let original = BasicProperties::default()
+            .with_user_id("orders".into())
+            .with_message_id("m-1".into())
+            .with_correlation_id("c-1".into())
+            .with_reply_to("amq.gen-1".into())
+            .with_delivery_mode(2)
+            .with_headers(FieldTable::from(std::collections::BTreeMap::from([(
+                ShortString::from("traceparent"),
+                AMQPValue::LongString(LongString::from("00-1-2-01")),
+            )])));
+        let dropped = republishable(&original, false);
+        assert_eq!(dropped.user_id(), &None);
+        assert_eq!(dropped.message_id(), original.message_id());
+        assert_eq!(dropped.correlation_id(), original.correlation_id());
+        assert_eq!(dropped.reply_to(), original.reply_to());
+        assert_eq!(dropped.delivery_mode(), original.delivery_mode());
+        assert_eq!(dropped.headers(), original.headers());
+        assert_eq!(republishable(&original, true), original);
+    }
 
     fn with_count(headers: &[(&str, AMQPValue)]) -> BasicProperties {
         let mut table = FieldTable::default();

@@ -73,6 +73,12 @@ pub enum ErrorCode {
     OutputKeyForbidden,
     /// `output_key` already holds an object another job wrote.
     OutputKeyTaken,
+    /// The API named a media URL the worker does not fetch: not https, or
+    /// on a non-public address (loopback, private, link-local, cluster),
+    /// itself or after a redirect, and not listed in
+    /// `segmind.media_allow_private`. Nothing was fetched; the paid request
+    /// is kept (a resend once the origin is listed resumes it).
+    MediaRefused,
     /// An invariant of the worker's own broke (a part ended without its
     /// audio, a plan without parts, a step that panicked): a bug, not the
     /// request's fault; retried on a later delivery and counted.
@@ -81,7 +87,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation checks and exhaustive tests.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::InvalidRequest,
         ErrorCode::UnsupportedVersion,
         ErrorCode::ContentBlocked,
@@ -105,6 +111,7 @@ impl ErrorCode {
         ErrorCode::StorageRejected,
         ErrorCode::OutputKeyForbidden,
         ErrorCode::OutputKeyTaken,
+        ErrorCode::MediaRefused,
         ErrorCode::Internal,
     ];
 
@@ -134,6 +141,7 @@ impl ErrorCode {
             ErrorCode::StorageRejected => "storage_rejected",
             ErrorCode::OutputKeyForbidden => "output_key_forbidden",
             ErrorCode::OutputKeyTaken => "output_key_taken",
+            ErrorCode::MediaRefused => "media_refused",
             ErrorCode::Internal => "internal",
         }
     }
@@ -168,6 +176,7 @@ impl ErrorCode {
             | ErrorCode::StorageBucketMissing
             | ErrorCode::StorageRejected
             | ErrorCode::OutputKeyTaken
+            | ErrorCode::MediaRefused
             | ErrorCode::RenderFailed
             | ErrorCode::Internal
             | ErrorCode::PoisonMessage => true,
@@ -425,6 +434,8 @@ pub enum Fault<'a> {
     OutputKeyForbidden,
     /// The output key holds another job's object.
     OutputKeyTaken,
+    /// The media URL (or a redirect) is not one the worker fetches.
+    MediaRefused,
     /// The audio is empty, too large, truncated or not audio.
     BadAudio,
     /// Rendering the deliverable failed.
@@ -480,6 +491,7 @@ pub fn classify(err: &dyn AsFault, block_patterns: &[String]) -> Failure {
         Fault::OutputKeyForbidden => (ErrorCode::OutputKeyForbidden, Class::Permanent, None),
         Fault::OutputKeyTaken => (ErrorCode::OutputKeyTaken, Class::Permanent, None),
         Fault::BadAudio => (ErrorCode::AudioInvalid, Class::Permanent, None),
+        Fault::MediaRefused => (ErrorCode::MediaRefused, Class::Permanent, None),
         // Retried by redelivery (up to the poison limit) from the stored
         // parts: nothing is paid again.
         Fault::Render => (ErrorCode::RenderFailed, Class::Transient, None),

@@ -82,10 +82,57 @@ impl fmt::Display for Voice {
     }
 }
 
+/// A producer isolated from the others (`tenants.identity = "user_id"`):
+/// the broker-validated `user_id` of its requests. 1 to 64 ASCII letters,
+/// digits, '_' or '-', so it is one segment of an S3 key and one word of a
+/// routing key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Tenant(String);
+
+/// Most characters of a tenant's name.
+pub const MAX_TENANT_CHARS: usize = 64;
+
+impl Tenant {
+    pub fn parse(input: &str) -> Result<Self, String> {
+        if input.is_empty() || input.len() > MAX_TENANT_CHARS {
+            return Err(format!("must be 1 to {MAX_TENANT_CHARS} characters long"));
+        }
+        if let Some(bad) = input
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-')))
+        {
+            return Err(format!(
+                "contains {bad:?}; a tenant is named by ASCII letters, digits, '_' and '-'"
+            ));
+        }
+        Ok(Tenant(input.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Tenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A job identifier: 1..=max ASCII letters, digits, '.', '_' or '-', not
 /// starting with '.', so it is safe in an S3 key, a log line and a header.
+///
+/// With tenants, a job is known by its tenant and the producer's id: its
+/// key ([`JobId::as_str`], and `Display`) is `{tenant}/{id}`, and every
+/// record, part, default key, lease and in-process turn is named by it, so
+/// one tenant's `job_id` never reaches another's. Events name the
+/// producer's id ([`JobId::producer`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct JobId(String);
+pub struct JobId {
+    key: String,
+    /// Where the producer's id starts in `key` (0 without a tenant).
+    producer_at: usize,
+}
 
 impl JobId {
     pub fn parse(input: &str, max_len: usize) -> Result<Self, String> {
@@ -103,7 +150,33 @@ impl JobId {
                 "contains {bad:?}; only ASCII letters, digits, '.', '_' and '-' are allowed"
             ));
         }
-        Ok(JobId(input.to_owned()))
+        Ok(JobId::plain(input.to_owned()))
+    }
+
+    fn plain(key: String) -> Self {
+        JobId {
+            key,
+            producer_at: 0,
+        }
+    }
+
+    /// This job as `tenant`'s: its key becomes `{tenant}/{id}`.
+    pub fn within(self, tenant: &Tenant) -> Self {
+        let producer = &self.key[self.producer_at..];
+        JobId {
+            key: format!("{tenant}/{producer}"),
+            producer_at: tenant.as_str().len() + 1,
+        }
+    }
+
+    /// The id the producer gave (or was derived for it), without tenant.
+    pub fn producer(&self) -> &str {
+        &self.key[self.producer_at..]
+    }
+
+    /// The job's tenant, if any.
+    pub fn tenant(&self) -> Option<&str> {
+        (self.producer_at > 0).then(|| &self.key[..self.producer_at - 1])
     }
 
     /// A stable id derived from the message bytes, so a redelivery of the same
@@ -111,17 +184,18 @@ impl JobId {
     pub fn derive_from_body(body: &[u8]) -> Self {
         const NAMESPACE: uuid::Uuid =
             uuid::Uuid::from_u128(0x5f1e_8d2c_7a41_4b8e_9c3d_2e6f_a1b0_c9d8);
-        JobId(uuid::Uuid::new_v5(&NAMESPACE, body).to_string())
+        JobId::plain(uuid::Uuid::new_v5(&NAMESPACE, body).to_string())
     }
 
+    /// The job's key: `{tenant}/{id}` with a tenant, else the id.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.key
     }
 }
 
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.key)
     }
 }
 
@@ -237,17 +311,27 @@ impl KeyPolicy {
     }
 
     /// The key a job's audio goes to: the producer's key under
-    /// `output_prefix`, else the default `{prefix}{job_id}.{extension}`.
+    /// `output_prefix` (and the job's tenant), else the default
+    /// `{prefix}{job_id}.{extension}` (with a tenant,
+    /// `{prefix}{tenant}/{id}.{extension}`).
     pub fn key_for(&self, job: &TtsJob, extension: &str) -> Result<ObjectKey, ForbiddenKey> {
         match &job.output_key {
-            Some(key) => self.resolve(key),
+            Some(key) => self.resolve(key, job.id.tenant()),
             None => Ok(ObjectKey::default_for(&self.prefix, &job.id, extension)),
         }
     }
 
-    /// A producer's key as stored, or why it is refused.
-    pub fn resolve(&self, key: &ObjectKey) -> Result<ObjectKey, ForbiddenKey> {
-        let resolved = format!("{}{}", self.output_prefix, key.as_str());
+    /// A producer's key as stored (`{output_prefix}{tenant}/{key}` for a
+    /// tenant's), or why it is refused.
+    pub fn resolve(
+        &self,
+        key: &ObjectKey,
+        tenant: Option<&str>,
+    ) -> Result<ObjectKey, ForbiddenKey> {
+        let resolved = match tenant {
+            Some(tenant) => format!("{}{tenant}/{}", self.output_prefix, key.as_str()),
+            None => format!("{}{}", self.output_prefix, key.as_str()),
+        };
         let internal = self.internal_prefix();
         if resolved.starts_with(&internal) {
             return Err(ForbiddenKey {
@@ -414,7 +498,9 @@ mod tests {
     fn producer_keys_never_reach_the_workers_own_objects() {
         let open = policy("tts/", "");
         assert_eq!(
-            open.resolve(&key("orders/1234.wav")).unwrap().as_str(),
+            open.resolve(&key("orders/1234.wav"), None)
+                .unwrap()
+                .as_str(),
             "orders/1234.wav",
             "the README's example keeps working"
         );
@@ -424,26 +510,60 @@ mod tests {
             "tts/_parts/a",
             "tts/another-job.wav",
         ] {
-            let err = open.resolve(&key(bad)).unwrap_err();
+            let err = open.resolve(&key(bad), None).unwrap_err();
             assert_eq!(err.internal, "tts/", "{bad}");
         }
-        assert!(open.resolve(&key("ttsx/job-1.wav")).is_ok());
+        assert!(open.resolve(&key("ttsx/job-1.wav"), None).is_ok());
         // Locked down: everything goes under the output prefix.
         let locked = policy("tts/", "producers/");
         assert_eq!(
             locked
-                .resolve(&key("tts/_checkpoints/x.json"))
+                .resolve(&key("tts/_checkpoints/x.json"), None)
                 .unwrap()
                 .as_str(),
             "producers/tts/_checkpoints/x.json"
         );
         // With no prefix, only the worker's `_` objects are reserved.
         let bare = policy("", "");
-        assert!(bare.resolve(&key("_checkpoints/j.json")).is_err());
-        assert!(bare.resolve(&key("a.wav")).is_ok());
+        assert!(bare.resolve(&key("_checkpoints/j.json"), None).is_err());
+        assert!(bare.resolve(&key("a.wav"), None).is_ok());
     }
 
     use super::*;
+
+    #[test]
+    fn a_tenants_job_is_keyed_in_its_namespace_and_events_keep_the_producers_id() {
+        let alice = Tenant::parse("alice").unwrap();
+        let bob = Tenant::parse("bob").unwrap();
+        let id = JobId::parse("orders-1", 64).unwrap();
+        assert_eq!(id.tenant(), None);
+        assert_eq!(id.producer(), "orders-1");
+        let a = id.clone().within(&alice);
+        let b = id.within(&bob);
+        assert_ne!(a, b);
+        assert_eq!(
+            (a.as_str(), a.producer(), a.tenant()),
+            ("alice/orders-1", "orders-1", Some("alice"))
+        );
+        let keys = policy("tts/", "out/");
+        assert_eq!(
+            ObjectKey::default_for("tts/", &b, "wav").as_str(),
+            "tts/bob/orders-1.wav"
+        );
+        let k = key("orders/1234.wav");
+        assert_eq!(
+            keys.resolve(&k, a.tenant()).unwrap().as_str(),
+            "out/alice/orders/1234.wav"
+        );
+        assert_eq!(
+            keys.resolve(&k, b.tenant()).unwrap().as_str(),
+            "out/bob/orders/1234.wav"
+        );
+        for bad in ["", "a.b", "a/b", "ali ce", "é", &"x".repeat(65)] {
+            assert!(Tenant::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(Tenant::parse("svc_orders-2").is_ok());
+    }
 
     #[test]
     fn voices_accept_any_case_and_return_canonical_spelling() {

@@ -34,6 +34,27 @@ impl PcmFormat {
     }
 }
 
+/// The sample rates audio from upstream may have: telephony's 8 kHz to
+/// 48 kHz (Gemini serves 24 kHz). A header claiming another rate is refused
+/// before anything is sized by it (a resampler, a buffer, a duration).
+pub const SAMPLE_RATES: std::ops::RangeInclusive<u32> = 8_000..=48_000;
+/// Mono or stereo.
+pub const MAX_CHANNELS: u16 = 2;
+
+impl PcmFormat {
+    /// `Ok` for a rate in [`SAMPLE_RATES`] and one or two channels.
+    pub fn supported(self) -> Result<Self, WavError> {
+        if SAMPLE_RATES.contains(&self.sample_rate) && (1..=MAX_CHANNELS).contains(&self.channels) {
+            Ok(self)
+        } else {
+            Err(WavError::Unsupported {
+                sample_rate: self.sample_rate,
+                channels: self.channels,
+            })
+        }
+    }
+}
+
 /// Why a part's audio cannot be stitched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WavError {
@@ -47,6 +68,10 @@ pub enum WavError {
     TooLong { data_bytes: u64 },
     #[error("the WAV file has no data chunk")]
     NoData,
+    #[error(
+        "the audio claims {sample_rate} Hz and {channels} channel(s): 8-48 kHz, mono or stereo are accepted"
+    )]
+    Unsupported { sample_rate: u32, channels: u16 },
 }
 
 /// A PCM WAV file's format and where its samples are.
@@ -83,15 +108,18 @@ pub fn parse_wav(bytes: &[u8]) -> Result<Wav, WavError> {
                 if !(tag == 1 || tag == 0xFFFE) || bits != 16 {
                     return Err(WavError::NotPcm16 { format: tag, bits });
                 }
-                format = Some(PcmFormat {
-                    channels: u16_at(2).max(1),
-                    sample_rate: u32::from_le_bytes([
-                        bytes[body + 4],
-                        bytes[body + 5],
-                        bytes[body + 6],
-                        bytes[body + 7],
-                    ]),
-                });
+                format = Some(
+                    PcmFormat {
+                        channels: u16_at(2),
+                        sample_rate: u32::from_le_bytes([
+                            bytes[body + 4],
+                            bytes[body + 5],
+                            bytes[body + 6],
+                            bytes[body + 7],
+                        ]),
+                    }
+                    .supported()?,
+                );
             }
             b"data" => {
                 let format = format.ok_or(WavError::NoFormat)?;

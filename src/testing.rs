@@ -39,7 +39,9 @@ pub mod checkpoint {
 
 /// Settings, loaded as the binary loads them.
 pub mod config {
-    pub use crate::config::{AccountPolicy, AmbiguousSubmits, RateScope, RequestLimits, Settings};
+    pub use crate::config::{
+        AccountPolicy, AmbiguousSubmits, RateScope, RequestLimits, Settings, TenantIdentity,
+    };
 }
 
 /// What a producer asks to have delivered.

@@ -248,6 +248,10 @@ impl Chaos {
             .expect("simulator starts");
         env.push(("SEGMIND_API_KEY".into(), key.to_owned()));
         env.push(("TTS__SEGMIND__BASE_URL".into(), sim.base_url()));
+        env.push((
+            "TTS__SEGMIND__MEDIA_ALLOW_PRIVATE".into(),
+            sim.media_addr.to_string(),
+        ));
         env.push(("TTS__AMQP__URL".into(), amqp_url()));
         let mut chaos = Chaos {
             tag,

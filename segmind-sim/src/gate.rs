@@ -37,6 +37,20 @@ pub(crate) fn gate(inner: &mut Inner, headers: &HeaderMap) -> Option<Response> {
             json!({"error": "Invalid or missing API key"}),
         ));
     }
+    if let Some(raw) = inner.raw_answers.pop_front() {
+        inner.stats.faults_injected += 1;
+        let status = StatusCode::from_u16(raw.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = (status, raw.body).into_response();
+        for (name, value) in raw.headers {
+            if let (Ok(n), Ok(v)) = (
+                axum::http::HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                r.headers_mut().insert(n, v);
+            }
+        }
+        return Some(r);
+    }
     if inner.config.rate_limit_scope == RateScope::AllCalls
         && let Some(r) = over_limit(inner)
     {

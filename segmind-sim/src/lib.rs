@@ -112,6 +112,13 @@ pub(crate) struct Inner {
     pub(crate) injected: VecDeque<u16>,
     pub(crate) accept_then: VecDeque<u16>,
     pub(crate) media_injected: VecDeque<u16>,
+    /// Answers the next API calls give as they are (a hostile upstream).
+    pub(crate) raw_answers: VecDeque<RawAnswer>,
+    /// Bytes (and Content-Type) the next media downloads serve instead of
+    /// the job's audio.
+    pub(crate) media_bodies: VecDeque<(Vec<u8>, String)>,
+    /// When set, the media host redirects every download there.
+    pub(crate) media_redirect: Option<String>,
     pub(crate) window: (Instant, u32),
     pub(crate) credits: Option<f64>,
     pub(crate) stats: SimStats,
@@ -123,6 +130,14 @@ fn lock(shared: &Shared) -> MutexGuard<'_, Inner> {
     // A poisoned lock only means a handler panicked mid-update; the counters
     // are still usable for a simulator.
     shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An API answer given as it is, whatever the request.
+#[derive(Debug, Clone)]
+pub struct RawAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 /// A running simulator.
@@ -161,6 +176,26 @@ impl SimHandle {
         lock(&self.shared)
             .media_injected
             .extend(statuses.iter().copied());
+    }
+
+    /// The next API calls (after the key check) answer these, as they are:
+    /// a hostile or broken upstream (absurd headers, huge bodies).
+    pub fn inject_raw(&self, answers: Vec<RawAnswer>) {
+        lock(&self.shared).raw_answers.extend(answers);
+    }
+
+    /// The next media downloads serve these bytes, with this Content-Type,
+    /// instead of the job's audio (a hostile media host).
+    pub fn serve_media(&self, body: Vec<u8>, content_type: &str) {
+        lock(&self.shared)
+            .media_bodies
+            .push_back((body, content_type.to_owned()));
+    }
+
+    /// From now on the media host answers every download with a 302 to
+    /// `{base}/media/{file}` (`None`: serves them again).
+    pub fn redirect_media(&self, base: Option<String>) {
+        lock(&self.shared).media_redirect = base;
     }
 
     /// Changes the accepted API key (to break or fix the "account").
@@ -210,6 +245,9 @@ pub async fn spawn(
         injected: VecDeque::new(),
         accept_then: VecDeque::new(),
         media_injected: VecDeque::new(),
+        raw_answers: VecDeque::new(),
+        media_bodies: VecDeque::new(),
+        media_redirect: None,
         window: (Instant::now(), 0),
         stats: SimStats::default(),
     }));
@@ -511,7 +549,12 @@ async fn result(
         let body = json!({
             "request_id": id, "status": "COMPLETED", "error": null,
             "metrics": metrics_json(job, &inner),
-            "output": format!("{media_base}/media/{id}.{}", inner.config.container.extension()),
+            // Signed like a CDN's URL: the query must never be logged.
+            "output": format!(
+                "{media_base}/media/{id}.{}?Expires=3600&Signature=sim-{}",
+                inner.config.container.extension(),
+                media_signature(&id)
+            ),
         });
         (
             job.sound(),
@@ -558,6 +601,13 @@ async fn media_file(
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
             return (status, "simulated media fault").into_response();
         }
+        if let Some(base) = &inner.media_redirect {
+            let to = format!("{base}/media/{file}");
+            return (StatusCode::FOUND, [(header::LOCATION, to)]).into_response();
+        }
+        if let Some((body, content_type)) = inner.media_bodies.pop_front() {
+            return ([(header::CONTENT_TYPE, content_type)], body).into_response();
+        }
         let espeak = inner.config.espeak;
         let container = inner.config.container;
         expire(&mut inner, &id);
@@ -570,6 +620,14 @@ async fn media_file(
     };
     let audio = contained(render_sound(sound, espeak).await, container).await;
     ([(header::CONTENT_TYPE, container.content_type())], audio).into_response()
+}
+
+/// The (fake) signature of a media URL: what a leak of the query would show.
+pub fn media_signature(id: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    format!("{:016x}", h.finish())
 }
 
 /// `wav` in the configured container.

@@ -23,6 +23,51 @@ pub struct AmqpSettings {
     pub publish_timeout: Duration,
     /// The broker's consumer timeout, as stated (see `jobs.delivery_lifetime`).
     pub consumer_timeout: Duration,
+    /// Where `reply_to` may point (`amqp.reply_to_pattern`).
+    pub reply_to: ReplyToPatterns,
+}
+
+/// The queue names a request's `reply_to` may name: `*` matches any run of
+/// characters; `{tenant}` stands for the request's tenant (a pattern with
+/// it matches nothing for a request without one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyToPatterns(Vec<String>);
+
+impl ReplyToPatterns {
+    pub fn new(patterns: Vec<String>) -> Self {
+        Self(patterns)
+    }
+
+    /// Whether `queue` may receive the reply of a request of `tenant`.
+    pub fn allows(&self, queue: &str, tenant: Option<&str>) -> bool {
+        self.0.iter().any(|pattern| {
+            if pattern.contains("{tenant}") {
+                tenant.is_some_and(|t| glob(&pattern.replace("{tenant}", t), queue))
+            } else {
+                glob(pattern, queue)
+            }
+        })
+    }
+}
+
+/// `text` matches `pattern`, where `*` matches any run of characters.
+fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty(); // no '*': an exact match
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 #[derive(Deserialize)]
@@ -38,6 +83,7 @@ pub(super) struct RawAmqp {
     pub(super) connect_timeout: f64,
     pub(super) publish_timeout: f64,
     pub(super) consumer_timeout: f64,
+    pub(super) reply_to_pattern: Vec<String>,
 }
 
 impl RawAmqp {
@@ -72,6 +118,41 @@ impl RawAmqp {
             connect_timeout: seconds("amqp.connect_timeout", self.connect_timeout)?,
             publish_timeout: seconds("amqp.publish_timeout", self.publish_timeout)?,
             consumer_timeout: seconds("amqp.consumer_timeout", self.consumer_timeout)?,
+            reply_to: ReplyToPatterns::new(
+                self.reply_to_pattern
+                    .into_iter()
+                    .map(|p| p.trim().to_owned())
+                    .filter(|p| !p.is_empty())
+                    .collect(),
+            ),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_to_goes_only_to_server_named_queues_and_the_tenants_own() {
+        let p = ReplyToPatterns::new(vec![
+            "amq.gen-*".into(),
+            "amq.rabbitmq.reply-to*".into(),
+            "{tenant}.*".into(),
+        ]);
+        assert!(p.allows("amq.gen-Xy12", None));
+        assert!(p.allows("amq.rabbitmq.reply-to", None));
+        assert!(p.allows("amq.rabbitmq.reply-to.g1h2AA==", Some("bob")));
+        assert!(p.allows("bob.replies", Some("bob")));
+        assert!(
+            !p.allows("bob.replies", None),
+            "no tenant, no tenant pattern"
+        );
+        assert!(!p.allows("alice.replies", Some("bob")));
+        assert!(!p.allows("tts.events", Some("bob")));
+        assert!(!p.allows("bob", Some("bob")));
+        assert!(!p.allows("xamq.gen-1", None));
+        assert!(glob("a*b*c", "aXXbYYc") && !glob("a*b*c", "aXXc") && glob("abc", "abc"));
+        assert!(!glob("a*a", "a"), "the prefix and suffix may not overlap");
     }
 }

@@ -24,10 +24,12 @@ mod s3;
 mod segmind;
 mod telemetry;
 
-pub use amqp::AmqpSettings;
+pub use amqp::{AmqpSettings, ReplyToPatterns};
 pub use jobs::{AccountPolicy, JobSettings};
 pub use s3::S3Settings;
-pub use segmind::{AmbiguousSubmits, PollSettings, RateScope, RetrySettings, SegmindSettings};
+pub use segmind::{
+    AmbiguousSubmits, MediaOrigin, PollSettings, RateScope, RetrySettings, SegmindSettings,
+};
 pub use telemetry::{LogFormat, TelemetrySettings};
 
 use amqp::RawAmqp;
@@ -66,6 +68,7 @@ pub struct Settings {
     pub long_text: LongTextSettings,
     pub telemetry: TelemetrySettings,
     pub shutdown: ShutdownSettings,
+    pub tenants: TenantSettings,
 }
 
 /// How a long text is cut and synthesized.
@@ -162,6 +165,23 @@ struct RawSettings {
     long_text: LongTextSettings,
     telemetry: RawTelemetry,
     shutdown: RawShutdown,
+    tenants: TenantSettings,
+}
+
+/// Who a request belongs to (`[tenants]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantIdentity {
+    /// Every producer is one party.
+    None,
+    /// The broker-validated `user_id` property names the tenant.
+    UserId,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSettings {
+    pub identity: TenantIdentity,
 }
 
 #[derive(Deserialize)]
@@ -199,6 +219,8 @@ impl Settings {
                     .separator("__")
                     .list_separator(",")
                     .with_list_parse_key("segmind.content_blocked_patterns")
+                    .with_list_parse_key("segmind.media_allow_private")
+                    .with_list_parse_key("amqp.reply_to_pattern")
                     .try_parsing(true)
                     .source(Some(tts_env)),
             )
@@ -241,6 +263,12 @@ impl Settings {
         }
         if self.segmind.retry.max >= self.segmind.job_deadline {
             out.push("segmind.retry_max is not below segmind.job_deadline: one backoff could use the whole job".into());
+        }
+        if self.segmind.base_url.scheme() == "http" && self.segmind.allow_http_base_url {
+            out.push(format!(
+                "segmind.allow_http_base_url: the API key goes to {} in clear; only for a local stack",
+                self.segmind.base_url
+            ));
         }
         if self.jobs.max_deliveries == 1 {
             out.push(
@@ -344,6 +372,7 @@ impl RawSettings {
             shutdown: ShutdownSettings {
                 grace_period: seconds("shutdown.grace_period", self.shutdown.grace_period)?,
             },
+            tenants: self.tenants,
         })
     }
 }

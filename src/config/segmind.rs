@@ -12,6 +12,8 @@ use super::{ConfigError, http_url, invalid, positive, seconds};
 #[derive(Debug, Clone)]
 pub struct SegmindSettings {
     pub base_url: Url,
+    /// An `http://` base URL off loopback was allowed (a local stack).
+    pub allow_http_base_url: bool,
     pub model: String,
     /// `None` is allowed for commands that do not call the API (`submit`).
     pub api_key: Option<SecretString>,
@@ -27,10 +29,48 @@ pub struct SegmindSettings {
     pub max_concurrent_calls: usize,
     pub download_timeout: Duration,
     pub max_audio_bytes: u64,
+    /// Media origins fetched whatever their scheme and address
+    /// (`segmind.media_allow_private`); any other must be https and public.
+    pub media_allow_private: Vec<MediaOrigin>,
     /// Lower-cased substrings that classify a FAILED error as a content block.
     pub content_blocked_patterns: Vec<String>,
     /// What to do when a submission's answer is lost after it was sent.
     pub ambiguous_submits: AmbiguousSubmits,
+}
+
+/// A media origin, `host:port`, as listed in `segmind.media_allow_private`:
+/// the host lower-cased (an IPv6 address without brackets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaOrigin {
+    pub host: String,
+    pub port: u16,
+}
+
+impl MediaOrigin {
+    fn parse(value: &str) -> Result<Self, ConfigError> {
+        let key = "segmind.media_allow_private";
+        let value = value.trim();
+        let bad = || {
+            invalid(
+                key,
+                format!(
+                    "{value:?} is not host:port (e.g. 127.0.0.1:8091, media-proxy:8080, [::1]:8091)"
+                ),
+            )
+        };
+        // Parsed as a URL's authority, so hosts are normalised as URLs' are.
+        let url = Url::parse(&format!("http://{value}/")).map_err(|_| bad())?;
+        let host = match url.host().ok_or_else(bad)? {
+            url::Host::Domain(d) => d.to_ascii_lowercase(),
+            url::Host::Ipv4(a) => a.to_string(),
+            url::Host::Ipv6(a) => a.to_string(),
+        };
+        let port = url.port().ok_or_else(bad)?;
+        if url.path() != "/" || !url.username().is_empty() || value.contains(['/', '?', '#']) {
+            return Err(bad());
+        }
+        Ok(MediaOrigin { host, port })
+    }
 }
 
 /// What to do when a submission may have been accepted but its answer was
@@ -84,6 +124,7 @@ pub struct RetrySettings {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSegmind {
     pub(super) base_url: String,
+    pub(super) allow_http_base_url: bool,
     pub(super) model: String,
     pub(super) api_key: Option<String>,
     pub(super) api_key_file: Option<PathBuf>,
@@ -103,6 +144,7 @@ pub(super) struct RawSegmind {
     pub(super) retry_attempts: u32,
     pub(super) download_timeout: f64,
     pub(super) max_audio_bytes: u64,
+    pub(super) media_allow_private: Vec<String>,
     pub(super) content_blocked_patterns: Vec<String>,
     pub(super) ambiguous_submits: AmbiguousSubmits,
 }
@@ -116,6 +158,25 @@ impl RawSegmind {
                 "must be an origin without path or query, e.g. https://api.segmind.com",
             ));
         }
+        let loopback = match base_url.host() {
+            Some(url::Host::Ipv4(a)) => a.is_loopback(),
+            Some(url::Host::Ipv6(a)) => a.is_loopback(),
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            None => false,
+        };
+        if base_url.scheme() != "https" && !loopback && !self.allow_http_base_url {
+            return Err(invalid(
+                "segmind.base_url",
+                "must be https (the API key would cross the network in clear); http is only \
+                 accepted on a loopback address, or with segmind.allow_http_base_url for a local stack",
+            ));
+        }
+        let media_allow_private = self
+            .media_allow_private
+            .iter()
+            .filter(|o| !o.trim().is_empty())
+            .map(|o| MediaOrigin::parse(o))
+            .collect::<Result<Vec<_>, _>>()?;
         let model_ok = !self.model.is_empty()
             && self.model.len() <= 100
             && self
@@ -202,6 +263,7 @@ impl RawSegmind {
             return Err(invalid("segmind.max_audio_bytes", "must be positive"));
         }
         Ok(SegmindSettings {
+            allow_http_base_url: self.allow_http_base_url && base_url.scheme() == "http",
             base_url,
             model: self.model,
             api_key: api_key.map(SecretString::from),
@@ -214,6 +276,7 @@ impl RawSegmind {
             max_concurrent_calls,
             download_timeout: seconds("segmind.download_timeout", self.download_timeout)?,
             max_audio_bytes: self.max_audio_bytes,
+            media_allow_private,
             content_blocked_patterns: self
                 .content_blocked_patterns
                 .into_iter()

@@ -108,6 +108,21 @@ fn invalid_values_name_the_key() {
         ("TTS__SEGMIND__BASE_URL", "ftp://x", "segmind.base_url"),
         (
             "TTS__SEGMIND__BASE_URL",
+            "http://api.segmind.com",
+            "segmind.base_url",
+        ),
+        (
+            "TTS__SEGMIND__MEDIA_ALLOW_PRIVATE",
+            "127.0.0.1",
+            "segmind.media_allow_private",
+        ),
+        (
+            "TTS__SEGMIND__MEDIA_ALLOW_PRIVATE",
+            "http://media:80/x",
+            "segmind.media_allow_private",
+        ),
+        (
+            "TTS__SEGMIND__BASE_URL",
             "https://api.segmind.com/v2",
             "segmind.base_url",
         ),
@@ -352,4 +367,52 @@ fn long_text_defaults_and_bounds() {
     let slow =
         Settings::load_from(None, &env(&[("TTS__LONG_TEXT__MAX_PARALLEL_PARTS", "1")])).unwrap();
     assert!(slow.warnings().is_empty(), "{:?}", slow.warnings());
+}
+
+#[test]
+fn the_api_is_https_except_on_loopback_and_media_origins_are_listed_as_host_port() {
+    for ok in [
+        "http://127.0.0.1:18090",
+        "http://localhost:8090",
+        "http://[::1]:8090",
+    ] {
+        let s = Settings::load_from(None, &env(&[("TTS__SEGMIND__BASE_URL", ok)]))
+            .unwrap_or_else(|e| panic!("{ok}: {e}"));
+        assert_eq!(s.segmind.base_url.scheme(), "http");
+    }
+    let s = Settings::load_from(
+        None,
+        &env(&[
+            ("TTS__SEGMIND__BASE_URL", "http://segmind-sim:8090"),
+            ("TTS__SEGMIND__ALLOW_HTTP_BASE_URL", "true"),
+            (
+                "TTS__SEGMIND__MEDIA_ALLOW_PRIVATE",
+                "127.0.0.1:18091, Segmind-Sim:8091,[::1]:9",
+            ),
+        ]),
+    )
+    .unwrap();
+    let listed: Vec<(String, u16)> = s
+        .segmind
+        .media_allow_private
+        .iter()
+        .map(|o| (o.host.clone(), o.port))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("127.0.0.1".to_owned(), 18091),
+            ("segmind-sim".to_owned(), 8091),
+            ("::1".to_owned(), 9)
+        ]
+    );
+    assert!(
+        s.warnings()
+            .iter()
+            .any(|w| w.contains("segmind.allow_http_base_url")),
+        "{:?}",
+        s.warnings()
+    );
+    let default = Settings::load_from(None, &env(&[])).unwrap();
+    assert!(default.segmind.media_allow_private.is_empty());
 }

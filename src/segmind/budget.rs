@@ -99,6 +99,9 @@ const GROWTH_PER_MINUTE: f64 = 1.0 / 40.0;
 const DECREASE: f64 = 0.8;
 /// The span over which a replica counts its own calls.
 const USAGE_SPAN: Duration = Duration::from_secs(60);
+/// The longest pause a rate-limit answer can cause when its wait does not
+/// fit the clock (the client clamps hints to `segmind.retry_max` first).
+const MAX_PAUSE: Duration = Duration::from_secs(3600);
 
 impl RateBudget {
     pub fn new(limit_per_minute: Option<u32>, metrics: Metrics) -> Self {
@@ -208,7 +211,11 @@ impl RateBudget {
         // Up to two of this replica's intervals, between 1 and 10 seconds.
         let spread = (2.0 * interval(s.share).as_secs_f64()).clamp(1.0, 10.0);
         let jitter = Duration::from_secs_f64(rand::rng().random_range(0.0..spread));
-        let until = now + wait + jitter;
+        // Checked: a hint is clamped by the client, but an Instant past the
+        // clock's range would panic.
+        let until = now
+            .checked_add(wait.saturating_add(jitter))
+            .unwrap_or(now + MAX_PAUSE);
         if until > s.paused_until {
             s.paused_until = until;
             s.window_start = until;
@@ -344,6 +351,20 @@ mod tests {
         // The reset, plus a jitter below two intervals of the new share (7.5 s).
         assert!(
             waited >= reset && waited < reset + Duration::from_secs_f64(7.5),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_past_the_clocks_range_pauses_at_most_an_hour() {
+        let b = budget(60);
+        b.acquire(Priority::Paid).await;
+        b.on_rate_limited(Some(Duration::MAX));
+        let start = Instant::now();
+        b.acquire(Priority::Paid).await;
+        let waited = start.elapsed();
+        assert!(
+            waited >= MAX_PAUSE && waited <= MAX_PAUSE + Duration::from_secs(10),
             "{waited:?}"
         );
     }

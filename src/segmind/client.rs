@@ -8,6 +8,11 @@
 //!   they are rebuilt from the base URL and the request id); the API client
 //!   does not follow redirects; the audio is fetched by a separate client that
 //!   never carries the key.
+//! - The API is an untrusted upstream: media URLs and their redirects are
+//!   fetched only under [`MediaPolicy`] (https, public addresses, checked
+//!   again on each resolved address); every body is read with a cap
+//!   ([`API_BODY_LIMIT`], a result's inline audio, [`ERROR_BODY_READ`] of an
+//!   error's); a server's wait hint is clamped to `segmind.retry_max`.
 //! - Each call has exactly one retry layer, [`super::retry::with_retry`]; the
 //!   HTTP clients never retry.
 
@@ -25,6 +30,7 @@ use url::Url;
 
 use super::budget::{Priority, RateBudget};
 use super::error::SegmindError;
+use super::media::MediaPolicy;
 use super::poll::{self, Observation, PollContext, PollSchedule};
 use super::protocol::{
     AudioSource, ResultMetrics, SubmitBody, Submitted, interpret_result_audio, interpret_status,
@@ -38,7 +44,11 @@ use crate::metrics::Metrics;
 
 const API_KEY_HEADER: &str = "x-api-key";
 const REMAINING_CREDITS_HEADER: &str = "x-remaining-credits";
-
+/// Most bytes of a submit or status answer (they are small JSON objects).
+const API_BODY_LIMIT: u64 = 1 << 20;
+/// Bytes of an error answer's body read (and the rest left unread): enough
+/// for its message, whatever the server sends.
+const ERROR_BODY_READ: u64 = 16 << 10;
 /// The outcome of one synthesis at Segmind.
 #[derive(Debug, Clone)]
 pub struct Synthesis {
@@ -76,6 +86,7 @@ pub struct SegmindClient {
     /// Bounds the API calls open at once, hence the connections.
     open_calls: tokio::sync::Semaphore,
     max_audio_bytes: u64,
+    media_policy: Arc<MediaPolicy>,
     ambiguous_submits: AmbiguousSubmits,
     metrics: Metrics,
     /// The clock the polling schedule's observations are stamped with.
@@ -96,10 +107,17 @@ impl SegmindClient {
             .pool_idle_timeout(Duration::from_secs(90))
             .user_agent(concat!("tts-worker/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let media_policy = Arc::new(MediaPolicy::new(&settings.media_allow_private));
         let media = reqwest::Client::builder()
             .timeout(settings.download_timeout)
             .connect_timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::limited(5))
+            // Each hop is checked like the first URL, and every name is
+            // resolved to public addresses only (unless listed).
+            .redirect(media_policy.redirect_policy())
+            .dns_resolver(media_policy.resolver())
+            // A proxy would resolve the host itself: the address check needs
+            // a direct connection.
+            .no_proxy()
             .user_agent(concat!("tts-worker/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let mut submit_url = settings.base_url.clone();
@@ -117,6 +135,7 @@ impl SegmindClient {
             rate_scope: settings.rate_limit_scope,
             open_calls: tokio::sync::Semaphore::new(settings.max_concurrent_calls),
             max_audio_bytes: settings.max_audio_bytes,
+            media_policy,
             ambiguous_submits: settings.ambiguous_submits,
             metrics,
             started: Instant::now(),
@@ -414,8 +433,10 @@ impl SegmindClient {
         let status = response.status();
         let headers = response.headers().clone();
         if status == StatusCode::TOO_MANY_REQUESTS {
-            self.budget
-                .on_rate_limited(server_hint(&headers, chrono::Utc::now()));
+            // A server's hint is an upstream's word: a one-year reset (or
+            // `Retry-After: 2^64-1`) must not freeze the replica's calls.
+            let hint = server_hint(&headers, chrono::Utc::now()).map(|h| h.min(self.retry.max));
+            self.budget.on_rate_limited(hint);
         } else {
             self.budget.on_success();
         }
@@ -428,11 +449,12 @@ impl SegmindClient {
             debug!(remaining_credits = credits, "Segmind balance");
             self.metrics.remaining_credits.set(credits);
         }
-        let body = response
-            .bytes()
-            .boxed()
-            .await
-            .map_err(|source| transport(call, source))?;
+        // A result may carry its audio inline, in base64.
+        let limit = match call {
+            Call::Result => self.max_audio_bytes.saturating_mul(4) / 3 + (64 << 10),
+            _ => API_BODY_LIMIT,
+        };
+        let body = read_body(call, response, limit).await?;
         Ok((status, headers, body))
     }
 
@@ -531,11 +553,21 @@ impl SegmindClient {
     ) -> Result<(AudioSource, ResultMetrics), SegmindError> {
         let request = self.api.get(job.response_url.clone());
         let (status, headers, bytes) = self.send_api(Call::Result, Priority::Paid, request).await?;
-        interpret_result_audio(&job.request_id, status, &headers, &bytes)
+        interpret_result_audio(
+            &job.request_id,
+            status,
+            &headers,
+            &bytes,
+            self.max_audio_bytes,
+        )
     }
 
-    /// Downloads audio from the media host: no API key, size-capped.
+    /// Downloads audio from the media host: no API key, size-capped, and
+    /// only from where [`MediaPolicy`] allows.
     async fn download(&self, url: &Url) -> Result<(Bytes, Option<String>), SegmindError> {
+        self.media_policy
+            .check(url)
+            .map_err(|reason| SegmindError::MediaRefused { reason })?;
         let request = self
             .media
             .get(url.clone())
@@ -545,30 +577,79 @@ impl SegmindClient {
         let status = response.status();
         if !status.is_success() {
             let headers = response.headers().clone();
-            let body = response.bytes().await.unwrap_or_default();
+            let body = read_head(response, ERROR_BODY_READ).await;
             return Err(status_error(Call::Download, status, &headers, &body));
         }
         let limit = self.max_audio_bytes;
-        if response.content_length().is_some_and(|n| n > limit) {
-            return Err(SegmindError::TooLarge { limit });
-        }
         let content_type = response
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        // One buffer sized once when the length is known: no growth copies.
-        let mut buf = BytesMut::with_capacity(response.content_length().unwrap_or(0) as usize);
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|source| transport(Call::Download, source))?;
-            if (buf.len() + chunk.len()) as u64 > limit {
-                return Err(SegmindError::TooLarge { limit });
-            }
-            buf.extend_from_slice(&chunk);
-        }
-        Ok((buf.freeze(), content_type))
+        let audio = read_capped(Call::Download, response, limit)
+            .await?
+            .ok_or(SegmindError::TooLarge { limit })?;
+        Ok((audio, content_type))
     }
+}
+
+/// An API answer's body: a success's whole, at most `limit` bytes; an
+/// error's first [`ERROR_BODY_READ`] bytes. Built by a plain function, so
+/// the caller's future holds a pointer, not the read's state.
+fn read_body(
+    call: Call,
+    response: reqwest::Response,
+    limit: u64,
+) -> futures_util::future::BoxFuture<'static, Result<Bytes, SegmindError>> {
+    if response.status().is_success() {
+        async move {
+            read_capped(call, response, limit)
+                .await?
+                .ok_or(SegmindError::AnswerTooLarge { call, limit })
+        }
+        .boxed()
+    } else {
+        read_head(response, ERROR_BODY_READ).map(Ok).boxed()
+    }
+}
+
+/// `response`'s body when it has at most `limit` bytes, else `None` (what
+/// is past the limit is never read): one buffer, sized once when the length
+/// is announced.
+async fn read_capped(
+    call: Call,
+    response: reqwest::Response,
+    limit: u64,
+) -> Result<Option<Bytes>, SegmindError> {
+    let announced = response.content_length();
+    if announced.is_some_and(|n| n > limit) {
+        return Ok(None);
+    }
+    let mut buf = BytesMut::with_capacity(announced.unwrap_or(0) as usize);
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|source| transport(call, source))?;
+        if (buf.len() + chunk.len()) as u64 > limit {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Some(buf.freeze()))
+}
+
+/// At most the first `limit` bytes of `response`'s body (an error's
+/// message); a body that breaks off is read as far as it came.
+async fn read_head(response: reqwest::Response, limit: u64) -> Bytes {
+    let mut buf = BytesMut::new();
+    let mut stream = response.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        let room = (limit as usize).saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if buf.len() as u64 >= limit {
+            break;
+        }
+    }
+    buf.freeze()
 }
 
 /// A client span for one HTTP call, with OpenTelemetry's HTTP conventions:

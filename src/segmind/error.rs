@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::media::MediaRefusal;
 use crate::failure::{AsFault, Call, Fault};
 
 #[derive(Debug, thiserror::Error)]
@@ -15,13 +16,23 @@ pub enum SegmindError {
         /// The server's requested wait (Retry-After / rate-limit reset).
         retry_after: Option<Duration>,
     },
-    #[error("{call} call failed: {source}")]
+    /// `source` carries no URL (it may hold a signed query); `url` is the
+    /// URL without its query ([`super::media::redacted`]).
+    #[error("{call} call{} failed: {source}", url.as_deref().map(|u| format!(" to {u}")).unwrap_or_default())]
     Transport {
         call: Call,
         timeout: bool,
+        url: Option<String>,
         #[source]
         source: reqwest::Error,
     },
+    #[error("{reason}")]
+    MediaRefused {
+        #[source]
+        reason: MediaRefusal,
+    },
+    #[error("the {call} answer is larger than the {limit}-byte limit")]
+    AnswerTooLarge { call: Call, limit: u64 },
     #[error("{call} answer breaks the protocol: {detail}")]
     Protocol { call: Call, detail: String },
     #[error("Segmind request {request_id} FAILED: {message}")]
@@ -92,7 +103,9 @@ impl SegmindError {
         match self {
             SegmindError::Status { call, .. }
             | SegmindError::Transport { call, .. }
+            | SegmindError::AnswerTooLarge { call, .. }
             | SegmindError::Protocol { call, .. } => Some(*call),
+            SegmindError::MediaRefused { .. } => Some(Call::Download),
             _ => None,
         }
     }
@@ -116,6 +129,8 @@ impl AsFault for SegmindError {
                 status: *status,
             },
             SegmindError::Transport { timeout, .. } => Fault::Network { timeout: *timeout },
+            SegmindError::MediaRefused { .. } => Fault::MediaRefused,
+            SegmindError::AnswerTooLarge { .. } => Fault::Protocol,
             SegmindError::Protocol { .. } => Fault::Protocol,
             SegmindError::JobFailed {
                 message,

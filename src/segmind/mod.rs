@@ -7,6 +7,8 @@
 //! - [`poll`]: when to poll a submitted job (the `PollSchedule` seam and the
 //!   learned schedule).
 //! - [`budget`]: the account's rate limit, shared by the fleet.
+//! - [`media`]: where a result's audio may be fetched from (the API is an
+//!   untrusted upstream: https and public addresses only, unless listed).
 //!
 //! Errors are [`SegmindError`]s, which report facts (an HTTP status on a
 //! call, a network error, a FAILED job) for [`crate::failure::classify`].
@@ -14,6 +16,7 @@
 pub mod budget;
 pub mod client;
 pub mod error;
+pub mod media;
 pub mod poll;
 pub mod protocol;
 pub mod retry;

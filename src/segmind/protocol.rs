@@ -98,7 +98,8 @@ fn same_origin_or(base: &Url, candidate: &str, fallback_path: &str) -> Url {
         Ok(url) if url.origin() == base.origin() => url,
         _ => {
             warn!(
-                url = candidate,
+                url = Url::parse(candidate)
+                    .map_or_else(|_| "(not a URL)".to_owned(), |u| super::media::redacted(&u)),
                 "Segmind returned a URL off the API origin; building it from the base URL instead"
             );
             let mut url = base.clone();
@@ -108,11 +109,19 @@ fn same_origin_or(base: &Url, candidate: &str, fallback_path: &str) -> Url {
     }
 }
 
+/// A transport error, its URL's query dropped (a media URL's query may be
+/// a signature): the error's text goes into logs and failure events.
 pub(crate) fn transport(call: Call, source: reqwest::Error) -> SegmindError {
+    if let Some(reason) = super::media::MediaRefusal::in_chain(&source) {
+        return SegmindError::MediaRefused {
+            reason: reason.clone(),
+        };
+    }
     SegmindError::Transport {
         call,
         timeout: source.is_timeout(),
-        source,
+        url: source.url().map(super::media::redacted),
+        source: source.without_url(),
     }
 }
 
@@ -197,9 +206,10 @@ pub(crate) fn interpret_result_audio(
     status: StatusCode,
     headers: &HeaderMap,
     bytes: &[u8],
+    max_audio_bytes: u64,
 ) -> Result<(AudioSource, ResultMetrics), SegmindError> {
     let (output, metrics) = interpret_result(request_id, status, headers, bytes)?;
-    Ok((audio_source(&output)?, metrics))
+    Ok((audio_source(&output, max_audio_bytes)?, metrics))
 }
 
 fn interpret_result(
@@ -255,14 +265,15 @@ pub(crate) enum AudioSource {
 }
 
 /// Finds the audio in a result's `output`: a media URL (likely), a data URI or
-/// bare base64; possibly wrapped in a list or an object.
-fn audio_source(output: &Value) -> Result<AudioSource, SegmindError> {
+/// bare base64; possibly wrapped in a list or an object. Inline audio
+/// longer than `max_bytes` is refused before it is decoded.
+fn audio_source(output: &Value, max_bytes: u64) -> Result<AudioSource, SegmindError> {
     let protocol = |detail: String| SegmindError::Protocol {
         call: Call::Result,
         detail,
     };
     match output {
-        Value::String(s) => audio_source_str(s.trim()).ok_or_else(|| {
+        Value::String(s) => audio_source_str(s.trim(), max_bytes)?.ok_or_else(|| {
             let head: String = s.chars().take(40).collect();
             protocol(format!(
                 "output is neither a URL, a data URI nor base64 ({head:?}…)"
@@ -271,50 +282,63 @@ fn audio_source(output: &Value) -> Result<AudioSource, SegmindError> {
         Value::Array(items) => items
             .first()
             .ok_or_else(|| protocol("output is an empty list".into()))
-            .and_then(audio_source),
+            .and_then(|o| audio_source(o, max_bytes)),
         Value::Object(map) => ["url", "audio_url", "audio", "output", "data"]
             .iter()
             .find_map(|k| map.get(*k))
             .ok_or_else(|| protocol("output object has no url/audio field".into()))
-            .and_then(audio_source),
-        other => Err(protocol(format!("output of unexpected type: {other}"))),
+            .and_then(|o| audio_source(o, max_bytes)),
+        other => {
+            let shown: String = other.to_string().chars().take(80).collect();
+            Err(protocol(format!("output of unexpected type: {shown}")))
+        }
     }
 }
 
-fn audio_source_str(s: &str) -> Option<AudioSource> {
+fn audio_source_str(s: &str, max_bytes: u64) -> Result<Option<AudioSource>, SegmindError> {
     if s.starts_with("https://") || s.starts_with("http://") {
-        return Url::parse(s).ok().map(AudioSource::Url);
+        return Ok(Url::parse(s).ok().map(AudioSource::Url));
     }
     if let Some(rest) = s.strip_prefix("data:") {
-        let (meta, data) = rest.split_once(',')?;
+        let Some((meta, data)) = rest.split_once(',') else {
+            return Ok(None);
+        };
         let mime = meta
             .split(';')
             .next()
             .filter(|m| !m.is_empty())
             .map(str::to_owned);
         if !meta.ends_with(";base64") {
-            return None;
+            return Ok(None);
         }
-        return decode_base64(data).map(|bytes| AudioSource::Inline { bytes, mime });
+        return Ok(decode_base64(data, max_bytes)?.map(|bytes| AudioSource::Inline { bytes, mime }));
     }
     // Bare base64 of some length; short strings are more likely garbage.
     if s.len() >= 16 {
-        return decode_base64(s).map(|bytes| AudioSource::Inline { bytes, mime: None });
+        return Ok(
+            decode_base64(s, max_bytes)?.map(|bytes| AudioSource::Inline { bytes, mime: None })
+        );
     }
-    None
+    Ok(None)
 }
 
-fn decode_base64(data: &str) -> Option<Bytes> {
+/// Decodes base64 of any common alphabet, once its decoded size (3 bytes
+/// per 4 characters) is known to be within `max_bytes`.
+fn decode_base64(data: &str, max_bytes: u64) -> Result<Option<Bytes>, SegmindError> {
+    let data = data.trim();
+    if (data.len() as u64 / 4).saturating_mul(3) > max_bytes {
+        return Err(SegmindError::TooLarge { limit: max_bytes });
+    }
     let engines = [
         &base64::engine::general_purpose::STANDARD,
         &base64::engine::general_purpose::URL_SAFE,
         &base64::engine::general_purpose::STANDARD_NO_PAD,
         &base64::engine::general_purpose::URL_SAFE_NO_PAD,
     ];
-    engines
+    Ok(engines
         .iter()
-        .find_map(|e| e.decode(data.trim()).ok())
-        .map(Bytes::from)
+        .find_map(|e| e.decode(data).ok())
+        .map(Bytes::from))
 }
 
 #[cfg(test)]
@@ -323,22 +347,42 @@ mod tests {
     use serde_json::json;
     use std::time::Duration;
 
+    const MAX: u64 = 1 << 20;
+
+    #[test]
+    fn inline_audio_over_the_cap_is_refused_before_it_is_decoded() {
+        let wav = "UklGRgAAAABXQVZF".repeat(8); // 128 characters, 96 bytes
+        for output in [
+            json!(wav.clone()),
+            json!(format!("data:audio/wav;base64,{wav}")),
+        ] {
+            assert!(matches!(
+                audio_source(&output, 95),
+                Err(SegmindError::TooLarge { limit: 95 })
+            ));
+            assert!(matches!(
+                audio_source(&output, 96),
+                Ok(AudioSource::Inline { .. })
+            ));
+        }
+    }
+
     #[test]
     fn finds_audio_in_every_plausible_output_shape() {
         let url = AudioSource::Url(Url::parse("https://cdn.segmind.com/a.wav").unwrap());
         assert_eq!(
-            audio_source(&json!("https://cdn.segmind.com/a.wav")).unwrap(),
+            audio_source(&json!("https://cdn.segmind.com/a.wav"), MAX).unwrap(),
             url
         );
         assert_eq!(
-            audio_source(&json!(["https://cdn.segmind.com/a.wav"])).unwrap(),
+            audio_source(&json!(["https://cdn.segmind.com/a.wav"]), MAX).unwrap(),
             url
         );
         assert_eq!(
-            audio_source(&json!({"audio_url": "https://cdn.segmind.com/a.wav"})).unwrap(),
+            audio_source(&json!({"audio_url": "https://cdn.segmind.com/a.wav"}), MAX).unwrap(),
             url
         );
-        let inline = audio_source(&json!("data:audio/wav;base64,UklGRgAAAABXQVZF")).unwrap();
+        let inline = audio_source(&json!("data:audio/wav;base64,UklGRgAAAABXQVZF"), MAX).unwrap();
         assert_eq!(
             inline,
             AudioSource::Inline {
@@ -346,7 +390,7 @@ mod tests {
                 mime: Some("audio/wav".into())
             }
         );
-        let bare = audio_source(&json!("UklGRgAAAABXQVZF")).unwrap();
+        let bare = audio_source(&json!("UklGRgAAAABXQVZF"), MAX).unwrap();
         assert!(matches!(bare, AudioSource::Inline { mime: None, .. }));
     }
 
@@ -360,7 +404,7 @@ mod tests {
             json!("not base64!"),
         ] {
             assert!(
-                matches!(audio_source(&bad), Err(SegmindError::Protocol { .. })),
+                matches!(audio_source(&bad, MAX), Err(SegmindError::Protocol { .. })),
                 "{bad}"
             );
         }

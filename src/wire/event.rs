@@ -167,7 +167,8 @@ pub enum EventData {
 #[derive(Debug, Clone)]
 pub struct EncodedEvent {
     pub id: String,
-    pub routing_key: &'static str,
+    /// `tts.job.{completed|failed}`, then `.{tenant}` for a tenant's job.
+    pub routing_key: String,
     pub body: Vec<u8>,
 }
 
@@ -232,7 +233,7 @@ pub fn encode_event(
     let (routing_key, body) = match outcome {
         Outcome::Completed(c) => {
             let data = CompletedData {
-                job_id: c.job_id.to_string(),
+                job_id: c.job_id.producer().to_owned(),
                 audio: AudioData {
                     uri: s3_uri(&c.audio.bucket, &c.audio.key),
                     bucket: c.audio.bucket.clone(),
@@ -276,14 +277,14 @@ pub fn encode_event(
             (
                 COMPLETED_TYPE,
                 to_json(
-                    envelope(COMPLETED_TYPE, COMPLETED_SCHEMA_ID, c.job_id.as_str()),
+                    envelope(COMPLETED_TYPE, COMPLETED_SCHEMA_ID, c.job_id.producer()),
                     data,
                 ),
             )
         }
         Outcome::Failed(f) => {
             let data = FailedData {
-                job_id: f.job_id.to_string(),
+                job_id: f.job_id.producer().to_owned(),
                 error: ErrorData {
                     code: f.failure.code.as_str().into(),
                     message: f.failure.short_message().into_owned(),
@@ -300,15 +301,22 @@ pub fn encode_event(
             (
                 FAILED_TYPE,
                 to_json(
-                    envelope(FAILED_TYPE, FAILED_SCHEMA_ID, f.job_id.as_str()),
+                    envelope(FAILED_TYPE, FAILED_SCHEMA_ID, f.job_id.producer()),
                     data,
                 ),
             )
         }
     };
+    let job_id = match outcome {
+        Outcome::Completed(c) => &c.job_id,
+        Outcome::Failed(f) => &f.job_id,
+    };
     EncodedEvent {
         id,
-        routing_key,
+        routing_key: match job_id.tenant() {
+            Some(tenant) => format!("{routing_key}.{tenant}"),
+            None => routing_key.to_owned(),
+        },
         body,
     }
 }

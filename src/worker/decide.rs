@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use super::pipeline::{HandOverReason, JobEnd};
-use crate::config::JobSettings;
+use crate::config::{JobSettings, TenantIdentity};
 use crate::failure::{Attempt, ErrorCode, Failure};
-use crate::job::{JobId, Outcome, TtsJob};
+use crate::job::{JobId, Outcome, Tenant, TtsJob};
 use crate::wire::request::RequestError;
 
 /// How a delivery was settled with the broker.
@@ -80,6 +80,25 @@ pub fn admit<'a>(
                 Admission::Expire(Failure::unsupported_version(*version, *known, waited))
             }
         }
+    }
+}
+
+/// The tenant a request belongs to: none without tenants; with
+/// `tenants.identity = "user_id"`, its broker-validated `user_id`, which it
+/// must carry and which must name a tenant.
+pub fn tenant_of(
+    identity: TenantIdentity,
+    user_id: Option<&str>,
+) -> Result<Option<Tenant>, Failure> {
+    match (identity, user_id) {
+        (TenantIdentity::None, _) => Ok(None),
+        (TenantIdentity::UserId, None) => Err(Failure::invalid_request(
+            "the request has no user_id property: with tenants.identity = \"user_id\" every request must carry its \
+             producer's user_id (RabbitMQ checks it against the connection's user)",
+        )),
+        (TenantIdentity::UserId, Some(user)) => Tenant::parse(user).map(Some).map_err(|rule| {
+            Failure::invalid_request(format!("user_id cannot name a tenant: it {rule}"))
+        }),
     }
 }
 

@@ -58,9 +58,9 @@ pub enum JobError {
     ForbiddenKey(#[from] ForbiddenKey),
     /// The key already holds an object another job wrote.
     #[error(
-        "output_key {key:?} already holds an object of job {owner:?}; it is not overwritten (choose another key)"
+        "output_key {key:?} already holds an object of another job; it is not overwritten (choose another key)"
     )]
-    KeyTaken { key: String, owner: String },
+    KeyTaken { key: String },
     /// The key holds this job's audio rendered with other options: the
     /// object its event named is kept.
     #[error(
@@ -528,9 +528,10 @@ impl Pipeline {
         if ours {
             Ok(false)
         } else {
+            // The owner is for the operator's log, never for the producer.
+            info!(key = %key, owner = info.job_id.as_deref().unwrap_or("?"), "output_key holds another job's object");
             Err(JobError::KeyTaken {
                 key: key.to_string(),
-                owner: info.job_id.unwrap_or_default(),
             })
         }
     }

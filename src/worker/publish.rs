@@ -8,6 +8,7 @@ use tracing::warn;
 
 use super::settle::JobContext;
 use crate::broker::{self, BrokerError};
+use crate::config::TenantIdentity;
 use crate::job::Outcome;
 use crate::wire::{
     self, DEAD_LETTER_CODE_HEADER, DEAD_LETTER_JOB_HEADER, DEAD_LETTER_MESSAGE_HEADER,
@@ -38,6 +39,15 @@ fn with_trace(properties: BasicProperties, trace: &TraceHeaders) -> BasicPropert
     }
 }
 
+/// The event's type (`tts.job.completed`) from its routing key, which may
+/// end in the tenant.
+fn event_type(routing_key: &str) -> &str {
+    [wire::COMPLETED_TYPE, wire::FAILED_TYPE]
+        .into_iter()
+        .find(|t| routing_key.starts_with(t))
+        .unwrap_or(routing_key)
+}
+
 /// Publishes the terminal event, plus a copy to `reply_to` when asked.
 pub(super) async fn publish_outcome(
     ctx: &JobContext,
@@ -51,7 +61,7 @@ pub(super) async fn publish_outcome(
         .with_content_type(wire::EVENT_CONTENT_TYPE.into())
         .with_delivery_mode(2)
         .with_message_id(event.id.as_str().into())
-        .with_type(event.routing_key.into())
+        .with_type(event_type(&event.routing_key).into())
         .with_app_id("tts-worker".into())
         .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64);
     if let Some(correlation_id) = request.correlation_id() {
@@ -61,7 +71,7 @@ pub(super) async fn publish_outcome(
     ctx.publisher
         .publish(
             &ctx.topology.events_exchange,
-            event.routing_key,
+            &event.routing_key,
             &event.body,
             properties.clone(),
             true,
@@ -69,7 +79,21 @@ pub(super) async fn publish_outcome(
         .await?;
     metrics.published.with_label_values(&["event"]).inc();
 
-    if let Some(reply_to) = request.reply_to() {
+    let tenant = match outcome {
+        Outcome::Completed(c) => c.job_id.tenant(),
+        Outcome::Failed(f) => f.job_id.tenant(),
+    };
+    let reply_to = request.reply_to().as_ref().filter(|queue| {
+        let allowed = ctx.reply_to.allows(queue.as_str(), tenant);
+        if !allowed {
+            warn!(
+                reply_to = queue.as_str(),
+                "reply_to is not a queue this request may reply to (amqp.reply_to_pattern); the reply is skipped, the event went to the events exchange"
+            );
+        }
+        allowed
+    });
+    if let Some(reply_to) = reply_to {
         // The durable event above is the record; the reply is a courtesy copy
         // to a queue the requester owns, so a vanished reply queue must not
         // block the job.
@@ -103,11 +127,17 @@ pub(super) async fn publish_dead_letter(
     // Without the worker's own hand-over headers: a copy sent again by an
     // operator starts afresh (its deliveries, pauses and deferral uncounted).
     let properties = broker::with_headers(
-        with_trace(broker::without_worker_headers(&delivery.properties), trace),
+        with_trace(
+            broker::without_worker_headers(&broker::republishable(
+                &delivery.properties,
+                ctx.tenants == TenantIdentity::UserId,
+            )),
+            trace,
+        ),
         &[
             (DEAD_LETTER_CODE_HEADER, failed.failure.code.as_str()),
             (DEAD_LETTER_MESSAGE_HEADER, message.as_ref()),
-            (DEAD_LETTER_JOB_HEADER, failed.job_id.as_str()),
+            (DEAD_LETTER_JOB_HEADER, failed.job_id.producer()),
         ],
     );
     ctx.publisher

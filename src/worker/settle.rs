@@ -21,12 +21,13 @@ use tracing::{Instrument, Span, error, field, info, info_span, warn};
 pub use super::decide::Settlement;
 use super::decide::{
     Admission, Cleanup, Conclusion, DeliveryFacts, Ending, admit, conclude, deferral_start,
+    tenant_of,
 };
 use super::pause::jittered;
 use super::pipeline::{DeliveryLimit, HandOverReason, JobEnd, Pipeline};
 use super::publish::{publish_dead_letter, publish_outcome, trace_headers};
 use crate::broker::{self, Lease, LeaseError, Leases, Publisher, Topology};
-use crate::config::RequestLimits;
+use crate::config::{ReplyToPatterns, RequestLimits, TenantIdentity};
 use crate::failure::{Attempt, Failure};
 use crate::job::{Failed, Outcome, TtsJob};
 use crate::telemetry;
@@ -41,6 +42,10 @@ pub struct JobContext {
     pub leases: Leases,
     pub topology: Topology,
     pub limits: RequestLimits,
+    /// Who a request belongs to (`tenants.identity`).
+    pub tenants: TenantIdentity,
+    /// Where `reply_to` may point (`amqp.reply_to_pattern`).
+    pub reply_to: ReplyToPatterns,
     /// CloudEvents `source` of this process.
     pub event_source: String,
 }
@@ -167,7 +172,16 @@ async fn settle(
     };
     let attempt = facts.attempt;
     let message_id = props.message_id().as_ref().map(|m| m.as_str());
-    let decoded = wire::decode_request(&delivery.data, message_id, &ctx.limits);
+    let mut decoded = wire::decode_request(&delivery.data, message_id, &ctx.limits);
+    // With tenants, the job is the tenant's: every key it is known by is in
+    // the tenant's namespace from here on.
+    let tenancy = tenant_of(ctx.tenants, props.user_id().as_ref().map(|u| u.as_str()));
+    if let Ok(Some(tenant)) = &tenancy {
+        decoded.job_id = decoded.job_id.within(tenant);
+        if let Ok(job) = &mut decoded.job {
+            job.id = job.id.clone().within(tenant);
+        }
+    }
     let span = Span::current();
     span.record("job_id", decoded.job_id.as_str());
     span.record("attempt", attempt.number);
@@ -193,7 +207,11 @@ async fn settle(
         })))
     };
     let mut lease = None;
-    let ending = match admit(&facts, &decoded.job, jobs) {
+    let admission = match tenancy {
+        Err(failure) => Admission::Reject(failure),
+        Ok(_) => admit(&facts, &decoded.job, jobs),
+    };
+    let ending = match admission {
         Admission::Poison(failure) => {
             warn!(attempt = attempt.number, "dead-lettering a poison message");
             refused(failure)
@@ -406,8 +424,12 @@ pub async fn hand_over(
     // The first hand-back dates the request (see `deferral_start`).
     let deferred_since = (reason == HandOverReason::NewerVersion)
         .then(|| deferral_start(broker::deferred_since(&delivery.properties), epoch_millis()));
-    let properties =
-        broker::handover_properties(&delivery.properties, counted, pauses, deferred_since);
+    let properties = broker::handover_properties(
+        &broker::republishable(&delivery.properties, ctx.tenants == TenantIdentity::UserId),
+        counted,
+        pauses,
+        deferred_since,
+    );
     let copied = ctx
         .publisher
         .publish(

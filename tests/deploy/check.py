@@ -152,7 +152,9 @@ VALUE_SETS: dict[str, dict] = {
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
         "networkPolicy": {"enabled": True,
                           "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
-                          "egress": [{"ports": [{"port": 5671, "protocol": "TCP"}, {"port": 443, "protocol": "TCP"}]}]},
+                          "egress": {"broker": {"ports": [5671], "to": [{"podSelector": {"matchLabels": {"app": "rabbitmq"}}}]},
+                                     "storage": {"ports": [3900]},
+                                     "extra": [{"ports": [{"port": 4318, "protocol": "TCP"}]}]}},
         "amqp": {"tls": {"caSecret": "rabbitmq-ca", "caKey": "ca.pem"}},
         "secrets": {"existingSecret": "other", "awsCredentialsFromSecret": False,
                     "keys": {"segmindApiKey": "api", "amqpUrl": "amqp"}},
@@ -170,6 +172,22 @@ VALUE_SETS: dict[str, dict] = {
     },
     "pdb-off": {"podDisruptionBudget": None, "serviceAccount": {"create": False, "name": "shared"}},
 }
+
+
+def check_network_policy(spec: dict, label: str) -> None:
+    """Egress is restricted and never reaches the link-local metadata range."""
+    if "Egress" not in spec.get("policyTypes", []):
+        problem(f"chart[{label}]: the NetworkPolicy leaves egress open")
+    rules = spec.get("egress", [])
+    if not any({"port": 53, "protocol": "UDP"} in r.get("ports", []) for r in rules):
+        problem(f"chart[{label}]: no DNS egress")
+    for rule in rules:
+        if not rule.get("ports"):
+            problem(f"chart[{label}]: an egress rule without ports: {rule}")
+        for peer in rule.get("to", []):
+            block = peer.get("ipBlock")
+            if block and block["cidr"] == "0.0.0.0/0" and "169.254.0.0/16" not in block.get("except", []):
+                problem(f"chart[{label}]: egress to anywhere includes the metadata address: {rule}")
 
 
 def check_helm() -> None:
@@ -235,6 +253,15 @@ def check_helm() -> None:
                     problem(f"chart[everything-on]: {key} ignored")
             if "topologySpreadConstraints" in spec:
                 problem("chart[everything-on]: topologySpreadConstraints: [] should turn spreading off")
+        if "NetworkPolicy" not in kinds and values.get("networkPolicy", {}).get("enabled", True):
+            problem(f"chart[{label}]: no NetworkPolicy although it is on by default")
+        for policy in kinds.get("NetworkPolicy", []):
+            check_network_policy(policy["spec"], label)
+        if mode == "keda":
+            auth = kinds["TriggerAuthentication"][0]["spec"]["secretTargetRef"][0]["name"]
+            worker_secret = values.get("secrets", {}).get("existingSecret", "tts-worker-secrets")
+            if auth == worker_secret:
+                problem(f"chart[{label}]: KEDA reads the worker's Secret {auth}")
         if label == "pdb-off" and spec["serviceAccountName"] != "shared":
             problem("chart[pdb-off]: serviceAccount.name ignored")
         ok(f"chart[{label}]: {len(objs)} objects ({', '.join(sorted(kinds))})")
@@ -247,8 +274,13 @@ def check_helm() -> None:
             problem(f"chart: unclear error without KEDA's CRDs: {e}")
         else:
             ok("chart: keda mode without KEDA's CRDs fails with a clear message")
-    # The schema rejects mistakes instead of ignoring them.
-    for bad in ({"autoscaling": {"mode": "kedda"}}, {"replicaCount": "two"}, {"podDisruptionBudget": {"minAvailable": 1}}):
+    # The schema rejects mistakes instead of ignoring them, and credentials
+    # in plain values.
+    for bad in ({"autoscaling": {"mode": "kedda"}}, {"replicaCount": "two"}, {"podDisruptionBudget": {"minAvailable": 1}},
+                {"config": {"TTS__SEGMIND__API_KEY": "sk-live"}}, {"config": {"TTS__AMQP__URL": "amqp://u:p@mq/%2f"}},
+                {"config": {"AWS_SECRET_ACCESS_KEY": "x"}}, {"config": {"AWS_ACCESS_KEY_ID": "AKIA"}},
+                {"extraEnv": [{"name": "SEGMIND_API_KEY", "value": "sk-live"}]},
+                {"networkPolicy": {"egress": [{"ports": [{"port": 443}]}]}}):
         try:
             render(bad)
             problem(f"chart: values.schema.json accepted {bad}")

@@ -44,6 +44,12 @@ pub fn test_settings(sim: &SimHandle, api_key: &str, tag: &str) -> Settings {
     env.retain(|(k, _)| !k.starts_with("TTS__AMQP__") || k == "TTS__AMQP__URL");
     let overrides = [
         ("TTS__SEGMIND__BASE_URL", sim.base_url()),
+        // The simulator's media host is on loopback: listed, as an operator
+        // lists an in-cluster media proxy.
+        (
+            "TTS__SEGMIND__MEDIA_ALLOW_PRIVATE",
+            sim.media_addr.to_string(),
+        ),
         ("TTS__SEGMIND__API_KEY", api_key.to_owned()),
         ("TTS__AMQP__REQUESTS_QUEUE", format!("{tag}.requests")),
         ("TTS__AMQP__EVENTS_EXCHANGE", format!("{tag}.events")),
@@ -527,6 +533,10 @@ impl TestApp {
         let base = [
             ("SEGMIND_API_KEY", self.api_key.clone()),
             ("TTS__SEGMIND__BASE_URL", self.sim.base_url()),
+            (
+                "TTS__SEGMIND__MEDIA_ALLOW_PRIVATE",
+                self.sim.media_addr.to_string(),
+            ),
             ("TTS__SEGMIND__POLL_PRIOR_LATENCY", "0.25".into()),
             ("TTS__SEGMIND__POLL_PRIOR_SPREAD", "0.1".into()),
             ("TTS__SEGMIND__POLL_TARGET_LAG", "0.05".into()),

@@ -121,6 +121,10 @@ fn worker_vars(app: &crate::helpers::TestApp, port: u16) -> Vec<(&'static str, S
         ("AWS_SECRET_ACCESS_KEY", get("AWS_SECRET_ACCESS_KEY")),
         ("SEGMIND_API_KEY", app.api_key.clone()),
         ("TTS__SEGMIND__BASE_URL", app.sim.base_url()),
+        (
+            "TTS__SEGMIND__MEDIA_ALLOW_PRIVATE",
+            app.sim.media_addr.to_string(),
+        ),
         ("TTS__HTTP__ADDR", format!("127.0.0.1:{port}")),
         ("TTS__TELEMETRY__LOG_FORMAT", "json".into()),
     ]

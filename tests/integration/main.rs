@@ -22,5 +22,7 @@ mod resilience;
 mod schemas;
 mod spoken;
 mod storage;
+mod tenants;
+mod upstream;
 mod versions;
 mod worker_pipeline;

@@ -298,6 +298,8 @@ async fn an_output_key_holding_another_jobs_audio_is_refused_and_not_overwritten
         Some(ErrorCode::OutputKeyTaken),
         "{end:?}"
     );
+    // No message names another job (it would tell a producer whose key it is).
+    assert!(!format!("{end:?}").contains("owner-1"), "{end:?}");
     assert_eq!(sim.stats().submits_accepted, 1);
     // The same job again is answered from its stored object, untouched.
     let end = pipeline.run(&job(&first), attempt(2)).await;

@@ -1620,6 +1620,8 @@ fn worth_resubmitting(e: &AudioError) -> bool {
             | AudioError::Undecodable { .. }
             | AudioError::MixedFormats { .. }
             | AudioError::Unrecognised { .. }
+            | AudioError::Unsupported(_)
+            | AudioError::TooLong
     )
 }
 
