@@ -227,6 +227,7 @@ impl Runner {
             limits: self.settings.limits.clone(),
             tenants: self.settings.tenants.identity,
             reply_to: self.settings.amqp.reply_to.clone(),
+            max_bytes_in_flight: self.settings.amqp.max_bytes_in_flight,
             event_source: format!("tts-worker/{}", hostname()),
         }
     }

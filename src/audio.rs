@@ -390,6 +390,92 @@ mod tests {
         assert!(matches!(raw, Err(AudioError::Unsupported(_))), "{raw:?}");
     }
 
+    mod hostile {
+        //! The audio decoders' fuzz target, on hostile headers and bytes:
+        //! `PROPTEST_CASES=100000 cargo test --lib audio::tests::hostile`
+        //! (README "Tests").
+        use super::*;
+        use proptest::prelude::*;
+        use std::sync::OnceLock;
+
+        /// One second of 24 kHz speech-like tone as MP3, made by the
+        /// simulator's LAME encoder: the bytes the MP3 cases mutate.
+        fn mp3() -> &'static [u8] {
+            static MP3: OnceLock<Vec<u8>> = OnceLock::new();
+            MP3.get_or_init(|| {
+                let pcm: Vec<u8> = (0..24_000)
+                    .flat_map(|i| {
+                        let x = (f64::from(i) * 0.05).sin() * 8_000.0;
+                        (x as i16).to_le_bytes()
+                    })
+                    .collect();
+                segmind_sim::mp3::from_wav(&segmind_sim::wav::from_pcm(&pcm, 24_000))
+                    .expect("LAME encodes")
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn any_wav_header_is_bounded_or_refused(
+                tag in prop_oneof![Just(1u16), Just(0xFFFE), any::<u16>()],
+                channels in any::<u16>(),
+                rate in prop_oneof![Just(1_000_000_000u32), 7_000u32..50_000, any::<u32>()],
+                byte_rate in any::<u32>(),
+                align in any::<u16>(),
+                bits in prop_oneof![Just(16u16), any::<u16>()],
+                data_size in any::<u32>(),
+                body in prop::collection::vec(any::<u8>(), 0..4_096),
+            ) {
+                let mut wav = b"RIFF\0\0\0\0WAVEfmt \x10\0\0\0".to_vec();
+                for field in [&tag.to_le_bytes()[..], &channels.to_le_bytes(), &rate.to_le_bytes(),
+                              &byte_rate.to_le_bytes(), &align.to_le_bytes(), &bits.to_le_bytes()] {
+                    wav.extend_from_slice(field);
+                }
+                wav.extend_from_slice(b"data");
+                wav.extend_from_slice(&data_size.to_le_bytes());
+                wav.extend_from_slice(&body);
+                if let Ok(wav) = crate::pcm::parse_wav(&wav) {
+                    prop_assert!(wav.format.supported().is_ok());
+                }
+                if let Ok(audio) = Audio::parse(Bytes::from(wav), Some("audio/wav")) {
+                    let d = audio.duration_seconds.unwrap_or(0.0);
+                    prop_assert!(d > 0.0 && d <= f64::from(MAX_TAKE_SECONDS), "{d}");
+                }
+            }
+
+            #[test]
+            fn raw_pcm_of_any_declared_rate_is_bounded_or_refused(
+                rate in any::<u32>(),
+                len in 0usize..8_192,
+            ) {
+                let mime = format!("audio/L16;rate={rate}");
+                if let Ok(audio) = Audio::parse(Bytes::from(vec![1u8; len]), Some(&mime)) {
+                    prop_assert!(crate::pcm::SAMPLE_RATES.contains(&rate));
+                    prop_assert!(audio.duration_seconds.unwrap_or(0.0) <= f64::from(MAX_TAKE_SECONDS));
+                }
+            }
+
+            #[test]
+            fn a_damaged_mp3_decodes_within_bounds_or_is_refused(
+                flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..64),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let mut bytes = mp3().to_vec();
+                for (at, value) in flips {
+                    let i = at.index(bytes.len());
+                    bytes[i] = value;
+                }
+                bytes.truncate(cut.index(bytes.len()) + 1);
+                if let Ok(pcm) = decode_mp3(Bytes::from(bytes)) {
+                    let format = PcmFormat { sample_rate: pcm.sample_rate, channels: pcm.channels };
+                    prop_assert!(format.supported().is_ok());
+                    prop_assert!(pcm.samples.len() as u64
+                        <= u64::from(MAX_TAKE_SECONDS) * u64::from(pcm.sample_rate) * format.frame_bytes());
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_take_longer_than_any_call_produces_is_refused() {
         let at_cap = (MAX_TAKE_SECONDS * 8_000 * 2) as usize;

@@ -31,11 +31,28 @@ pub enum Command {
     Check,
 }
 
+/// The container's memory limit, from its cgroup (v2 `memory.max`, else
+/// v1 `memory.limit_in_bytes`); `None` when unlimited or unknown.
+fn container_memory_limit() -> Option<u64> {
+    [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|path| std::fs::read_to_string(path).ok())
+    .and_then(|v| v.trim().parse::<u64>().ok())
+    // v1 reports "no limit" as a huge number rather than "max".
+    .filter(|b| *b < 1 << 60)
+}
+
 /// Runs the parsed command; `main` only maps the result to an exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(cli.config.as_deref())?;
     let telemetry = crate::telemetry::init(&settings.telemetry)?;
     for warning in settings.warnings() {
+        tracing::warn!("{warning}");
+    }
+    if let Some(warning) = settings.memory_warning(container_memory_limit()) {
         tracing::warn!("{warning}");
     }
     let code = match cli.command {

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub poll_lag: Histogram,
     /// Jobs finished at Segmind waiting for a transfer slot.
     pub transfers_waiting: IntGauge,
+    /// Bytes of the requests admitted and not yet settled.
+    pub request_bytes_in_flight: IntGauge,
     /// Submissions whose answer was lost after they were sent (a timeout
     /// after sending, 502/504): Segmind may have accepted and billed them.
     pub submit_ambiguous: IntCounter,
@@ -224,6 +226,11 @@ impl Metrics {
                 "Jobs finished at Segmind waiting for a slot to fetch and store their audio",
             )
             .expect("static metric definition"),
+            request_bytes_in_flight: IntGauge::new(
+                "tts_request_bytes_in_flight",
+                "Bytes of the request bodies this process has admitted (amqp.max_bytes_in_flight bounds it)",
+            )
+            .expect("static metric definition"),
             submit_ambiguous: IntCounter::new(
                 "tts_segmind_submit_ambiguous_total",
                 "Submissions whose answer was lost after they were sent (timeout, 502/504): Segmind may have accepted and billed them",
@@ -234,7 +241,7 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        let collectors: [Box<dyn prometheus::core::Collector>; 22] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 23] = [
             Box::new(m.submit_ambiguous.clone()),
             Box::new(m.handovers.clone()),
             Box::new(m.build_info.clone()),
@@ -243,6 +250,7 @@ impl Metrics {
             Box::new(m.rate_share.clone()),
             Box::new(m.poll_lag.clone()),
             Box::new(m.transfers_waiting.clone()),
+            Box::new(m.request_bytes_in_flight.clone()),
             Box::new(m.paused.clone()),
             Box::new(m.requeues.clone()),
             Box::new(m.resumed.clone()),
@@ -359,7 +367,7 @@ mod tests {
                 (f.name().to_owned(), (kind, labels))
             })
             .collect();
-        assert_eq!(registered.len(), 22, "{registered:?}");
+        assert_eq!(registered.len(), 23, "{registered:?}");
         assert_eq!(
             registered,
             documented(),

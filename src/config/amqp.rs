@@ -18,6 +18,8 @@ pub struct AmqpSettings {
     pub dead_letter_queue: String,
     /// Bound on in-flight jobs; also the AMQP prefetch count.
     pub max_in_flight: u16,
+    /// Bound on the request bytes admitted at once (`amqp.max_bytes_in_flight`).
+    pub max_bytes_in_flight: u64,
     pub queue_depth_interval: Duration,
     pub connect_timeout: Duration,
     pub publish_timeout: Duration,
@@ -79,6 +81,7 @@ pub(super) struct RawAmqp {
     pub(super) events_queue: String,
     pub(super) dead_letter_queue: String,
     pub(super) max_in_flight: u32,
+    pub(super) max_bytes_in_flight: u64,
     pub(super) queue_depth_interval: f64,
     pub(super) connect_timeout: f64,
     pub(super) publish_timeout: f64,
@@ -102,6 +105,15 @@ impl RawAmqp {
                 format!("must be between 1 and 65535, got {}", self.max_in_flight),
             ));
         }
+        if self.max_bytes_in_flight < 1 << 20 {
+            return Err(invalid(
+                "amqp.max_bytes_in_flight",
+                format!(
+                    "must be at least 1 MiB (1048576), got {}",
+                    self.max_bytes_in_flight
+                ),
+            ));
+        }
         let events_queue = if self.events_queue.is_empty() {
             None
         } else {
@@ -114,6 +126,7 @@ impl RawAmqp {
             events_queue,
             dead_letter_queue: queue_name("amqp.dead_letter_queue", self.dead_letter_queue)?,
             max_in_flight: self.max_in_flight as u16,
+            max_bytes_in_flight: self.max_bytes_in_flight,
             queue_depth_interval: seconds("amqp.queue_depth_interval", self.queue_depth_interval)?,
             connect_timeout: seconds("amqp.connect_timeout", self.connect_timeout)?,
             publish_timeout: seconds("amqp.publish_timeout", self.publish_timeout)?,

@@ -416,3 +416,28 @@ fn the_api_is_https_except_on_loopback_and_media_origins_are_listed_as_host_port
     let default = Settings::load_from(None, &env(&[])).unwrap();
     assert!(default.segmind.media_allow_private.is_empty());
 }
+
+#[test]
+fn the_memory_the_settings_allow_is_checked_against_the_containers_limit() {
+    let mib = 1u64 << 20;
+    let defaults = Settings::load_from(None, &env(&[])).unwrap();
+    // 16 transfers × 100 MiB × 2 + 64 MiB × 3 + 64 MiB.
+    assert_eq!(defaults.memory_bound(), (3200 + 192 + 64) * mib);
+    assert_eq!(defaults.memory_warning(None), None);
+    let warning = defaults.memory_warning(Some(512 * mib)).unwrap();
+    assert!(
+        warning.contains("3456 MiB") && warning.contains("512 MiB"),
+        "{warning}"
+    );
+    // The chart's defaults fit the chart's limit (768 MiB).
+    let chart = Settings::load_from(
+        None,
+        &env(&[
+            ("TTS__JOBS__MAX_TRANSFERS", "8"),
+            ("TTS__SEGMIND__MAX_AUDIO_BYTES", "33554432"),
+            ("TTS__AMQP__MAX_BYTES_IN_FLIGHT", "33554432"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(chart.memory_warning(Some(768 * mib)), None);
+}

@@ -86,6 +86,51 @@ impl Consuming {
     }
 }
 
+/// A delivery's share of `amqp.max_bytes_in_flight`: its body's bytes, in
+/// KiB units, held until its task ends; counted in
+/// `tts_request_bytes_in_flight` meanwhile.
+struct Admission {
+    _units: tokio::sync::OwnedSemaphorePermit,
+    bytes: i64,
+    gauge: prometheus::IntGauge,
+}
+
+impl Admission {
+    const UNIT: u64 = 1024;
+
+    /// The budget's units (at most `u32::MAX`, what one acquire can take).
+    fn units(max_bytes: u64) -> usize {
+        usize::try_from((max_bytes / Self::UNIT).clamp(1, u64::from(u32::MAX))).unwrap_or(1)
+    }
+
+    /// A body's units: at least one, at most the whole budget (a body
+    /// larger than the budget runs alone).
+    fn weight(body_bytes: usize, max_bytes: u64) -> u32 {
+        let units = (body_bytes as u64).div_ceil(Self::UNIT).max(1);
+        u32::try_from(units.min(Self::units(max_bytes) as u64)).unwrap_or(u32::MAX)
+    }
+
+    fn new(
+        units: tokio::sync::OwnedSemaphorePermit,
+        body_bytes: usize,
+        metrics: &crate::metrics::Metrics,
+    ) -> Self {
+        let bytes = i64::try_from(body_bytes).unwrap_or(i64::MAX);
+        metrics.request_bytes_in_flight.add(bytes);
+        Admission {
+            _units: units,
+            bytes,
+            gauge: metrics.request_bytes_in_flight.clone(),
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.gauge.sub(self.bytes);
+    }
+}
+
 /// Why [`run`] returned.
 #[derive(Debug)]
 pub enum Stopped {
@@ -129,6 +174,7 @@ pub async fn run(
     grace: Duration,
 ) -> Stopped {
     let permits = Arc::new(Semaphore::new(max_in_flight));
+    let bytes = Arc::new(Semaphore::new(Admission::units(ctx.max_bytes_in_flight)));
     let mut tasks = JoinSet::new();
     let gate = ctx.pipeline.pause.clone();
     let mut pause_changes = gate.subscribe();
@@ -223,10 +269,31 @@ pub async fn run(
         };
         match next {
             Some(Ok(delivery)) => {
+                // Weighed by its body: it waits, unparsed, until its bytes
+                // fit; meanwhile this loop takes no other delivery.
+                let weight = Admission::weight(delivery.data.len(), ctx.max_bytes_in_flight);
+                let admitted = match bytes.clone().try_acquire_many_owned(weight) {
+                    Ok(p) => p,
+                    Err(_) => tokio::select! {
+                        _ = shutdown_requested(&mut shutdown) => {
+                            if let Err(e) = hand_over(&ctx, &delivery, HandOverReason::Shutdown).await {
+                                warn!(error = %e, "could not hand back a delivery waiting for admission; the broker will redeliver it");
+                            }
+                            break Stopped::Shutdown;
+                        }
+                        reason = &mut lost => break Stopped::BrokerLost(reason),
+                        p = bytes.clone().acquire_many_owned(weight) => match p {
+                            Ok(p) => p,
+                            Err(_) => break Stopped::Shutdown, // never closed
+                        },
+                    },
+                };
+                let admitted = Admission::new(admitted, delivery.data.len(), &ctx.pipeline.metrics);
                 let ctx = ctx.clone();
                 let limit = DeliveryLimit::after(lifetime).with_consumer(cancelled.subscribe());
                 tasks.spawn(async move {
                     let _permit = permit;
+                    let _admitted = admitted;
                     let acker = delivery.acker.clone();
                     let run = std::panic::AssertUnwindSafe(process(&ctx, delivery, limit));
                     match run.catch_unwind().await {
@@ -298,4 +365,21 @@ pub async fn run(
     }
     tasks.abort_all();
     stopped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Admission;
+
+    #[test]
+    fn a_delivery_weighs_its_body_and_never_more_than_the_budget() {
+        let mib = 1 << 20;
+        assert_eq!(Admission::units(64 * mib), 64 * 1024);
+        assert_eq!(Admission::weight(0, 64 * mib), 1);
+        assert_eq!(Admission::weight(1, 64 * mib), 1);
+        assert_eq!(Admission::weight(1025, 64 * mib), 2);
+        assert_eq!(Admission::weight(600_000, 64 * mib), 586);
+        // A body larger than the budget takes all of it: it runs alone.
+        assert_eq!(Admission::weight(3 * mib as usize, mib), 1024);
+    }
 }

@@ -46,6 +46,8 @@ pub struct JobContext {
     pub tenants: TenantIdentity,
     /// Where `reply_to` may point (`amqp.reply_to_pattern`).
     pub reply_to: ReplyToPatterns,
+    /// Request bytes admitted at once (`amqp.max_bytes_in_flight`).
+    pub max_bytes_in_flight: u64,
     /// CloudEvents `source` of this process.
     pub event_source: String,
 }

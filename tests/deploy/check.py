@@ -174,6 +174,32 @@ VALUE_SETS: dict[str, dict] = {
 }
 
 
+def memory_bytes(quantity: str) -> int:
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return int(quantity[: -len(suffix)]) * factor
+    return int(quantity)
+
+
+def check_memory(spec: dict, label: str) -> None:
+    """The memory the worker's settings allow fits the pod's limit (the
+    worker's own Settings::memory_bound, with config/default.toml's values
+    where the chart sets none)."""
+    c = spec["containers"][0]
+    limit = c.get("resources", {}).get("limits", {}).get("memory")
+    if not limit:
+        return
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    defaults = {"TTS__JOBS__MAX_TRANSFERS": 16, "TTS__SEGMIND__MAX_AUDIO_BYTES": 104857600,
+                "TTS__AMQP__MAX_BYTES_IN_FLIGHT": 67108864}
+    v = {k: int(env.get(k) or d) for k, d in defaults.items()}
+    bound = (v["TTS__JOBS__MAX_TRANSFERS"] * v["TTS__SEGMIND__MAX_AUDIO_BYTES"] * 2
+             + v["TTS__AMQP__MAX_BYTES_IN_FLIGHT"] * 3 + (64 << 20))
+    if bound > memory_bytes(limit):
+        problem(f"chart[{label}]: the settings allow {bound >> 20} MiB but the memory limit is {limit}")
+
+
 def check_network_policy(spec: dict, label: str) -> None:
     """Egress is restricted and never reaches the link-local metadata range."""
     if "Egress" not in spec.get("policyTypes", []):
@@ -262,6 +288,7 @@ def check_helm() -> None:
             worker_secret = values.get("secrets", {}).get("existingSecret", "tts-worker-secrets")
             if auth == worker_secret:
                 problem(f"chart[{label}]: KEDA reads the worker's Secret {auth}")
+        check_memory(spec, label)
         if label == "pdb-off" and spec["serviceAccountName"] != "shared":
             problem("chart[pdb-off]: serviceAccount.name ignored")
         ok(f"chart[{label}]: {len(objs)} objects ({', '.join(sorted(kinds))})")

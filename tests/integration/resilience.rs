@@ -190,3 +190,61 @@ async fn a_submission_accepted_then_answered_504_is_not_paid_twice_when_so_confi
     );
     assert_eq!(app.stop().await, 0);
 }
+
+#[tokio::test]
+async fn requests_are_admitted_by_their_bytes_not_only_by_their_count() {
+    // A budget of 1 MiB and bodies of 600 KB (short texts padded with JSON
+    // whitespace): one request at a time, whatever the count allows.
+    let app = spawn_app_with(
+        |sim| {
+            sim.latency_mean = std::time::Duration::from_millis(800);
+            sim.latency_spread = std::time::Duration::from_millis(50);
+        },
+        |s| s.amqp.max_bytes_in_flight = 1 << 20,
+    )
+    .await;
+    for i in 0..3 {
+        let mut body =
+            json!({"text": format!("Heavy request number {i}."), "job_id": format!("heavy-{i}")})
+                .to_string()
+                .into_bytes();
+        body.splice(1..1, std::iter::repeat_n(b' ', 600_000));
+        app.publish_raw(&body, lapin::BasicProperties::default())
+            .await;
+    }
+    let mut most_in_flight = 0.0f64;
+    let mut most_bytes = 0.0f64;
+    let mut done = 0;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while done < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the heavy requests did not finish"
+        );
+        most_in_flight = most_in_flight.max(app.metric("tts_jobs_in_flight").await.unwrap_or(0.0));
+        most_bytes = most_bytes.max(
+            app.metric("tts_request_bytes_in_flight")
+                .await
+                .unwrap_or(0.0),
+        );
+        if let Some(m) = app
+            .get_from(app.events_queue(), std::time::Duration::from_millis(50))
+            .await
+        {
+            crate::schemas::assert_valid_event(&m.delivery.data);
+            let event = tts_worker::testing::wire::decode_event(&m.delivery.data).unwrap();
+            assert_eq!(event.kind, "tts.job.completed", "{:?}", event.data);
+            done += 1;
+        }
+    }
+    assert_eq!(
+        most_in_flight, 1.0,
+        "more than one 600 KB request was admitted within 1 MiB"
+    );
+    assert!(
+        most_bytes > 600_000.0 && most_bytes <= f64::from(1 << 20),
+        "{most_bytes}"
+    );
+    assert_eq!(app.metric("tts_request_bytes_in_flight").await, Some(0.0));
+    assert_eq!(app.stop().await, 0);
+}

@@ -210,7 +210,69 @@ mod properties {
             .prop_map(|m| Value::Object(m.into_iter().collect()))
     }
 
+    /// Text a hostile producer might send: zero-width and bidi characters,
+    /// runs of combining marks, CJK, emoji, line separators, control
+    /// characters, and long runs of any of them.
+    fn hostile_text() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("\u{200B}".to_owned()),
+            Just("\u{202E}".to_owned()),
+            Just("\u{2028}".to_owned()),
+            Just("\u{FEFF}".to_owned()),
+            Just("\u{0301}".repeat(300)),
+            Just("語".to_owned()),
+            Just("👩‍👩‍👧‍👦".to_owned()),
+            Just("\u{0000}".to_owned()),
+            Just(" ".to_owned()),
+            Just("/".to_owned()),
+            Just("..".to_owned()),
+            "[a-z]{1,8}",
+            ".{0,16}",
+        ];
+        prop::collection::vec(piece, 0..64).prop_map(|v| v.concat())
+    }
+
+    fn hostile_request() -> impl Strategy<Value = Value> {
+        (
+            hostile_text(),
+            prop::option::of(hostile_text()),
+            prop::option::of(hostile_text()),
+            prop::option::of(hostile_text()),
+            prop::collection::btree_map(".{0,12}", json_value(), 0..4),
+        )
+            .prop_map(|(text, key, job_id, style, extra)| {
+                let mut m: serde_json::Map<String, Value> = extra.into_iter().collect();
+                m.insert("text".into(), Value::String(text));
+                for (k, v) in [("output_key", key), ("job_id", job_id), ("style", style)] {
+                    if let Some(v) = v {
+                        m.insert(k.into(), Value::String(v));
+                    }
+                }
+                Value::Object(m)
+            })
+    }
+
     proptest! {
+        // The request decoder's fuzz target: `PROPTEST_CASES=100000 cargo
+        // test --lib wire::request::tests::properties` (README "Tests").
+        #[test]
+        fn hostile_requests_never_panic_and_their_errors_stay_small(obj in hostile_request()) {
+            let limits = RequestLimits::default();
+            let bytes = serde_json::to_vec(&obj).unwrap();
+            let d = decode_request(&bytes, None, &limits);
+            check_invariants(&d, &limits);
+            if let Err(e) = &d.job {
+                let message = crate::failure::capped(&e.to_string()).into_owned();
+                prop_assert!(message.len() <= crate::failure::MESSAGE_LIMIT);
+            }
+            if let Ok(job) = &d.job
+                && let Some(key) = &job.output_key
+            {
+                prop_assert!(!key.as_str().chars().any(crate::job::invisible));
+                prop_assert!(key.as_str().split('/').all(|seg| !seg.trim().is_empty()));
+            }
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512),
                                        message_id in prop::option::of(".{0,40}")) {
