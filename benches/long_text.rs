@@ -7,6 +7,7 @@
 //! cargo bench --bench long_text -- memory   [--chars 200000] [--latency 3]
 //!                                           [--format mp3] [--sample-rate 44100] [--lufs -16] [--captions vtt]
 //! cargo bench --bench long_text -- fairness [--chars 200000] [--limit 50] [--latency 5]
+//! cargo bench --bench long_text -- admission [--jobs 100] [--chars 200000] [--seconds 120]
 //! cargo bench --bench long_text -- all
 //! ```
 //!
@@ -21,7 +22,15 @@
 //! delivered object with ffprobe. `--format`, `--sample-rate`, `--lufs` and
 //! `--captions` ask for a deliverable (default: Segmind's WAV, stitched). `fairness` publishes a long job, then a short one,
 //! under an account limit of `--limit` calls a minute, and prints when the
-//! short job completes and how far the long job was by then.
+//! short job completes and how far the long job was by then. `admission`
+//! publishes `--jobs` requests of `--chars` CJK characters at once to one
+//! worker with the chart's memory settings (6 transfers of at most 32 MiB,
+//! 32 MiB of request bytes, the 768 MiB limit) and, in the same run, to one
+//! whose byte budget is out of the way (4 GiB: admission by count alone, as
+//! before `amqp.max_bytes_in_flight`); for `--seconds` each, it prints the
+//! peak RSS, the jobs admitted at once and the parts synthesized. (Running
+//! them to completion is out of reach here: 100 × 200,000 CJK characters are
+//! ≈ 800 hours of speech, ≈ 140 GB of 24 kHz parts.)
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -102,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
         "latency" => latency(&args).await,
         "memory" => memory(&args).await,
         "fairness" => fairness(&args).await,
+        "admission" => admission(&args).await,
         "all" => {
             let with = |chars| Args {
                 mode: args.mode.clone(),
@@ -113,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
             memory(&with(200_000)).await?;
             fairness(&with(200_000)).await
         }
-        other => bail!("unknown mode {other:?}: latency, memory, fairness or all"),
+        other => bail!("unknown mode {other:?}: latency, memory, fairness, admission or all"),
     }
 }
 
@@ -530,6 +540,168 @@ async fn memory(args: &Args) -> anyhow::Result<()> {
     }
     if peak_stitch.saturating_sub(idle) > 64 * 1024 {
         bail!("stitching took more than 64 MiB above the idle worker");
+    }
+    Ok(())
+}
+
+/// A CJK chapter, `chars` characters long: sentences of Han characters
+/// ending in full stops, paragraphs between them.
+fn cjk_chapter(chars: usize, seed: usize) -> String {
+    let sentence = "河水绕过古老的磨坊，田野上的光变成了金色。";
+    let mut text = format!("第{seed}章。");
+    let mut n = 0;
+    while text.chars().count() < chars {
+        text.push_str(sentence);
+        n += 1;
+        if n % 8 == 0 {
+            text.push_str("\n\n");
+        }
+    }
+    text.chars()
+        .take(chars)
+        .collect::<String>()
+        .trim_end()
+        .to_owned()
+}
+
+/// A port free now, for a worker's /metrics.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// One sample of a metric from a worker's /metrics.
+async fn metric(port: u16, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+struct AdmissionRun {
+    idle_kib: u64,
+    peak_kib: u64,
+    most_admitted: f64,
+    most_bytes: f64,
+    parts: u64,
+}
+
+async fn admission_run(
+    name: &str,
+    args: &Args,
+    jobs: usize,
+    seconds: f64,
+    max_bytes: u64,
+) -> anyhow::Result<AdmissionRun> {
+    let sim = segmind_sim::spawn(
+        sim_config(args.latency.max(1.0), 0.0),
+        "127.0.0.1:0".parse()?,
+        "127.0.0.1:0".parse()?,
+    )
+    .await?;
+    let port = free_port()?;
+    let worker = Worker::start(
+        name,
+        &sim,
+        &[
+            ("TTS__HTTP__ADDR", format!("127.0.0.1:{port}")),
+            ("TTS__JOBS__MAX_TRANSFERS", "6".into()),
+            ("TTS__SEGMIND__MAX_AUDIO_BYTES", "33554432".into()),
+            ("TTS__AMQP__MAX_BYTES_IN_FLIGHT", max_bytes.to_string()),
+        ],
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = worker.pid();
+    let idle_kib = rss_kib(pid).context("worker RSS")?;
+    for i in 0..jobs {
+        worker
+            .publish(&format!("chapter-{i}"), &cjk_chapter(args.chars, i))
+            .await?;
+    }
+    let started = Instant::now();
+    let (mut peak_kib, mut most_admitted, mut most_bytes) = (idle_kib, 0.0f64, 0.0f64);
+    let mut failed = 0;
+    while started.elapsed() < Duration::from_secs_f64(seconds) {
+        peak_kib = peak_kib.max(rss_kib(pid).context("the worker died")?);
+        most_admitted = most_admitted.max(metric(port, "tts_jobs_in_flight").await.unwrap_or(0.0));
+        most_bytes = most_bytes.max(
+            metric(port, "tts_request_bytes_in_flight")
+                .await
+                .unwrap_or(0.0),
+        );
+        while let Some(e) = worker.poll_event().await? {
+            if let EventData::Failed(f) = &e.data {
+                eprintln!(
+                    "  {name}: a job failed: {} {}",
+                    f.error.code, f.error.message
+                );
+                failed += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let parts = sim.stats().media_fetches;
+    worker.stop().await;
+    if failed > 0 {
+        bail!("{failed} jobs failed");
+    }
+    Ok(AdmissionRun {
+        idle_kib,
+        peak_kib,
+        most_admitted,
+        most_bytes,
+        parts,
+    })
+}
+
+async fn admission(args: &Args) -> anyhow::Result<()> {
+    let cli = common::BenchArgs::from_env();
+    let jobs = cli.num("jobs", 100.0) as usize;
+    let seconds = cli.num("seconds", 120.0);
+    let limit_mib = 768.0;
+    let body = serde_json::json!({"text": cjk_chapter(args.chars, 0)})
+        .to_string()
+        .len();
+    println!(
+        "admission: {jobs} requests of {} CJK characters ({:.0} KB each, {:.0} MB in all) published at once to one worker, {seconds:.0} s each",
+        args.chars,
+        body as f64 / 1e3,
+        (body * jobs) as f64 / 1e6
+    );
+    let weighed = admission_run("weighed", args, jobs, seconds, 32 << 20).await?;
+    let counted = admission_run("counted", args, jobs, seconds, 4 << 30).await?;
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    for (label, r) in [
+        ("bytes weighed (32 MiB)", &weighed),
+        ("count only (as before)", &counted),
+    ] {
+        println!(
+            "  {label:<24} peak RSS {:.1} MiB (idle {:.1}; {:.0} % of the chart's {limit_mib:.0} MiB); at most {:.0} jobs and {:.1} MB of requests admitted; {} parts synthesized",
+            mib(r.peak_kib),
+            mib(r.idle_kib),
+            100.0 * mib(r.peak_kib) / limit_mib,
+            r.most_admitted,
+            r.most_bytes / 1e6,
+            r.parts
+        );
+    }
+    println!(
+        "  peak RSS weighed / count only: {:.2}×; parts synthesized weighed / count only: {:.2}×",
+        weighed.peak_kib as f64 / counted.peak_kib.max(1) as f64,
+        weighed.parts as f64 / counted.parts.max(1) as f64
+    );
+    if mib(weighed.peak_kib) > limit_mib {
+        bail!("the weighed worker went past the chart's memory limit");
     }
     Ok(())
 }

@@ -50,6 +50,8 @@ pub enum AudioError {
     Unsupported(WavError),
     #[error("the audio is longer than {MAX_TAKE_SECONDS} s, more than one call can produce")]
     TooLong,
+    #[error("the audio decodes to more than segmind.max_audio_bytes ({limit} bytes)")]
+    DecodedTooLarge { limit: u64 },
     #[error("the WAV file holds no samples")]
     NoSamples,
     #[error("the audio is mostly silence ({voiced_percent:.0} % of it holds speech)")]
@@ -177,9 +179,10 @@ pub struct Pcm {
 
 /// Decodes an MP3 file to PCM with Symphonia (pure Rust). CPU-bound: call
 /// it off the async threads. Its rate and channels are checked on the first
-/// frame, and decoding stops with [`AudioError::TooLong`] before the PCM
-/// passes [`MAX_TAKE_SECONDS`].
-pub fn decode_mp3(bytes: Bytes) -> Result<Pcm, AudioError> {
+/// frame, and decoding stops before the PCM passes [`MAX_TAKE_SECONDS`]
+/// ([`AudioError::TooLong`]) or `max_bytes` (a part's audio, decoded, is
+/// held to `segmind.max_audio_bytes` like what is served).
+pub fn decode_mp3(bytes: Bytes, max_bytes: u64) -> Result<Pcm, AudioError> {
     use symphonia::core::codecs::audio::AudioDecoderOptions;
     use symphonia::core::errors::Error;
     use symphonia::core::formats::probe::Hint;
@@ -250,8 +253,12 @@ pub fn decode_mp3(bytes: Bytes) -> Result<Pcm, AudioError> {
                 let cap = u64::from(MAX_TAKE_SECONDS)
                     * u64::from(format.sample_rate)
                     * format.frame_bytes();
-                if (pcm.samples.len() + scratch.len() * 2) as u64 > cap {
+                let next = (pcm.samples.len() + scratch.len() * 2) as u64;
+                if next > cap {
                     return Err(AudioError::TooLong);
+                }
+                if next > max_bytes {
+                    return Err(AudioError::DecodedTooLarge { limit: max_bytes });
                 }
                 pcm.samples.reserve(scratch.len() * 2);
                 for s in &scratch {
@@ -466,7 +473,7 @@ mod tests {
                     bytes[i] = value;
                 }
                 bytes.truncate(cut.index(bytes.len()) + 1);
-                if let Ok(pcm) = decode_mp3(Bytes::from(bytes)) {
+                if let Ok(pcm) = decode_mp3(Bytes::from(bytes), 64 << 20) {
                     let format = PcmFormat { sample_rate: pcm.sample_rate, channels: pcm.channels };
                     prop_assert!(format.supported().is_ok());
                     prop_assert!(pcm.samples.len() as u64

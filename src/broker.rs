@@ -489,7 +489,7 @@ pub async fn check_impersonation(connection: &Connection) -> Result<(), BrokerEr
         let _ = channel.close(200, "impersonation checked".into()).await;
     }
     match confirm {
-        Ok(Ok(_)) if open => Ok(()),
+        Ok(Ok(confirmation)) if open && confirmation.is_ack() => Ok(()),
         Err(_) => Err(BrokerError::ConfirmTimeout(Duration::from_secs(10))),
         _ => Err(BrokerError::NoImpersonation),
     }

@@ -84,8 +84,9 @@ impl fmt::Display for Voice {
 
 /// A producer isolated from the others (`tenants.identity = "user_id"`):
 /// the broker-validated `user_id` of its requests. 1 to 64 ASCII letters,
-/// digits, '_' or '-', so it is one segment of an S3 key and one word of a
-/// routing key.
+/// digits, '_' or '-', starting with a letter or digit, so it is one
+/// segment of an S3 key (never the worker's own `_` objects) and one word of
+/// a routing key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Tenant(String);
 
@@ -104,6 +105,10 @@ impl Tenant {
             return Err(format!(
                 "contains {bad:?}; a tenant is named by ASCII letters, digits, '_' and '-'"
             ));
+        }
+        // `_` leads the worker's own objects ({prefix}_parts/ …).
+        if !input.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+            return Err("must start with a letter or a digit".into());
         }
         Ok(Tenant(input.to_owned()))
     }
@@ -347,7 +352,9 @@ impl KeyPolicy {
 /// What the model is asked to say.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpeechRequest {
-    pub text: String,
+    /// Shared: the plan's parts are slices of it (held once, whatever the
+    /// number of parts).
+    pub text: std::sync::Arc<str>,
     pub voice_1: Voice,
     pub voice_2: Option<Voice>,
     pub temperature: f64,
@@ -360,7 +367,7 @@ impl SpeechRequest {
     pub fn prompt(&self) -> std::borrow::Cow<'_, str> {
         match &self.style {
             Some(style) => format!("{style}: {}", self.text).into(),
-            None => self.text.as_str().into(),
+            None => (*self.text).into(),
         }
     }
 }
@@ -559,7 +566,16 @@ mod tests {
             keys.resolve(&k, b.tenant()).unwrap().as_str(),
             "out/bob/orders/1234.wav"
         );
-        for bad in ["", "a.b", "a/b", "ali ce", "é", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "a.b",
+            "a/b",
+            "ali ce",
+            "é",
+            "_parts",
+            "-x",
+            &"x".repeat(65),
+        ] {
             assert!(Tenant::parse(bad).is_err(), "{bad:?}");
         }
         assert!(Tenant::parse("svc_orders-2").is_ok());

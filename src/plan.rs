@@ -26,7 +26,9 @@
 //!
 //! This module is pure text handling; it imports only [`crate::spoken`].
 
-use std::ops::Range;
+use std::fmt;
+use std::ops::{Deref, Range};
+use std::sync::Arc;
 
 use unicode_segmentation::UnicodeSegmentation;
 
@@ -62,9 +64,96 @@ pub struct Part {
     pub chars: Range<usize>,
     /// What is sent for it: the original slice, trimmed, with the speaker's
     /// label in front when a dialogue turn was cut inside.
-    pub text: String,
+    pub text: PartText,
     /// What follows it.
     pub join: Join,
+}
+
+/// A part's text: a slice of the job's text, shared with it and every
+/// other part (a 200,000-character chapter is held once, not once more per
+/// part), or its own when a speaker's label is put in front.
+#[derive(Clone)]
+pub struct PartText(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Shared {
+        source: Arc<str>,
+        bytes: Range<usize>,
+    },
+    Own(Box<str>),
+}
+
+impl PartText {
+    /// `source[bytes]` without its surrounding whitespace, shared.
+    fn trimmed(source: &Arc<str>, bytes: Range<usize>) -> Self {
+        let slice = &source[bytes.clone()];
+        let start = bytes.start + (slice.len() - slice.trim_start().len());
+        let end = bytes.start + slice.trim_end().len();
+        PartText(Repr::Shared {
+            source: Arc::clone(source),
+            bytes: start..end.max(start),
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        self
+    }
+}
+
+impl Deref for PartText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match &self.0 {
+            Repr::Shared { source, bytes } => &source[bytes.clone()],
+            Repr::Own(text) => text,
+        }
+    }
+}
+
+impl fmt::Debug for PartText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl PartialEq for PartText {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for PartText {}
+
+impl PartialEq<str> for PartText {
+    fn eq(&self, other: &str) -> bool {
+        &**self == other
+    }
+}
+
+impl PartialEq<&str> for PartText {
+    fn eq(&self, other: &&str) -> bool {
+        &**self == *other
+    }
+}
+
+impl PartialEq<String> for PartText {
+    fn eq(&self, other: &String) -> bool {
+        **self == **other
+    }
+}
+
+impl From<&str> for PartText {
+    fn from(text: &str) -> Self {
+        PartText(Repr::Own(text.into()))
+    }
+}
+
+impl From<String> for PartText {
+    fn from(text: String) -> Self {
+        PartText(Repr::Own(text.into()))
+    }
 }
 
 /// Cut levels, coarsest first.
@@ -102,13 +191,18 @@ impl Level {
 /// A text that fits is one part. Dialogue (lines starting with
 /// [`SPEAKER_LABELS`]) is planned by [`plan_dialogue`] when `dialogue`.
 pub fn plan(text: &str, max_chars: usize, dialogue: bool) -> Vec<Part> {
+    plan_of(&Arc::from(text), max_chars, dialogue)
+}
+
+/// [`plan`] of a shared text: the parts' texts are slices of it.
+pub fn plan_of(text: &Arc<str>, max_chars: usize, dialogue: bool) -> Vec<Part> {
     let max_chars = max_chars.max(16);
     if dialogue {
-        return plan_dialogue(text, max_chars);
+        return dialogue_of(text, max_chars);
     }
     let mut cuts = Vec::new();
     pack(text, 0..text.len(), Level::Paragraph, max_chars, &mut cuts);
-    parts_from_cuts(text, &cuts, |_, s| s.trim().to_owned())
+    parts_from_cuts(text, &cuts, |_, r| PartText::trimmed(text, r))
 }
 
 /// Cuts `part` of the plan of `text` into about `pieces` pieces of equal
@@ -156,7 +250,12 @@ pub fn split(text: &str, part: &Part, pieces: usize, dialogue: bool) -> Vec<Part
 /// Plans a two-speaker dialogue: parts hold whole turns where they fit; a
 /// turn longer than a part is cut inside at the finer levels, and each piece
 /// after the first carries the turn's label again.
+#[cfg(test)]
 pub fn plan_dialogue(text: &str, max_chars: usize) -> Vec<Part> {
+    dialogue_of(&Arc::from(text), max_chars)
+}
+
+fn dialogue_of(text: &Arc<str>, max_chars: usize) -> Vec<Part> {
     let max_chars = max_chars.max(16);
     let turns = turns(text);
     // Units are turns; a turn that does not fit is cut inside, its pieces
@@ -206,9 +305,9 @@ pub fn plan_dialogue(text: &str, max_chars: usize) -> Vec<Part> {
         cuts.push((range, join));
         labels.push(label);
     }
-    parts_from_cuts(text, &cuts, |i, s| match labels[i] {
-        Some(label) => format!("{label} {}", s.trim()),
-        None => s.trim().to_owned(),
+    parts_from_cuts(text, &cuts, |i, r| match labels[i] {
+        Some(label) => format!("{label} {}", text[r].trim()).into(),
+        None => PartText::trimmed(text, r),
     })
 }
 
@@ -402,11 +501,11 @@ fn weight(s: &str) -> f64 {
 }
 
 /// Turns byte-range cuts into parts with character ranges and the text to
-/// send (`text_of(index, slice)`).
+/// send (`text_of(index, byte range)`).
 fn parts_from_cuts(
     text: &str,
     cuts: &[(Range<usize>, Join)],
-    text_of: impl Fn(usize, &str) -> String,
+    text_of: impl Fn(usize, Range<usize>) -> PartText,
 ) -> Vec<Part> {
     let mut parts = Vec::with_capacity(cuts.len());
     let mut char_at = 0;
@@ -420,7 +519,7 @@ fn parts_from_cuts(
         };
         parts.push(Part {
             chars: char_at..char_at + len,
-            text: text_of(i, slice),
+            text: text_of(i, range.clone()),
             join,
         });
         char_at += len;

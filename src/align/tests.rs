@@ -300,7 +300,7 @@ fn narration_errors() -> (usize, Vec<u64>, Vec<u64>) {
     let style = "Narrate calmly: ";
     let (mut count, mut inside, mut all) = (0, Vec::new(), Vec::new());
     for part in plan(&text, 3_000, false) {
-        let sent = format!("{style}{}", part.text);
+        let sent = format!("{style}{}", part.text.as_str());
         // The simulator's rate (15 characters a second), style included.
         let seconds = sent.chars().count() as f64 / 15.0;
         let (wav, truth) = render_sentences(&sent, seconds, false, seed_of(&sent));

@@ -283,13 +283,15 @@ impl Settings {
     }
 
     /// The most memory these settings let one process hold beyond its base
-    /// ([`BASE_MEMORY`]): every transfer slot with the largest audio twice
-    /// (as fetched, and decoded to PCM or stored), and the admitted request
-    /// bytes three times (the body, the text, the plan's parts).
+    /// ([`BASE_MEMORY`]): every transfer slot with the largest audio three
+    /// times (as fetched, decoded to PCM, and that PCM as a WAV file; each
+    /// held to `segmind.max_audio_bytes`), and the admitted request bytes
+    /// three times (the body, the text, and what the plan and the delivery
+    /// hold of it).
     pub fn memory_bound(&self) -> u64 {
         let transfers = (self.jobs.max_transfers as u64)
             .saturating_mul(self.segmind.max_audio_bytes)
-            .saturating_mul(2);
+            .saturating_mul(3);
         transfers
             .saturating_add(self.amqp.max_bytes_in_flight.saturating_mul(3))
             .saturating_add(BASE_MEMORY)
@@ -303,7 +305,7 @@ impl Settings {
         (bound > limit).then(|| {
             let mib = |b: u64| b / (1 << 20);
             format!(
-                "these settings can hold {} MiB (jobs.max_transfers {} × segmind.max_audio_bytes {} MiB × 2, \
+                "these settings can hold {} MiB (jobs.max_transfers {} × segmind.max_audio_bytes {} MiB × 3, \
                  amqp.max_bytes_in_flight {} MiB × 3, {} MiB base) but the container's memory limit is {} MiB: \
                  lower them or raise the limit, or the process may be killed under load",
                 mib(bound),

@@ -65,7 +65,14 @@ impl MediaOrigin {
             url::Host::Ipv4(a) => a.to_string(),
             url::Host::Ipv6(a) => a.to_string(),
         };
-        let port = url.port().ok_or_else(bad)?;
+        // An explicit port, even the scheme's default (url drops it).
+        let explicit = value
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        let port = url
+            .port_or_known_default()
+            .filter(|_| explicit)
+            .ok_or_else(bad)?;
         if url.path() != "/" || !url.username().is_empty() || value.contains(['/', '?', '#']) {
             return Err(bad());
         }

@@ -387,7 +387,7 @@ fn the_api_is_https_except_on_loopback_and_media_origins_are_listed_as_host_port
             ("TTS__SEGMIND__ALLOW_HTTP_BASE_URL", "true"),
             (
                 "TTS__SEGMIND__MEDIA_ALLOW_PRIVATE",
-                "127.0.0.1:18091, Segmind-Sim:8091,[::1]:9",
+                "127.0.0.1:18091, Segmind-Sim:8091,[::1]:9,media-proxy:80",
             ),
         ]),
     )
@@ -403,7 +403,8 @@ fn the_api_is_https_except_on_loopback_and_media_origins_are_listed_as_host_port
         [
             ("127.0.0.1".to_owned(), 18091),
             ("segmind-sim".to_owned(), 8091),
-            ("::1".to_owned(), 9)
+            ("::1".to_owned(), 9),
+            ("media-proxy".to_owned(), 80)
         ]
     );
     assert!(
@@ -421,19 +422,19 @@ fn the_api_is_https_except_on_loopback_and_media_origins_are_listed_as_host_port
 fn the_memory_the_settings_allow_is_checked_against_the_containers_limit() {
     let mib = 1u64 << 20;
     let defaults = Settings::load_from(None, &env(&[])).unwrap();
-    // 16 transfers × 100 MiB × 2 + 64 MiB × 3 + 64 MiB.
-    assert_eq!(defaults.memory_bound(), (3200 + 192 + 64) * mib);
+    // 16 transfers × 100 MiB × 3 + 64 MiB × 3 + 64 MiB.
+    assert_eq!(defaults.memory_bound(), (4800 + 192 + 64) * mib);
     assert_eq!(defaults.memory_warning(None), None);
     let warning = defaults.memory_warning(Some(512 * mib)).unwrap();
     assert!(
-        warning.contains("3456 MiB") && warning.contains("512 MiB"),
+        warning.contains("5056 MiB") && warning.contains("512 MiB"),
         "{warning}"
     );
     // The chart's defaults fit the chart's limit (768 MiB).
     let chart = Settings::load_from(
         None,
         &env(&[
-            ("TTS__JOBS__MAX_TRANSFERS", "8"),
+            ("TTS__JOBS__MAX_TRANSFERS", "6"),
             ("TTS__SEGMIND__MAX_AUDIO_BYTES", "33554432"),
             ("TTS__AMQP__MAX_BYTES_IN_FLIGHT", "33554432"),
         ]),

@@ -239,7 +239,7 @@ fn a_part_splits_into_pieces_that_cover_it_and_say_all_of_it() {
     let chars: Vec<char> = text.chars().collect();
     for piece in &pieces {
         let slice: String = chars[piece.chars.clone()].iter().collect();
-        assert_eq!(slice.trim(), piece.text);
+        assert_eq!(piece.text, slice.trim());
         assert!(
             piece.chars.len() <= part.chars.len() * 11 / 30 + 1,
             "{}",
@@ -280,4 +280,23 @@ fn the_default_part_size_is_the_configured_default() {
         .find_map(|l| l.trim().strip_prefix("part_chars = "))
         .and_then(|v| v.trim().parse::<usize>().ok());
     assert_eq!(configured, Some(DEFAULT_PART_CHARS));
+}
+
+#[test]
+fn a_plans_parts_are_slices_of_the_one_text_never_copies() {
+    let sentence = "河水绕过古老的磨坊，田野上的光变成了金色。";
+    let text: std::sync::Arc<str> = sentence.repeat(2_000).into();
+    let parts = super::plan_of(&text, 3_000, false);
+    assert!(parts.len() > 10, "{} parts", parts.len());
+    let held = text.as_ptr() as usize..text.as_ptr() as usize + text.len();
+    for part in &parts {
+        let at = part.text.as_ptr() as usize;
+        assert!(
+            held.contains(&at) && at + part.text.len() <= held.end,
+            "part {:?} is a copy",
+            part.chars
+        );
+    }
+    // Only the job and the parts hold the text: one allocation.
+    assert_eq!(std::sync::Arc::strong_count(&text), parts.len() + 1);
 }

@@ -269,8 +269,14 @@ pub async fn run(
         };
         match next {
             Some(Ok(delivery)) => {
+                // Its lifetime runs from its receipt, a wait for admission
+                // included.
+                let limit = DeliveryLimit::after(lifetime).with_consumer(cancelled.subscribe());
                 // Weighed by its body: it waits, unparsed, until its bytes
-                // fit; meanwhile this loop takes no other delivery.
+                // fit; meanwhile this loop takes no other delivery. A wait
+                // past `jobs.pause_hold` gives it and everything the
+                // consumer holds back (uncounted), well before the broker's
+                // consumer timeout, and consumes again once it would fit.
                 let weight = Admission::weight(delivery.data.len(), ctx.max_bytes_in_flight);
                 let admitted = match bytes.clone().try_acquire_many_owned(weight) {
                     Ok(p) => p,
@@ -286,11 +292,29 @@ pub async fn run(
                             Ok(p) => p,
                             Err(_) => break Stopped::Shutdown, // never closed
                         },
+                        () = tokio::time::sleep(hold) => {
+                            warn!(
+                                bytes = delivery.data.len(),
+                                "requests fill amqp.max_bytes_in_flight; handing back what the consumer holds until they fit"
+                            );
+                            if let Err(e) = hand_over(&ctx, &delivery, HandOverReason::Saturated).await {
+                                warn!(error = %e, "could not hand back a delivery waiting for admission; the broker will redeliver it");
+                            }
+                            if let Some(c) = consumer.take() {
+                                consuming.stop(c, &ctx, HandOverReason::Saturated).await;
+                            }
+                            ready.store(false, Ordering::Relaxed);
+                            tokio::select! {
+                                _ = shutdown_requested(&mut shutdown) => break Stopped::Shutdown,
+                                reason = &mut lost => break Stopped::BrokerLost(reason),
+                                _ = bytes.acquire_many(weight) => {}
+                            }
+                            continue;
+                        }
                     },
                 };
                 let admitted = Admission::new(admitted, delivery.data.len(), &ctx.pipeline.metrics);
                 let ctx = ctx.clone();
-                let limit = DeliveryLimit::after(lifetime).with_consumer(cancelled.subscribe());
                 tasks.spawn(async move {
                     let _permit = permit;
                     let _admitted = admitted;

@@ -131,6 +131,10 @@ pub enum HandOverReason {
     /// The broker cancelled the consumer that holds the delivery (RabbitMQ
     /// 4.3+'s consumer timeout sends `basic.cancel`).
     ConsumerCancelled,
+    /// The request's bytes did not fit `amqp.max_bytes_in_flight` within
+    /// `jobs.pause_hold`: the consumer stops until they do, and what it
+    /// holds goes back for replicas with room.
+    Saturated,
 }
 
 impl HandOverReason {
@@ -142,6 +146,7 @@ impl HandOverReason {
             HandOverReason::NewerVersion => "newer_version",
             HandOverReason::Lifetime => "lifetime",
             HandOverReason::ConsumerCancelled => "consumer_cancelled",
+            HandOverReason::Saturated => "saturated",
         }
     }
 }
@@ -165,6 +170,8 @@ pub struct Pipeline {
     /// resume) to its audio fetched. Waiting for the job's turn or a slot
     /// does not count.
     job_deadline: Duration,
+    /// `segmind.max_audio_bytes`: a part's audio, served or decoded.
+    pub(crate) max_audio_bytes: u64,
     /// How long a part's `submitting_since` marker is honoured: the
     /// submission's deadline, plus the time its record's write may take
     /// (`s3.operation_timeout`), plus a margin.
@@ -217,6 +224,7 @@ impl Pipeline {
                 output_prefix: settings.s3.output_prefix.clone(),
             },
             job_deadline: settings.segmind.job_deadline,
+            max_audio_bytes: settings.segmind.max_audio_bytes,
             marker_bound: settings.segmind.job_deadline
                 + settings.s3.operation_timeout
                 + crate::checkpoint::MARKER_MARGIN,

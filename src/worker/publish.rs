@@ -84,7 +84,13 @@ pub(super) async fn publish_outcome(
         Outcome::Failed(f) => f.job_id.tenant(),
     };
     let reply_to = request.reply_to().as_ref().filter(|queue| {
-        let allowed = ctx.reply_to.allows(queue.as_str(), tenant);
+        // Never the worker's own queues, whatever the patterns allow.
+        let topology = &ctx.topology;
+        let own = queue.as_str() == topology.requests_queue
+            || queue.as_str() == topology.dead_letter_queue
+            || topology.events_queue.as_deref() == Some(queue.as_str())
+            || queue.as_str().starts_with(&format!("{}.lease.", topology.requests_queue));
+        let allowed = !own && ctx.reply_to.allows(queue.as_str(), tenant);
         if !allowed {
             warn!(
                 reply_to = queue.as_str(),

@@ -194,7 +194,7 @@ def check_memory(spec: dict, label: str) -> None:
     defaults = {"TTS__JOBS__MAX_TRANSFERS": 16, "TTS__SEGMIND__MAX_AUDIO_BYTES": 104857600,
                 "TTS__AMQP__MAX_BYTES_IN_FLIGHT": 67108864}
     v = {k: int(env.get(k) or d) for k, d in defaults.items()}
-    bound = (v["TTS__JOBS__MAX_TRANSFERS"] * v["TTS__SEGMIND__MAX_AUDIO_BYTES"] * 2
+    bound = (v["TTS__JOBS__MAX_TRANSFERS"] * v["TTS__SEGMIND__MAX_AUDIO_BYTES"] * 3
              + v["TTS__AMQP__MAX_BYTES_IN_FLIGHT"] * 3 + (64 << 20))
     if bound > memory_bytes(limit):
         problem(f"chart[{label}]: the settings allow {bound >> 20} MiB but the memory limit is {limit}")

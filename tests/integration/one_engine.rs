@@ -413,7 +413,7 @@ async fn a_long_jobs_checkpoints_of_the_previous_release_resume_paid_once() {
         let submitted: serde_json::Value = client
             .post(format!("{}/v2/gemini-2.5-pro-tts", sim.base_url()))
             .header("x-api-key", "pipeline-key")
-            .json(&json!({"text": part.text, "voice_1": "Kore", "temperature": 0.4}))
+            .json(&json!({"text": part.text.as_str(), "voice_1": "Kore", "temperature": 0.4}))
             .send()
             .await
             .unwrap()

@@ -245,6 +245,12 @@ async fn requests_are_admitted_by_their_bytes_not_only_by_their_count() {
         most_bytes > 600_000.0 && most_bytes <= f64::from(1 << 20),
         "{most_bytes}"
     );
-    assert_eq!(app.metric("tts_request_bytes_in_flight").await, Some(0.0));
+    // Released once each task ends (after its ack).
+    wait_for(
+        "the admitted bytes released",
+        std::time::Duration::from_secs(10),
+        || async { app.metric("tts_request_bytes_in_flight").await == Some(0.0) },
+    )
+    .await;
     assert_eq!(app.stop().await, 0);
 }

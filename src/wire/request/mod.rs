@@ -210,7 +210,7 @@ pub fn decode_request(
         Some(text) if errors.is_empty() => Ok(TtsJob {
             id: job_id.clone(),
             speech: SpeechRequest {
-                text,
+                text: text.into(),
                 voice_1,
                 voice_2,
                 temperature,

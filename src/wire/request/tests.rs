@@ -11,7 +11,7 @@ use crate::config::RequestLimits;
 #[test]
 fn a_minimal_request_gets_the_defaults() {
     let job = decode(json!({"text": "Hello"})).job.unwrap();
-    assert_eq!(job.speech.text, "Hello");
+    assert_eq!(&*job.speech.text, "Hello");
     assert_eq!(job.speech.voice_1.name(), "Kore");
     assert_eq!(job.speech.voice_2, None);
     assert_eq!(job.speech.temperature, 0.4);
@@ -306,7 +306,7 @@ mod properties {
                 "text": text, "voice_1": voice.to_lowercase(), "temperature": temperature, "job_id": job_id
             });
             let job = decode_request(body.to_string().as_bytes(), None, &limits).job.unwrap();
-            prop_assert_eq!(job.speech.text, text);
+            prop_assert_eq!(&*job.speech.text, text.as_str());
             prop_assert_eq!(job.speech.voice_1.name(), voice);
             prop_assert_eq!(job.speech.temperature, temperature);
             prop_assert_eq!(job.id.as_str(), job_id.as_str());

@@ -178,16 +178,18 @@ enum Submission {
 
 /// A part's audio as a 16-bit PCM WAV file, whatever Segmind served: a WAV
 /// (or raw PCM) as is, an MP3 decoded (off the async threads).
-async fn as_wav(audio: Audio) -> Result<bytes::Bytes, AudioError> {
+async fn as_wav(audio: Audio, max_bytes: u64) -> Result<bytes::Bytes, AudioError> {
     match audio.format {
         AudioFormat::Wav => Ok(audio.bytes),
         AudioFormat::Mp3 => {
-            let pcm = tokio::task::spawn_blocking(move || crate::audio::decode_mp3(audio.bytes))
-                .await
-                .map_err(|e| AudioError::Undecodable {
-                    format: "mp3",
-                    detail: e.to_string(),
-                })??;
+            let pcm = tokio::task::spawn_blocking(move || {
+                crate::audio::decode_mp3(audio.bytes, max_bytes)
+            })
+            .await
+            .map_err(|e| AudioError::Undecodable {
+                format: "mp3",
+                detail: e.to_string(),
+            })??;
             let format = PcmFormat {
                 sample_rate: pcm.sample_rate,
                 channels: pcm.channels,
@@ -233,7 +235,7 @@ impl<'a> JobRun<'a> {
         starting: Option<tokio::sync::SemaphorePermit<'a>>,
     ) -> Self {
         let part_chars = pipeline.long_text.part_chars;
-        let plan = crate::plan::plan(&job.speech.text, part_chars, job.speech.voice_2.is_some());
+        let plan = crate::plan::plan_of(&job.speech.text, part_chars, job.speech.voice_2.is_some());
         let as_served = plan.len() == 1 && job.deliverable.is_passthrough();
         let checkpoint = PartsCheckpoint::new(&job.id, &job.speech, part_chars, &plan);
         JobRun {
@@ -917,7 +919,7 @@ impl<'a> JobRun<'a> {
         let part = part.as_ref();
         let checked = match Audio::parse(synthesis.audio.clone(), synthesis.content_type.as_deref())
         {
-            Ok(served) => Box::pin(as_wav(served.clone()))
+            Ok(served) => Box::pin(as_wav(served.clone(), self.pipeline.max_audio_bytes))
                 .await
                 .and_then(|wav| self.checked(wav, part, joined))
                 .map(|(wav, speech)| (served, wav, speech)),
@@ -1072,7 +1074,7 @@ impl<'a> JobRun<'a> {
         // Built for the step only: a part waiting on Segmind does not hold
         // a second copy of its text.
         let speech = SpeechRequest {
-            text: self.unit_part(u)?.into_owned().text,
+            text: std::sync::Arc::from(&*self.unit_part(u)?.text),
             ..self.job.speech.clone()
         };
         let step = tokio::spawn(
@@ -1622,6 +1624,7 @@ fn worth_resubmitting(e: &AudioError) -> bool {
             | AudioError::Unrecognised { .. }
             | AudioError::Unsupported(_)
             | AudioError::TooLong
+            | AudioError::DecodedTooLarge { .. }
     )
 }
 

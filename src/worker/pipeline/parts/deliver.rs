@@ -189,11 +189,10 @@ impl JobRun<'_> {
         let timeline = Timeline {
             input_rate: layout.format.sample_rate,
         };
-        let chars: Vec<char> = self.job.speech.text.chars().collect();
-        let text_of = |[s, e]: [usize; 2]| -> String {
-            let e = e.min(chars.len());
-            chars[s.min(e)..e].iter().collect::<String>()
-        };
+        // Sentences come in the text's order: one forward walk slices them
+        // all, with no copy or index of the whole text.
+        let mut slicer = CharSlicer::new(&self.job.speech.text);
+        let mut text_of = |[s, e]: [usize; 2]| -> String { slicer.slice(s, e).to_owned() };
         let mut sentences = Vec::new();
         for (((index, record), placed), part) in
             records.iter().enumerate().zip(&layout.parts).zip(plan)
@@ -599,5 +598,78 @@ mod tests {
         let t = Timeline { input_rate: 24_000 };
         assert_eq!(t.millis(24_000), 1_000);
         assert_eq!(t.millis(36), 2);
+    }
+}
+
+/// Slices a text by character offsets, walking forward from the last
+/// offset asked (an earlier one walks again from the start).
+struct CharSlicer<'a> {
+    text: &'a str,
+    char_at: usize,
+    byte_at: usize,
+}
+
+impl<'a> CharSlicer<'a> {
+    fn new(text: &'a str) -> Self {
+        CharSlicer {
+            text,
+            char_at: 0,
+            byte_at: 0,
+        }
+    }
+
+    /// The byte offset of character `c` (the text's end past it).
+    fn byte_of(&mut self, c: usize) -> usize {
+        if c < self.char_at {
+            (self.char_at, self.byte_at) = (0, 0);
+        }
+        let rest = &self.text[self.byte_at..];
+        match rest.char_indices().nth(c - self.char_at) {
+            Some((b, _)) => {
+                self.byte_at += b;
+                self.char_at = c;
+            }
+            None => {
+                self.char_at += rest.chars().count();
+                self.byte_at = self.text.len();
+            }
+        }
+        self.byte_at
+    }
+
+    /// Characters `s..e` (clamped to the text).
+    fn slice(&mut self, s: usize, e: usize) -> &'a str {
+        let start = self.byte_of(s.min(e));
+        let end = self.byte_of(e);
+        &self.text[start..end]
+    }
+}
+
+#[cfg(test)]
+mod slicer_tests {
+    use super::CharSlicer;
+
+    #[test]
+    fn slices_by_characters_forward_and_back() {
+        let text = "Grüße, 世界! 👩‍👩‍👧 end";
+        let chars: Vec<char> = text.chars().collect();
+        let by_vec = |s: usize, e: usize| {
+            chars[s.min(e).min(chars.len())..e.min(chars.len())]
+                .iter()
+                .collect::<String>()
+        };
+        let mut slicer = CharSlicer::new(text);
+        for (s, e) in [
+            (0, 5),
+            (5, 9),
+            (9, 20),
+            (2, 4),
+            (0, 0),
+            (17, 40),
+            (40, 50),
+            (3, 3),
+        ] {
+            assert_eq!(slicer.slice(s, e), by_vec(s, e), "{s}..{e}");
+        }
     }
 }
