@@ -228,3 +228,25 @@ async fn an_mp3_that_decodes_past_the_cap_is_refused() {
     assert_eq!(app.sim.stats().submits_accepted, 1);
     assert_eq!(app.stop().await, 0);
 }
+
+#[tokio::test]
+async fn a_media_host_name_that_resolves_to_loopback_is_never_connected() {
+    // https and a name nobody listed: the URL passes, the address it
+    // resolves to does not (checked in the media client's resolver, so a
+    // name cannot point inward after the check).
+    let (target, connections) = counting_listener().await;
+    let app = spawn_app_with(
+        |sim| sim.media_public_url = Some(format!("https://localhost:{}", target.port())),
+        |_| {},
+    )
+    .await;
+    app.publish_json(json!({"text": "Resolve me inward.", "job_id": "ssrf-3"}))
+        .await;
+    assert_media_refused(&app, "ssrf-3").await;
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        0,
+        "the loopback port was connected to"
+    );
+    assert_eq!(app.stop().await, 0);
+}
