@@ -571,20 +571,9 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// One sample of a metric from a worker's /metrics.
+/// One sample of a metric from a worker's /metrics on `port`.
 async fn metric(port: u16, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find(|l| l.split_whitespace().next() == Some(name))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    common::metric_at(std::net::SocketAddr::from(([127, 0, 0, 1], port)), name).await
 }
 
 struct AdmissionRun {

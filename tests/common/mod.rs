@@ -104,3 +104,16 @@ impl BenchArgs {
             .unwrap_or(default)
     }
 }
+
+/// The value of a metric sample line (`name{labels}`) a worker at `addr`
+/// exposes on `/metrics`, if it does.
+pub async fn metric_at(addr: std::net::SocketAddr, sample: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+}

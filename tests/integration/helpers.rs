@@ -19,7 +19,7 @@ use tts_worker::testing::config::Settings;
 use tts_worker::testing::storage::Storage;
 use tts_worker::testing::wire::{self, CloudEvent, EventData};
 
-pub use crate::common::{env_value, stack_env};
+pub use crate::common::{env_value, metric_at, stack_env};
 
 /// Waits until `condition` holds, checking every 50 ms; panics naming `what`
 /// after `timeout`. Tests wait on conditions, never on fixed sleeps.
@@ -209,18 +209,6 @@ async fn stop_task(
             .expect("worker task")
             .expect("worker stops cleanly");
     }
-}
-
-/// The value of a metric sample line (`name{labels}`) at `addr`, if exposed.
-async fn metric_at(addr: SocketAddr, sample: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// The real binary, running; see [`TestApp::spawn_binary`].
