@@ -52,6 +52,8 @@ pub enum MediaRefusal {
     OtherPort { url: String },
     #[error("the media URL {url} has no host")]
     NoHost { url: String },
+    #[error("the media URL {url} carries credentials; they are never sent")]
+    Credentials { url: String },
     #[error("the media download was redirected more than {MAX_REDIRECTS} times")]
     TooManyRedirects,
 }
@@ -117,6 +119,9 @@ impl MediaPolicy {
         let Some(host) = url.host() else {
             return Err(MediaRefusal::NoHost { url: shown() });
         };
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(MediaRefusal::Credentials { url: shown() });
+        }
         if self.listed(url) == Some(true) {
             return Ok(());
         }
@@ -238,7 +243,11 @@ fn is_public_v6(a: Ipv6Addr) -> bool {
         return is_public_v4(v4);
     }
     let s = a.segments();
-    // 64:ff9b::/96, NAT64: the IPv4 address it stands for.
+    // 64:ff9b::/96, NAT64: the IPv4 address it stands for; 64:ff9b:1::/48,
+    // local-use NAT64, is not public.
+    if s[..3] == [0x64, 0xff9b, 1] {
+        return false;
+    }
     if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         let [h, l] = [s[6], s[7]];
         return is_public_v4(Ipv4Addr::new(
@@ -254,6 +263,8 @@ fn is_public_v6(a: Ipv6Addr) -> bool {
         || a.is_unique_local()
         || a.is_unicast_link_local()
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[0] == 0x2001 && s[1] == 0) // Teredo: tunnels to any IPv4 address
+        || s[0] == 0x2002 // 6to4: tunnels to any IPv4 address
         || s[0] == 0 // ::/16 and the deprecated IPv4-compatible range
         || (s[0] & 0xffc0) == 0xfec0) // site-local, deprecated
 }
@@ -297,6 +308,9 @@ mod tests {
             "64:ff9b::a00:1",
             "2001:db8::1",
             "ff02::1",
+            "64:ff9b:1::a00:1",
+            "2002:7f00:1::1",
+            "2001:0:4136:e378::1",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
@@ -349,6 +363,10 @@ mod tests {
         assert!(matches!(
             MediaPolicy::default().check(&url("http://127.0.0.1:18091/media/a.wav")),
             Err(MediaRefusal::NotHttps { .. })
+        ));
+        assert!(matches!(
+            policy.check(&url("https://user:pw@cdn.example.com/a.wav")),
+            Err(MediaRefusal::Credentials { .. })
         ));
     }
 
