@@ -116,6 +116,15 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// Whether `queue` is one of the worker's own: the requests, events and
+    /// dead-letter queues, or a job's lease.
+    pub fn owns(&self, queue: &str) -> bool {
+        queue == self.requests_queue
+            || queue == self.dead_letter_queue
+            || self.events_queue.as_deref() == Some(queue)
+            || lease::is_lease_queue(&self.requests_queue, queue)
+    }
+
     /// The topology of `amqp`, for a worker that dead-letters a message itself
     /// after `max_deliveries`. The broker's limit is one higher, so the worker
     /// always gets the delivery on which it publishes the `poison` failure
@@ -580,6 +589,34 @@ pub fn with_headers(properties: BasicProperties, extra: &[(&str, &str)]) -> Basi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_workers_own_queues_are_known_whatever_their_form() {
+        let t = Topology {
+            requests_queue: "tts.requests".into(),
+            events_exchange: "tts.events".into(),
+            events_queue: Some("tts.events".into()),
+            dead_letter_queue: "tts.requests.dead".into(),
+            delivery_limit: 6,
+        };
+        for own in [
+            "tts.requests",
+            "tts.events",
+            "tts.requests.dead",
+            "tts.requests.lease.alice/order-7",
+            "tts.lease.9f86d081884c7d659a2feaa0c55ad015",
+        ] {
+            assert!(t.owns(own), "{own}");
+        }
+        for other in [
+            "amq.gen-1",
+            "alice.replies",
+            "tts.requestsx",
+            "tts.events.alice",
+        ] {
+            assert!(!t.owns(other), "{other}");
+        }
+    }
 
     #[test]
     fn a_republished_copy_keeps_the_producers_user_id_only_when_asked() {

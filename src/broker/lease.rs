@@ -163,6 +163,15 @@ impl Drop for Lease {
     }
 }
 
+/// Whether `queue` is a lease queue of the requests queue `requests_queue`
+/// (either form [`lease_name`] gives).
+pub(crate) fn is_lease_queue(requests_queue: &str, queue: &str) -> bool {
+    queue.starts_with(&format!("{requests_queue}.lease.")) || queue.starts_with(HASHED_PREFIX)
+}
+
+/// Prefix of a lease queue whose name would be too long for AMQP.
+const HASHED_PREFIX: &str = "tts.lease.";
+
 /// The lease queue of `job_id` under `prefix` (`tts.lease.` and the
 /// SHA-256 of that name when it would be too long for AMQP).
 fn lease_name(prefix: &str, job_id: &str) -> String {
@@ -170,7 +179,7 @@ fn lease_name(prefix: &str, job_id: &str) -> String {
     if name.len() <= MAX_QUEUE_NAME {
         name
     } else {
-        format!("tts.lease.{}", hex::encode(Sha256::digest(&name)))
+        format!("{HASHED_PREFIX}{}", hex::encode(Sha256::digest(&name)))
     }
 }
 

@@ -47,6 +47,16 @@ pub struct MediaOrigin {
 }
 
 impl MediaOrigin {
+    /// `url`'s host as origins are listed: lower case, an IPv6 address
+    /// without brackets.
+    pub fn host_of(url: &Url) -> Option<String> {
+        Some(match url.host()? {
+            url::Host::Domain(d) => d.to_ascii_lowercase(),
+            url::Host::Ipv4(a) => a.to_string(),
+            url::Host::Ipv6(a) => a.to_string(),
+        })
+    }
+
     fn parse(value: &str) -> Result<Self, ConfigError> {
         let key = "segmind.media_allow_private";
         let value = value.trim();
@@ -60,11 +70,7 @@ impl MediaOrigin {
         };
         // Parsed as a URL's authority, so hosts are normalised as URLs' are.
         let url = Url::parse(&format!("http://{value}/")).map_err(|_| bad())?;
-        let host = match url.host().ok_or_else(bad)? {
-            url::Host::Domain(d) => d.to_ascii_lowercase(),
-            url::Host::Ipv4(a) => a.to_string(),
-            url::Host::Ipv6(a) => a.to_string(),
-        };
+        let host = Self::host_of(&url).ok_or_else(bad)?;
         // An explicit port, even the scheme's default (url drops it).
         let explicit = value
             .rsplit_once(':')

@@ -106,7 +106,7 @@ impl MediaPolicy {
     }
 
     fn listed(&self, url: &Url) -> Option<bool> {
-        let host = host_key(url)?;
+        let host = MediaOrigin::host_of(url)?;
         let port = url.port_or_known_default()?;
         Some(self.allowed.contains(&(host, port)))
     }
@@ -125,7 +125,7 @@ impl MediaPolicy {
         if self.listed(url) == Some(true) {
             return Ok(());
         }
-        if host_key(url).is_some_and(|h| self.hosts.contains(&h)) {
+        if MediaOrigin::host_of(url).is_some_and(|h| self.hosts.contains(&h)) {
             return Err(MediaRefusal::OtherPort { url: shown() });
         }
         if url.scheme() != "https" {
@@ -164,15 +164,6 @@ impl MediaPolicy {
             policy: Arc::clone(self),
         })
     }
-}
-
-/// The host of `url` as listed: lower case, an IPv6 address without brackets.
-fn host_key(url: &Url) -> Option<String> {
-    Some(match url.host()? {
-        Host::Domain(d) => d.to_ascii_lowercase(),
-        Host::Ipv4(a) => a.to_string(),
-        Host::Ipv6(a) => a.to_string(),
-    })
 }
 
 /// A DNS resolver that keeps only public addresses, except for the hosts of

@@ -167,6 +167,8 @@ pub enum EventData {
 #[derive(Debug, Clone)]
 pub struct EncodedEvent {
     pub id: String,
+    /// The CloudEvents `type` (`tts.job.completed`, `tts.job.failed`).
+    pub kind: &'static str,
     /// `tts.job.{completed|failed}`, then `.{tenant}` for a tenant's job.
     pub routing_key: String,
     pub body: Vec<u8>,
@@ -307,13 +309,10 @@ pub fn encode_event(
             )
         }
     };
-    let job_id = match outcome {
-        Outcome::Completed(c) => &c.job_id,
-        Outcome::Failed(f) => &f.job_id,
-    };
     EncodedEvent {
         id,
-        routing_key: match job_id.tenant() {
+        kind: routing_key,
+        routing_key: match outcome.job_id().tenant() {
             Some(tenant) => format!("{routing_key}.{tenant}"),
             None => routing_key.to_owned(),
         },

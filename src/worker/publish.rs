@@ -39,15 +39,6 @@ fn with_trace(properties: BasicProperties, trace: &TraceHeaders) -> BasicPropert
     }
 }
 
-/// The event's type (`tts.job.completed`) from its routing key, which may
-/// end in the tenant.
-fn event_type(routing_key: &str) -> &str {
-    [wire::COMPLETED_TYPE, wire::FAILED_TYPE]
-        .into_iter()
-        .find(|t| routing_key.starts_with(t))
-        .unwrap_or(routing_key)
-}
-
 /// Publishes the terminal event, plus a copy to `reply_to` when asked.
 pub(super) async fn publish_outcome(
     ctx: &JobContext,
@@ -61,7 +52,7 @@ pub(super) async fn publish_outcome(
         .with_content_type(wire::EVENT_CONTENT_TYPE.into())
         .with_delivery_mode(2)
         .with_message_id(event.id.as_str().into())
-        .with_type(event_type(&event.routing_key).into())
+        .with_type(event.kind.into())
         .with_app_id("tts-worker".into())
         .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64);
     if let Some(correlation_id) = request.correlation_id() {
@@ -79,18 +70,11 @@ pub(super) async fn publish_outcome(
         .await?;
     metrics.published.with_label_values(&["event"]).inc();
 
-    let tenant = match outcome {
-        Outcome::Completed(c) => c.job_id.tenant(),
-        Outcome::Failed(f) => f.job_id.tenant(),
-    };
+    let tenant = outcome.job_id().tenant();
     let reply_to = request.reply_to().as_ref().filter(|queue| {
         // Never the worker's own queues, whatever the patterns allow.
-        let topology = &ctx.topology;
-        let own = queue.as_str() == topology.requests_queue
-            || queue.as_str() == topology.dead_letter_queue
-            || topology.events_queue.as_deref() == Some(queue.as_str())
-            || queue.as_str().starts_with(&format!("{}.lease.", topology.requests_queue));
-        let allowed = !own && ctx.reply_to.allows(queue.as_str(), tenant);
+        let allowed =
+            !ctx.topology.owns(queue.as_str()) && ctx.reply_to.allows(queue.as_str(), tenant);
         if !allowed {
             warn!(
                 reply_to = queue.as_str(),

@@ -181,7 +181,7 @@ async fn settle(
     if let Ok(Some(tenant)) = &tenancy {
         decoded.job_id = decoded.job_id.within(tenant);
         if let Ok(job) = &mut decoded.job {
-            job.id = job.id.clone().within(tenant);
+            job.id = decoded.job_id.clone();
         }
     }
     let span = Span::current();
