@@ -59,7 +59,7 @@ impl Session {
             .await?;
         Ok(Session {
             connection: Arc::new(connection),
-            consuming: Consuming::new(channel, topology.requests_queue, name),
+            consuming: Consuming::new(channel, topology.lanes, name),
             publisher,
         })
     }
@@ -128,7 +128,11 @@ impl Application {
         let metrics = Metrics::new();
         let api_key = settings.require_api_key()?.clone();
         let segmind = SegmindClient::new(&settings.segmind, api_key, metrics.clone())
-            .context("building the HTTP client")?;
+            .context("building the HTTP client")?
+            .with_shares(
+                settings.amqp.lanes.iter().map(|l| l.weight).collect(),
+                settings.tenants.weights.clone(),
+            );
         let session = Session::open(&settings).await?;
         let ready = Arc::new(AtomicBool::new(false));
         let ops = OpsServer::bind(settings.http.addr, metrics.clone(), ready.clone())
@@ -335,7 +339,7 @@ async fn refresh_queue_depth(
             channel = connection.create_channel().await.ok();
         }
         let Some(ch) = &channel else { continue };
-        for queue in [&topology.requests_queue, &topology.dead_letter_queue] {
+        for queue in topology.lanes.iter().chain([&topology.dead_letter_queue]) {
             match broker::queue_depth(ch, queue).await {
                 Ok(n) => metrics
                     .queue_depth

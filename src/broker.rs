@@ -108,6 +108,9 @@ impl From<lapin::Error> for BrokerError {
 #[derive(Debug, Clone)]
 pub struct Topology {
     pub requests_queue: String,
+    /// Every lane's queue (`amqp.lanes`), `requests_queue` among them; a
+    /// delivery's lane is its index here.
+    pub lanes: Vec<String>,
     pub events_exchange: String,
     pub events_queue: Option<String>,
     pub dead_letter_queue: String,
@@ -116,10 +119,17 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// The queue of `lane` (the requests queue for an index it does not
+    /// know).
+    pub fn lane(&self, lane: usize) -> &str {
+        self.lanes.get(lane).unwrap_or(&self.requests_queue)
+    }
+
     /// Whether `queue` is one of the worker's own: the requests, events and
     /// dead-letter queues, or a job's lease.
     pub fn owns(&self, queue: &str) -> bool {
         queue == self.requests_queue
+            || self.lanes.iter().any(|l| l == queue)
             || queue == self.dead_letter_queue
             || self.events_queue.as_deref() == Some(queue)
             || lease::is_lease_queue(&self.requests_queue, queue)
@@ -133,6 +143,7 @@ impl Topology {
     pub fn new(amqp: &AmqpSettings, max_deliveries: u32) -> Self {
         Topology {
             requests_queue: amqp.requests_queue.clone(),
+            lanes: amqp.lanes.iter().map(|l| l.queue.clone()).collect(),
             events_exchange: amqp.events_exchange.clone(),
             events_queue: amqp.events_queue.clone(),
             dead_letter_queue: amqp.dead_letter_queue.clone(),
@@ -202,25 +213,35 @@ fn requests_args(topology: &Topology) -> FieldTable {
 pub async fn declare(connection: &Connection, topology: &Topology) -> Result<(), BrokerError> {
     let durable = QueueDeclareOptions::durable();
     let mut channel = connection.create_channel().await?;
-    let requests = topology.requests_queue.as_str();
-    match channel
-        .queue_declare(requests.into(), durable, requests_args(topology))
-        .await
-    {
-        Ok(_) => {}
-        Err(e) if is_precondition_failed(&e) => {
-            tracing::warn!(
-                queue = requests,
-                error = %e,
-                "the requests queue exists with other arguments; using it as it is. Its delivery limit and dead-letter target may differ from jobs.max_deliveries: set them by policy, or delete the queue when it is empty"
-            );
-            // The broker closed that channel.
-            channel = connection.create_channel().await?;
-            channel
-                .queue_declare(requests.into(), durable.passive(), FieldTable::default())
-                .await?;
+    // Every lane is a requests queue, the delivery limit and dead-letter
+    // target spelled out the same.
+    let lanes = std::iter::once(&topology.requests_queue).chain(
+        topology
+            .lanes
+            .iter()
+            .filter(|l| **l != topology.requests_queue),
+    );
+    for requests in lanes {
+        let requests = requests.as_str();
+        match channel
+            .queue_declare(requests.into(), durable, requests_args(topology))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_precondition_failed(&e) => {
+                tracing::warn!(
+                    queue = requests,
+                    error = %e,
+                    "the requests queue exists with other arguments; using it as it is. Its delivery limit and dead-letter target may differ from jobs.max_deliveries: set them by policy, or delete the queue when it is empty"
+                );
+                // The broker closed that channel.
+                channel = connection.create_channel().await?;
+                channel
+                    .queue_declare(requests.into(), durable.passive(), FieldTable::default())
+                    .await?;
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => return Err(e.into()),
     }
     channel
         .queue_declare(
@@ -594,6 +615,7 @@ mod tests {
     fn the_workers_own_queues_are_known_whatever_their_form() {
         let t = Topology {
             requests_queue: "tts.requests".into(),
+            lanes: vec!["tts.requests".into(), "tts.requests.bulk".into()],
             events_exchange: "tts.events".into(),
             events_queue: Some("tts.events".into()),
             dead_letter_queue: "tts.requests.dead".into(),
@@ -601,6 +623,7 @@ mod tests {
         };
         for own in [
             "tts.requests",
+            "tts.requests.bulk",
             "tts.events",
             "tts.requests.dead",
             "tts.requests.lease.alice/order-7",

@@ -383,6 +383,38 @@ pub struct TtsJob {
     pub metadata: Option<Map<String, Value>>,
     /// The format, rate, loudness and captions asked for.
     pub deliverable: Deliverable,
+    /// How its submissions are shared: its lane and its party.
+    pub flow: Flow,
+}
+
+/// Who a job's submissions are scheduled as (`segmind::budget`): the lane
+/// it arrived on (an index into `amqp.lanes`) and the party it is shared as
+/// within that lane: its tenant, else its `metadata.tenant`, else `""`, one
+/// party for everybody.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Flow {
+    pub lane: usize,
+    pub party: std::sync::Arc<str>,
+}
+
+impl Flow {
+    /// The flow of a job that arrived on `lane`: its `tenant` when known,
+    /// else the `metadata.tenant` string a producer set (not vouched for:
+    /// it only shares slots fairly between cooperating producers).
+    pub fn of(lane: usize, tenant: Option<&Tenant>, metadata: Option<&Map<String, Value>>) -> Self {
+        let party = match tenant {
+            Some(t) => t.as_str(),
+            None => metadata
+                .and_then(|m| m.get("tenant"))
+                .and_then(Value::as_str)
+                .filter(|t| Tenant::parse(t).is_ok())
+                .unwrap_or(""),
+        };
+        Flow {
+            lane,
+            party: std::sync::Arc::from(party),
+        }
+    }
 }
 
 /// Where audio was stored.

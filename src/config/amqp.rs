@@ -27,6 +27,50 @@ pub struct AmqpSettings {
     pub consumer_timeout: Duration,
     /// Where `reply_to` may point (`amqp.reply_to_pattern`).
     pub reply_to: ReplyToPatterns,
+    /// The queues requests arrive on, each with its weight (`amqp.lanes`);
+    /// the first is `requests_queue`'s lane unless listed otherwise. Never
+    /// empty.
+    pub lanes: Vec<Lane>,
+}
+
+/// A queue requests arrive on and its share of new submissions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lane {
+    pub queue: String,
+    /// Relative share of the submission slots while other lanes wait too
+    /// (1–1000).
+    pub weight: u32,
+}
+
+/// Parses `name:weight` (or `name`, weight 1) as written in `key`.
+pub(super) fn weighted(key: &'static str, entry: &str) -> Result<(String, u32), ConfigError> {
+    let entry = entry.trim();
+    let (name, weight) = match entry.rsplit_once(':') {
+        Some((name, weight)) => {
+            let weight = weight
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|w| (1..=1000).contains(w));
+            let Some(weight) = weight else {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{entry:?}: the weight after ':' must be a whole number from 1 to 1000"
+                    ),
+                ));
+            };
+            (name.trim(), weight)
+        }
+        None => (entry, 1),
+    };
+    if name.is_empty() {
+        return Err(invalid(
+            key,
+            format!("{entry:?}: a name is missing before ':'"),
+        ));
+    }
+    Ok((name.to_owned(), weight))
 }
 
 /// The queue names a request's `reply_to` may name: `*` matches any run of
@@ -87,6 +131,7 @@ pub(super) struct RawAmqp {
     pub(super) publish_timeout: f64,
     pub(super) consumer_timeout: f64,
     pub(super) reply_to_pattern: Vec<String>,
+    pub(super) lanes: Vec<String>,
 }
 
 impl RawAmqp {
@@ -119,9 +164,33 @@ impl RawAmqp {
         } else {
             Some(queue_name("amqp.events_queue", self.events_queue)?)
         };
+        let requests_queue = queue_name("amqp.requests_queue", self.requests_queue)?;
+        let mut lanes = Vec::new();
+        for entry in self.lanes.iter().filter(|e| !e.trim().is_empty()) {
+            let (queue, weight) = weighted("amqp.lanes", entry)?;
+            let queue = queue_name("amqp.lanes", queue)?;
+            if lanes.iter().any(|l: &Lane| l.queue == queue) {
+                return Err(invalid("amqp.lanes", format!("{queue:?} is listed twice")));
+            }
+            lanes.push(Lane { queue, weight });
+        }
+        if lanes.is_empty() {
+            lanes.push(Lane {
+                queue: requests_queue.clone(),
+                weight: 1,
+            });
+        } else if !lanes.iter().any(|l| l.queue == requests_queue) {
+            return Err(invalid(
+                "amqp.lanes",
+                format!(
+                    "must list amqp.requests_queue ({requests_queue:?}), the lane existing producers publish to"
+                ),
+            ));
+        }
         Ok(AmqpSettings {
             url: SecretString::from(self.url),
-            requests_queue: queue_name("amqp.requests_queue", self.requests_queue)?,
+            requests_queue,
+            lanes,
             events_exchange: queue_name("amqp.events_exchange", self.events_exchange)?,
             events_queue,
             dead_letter_queue: queue_name("amqp.dead_letter_queue", self.dead_letter_queue)?,

@@ -169,7 +169,7 @@ struct RawSettings {
     long_text: LongTextSettings,
     telemetry: RawTelemetry,
     shutdown: RawShutdown,
-    tenants: TenantSettings,
+    tenants: RawTenants,
 }
 
 /// Who a request belongs to (`[tenants]`).
@@ -182,10 +182,38 @@ pub enum TenantIdentity {
     UserId,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct TenantSettings {
     pub identity: TenantIdentity,
+    /// Each listed tenant's share within a lane (`tenants.weights`);
+    /// unlisted tenants weigh 1.
+    pub weights: std::collections::BTreeMap<String, u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenants {
+    identity: TenantIdentity,
+    weights: Vec<String>,
+}
+
+impl RawTenants {
+    fn validate(self) -> Result<TenantSettings, ConfigError> {
+        let mut weights = std::collections::BTreeMap::new();
+        for entry in self.weights.iter().filter(|e| !e.trim().is_empty()) {
+            let (tenant, weight) = amqp::weighted("tenants.weights", entry)?;
+            if weights.insert(tenant.clone(), weight).is_some() {
+                return Err(invalid(
+                    "tenants.weights",
+                    format!("{tenant:?} is listed twice"),
+                ));
+            }
+        }
+        Ok(TenantSettings {
+            identity: self.identity,
+            weights,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -225,6 +253,8 @@ impl Settings {
                     .with_list_parse_key("segmind.content_blocked_patterns")
                     .with_list_parse_key("segmind.media_allow_private")
                     .with_list_parse_key("amqp.reply_to_pattern")
+                    .with_list_parse_key("amqp.lanes")
+                    .with_list_parse_key("tenants.weights")
                     .try_parsing(true)
                     .source(Some(tts_env)),
             )
@@ -412,7 +442,7 @@ impl RawSettings {
             shutdown: ShutdownSettings {
                 grace_period: seconds("shutdown.grace_period", self.shutdown.grace_period)?,
             },
-            tenants: self.tenants,
+            tenants: self.tenants.validate()?,
         })
     }
 }

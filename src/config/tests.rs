@@ -204,6 +204,16 @@ fn invalid_values_name_the_key() {
             "0",
             "s3.max_concurrent_requests",
         ),
+        ("TTS__AMQP__LANES", "tts.requests:0", "amqp.lanes"),
+        ("TTS__AMQP__LANES", "tts.requests:x", "amqp.lanes"),
+        ("TTS__AMQP__LANES", "tts.bulk:1", "amqp.lanes"),
+        (
+            "TTS__AMQP__LANES",
+            "tts.requests,tts.requests",
+            "amqp.lanes",
+        ),
+        ("TTS__TENANTS__WEIGHTS", "alice:1001", "tenants.weights"),
+        ("TTS__TENANTS__WEIGHTS", ":3", "tenants.weights"),
     ];
     for (var, value, key) in cases {
         let err = Settings::load_from(None, &env(&[(var, value)]))
@@ -441,4 +451,34 @@ fn the_memory_the_settings_allow_is_checked_against_the_containers_limit() {
     )
     .unwrap();
     assert_eq!(chart.memory_warning(Some(768 * mib)), None);
+}
+
+#[test]
+fn lanes_default_to_the_requests_queue_and_read_weights_from_the_environment() {
+    let s = Settings::load_from(None, &[]).unwrap();
+    assert_eq!(
+        s.amqp.lanes,
+        vec![crate::config::amqp::Lane {
+            queue: "tts.requests".into(),
+            weight: 1
+        }]
+    );
+    assert!(s.tenants.weights.is_empty());
+    let s = Settings::load_from(
+        None,
+        &env(&[
+            ("TTS__AMQP__LANES", "tts.requests:10,tts.requests.bulk"),
+            ("TTS__TENANTS__WEIGHTS", "alice:3, bob:1"),
+        ]),
+    )
+    .unwrap();
+    let lanes: Vec<(&str, u32)> = s
+        .amqp
+        .lanes
+        .iter()
+        .map(|l| (l.queue.as_str(), l.weight))
+        .collect();
+    assert_eq!(lanes, [("tts.requests", 10), ("tts.requests.bulk", 1)]);
+    assert_eq!(s.tenants.weights.get("alice"), Some(&3));
+    assert_eq!(s.tenants.weights.get("bob"), Some(&1));
 }

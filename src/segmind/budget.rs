@@ -20,34 +20,45 @@
 //! - **Priority**: polls and result fetches of jobs already paid for reserve
 //!   the next free slot; a submission only takes a slot nobody reserved, so
 //!   paid jobs finish first and never let a result expire.
+//! - **Fair shares**: submissions waiting for a free slot are served by
+//!   their job's [`Flow`] ([`fair::FairQueue`]): by lane weight among the
+//!   lanes, round-robin by tenant weight within a lane, in order within a
+//!   tenant. A bulk lane's backlog or one tenant's 30 long jobs delay
+//!   another's submission by a slot or two, not by the backlog.
 //! - **Intake**: [`RateBudget::intake_delay`] tells the consume loop when
-//!   starting a new job would only queue behind the budget, so a worker with
-//!   no budget stops taking deliveries instead of holding them.
+//!   starting a new job of a lane would only queue behind the budget, so a
+//!   worker with no budget stops taking that lane's deliveries instead of
+//!   holding them.
 //!
 //! Without a limit every call passes at once.
 
-use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+mod fair;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rand::Rng;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::info;
 
+use crate::job::Flow;
 use crate::metrics::Metrics;
+use fair::{FairQueue, Ticket};
 
-/// Who is asking for a call.
+/// Who is asking for a call; a submission says its job's [`Flow`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Priority {
+pub enum Priority<'a> {
     /// A poll or result fetch of a submitted (paid) job.
     Paid,
     /// A new job's submission.
-    New,
+    New(&'a Flow),
     /// A further part of a long job already started: it takes a free slot
     /// like a new submission, but does not count as a job waiting to start
     /// (else a long job, which always has a part waiting, would keep every
     /// new job in the queue until its last part is submitted).
-    Part,
+    Part(&'a Flow),
 }
 
 /// The replica's pacing of API calls against the account's limit.
@@ -68,8 +79,12 @@ struct State {
     /// No call before this (a 429's reset time plus jitter).
     paused_until: Instant,
     last_growth: Instant,
-    /// Submissions waiting for a slot.
-    new_waiting: usize,
+    /// New jobs' submissions waiting for a slot, per lane.
+    new_waiting: Vec<usize>,
+    /// Submissions waiting for a slot, in their fair order.
+    line: FairQueue,
+    /// How each waiting submission is woken when it is served next.
+    wakers: HashMap<Ticket, Arc<Notify>>,
     /// When this replica's calls of the last minute were made.
     recent: VecDeque<Instant>,
     /// When the current rate-limit window began, as far as this replica
@@ -81,6 +96,14 @@ impl State {
     /// Records a call made (or reserved) at `at`, and forgets calls older
     /// than the span a 429 looks back on: the record holds about a minute of
     /// calls, however long the replica runs between 429s.
+    /// Wakes the submission now first in line (it may take the next free
+    /// slot); a wake-up stored for one that is not waiting yet is kept.
+    fn wake_head(&self) {
+        if let Some(waker) = self.line.head().and_then(|t| self.wakers.get(&t)) {
+            waker.notify_one();
+        }
+    }
+
     fn record(&mut self, at: Instant) {
         self.recent.push_back(at);
         if let Some(horizon) = Instant::now().checked_sub(USAGE_SPAN) {
@@ -104,6 +127,19 @@ const USAGE_SPAN: Duration = Duration::from_secs(60);
 const MAX_PAUSE: Duration = Duration::from_secs(3600);
 
 impl RateBudget {
+    /// A budget whose submissions are shared by lane weights (`lane_weights[i]`
+    /// for lane `i`) and tenant weights (`party_weights`, unlisted: 1).
+    pub fn with_shares(
+        limit_per_minute: Option<u32>,
+        lane_weights: Vec<u32>,
+        party_weights: BTreeMap<String, u32>,
+        metrics: Metrics,
+    ) -> Self {
+        let budget = Self::new(limit_per_minute, metrics);
+        budget.state().line = FairQueue::new(lane_weights, party_weights);
+        budget
+    }
+
     pub fn new(limit_per_minute: Option<u32>, metrics: Metrics) -> Self {
         let limit = limit_per_minute.map(|l| f64::from(l) / 60.0);
         let now = Instant::now();
@@ -117,7 +153,9 @@ impl RateBudget {
                 next_free: now,
                 paused_until: now,
                 last_growth: now,
-                new_waiting: 0,
+                new_waiting: Vec::new(),
+                line: FairQueue::default(),
+                wakers: HashMap::new(),
                 recent: VecDeque::new(),
                 window_start: now,
             }),
@@ -125,13 +163,19 @@ impl RateBudget {
         }
     }
 
+    /// The account's limit, calls a minute.
+    pub fn limit_per_minute(&self) -> Option<u32> {
+        self.limit.map(|l| (l * 60.0).round() as u32)
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // Plain numbers: a panic elsewhere cannot leave them torn.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Waits for this call's slot.
-    pub async fn acquire(&self, priority: Priority) {
+    /// Waits for this call's slot; a submission waits in line with its
+    /// flow (see [`fair`]).
+    pub async fn acquire(&self, priority: Priority<'_>) {
         if self.limit.is_none() {
             return;
         }
@@ -146,28 +190,28 @@ impl RateBudget {
                 };
                 tokio::time::sleep_until(slot).await;
             }
-            Priority::New | Priority::Part => {
-                let _waiting = (priority == Priority::New).then(|| {
-                    self.state().new_waiting += 1;
-                    NewWaiting(self)
-                });
-                loop {
-                    let wait = {
-                        let mut s = self.state();
-                        let now = Instant::now();
-                        let free = s.next_free.max(s.paused_until);
-                        if free <= now {
-                            s.next_free = now + interval(s.share);
-                            s.record(now);
-                            return;
+            Priority::New(flow) | Priority::Part(flow) => {
+                let new = matches!(priority, Priority::New(_));
+                let waker = Arc::new(Notify::new());
+                let place = {
+                    let mut s = self.state();
+                    if new {
+                        if s.new_waiting.len() <= flow.lane {
+                            s.new_waiting.resize(flow.lane + 1, 0);
                         }
-                        free - now
-                    };
-                    // A little jitter so waiting submissions do not all wake
-                    // for the same free slot.
-                    let jitter = rand::rng().random_range(0.0..0.05);
-                    tokio::time::sleep(wait + Duration::from_secs_f64(jitter)).await;
-                }
+                        s.new_waiting[flow.lane] += 1;
+                    }
+                    let ticket = s.line.enqueue(flow);
+                    s.wakers.insert(ticket, waker.clone());
+                    InLine {
+                        budget: self,
+                        flow,
+                        ticket,
+                        new,
+                        served: false,
+                    }
+                };
+                place.wait(&waker).await;
             }
         }
     }
@@ -230,15 +274,16 @@ impl RateBudget {
         }
     }
 
-    /// `None` when a new job could start submitting soon; else how long to
-    /// wait before asking again.
-    pub fn intake_delay(&self) -> Option<Duration> {
+    /// `None` when a new job of `lane` could start submitting soon; else
+    /// how long to wait before asking again.
+    pub fn intake_delay(&self, lane: usize) -> Option<Duration> {
         self.limit?;
         let s = self.state();
         let now = Instant::now();
         let free = s.next_free.max(s.paused_until);
         let horizon = interval(s.share) * 2;
-        if s.new_waiting == 0 && free <= now + horizon {
+        let waiting = s.new_waiting.get(lane).copied().unwrap_or(0);
+        if waiting == 0 && free <= now + horizon {
             None
         } else {
             Some((free.saturating_duration_since(now)).max(Duration::from_millis(50)))
@@ -250,13 +295,74 @@ fn interval(share: f64) -> Duration {
     Duration::from_secs_f64(1.0 / share.max(1e-6))
 }
 
-/// Counts a submission as waiting for as long as it waits, cancellation included.
-struct NewWaiting<'a>(&'a RateBudget);
+/// A submission's place in line, for as long as it waits: given up (its
+/// future dropped), it leaves the line and wakes the one now first.
+struct InLine<'a> {
+    budget: &'a RateBudget,
+    flow: &'a Flow,
+    ticket: Ticket,
+    /// A new job's first submission (counted for intake).
+    new: bool,
+    served: bool,
+}
 
-impl Drop for NewWaiting<'_> {
+impl InLine<'_> {
+    /// Waits to be first in line, then for the free slot, and takes it.
+    async fn wait(mut self, waker: &Notify) {
+        loop {
+            let wait = {
+                let mut s = self.budget.state();
+                if s.line.head() != Some(self.ticket) {
+                    None
+                } else {
+                    let now = Instant::now();
+                    let free = s.next_free.max(s.paused_until);
+                    if free <= now {
+                        s.next_free = now + interval(s.share);
+                        s.record(now);
+                        s.line.serve();
+                        self.served = true;
+                        self.leave(&mut s);
+                        return;
+                    }
+                    Some(free - now)
+                }
+            };
+            match wait {
+                // Woken when it becomes first.
+                None => waker.notified().await,
+                // First: the slot may be reserved further by paid calls, or
+                // another may come first meanwhile; asked again then.
+                Some(wait) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = waker.notified() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn leave(&self, s: &mut State) {
+        s.wakers.remove(&self.ticket);
+        if !self.served {
+            s.line.remove(self.flow, self.ticket);
+        }
+        if self.new
+            && let Some(n) = s.new_waiting.get_mut(self.flow.lane)
+        {
+            *n = n.saturating_sub(1);
+        }
+        s.wake_head();
+    }
+}
+
+impl Drop for InLine<'_> {
     fn drop(&mut self) {
-        let mut s = self.0.state();
-        s.new_waiting = s.new_waiting.saturating_sub(1);
+        if !self.served {
+            let mut s = self.budget.state();
+            self.leave(&mut s);
+        }
     }
 }
 
@@ -273,7 +379,7 @@ mod tests {
         let b = budget(50);
         // Two hours of calls at the whole limit, without a single 429.
         for _ in 0..6_000 {
-            b.acquire(Priority::New).await;
+            b.acquire(Priority::New(&Flow::default())).await;
             b.on_success();
         }
         let held = b.state().recent.len();
@@ -296,10 +402,10 @@ mod tests {
         let b = RateBudget::new(None, Metrics::new());
         let start = Instant::now();
         for _ in 0..100 {
-            b.acquire(Priority::New).await;
+            b.acquire(Priority::New(&Flow::default())).await;
         }
         assert_eq!(start.elapsed(), Duration::ZERO);
-        assert_eq!(b.intake_delay(), None);
+        assert_eq!(b.intake_delay(0), None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -310,7 +416,7 @@ mod tests {
         let mut tasks = tokio::task::JoinSet::new();
         let (b1, o1) = (b.clone(), order.clone());
         tasks.spawn(async move {
-            b1.acquire(Priority::New).await;
+            b1.acquire(Priority::New(&Flow::default())).await;
             o1.lock().unwrap().push("submit");
         });
         tokio::task::yield_now().await;
@@ -344,7 +450,7 @@ mod tests {
             (share - 16.0).abs() < 1e-9,
             "80 % of the 20 used, once: {share}"
         );
-        assert!(b.intake_delay().is_some(), "no intake while paused");
+        assert!(b.intake_delay(0).is_some(), "no intake while paused");
         let start = Instant::now();
         b.acquire(Priority::Paid).await;
         let waited = start.elapsed();
@@ -436,33 +542,33 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_long_jobs_waiting_part_does_not_hold_back_new_jobs_but_a_new_job_does() {
         let b = std::sync::Arc::new(budget(6)); // one call per 10 s
-        b.acquire(Priority::New).await; // the slot of t = 0
+        b.acquire(Priority::New(&Flow::default())).await; // the slot of t = 0
         let part = {
             let b = b.clone();
-            tokio::spawn(async move { b.acquire(Priority::Part).await })
+            tokio::spawn(async move { b.acquire(Priority::Part(&Flow::default())).await })
         };
         tokio::task::yield_now().await;
         assert!(!part.is_finished(), "the part waits for its slot");
         assert_eq!(
-            b.intake_delay(),
+            b.intake_delay(0),
             None,
             "a new job is taken while only a part waits"
         );
         let new = {
             let b = b.clone();
-            tokio::spawn(async move { b.acquire(Priority::New).await })
+            tokio::spawn(async move { b.acquire(Priority::New(&Flow::default())).await })
         };
         tokio::task::yield_now().await;
-        assert!(b.intake_delay().is_some(), "not while a new job waits");
+        assert!(b.intake_delay(0).is_some(), "not while a new job waits");
         tokio::time::sleep(Duration::from_secs(25)).await;
         assert!(part.is_finished() && new.is_finished());
-        assert_eq!(b.intake_delay(), None);
+        assert_eq!(b.intake_delay(0), None);
     }
 
     #[tokio::test(start_paused = true)]
     async fn intake_stops_while_submissions_wait_and_resumes_when_the_budget_frees() {
         let b = std::sync::Arc::new(budget(6)); // one call per 10 s
-        assert_eq!(b.intake_delay(), None);
+        assert_eq!(b.intake_delay(0), None);
         // Three polls reserve the slots at 0, 10 and 20 s.
         for _ in 0..3 {
             let b = b.clone();
@@ -470,10 +576,49 @@ mod tests {
         }
         tokio::task::yield_now().await;
         assert!(
-            b.intake_delay().is_some(),
+            b.intake_delay(0).is_some(),
             "the next free slot is 30 s away"
         );
         tokio::time::sleep(Duration::from_secs(15)).await;
-        assert_eq!(b.intake_delay(), None, "free within two intervals");
+        assert_eq!(b.intake_delay(0), None, "free within two intervals");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tenants_backlog_does_not_delay_another_by_more_than_its_share() {
+        let b = std::sync::Arc::new(budget(60)); // one call a second
+        let served = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = tokio::task::JoinSet::new();
+        let flow = |party: &str| Flow {
+            lane: 0,
+            party: Arc::from(party),
+        };
+        for (party, n) in [("a", 30), ("b", 10)] {
+            for _ in 0..n {
+                let (b, served, flow) = (b.clone(), served.clone(), flow(party));
+                tasks.spawn(async move {
+                    b.acquire(Priority::Part(&flow)).await;
+                    served.lock().unwrap().push((party, Instant::now()));
+                });
+                tokio::task::yield_now().await;
+            }
+        }
+        // One of them is given up while it waits: the line goes on.
+        let given_up = {
+            let b = b.clone();
+            tokio::spawn(async move { b.acquire(Priority::New(&flow("c"))).await })
+        };
+        tokio::task::yield_now().await;
+        given_up.abort();
+        let start = Instant::now();
+        while tasks.join_next().await.is_some() {}
+        let served = served.lock().unwrap();
+        assert_eq!(served.len(), 40);
+        let last_b = served.iter().rposition(|(p, _)| *p == "b").unwrap();
+        // A's first took the free slot before B's arrived; of the slots
+        // after, B had every other one.
+        assert!(last_b <= 20, "B's 10 were served by slot {last_b}");
+        let (_, at) = served[last_b];
+        assert!(at - start <= Duration::from_secs(20), "{:?}", at - start);
+        assert_eq!(b.intake_delay(0), None);
     }
 }

@@ -39,7 +39,7 @@ use super::protocol::{
 use super::retry::{CallCount, server_hint, with_retry};
 use crate::config::{AmbiguousSubmits, RateScope, RetrySettings, SegmindSettings};
 use crate::failure::{self, Call, Class};
-use crate::job::SpeechRequest;
+use crate::job::{Flow, SpeechRequest};
 use crate::metrics::Metrics;
 
 const API_KEY_HEADER: &str = "x-api-key";
@@ -142,6 +142,22 @@ impl SegmindClient {
         })
     }
 
+    /// Shares the submission slots by lane and tenant weights (see
+    /// [`RateBudget::with_shares`]).
+    pub fn with_shares(
+        mut self,
+        lane_weights: Vec<u32>,
+        party_weights: std::collections::BTreeMap<String, u32>,
+    ) -> Self {
+        self.budget = RateBudget::with_shares(
+            self.budget.limit_per_minute(),
+            lane_weights,
+            party_weights,
+            self.metrics.clone(),
+        );
+        self
+    }
+
     /// Replaces the polling schedule.
     pub fn with_schedule(mut self, schedule: Arc<dyn PollSchedule>) -> Self {
         self.schedule = schedule;
@@ -151,13 +167,15 @@ impl SegmindClient {
     /// Submits `speech`; `calls` counts the HTTP calls, retries included.
     /// (A plain fn returning the future: no wrapper state is added to what
     /// a job queued for a slot holds.)
+    /// `flow` is the job's place in the budget's fair line.
     pub fn submit<'a>(
         &'a self,
         speech: &'a SpeechRequest,
         deadline: Instant,
         calls: &'a CallCount,
+        flow: &'a Flow,
     ) -> impl Future<Output = Result<Submitted, SegmindError>> + Send + 'a {
-        self.submit_as(Priority::New, speech, deadline, calls)
+        self.submit_as(Priority::New(flow), speech, deadline, calls)
     }
 
     /// Submits a further part of a long job: paced like a new submission,
@@ -167,13 +185,14 @@ impl SegmindClient {
         speech: &'a SpeechRequest,
         deadline: Instant,
         calls: &'a CallCount,
+        flow: &'a Flow,
     ) -> impl Future<Output = Result<Submitted, SegmindError>> + Send + 'a {
-        self.submit_as(Priority::Part, speech, deadline, calls)
+        self.submit_as(Priority::Part(flow), speech, deadline, calls)
     }
 
     async fn submit_as(
         &self,
-        priority: Priority,
+        priority: Priority<'_>,
         speech: &SpeechRequest,
         deadline: Instant,
         calls: &CallCount,
@@ -312,7 +331,7 @@ impl SegmindClient {
             }
         };
         let (status, headers, body) = self
-            .send_api(call, Priority::New, request)
+            .send_api(call, Priority::New(&Flow::default()), request)
             .await
             .map_err(|e| e.to_string())?;
         if call == Call::Submit && status.is_success() {
@@ -416,7 +435,7 @@ impl SegmindClient {
     async fn send_api(
         &self,
         call: Call,
-        submit_priority: Priority,
+        submit_priority: Priority<'_>,
         request: reqwest::RequestBuilder,
     ) -> Result<(StatusCode, HeaderMap, Bytes), SegmindError> {
         match (call, self.rate_scope) {
@@ -499,7 +518,7 @@ impl SegmindClient {
 
     async fn submit_call(
         &self,
-        priority: Priority,
+        priority: Priority<'_>,
         speech: &SpeechRequest,
         deadline: Instant,
         calls: &CallCount,

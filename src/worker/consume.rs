@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
@@ -20,11 +21,13 @@ use super::pipeline::{DeliveryLimit, HandOverReason};
 use super::settle::{JobContext, REQUEUE, Settlement, hand_over, process};
 use crate::broker;
 
-/// The channel requests are consumed on, able to start and cancel consumers
-/// (consumption is cancelled while paused).
+/// The channel requests are consumed on, able to start and cancel a
+/// consumer per lane (consumption is cancelled while paused).
 pub struct Consuming {
     pub channel: Channel,
-    pub queue: String,
+    /// The lanes' queues, in `amqp.lanes` order: a delivery's lane is its
+    /// index here.
+    pub lanes: Vec<String>,
     /// Base of consumer tags; each consumer gets `{tag}.{n}`.
     pub tag: String,
     /// Consumers started on this channel so far.
@@ -32,26 +35,27 @@ pub struct Consuming {
 }
 
 impl Consuming {
-    pub fn new(channel: Channel, queue: String, tag: String) -> Self {
+    pub fn new(channel: Channel, lanes: Vec<String>, tag: String) -> Self {
         Consuming {
             channel,
-            queue,
+            lanes,
             tag,
             started: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
-    /// Starts a consumer under a tag of its own. Reusing the tag of a
-    /// cancelled consumer while deliveries it received are still unacked
-    /// (jobs running through a pause) makes RabbitMQ 3.10's quorum queue
-    /// close the connection with INTERNAL_ERROR (seen here), which returns
-    /// every held delivery as a counted one.
-    async fn start(&self) -> Result<lapin::Consumer, lapin::Error> {
+    /// Starts a consumer of `lane` under a tag of its own. Reusing the tag
+    /// of a cancelled consumer while deliveries it received are still
+    /// unacked (jobs running through a pause) makes RabbitMQ 3.10's quorum
+    /// queue close the connection with INTERNAL_ERROR (seen here), which
+    /// returns every held delivery as a counted one.
+    async fn start(&self, lane: usize) -> Result<lapin::Consumer, lapin::Error> {
         let n = self.started.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}.{n}", self.tag);
+        let queue = self.lanes.get(lane).map_or("", String::as_str);
         self.channel
             .basic_consume(
-                self.queue.as_str().into(),
+                queue.into(),
                 tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -59,9 +63,15 @@ impl Consuming {
             .await
     }
 
-    /// Cancels `consumer` and hands back what it had buffered but not
-    /// started ([`hand_over`]: not counted as a delivery of the job).
-    async fn stop(&self, mut consumer: lapin::Consumer, ctx: &JobContext, reason: HandOverReason) {
+    /// Cancels `consumer` of `lane` and hands back what it had buffered but
+    /// not started ([`hand_over`]: not counted as a delivery of the job).
+    async fn stop(
+        &self,
+        mut consumer: lapin::Consumer,
+        ctx: &JobContext,
+        reason: HandOverReason,
+        lane: usize,
+    ) {
         if let Err(e) = self
             .channel
             .basic_cancel(consumer.tag(), BasicCancelOptions::default())
@@ -72,7 +82,7 @@ impl Consuming {
         }
         let drain = async {
             while let Some(Ok(delivery)) = consumer.next().await {
-                if let Err(e) = hand_over(ctx, &delivery, reason).await {
+                if let Err(e) = hand_over(ctx, &delivery, reason, lane).await {
                     warn!(error = %e, "could not settle a buffered delivery; the broker will redeliver it");
                 }
             }
@@ -84,6 +94,60 @@ impl Consuming {
     async fn closed(&self) {
         broker::closed(&self.channel).await
     }
+}
+
+/// One lane's consumption in a session: its consumer, its bound on the
+/// jobs it holds, and the signal its deliveries see when the broker
+/// cancels that consumer.
+struct LaneState {
+    consumer: Option<lapin::Consumer>,
+    permits: Arc<Semaphore>,
+    cancelled: watch::Sender<bool>,
+}
+
+impl LaneState {
+    /// Stops every lane's consumer (see [`Consuming::stop`]).
+    async fn stop_all(
+        lanes: &mut [LaneState],
+        consuming: &Consuming,
+        ctx: &JobContext,
+        reason: HandOverReason,
+    ) {
+        for (lane, state) in lanes.iter_mut().enumerate() {
+            if let Some(c) = state.consumer.take() {
+                consuming.stop(c, ctx, reason, lane).await;
+            }
+        }
+    }
+}
+
+/// The next delivery of a lane that may take one (`eligible`), polling the
+/// lanes round-robin from `first`; pending while none may.
+fn next_delivery<'a>(
+    lanes: &'a mut [LaneState],
+    eligible: &'a [bool],
+    first: usize,
+) -> impl Future<
+    Output = (
+        usize,
+        Option<Result<lapin::message::Delivery, lapin::Error>>,
+    ),
+> + 'a {
+    std::future::poll_fn(move |cx| {
+        let n = lanes.len();
+        for k in 0..n {
+            let lane = (first + k) % n;
+            if !eligible.get(lane).copied().unwrap_or(false) {
+                continue;
+            }
+            if let Some(consumer) = lanes[lane].consumer.as_mut()
+                && let Poll::Ready(next) = consumer.poll_next_unpin(cx)
+            {
+                return Poll::Ready((lane, next));
+            }
+        }
+        Poll::Pending
+    })
 }
 
 /// A delivery's share of `amqp.max_bytes_in_flight`: its body's bytes, in
@@ -158,13 +222,14 @@ async fn session_lost(ctx: &JobContext, consuming: &Consuming) -> String {
     }
 }
 
-/// Consumes until shutdown is asked or the session is lost, running at most
-/// `max_in_flight` jobs at once, pausing while the account is failing.
-/// `ready` is true exactly while a consumer is running.
+/// Consumes every lane until shutdown is asked or the session is lost,
+/// each lane holding at most `max_in_flight` jobs at once (so a backlog on
+/// one never keeps another's deliveries out), pausing while the account is
+/// failing. `ready` is true exactly while the consumers are running.
 ///
-/// The semaphore and the AMQP prefetch bound the same thing: prefetch keeps
-/// the broker from sending more, the semaphore keeps this loop from starting
-/// more, whatever the broker does.
+/// The semaphores and the AMQP prefetch bound the same thing: prefetch
+/// (per consumer) keeps the broker from sending more, a lane's semaphore
+/// keeps this loop from starting more, whatever the broker does.
 pub async fn run(
     ctx: Arc<JobContext>,
     consuming: &Consuming,
@@ -173,40 +238,49 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) -> Stopped {
-    let permits = Arc::new(Semaphore::new(max_in_flight));
+    let mut lanes: Vec<LaneState> = consuming
+        .lanes
+        .iter()
+        .map(|_| LaneState {
+            consumer: None,
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+            cancelled: watch::Sender::new(false),
+        })
+        .collect();
     let bytes = Arc::new(Semaphore::new(Admission::units(ctx.max_bytes_in_flight)));
     let mut tasks = JoinSet::new();
     let gate = ctx.pipeline.pause.clone();
     let mut pause_changes = gate.subscribe();
-    let mut consumer: Option<lapin::Consumer> = None;
-    // Turns true when the broker cancels the current consumer: the
-    // deliveries it handed out are given back (see `DeliveryLimit`).
-    let mut cancelled = watch::Sender::new(false);
     let lifetime = ctx.pipeline.jobs.delivery_lifetime;
     let mut prober: Option<tokio::task::JoinHandle<()>> = None;
     // When the current pause began; `None` while consuming.
     let mut paused_since: Option<tokio::time::Instant> = None;
     let hold = ctx.pipeline.jobs.pause_hold;
+    // The lane polled first next time: lanes with deliveries ready take
+    // turns.
+    let mut first_lane = 0;
     // Made once per session, not per delivery.
     let lost = session_lost(&ctx, consuming);
     tokio::pin!(lost);
-    let stopped = loop {
+    let stopped = 'session: loop {
         while tasks.try_join_next().is_some() {}
         if gate.paused().is_some() {
             ready.store(false, Ordering::Relaxed);
-            // A short pause keeps the consumer and simply takes nothing: a
+            // A short pause keeps the consumers and simply takes nothing: a
             // cancelled consumer races with deliveries already on their way,
             // which the broker then returns as counted deliveries of jobs
             // that did nothing wrong (seen here with quorum queues). Only a
-            // pause longer than `jobs.pause_hold` cancels it and hands back
-            // what it holds, well before RabbitMQ's consumer_timeout.
+            // pause longer than `jobs.pause_hold` cancels them and hands back
+            // what they hold, well before RabbitMQ's consumer_timeout.
             let hold_until = *paused_since.get_or_insert_with(tokio::time::Instant::now) + hold;
-            if tokio::time::Instant::now() >= hold_until
-                && let Some(c) = consumer.take()
-            {
-                consuming
-                    .stop(c, &ctx, HandOverReason::Paused { caused: false })
-                    .await;
+            if tokio::time::Instant::now() >= hold_until {
+                LaneState::stop_all(
+                    &mut lanes,
+                    consuming,
+                    &ctx,
+                    HandOverReason::Paused { caused: false },
+                )
+                .await;
             }
             if prober.as_ref().is_none_or(|p| p.is_finished()) {
                 let pipeline = ctx.pipeline.clone();
@@ -221,7 +295,7 @@ pub async fn run(
                     .await;
                 }));
             }
-            let holding = consumer.is_some();
+            let holding = lanes.iter().any(|l| l.consumer.is_some());
             tokio::select! {
                 _ = shutdown_requested(&mut shutdown) => break Stopped::Shutdown,
                 reason = &mut lost => break Stopped::BrokerLost(reason),
@@ -229,60 +303,69 @@ pub async fn run(
                 _ = tokio::time::sleep_until(hold_until), if holding => continue,
             }
         }
-        if paused_since.take().is_some() && consumer.is_some() {
-            // The pause ended within the hold: the same consumer goes on.
-            ready.store(true, Ordering::Relaxed);
-        }
-        let current = match consumer.as_mut() {
-            Some(c) => c,
-            None => match consuming.start().await {
-                Ok(c) => {
-                    ready.store(true, Ordering::Relaxed);
-                    consumer.insert(c)
+        paused_since = None;
+        for (lane, state) in lanes.iter_mut().enumerate() {
+            if state.consumer.is_none() {
+                match consuming.start(lane).await {
+                    Ok(c) => state.consumer = Some(c),
+                    Err(e) => break 'session Stopped::BrokerLost(e.to_string()),
                 }
-                Err(e) => break Stopped::BrokerLost(e.to_string()),
-            },
-        };
-        // A budget that cannot start a new job soon takes no delivery: it
-        // would only wait for a slot while paid jobs go first.
-        if let Some(wait) = ctx.pipeline.segmind.budget().intake_delay() {
-            tokio::select! {
-                _ = shutdown_requested(&mut shutdown) => break Stopped::Shutdown,
-                reason = &mut lost => break Stopped::BrokerLost(reason),
-                _ = pause_changes.changed() => continue,
-                _ = tokio::time::sleep(wait) => continue,
             }
         }
-        let permit = tokio::select! {
-            _ = shutdown_requested(&mut shutdown) => break Stopped::Shutdown,
-            reason = &mut lost => break Stopped::BrokerLost(reason),
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break Stopped::Shutdown, // the semaphore is never closed
-            },
-        };
-        let next = tokio::select! {
+        ready.store(true, Ordering::Relaxed);
+        // A lane takes a delivery while it holds fewer than its bound and
+        // while its budget could start a new job soon: a job that would
+        // only wait for a slot while paid jobs go first is not taken.
+        let budget = ctx.pipeline.segmind.budget();
+        let mut recheck: Option<Duration> = None;
+        let eligible: Vec<bool> = lanes
+            .iter()
+            .enumerate()
+            .map(|(lane, state)| {
+                if state.permits.available_permits() == 0 {
+                    return false;
+                }
+                match budget.intake_delay(lane) {
+                    None => true,
+                    Some(wait) => {
+                        recheck = Some(recheck.map_or(wait, |r| r.min(wait)));
+                        false
+                    }
+                }
+            })
+            .collect();
+        let (lane, next) = tokio::select! {
             _ = shutdown_requested(&mut shutdown) => break Stopped::Shutdown,
             reason = &mut lost => break Stopped::BrokerLost(reason),
             _ = pause_changes.changed() => continue,
-            next = current.next() => next,
+            // A job ended: its lane may take another.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            () = tokio::time::sleep(recheck.unwrap_or_default()), if recheck.is_some() => continue,
+            next = next_delivery(&mut lanes, &eligible, first_lane) => next,
         };
+        first_lane = (lane + 1) % lanes.len().max(1);
         match next {
             Some(Ok(delivery)) => {
+                let Ok(permit) = lanes[lane].permits.clone().try_acquire_owned() else {
+                    // Only this loop takes permits, and it polled the lane
+                    // because one was free.
+                    continue;
+                };
                 // Its lifetime runs from its receipt, a wait for admission
                 // included.
-                let limit = DeliveryLimit::after(lifetime).with_consumer(cancelled.subscribe());
+                let limit =
+                    DeliveryLimit::after(lifetime).with_consumer(lanes[lane].cancelled.subscribe());
                 // Weighed by its body: it waits, unparsed, until its bytes
                 // fit; meanwhile this loop takes no other delivery. A wait
                 // past `jobs.pause_hold` gives it and everything the
-                // consumer holds back (uncounted), well before the broker's
+                // consumers hold back (uncounted), well before the broker's
                 // consumer timeout, and consumes again once it would fit.
                 let weight = Admission::weight(delivery.data.len(), ctx.max_bytes_in_flight);
                 let admitted = match bytes.clone().try_acquire_many_owned(weight) {
                     Ok(p) => p,
                     Err(_) => tokio::select! {
                         _ = shutdown_requested(&mut shutdown) => {
-                            if let Err(e) = hand_over(&ctx, &delivery, HandOverReason::Shutdown).await {
+                            if let Err(e) = hand_over(&ctx, &delivery, HandOverReason::Shutdown, lane).await {
                                 warn!(error = %e, "could not hand back a delivery waiting for admission; the broker will redeliver it");
                             }
                             break Stopped::Shutdown;
@@ -295,14 +378,12 @@ pub async fn run(
                         () = tokio::time::sleep(hold) => {
                             warn!(
                                 bytes = delivery.data.len(),
-                                "requests fill amqp.max_bytes_in_flight; handing back what the consumer holds until they fit"
+                                "requests fill amqp.max_bytes_in_flight; handing back what the consumers hold until they fit"
                             );
-                            if let Err(e) = hand_over(&ctx, &delivery, HandOverReason::Saturated).await {
+                            if let Err(e) = hand_over(&ctx, &delivery, HandOverReason::Saturated, lane).await {
                                 warn!(error = %e, "could not hand back a delivery waiting for admission; the broker will redeliver it");
                             }
-                            if let Some(c) = consumer.take() {
-                                consuming.stop(c, &ctx, HandOverReason::Saturated).await;
-                            }
+                            LaneState::stop_all(&mut lanes, consuming, &ctx, HandOverReason::Saturated).await;
                             ready.store(false, Ordering::Relaxed);
                             tokio::select! {
                                 _ = shutdown_requested(&mut shutdown) => break Stopped::Shutdown,
@@ -319,7 +400,7 @@ pub async fn run(
                     let _permit = permit;
                     let _admitted = admitted;
                     let acker = delivery.acker.clone();
-                    let run = std::panic::AssertUnwindSafe(process(&ctx, delivery, limit));
+                    let run = std::panic::AssertUnwindSafe(process(&ctx, delivery, limit, lane));
                     match run.catch_unwind().await {
                         Ok(settlement) => settlement,
                         Err(_) => {
@@ -347,11 +428,13 @@ pub async fn run(
                 // now, uncounted, so nothing stays held long enough to time
                 // out too (RabbitMQ 4.4 then closes the channel anyway).
                 warn!(
+                    queue = consuming.lanes.get(lane).map_or("", String::as_str),
                     "the broker cancelled the consumer; handing back what it holds and consuming again"
                 );
-                cancelled.send_replace(true);
-                cancelled = watch::Sender::new(false);
-                consumer = None;
+                let state = &mut lanes[lane];
+                state.cancelled.send_replace(true);
+                state.cancelled = watch::Sender::new(false);
+                state.consumer = None;
             }
         }
     };
@@ -361,9 +444,7 @@ pub async fn run(
     }
     match &stopped {
         Stopped::Shutdown => {
-            if let Some(c) = consumer.take() {
-                consuming.stop(c, &ctx, HandOverReason::Shutdown).await;
-            }
+            LaneState::stop_all(&mut lanes, consuming, &ctx, HandOverReason::Shutdown).await;
             // Jobs waiting on Segmind hand their deliveries to other
             // replicas now instead of holding them through the grace period.
             ctx.pipeline.hand_over_waiting_jobs();

@@ -714,7 +714,7 @@ mod tests {
         let submit_calls = CallCount::default();
         let submit = pipeline
             .segmind
-            .submit(&job.speech, deadline, &submit_calls);
+            .submit(&job.speech, deadline, &submit_calls, &job.flow);
         let submit_size = std::mem::size_of_val(&submit);
         println!(
             "a job's future: {size} bytes; waiting: {waiting_size}; queued for S3: {load_size}; \

@@ -29,7 +29,7 @@ use super::publish::{publish_dead_letter, publish_outcome, trace_headers};
 use crate::broker::{self, Lease, LeaseError, Leases, Publisher, Topology};
 use crate::config::{ReplyToPatterns, RequestLimits, TenantIdentity};
 use crate::failure::{Attempt, Failure};
-use crate::job::{Failed, Outcome, TtsJob};
+use crate::job::{Failed, Flow, Outcome, TtsJob};
 use crate::telemetry;
 use crate::wire::{self, TraceHeaders};
 
@@ -57,7 +57,12 @@ const LEASE_RECHECK: Duration = Duration::from_secs(2);
 
 /// Takes one delivery to a confirmed terminal event or a requeue, and
 /// settles it; a job still working when `limit` is reached is handed back.
-pub async fn process(ctx: &JobContext, delivery: Delivery, limit: DeliveryLimit) -> Settlement {
+pub async fn process(
+    ctx: &JobContext,
+    delivery: Delivery,
+    limit: DeliveryLimit,
+    lane: usize,
+) -> Settlement {
     let started = Instant::now();
     let metrics = &ctx.pipeline.metrics;
     let _in_flight = metrics.job_in_flight();
@@ -67,7 +72,7 @@ pub async fn process(ctx: &JobContext, delivery: Delivery, limit: DeliveryLimit)
         "otel.kind" = "consumer",
         "messaging.system" = "rabbitmq",
         "messaging.operation.type" = "process",
-        "messaging.destination.name" = ctx.topology.requests_queue.as_str(),
+        "messaging.destination.name" = ctx.topology.lane(lane),
         "messaging.message.id" = field::Empty,
         job_id = field::Empty,
         request_id = field::Empty,
@@ -85,7 +90,7 @@ pub async fn process(ctx: &JobContext, delivery: Delivery, limit: DeliveryLimit)
         label,
         cleanup,
         lease,
-    } = settle(ctx, &delivery, &producer, &limit)
+    } = settle(ctx, &delivery, &producer, &limit, lane)
         .instrument(span.clone())
         .await;
     let ack_result = match settlement {
@@ -94,7 +99,7 @@ pub async fn process(ctx: &JobContext, delivery: Delivery, limit: DeliveryLimit)
             Box::pin(tokio::time::sleep(ctx.pipeline.jobs.requeue_delay)).await;
             Box::pin(delivery.acker.reject(REQUEUE)).await
         }
-        Settlement::HandOver(reason) => Box::pin(hand_over(ctx, &delivery, reason)).await,
+        Settlement::HandOver(reason) => Box::pin(hand_over(ctx, &delivery, reason, lane)).await,
     };
     match ack_result {
         Err(e) => {
@@ -161,6 +166,7 @@ async fn settle(
     delivery: &Delivery,
     producer: &TraceHeaders,
     limit: &DeliveryLimit,
+    lane: usize,
 ) -> Settled {
     let props = &delivery.properties;
     let jobs = &ctx.pipeline.jobs;
@@ -183,6 +189,11 @@ async fn settle(
         if let Ok(job) = &mut decoded.job {
             job.id = decoded.job_id.clone();
         }
+    }
+    // Its submissions are shared by its lane and its tenant.
+    if let Ok(job) = &mut decoded.job {
+        let tenant = tenancy.as_ref().ok().and_then(Option::as_ref);
+        job.flow = Flow::of(lane, tenant, job.metadata.as_ref());
     }
     let span = Span::current();
     span.record("job_id", decoded.job_id.as_str());
@@ -389,7 +400,7 @@ const UNCOUNTED_ON_4_3: BasicNackOptions = BasicNackOptions {
 
 pub const REQUEUE: BasicRejectOptions = BasicRejectOptions { requeue: true };
 
-/// Gives `delivery` back to the queue without counting it toward the poison
+/// Gives `delivery` back to its lane's queue without counting it toward the poison
 /// limit, and settles it: publishes a byte-identical copy to the requests
 /// queue carrying the deliveries that did count
 /// ([`broker::COUNTED_DELIVERIES_HEADER`]), waits for the broker's
@@ -407,6 +418,7 @@ pub async fn hand_over(
     ctx: &JobContext,
     delivery: &Delivery,
     reason: HandOverReason,
+    lane: usize,
 ) -> Result<bool, lapin::Error> {
     if reason == HandOverReason::ConsumerCancelled {
         // Only RabbitMQ 4.3+ cancels a consumer for a consumer timeout, and
@@ -436,7 +448,7 @@ pub async fn hand_over(
         .publisher
         .publish(
             "",
-            &ctx.topology.requests_queue,
+            ctx.topology.lane(lane),
             &delivery.data,
             properties,
             true,
@@ -463,12 +475,12 @@ mod tests {
     use super::*;
 
     /// The size of the future `f` returns, without calling it.
-    fn future_size<'a, A: 'a, B, C, F>(_: impl Fn(&'a A, B, C) -> F) -> usize {
+    fn future_size<'a, A: 'a, B, C, F>(_: impl Fn(&'a A, B, C, usize) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 
     fn future_size4<'a, A: 'a, B: 'a, C: 'a, D: 'a, F>(
-        _: impl Fn(&'a A, &'a B, &'a C, &'a D) -> F,
+        _: impl Fn(&'a A, &'a B, &'a C, &'a D, usize) -> F,
     ) -> usize {
         std::mem::size_of::<F>()
     }

@@ -1071,6 +1071,7 @@ impl<'a> JobRun<'a> {
         let checkpoints = self.pipeline.checkpoints.clone();
         let checkpoint = self.checkpoint.clone();
         let calls = self.calls.clone();
+        let flow = self.job.flow.clone();
         // Built for the step only: a part waiting on Segmind does not hold
         // a second copy of its text.
         let speech = SpeechRequest {
@@ -1098,9 +1099,9 @@ impl<'a> JobRun<'a> {
                 // (thousands at once when a backlog arrives) holds a few
                 // hundred bytes, not the submission's state.
                 let submitted = if started {
-                    Box::pin(segmind.submit_part(&speech, deadline, &calls)).await
+                    Box::pin(segmind.submit_part(&speech, deadline, &calls, &flow)).await
                 } else {
-                    Box::pin(segmind.submit(&speech, deadline, &calls)).await
+                    Box::pin(segmind.submit(&speech, deadline, &calls, &flow)).await
                 };
                 let submitted_at = chrono::Utc::now();
                 let request_id = submitted.as_ref().ok().map(|s| s.request_id.clone());
