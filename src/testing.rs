@@ -40,7 +40,7 @@ pub mod checkpoint {
 /// Settings, loaded as the binary loads them.
 pub mod config {
     pub use crate::config::{
-        AccountPolicy, AmbiguousSubmits, RateScope, RequestLimits, Settings, TenantIdentity,
+        AccountPolicy, AmbiguousSubmits, Lane, RateScope, RequestLimits, Settings, TenantIdentity,
     };
 }
 

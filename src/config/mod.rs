@@ -24,7 +24,7 @@ mod s3;
 mod segmind;
 mod telemetry;
 
-pub use amqp::{AmqpSettings, ReplyToPatterns};
+pub use amqp::{AmqpSettings, Lane, ReplyToPatterns};
 pub use jobs::{AccountPolicy, JobSettings};
 pub use s3::S3Settings;
 pub use segmind::{

@@ -458,7 +458,7 @@ fn lanes_default_to_the_requests_queue_and_read_weights_from_the_environment() {
     let s = Settings::load_from(None, &[]).unwrap();
     assert_eq!(
         s.amqp.lanes,
-        vec![crate::config::amqp::Lane {
+        vec![crate::config::Lane {
             queue: "tts.requests".into(),
             weight: 1
         }]

@@ -26,9 +26,12 @@
 //!   tenant. A bulk lane's backlog or one tenant's 30 long jobs delay
 //!   another's submission by a slot or two, not by the backlog.
 //! - **Intake**: [`RateBudget::intake_delay`] tells the consume loop when
-//!   starting a new job of a lane would only queue behind the budget, so a
-//!   worker with no budget stops taking that lane's deliveries instead of
-//!   holding them.
+//!   the budget is paused or reserved by paid calls beyond two intervals,
+//!   so a worker with no budget stops taking deliveries instead of holding
+//!   them. Submissions waiting in line do not stop intake: a delivery
+//!   further back in the queue may be another tenant's, which the line
+//!   serves before the backlog; the prefetch (at most a third of the
+//!   minute's limit) bounds what a replica holds.
 //!
 //! Without a limit every call passes at once.
 
@@ -52,13 +55,9 @@ use fair::{FairQueue, Ticket};
 pub enum Priority<'a> {
     /// A poll or result fetch of a submitted (paid) job.
     Paid,
-    /// A new job's submission.
-    New(&'a Flow),
-    /// A further part of a long job already started: it takes a free slot
-    /// like a new submission, but does not count as a job waiting to start
-    /// (else a long job, which always has a part waiting, would keep every
-    /// new job in the queue until its last part is submitted).
-    Part(&'a Flow),
+    /// A submission, a job's first part or a further one alike: each job
+    /// has at most one waiting, so the line is shared by jobs.
+    Submit(&'a Flow),
 }
 
 /// The replica's pacing of API calls against the account's limit.
@@ -79,8 +78,6 @@ struct State {
     /// No call before this (a 429's reset time plus jitter).
     paused_until: Instant,
     last_growth: Instant,
-    /// New jobs' submissions waiting for a slot, per lane.
-    new_waiting: Vec<usize>,
     /// Submissions waiting for a slot, in their fair order.
     line: FairQueue,
     /// How each waiting submission is woken when it is served next.
@@ -153,7 +150,6 @@ impl RateBudget {
                 next_free: now,
                 paused_until: now,
                 last_growth: now,
-                new_waiting: Vec::new(),
                 line: FairQueue::default(),
                 wakers: HashMap::new(),
                 recent: VecDeque::new(),
@@ -190,24 +186,16 @@ impl RateBudget {
                 };
                 tokio::time::sleep_until(slot).await;
             }
-            Priority::New(flow) | Priority::Part(flow) => {
-                let new = matches!(priority, Priority::New(_));
+            Priority::Submit(flow) => {
                 let waker = Arc::new(Notify::new());
                 let place = {
                     let mut s = self.state();
-                    if new {
-                        if s.new_waiting.len() <= flow.lane {
-                            s.new_waiting.resize(flow.lane + 1, 0);
-                        }
-                        s.new_waiting[flow.lane] += 1;
-                    }
                     let ticket = s.line.enqueue(flow);
                     s.wakers.insert(ticket, waker.clone());
                     InLine {
                         budget: self,
                         flow,
                         ticket,
-                        new,
                         served: false,
                     }
                 };
@@ -274,16 +262,16 @@ impl RateBudget {
         }
     }
 
-    /// `None` when a new job of `lane` could start submitting soon; else
-    /// how long to wait before asking again.
-    pub fn intake_delay(&self, lane: usize) -> Option<Duration> {
+    /// `None` when a new job could start submitting soon (the budget is
+    /// neither paused nor reserved by paid calls beyond two intervals);
+    /// else how long to wait before asking again.
+    pub fn intake_delay(&self) -> Option<Duration> {
         self.limit?;
         let s = self.state();
         let now = Instant::now();
         let free = s.next_free.max(s.paused_until);
         let horizon = interval(s.share) * 2;
-        let waiting = s.new_waiting.get(lane).copied().unwrap_or(0);
-        if waiting == 0 && free <= now + horizon {
+        if free <= now + horizon {
             None
         } else {
             Some((free.saturating_duration_since(now)).max(Duration::from_millis(50)))
@@ -301,8 +289,6 @@ struct InLine<'a> {
     budget: &'a RateBudget,
     flow: &'a Flow,
     ticket: Ticket,
-    /// A new job's first submission (counted for intake).
-    new: bool,
     served: bool,
 }
 
@@ -348,11 +334,6 @@ impl InLine<'_> {
         if !self.served {
             s.line.remove(self.flow, self.ticket);
         }
-        if self.new
-            && let Some(n) = s.new_waiting.get_mut(self.flow.lane)
-        {
-            *n = n.saturating_sub(1);
-        }
         s.wake_head();
     }
 }
@@ -379,7 +360,7 @@ mod tests {
         let b = budget(50);
         // Two hours of calls at the whole limit, without a single 429.
         for _ in 0..6_000 {
-            b.acquire(Priority::New(&Flow::default())).await;
+            b.acquire(Priority::Submit(&Flow::default())).await;
             b.on_success();
         }
         let held = b.state().recent.len();
@@ -402,10 +383,10 @@ mod tests {
         let b = RateBudget::new(None, Metrics::new());
         let start = Instant::now();
         for _ in 0..100 {
-            b.acquire(Priority::New(&Flow::default())).await;
+            b.acquire(Priority::Submit(&Flow::default())).await;
         }
         assert_eq!(start.elapsed(), Duration::ZERO);
-        assert_eq!(b.intake_delay(0), None);
+        assert_eq!(b.intake_delay(), None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -416,7 +397,7 @@ mod tests {
         let mut tasks = tokio::task::JoinSet::new();
         let (b1, o1) = (b.clone(), order.clone());
         tasks.spawn(async move {
-            b1.acquire(Priority::New(&Flow::default())).await;
+            b1.acquire(Priority::Submit(&Flow::default())).await;
             o1.lock().unwrap().push("submit");
         });
         tokio::task::yield_now().await;
@@ -450,7 +431,7 @@ mod tests {
             (share - 16.0).abs() < 1e-9,
             "80 % of the 20 used, once: {share}"
         );
-        assert!(b.intake_delay(0).is_some(), "no intake while paused");
+        assert!(b.intake_delay().is_some(), "no intake while paused");
         let start = Instant::now();
         b.acquire(Priority::Paid).await;
         let waited = start.elapsed();
@@ -540,35 +521,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_long_jobs_waiting_part_does_not_hold_back_new_jobs_but_a_new_job_does() {
+    async fn submissions_waiting_in_line_do_not_stop_intake_but_a_pause_does() {
         let b = std::sync::Arc::new(budget(6)); // one call per 10 s
-        b.acquire(Priority::New(&Flow::default())).await; // the slot of t = 0
-        let part = {
-            let b = b.clone();
-            tokio::spawn(async move { b.acquire(Priority::Part(&Flow::default())).await })
-        };
+        b.acquire(Priority::Submit(&Flow::default())).await; // the slot of t = 0
+        let waiting: Vec<_> = (0..3)
+            .map(|_| {
+                let b = b.clone();
+                tokio::spawn(async move { b.acquire(Priority::Submit(&Flow::default())).await })
+            })
+            .collect();
         tokio::task::yield_now().await;
-        assert!(!part.is_finished(), "the part waits for its slot");
+        assert!(waiting.iter().all(|w| !w.is_finished()));
         assert_eq!(
-            b.intake_delay(0),
+            b.intake_delay(),
             None,
-            "a new job is taken while only a part waits"
+            "another tenant's job further back may go first"
         );
-        let new = {
-            let b = b.clone();
-            tokio::spawn(async move { b.acquire(Priority::New(&Flow::default())).await })
-        };
-        tokio::task::yield_now().await;
-        assert!(b.intake_delay(0).is_some(), "not while a new job waits");
-        tokio::time::sleep(Duration::from_secs(25)).await;
-        assert!(part.is_finished() && new.is_finished());
-        assert_eq!(b.intake_delay(0), None);
+        b.on_rate_limited(Some(Duration::from_secs(60)));
+        assert!(b.intake_delay().is_some(), "not while paused");
     }
 
     #[tokio::test(start_paused = true)]
     async fn intake_stops_while_submissions_wait_and_resumes_when_the_budget_frees() {
         let b = std::sync::Arc::new(budget(6)); // one call per 10 s
-        assert_eq!(b.intake_delay(0), None);
+        assert_eq!(b.intake_delay(), None);
         // Three polls reserve the slots at 0, 10 and 20 s.
         for _ in 0..3 {
             let b = b.clone();
@@ -576,11 +552,11 @@ mod tests {
         }
         tokio::task::yield_now().await;
         assert!(
-            b.intake_delay(0).is_some(),
+            b.intake_delay().is_some(),
             "the next free slot is 30 s away"
         );
         tokio::time::sleep(Duration::from_secs(15)).await;
-        assert_eq!(b.intake_delay(0), None, "free within two intervals");
+        assert_eq!(b.intake_delay(), None, "free within two intervals");
     }
 
     #[tokio::test(start_paused = true)]
@@ -596,7 +572,7 @@ mod tests {
             for _ in 0..n {
                 let (b, served, flow) = (b.clone(), served.clone(), flow(party));
                 tasks.spawn(async move {
-                    b.acquire(Priority::Part(&flow)).await;
+                    b.acquire(Priority::Submit(&flow)).await;
                     served.lock().unwrap().push((party, Instant::now()));
                 });
                 tokio::task::yield_now().await;
@@ -605,7 +581,7 @@ mod tests {
         // One of them is given up while it waits: the line goes on.
         let given_up = {
             let b = b.clone();
-            tokio::spawn(async move { b.acquire(Priority::New(&flow("c"))).await })
+            tokio::spawn(async move { b.acquire(Priority::Submit(&flow("c"))).await })
         };
         tokio::task::yield_now().await;
         given_up.abort();
@@ -619,6 +595,6 @@ mod tests {
         assert!(last_b <= 20, "B's 10 were served by slot {last_b}");
         let (_, at) = served[last_b];
         assert!(at - start <= Duration::from_secs(20), "{:?}", at - start);
-        assert_eq!(b.intake_delay(0), None);
+        assert_eq!(b.intake_delay(), None);
     }
 }

@@ -175,19 +175,7 @@ impl SegmindClient {
         calls: &'a CallCount,
         flow: &'a Flow,
     ) -> impl Future<Output = Result<Submitted, SegmindError>> + Send + 'a {
-        self.submit_as(Priority::New(flow), speech, deadline, calls)
-    }
-
-    /// Submits a further part of a long job: paced like a new submission,
-    /// but not holding back the intake of new jobs (see [`Priority::Part`]).
-    pub fn submit_part<'a>(
-        &'a self,
-        speech: &'a SpeechRequest,
-        deadline: Instant,
-        calls: &'a CallCount,
-        flow: &'a Flow,
-    ) -> impl Future<Output = Result<Submitted, SegmindError>> + Send + 'a {
-        self.submit_as(Priority::Part(flow), speech, deadline, calls)
+        self.submit_as(Priority::Submit(flow), speech, deadline, calls)
     }
 
     async fn submit_as(
@@ -331,7 +319,7 @@ impl SegmindClient {
             }
         };
         let (status, headers, body) = self
-            .send_api(call, Priority::New(&Flow::default()), request)
+            .send_api(call, Priority::Submit(&Flow::default()), request)
             .await
             .map_err(|e| e.to_string())?;
         if call == Call::Submit && status.is_success() {

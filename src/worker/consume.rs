@@ -314,25 +314,12 @@ pub async fn run(
         }
         ready.store(true, Ordering::Relaxed);
         // A lane takes a delivery while it holds fewer than its bound and
-        // while its budget could start a new job soon: a job that would
-        // only wait for a slot while paid jobs go first is not taken.
-        let budget = ctx.pipeline.segmind.budget();
-        let mut recheck: Option<Duration> = None;
+        // while the budget could start a new job soon: a job that would
+        // only wait for a paused budget or for paid jobs is not taken.
+        let recheck = ctx.pipeline.segmind.budget().intake_delay();
         let eligible: Vec<bool> = lanes
             .iter()
-            .enumerate()
-            .map(|(lane, state)| {
-                if state.permits.available_permits() == 0 {
-                    return false;
-                }
-                match budget.intake_delay(lane) {
-                    None => true,
-                    Some(wait) => {
-                        recheck = Some(recheck.map_or(wait, |r| r.min(wait)));
-                        false
-                    }
-                }
-            })
+            .map(|state| recheck.is_none() && state.permits.available_permits() > 0)
             .collect();
         let (lane, next) = tokio::select! {
             _ = shutdown_requested(&mut shutdown) => break Stopped::Shutdown,

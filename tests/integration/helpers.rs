@@ -601,7 +601,8 @@ impl TestApp {
             Some(amqp.dead_letter_queue.as_str()),
             amqp.events_queue.as_deref(),
         ];
-        for q in queues.into_iter().flatten() {
+        let lanes = amqp.lanes.iter().map(|l| Some(l.queue.as_str()));
+        for q in queues.into_iter().chain(lanes).flatten() {
             let _ = self
                 .channel
                 .queue_delete(q.into(), QueueDeleteOptions::default())

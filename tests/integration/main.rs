@@ -20,6 +20,7 @@ mod recovery;
 mod resilience;
 #[path = "../common/schemas.rs"]
 mod schemas;
+mod sharing;
 mod spoken;
 mod storage;
 mod tenants;

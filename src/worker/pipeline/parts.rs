@@ -16,8 +16,8 @@
 //! for the rate budget or at Segmind), so every job with parts to submit
 //! competes for the next free slot with one submission, whatever its
 //! length, and a short job behind a long one waits for a slot or two, not
-//! for the long job's parts. Only a job's first part counts as a new job
-//! for intake (`Priority::Part` of `segmind::budget`).
+//! for the long job's parts. Between tenants and lanes the rate budget's
+//! line is fair (`segmind::budget`, the job's `Flow`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -1081,14 +1081,6 @@ impl<'a> JobRun<'a> {
         let step = tokio::spawn(
             async move {
                 let _held = (entry, turn);
-                // The job's first submission starts it, like any new job;
-                // its further parts must not hold back the intake of others.
-                let started = checkpoint
-                    .lock()
-                    .await
-                    .parts
-                    .iter()
-                    .any(|p| p.request_id.is_some() || !p.pieces.is_empty());
                 // Before the POST: another replica finding this part waits
                 // for its answer instead of paying again.
                 Box::pin(update_unit(&checkpoints, &checkpoint, &job_id, u, |r| {
@@ -1098,11 +1090,7 @@ impl<'a> JobRun<'a> {
                 // Boxed, like the writes: a step queued for a storage slot
                 // (thousands at once when a backlog arrives) holds a few
                 // hundred bytes, not the submission's state.
-                let submitted = if started {
-                    Box::pin(segmind.submit_part(&speech, deadline, &calls, &flow)).await
-                } else {
-                    Box::pin(segmind.submit(&speech, deadline, &calls, &flow)).await
-                };
+                let submitted = Box::pin(segmind.submit(&speech, deadline, &calls, &flow)).await;
                 let submitted_at = chrono::Utc::now();
                 let request_id = submitted.as_ref().ok().map(|s| s.request_id.clone());
                 Box::pin(update_unit(
