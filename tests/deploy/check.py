@@ -147,6 +147,9 @@ VALUE_SETS: dict[str, dict] = {
     "keda": {"autoscaling": {"mode": "keda", "keda": {"skipCrdCheck": True}},
              "config": {"TTS__AMQP__MAX_IN_FLIGHT": "1200"}},
     "keda-explicit-target": {"autoscaling": {"mode": "keda", "keda": {"skipCrdCheck": True, "targetPerReplica": "900"}}},
+    "keda-lanes": {"autoscaling": {"mode": "keda", "keda": {"skipCrdCheck": True,
+                                                           "lanes": ["tts.requests", "tts.requests.bulk"]}},
+                   "config": {"TTS__AMQP__LANES": "tts.requests:10,tts.requests.bulk:1"}},
     "hpa": {"autoscaling": {"mode": "hpa", "minReplicas": 2, "maxReplicas": 8}},
     "everything-on": {
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
@@ -248,6 +251,17 @@ def check_helm() -> None:
             got = so["spec"]["triggers"][0]["metadata"]["value"]
             if got != want:
                 problem(f"chart[{label}]: KEDA target {got}, want {want} (max_in_flight unless set)")
+            meta = so["spec"]["triggers"][0]["metadata"]
+            lanes = values["autoscaling"]["keda"].get("lanes")
+            if lanes:
+                pattern = re.compile(meta["queueName"])
+                summed = meta.get("useRegex") == "true" and meta.get("operation") == "sum"
+                matched = all(pattern.fullmatch(q) for q in lanes)
+                if not (summed and matched and not pattern.fullmatch("tts.requests.dead")
+                        and not pattern.fullmatch("tts.requestsXbulk")):
+                    problem(f"chart[{label}]: KEDA does not sum exactly the lanes {lanes}: {meta}")
+            elif meta.get("useRegex"):
+                problem(f"chart[{label}]: KEDA matches queues by regex without lanes")
         if mode == "hpa":
             hpa = kinds["HorizontalPodAutoscaler"][0]
             if not hpa["spec"].get("behavior", {}).get("scaleDown", {}).get("stabilizationWindowSeconds"):
