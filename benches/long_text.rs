@@ -337,6 +337,8 @@ fn completed(event: &wire::CloudEvent<EventData>) -> anyhow::Result<&wire::Compl
     match &event.data {
         EventData::Completed(c) => Ok(c),
         EventData::Failed(f) => bail!("the job failed: {} {}", f.error.code, f.error.message),
+        // The default events queue is not bound to progress events.
+        EventData::Progress(p) => bail!("a progress event of {} on the events queue", p.job_id),
     }
 }
 

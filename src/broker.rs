@@ -47,8 +47,14 @@ mod lease;
 
 pub use lease::{Lease, LeaseError, Leases};
 
-/// Binding of the default events queue: every job event.
-pub const EVENTS_BINDING: &str = "tts.job.#";
+/// Bindings of the default events queue: every terminal event (tenants'
+/// too), not progress events (a consumer follows those on a queue of its
+/// own, bound to `tts.job.progress.#`).
+pub const EVENTS_BINDINGS: [&str; 2] = ["tts.job.completed.#", "tts.job.failed.#"];
+
+/// The default events queue's binding before progress events existed; it
+/// would have them pile up in a queue nobody reads for them.
+const LEGACY_EVENTS_BINDING: &str = "tts.job.#";
 
 /// Header of a handed-over copy: the deliveries of the original that counted
 /// toward the poison limit (the broker's count restarts with the copy).
@@ -265,12 +271,23 @@ pub async fn declare(connection: &Connection, topology: &Topology) -> Result<(),
         channel
             .queue_declare(events_queue.as_str().into(), durable, quorum_args())
             .await?;
+        for binding in EVENTS_BINDINGS {
+            channel
+                .queue_bind(
+                    events_queue.as_str().into(),
+                    topology.events_exchange.as_str().into(),
+                    binding.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        // Removing a binding that does not exist is a no-op for RabbitMQ.
         channel
-            .queue_bind(
+            .queue_unbind(
                 events_queue.as_str().into(),
                 topology.events_exchange.as_str().into(),
-                EVENTS_BINDING.into(),
-                QueueBindOptions::default(),
+                LEGACY_EVENTS_BINDING.into(),
                 FieldTable::default(),
             )
             .await?;

@@ -144,6 +144,44 @@ pub struct PartsCheckpoint {
     pub stored: Option<StitchedRecord>,
 }
 
+impl PartsCheckpoint {
+    /// How far the job has come by its records: parts whose audio is
+    /// stored (a split part once every piece's is), the seconds and credits
+    /// of every stored take.
+    pub fn progress(&self) -> crate::job::Progress {
+        let mut progress = crate::job::Progress {
+            parts_total: u32::try_from(self.parts.len()).unwrap_or(u32::MAX),
+            ..Default::default()
+        };
+        let mut take = |audio: &PartAudio| {
+            if audio.sample_rate > 0 {
+                progress.audio_seconds += audio.frames as f64 / f64::from(audio.sample_rate);
+            }
+            if let Some(cost) = audio.cost {
+                *progress.credits.get_or_insert(0.0) += cost;
+            }
+        };
+        let mut done = 0u32;
+        for part in &self.parts {
+            if let Some(audio) = &part.audio {
+                take(audio);
+                done += 1;
+            } else if !part.pieces.is_empty() {
+                let mut all = true;
+                for piece in &part.pieces {
+                    match &piece.audio {
+                        Some(audio) => take(audio),
+                        None => all = false,
+                    }
+                }
+                done += u32::from(all);
+            }
+        }
+        progress.parts_done = done;
+        progress
+    }
+}
+
 /// What a job's parts were planned from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanRecord {

@@ -387,6 +387,18 @@ pub struct TtsJob {
     pub flow: Flow,
 }
 
+/// How far a job of several parts has come, for its progress events.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Progress {
+    /// Parts whose audio is stored.
+    pub parts_done: u32,
+    pub parts_total: u32,
+    /// Seconds of speech stored so far.
+    pub audio_seconds: f64,
+    /// Segmind credits of the stored parts, when Segmind said.
+    pub credits: Option<f64>,
+}
+
 /// Who a job's submissions are scheduled as (`segmind::budget`): the lane
 /// it arrived on (an index into `amqp.lanes`) and the party it is shared as
 /// within that lane: its tenant, else its `metadata.tenant`, else `""`, one

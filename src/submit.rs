@@ -242,6 +242,8 @@ pub async fn run(settings: &Settings, args: SubmitArgs) -> anyhow::Result<bool> 
             }
             true
         }
+        // Progress goes to the events exchange only, never to reply_to.
+        EventData::Progress(p) => bail!("unexpected progress event of job {}", p.job_id),
         EventData::Failed(f) => {
             println!(
                 "failed job {} in {secs:.1} s: {} — {} (retryable: {})",

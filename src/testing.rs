@@ -24,8 +24,8 @@ pub mod audio {
 /// publishes or reads.
 pub mod broker {
     pub use crate::broker::{
-        COUNTED_DELIVERIES_HEADER, DEFERRED_SINCE_HEADER, EVENTS_BINDING, PAUSES_HEADER, Publisher,
-        Topology, connect, declare, header_str, queue_depth, with_headers,
+        COUNTED_DELIVERIES_HEADER, DEFERRED_SINCE_HEADER, EVENTS_BINDINGS, PAUSES_HEADER,
+        Publisher, Topology, connect, declare, header_str, queue_depth, with_headers,
     };
 }
 
@@ -94,7 +94,8 @@ pub mod wire {
     pub use crate::wire::{
         COMPLETED_TYPE, CloudEvent, CompletedData, DEAD_LETTER_CODE_HEADER, DEAD_LETTER_JOB_HEADER,
         DEAD_LETTER_MESSAGE_HEADER, EVENT_CONTENT_TYPE, EventData, FAILED_TYPE, FailedData,
-        TRACEPARENT_HEADER, TRACESTATE_HEADER, decode_event, decode_request,
+        PROGRESS_TYPE, ProgressData, TRACEPARENT_HEADER, TRACESTATE_HEADER, decode_event,
+        decode_request,
     };
 }
 

@@ -453,6 +453,7 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
                 "completed".to_owned()
             }
             EventData::Failed(f) => f.error.code.clone(),
+            EventData::Progress(_) => "progress".to_owned(),
         };
         if got != *want {
             wrong_outcome.push(format!("{job_id}: {got} (wanted {want})"));
@@ -500,6 +501,7 @@ async fn chaos_no_job_lost_none_finished_twice_none_paid_twice() {
             let k = match &evs[0].1 {
                 EventData::Completed(_) => "completed".to_owned(),
                 EventData::Failed(f) => f.error.code.clone(),
+                EventData::Progress(_) => "progress".to_owned(),
             };
             *m.entry(k).or_default() += 1;
             m

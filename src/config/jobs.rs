@@ -43,6 +43,9 @@ pub struct JobSettings {
     /// How long a pause keeps the consumer (holding what it received)
     /// before cancelling it and handing its deliveries back.
     pub pause_hold: Duration,
+    /// Least time between two progress events of a running job of several
+    /// parts (`jobs.progress_interval`).
+    pub progress_interval: Duration,
     /// How long a request of a version newer than this replica knows is
     /// held before it is handed back.
     pub version_handback_delay: Duration,
@@ -67,6 +70,7 @@ pub(super) struct RawJobs {
     pub(super) delivery_lifetime: f64,
     pub(super) max_pause_cycles: u32,
     pub(super) pause_hold: f64,
+    pub(super) progress_interval: f64,
     pub(super) version_handback_delay: f64,
     pub(super) unsupported_version_grace: f64,
 }
@@ -114,6 +118,7 @@ impl RawJobs {
             delivery_lifetime: seconds("jobs.delivery_lifetime", self.delivery_lifetime)?,
             max_pause_cycles: positive("jobs.max_pause_cycles", self.max_pause_cycles)? as u32,
             pause_hold,
+            progress_interval: seconds("jobs.progress_interval", self.progress_interval)?,
             version_handback_delay,
             unsupported_version_grace: seconds(
                 "jobs.unsupported_version_grace",

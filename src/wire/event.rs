@@ -8,12 +8,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::TraceHeaders;
-use crate::job::Outcome;
+use crate::job::{JobId, Outcome, Progress};
 
 /// Routing key (and CloudEvents `type`) of a completion event.
 pub const COMPLETED_TYPE: &str = "tts.job.completed";
 /// Routing key (and CloudEvents `type`) of a failure event.
 pub const FAILED_TYPE: &str = "tts.job.failed";
+/// Routing key (and CloudEvents `type`) of a progress event.
+pub const PROGRESS_TYPE: &str = "tts.job.progress";
+/// `$id` of the progress event's schema, and its events' `dataschema`.
+pub const PROGRESS_SCHEMA_ID: &str = "urn:tts-worker:schema:tts.job.progress:1";
 /// `$id` of the completion event's schema (`contract/schemas/`), and its
 /// events' CloudEvents `dataschema`.
 pub const COMPLETED_SCHEMA_ID: &str = "urn:tts-worker:schema:tts.job.completed:1";
@@ -156,11 +160,82 @@ pub struct SegmindRef {
     pub request_id: String,
 }
 
+/// A running job's progress (`tts.job.progress`): published while a job
+/// of several parts runs, at most every `jobs.progress_interval`, only
+/// when something changed. Counts never go down within a delivery; a
+/// redelivered job starts from what is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ProgressData {
+    /// The producer's job id.
+    pub job_id: String,
+    /// Parts whose audio is stored.
+    pub parts_done: u32,
+    /// Parts of the job's plan.
+    pub parts_total: u32,
+    /// Seconds of speech stored so far.
+    pub audio_seconds: f64,
+    /// Segmind credits of the stored parts, when Segmind reported them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<f64>,
+    /// The request's metadata, echoed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
+}
+
 /// Either kind of event `data`, for consumers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventData {
     Completed(Box<CompletedData>),
     Failed(FailedData),
+    Progress(ProgressData),
+}
+
+/// Encodes a running job's progress. Its id names the job and the counts,
+/// so a copy of one report is dropped by `id` like a terminal event's.
+pub fn encode_progress(
+    job_id: &JobId,
+    progress: &Progress,
+    metadata: Option<&Map<String, Value>>,
+    source: &str,
+    now: DateTime<Utc>,
+    trace: &TraceHeaders,
+) -> EncodedEvent {
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5d1e_7a20_93c4_4b8f_a6d2_1e0f_c3b4_8a91);
+    let name = format!(
+        "progress\0{job_id}\0{}\0{}\0{}",
+        progress.parts_done, progress.parts_total, progress.audio_seconds
+    );
+    let id = uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes()).to_string();
+    let envelope = CloudEvent {
+        specversion: "1.0".into(),
+        id: id.clone(),
+        source: source.into(),
+        kind: PROGRESS_TYPE.into(),
+        subject: job_id.producer().into(),
+        time: now.to_rfc3339_opts(SecondsFormat::Millis, true),
+        datacontenttype: "application/json".into(),
+        dataschema: Some(PROGRESS_SCHEMA_ID.into()),
+        traceparent: trace.traceparent.clone(),
+        tracestate: trace.tracestate.clone(),
+        data: (),
+    };
+    let data = ProgressData {
+        job_id: job_id.producer().to_owned(),
+        parts_done: progress.parts_done,
+        parts_total: progress.parts_total,
+        audio_seconds: (progress.audio_seconds * 1000.0).round() / 1000.0,
+        credits: progress.credits,
+        metadata: metadata.cloned(),
+    };
+    EncodedEvent {
+        id,
+        kind: PROGRESS_TYPE,
+        routing_key: match job_id.tenant() {
+            Some(tenant) => format!("{PROGRESS_TYPE}.{tenant}"),
+            None => PROGRESS_TYPE.to_owned(),
+        },
+        body: to_json(envelope, data),
+    }
 }
 
 /// An event ready to publish.
@@ -350,6 +425,7 @@ pub fn decode_event(body: &[u8]) -> Result<CloudEvent<EventData>, serde_json::Er
     let data = std::mem::take(&mut raw.data);
     let data = match raw.kind.as_str() {
         COMPLETED_TYPE => EventData::Completed(Box::new(serde_json::from_value(data)?)),
+        PROGRESS_TYPE => EventData::Progress(serde_json::from_value(data)?),
         _ => EventData::Failed(serde_json::from_value(data)?),
     };
     Ok(raw.with_data(data))

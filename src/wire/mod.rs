@@ -14,7 +14,7 @@ pub mod schema;
 
 pub use event::{
     COMPLETED_TYPE, CloudEvent, CompletedData, EVENT_CONTENT_TYPE, EventData, FAILED_TYPE,
-    FailedData, decode_event, encode_event,
+    FailedData, PROGRESS_TYPE, ProgressData, decode_event, encode_event, encode_progress,
 };
 pub use request::{RequestBody, decode_request};
 

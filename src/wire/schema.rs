@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 
 use super::event::{
     COMPLETED_SCHEMA_ID, COMPLETED_TYPE, CloudEvent, CompletedData, FAILED_SCHEMA_ID, FAILED_TYPE,
-    FailedData,
+    FailedData, PROGRESS_SCHEMA_ID, PROGRESS_TYPE, ProgressData,
 };
 use super::marks::{MARKS_SCHEMA_ID, Marks};
 use super::request::{FIELDS, MAX_STYLE_CHARS, RequestBody, UNDECLARED_UP_TO};
@@ -42,7 +42,7 @@ pub struct ContractSchema {
 }
 
 /// Every schema of the contract.
-pub fn contract_schemas() -> [ContractSchema; 4] {
+pub fn contract_schemas() -> [ContractSchema; 5] {
     [
         ContractSchema {
             file: "request.schema.json",
@@ -58,6 +58,11 @@ pub fn contract_schemas() -> [ContractSchema; 4] {
             file: "job.failed.schema.json",
             id: FAILED_SCHEMA_ID,
             schema: failed_schema(),
+        },
+        ContractSchema {
+            file: "job.progress.schema.json",
+            id: PROGRESS_SCHEMA_ID,
+            schema: progress_schema(),
         },
         ContractSchema {
             file: "marks.schema.json",
@@ -113,6 +118,13 @@ pub fn completed_schema() -> Value {
 pub fn failed_schema() -> Value {
     let mut schema = generate::<CloudEvent<FailedData>>();
     event_rules(&mut schema, FAILED_TYPE, FAILED_SCHEMA_ID);
+    schema
+}
+
+/// A `tts.job.progress` event, envelope and data.
+pub fn progress_schema() -> Value {
+    let mut schema = generate::<CloudEvent<ProgressData>>();
+    event_rules(&mut schema, PROGRESS_TYPE, PROGRESS_SCHEMA_ID);
     schema
 }
 

@@ -323,6 +323,11 @@ impl Pipeline {
     /// failure event, a requeue, or a hand-over. One delivery of a job
     /// works at a time in this process: a second one waits for the first
     /// (and is then mostly answered from storage).
+    /// How far a job of several parts running here has come.
+    pub fn progress_of(&self, job_id: &JobId) -> Option<crate::job::Progress> {
+        self.jobs_here.progress(job_id)
+    }
+
     pub async fn run_delivery(
         &self,
         job: &TtsJob,

@@ -39,6 +39,46 @@ fn with_trace(properties: BasicProperties, trace: &TraceHeaders) -> BasicPropert
     }
 }
 
+/// Publishes a running job's progress (not `mandatory`: no queue need
+/// follow progress; confirmed, so a lost channel is noticed).
+pub(super) async fn publish_progress(
+    ctx: &JobContext,
+    job: &crate::job::TtsJob,
+    progress: &crate::job::Progress,
+    trace: &TraceHeaders,
+) -> Result<(), BrokerError> {
+    let event = wire::encode_progress(
+        &job.id,
+        progress,
+        job.metadata.as_ref(),
+        &ctx.event_source,
+        chrono::Utc::now(),
+        trace,
+    );
+    let properties = BasicProperties::default()
+        .with_content_type(wire::EVENT_CONTENT_TYPE.into())
+        .with_delivery_mode(1)
+        .with_message_id(event.id.as_str().into())
+        .with_type(event.kind.into())
+        .with_app_id("tts-worker".into())
+        .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64);
+    ctx.publisher
+        .publish(
+            &ctx.topology.events_exchange,
+            &event.routing_key,
+            &event.body,
+            with_trace(properties, trace),
+            false,
+        )
+        .await?;
+    ctx.pipeline
+        .metrics
+        .published
+        .with_label_values(&["progress"])
+        .inc();
+    Ok(())
+}
+
 /// Publishes the terminal event, plus a copy to `reply_to` when asked.
 pub(super) async fn publish_outcome(
     ctx: &JobContext,

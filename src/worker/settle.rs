@@ -25,7 +25,7 @@ use super::decide::{
 };
 use super::pause::jittered;
 use super::pipeline::{DeliveryLimit, HandOverReason, JobEnd, Pipeline};
-use super::publish::{publish_dead_letter, publish_outcome, trace_headers};
+use super::publish::{publish_dead_letter, publish_outcome, publish_progress, trace_headers};
 use crate::broker::{self, Lease, LeaseError, Leases, Publisher, Topology};
 use crate::config::{ReplyToPatterns, RequestLimits, TenantIdentity};
 use crate::failure::{Attempt, Failure};
@@ -381,7 +381,34 @@ async fn run_leased(
             }
         }
     };
-    (ctx.pipeline.run_delivery(job, attempt, limit).await, lease)
+    let run = ctx.pipeline.run_delivery(job, attempt, limit);
+    let end = tokio::select! {
+        end = run => end,
+        never = Box::pin(report_progress(ctx, job)) => match never {},
+    };
+    (end, lease)
+}
+
+/// Publishes the progress of `job` (of several parts) every
+/// `jobs.progress_interval` while it runs, when it changed; never returns
+/// (dropped with the run).
+async fn report_progress(ctx: &JobContext, job: &TtsJob) -> std::convert::Infallible {
+    let every = ctx.pipeline.jobs.progress_interval;
+    let trace = telemetry::traceparent_of(&Span::current(), &TraceHeaders::default());
+    let mut last = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(now) = ctx.pipeline.progress_of(&job.id) else {
+            continue;
+        };
+        if last == Some(now) {
+            continue;
+        }
+        match publish_progress(ctx, job, &now, &trace).await {
+            Ok(()) => last = Some(now),
+            Err(e) => warn!(error = %e, "could not publish the job's progress"),
+        }
+    }
 }
 
 /// Now, in milliseconds since the Unix epoch.

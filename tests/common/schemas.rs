@@ -15,6 +15,7 @@ struct Schemas {
     request_description: String,
     completed: jsonschema::Validator,
     failed: jsonschema::Validator,
+    progress: jsonschema::Validator,
     marks: jsonschema::Validator,
 }
 
@@ -43,6 +44,7 @@ fn schemas() -> &'static Schemas {
                 .to_owned(),
             completed: compile(&read("job.completed.schema.json")),
             failed: compile(&read("job.failed.schema.json")),
+            progress: compile(&read("job.progress.schema.json")),
             marks: compile(&read("marks.schema.json")),
         }
     })
@@ -66,6 +68,10 @@ pub fn assert_valid_event(body: &[u8]) {
             "urn:tts-worker:schema:tts.job.completed:1",
         ),
         Some("tts.job.failed") => (&schemas().failed, "urn:tts-worker:schema:tts.job.failed:1"),
+        Some("tts.job.progress") => (
+            &schemas().progress,
+            "urn:tts-worker:schema:tts.job.progress:1",
+        ),
         other => panic!("an event of unknown type {other:?}: {event}"),
     };
     let problems = errors(validator, &event);

@@ -280,6 +280,7 @@ impl Received {
         match &self.event.data {
             EventData::Completed(c) => c,
             EventData::Failed(f) => panic!("expected completed, got failed: {f:?}"),
+            EventData::Progress(p) => panic!("expected completed, got progress: {p:?}"),
         }
     }
 
@@ -287,6 +288,7 @@ impl Received {
         match &self.event.data {
             EventData::Failed(f) => f,
             EventData::Completed(c) => panic!("expected failed, got completed: {c:?}"),
+            EventData::Progress(p) => panic!("expected failed, got progress: {p:?}"),
         }
     }
 }
@@ -377,21 +379,34 @@ impl TestApp {
     }
 
     /// The next terminal event on `queue`, waiting up to `timeout` (long
-    /// jobs rendered in a debug build take a while).
+    /// jobs rendered in a debug build take a while). Progress events on a
+    /// queue bound to them are checked and passed over.
     pub async fn next_event_within(&self, queue: &str, timeout: Duration) -> Received {
-        let message = self
-            .get_from(queue, timeout)
-            .await
-            .unwrap_or_else(|| panic!("no event on {queue} within {timeout:?}"));
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let received = self
+                .next_any_event_within(queue, left)
+                .await
+                .unwrap_or_else(|| panic!("no event on {queue} within {timeout:?}"));
+            if !matches!(received.event.data, wire::EventData::Progress(_)) {
+                return received;
+            }
+        }
+    }
+
+    /// The next event of any type on `queue`, checked against the contract.
+    pub async fn next_any_event_within(&self, queue: &str, timeout: Duration) -> Option<Received> {
+        let message = self.get_from(queue, timeout).await?;
         let raw = message.delivery.data.clone();
         // Every event a test reads is checked against the contract.
         crate::schemas::assert_valid_event(&raw);
         let event = wire::decode_event(&raw).expect("events are valid CloudEvents");
-        Received {
+        Some(Received {
             event,
             properties: message.delivery.properties.clone(),
             raw,
-        }
+        })
     }
 
     /// The next dead-lettered message.

@@ -16,6 +16,7 @@ mod long_text;
 mod observability;
 mod one_engine;
 mod pipeline;
+mod progress;
 mod recovery;
 mod resilience;
 #[path = "../common/schemas.rs"]

@@ -507,6 +507,9 @@ async fn a_refusal_of_one_request_fails_that_request_while_the_others_complete()
                 completed.push((c.job_id.clone(), c.attempts))
             }
             tts_worker::testing::wire::EventData::Failed(f) => failed.push(f.clone()),
+            tts_worker::testing::wire::EventData::Progress(p) => {
+                panic!("a progress event on the events queue: {p:?}")
+            }
         }
     }
     completed.sort();

@@ -11,7 +11,7 @@ use std::sync::{Arc, Weak};
 use tokio::sync::{Mutex, watch};
 
 use super::HandOverReason;
-use crate::job::JobId;
+use crate::job::{JobId, Progress};
 
 /// One job's locks in this process.
 pub(super) struct JobEntry {
@@ -19,6 +19,8 @@ pub(super) struct JobEntry {
     pub(super) delivery: Arc<Mutex<()>>,
     /// Held while a submission of the job is in flight (see the module's doc).
     pub(super) submit: Arc<Mutex<()>>,
+    /// How far the running delivery has come (a job of several parts).
+    pub(super) progress: std::sync::Mutex<Option<Progress>>,
 }
 
 /// The jobs this process is working on, by id. An entry lives as long as
@@ -52,11 +54,21 @@ impl JobTable {
         let entry = Arc::new(JobEntry {
             delivery: Arc::new(Mutex::new(())),
             submit: Arc::new(Mutex::new(())),
+            progress: std::sync::Mutex::new(None),
         });
         table
             .entries
             .insert(job_id.as_str().to_owned(), Arc::downgrade(&entry));
         entry
+    }
+}
+
+impl JobTable {
+    /// The progress of `job_id` here, if a delivery of it reported any.
+    pub(super) fn progress(&self, job_id: &JobId) -> Option<Progress> {
+        let table = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = table.entries.get(job_id.as_str()).and_then(Weak::upgrade)?;
+        *entry.progress.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

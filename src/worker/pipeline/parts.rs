@@ -547,12 +547,16 @@ impl<'a> JobRun<'a> {
     /// The parts' stage of a plan of several parts: up to
     /// `long_text.max_parallel_parts` at once.
     async fn synthesize_several(&self) -> Result<(), JobError> {
+        self.report_progress().await;
         let mut parts = futures_util::stream::iter(0..self.plan.len())
             .map(|index| Box::pin(self.part(index)))
             .buffer_unordered(self.pipeline.long_text.max_parallel_parts);
         let mut failed: Option<JobError> = None;
         while let Some(done) = parts.next().await {
-            let Err(e) = done else { continue };
+            let Err(e) = done else {
+                self.report_progress().await;
+                continue;
+            };
             let go_on = self.others_go_on_after(&e);
             if failed.is_none() {
                 failed = Some(e);
@@ -569,6 +573,17 @@ impl<'a> JobRun<'a> {
             Some(e) => Err(self.after_failure(e).await),
             None => Ok(()),
         }
+    }
+
+    /// Notes how far the job has come, for its progress events (read by
+    /// `Pipeline::progress_of`).
+    async fn report_progress(&self) {
+        let progress = self.checkpoint.lock().await.progress();
+        *self
+            .entry
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(progress);
     }
 
     /// What ends the parts' stage with `e`: handed over, nothing to wait for
