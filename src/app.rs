@@ -19,8 +19,12 @@ use crate::http::OpsServer;
 use crate::metrics::Metrics;
 use crate::segmind::SegmindClient;
 use crate::storage::Storage;
+use crate::worker::fleet::{self, Fleet};
 use crate::worker::pause::PauseGate;
 use crate::worker::{self, Consuming, JobContext, Pipeline, Stopped};
+
+/// Longest wait at a session's start for the fleet stream to be read.
+const FLEET_CATCH_UP: Duration = Duration::from_secs(15);
 
 /// Longest wait between two attempts to reach a lost broker.
 const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(30);
@@ -127,12 +131,18 @@ impl Application {
     pub async fn build_with_storage(settings: Settings, storage: Storage) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
         let api_key = settings.require_api_key()?.clone();
+        let fleet = Fleet::new(
+            &settings,
+            connection_name("fleet").replace(' ', "-"),
+            &metrics,
+        );
         let segmind = SegmindClient::new(&settings.segmind, api_key, metrics.clone())
             .context("building the HTTP client")?
             .with_shares(
                 settings.amqp.lanes.iter().map(|l| l.weight).collect(),
                 settings.tenants.weights.clone(),
-            );
+            )
+            .with_gate(fleet.clone());
         let session = Session::open(&settings).await?;
         let ready = Arc::new(AtomicBool::new(false));
         let ops = OpsServer::bind(settings.http.addr, metrics.clone(), ready.clone())
@@ -145,7 +155,8 @@ impl Application {
             storage,
             metrics.clone(),
             PauseGate::new(metrics.clone()),
-        );
+        )
+        .with_fleet(fleet);
         // A known object beside the checkpoints: it tells a refused read of a
         // missing checkpoint (S3 without s3:ListBucket) from a real denial.
         if let Err(e) = pipeline.checkpoints.write_marker().await {
@@ -246,6 +257,20 @@ impl Runner {
                 self.metrics.clone(),
                 self.settings.amqp.queue_depth_interval,
             ));
+            // The fleet's stream: tailed and appended to for the session.
+            let fleet_task = tokio::spawn(fleet::run(
+                self.pipeline.fleet.clone(),
+                session.connection.clone(),
+                session.publisher.clone(),
+                self.pipeline.segmind.schedule().clone(),
+            ));
+            // Nothing is taken before the day's spending and the
+            // cancellations are read (bounded: a slow stream only delays).
+            if !self.pipeline.fleet.caught_up(FLEET_CATCH_UP).await {
+                warn!(
+                    "the fleet stream was not read up to date in time; consuming anyway (caps and cancellations may lag)"
+                );
+            }
             let ctx = Arc::new(self.job_context(&session));
             let stopped = worker::run(
                 ctx,
@@ -257,6 +282,7 @@ impl Runner {
             )
             .await;
             depth_task.abort();
+            fleet_task.abort();
             session.close().await;
             match stopped {
                 Stopped::Shutdown => return,

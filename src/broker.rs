@@ -50,7 +50,11 @@ pub use lease::{Lease, LeaseError, Leases};
 /// Bindings of the default events queue: every terminal event (tenants'
 /// too), not progress events (a consumer follows those on a queue of its
 /// own, bound to `tts.job.progress.#`).
-pub const EVENTS_BINDINGS: [&str; 2] = ["tts.job.completed.#", "tts.job.failed.#"];
+pub const EVENTS_BINDINGS: [&str; 3] = [
+    "tts.job.completed.#",
+    "tts.job.failed.#",
+    "tts.job.cancelled.#",
+];
 
 /// The default events queue's binding before progress events existed; it
 /// would have them pile up in a queue nobody reads for them.
@@ -122,6 +126,9 @@ pub struct Topology {
     pub dead_letter_queue: String,
     /// The broker's delivery limit on the requests queue (`x-delivery-limit`).
     pub delivery_limit: u32,
+    /// The fleet's stream, its control exchange and retention (hours), if
+    /// any (`[fleet]`).
+    pub fleet: Option<(String, String, u32)>,
 }
 
 impl Topology {
@@ -138,6 +145,10 @@ impl Topology {
             || self.lanes.iter().any(|l| l == queue)
             || queue == self.dead_letter_queue
             || self.events_queue.as_deref() == Some(queue)
+            || self
+                .fleet
+                .as_ref()
+                .is_some_and(|(stream, _, _)| stream == queue)
             || lease::is_lease_queue(&self.requests_queue, queue)
     }
 
@@ -154,13 +165,22 @@ impl Topology {
             events_queue: amqp.events_queue.clone(),
             dead_letter_queue: amqp.dead_letter_queue.clone(),
             delivery_limit: max_deliveries.saturating_add(1),
+            fleet: None,
         }
     }
 }
 
 impl From<&Settings> for Topology {
     fn from(s: &Settings) -> Self {
-        Topology::new(&s.amqp, s.jobs.max_deliveries)
+        let mut topology = Topology::new(&s.amqp, s.jobs.max_deliveries);
+        topology.fleet = s.fleet.stream.clone().map(|stream| {
+            (
+                stream,
+                s.fleet.control_exchange.clone(),
+                s.fleet.retention_hours,
+            )
+        });
+        topology
     }
 }
 
@@ -288,6 +308,40 @@ pub async fn declare(connection: &Connection, topology: &Topology) -> Result<(),
                 events_queue.as_str().into(),
                 topology.events_exchange.as_str().into(),
                 LEGACY_EVENTS_BINDING.into(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    if let Some((stream, control, hours)) = &topology.fleet {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("stream".into()),
+        );
+        args.insert(
+            "x-max-age".into(),
+            AMQPValue::LongString(format!("{hours}h").into()),
+        );
+        channel
+            .queue_declare(stream.as_str().into(), durable, args)
+            .await?;
+        channel
+            .exchange_declare(
+                control.as_str().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                stream.as_str().into(),
+                control.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await?;
@@ -637,10 +691,12 @@ mod tests {
             events_queue: Some("tts.events".into()),
             dead_letter_queue: "tts.requests.dead".into(),
             delivery_limit: 6,
+            fleet: Some(("tts.fleet".into(), "tts.control".into(), 48)),
         };
         for own in [
             "tts.requests",
             "tts.requests.bulk",
+            "tts.fleet",
             "tts.events",
             "tts.requests.dead",
             "tts.requests.lease.alice/order-7",

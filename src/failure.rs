@@ -83,11 +83,20 @@ pub enum ErrorCode {
     /// audio, a plan without parts, a step that panicked): a bug, not the
     /// request's fault; retried on a later delivery and counted.
     Internal,
+    /// The tenant's credits of the day reached `tenants.daily_credit_cap`
+    /// before this job (or its next part) was submitted; nothing more was
+    /// paid. Retryable the next UTC day; its paid parts are kept.
+    SpendCapReached,
+    /// Its producer cancelled the job (a message to the control exchange)
+    /// before it was submitted, or between two of its parts: nothing more
+    /// was paid. Published as `tts.job.cancelled`; paid parts are kept for a
+    /// resend within the resume window.
+    Cancelled,
 }
 
 impl ErrorCode {
     /// Every code, for documentation checks and exhaustive tests.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::InvalidRequest,
         ErrorCode::UnsupportedVersion,
         ErrorCode::ContentBlocked,
@@ -113,6 +122,8 @@ impl ErrorCode {
         ErrorCode::OutputKeyTaken,
         ErrorCode::MediaRefused,
         ErrorCode::Internal,
+        ErrorCode::SpendCapReached,
+        ErrorCode::Cancelled,
     ];
 
     /// The code's one spelling, in events, dead-letter headers and metric labels.
@@ -143,6 +154,8 @@ impl ErrorCode {
             ErrorCode::OutputKeyTaken => "output_key_taken",
             ErrorCode::MediaRefused => "media_refused",
             ErrorCode::Internal => "internal",
+            ErrorCode::SpendCapReached => "spend_cap_reached",
+            ErrorCode::Cancelled => "cancelled",
         }
     }
 
@@ -179,7 +192,9 @@ impl ErrorCode {
             | ErrorCode::MediaRefused
             | ErrorCode::RenderFailed
             | ErrorCode::Internal
-            | ErrorCode::PoisonMessage => true,
+            | ErrorCode::PoisonMessage
+            | ErrorCode::SpendCapReached
+            | ErrorCode::Cancelled => true,
             ErrorCode::InvalidRequest
             | ErrorCode::UnsupportedVersion
             | ErrorCode::ContentBlocked
@@ -258,6 +273,8 @@ impl Failure {
                     | ErrorCode::SubmissionUnconfirmed
                     // once replicas that know its version run
                     | ErrorCode::UnsupportedVersion
+                    // the next UTC day
+                    | ErrorCode::SpendCapReached
             ),
         }
     }
@@ -436,6 +453,9 @@ pub enum Fault<'a> {
     OutputKeyTaken,
     /// The media URL (or a redirect) is not one the worker fetches.
     MediaRefused,
+    /// A submission was withheld before it was paid: the tenant's cap of
+    /// the day is reached, or the job was cancelled.
+    Withheld { cancelled: bool },
     /// The audio is empty, too large, truncated or not audio.
     BadAudio,
     /// Rendering the deliverable failed.
@@ -492,6 +512,10 @@ pub fn classify(err: &dyn AsFault, block_patterns: &[String]) -> Failure {
         Fault::OutputKeyTaken => (ErrorCode::OutputKeyTaken, Class::Permanent, None),
         Fault::BadAudio => (ErrorCode::AudioInvalid, Class::Permanent, None),
         Fault::MediaRefused => (ErrorCode::MediaRefused, Class::Permanent, None),
+        Fault::Withheld { cancelled: true } => (ErrorCode::Cancelled, Class::Permanent, None),
+        Fault::Withheld { cancelled: false } => {
+            (ErrorCode::SpendCapReached, Class::Permanent, None)
+        }
         // Retried by redelivery (up to the poison limit) from the stored
         // parts: nothing is paid again.
         Fault::Render => (ErrorCode::RenderFailed, Class::Transient, None),

@@ -407,13 +407,21 @@ pub struct Progress {
 pub struct Flow {
     pub lane: usize,
     pub party: std::sync::Arc<str>,
+    /// The job's key (`JobId::as_str`), for the gate that may withhold its
+    /// submissions (a cancellation names it).
+    pub job: std::sync::Arc<str>,
 }
 
 impl Flow {
     /// The flow of a job that arrived on `lane`: its `tenant` when known,
     /// else the `metadata.tenant` string a producer set (not vouched for:
     /// it only shares slots fairly between cooperating producers).
-    pub fn of(lane: usize, tenant: Option<&Tenant>, metadata: Option<&Map<String, Value>>) -> Self {
+    pub fn of(
+        lane: usize,
+        job: &JobId,
+        tenant: Option<&Tenant>,
+        metadata: Option<&Map<String, Value>>,
+    ) -> Self {
         let party = match tenant {
             Some(t) => t.as_str(),
             None => metadata
@@ -425,6 +433,7 @@ impl Flow {
         Flow {
             lane,
             party: std::sync::Arc::from(party),
+            job: std::sync::Arc::from(job.as_str()),
         }
     }
 }

@@ -44,8 +44,11 @@ pub struct Metrics {
     /// Size of stored audio objects.
     pub audio_bytes: Histogram,
     /// Messages published with confirmation, by kind: `event`, `reply`
-    /// (the courtesy copy to `reply_to`) or `dead_letter`.
+    /// (the courtesy copy to `reply_to`), `dead_letter` or `progress`.
     pub published: IntCounterVec,
+    /// Records read from the fleet stream, by kind: `spend`, `priors`,
+    /// `cancel`, or `ignored` (another's user wrote it, or unreadable).
+    pub fleet_records: IntCounterVec,
     /// 1 while consumption is paused for an account-level reason (error code).
     pub paused: IntGaugeVec,
     /// Deliveries requeued instead of finished, by reason (an error code, or
@@ -158,6 +161,14 @@ impl Metrics {
                 &["kind"],
             )
             .expect("static metric definition"),
+            fleet_records: IntCounterVec::new(
+                Opts::new(
+                    "tts_fleet_records_total",
+                    "Records read from the fleet stream, by kind",
+                ),
+                &["kind"],
+            )
+            .expect("static metric definition"),
             paused: IntGaugeVec::new(
                 Opts::new(
                     "tts_consumption_paused",
@@ -241,7 +252,7 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        let collectors: [Box<dyn prometheus::core::Collector>; 23] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 24] = [
             Box::new(m.submit_ambiguous.clone()),
             Box::new(m.handovers.clone()),
             Box::new(m.build_info.clone()),
@@ -265,6 +276,7 @@ impl Metrics {
             Box::new(m.s3_upload.clone()),
             Box::new(m.audio_bytes.clone()),
             Box::new(m.published.clone()),
+            Box::new(m.fleet_records.clone()),
         ];
         for c in collectors {
             m.registry
@@ -353,6 +365,7 @@ mod tests {
         m.requeues.with_label_values(&["storage_failed"]).inc();
         m.resumed.with_label_values(&["poll"]).inc();
         m.handovers.with_label_values(&["shutdown"]).inc();
+        m.fleet_records.with_label_values(&["spend"]).inc();
         let registered: std::collections::BTreeMap<String, (String, Vec<String>)> = m
             .registry
             .gather()
@@ -367,7 +380,7 @@ mod tests {
                 (f.name().to_owned(), (kind, labels))
             })
             .collect();
-        assert_eq!(registered.len(), 23, "{registered:?}");
+        assert_eq!(registered.len(), 24, "{registered:?}");
         assert_eq!(
             registered,
             documented(),

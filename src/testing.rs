@@ -92,10 +92,10 @@ pub mod storage {
 pub mod wire {
     pub use crate::wire::request::RequestError;
     pub use crate::wire::{
-        COMPLETED_TYPE, CloudEvent, CompletedData, DEAD_LETTER_CODE_HEADER, DEAD_LETTER_JOB_HEADER,
-        DEAD_LETTER_MESSAGE_HEADER, EVENT_CONTENT_TYPE, EventData, FAILED_TYPE, FailedData,
-        PROGRESS_TYPE, ProgressData, TRACEPARENT_HEADER, TRACESTATE_HEADER, decode_event,
-        decode_request,
+        CANCELLED_TYPE, COMPLETED_TYPE, CloudEvent, CompletedData, DEAD_LETTER_CODE_HEADER,
+        DEAD_LETTER_JOB_HEADER, DEAD_LETTER_MESSAGE_HEADER, EVENT_CONTENT_TYPE, EventData,
+        FAILED_TYPE, FailedData, PROGRESS_TYPE, ProgressData, TRACEPARENT_HEADER,
+        TRACESTATE_HEADER, decode_event, decode_request,
     };
 }
 

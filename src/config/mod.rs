@@ -69,6 +69,7 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub shutdown: ShutdownSettings,
     pub tenants: TenantSettings,
+    pub fleet: FleetSettings,
 }
 
 /// What a worker process holds before any job: its runtime, clients,
@@ -170,6 +171,58 @@ struct RawSettings {
     telemetry: RawTelemetry,
     shutdown: RawShutdown,
     tenants: RawTenants,
+    fleet: RawFleet,
+}
+
+/// The fleet's shared memory (`[fleet]`): a RabbitMQ stream.
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    /// The stream's name; `None`: no fleet memory (no spend caps, no
+    /// cancellation, no shared priors).
+    pub stream: Option<String>,
+    /// The exchange producers publish cancellations to, bound to the stream.
+    pub control_exchange: String,
+    /// How far back a starting replica reads learned priors.
+    pub replay: Duration,
+    /// How often a replica publishes what it learned.
+    pub publish_interval: Duration,
+    /// How long the stream keeps records (`x-max-age`), whole hours.
+    pub retention_hours: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    stream: String,
+    control_exchange: String,
+    replay: f64,
+    publish_interval: f64,
+    retention_hours: u32,
+}
+
+impl RawFleet {
+    fn validate(self) -> Result<FleetSettings, ConfigError> {
+        if self.retention_hours < 25 {
+            return Err(invalid(
+                "fleet.retention_hours",
+                format!(
+                    "must be at least 25: a replica starting late in a UTC day reads the day's spending back, got {}",
+                    self.retention_hours
+                ),
+            ));
+        }
+        Ok(FleetSettings {
+            stream: if self.stream.is_empty() {
+                None
+            } else {
+                Some(queue_name("fleet.stream", self.stream)?)
+            },
+            control_exchange: queue_name("fleet.control_exchange", self.control_exchange)?,
+            replay: seconds("fleet.replay", self.replay)?,
+            publish_interval: seconds("fleet.publish_interval", self.publish_interval)?,
+            retention_hours: self.retention_hours,
+        })
+    }
 }
 
 /// Who a request belongs to (`[tenants]`).
@@ -185,6 +238,9 @@ pub enum TenantIdentity {
 #[derive(Debug, Clone)]
 pub struct TenantSettings {
     pub identity: TenantIdentity,
+    /// Credits a tenant may spend a UTC day across the fleet
+    /// (`tenants.daily_credit_cap`); `None`: no cap.
+    pub daily_credit_cap: Option<f64>,
     /// Each listed tenant's share within a lane (`tenants.weights`);
     /// unlisted tenants weigh 1.
     pub weights: std::collections::BTreeMap<String, u32>,
@@ -195,6 +251,7 @@ pub struct TenantSettings {
 struct RawTenants {
     identity: TenantIdentity,
     weights: Vec<String>,
+    daily_credit_cap: f64,
 }
 
 impl RawTenants {
@@ -209,9 +266,19 @@ impl RawTenants {
                 ));
             }
         }
+        if !self.daily_credit_cap.is_finite() || self.daily_credit_cap < 0.0 {
+            return Err(invalid(
+                "tenants.daily_credit_cap",
+                format!(
+                    "must be 0 (no cap) or a positive number of credits, got {}",
+                    self.daily_credit_cap
+                ),
+            ));
+        }
         Ok(TenantSettings {
             identity: self.identity,
             weights,
+            daily_credit_cap: (self.daily_credit_cap > 0.0).then_some(self.daily_credit_cap),
         })
     }
 }
@@ -443,6 +510,7 @@ impl RawSettings {
                 grace_period: seconds("shutdown.grace_period", self.shutdown.grace_period)?,
             },
             tenants: self.tenants.validate()?,
+            fleet: self.fleet.validate()?,
         })
     }
 }

@@ -50,6 +50,31 @@ use crate::job::Flow;
 use crate::metrics::Metrics;
 use fair::{FairQueue, Ticket};
 
+/// Why a submission was not made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Withheld {
+    #[error(
+        "the tenant's credits of the day reached tenants.daily_credit_cap; nothing more was submitted"
+    )]
+    SpendCap,
+    #[error("the job was cancelled by its producer; nothing more was submitted")]
+    Cancelled,
+}
+
+/// What may stop a submission before it is paid (the fleet's spend caps
+/// and cancellations, `worker::fleet`): asked when the submission arrives,
+/// then, when its slot comes, right before the POST, the submission is
+/// admitted (its expected cost reserved against the cap) or withheld.
+pub trait Gate: Send + Sync {
+    /// Whether the submission would be withheld now (nothing reserved).
+    fn withheld(&self, flow: &Flow) -> Option<Withheld>;
+    /// Admits the submission about to be sent, reserving its expected cost.
+    fn admit(&self, flow: &Flow) -> Result<(), Withheld>;
+    /// The admitted submission was answered without being accepted: its
+    /// reservation is given back.
+    fn release(&self, flow: &Flow);
+}
+
 /// Who is asking for a call; a submission says its job's [`Flow`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Priority<'a> {
@@ -64,6 +89,8 @@ pub enum Priority<'a> {
 pub struct RateBudget {
     /// Account limit, calls per second; `None` = unlimited.
     limit: Option<f64>,
+    /// Asked before a submission takes its slot.
+    gate: Option<Arc<dyn Gate>>,
     state: Mutex<State>,
     metrics: Metrics,
 }
@@ -124,17 +151,10 @@ const USAGE_SPAN: Duration = Duration::from_secs(60);
 const MAX_PAUSE: Duration = Duration::from_secs(3600);
 
 impl RateBudget {
-    /// A budget whose submissions are shared by lane weights (`lane_weights[i]`
-    /// for lane `i`) and tenant weights (`party_weights`, unlisted: 1).
-    pub fn with_shares(
-        limit_per_minute: Option<u32>,
-        lane_weights: Vec<u32>,
-        party_weights: BTreeMap<String, u32>,
-        metrics: Metrics,
-    ) -> Self {
-        let budget = Self::new(limit_per_minute, metrics);
-        budget.state().line = FairQueue::new(lane_weights, party_weights);
-        budget
+    /// Shares the submissions by lane weights (`lane_weights[i]` for lane
+    /// `i`) and tenant weights (`party_weights`, unlisted: 1).
+    pub fn set_shares(&mut self, lane_weights: Vec<u32>, party_weights: BTreeMap<String, u32>) {
+        self.state().line = FairQueue::new(lane_weights, party_weights);
     }
 
     pub fn new(limit_per_minute: Option<u32>, metrics: Metrics) -> Self {
@@ -145,6 +165,7 @@ impl RateBudget {
         }
         RateBudget {
             limit,
+            gate: None,
             state: Mutex::new(State {
                 share: limit.unwrap_or(0.0),
                 next_free: now,
@@ -159,9 +180,25 @@ impl RateBudget {
         }
     }
 
-    /// The account's limit, calls a minute.
-    pub fn limit_per_minute(&self) -> Option<u32> {
-        self.limit.map(|l| (l * 60.0).round() as u32)
+    /// Puts `gate` before every submission's slot.
+    pub fn set_gate(&mut self, gate: Arc<dyn Gate>) {
+        self.gate = Some(gate);
+    }
+
+    fn withheld(&self, flow: &Flow) -> Option<Withheld> {
+        self.gate.as_ref().and_then(|g| g.withheld(flow))
+    }
+
+    fn admit(&self, flow: &Flow) -> Result<(), Withheld> {
+        self.gate.as_ref().map_or(Ok(()), |g| g.admit(flow))
+    }
+
+    /// A submission admitted by [`RateBudget::acquire`] was answered
+    /// without being accepted (an HTTP error): its reservation goes back.
+    pub fn release(&self, flow: &Flow) {
+        if let Some(gate) = &self.gate {
+            gate.release(flow);
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -170,10 +207,19 @@ impl RateBudget {
     }
 
     /// Waits for this call's slot; a submission waits in line with its
-    /// flow (see [`fair`]).
-    pub async fn acquire(&self, priority: Priority<'_>) {
+    /// flow (see [`fair`]), unless the gate withholds it (when it arrives
+    /// or when its slot comes).
+    pub async fn acquire(&self, priority: Priority<'_>) -> Result<(), Withheld> {
+        if let Priority::Submit(flow) = priority
+            && let Some(withheld) = self.withheld(flow)
+        {
+            return Err(withheld);
+        }
         if self.limit.is_none() {
-            return;
+            return match priority {
+                Priority::Submit(flow) => self.admit(flow),
+                Priority::Paid => Ok(()),
+            };
         }
         match priority {
             Priority::Paid => {
@@ -185,6 +231,7 @@ impl RateBudget {
                     slot
                 };
                 tokio::time::sleep_until(slot).await;
+                Ok(())
             }
             Priority::Submit(flow) => {
                 let waker = Arc::new(Notify::new());
@@ -199,7 +246,7 @@ impl RateBudget {
                         served: false,
                     }
                 };
-                place.wait(&waker).await;
+                place.wait(&waker).await
             }
         }
     }
@@ -293,8 +340,9 @@ struct InLine<'a> {
 }
 
 impl InLine<'_> {
-    /// Waits to be first in line, then for the free slot, and takes it.
-    async fn wait(mut self, waker: &Notify) {
+    /// Waits to be first in line, then for the free slot, and takes it
+    /// (unless the gate withholds it then: it leaves the line).
+    async fn wait(mut self, waker: &Notify) -> Result<(), Withheld> {
         loop {
             let wait = {
                 let mut s = self.budget.state();
@@ -304,12 +352,17 @@ impl InLine<'_> {
                     let now = Instant::now();
                     let free = s.next_free.max(s.paused_until);
                     if free <= now {
+                        if let Err(withheld) = self.budget.admit(self.flow) {
+                            self.leave(&mut s);
+                            self.served = true;
+                            return Err(withheld);
+                        }
                         s.next_free = now + interval(s.share);
                         s.record(now);
                         s.line.serve();
                         self.served = true;
                         self.leave(&mut s);
-                        return;
+                        return Ok(());
                     }
                     Some(free - now)
                 }
@@ -360,7 +413,7 @@ mod tests {
         let b = budget(50);
         // Two hours of calls at the whole limit, without a single 429.
         for _ in 0..6_000 {
-            b.acquire(Priority::Submit(&Flow::default())).await;
+            b.acquire(Priority::Submit(&Flow::default())).await.unwrap();
             b.on_success();
         }
         let held = b.state().recent.len();
@@ -372,7 +425,7 @@ mod tests {
         let b = budget(60);
         let start = Instant::now();
         for _ in 0..5 {
-            b.acquire(Priority::Paid).await;
+            b.acquire(Priority::Paid).await.unwrap();
         }
         // One a second: the first at once, the fifth four seconds later.
         assert_eq!(start.elapsed(), Duration::from_secs(4));
@@ -383,7 +436,7 @@ mod tests {
         let b = RateBudget::new(None, Metrics::new());
         let start = Instant::now();
         for _ in 0..100 {
-            b.acquire(Priority::Submit(&Flow::default())).await;
+            b.acquire(Priority::Submit(&Flow::default())).await.unwrap();
         }
         assert_eq!(start.elapsed(), Duration::ZERO);
         assert_eq!(b.intake_delay(), None);
@@ -392,19 +445,21 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn paid_calls_go_before_waiting_submissions() {
         let b = std::sync::Arc::new(budget(60));
-        b.acquire(Priority::Paid).await; // the slot of t = 0
+        b.acquire(Priority::Paid).await.unwrap(); // the slot of t = 0
         let order = std::sync::Arc::new(Mutex::new(Vec::new()));
         let mut tasks = tokio::task::JoinSet::new();
         let (b1, o1) = (b.clone(), order.clone());
         tasks.spawn(async move {
-            b1.acquire(Priority::Submit(&Flow::default())).await;
+            b1.acquire(Priority::Submit(&Flow::default()))
+                .await
+                .unwrap();
             o1.lock().unwrap().push("submit");
         });
         tokio::task::yield_now().await;
         for _ in 0..3 {
             let (b2, o2) = (b.clone(), order.clone());
             tasks.spawn(async move {
-                b2.acquire(Priority::Paid).await;
+                b2.acquire(Priority::Paid).await.unwrap();
                 o2.lock().unwrap().push("poll");
             });
         }
@@ -421,7 +476,7 @@ mod tests {
         // 20 calls in 20 s, while two other replicas spent the rest of the
         // account's quota: this replica's part was 20 a minute.
         for _ in 0..20 {
-            b.acquire(Priority::Paid).await;
+            b.acquire(Priority::Paid).await.unwrap();
         }
         let reset = Duration::from_secs(40);
         b.on_rate_limited(Some(reset));
@@ -433,7 +488,7 @@ mod tests {
         );
         assert!(b.intake_delay().is_some(), "no intake while paused");
         let start = Instant::now();
-        b.acquire(Priority::Paid).await;
+        b.acquire(Priority::Paid).await.unwrap();
         let waited = start.elapsed();
         // The reset, plus a jitter below two intervals of the new share (7.5 s).
         assert!(
@@ -445,10 +500,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_wait_past_the_clocks_range_pauses_at_most_an_hour() {
         let b = budget(60);
-        b.acquire(Priority::Paid).await;
+        b.acquire(Priority::Paid).await.unwrap();
         b.on_rate_limited(Some(Duration::MAX));
         let start = Instant::now();
-        b.acquire(Priority::Paid).await;
+        b.acquire(Priority::Paid).await.unwrap();
         let waited = start.elapsed();
         assert!(
             waited >= MAX_PAUSE && waited <= MAX_PAUSE + Duration::from_secs(10),
@@ -460,12 +515,12 @@ mod tests {
     async fn only_calls_of_the_current_window_count_as_used() {
         let b = budget(60);
         for _ in 0..20 {
-            b.acquire(Priority::Paid).await;
+            b.acquire(Priority::Paid).await.unwrap();
         }
         b.on_rate_limited(Some(Duration::from_secs(40)));
         // The next window: 5 calls, then the quota is gone again.
         for _ in 0..5 {
-            b.acquire(Priority::Paid).await;
+            b.acquire(Priority::Paid).await.unwrap();
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         b.on_rate_limited(Some(Duration::from_secs(30)));
@@ -480,7 +535,7 @@ mod tests {
     async fn a_replica_that_used_its_whole_share_gives_up_a_fifth() {
         let b = budget(60);
         for _ in 0..61 {
-            b.acquire(Priority::Paid).await; // one a second for a minute
+            b.acquire(Priority::Paid).await.unwrap(); // one a second for a minute
         }
         b.on_rate_limited(Some(Duration::from_secs(1)));
         let share = b.metrics.rate_share.get();
@@ -523,11 +578,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn submissions_waiting_in_line_do_not_stop_intake() {
         let b = std::sync::Arc::new(budget(6)); // one call per 10 s
-        b.acquire(Priority::Submit(&Flow::default())).await; // the slot of t = 0
+        b.acquire(Priority::Submit(&Flow::default())).await.unwrap(); // the slot of t = 0
         let waiting: Vec<_> = (0..3)
             .map(|_| {
                 let b = b.clone();
-                tokio::spawn(async move { b.acquire(Priority::Submit(&Flow::default())).await })
+                tokio::spawn(
+                    async move { b.acquire(Priority::Submit(&Flow::default())).await.unwrap() },
+                )
             })
             .collect();
         tokio::task::yield_now().await;
@@ -546,7 +603,7 @@ mod tests {
         // Three polls reserve the slots at 0, 10 and 20 s.
         for _ in 0..3 {
             let b = b.clone();
-            tokio::spawn(async move { b.acquire(Priority::Paid).await });
+            tokio::spawn(async move { b.acquire(Priority::Paid).await.unwrap() });
         }
         tokio::task::yield_now().await;
         assert!(
@@ -565,12 +622,13 @@ mod tests {
         let flow = |party: &str| Flow {
             lane: 0,
             party: Arc::from(party),
+            ..Flow::default()
         };
         for (party, n) in [("a", 30), ("b", 10)] {
             for _ in 0..n {
                 let (b, served, flow) = (b.clone(), served.clone(), flow(party));
                 tasks.spawn(async move {
-                    b.acquire(Priority::Submit(&flow)).await;
+                    b.acquire(Priority::Submit(&flow)).await.unwrap();
                     served.lock().unwrap().push((party, Instant::now()));
                 });
                 tokio::task::yield_now().await;

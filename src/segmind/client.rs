@@ -142,6 +142,12 @@ impl SegmindClient {
         })
     }
 
+    /// Puts `gate` before every submission (see [`super::budget::Gate`]).
+    pub fn with_gate(mut self, gate: Arc<dyn super::budget::Gate>) -> Self {
+        self.budget.set_gate(gate);
+        self
+    }
+
     /// Shares the submission slots by lane and tenant weights (see
     /// [`RateBudget::with_shares`]).
     pub fn with_shares(
@@ -149,12 +155,7 @@ impl SegmindClient {
         lane_weights: Vec<u32>,
         party_weights: std::collections::BTreeMap<String, u32>,
     ) -> Self {
-        self.budget = RateBudget::with_shares(
-            self.budget.limit_per_minute(),
-            lane_weights,
-            party_weights,
-            self.metrics.clone(),
-        );
+        self.budget.set_shares(lane_weights, party_weights);
         self
     }
 
@@ -208,6 +209,11 @@ impl SegmindClient {
             status_url,
             response_url,
         }
+    }
+
+    /// The polling schedule (its learning is shared with the fleet).
+    pub fn schedule(&self) -> &Arc<dyn PollSchedule> {
+        &self.schedule
     }
 
     /// The rate budget this client's calls go through.
@@ -427,8 +433,13 @@ impl SegmindClient {
         request: reqwest::RequestBuilder,
     ) -> Result<(StatusCode, HeaderMap, Bytes), SegmindError> {
         match (call, self.rate_scope) {
-            (Call::Submit, _) => self.budget.acquire(submit_priority).await,
-            (_, RateScope::All) => self.budget.acquire(Priority::Paid).await,
+            (Call::Submit, _) => self
+                .budget
+                .acquire(submit_priority)
+                .await
+                .map_err(SegmindError::Withheld)?,
+            // A paid call is never withheld.
+            (_, RateScope::All) => self.budget.acquire(Priority::Paid).await.unwrap_or(()),
             (_, RateScope::Submits) => {}
         }
         // The semaphore is never closed; a closed one would only mean no bound.
@@ -438,6 +449,14 @@ impl SegmindClient {
         let request = request.map_err(|source| transport(call, source))?;
         let response = self.execute(&client, call, request).await?;
         let status = response.status();
+        if let Priority::Submit(flow) = submit_priority
+            && call == Call::Submit
+            && !status.is_success()
+        {
+            // Answered and not accepted: nothing was paid. (A submission
+            // with no answer keeps its reservation: it may have been.)
+            self.budget.release(flow);
+        }
         let headers = response.headers().clone();
         if status == StatusCode::TOO_MANY_REQUESTS {
             // A server's hint is an upstream's word: a one-year reset (or

@@ -3,11 +3,16 @@
 
 use std::time::Duration;
 
+use super::budget::Withheld;
 use super::media::MediaRefusal;
 use crate::failure::{AsFault, Call, Fault};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SegmindError {
+    /// The submission was not made: its job's tenant reached its cap of the
+    /// day, or the job was cancelled (the budget's gate, before the POST).
+    #[error("{0}")]
+    Withheld(Withheld),
     #[error("{call} call answered HTTP {status}: {body}")]
     Status {
         call: Call,
@@ -144,6 +149,9 @@ impl AsFault for SegmindError {
             SegmindError::PollLimit { .. } => Fault::PollBudget,
             SegmindError::TooLarge { .. } => Fault::BadAudio,
             SegmindError::Unconfirmed { .. } => Fault::SubmissionUnconfirmed,
+            SegmindError::Withheld(w) => Fault::Withheld {
+                cancelled: *w == Withheld::Cancelled,
+            },
         }
     }
 }

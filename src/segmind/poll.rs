@@ -59,6 +59,18 @@ pub trait PollSchedule: Send + Sync + std::fmt::Debug {
     fn next_delay(&self, ctx: &PollContext) -> Duration;
     /// Learns from a finished job. Fixed schedules ignore it.
     fn observe(&self, _observation: &Observation) {}
+    /// What it has learned, as (text characters, latency seconds) samples,
+    /// once it learned from at least `min_learned` jobs of its own; `None`
+    /// before (or for a fixed schedule).
+    fn snapshot(&self, _min_learned: u64) -> Option<Vec<(f64, f64)>> {
+        None
+    }
+    /// Starts from another replica's `samples` instead of the prior, while
+    /// it has learned from fewer than `below` jobs of its own (a new
+    /// replica of a warm fleet); whether it took them.
+    fn seed(&self, _samples: &[(f64, f64)], _below: u64) -> bool {
+        false
+    }
 }
 
 /// The schedule the settings ask for.
@@ -112,6 +124,8 @@ struct Model {
     since_rebuild: u32,
     /// When the last sample was taken into the window.
     last_taken: Option<f64>,
+    /// Jobs of its own learned from.
+    learned: u64,
     plan: Arc<Plan>,
 }
 
@@ -147,6 +161,7 @@ impl AdaptivePoll {
                 samples,
                 since_rebuild: 0,
                 last_taken: None,
+                learned: 0,
                 plan,
             }),
         }
@@ -219,6 +234,7 @@ impl PollSchedule for AdaptivePoll {
             model
                 .samples
                 .push_back((observation.text_chars as f64, latency));
+            model.learned += 1;
             model.since_rebuild += 1;
             if model.since_rebuild < REBUILD_EVERY {
                 return;
@@ -229,6 +245,36 @@ impl PollSchedule for AdaptivePoll {
         // Built without the lock: polls keep reading the previous plan.
         let plan = Arc::new(build_plan(&samples, self.target_lag, self.min_interval));
         self.model().plan = plan;
+    }
+
+    fn snapshot(&self, min_learned: u64) -> Option<Vec<(f64, f64)>> {
+        let model = self.model();
+        (model.learned >= min_learned).then(|| model.samples.iter().copied().collect())
+    }
+
+    fn seed(&self, samples: &[(f64, f64)], below: u64) -> bool {
+        let mut samples: VecDeque<(f64, f64)> = samples
+            .iter()
+            .copied()
+            .filter(|(chars, latency)| {
+                chars.is_finite() && *chars >= 0.0 && latency.is_finite() && *latency >= 0.0
+            })
+            .collect();
+        while samples.len() > WINDOW {
+            samples.pop_front();
+        }
+        if samples.len() < PRIOR_SAMPLES {
+            return false;
+        }
+        let plan = Arc::new(build_plan(&samples, self.target_lag, self.min_interval));
+        let mut model = self.model();
+        if model.learned >= below {
+            return false;
+        }
+        model.samples = samples;
+        model.since_rebuild = 0;
+        model.plan = plan;
+        true
     }
 }
 

@@ -14,6 +14,11 @@ use crate::job::{JobId, Outcome, Progress};
 pub const COMPLETED_TYPE: &str = "tts.job.completed";
 /// Routing key (and CloudEvents `type`) of a failure event.
 pub const FAILED_TYPE: &str = "tts.job.failed";
+/// Routing key (and CloudEvents `type`) of a cancelled job's event: a
+/// failure event (the same data) whose `error.code` is `cancelled`.
+pub const CANCELLED_TYPE: &str = "tts.job.cancelled";
+/// `$id` of the cancelled event's schema, and its events' `dataschema`.
+pub const CANCELLED_SCHEMA_ID: &str = "urn:tts-worker:schema:tts.job.cancelled:1";
 /// Routing key (and CloudEvents `type`) of a progress event.
 pub const PROGRESS_TYPE: &str = "tts.job.progress";
 /// `$id` of the progress event's schema, and its events' `dataschema`.
@@ -375,12 +380,16 @@ pub fn encode_event(
                 attempts: f.attempts,
                 metadata: f.metadata.clone(),
             };
+            // A cancellation is told apart by its type: a consumer binds
+            // tts.job.cancelled.# to follow only those.
+            let (kind, schema) = if f.failure.code == crate::failure::ErrorCode::Cancelled {
+                (CANCELLED_TYPE, CANCELLED_SCHEMA_ID)
+            } else {
+                (FAILED_TYPE, FAILED_SCHEMA_ID)
+            };
             (
-                FAILED_TYPE,
-                to_json(
-                    envelope(FAILED_TYPE, FAILED_SCHEMA_ID, f.job_id.producer()),
-                    data,
-                ),
+                kind,
+                to_json(envelope(kind, schema, f.job_id.producer()), data),
             )
         }
     };

@@ -13,8 +13,9 @@ pub mod request;
 pub mod schema;
 
 pub use event::{
-    COMPLETED_TYPE, CloudEvent, CompletedData, EVENT_CONTENT_TYPE, EventData, FAILED_TYPE,
-    FailedData, PROGRESS_TYPE, ProgressData, decode_event, encode_event, encode_progress,
+    CANCELLED_TYPE, COMPLETED_TYPE, CloudEvent, CompletedData, EVENT_CONTENT_TYPE, EventData,
+    FAILED_TYPE, FailedData, PROGRESS_TYPE, ProgressData, decode_event, encode_event,
+    encode_progress,
 };
 pub use request::{RequestBody, decode_request};
 

@@ -18,8 +18,9 @@ use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
 use super::event::{
-    COMPLETED_SCHEMA_ID, COMPLETED_TYPE, CloudEvent, CompletedData, FAILED_SCHEMA_ID, FAILED_TYPE,
-    FailedData, PROGRESS_SCHEMA_ID, PROGRESS_TYPE, ProgressData,
+    CANCELLED_SCHEMA_ID, CANCELLED_TYPE, COMPLETED_SCHEMA_ID, COMPLETED_TYPE, CloudEvent,
+    CompletedData, FAILED_SCHEMA_ID, FAILED_TYPE, FailedData, PROGRESS_SCHEMA_ID, PROGRESS_TYPE,
+    ProgressData,
 };
 use super::marks::{MARKS_SCHEMA_ID, Marks};
 use super::request::{FIELDS, MAX_STYLE_CHARS, RequestBody, UNDECLARED_UP_TO};
@@ -42,7 +43,7 @@ pub struct ContractSchema {
 }
 
 /// Every schema of the contract.
-pub fn contract_schemas() -> [ContractSchema; 5] {
+pub fn contract_schemas() -> [ContractSchema; 6] {
     [
         ContractSchema {
             file: "request.schema.json",
@@ -58,6 +59,11 @@ pub fn contract_schemas() -> [ContractSchema; 5] {
             file: "job.failed.schema.json",
             id: FAILED_SCHEMA_ID,
             schema: failed_schema(),
+        },
+        ContractSchema {
+            file: "job.cancelled.schema.json",
+            id: CANCELLED_SCHEMA_ID,
+            schema: cancelled_schema(),
         },
         ContractSchema {
             file: "job.progress.schema.json",
@@ -118,6 +124,13 @@ pub fn completed_schema() -> Value {
 pub fn failed_schema() -> Value {
     let mut schema = generate::<CloudEvent<FailedData>>();
     event_rules(&mut schema, FAILED_TYPE, FAILED_SCHEMA_ID);
+    schema
+}
+
+/// A `tts.job.cancelled` event: a failure's data, its code `cancelled`.
+pub fn cancelled_schema() -> Value {
+    let mut schema = generate::<CloudEvent<FailedData>>();
+    event_rules(&mut schema, CANCELLED_TYPE, CANCELLED_SCHEMA_ID);
     schema
 }
 

@@ -14,6 +14,7 @@
 
 pub mod consume;
 pub mod decide;
+pub mod fleet;
 pub mod pause;
 pub mod pipeline;
 mod publish;

@@ -158,6 +158,8 @@ impl HandOverReason {
 /// private to the pipeline and its stages.
 pub struct Pipeline {
     pub segmind: Arc<SegmindClient>,
+    /// The fleet's shared memory: paid parts are booked in it.
+    pub fleet: Arc<super::fleet::Fleet>,
     pub storage: Storage,
     pub checkpoints: Checkpoints,
     pub metrics: Metrics,
@@ -209,6 +211,11 @@ impl Pipeline {
         pause: PauseGate,
     ) -> Self {
         Pipeline {
+            fleet: super::fleet::Fleet::new(
+                settings,
+                format!("pipeline-{}", uuid::Uuid::new_v4().simple()),
+                &metrics,
+            ),
             checkpoints: Checkpoints::new(
                 storage.clone(),
                 &settings.s3.prefix,
@@ -237,6 +244,12 @@ impl Pipeline {
             jobs_here: JobTable::default(),
             handover: watch::Sender::new(false),
         }
+    }
+
+    /// Books paid parts in `fleet` (the one the Segmind client's gate reads).
+    pub fn with_fleet(mut self, fleet: Arc<super::fleet::Fleet>) -> Self {
+        self.fleet = fleet;
+        self
     }
 
     /// Asks every job that is waiting on Segmind, or has yet to submit, to

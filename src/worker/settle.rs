@@ -193,7 +193,7 @@ async fn settle(
     // Its submissions are shared by its lane and its tenant.
     if let Ok(job) = &mut decoded.job {
         let tenant = tenancy.as_ref().ok().and_then(Option::as_ref);
-        job.flow = Flow::of(lane, tenant, job.metadata.as_ref());
+        job.flow = Flow::of(lane, &job.id, tenant, job.metadata.as_ref());
     }
     let span = Span::current();
     span.record("job_id", decoded.job_id.as_str());

@@ -16,6 +16,7 @@ struct Schemas {
     completed: jsonschema::Validator,
     failed: jsonschema::Validator,
     progress: jsonschema::Validator,
+    cancelled: jsonschema::Validator,
     marks: jsonschema::Validator,
 }
 
@@ -45,6 +46,7 @@ fn schemas() -> &'static Schemas {
             completed: compile(&read("job.completed.schema.json")),
             failed: compile(&read("job.failed.schema.json")),
             progress: compile(&read("job.progress.schema.json")),
+            cancelled: compile(&read("job.cancelled.schema.json")),
             marks: compile(&read("marks.schema.json")),
         }
     })
@@ -68,6 +70,10 @@ pub fn assert_valid_event(body: &[u8]) {
             "urn:tts-worker:schema:tts.job.completed:1",
         ),
         Some("tts.job.failed") => (&schemas().failed, "urn:tts-worker:schema:tts.job.failed:1"),
+        Some("tts.job.cancelled") => (
+            &schemas().cancelled,
+            "urn:tts-worker:schema:tts.job.cancelled:1",
+        ),
         Some("tts.job.progress") => (
             &schemas().progress,
             "urn:tts-worker:schema:tts.job.progress:1",

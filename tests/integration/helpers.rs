@@ -59,6 +59,8 @@ pub fn test_settings(sim: &SimHandle, api_key: &str, tag: &str) -> Settings {
             format!("{tag}.requests.dead"),
         ),
         ("TTS__AMQP__MAX_IN_FLIGHT", "32".into()),
+        ("TTS__FLEET__STREAM", format!("{tag}.fleet")),
+        ("TTS__FLEET__CONTROL_EXCHANGE", format!("{tag}.control")),
         ("TTS__AMQP__QUEUE_DEPTH_INTERVAL", "0.2".into()),
         ("TTS__HTTP__ADDR", "127.0.0.1:0".into()),
         ("TTS__S3__PREFIX", format!("{tag}/")),
@@ -617,19 +619,19 @@ impl TestApp {
             amqp.events_queue.as_deref(),
         ];
         let lanes = amqp.lanes.iter().map(|l| Some(l.queue.as_str()));
-        for q in queues.into_iter().chain(lanes).flatten() {
+        let fleet = self.settings.fleet.stream.as_deref();
+        for q in queues.into_iter().chain(lanes).chain([fleet]).flatten() {
             let _ = self
                 .channel
                 .queue_delete(q.into(), QueueDeleteOptions::default())
                 .await;
         }
-        let _ = self
-            .channel
-            .exchange_delete(
-                amqp.events_exchange.as_str().into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await;
+        for exchange in [&amqp.events_exchange, &self.settings.fleet.control_exchange] {
+            let _ = self
+                .channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
         let _ = self.connection.close(200, "test done".into()).await;
     }
 }

@@ -10,6 +10,7 @@ mod corpus;
 mod deliverables;
 mod examples;
 mod failures;
+mod fleet;
 mod helpers;
 mod image;
 mod long_text;

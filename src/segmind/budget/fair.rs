@@ -159,6 +159,7 @@ mod tests {
         Flow {
             lane,
             party: Arc::from(party),
+            ..Flow::default()
         }
     }
 

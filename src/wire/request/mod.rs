@@ -217,7 +217,7 @@ pub fn decode_request(
                 style,
             },
             output_key,
-            flow: crate::job::Flow::of(0, None, metadata.as_ref()),
+            flow: crate::job::Flow::of(0, &job_id, None, metadata.as_ref()),
             metadata: metadata.clone(),
             deliverable,
         }),

@@ -146,12 +146,14 @@ fn encoded_events_are_valid_and_name_their_schema() {
             metadata: None,
         });
         let event = event_json(&outcome);
-        assert_eq!(
-            errors(&failed_schema, &event),
-            Vec::<String>::new(),
-            "{code}"
-        );
-        assert_eq!(event["dataschema"], FAILED_SCHEMA_ID);
+        // A cancellation has its own type and schema (a failure's data).
+        let (schema, id) = if code == ErrorCode::Cancelled {
+            (cancelled_schema(), CANCELLED_SCHEMA_ID)
+        } else {
+            (failed_schema.clone(), FAILED_SCHEMA_ID)
+        };
+        assert_eq!(errors(&schema, &event), Vec::<String>::new(), "{code}");
+        assert_eq!(event["dataschema"], id);
     }
 }
 

@@ -882,6 +882,10 @@ impl<'a> JobRun<'a> {
                 }
                 Ok(fetched) => fetched,
             };
+            // Paid: booked for the tenant's cap across the fleet.
+            if let Some(cost) = synthesis.cost {
+                self.pipeline.fleet.book(&self.job.flow, cost);
+            }
             // Checked and stored in its own (boxed) future: a part
             // waiting on Segmind does not carry the audio's state.
             let request_id = synthesis.request_id.clone();
