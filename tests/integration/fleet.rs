@@ -50,24 +50,26 @@ fn outcome(received: &Received) -> (String, String) {
 #[tokio::test]
 async fn a_capped_tenant_stops_paying_at_its_cap_across_three_replicas() {
     // 1 credit a day; the simulator charges 0.05 a request: 20 requests.
-    let app = spawn_app_with(
-        |_| {},
-        |s| s.tenants.daily_credit_cap = Some(1.0),
-    )
-    .await;
+    let app = spawn_app_with(|_| {}, |s| s.tenants.daily_credit_cap = Some(1.0)).await;
     let r2 = app.start_replica(|_| {}).await;
     let r3 = app.start_replica(|_| {}).await;
     // Another tenant's job teaches the fleet what a request costs.
-    app.publish_json(json!({"text": "Warm up.", "job_id": "warm", "metadata": {"tenant": "other"}}))
-        .await;
+    app.publish_json(
+        json!({"text": "Warm up.", "job_id": "warm", "metadata": {"tenant": "other"}}),
+    )
+    .await;
     assert_eq!(outcome(&app.next_event().await).1, "completed");
     for addr in [app.ops_addr, r2.ops_addr, r3.ops_addr] {
-        wait_for("every replica to read the cost", Duration::from_secs(10), || async move {
-            crate::helpers::metric_at(addr, "tts_fleet_records_total{kind=\"spend\"}")
-                .await
-                .unwrap_or(0.0)
-                >= 1.0
-        })
+        wait_for(
+            "every replica to read the cost",
+            Duration::from_secs(10),
+            || async move {
+                crate::helpers::metric_at(addr, "tts_fleet_records_total{kind=\"spend\"}")
+                    .await
+                    .unwrap_or(0.0)
+                    >= 1.0
+            },
+        )
         .await;
     }
     // A runaway producer: 60 requests at once, over three replicas.
@@ -89,7 +91,10 @@ async fn a_capped_tenant_stops_paying_at_its_cap_across_three_replicas() {
     }
     let mut outcomes: HashMap<String, String> = HashMap::new();
     while outcomes.len() < 65 {
-        let (job, code) = outcome(&app.next_event_within(app.events_queue(), Duration::from_secs(60)).await);
+        let (job, code) = outcome(
+            &app.next_event_within(app.events_queue(), Duration::from_secs(60))
+                .await,
+        );
         outcomes.insert(job, code);
     }
     let capped_done = (0..60)
@@ -110,11 +115,17 @@ async fn a_capped_tenant_stops_paying_at_its_cap_across_three_replicas() {
     // flood of 60 requests at once is the worst case).
     assert!(paid <= 30, "{paid} paid for a cap of 20");
     for i in 0..5 {
-        assert_eq!(outcomes[&format!("free-{i}")], "completed", "another tenant is unaffected");
+        assert_eq!(
+            outcomes[&format!("free-{i}")],
+            "completed",
+            "another tenant is unaffected"
+        );
     }
     // Its next request is refused before anything is paid; retryable.
-    app.publish_json(json!({"text": "Capped again.", "job_id": "capped-next", "metadata": {"tenant": "capped"}}))
-        .await;
+    app.publish_json(
+        json!({"text": "Capped again.", "job_id": "capped-next", "metadata": {"tenant": "capped"}}),
+    )
+    .await;
     let refused = app.next_event().await;
     assert_eq!(refused.failed().error.code, "spend_cap_reached");
     assert!(refused.failed().error.retryable, "retryable: tomorrow");
@@ -139,13 +150,15 @@ async fn a_cancelled_job_stops_paying_queued_running_or_finished() {
     .await;
     // Finished: a cancel after completion changes nothing; a resend is
     // answered from storage.
-    app.publish_json(json!({"text": "Already done.", "job_id": "done-1"})).await;
+    app.publish_json(json!({"text": "Already done.", "job_id": "done-1"}))
+        .await;
     assert_eq!(outcome(&app.next_event().await).1, "completed");
     cancel(&app, "done-1").await;
 
     // Queued: published while no worker runs, cancelled before one starts.
     app.stop_worker().await;
-    app.publish_json(json!({"text": "Never needed.", "job_id": "queued-1"})).await;
+    app.publish_json(json!({"text": "Never needed.", "job_id": "queued-1"}))
+        .await;
     cancel(&app, "queued-1").await;
     app.restart_worker(|_| {}).await;
     let queued = app.next_event().await;
@@ -153,21 +166,29 @@ async fn a_cancelled_job_stops_paying_queued_running_or_finished() {
     assert_eq!(outcome(&queued), ("queued-1".into(), "cancelled".into()));
     assert_eq!(paid_for(&app, "Never needed"), 0, "nothing was paid");
 
-    app.publish_json(json!({"text": "Already done.", "job_id": "done-1"})).await;
+    app.publish_json(json!({"text": "Already done.", "job_id": "done-1"}))
+        .await;
     let again = app.next_event().await;
-    assert_eq!(outcome(&again).1, "completed", "a cancel of a finished job is a no-op");
+    assert_eq!(
+        outcome(&again).1,
+        "completed",
+        "a cancel of a finished job is a no-op"
+    );
     assert!(again.completed().served_from_storage);
 
     // Running: a long job of parts submitted one after another.
     let text = narration(12, 180);
-    app.publish_json(json!({"text": text, "job_id": "long-1"})).await;
+    app.publish_json(json!({"text": text, "job_id": "long-1"}))
+        .await;
     wait_for("three parts paid", Duration::from_secs(60), || async {
         app.sim.stats().submits_accepted >= 3 + 1
     })
     .await;
     let started = Instant::now();
     cancel(&app, "long-1").await;
-    let ended = app.next_event_within(app.events_queue(), Duration::from_secs(60)).await;
+    let ended = app
+        .next_event_within(app.events_queue(), Duration::from_secs(60))
+        .await;
     assert_eq!(ended.event.kind, "tts.job.cancelled");
     assert_eq!(outcome(&ended), ("long-1".into(), "cancelled".into()));
     let parts = tts_worker::testing::plan::plan(&text, 200, false).len();
@@ -209,28 +230,44 @@ async fn a_new_replica_polls_like_a_warm_one_from_the_start() {
             .await;
         app.next_event().await;
     }
-    wait_for("the learned priors on the stream", Duration::from_secs(10), || async {
-        // Its own records come back to it (and are not applied twice).
-        app.metric("tts_fleet_records_total{kind=\"priors\"}").await.unwrap_or(0.0) >= 1.0
-    })
+    wait_for(
+        "the learned priors on the stream",
+        Duration::from_secs(10),
+        || async {
+            // Its own records come back to it (and are not applied twice).
+            app.metric("tts_fleet_records_total{kind=\"priors\"}")
+                .await
+                .unwrap_or(0.0)
+                >= 1.0
+        },
+    )
     .await;
     app.stop_worker().await;
 
     // A new replica: its first job.
     app.restart_worker(|_| {}).await;
-    wait_for("the new replica to read the priors", Duration::from_secs(10), || async {
-        app.metric("tts_fleet_records_total{kind=\"priors\"}").await.unwrap_or(0.0) >= 1.0
-    })
+    wait_for(
+        "the new replica to read the priors",
+        Duration::from_secs(10),
+        || async {
+            app.metric("tts_fleet_records_total{kind=\"priors\"}")
+                .await
+                .unwrap_or(0.0)
+                >= 1.0
+        },
+    )
     .await;
     let started = Instant::now();
-    app.publish_json(json!({"text": "First of the new replica.", "job_id": "warm-1"})).await;
+    app.publish_json(json!({"text": "First of the new replica.", "job_id": "warm-1"}))
+        .await;
     assert_eq!(outcome(&app.next_event().await).1, "completed");
     let warm = started.elapsed();
 
     // The same without the fleet's memory.
     app.restart_worker(|s| s.fleet.stream = None).await;
     let started = Instant::now();
-    app.publish_json(json!({"text": "First of a cold replica.", "job_id": "cold-1"})).await;
+    app.publish_json(json!({"text": "First of a cold replica.", "job_id": "cold-1"}))
+        .await;
     assert_eq!(outcome(&app.next_event().await).1, "completed");
     let cold = started.elapsed();
     println!("a new replica's first job: {warm:.2?} with the fleet's priors, {cold:.2?} cold");
