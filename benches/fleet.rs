@@ -6,6 +6,8 @@
 //!                                    [--latency 43.5] [--spread 8] [--per-char 0]
 //!                                    [--arrival 0]   (jobs per second; 0 = all at once)
 //! cargo bench --bench fleet -- rate  [--jobs 60] [--workers 3] [--limit 50] [--scope all|submits]
+//! cargo bench --bench fleet -- lanes [--jobs 30] [--parts 6] [--interactive 10] [--limit 60]
+//!                                    [--latency 5] [--spread 0.5]
 //! ```
 //!
 //! `scale` runs one worker per variant (the learned schedule; the same with
@@ -15,8 +17,12 @@
 //! prints peak and waiting RSS, CPU while waiting, polls and calls per job,
 //! mean and p95 lag, throughput, and the ratios to the learned schedule.
 //! `rate` runs `--workers` processes sharing one account limit and checks
-//! the rate-budget scenario of issue 7. Figures come from /proc (the worker
-//! process only) and from the simulator's own counters.
+//! the rate-budget scenario of issue 7. `lanes` queues a bulk backlog of
+//! `--jobs` long jobs, then publishes `--interactive` short jobs one every
+//! few seconds, once with the interactive lane beside the bulk one
+//! (`amqp.lanes`) and once with every job on one queue, and prints the
+//! interactive jobs' latency side by side. Figures come from /proc (the
+//! worker process only) and from the simulator's own counters.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -48,6 +54,9 @@ struct Args {
     scope: String,
     /// Jobs published per second; 0 = all at once.
     arrival: f64,
+    /// `lanes`: parts of each bulk job, interactive jobs.
+    parts: usize,
+    interactive: usize,
 }
 
 fn args() -> Args {
@@ -56,17 +65,26 @@ fn args() -> Args {
     let mode = cli.mode("scale");
     let num = |name: &str, default: f64| cli.num(name, default);
     Args {
-        jobs: num("--jobs", if mode == "rate" { 60.0 } else { 10_000.0 }) as usize,
+        jobs: num(
+            "--jobs",
+            match mode.as_str() {
+                "rate" => 60.0,
+                "lanes" => 30.0,
+                _ => 10_000.0,
+            },
+        ) as usize,
         variants: get("--variants")
             .unwrap_or_else(|| "learned,fixed1,fixed5".into())
             .split(',')
             .map(str::to_owned)
             .collect(),
-        latency: num("--latency", if mode == "rate" { 5.0 } else { 43.5 }),
-        spread: num("--spread", if mode == "rate" { 0.5 } else { 8.0 }),
+        latency: num("--latency", if mode == "scale" { 43.5 } else { 5.0 }),
+        spread: num("--spread", if mode == "scale" { 8.0 } else { 0.5 }),
         per_char: num("--per-char", 0.0),
         workers: num("--workers", 3.0) as usize,
-        limit: num("--limit", 50.0) as u32,
+        limit: num("--limit", if mode == "lanes" { 60.0 } else { 50.0 }) as u32,
+        parts: num("--parts", 6.0) as usize,
+        interactive: num("--interactive", 10.0) as usize,
         scope: get("--scope").unwrap_or_else(|| "all".into()),
         arrival: num("--arrival", 0.0),
         mode,
@@ -79,7 +97,8 @@ async fn main() -> anyhow::Result<()> {
     match args.mode.as_str() {
         "scale" => scale(&args).await,
         "rate" => rate(&args).await,
-        other => bail!("unknown mode {other}: scale or rate"),
+        "lanes" => lanes(&args).await,
+        other => bail!("unknown mode {other}: scale, rate or lanes"),
     }
 }
 
@@ -335,6 +354,13 @@ async fn run(
         ("TTS__AMQP__DEAD_LETTER_QUEUE".into(), format!("{tag}.dead")),
         ("TTS__HTTP__ADDR".into(), "127.0.0.1:0".into()),
         ("TTS__S3__PREFIX".into(), format!("{tag}/")),
+        // Each run its own fleet memory: a variant never starts from what
+        // another learned.
+        ("TTS__FLEET__STREAM".into(), format!("{tag}.fleet")),
+        (
+            "TTS__FLEET__CONTROL_EXCHANGE".into(),
+            format!("{tag}.control"),
+        ),
     ]);
     base_env.extend(vars.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
 
@@ -471,13 +497,236 @@ async fn run(
         f.mean_lag_s = lags.iter().sum::<f64>() / lags.len() as f64;
         f.p95_lag_s = lags[((lags.len() as f64 * 0.95) as usize).min(lags.len() - 1)];
     }
-    for q in [&requests, &events, &format!("{tag}.dead")] {
+    for q in [
+        &requests,
+        &events,
+        &format!("{tag}.dead"),
+        &format!("{tag}.fleet"),
+    ] {
         let _ = channel
             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
             .await;
     }
-    let _ = channel
-        .exchange_delete(events.as_str().into(), Default::default())
-        .await;
+    for x in [&events, &format!("{tag}.control")] {
+        let _ = channel
+            .exchange_delete(x.as_str().into(), Default::default())
+            .await;
+    }
     Ok(f)
+}
+
+/// Interactive latency under a bulk backlog, with lanes and without.
+async fn lanes(args: &Args) -> anyhow::Result<()> {
+    println!(
+        "lanes: {} bulk jobs of {} parts queued, then {} interactive jobs one every 3 s; \
+         account limit {}/min (submissions), Segmind {} ± {} s",
+        args.jobs, args.parts, args.interactive, args.limit, args.latency, args.spread
+    );
+    let mut results = Vec::new();
+    for with_lanes in [true, false] {
+        let latencies = lanes_run(args, with_lanes).await?;
+        let mean = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
+        let mut sorted = latencies.clone();
+        sorted.sort_by(f64::total_cmp);
+        let p95 = sorted
+            .get(((sorted.len() as f64 * 0.95) as usize).min(sorted.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN);
+        let name = if with_lanes { "lanes" } else { "one queue" };
+        println!(
+            "{name:<10} interactive latency mean {mean:>6.2} s  p95 {p95:>6.2} s  max {:>6.2} s  ({} jobs)",
+            sorted.last().copied().unwrap_or(f64::NAN),
+            latencies.len()
+        );
+        results.push((name, mean, p95));
+    }
+    if let [(_, lanes_mean, lanes_p95), (_, one_mean, one_p95)] = results[..] {
+        println!(
+            "\nratios (one queue / lanes): mean {:.1}x, p95 {:.1}x",
+            one_mean / lanes_mean,
+            one_p95 / lanes_p95
+        );
+    }
+    Ok(())
+}
+
+/// One side of [`lanes`]: the interactive jobs' latencies, publish to
+/// completion event, in seconds.
+async fn lanes_run(args: &Args, with_lanes: bool) -> anyhow::Result<Vec<f64>> {
+    let mut config = SimConfig::fast(API_KEY);
+    config.queue_time = Duration::from_millis(200);
+    config.latency_mean = Duration::from_secs_f64(args.latency);
+    config.latency_spread = Duration::from_secs_f64(args.spread);
+    config.rate_limit_per_minute = Some(args.limit + args.limit / 10);
+    config.rate_limit_scope = RateScope::Submits;
+    config.espeak = false;
+    let sim = segmind_sim::spawn(config, "127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?).await?;
+    let env = common::stack_env();
+    let amqp_url = common::env_value(&env, "TTS__AMQP__URL");
+    let tag = format!("bench-lanes-{}", uuid::Uuid::new_v4().simple());
+    let requests = format!("{tag}.requests");
+    let bulk = if with_lanes {
+        format!("{tag}.requests.bulk")
+    } else {
+        requests.clone()
+    };
+    let events = format!("{tag}.events");
+    let mut worker_env: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| {
+            (!k.starts_with("TTS__") || k.starts_with("TTS__S3__") || k == "TTS__AMQP__URL")
+                && !k.starts_with("OTEL_")
+                && k != "SEGMIND_API_KEY"
+        })
+        .collect();
+    worker_env.extend([
+        ("SEGMIND_API_KEY".into(), API_KEY.into()),
+        ("RUST_LOG".into(), "warn".into()),
+        ("TTS__SEGMIND__BASE_URL".into(), sim.base_url()),
+        (
+            "TTS__SEGMIND__MEDIA_ALLOW_PRIVATE".into(),
+            sim.media_addr.to_string(),
+        ),
+        (
+            "TTS__SEGMIND__RATE_LIMIT_PER_MINUTE".into(),
+            args.limit.to_string(),
+        ),
+        ("TTS__SEGMIND__RATE_LIMIT_SCOPE".into(), "submits".into()),
+        (
+            "TTS__SEGMIND__POLL_PRIOR_LATENCY".into(),
+            args.latency.to_string(),
+        ),
+        (
+            "TTS__SEGMIND__POLL_PRIOR_SPREAD".into(),
+            args.spread.max(0.1).to_string(),
+        ),
+        ("TTS__LONG_TEXT__PART_CHARS".into(), "200".into()),
+        ("TTS__AMQP__REQUESTS_QUEUE".into(), requests.clone()),
+        ("TTS__AMQP__EVENTS_EXCHANGE".into(), events.clone()),
+        ("TTS__AMQP__EVENTS_QUEUE".into(), events.clone()),
+        ("TTS__AMQP__DEAD_LETTER_QUEUE".into(), format!("{tag}.dead")),
+        ("TTS__HTTP__ADDR".into(), "127.0.0.1:0".into()),
+        ("TTS__S3__PREFIX".into(), format!("{tag}/")),
+        ("TTS__FLEET__STREAM".into(), format!("{tag}.fleet")),
+        (
+            "TTS__FLEET__CONTROL_EXCHANGE".into(),
+            format!("{tag}.control"),
+        ),
+    ]);
+    if with_lanes {
+        worker_env.push(("TTS__AMQP__LANES".into(), format!("{requests}:10,{bulk}:1")));
+    }
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_tts-worker"))
+        .arg("run")
+        .env_clear()
+        .envs(worker_env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the worker (cargo bench builds it)")?;
+    let connection = Connection::connect(&amqp_url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    let declared = Instant::now();
+    while queue_count(&connection.create_channel().await?, &bulk)
+        .await
+        .is_err()
+    {
+        if declared.elapsed() > Duration::from_secs(30) {
+            bail!("the worker did not declare its queues");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let publisher = connection.create_channel().await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let publish = |queue: String, body: serde_json::Value| {
+        let publisher = publisher.clone();
+        async move {
+            publisher
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &serde_json::to_vec(&body)?,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await?
+                .await?;
+            anyhow::Ok(())
+        }
+    };
+    let paragraph = "The river bends past the old mill, and the light turns gold over the fields. \
+                     The miller counts the sacks and the children race the geese to the bank.";
+    for i in 0..args.jobs {
+        let text = (0..args.parts)
+            .map(|p| format!("Chapter {i}, part {p}. {paragraph}"))
+            .collect::<Vec<_>>()
+            .join("\n\n");
+        publish(
+            bulk.clone(),
+            serde_json::json!({"job_id": format!("bulk-{i}"), "text": text}),
+        )
+        .await?;
+    }
+    // Interactive jobs once the backlog is being worked on.
+    while sim.stats().submits_accepted < 5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut published = HashMap::new();
+    let mut latencies = Vec::new();
+    let mut next = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while latencies.len() < args.interactive {
+        if published.len() < args.interactive && Instant::now() >= next {
+            let id = format!("interactive-{}", published.len());
+            publish(
+                requests.clone(),
+                serde_json::json!({"job_id": id, "text": "Your order has shipped."}),
+            )
+            .await?;
+            published.insert(id, Instant::now());
+            next += Duration::from_secs(3);
+        }
+        while let Some(m) = channel
+            .basic_get(events.as_str().into(), BasicGetOptions { no_ack: true })
+            .await?
+        {
+            let v: serde_json::Value = serde_json::from_slice(&m.delivery.data)?;
+            let id = v["data"]["job_id"].as_str().unwrap_or_default();
+            if let Some(at) = published.get(id) {
+                latencies.push(at.elapsed().as_secs_f64());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} of {} interactive jobs ended",
+                latencies.len(),
+                args.interactive
+            );
+        }
+        if worker.try_wait()?.is_some() {
+            bail!("the worker exited");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(worker);
+    for q in [
+        &requests,
+        &bulk,
+        &events,
+        &format!("{tag}.dead"),
+        &format!("{tag}.fleet"),
+    ] {
+        let _ = channel
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for x in [&events, &format!("{tag}.control")] {
+        let _ = channel
+            .exchange_delete(x.as_str().into(), Default::default())
+            .await;
+    }
+    Ok(latencies)
 }

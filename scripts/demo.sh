@@ -67,7 +67,7 @@ target/debug/segmind-sim --listen 127.0.0.1:18090 --media-listen 127.0.0.1:18091
 target/debug/tts-worker run > "$RUN/worker.log" 2>&1 & echo $! > "$RUN/worker.pid"
 for _ in $(seq 1 60); do curl -fs http://127.0.0.1:19090/readyz >/dev/null 2>&1 && break; sleep 0.5; done
 curl -fs http://127.0.0.1:19090/readyz >/dev/null || { echo "[demo] the worker did not become ready:"; tail -20 "$RUN/worker.log"; exit 1; }
-say "4/4 worker ready; submitting 7 jobs (≈ 1 min; the chapter is ≈ 9 minutes of speech, in parts)"
+say "4/4 worker ready; submitting 8 jobs (≈ 1 min; the chapter is ≈ 9 minutes of speech, in parts)"
 
 submit() { # name, extension, then submit args
   local name=$1 ext=$2; shift 2
@@ -107,6 +107,17 @@ for i in $(seq 1 28); do
 done
 submit chinese wav --captions vtt --text "$story" --voice-1 Kore &
 pids+=($!)
+# A job its producer withdraws: twice the chapter, cancelled once it has been
+# published (`tts-worker cancel`, a message to the tts.control exchange that
+# every replica reads from the tts.fleet stream). It ends as tts.job.cancelled
+# before its next part is paid for; the parts already paid are kept.
+cancel_id="demo-cancelled-$(date +%s)"
+target/debug/tts-worker submit --wait --timeout 180 --job-id "$cancel_id" --text "$chapter$chapter" --voice-1 Kore \
+  > "$RUN/cancelled.out" 2>&1 &
+pids+=($!)
+(for _ in $(seq 1 100); do grep -q "$cancel_id" "$RUN/cancelled.out" 2>/dev/null && break; sleep 0.2; done
+ target/debug/tts-worker cancel --job-id "$cancel_id" > "$RUN/cancel.out" 2>&1) &
+pids+=($!)
 # A producer of your own: the Python example publishes a version 2 request
 # with a correlation id and a traceparent, checks the event against
 # contract/schemas/ and downloads the MP3 and its captions.
@@ -143,6 +154,7 @@ echo
 echo "Play them with e.g.: ffplay $OUT/chapter.mp3, aplay $OUT/narration.wav   (or open them in any audio player; the captions beside the MP3 load with it)"
 completed=$(grep -l '^completed job' "$RUN"/narration.out "$RUN"/dialogue.out "$RUN"/cheerful.out "$RUN"/chapter.out "$RUN"/chinese.out | wc -l)
 blocked=$(grep -c '^failed job .*: content_blocked ' "$RUN/blocked.out" || true)
+cancelled=$(grep -c '^failed job .*: cancelled ' "$RUN/cancelled.out" || true)
 parts=$(grep -oE '^  [0-9]+ parts' "$RUN/chapter.out" | grep -oE '[0-9]+' || echo 0)
 zh_parts=$(grep -oE '^  [0-9]+ parts' "$RUN/chinese.out" | grep -oE '[0-9]+' || echo 0)
 # What the chapter's MP3 measures (target −16 LUFS under −1 dBTP: the
@@ -156,6 +168,6 @@ if command -v ffmpeg >/dev/null && [ -s "$OUT/chapter.mp3" ]; then
 fi
 say "done"
 example=$(grep -c '"type": *"tts.job.completed"' "$RUN/example.out" || true)
-if [ "$completed" -eq 5 ] && [ "$blocked" -eq 1 ] && [ "$parts" -gt 1 ] && [ "$zh_parts" -gt 1 ] && [ -s "$OUT/chapter.vtt" ] && [ -s "$OUT/chinese.vtt" ] && [ "$example" -eq 1 ]; then
-  echo "[demo] OK: the Python example producer's job completed and checked against contract/schemas/ (audio in $OUT/example/); 5 completed (the chapter as one MP3 of $parts parts, asked −16 LUFS, delivered $measured, with captions $OUT/chapter.vtt and .srt, marks in $OUT/chapter.mp3.marks.json; the dialogue as Ogg Opus; the cheerful line as 8 kHz μ-law; ≈ 1,000 Chinese characters as $zh_parts parts sized by their speech, captions in $OUT/chinese.vtt), 1 content_blocked"
+if [ "$completed" -eq 5 ] && [ "$blocked" -eq 1 ] && [ "$cancelled" -eq 1 ] && [ "$parts" -gt 1 ] && [ "$zh_parts" -gt 1 ] && [ -s "$OUT/chapter.vtt" ] && [ -s "$OUT/chinese.vtt" ] && [ "$example" -eq 1 ]; then
+  echo "[demo] OK: the Python example producer's job completed and checked against contract/schemas/ (audio in $OUT/example/); 5 completed (the chapter as one MP3 of $parts parts, asked −16 LUFS, delivered $measured, with captions $OUT/chapter.vtt and .srt, marks in $OUT/chapter.mp3.marks.json; the dialogue as Ogg Opus; the cheerful line as 8 kHz μ-law; ≈ 1,000 Chinese characters as $zh_parts parts sized by their speech, captions in $OUT/chinese.vtt), 1 content_blocked, 1 cancelled by its producer while it ran"
 else echo "[demo] unexpected results; logs in $RUN/"; exit 1; fi

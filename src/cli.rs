@@ -29,6 +29,12 @@ pub enum Command {
     Submit(Box<SubmitArgs>),
     /// Validate the configuration and check the broker, bucket and API are reachable.
     Check,
+    /// Cancel a job: publish {"job_id": …} to the control exchange.
+    Cancel {
+        /// The job id the request was sent with.
+        #[arg(long = "job-id")]
+        job_id: String,
+    },
 }
 
 /// The container's memory limit, from its cgroup (v2 `memory.max`, else
@@ -67,6 +73,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             }
+        }
+        Command::Cancel { job_id } => {
+            crate::submit::cancel(&settings, &job_id).await?;
+            ExitCode::SUCCESS
         }
         Command::Check => {
             if crate::check::run(&settings).await {

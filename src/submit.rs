@@ -75,6 +75,47 @@ pub struct SubmitArgs {
 }
 
 /// Publishes the request; with `--wait`, returns whether the job completed.
+/// Cancels `job_id`: publishes `{"job_id": …}` to the control exchange
+/// (`fleet.control_exchange`), confirmed. Every replica reads it from the
+/// fleet stream.
+pub async fn cancel(settings: &Settings, job_id: &str) -> anyhow::Result<()> {
+    if settings.fleet.stream.is_none() {
+        bail!("fleet.stream is \"\": cancellation needs the fleet stream");
+    }
+    let amqp = &settings.amqp;
+    let connection = broker::connect(&amqp.url, amqp.connect_timeout, "tts-worker cancel")
+        .await
+        .context("connecting to the broker (amqp.url)")?;
+    broker::declare(&connection, &Topology::from(settings))
+        .await
+        .context("declaring queues")?;
+    let publisher =
+        broker::Publisher::new(connection.create_channel().await?, amqp.publish_timeout)
+            .await
+            .context("enabling publisher confirms")?;
+    let body = serde_json::to_vec(&serde_json::json!({ "job_id": job_id }))?;
+    let properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64);
+    publisher
+        .publish(
+            &settings.fleet.control_exchange,
+            "",
+            &body,
+            properties,
+            true,
+        )
+        .await
+        .context("publishing the cancellation")?;
+    println!(
+        "cancelled job {job_id} (to {}); its replica ends it before its next submission",
+        settings.fleet.control_exchange
+    );
+    let _ = connection.close(200, "cancel sent".into()).await;
+    Ok(())
+}
+
 pub async fn run(settings: &Settings, args: SubmitArgs) -> anyhow::Result<bool> {
     let amqp = &settings.amqp;
     let connection = broker::connect(&amqp.url, amqp.connect_timeout, "tts-worker submit")

@@ -223,3 +223,42 @@ fn the_prior_is_a_normal_distribution() {
     assert!((normal_quantile(0.975) - 1.959_964).abs() < 1e-5);
     assert!((normal_quantile(0.01) + 2.326_348).abs() < 1e-5);
 }
+
+#[test]
+fn a_replica_seeded_with_a_warm_window_polls_like_the_warm_one() {
+    // Both start from a 40 s prior; Segmind answers in ≈ 8 s.
+    let warm = AdaptivePoll::new(&settings(40.0, 5.0, 0.5));
+    let mut rng = StdRng::seed_from_u64(7);
+    for i in 0..64 {
+        warm.observe(&Observation {
+            text_chars: 40,
+            latency: Duration::from_secs_f64(8.0 + rng.random_range(-0.5..0.5)),
+            finished_at: Duration::from_secs(i * 10),
+        });
+    }
+    assert_eq!(warm.snapshot(100), None, "it learned from 64 jobs, not 100");
+    let window = warm.snapshot(16).expect("a window once it learned from 16");
+    let first_poll = |s: &AdaptivePoll| {
+        s.next_delay(&PollContext {
+            polls_done: 0,
+            since_submit: Duration::ZERO,
+            text_chars: 40,
+        })
+    };
+    let new = AdaptivePoll::new(&settings(40.0, 5.0, 0.5));
+    let cold_first = first_poll(&new);
+    assert!(
+        new.seed(&window, 16),
+        "a replica that learned nothing takes it"
+    );
+    let seeded_first = first_poll(&new);
+    assert!(
+        seeded_first < Duration::from_secs(9) && cold_first > Duration::from_secs(25),
+        "first poll: {seeded_first:?} seeded, {cold_first:?} cold"
+    );
+    assert_eq!(first_poll(&warm), seeded_first, "polled like the warm one");
+    // A replica that has learned enough of its own keeps its own.
+    assert!(!warm.seed(&window, 16));
+    // Garbage is refused.
+    assert!(!new.seed(&[(f64::NAN, 1.0); 40], 1000));
+}

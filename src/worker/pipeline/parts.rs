@@ -548,15 +548,23 @@ impl<'a> JobRun<'a> {
     /// `long_text.max_parallel_parts` at once.
     async fn synthesize_several(&self) -> Result<(), JobError> {
         self.report_progress().await;
+        // Each part reports progress from its own future: awaiting the
+        // record's lock here, between two polls of the stream, would wait
+        // for a part that holds it and is not polled meanwhile.
         let mut parts = futures_util::stream::iter(0..self.plan.len())
-            .map(|index| Box::pin(self.part(index)))
+            .map(|index| {
+                Box::pin(async move {
+                    let done = self.part(index).await;
+                    if done.is_ok() {
+                        self.report_progress().await;
+                    }
+                    done
+                })
+            })
             .buffer_unordered(self.pipeline.long_text.max_parallel_parts);
         let mut failed: Option<JobError> = None;
         while let Some(done) = parts.next().await {
-            let Err(e) = done else {
-                self.report_progress().await;
-                continue;
-            };
+            let Err(e) = done else { continue };
             let go_on = self.others_go_on_after(&e);
             if failed.is_none() {
                 failed = Some(e);
