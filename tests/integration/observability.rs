@@ -24,13 +24,14 @@ async fn metrics_and_health_are_served() {
             .status(),
         200
     );
-    assert_eq!(
+    // Ready once it consumes: after it has read the fleet stream up to
+    // its start (the day's spending, cancellations).
+    wait_for("/readyz", Duration::from_secs(15), || async {
         reqwest::get(format!("{base}/readyz"))
             .await
-            .unwrap()
-            .status(),
-        200
-    );
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
 
     app.publish_json(json!({"text": "count me"})).await;
     app.next_event().await.completed();
