@@ -141,6 +141,9 @@ async fn scale(args: &Args) -> anyhow::Result<()> {
     for variant in &args.variants {
         let vars: Vec<(&str, String)> = match variant.as_str() {
             "learned" => vec![],
+            // Learning each job as it finishes (the releases before), not
+            // by cohort.
+            "finishes" => vec![("TTS__SEGMIND__POLL_LEARN", "finishes".into())],
             // Every job of the backlog starts at once (no start slots):
             // what `jobs.max_starting` saves, side by side.
             "all-starting" => vec![("TTS__JOBS__MAX_STARTING", args.jobs.max(1).to_string())],

@@ -123,6 +123,11 @@ pub struct PollSettings {
     pub max_polls: u32,
     /// A fixed cadence instead of the learned schedule (for comparison).
     pub fixed_interval: Option<Duration>,
+    /// Learn from whole cohorts (`segmind.poll_learn = "cohorts"`): a
+    /// finished job's latency enters the window only once every job
+    /// submitted with it has had its chance to finish; `false` learns from
+    /// each job as it finishes (the earlier releases', kept for comparison).
+    pub learn_cohorts: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -149,6 +154,7 @@ pub(super) struct RawSegmind {
     pub(super) poll_max: f64,
     pub(super) max_polls_per_job: u32,
     pub(super) poll_fixed_interval: Option<f64>,
+    pub(super) poll_learn: String,
     pub(super) rate_limit_per_minute: Option<u32>,
     pub(super) rate_limit_scope: RateScope,
     pub(super) max_concurrent_calls: u32,
@@ -239,6 +245,16 @@ impl RawSegmind {
                 .poll_fixed_interval
                 .map(|s| seconds("segmind.poll_fixed_interval", s))
                 .transpose()?,
+            learn_cohorts: match self.poll_learn.as_str() {
+                "cohorts" => true,
+                "finishes" => false,
+                other => {
+                    return Err(invalid(
+                        "segmind.poll_learn",
+                        format!("must be \"cohorts\" or \"finishes\", got {other:?}"),
+                    ));
+                }
+            },
         };
         if poll.max_polls == 0 {
             return Err(invalid("segmind.max_polls_per_job", "must be at least 1"));

@@ -204,6 +204,13 @@ fn invalid_values_name_the_key() {
             "0",
             "s3.max_concurrent_requests",
         ),
+        ("TTS__SEGMIND__POLL_LEARN", "eagerly", "segmind.poll_learn"),
+        ("TTS__FLEET__RETENTION_HOURS", "24", "fleet.retention_hours"),
+        (
+            "TTS__TENANTS__DAILY_CREDIT_CAP",
+            "-1",
+            "tenants.daily_credit_cap",
+        ),
         ("TTS__AMQP__LANES", "tts.requests:0", "amqp.lanes"),
         ("TTS__AMQP__LANES", "tts.requests:x", "amqp.lanes"),
         ("TTS__AMQP__LANES", "tts.bulk:1", "amqp.lanes"),

@@ -97,6 +97,8 @@ impl PollSchedule for FixedPoll {
 const WINDOW: usize = 128;
 /// Pseudo-observations drawn from the prior when the process starts.
 const PRIOR_SAMPLES: usize = 16;
+/// Most samples held for their cohort (a backlog of thousands finishing).
+const MAX_HELD: usize = 4 * WINDOW;
 /// The plan is rebuilt after this many new observations.
 const REBUILD_EVERY: u32 = 4;
 /// Polls are planned until the survival falls below this.
@@ -111,6 +113,8 @@ const GRID: usize = 1200;
 /// Learns the latency distribution and polls where completion is likely.
 #[derive(Debug)]
 pub struct AdaptivePoll {
+    /// Hold each sample until its cohort has finished (see `observe`).
+    cohorts: bool,
     target_lag: f64,
     max_interval: f64,
     min_interval: f64,
@@ -126,7 +130,38 @@ struct Model {
     last_taken: Option<f64>,
     /// Jobs of its own learned from.
     learned: u64,
+    /// Samples waiting for their cohort: (when they may enter, text
+    /// characters, latency).
+    held: Vec<(f64, f64, f64)>,
+    /// How long after its submission a sample waits for its cohort: the
+    /// window's 90th percentile of latency.
+    hold_for: f64,
     plan: Arc<Plan>,
+}
+
+impl Model {
+    /// Takes a sample into the window at `at`; whether the plan is due to
+    /// be rebuilt. The window must span the distribution, not the last
+    /// second: when many jobs were submitted together they finish in
+    /// latency order, and the last 128 would all share one latency.
+    /// Samples are taken at most one per (mean latency / window) seconds,
+    /// so the window covers about one mean latency of finishes.
+    fn take(&mut self, at: f64, chars: f64, latency: f64) -> bool {
+        let n = self.samples.len().max(1) as f64;
+        let mean = self.samples.iter().map(|s| s.1).sum::<f64>() / n;
+        let spacing = mean / WINDOW as f64;
+        if self.last_taken.is_some_and(|last| at - last < spacing) {
+            return false;
+        }
+        self.last_taken = Some(at);
+        if self.samples.len() == WINDOW {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((chars, latency));
+        self.learned += 1;
+        self.since_rebuild += 1;
+        self.since_rebuild >= REBUILD_EVERY
+    }
 }
 
 /// Poll offsets for the current model: absolute time since submit of a job
@@ -153,7 +188,9 @@ impl AdaptivePoll {
         let target_lag = settings.target_lag.as_secs_f64();
         let min_interval = (target_lag / 4.0).max(0.01);
         let plan = Arc::new(build_plan(&samples, target_lag, min_interval));
+        let hold_for = quantile(&samples, 0.9);
         AdaptivePoll {
+            cohorts: settings.learn_cohorts,
             target_lag,
             max_interval: settings.max_interval.as_secs_f64(),
             min_interval,
@@ -162,6 +199,8 @@ impl AdaptivePoll {
                 since_rebuild: 0,
                 last_taken: None,
                 learned: 0,
+                held: Vec::new(),
+                hold_for,
                 plan,
             }),
         }
@@ -205,41 +244,55 @@ impl PollSchedule for AdaptivePoll {
         Duration::from_secs_f64(wait.max(self.min_interval))
     }
 
+    /// Learns from a finished job. With cohorts, its latency waits until
+    /// its submission is older than the longest latency the plan expects
+    /// for its text: by then every job submitted with it has finished or is
+    /// slower than planned, so samples enter in submission order, not in
+    /// finishing order. Learning each job as it finishes takes a backlog's
+    /// fast early finishers first, a sample biased short (the slow ones of
+    /// the same cohort are still pending): the plan then polls too early
+    /// for the jobs still waiting, which costs polls.
     fn observe(&self, observation: &Observation) {
         let latency = observation.latency.as_secs_f64();
         if !latency.is_finite() {
             return;
         }
-        let finished_at = observation.finished_at.as_secs_f64();
+        let now = observation.finished_at.as_secs_f64();
+        let chars = observation.text_chars as f64;
         let samples = {
             let mut model = self.model();
-            // The window must span the distribution, not the last second:
-            // when many jobs were submitted together they finish in latency
-            // order, and the last 128 would all share one latency. Samples
-            // are taken at most one per (mean latency / window) seconds, so
-            // the window covers about one mean latency of finishes.
-            let n = model.samples.len().max(1) as f64;
-            let mean = model.samples.iter().map(|s| s.1).sum::<f64>() / n;
-            let spacing = mean / WINDOW as f64;
-            if model
-                .last_taken
-                .is_some_and(|last| finished_at - last < spacing)
-            {
-                return;
+            let mut due = false;
+            if self.cohorts {
+                let submitted = now - latency;
+                let release = submitted + model.hold_for.max(latency);
+                model.held.push((release, chars, latency));
+                if model.held.len() > MAX_HELD {
+                    // A backlog far larger than the window: keep the
+                    // earliest cohorts.
+                    model.held.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    model.held.truncate(MAX_HELD);
+                }
+                let mut ready: Vec<(f64, f64, f64)> = Vec::new();
+                model.held.retain(|h| {
+                    if h.0 <= now {
+                        ready.push(*h);
+                        false
+                    } else {
+                        true
+                    }
+                });
+                ready.sort_by(|a, b| a.0.total_cmp(&b.0));
+                for (at, chars, latency) in ready {
+                    due |= model.take(at, chars, latency);
+                }
+            } else {
+                due = model.take(now, chars, latency);
             }
-            model.last_taken = Some(finished_at);
-            if model.samples.len() == WINDOW {
-                model.samples.pop_front();
-            }
-            model
-                .samples
-                .push_back((observation.text_chars as f64, latency));
-            model.learned += 1;
-            model.since_rebuild += 1;
-            if model.since_rebuild < REBUILD_EVERY {
+            if !due {
                 return;
             }
             model.since_rebuild = 0;
+            model.hold_for = quantile(&model.samples, 0.9);
             model.samples.clone()
         };
         // Built without the lock: polls keep reading the previous plan.
@@ -276,6 +329,17 @@ impl PollSchedule for AdaptivePoll {
         model.plan = plan;
         true
     }
+}
+
+/// The `q` quantile of the samples' latencies (0 without samples).
+fn quantile(samples: &VecDeque<(f64, f64)>, q: f64) -> f64 {
+    let mut latencies: Vec<f64> = samples.iter().map(|s| s.1).collect();
+    if latencies.is_empty() {
+        return 0.0;
+    }
+    latencies.sort_by(f64::total_cmp);
+    let i = ((latencies.len() - 1) as f64 * q).round() as usize;
+    latencies[i.min(latencies.len() - 1)]
 }
 
 /// Fits latency on text length, then plans polls on the residuals.

@@ -17,6 +17,7 @@ fn settings(prior: f64, spread: f64, lag: f64) -> PollSettings {
         max_interval: Duration::from_secs(10),
         max_polls: 100,
         fixed_interval: None,
+        learn_cohorts: true,
     }
 }
 
@@ -119,7 +120,8 @@ fn jobs_submitted_all_at_once_are_polled_as_sparingly_as_a_steady_stream() {
     let (polls, lag, product) = figures(&simulate(&schedule, &stream, 0.0));
     println!("batch: {polls:.2} polls, {lag:.2} s lag, product {product:.2}");
     assert!(lag <= 1.5, "mean lag {lag:.2} s");
-    assert!(product <= 11.0, "polls × lag {product:.2}");
+    // 8.35 learning by cohort, 8.94 learning each job as it finishes.
+    assert!(product <= 8.6, "polls × lag {product:.2}");
 }
 
 #[test]
@@ -131,8 +133,12 @@ fn a_wrong_prior_is_unlearned_within_the_first_two_hundred_jobs() {
     let results = simulate(&schedule, &stream, 0.5);
     let (_, lag, product) = figures(&results[200..]);
     println!("after a wrong prior: lag {lag:.2}, product {product:.2}");
+    // Learning by cohort waits for a sample's cohort (its window's 90th
+    // percentile of latency) before it learns from it: 11.3 here, against
+    // 10.5 learning each job as it finishes, and 22.5 for fixed 1 s polls.
+    // What it buys is in the backlog test above and the scale bench.
     assert!(
-        lag <= 1.5 && product <= 11.0,
+        lag <= 1.5 && product <= 11.6,
         "lag {lag:.2}, product {product:.2}"
     );
 }
