@@ -2,7 +2,7 @@
 //! and Garage and an in-process Segmind simulator, measured side by side.
 //!
 //! ```text
-//! cargo bench --bench fleet -- scale [--jobs 10000] [--variants learned,all-starting,fixed1,fixed5]
+//! cargo bench --bench fleet -- scale [--jobs 10000] [--variants learned,finishes,all-starting,fixed1,fixed5]
 //!                                    [--latency 43.5] [--spread 8] [--per-char 0]
 //!                                    [--arrival 0]   (jobs per second; 0 = all at once)
 //! cargo bench --bench fleet -- rate  [--jobs 60] [--workers 3] [--limit 50] [--scope all|submits]
@@ -74,7 +74,7 @@ fn args() -> Args {
             },
         ) as usize,
         variants: get("--variants")
-            .unwrap_or_else(|| "learned,fixed1,fixed5".into())
+            .unwrap_or_else(|| "learned,finishes,fixed1,fixed5".into())
             .split(',')
             .map(str::to_owned)
             .collect(),
