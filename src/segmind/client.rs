@@ -325,7 +325,8 @@ impl SegmindClient {
             }
         };
         let (status, headers, body) = self
-            .send_api(call, Priority::Submit(&Flow::default()), request)
+            // A probe is never withheld nor reserved: it is not paid.
+            .send_api(call, Priority::Paid, request)
             .await
             .map_err(|e| e.to_string())?;
         if call == Call::Submit && status.is_success() {
@@ -442,21 +443,37 @@ impl SegmindClient {
             (_, RateScope::All) => self.budget.acquire(Priority::Paid).await.unwrap_or(()),
             (_, RateScope::Submits) => {}
         }
+        // An admitted submission's reservation against its tenant's cap is
+        // given back unless the submission may have been paid: accepted,
+        // or sent with its answer lost (a timeout, 502/504). Also when this
+        // future is dropped before the POST.
+        let mut reserved = match (call, submit_priority) {
+            (Call::Submit, Priority::Submit(flow)) => Some(Reserved {
+                budget: &self.budget,
+                flow,
+                keep: false,
+            }),
+            _ => None,
+        };
         // The semaphore is never closed; a closed one would only mean no bound.
         let _open = self.open_calls.acquire().await.ok();
         let request = request.header(API_KEY_HEADER, self.api_key.expose_secret());
         let (client, request) = request.build_split();
         let request = request.map_err(|source| transport(call, source))?;
-        let response = self.execute(&client, call, request).await?;
+        let response = match self.execute(&client, call, request).await {
+            Ok(response) => response,
+            Err(e) => {
+                if let Some(r) = reserved.as_mut() {
+                    r.keep = e.ambiguous_submission();
+                }
+                return Err(e);
+            }
+        };
         let status = response.status();
-        if let Priority::Submit(flow) = submit_priority
-            && call == Call::Submit
-            && !status.is_success()
-        {
-            // Answered and not accepted: nothing was paid. (A submission
-            // with no answer keeps its reservation: it may have been.)
-            self.budget.release(flow);
+        if let Some(r) = reserved.as_mut() {
+            r.keep = status.is_success() || matches!(status.as_u16(), 502 | 504);
         }
+        drop(reserved);
         let headers = response.headers().clone();
         if status == StatusCode::TOO_MANY_REQUESTS {
             // A server's hint is an upstream's word: a one-year reset (or
@@ -700,4 +717,20 @@ fn http_span(call: Call, request: &reqwest::Request) -> tracing::Span {
         "url.path" = url.path(),
         "http.response.status_code" = tracing::field::Empty,
     )
+}
+
+/// A submission's reservation against its tenant's cap, given back when
+/// dropped unless `keep` (see `send_api`).
+struct Reserved<'a> {
+    budget: &'a RateBudget,
+    flow: &'a Flow,
+    keep: bool,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.budget.release(self.flow);
+        }
+    }
 }

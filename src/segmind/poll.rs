@@ -325,6 +325,7 @@ impl PollSchedule for AdaptivePoll {
             return false;
         }
         model.samples = samples;
+        model.hold_for = quantile(&model.samples, 0.9);
         model.since_rebuild = 0;
         model.plan = plan;
         true

@@ -176,6 +176,13 @@ impl Ledger {
     /// Forgets days before `today` and cancellations older than `window`.
     pub fn prune(&mut self, today: NaiveDate, now: DateTime<Utc>, window: chrono::Duration) {
         self.spent.retain(|(_, day), _| *day >= today);
+        // A reservation a part never settled here (its job was handed to
+        // another replica, or failed before its result) is kept for its
+        // day only.
+        self.reserved.retain(|_, q| {
+            q.retain(|(day, _)| *day >= today);
+            !q.is_empty()
+        });
         self.cancelled
             .retain(|_, at| now.signed_duration_since(*at) <= window);
     }
@@ -384,7 +391,8 @@ impl Fleet {
         let at = properties
             .timestamp()
             .and_then(|t| DateTime::from_timestamp(i64::try_from(t).ok()?, 0))
-            .unwrap_or_else(Utc::now);
+            // A producer's clock is not trusted into the future.
+            .map_or_else(Utc::now, |at| at.min(Utc::now()));
         info!(job_id = job.as_str(), "job cancelled by its producer");
         self.ledger().cancel(job.as_str(), at);
         true

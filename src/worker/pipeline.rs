@@ -375,6 +375,8 @@ impl Pipeline {
         };
         let run = parts::JobRun::new(self, job, attempt.number, limit, entry.clone(), starting);
         let result = Box::pin(run.execute()).await;
+        // Its progress ends with it: a later delivery reports its own.
+        *entry.progress.lock().unwrap_or_else(|e| e.into_inner()) = None;
         drop(turn);
         let calls = run.calls();
         if calls > 0 {
