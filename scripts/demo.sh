@@ -107,12 +107,14 @@ for i in $(seq 1 28); do
 done
 submit chinese wav --captions vtt --text "$story" --voice-1 Kore &
 pids+=($!)
-# A job its producer withdraws: twice the chapter, cancelled once it has been
-# published (`tts-worker cancel`, a message to the tts.control exchange that
-# every replica reads from the tts.fleet stream). It ends as tts.job.cancelled
-# before its next part is paid for; the parts already paid are kept.
+# A job its producer withdraws: six times the chapter (12 parts, 4 at
+# Segmind at once), cancelled once it has been published (`tts-worker
+# cancel`, a message to the tts.control exchange that every replica reads
+# from the tts.fleet stream). It ends as tts.job.cancelled before its next
+# part is paid for; the parts already paid are kept. (A job whose parts are
+# all submitted by then completes: a cancel withholds submissions only.)
 cancel_id="demo-cancelled-$(date +%s)"
-target/debug/tts-worker submit --wait --timeout 180 --job-id "$cancel_id" --text "$chapter$chapter" --voice-1 Kore \
+target/debug/tts-worker submit --wait --timeout 180 --job-id "$cancel_id" --text "$chapter$chapter$chapter$chapter$chapter$chapter" --voice-1 Kore \
   > "$RUN/cancelled.out" 2>&1 &
 pids+=($!)
 (for _ in $(seq 1 100); do grep -q "$cancel_id" "$RUN/cancelled.out" 2>/dev/null && break; sleep 0.2; done
