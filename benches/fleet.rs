@@ -335,36 +335,7 @@ async fn run(
     let events = format!("{tag}.events");
     let connection = Connection::connect(&amqp_url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    let mut base_env: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(k, _)| {
-            (!k.starts_with("TTS__") || k.starts_with("TTS__S3__") || k == "TTS__AMQP__URL")
-                && !k.starts_with("OTEL_")
-                && k != "SEGMIND_API_KEY"
-        })
-        .collect();
-    base_env.extend([
-        ("SEGMIND_API_KEY".into(), API_KEY.into()),
-        ("RUST_LOG".into(), "warn".into()),
-        ("TTS__SEGMIND__BASE_URL".into(), sim.base_url()),
-        (
-            "TTS__SEGMIND__MEDIA_ALLOW_PRIVATE".into(),
-            sim.media_addr.to_string(),
-        ),
-        ("TTS__AMQP__REQUESTS_QUEUE".into(), requests.clone()),
-        ("TTS__AMQP__EVENTS_EXCHANGE".into(), events.clone()),
-        ("TTS__AMQP__EVENTS_QUEUE".into(), events.clone()),
-        ("TTS__AMQP__DEAD_LETTER_QUEUE".into(), format!("{tag}.dead")),
-        ("TTS__HTTP__ADDR".into(), "127.0.0.1:0".into()),
-        ("TTS__S3__PREFIX".into(), format!("{tag}/")),
-        // Each run its own fleet memory: a variant never starts from what
-        // another learned.
-        ("TTS__FLEET__STREAM".into(), format!("{tag}.fleet")),
-        (
-            "TTS__FLEET__CONTROL_EXCHANGE".into(),
-            format!("{tag}.control"),
-        ),
-    ]);
+    let mut base_env = worker_env(env, &sim, &tag);
     base_env.extend(vars.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
 
     // Queue the jobs before any worker starts (the worker declares the same
@@ -574,22 +545,8 @@ async fn lanes_run(args: &Args, with_lanes: bool) -> anyhow::Result<Vec<f64>> {
         requests.clone()
     };
     let events = format!("{tag}.events");
-    let mut worker_env: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(k, _)| {
-            (!k.starts_with("TTS__") || k.starts_with("TTS__S3__") || k == "TTS__AMQP__URL")
-                && !k.starts_with("OTEL_")
-                && k != "SEGMIND_API_KEY"
-        })
-        .collect();
+    let mut worker_env = worker_env(env, &sim, &tag);
     worker_env.extend([
-        ("SEGMIND_API_KEY".into(), API_KEY.into()),
-        ("RUST_LOG".into(), "warn".into()),
-        ("TTS__SEGMIND__BASE_URL".into(), sim.base_url()),
-        (
-            "TTS__SEGMIND__MEDIA_ALLOW_PRIVATE".into(),
-            sim.media_addr.to_string(),
-        ),
         (
             "TTS__SEGMIND__RATE_LIMIT_PER_MINUTE".into(),
             args.limit.to_string(),
@@ -604,17 +561,6 @@ async fn lanes_run(args: &Args, with_lanes: bool) -> anyhow::Result<Vec<f64>> {
             args.spread.max(0.1).to_string(),
         ),
         ("TTS__LONG_TEXT__PART_CHARS".into(), "200".into()),
-        ("TTS__AMQP__REQUESTS_QUEUE".into(), requests.clone()),
-        ("TTS__AMQP__EVENTS_EXCHANGE".into(), events.clone()),
-        ("TTS__AMQP__EVENTS_QUEUE".into(), events.clone()),
-        ("TTS__AMQP__DEAD_LETTER_QUEUE".into(), format!("{tag}.dead")),
-        ("TTS__HTTP__ADDR".into(), "127.0.0.1:0".into()),
-        ("TTS__S3__PREFIX".into(), format!("{tag}/")),
-        ("TTS__FLEET__STREAM".into(), format!("{tag}.fleet")),
-        (
-            "TTS__FLEET__CONTROL_EXCHANGE".into(),
-            format!("{tag}.control"),
-        ),
     ]);
     if with_lanes {
         worker_env.push(("TTS__AMQP__LANES".into(), format!("{requests}:10,{bulk}:1")));
@@ -732,4 +678,42 @@ async fn lanes_run(args: &Args, with_lanes: bool) -> anyhow::Result<Vec<f64>> {
             .await;
     }
     Ok(latencies)
+}
+
+/// The worker's environment for a run named by `tag`: the stack's storage
+/// and broker, the simulator, and queues, prefix and fleet stream of its own
+/// (a variant never starts from what another learned).
+fn worker_env(env: Vec<(String, String)>, sim: &SimHandle, tag: &str) -> Vec<(String, String)> {
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| {
+            (!k.starts_with("TTS__") || k.starts_with("TTS__S3__") || k == "TTS__AMQP__URL")
+                && !k.starts_with("OTEL_")
+                && k != "SEGMIND_API_KEY"
+        })
+        .collect();
+    vars.extend([
+        ("SEGMIND_API_KEY".into(), API_KEY.into()),
+        ("RUST_LOG".into(), "warn".into()),
+        ("TTS__SEGMIND__BASE_URL".into(), sim.base_url()),
+        (
+            "TTS__SEGMIND__MEDIA_ALLOW_PRIVATE".into(),
+            sim.media_addr.to_string(),
+        ),
+        (
+            "TTS__AMQP__REQUESTS_QUEUE".into(),
+            format!("{tag}.requests"),
+        ),
+        ("TTS__AMQP__EVENTS_EXCHANGE".into(), format!("{tag}.events")),
+        ("TTS__AMQP__EVENTS_QUEUE".into(), format!("{tag}.events")),
+        ("TTS__AMQP__DEAD_LETTER_QUEUE".into(), format!("{tag}.dead")),
+        ("TTS__HTTP__ADDR".into(), "127.0.0.1:0".into()),
+        ("TTS__S3__PREFIX".into(), format!("{tag}/")),
+        ("TTS__FLEET__STREAM".into(), format!("{tag}.fleet")),
+        (
+            "TTS__FLEET__CONTROL_EXCHANGE".into(),
+            format!("{tag}.control"),
+        ),
+    ]);
+    vars
 }
