@@ -471,21 +471,7 @@ async fn run(
         f.mean_lag_s = lags.iter().sum::<f64>() / lags.len() as f64;
         f.p95_lag_s = lags[((lags.len() as f64 * 0.95) as usize).min(lags.len() - 1)];
     }
-    for q in [
-        &requests,
-        &events,
-        &format!("{tag}.dead"),
-        &format!("{tag}.fleet"),
-    ] {
-        let _ = channel
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for x in [&events, &format!("{tag}.control")] {
-        let _ = channel
-            .exchange_delete(x.as_str().into(), Default::default())
-            .await;
-    }
+    delete_run(&channel, &tag, &[]).await;
     Ok(f)
 }
 
@@ -661,22 +647,7 @@ async fn lanes_run(args: &Args, with_lanes: bool) -> anyhow::Result<Vec<f64>> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(worker);
-    for q in [
-        &requests,
-        &bulk,
-        &events,
-        &format!("{tag}.dead"),
-        &format!("{tag}.fleet"),
-    ] {
-        let _ = channel
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for x in [&events, &format!("{tag}.control")] {
-        let _ = channel
-            .exchange_delete(x.as_str().into(), Default::default())
-            .await;
-    }
+    delete_run(&channel, &tag, &[&bulk]).await;
     Ok(latencies)
 }
 
@@ -716,4 +687,20 @@ fn worker_env(env: Vec<(String, String)>, sim: &SimHandle, tag: &str) -> Vec<(St
         ),
     ]);
     vars
+}
+
+/// Deletes what a run named by `tag` declared (its queues, fleet stream and
+/// exchanges), and `extra` queues of its own.
+async fn delete_run(channel: &Channel, tag: &str, extra: &[&str]) {
+    let own = [".requests", ".events", ".dead", ".fleet"].map(|s| format!("{tag}{s}"));
+    for q in own.iter().map(String::as_str).chain(extra.iter().copied()) {
+        let _ = channel
+            .queue_delete(q.into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for x in [".events", ".control"] {
+        let _ = channel
+            .exchange_delete(format!("{tag}{x}").as_str().into(), Default::default())
+            .await;
+    }
 }
