@@ -262,7 +262,7 @@ impl Runner {
                 self.pipeline.fleet.clone(),
                 session.connection.clone(),
                 session.publisher.clone(),
-                self.pipeline.segmind.schedule().clone(),
+                self.pipeline.learning(),
             ));
             // Nothing is taken before the day's spending and the
             // cancellations are read (bounded: a slow stream only delays).

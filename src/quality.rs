@@ -31,6 +31,12 @@
 //! most. Keys are a voice (or a pair) and a script, both from closed sets:
 //! the map is bounded whatever producers send; styles create no keys.
 //!
+//! A replica shares what it learned ([`SpeakingRate::snapshot`]: the
+//! observations of every key it has made [`SHARE_AFTER`] of its own) and a
+//! new one starts from another's ([`SpeakingRate::seed`]), so its first
+//! parts are judged like a warm replica's (the fleet stream,
+//! `worker::fleet`).
+//!
 //! Pure and clock-free.
 
 use std::collections::{HashMap, VecDeque};
@@ -71,8 +77,22 @@ const WINDOW: usize = 63;
 /// ones arrive).
 const PRIOR_WEIGHT: usize = 5;
 
+/// Observations of its own a key needs before it is shared, and under
+/// which a shared one replaces the prior: more than [`PRIOR_WEIGHT`], so
+/// its median is a real take.
+pub const SHARE_AFTER: u32 = 8;
+
 /// Who speaks: a voice, or the two voices of a dialogue.
 pub type Voices = (&'static str, Option<&'static str>);
+
+/// What was learned of one voice (or pair) in one script: its recent
+/// observations, characters a second, oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LearnedRate {
+    pub voices: Voices,
+    pub script: Script,
+    pub observations: Vec<f64>,
+}
 
 /// What the gate says of a part's audio.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -95,7 +115,41 @@ pub enum Verdict {
 /// Shared by every job of a process.
 #[derive(Debug, Default)]
 pub struct SpeakingRate {
-    rates: Mutex<HashMap<(Voices, Script), VecDeque<f64>>>,
+    rates: Mutex<HashMap<(Voices, Script), Window>>,
+}
+
+/// One key's observations.
+#[derive(Debug)]
+struct Window {
+    /// The latest [`WINDOW`] observations, oldest first.
+    rates: VecDeque<f64>,
+    /// How many of the oldest are the prior's placeholders.
+    placeholders: usize,
+    /// Observations this process made itself (not seeded).
+    own: u32,
+}
+
+impl Window {
+    fn prior(script: Script) -> Self {
+        Window {
+            rates: std::iter::repeat_n(script.prior_chars_per_second(), PRIOR_WEIGHT).collect(),
+            placeholders: PRIOR_WEIGHT,
+            own: 0,
+        }
+    }
+
+    fn push(&mut self, rate: f64) {
+        self.rates.push_back(rate);
+        if self.rates.len() > WINDOW {
+            self.rates.pop_front();
+            self.placeholders = self.placeholders.saturating_sub(1);
+        }
+    }
+
+    /// The real observations, oldest first.
+    fn observed(&self) -> impl Iterator<Item = f64> + '_ {
+        self.rates.iter().skip(self.placeholders).copied()
+    }
 }
 
 impl SpeakingRate {
@@ -109,7 +163,7 @@ impl SpeakingRate {
         rates
             .get(&(voices, script))
             .map_or(script.prior_chars_per_second(), |w| {
-                clamp(script, median(w))
+                clamp(script, median(&w.rates))
             })
     }
 
@@ -154,13 +208,73 @@ impl SpeakingRate {
             / spoken.prior_seconds();
         let rate = f64::from(spoken.chars(script)) / (seconds * share);
         let mut rates = self.rates.lock().unwrap_or_else(|e| e.into_inner());
-        let window = rates.entry((voices, script)).or_insert_with(|| {
-            std::iter::repeat_n(script.prior_chars_per_second(), PRIOR_WEIGHT).collect()
-        });
-        window.push_back(rate);
-        if window.len() > WINDOW {
-            window.pop_front();
+        let window = rates
+            .entry((voices, script))
+            .or_insert_with(|| Window::prior(script));
+        window.push(rate);
+        window.own = window.own.saturating_add(1);
+    }
+
+    /// What this process learned itself: every key it has made at least
+    /// [`SHARE_AFTER`] observations of, with its observations (a seeded
+    /// key's include what it was seeded with).
+    pub fn snapshot(&self) -> Vec<LearnedRate> {
+        let rates = self.rates.lock().unwrap_or_else(|e| e.into_inner());
+        let mut learned: Vec<LearnedRate> = rates
+            .iter()
+            .filter(|(_, w)| w.own >= SHARE_AFTER)
+            .map(|(&(voices, script), w)| LearnedRate {
+                voices,
+                script,
+                observations: w.observed().collect(),
+            })
+            .collect();
+        learned.sort_by(|a, b| (a.voices, a.script).cmp(&(b.voices, b.script)));
+        learned
+    }
+
+    /// Starts each key this process has observed fewer than
+    /// [`SHARE_AFTER`] times from `learned` (another replica's snapshot),
+    /// its own observations kept on top. Observations that are not a
+    /// rate are dropped; a key with fewer than [`SHARE_AFTER`] left is not
+    /// seeded. Returns the keys seeded.
+    pub fn seed(&self, learned: &[LearnedRate]) -> usize {
+        let mut rates = self.rates.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seeded = 0;
+        for l in learned {
+            let usable: Vec<f64> = l
+                .observations
+                .iter()
+                .copied()
+                .filter(|r| r.is_finite() && *r > 0.0)
+                .collect();
+            if usable.len() < SHARE_AFTER as usize {
+                continue;
+            }
+            let window = rates
+                .entry((l.voices, l.script))
+                .or_insert_with(|| Window::prior(l.script));
+            if window.own >= SHARE_AFTER {
+                continue;
+            }
+            let own: Vec<f64> = window
+                .rates
+                .iter()
+                .rev()
+                .take(window.own as usize)
+                .rev()
+                .copied()
+                .collect();
+            let keep = WINDOW - own.len();
+            window.rates = usable[usable.len().saturating_sub(keep)..]
+                .iter()
+                .chain(&own)
+                .copied()
+                .collect();
+            window.placeholders = 0;
+            seeded += 1;
         }
+        seeded
     }
 }
 
@@ -257,6 +371,77 @@ mod tests {
         // Other voices, and this voice's other scripts, keep their priors.
         assert_eq!(rate.chars_per_second(KORE, Script::Latin), 15.0);
         assert_eq!(rate.chars_per_second(PUCK, Script::Han), 4.5);
+    }
+
+    #[test]
+    fn a_seeded_replica_judges_a_fast_voice_like_the_warm_one() {
+        // A voice at 27 c/s: 1,000 characters take 37 s, 0.56 of what the
+        // prior expects (67 s). A cold replica calls every such take cut.
+        let part = text(Script::Latin, 1_000);
+        let cold = SpeakingRate::new();
+        assert!(matches!(
+            cold.judge(PUCK, &part, 37.0, false),
+            Verdict::Truncated { .. }
+        ));
+        let warm = SpeakingRate::new();
+        for _ in 0..12 {
+            warm.judge(PUCK, &part, 37.0, true);
+        }
+        assert_eq!(warm.judge(PUCK, &part, 37.0, false), Verdict::Plausible);
+        // It shares its 12 observations, not the prior's placeholders.
+        let shared = warm.snapshot();
+        assert_eq!(shared.len(), 1);
+        assert_eq!(shared[0].voices, PUCK);
+        assert_eq!(shared[0].script, Script::Latin);
+        assert_eq!(shared[0].observations.len(), 12);
+
+        // A new replica seeded with it judges like the warm one: the take
+        // passes, a cut one is still caught.
+        let new = SpeakingRate::new();
+        assert_eq!(new.seed(&shared), 1);
+        assert_eq!(new.judge(PUCK, &part, 37.0, false), Verdict::Plausible);
+        assert!(matches!(
+            new.judge(PUCK, &part, 37.0 * 0.46, false),
+            Verdict::Truncated { .. }
+        ));
+        // What it was seeded with is not its own to share.
+        assert!(new.snapshot().is_empty());
+
+        // A replica that learned the voice itself keeps what it learned.
+        let own = SpeakingRate::new();
+        for _ in 0..SHARE_AFTER {
+            own.judge(PUCK, &part, 66.0, true);
+        }
+        assert_eq!(own.seed(&shared), 0);
+        assert!((own.chars_per_second(PUCK, Script::Latin) - 15.2).abs() < 0.1);
+        // One that learned a little keeps its takes on top of the seed.
+        let little = SpeakingRate::new();
+        little.judge(PUCK, &part, 30.0, true);
+        assert_eq!(little.seed(&shared), 1);
+        let window = &little.rates.lock().unwrap()[&(PUCK, Script::Latin)];
+        assert_eq!(window.rates.len(), 13);
+        assert!((window.rates[12] - 1_000.0 / 30.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_snapshot_that_is_not_a_rate_seeds_nothing() {
+        let junk = |observations: Vec<f64>| LearnedRate {
+            voices: KORE,
+            script: Script::Latin,
+            observations,
+        };
+        let rate = SpeakingRate::new();
+        let few = junk(vec![30.0; SHARE_AFTER as usize - 1]);
+        let mut bad = vec![f64::NAN, f64::INFINITY, -3.0, 0.0];
+        bad.extend([30.0; 5]);
+        assert_eq!(rate.seed(&[few, junk(bad)]), 0);
+        assert_eq!(rate.chars_per_second(KORE, Script::Latin), 15.0);
+        // However far off, a seeded rate stays within the band.
+        assert_eq!(rate.seed(&[junk(vec![1e9; 40])]), 1);
+        assert_eq!(
+            rate.chars_per_second(KORE, Script::Latin),
+            15.0 * PLAUSIBLE_BAND
+        );
     }
 
     #[test]

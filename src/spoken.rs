@@ -92,6 +92,28 @@ impl Script {
         }
     }
 
+    /// Its name on the wire (the fleet stream's records).
+    pub fn name(self) -> &'static str {
+        match self {
+            Script::Latin => "latin",
+            Script::Cyrillic => "cyrillic",
+            Script::Greek => "greek",
+            Script::Arabic => "arabic",
+            Script::Hebrew => "hebrew",
+            Script::Devanagari => "devanagari",
+            Script::Thai => "thai",
+            Script::Han => "han",
+            Script::Kana => "kana",
+            Script::Hangul => "hangul",
+            Script::Other => "other",
+        }
+    }
+
+    /// The script [`Script::name`] names.
+    pub fn from_name(name: &str) -> Option<Script> {
+        Script::ALL.into_iter().find(|s| s.name() == name)
+    }
+
     /// Written without spaces between words (Chinese, Japanese, Thai).
     pub fn unspaced(self) -> bool {
         matches!(self, Script::Han | Script::Kana | Script::Thai)

@@ -11,11 +11,12 @@
 //!   cancelled job's next submission is withheld, whichever replica holds
 //!   it. With tenants, the cancel's broker-validated `user_id` names the
 //!   tenant: a producer cancels only its own jobs.
-//! - **Priors**: what a replica's polling learned ([`PollSchedule::snapshot`]),
-//!   every `fleet.publish_interval`. A replica that has learned little of
-//!   its own starts from the newest snapshot it reads (it replays
-//!   `fleet.replay` back at start), so its first jobs are polled like a warm
-//!   replica's.
+//! - **Priors**: what a replica's polling learned ([`PollSchedule::snapshot`])
+//!   and the speaking rates its quality gate learned
+//!   ([`SpeakingRate::snapshot`]), every `fleet.publish_interval`. A replica
+//!   that has learned little of its own starts from the newest snapshot it
+//!   reads (it replays `fleet.replay` back at start), so its first jobs are
+//!   polled and judged like a warm replica's.
 //!
 //! Records a worker appends carry its own RabbitMQ user as the validated
 //! `user_id`; records with another `user_id` (a producer writing to the
@@ -46,10 +47,12 @@ use tracing::{debug, info, warn};
 
 use crate::broker::Publisher;
 use crate::config::{Settings, TenantIdentity};
-use crate::job::{Flow, JobId, Tenant};
+use crate::job::{Flow, JobId, Tenant, Voice};
 use crate::metrics::Metrics;
+use crate::quality::{LearnedRate, SpeakingRate};
 use crate::segmind::budget::{Gate, Withheld};
 use crate::segmind::poll::PollSchedule;
+use crate::spoken::Script;
 
 /// Jobs of its own a replica's polling must have learned from before it
 /// publishes what it learned, and below which it starts from another's.
@@ -74,14 +77,57 @@ enum Record {
         job_id: String,
         source: String,
     },
-    /// What a replica's polling learned: (text characters, latency seconds).
+    /// What a replica learned: its polling's (text characters, latency
+    /// seconds) and its voices' speaking rates.
     Priors {
         source: String,
+        #[serde(default)]
         polls: Vec<(f64, f64)>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        rates: Vec<SharedRate>,
     },
     /// Appended by a replica when it starts tailing: reading it back means
     /// it has read everything before (caught up).
     Hello { source: String, nonce: String },
+}
+
+/// A voice's (or pair's) speaking rate in a script, as a record carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct SharedRate {
+    voice: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    voice_2: Option<String>,
+    script: String,
+    /// Characters a second of its recent takes, oldest first.
+    observations: Vec<f64>,
+}
+
+impl From<&LearnedRate> for SharedRate {
+    fn from(l: &LearnedRate) -> Self {
+        SharedRate {
+            voice: l.voices.0.to_owned(),
+            voice_2: l.voices.1.map(str::to_owned),
+            script: l.script.name().to_owned(),
+            observations: l.observations.clone(),
+        }
+    }
+}
+
+impl SharedRate {
+    /// The domain's view; `None` for a voice or script this release does
+    /// not know (a newer replica's).
+    fn learned(self) -> Option<LearnedRate> {
+        let voice = |name: &str| Voice::parse(name).ok().map(Voice::name);
+        let voice_2 = match &self.voice_2 {
+            Some(name) => Some(voice(name)?),
+            None => None,
+        };
+        Some(LearnedRate {
+            voices: (voice(&self.voice)?, voice_2),
+            script: Script::from_name(&self.script)?,
+            observations: self.observations,
+        })
+    }
 }
 
 /// A producer's cancellation, as published to the control exchange.
@@ -298,6 +344,7 @@ impl Fleet {
         exchange: &str,
         body: &[u8],
         schedule: &dyn PollSchedule,
+        rates: &SpeakingRate,
     ) {
         if exchange == self.control_exchange {
             let kind = if self.read_cancel(properties, body) {
@@ -340,12 +387,26 @@ impl Fleet {
                     ledger.part_cost = cost;
                 }
             }
-            Ok(Record::Priors { source, polls }) if source != self.source => {
+            Ok(Record::Priors {
+                source,
+                polls,
+                rates: shared,
+            }) if source != self.source => {
                 if schedule.seed(&polls, MIN_LEARNED) {
                     info!(
                         from = %source,
                         samples = polls.len(),
                         "polling starts from what another replica learned"
+                    );
+                }
+                let learned: Vec<LearnedRate> =
+                    shared.into_iter().filter_map(SharedRate::learned).collect();
+                let seeded = rates.seed(&learned);
+                if seeded > 0 {
+                    info!(
+                        from = %source,
+                        voices = seeded,
+                        "speaking rates start from what another replica learned"
                     );
                 }
             }
@@ -475,16 +536,25 @@ impl Gate for Fleet {
 /// Tails the stream and appends this replica's records for one broker
 /// session; returns when the session's connection fails. Does nothing
 /// without a stream.
+/// What a replica learns and shares through the stream.
+#[derive(Clone)]
+pub struct Learning {
+    /// Its polling ([`PollSchedule`]).
+    pub polls: Arc<dyn PollSchedule>,
+    /// Its voices' speaking rates (the quality gate).
+    pub rates: Arc<SpeakingRate>,
+}
+
 pub async fn run(
     fleet: Arc<Fleet>,
     connection: Arc<Connection>,
     publisher: Publisher,
-    schedule: Arc<dyn PollSchedule>,
+    learning: Learning,
 ) {
     let Some(stream) = fleet.stream.clone() else {
         return;
     };
-    if let Err(e) = tail(&fleet, &connection, &publisher, &schedule, &stream).await {
+    if let Err(e) = tail(&fleet, &connection, &publisher, &learning, &stream).await {
         warn!(error = %e, "the fleet stream is unreachable until the next broker session");
     }
 }
@@ -493,7 +563,7 @@ async fn tail(
     fleet: &Fleet,
     connection: &Connection,
     publisher: &Publisher,
-    schedule: &Arc<dyn PollSchedule>,
+    learning: &Learning,
     stream: &str,
 ) -> Result<(), lapin::Error> {
     let channel = connection.create_channel().await?;
@@ -531,7 +601,8 @@ async fn tail(
                     &delivery.properties,
                     delivery.exchange.as_str(),
                     &delivery.data,
-                    schedule.as_ref(),
+                    learning.polls.as_ref(),
+                    &learning.rates,
                 );
                 delivery.acker.ack(BasicAckOptions::default()).await?;
             }
@@ -548,8 +619,11 @@ async fn tail(
             _ = ticker.tick() => {
                 let now = Utc::now();
                 fleet.ledger().prune(now.date_naive(), now, fleet.cancel_window);
-                if let Some(polls) = schedule.snapshot(MIN_LEARNED) {
-                    fleet.append(&Record::Priors { source: fleet.source.clone(), polls });
+                let polls = learning.polls.snapshot(MIN_LEARNED).unwrap_or_default();
+                let rates: Vec<SharedRate> =
+                    learning.rates.snapshot().iter().map(SharedRate::from).collect();
+                if !polls.is_empty() || !rates.is_empty() {
+                    fleet.append(&Record::Priors { source: fleet.source.clone(), polls, rates });
                 }
             }
         }
@@ -637,5 +711,38 @@ mod tests {
         assert_eq!(v["kind"], "spend");
         assert_eq!(v["day"], "2026-12-07");
         assert_eq!(serde_json::from_value::<Record>(v).unwrap(), r);
+    }
+
+    #[test]
+    fn shared_rates_name_voices_and_scripts_this_release_knows() {
+        let learned = LearnedRate {
+            voices: ("Kore", Some("Puck")),
+            script: Script::Han,
+            observations: vec![5.1, 4.9],
+        };
+        let shared = SharedRate::from(&learned);
+        let v = serde_json::to_value(Record::Priors {
+            source: "pod-1".into(),
+            polls: vec![],
+            rates: vec![shared.clone()],
+        })
+        .unwrap();
+        assert_eq!(v["rates"][0]["voice_2"], "Puck");
+        assert_eq!(v["rates"][0]["script"], "han");
+        assert_eq!(shared.clone().learned(), Some(learned));
+        // A record of an earlier release (no rates) still reads.
+        let old = serde_json::json!({"kind": "priors", "source": "p", "polls": [[10.0, 1.0]]});
+        assert!(matches!(
+            serde_json::from_value::<Record>(old),
+            Ok(Record::Priors { rates, .. }) if rates.is_empty()
+        ));
+        // Unknown voices or scripts are dropped, not guessed.
+        let unknown = |voice: &str, script: &str| SharedRate {
+            voice: voice.into(),
+            script: script.into(),
+            ..shared.clone()
+        };
+        assert_eq!(unknown("Zephyrus", "han").learned(), None);
+        assert_eq!(unknown("Kore", "klingon").learned(), None);
     }
 }

@@ -194,7 +194,7 @@ pub struct Pipeline {
     long_text: LongTextSettings,
     /// Each voice's speaking rate, learned from delivered parts: the
     /// quality gate of every part of every job.
-    speaking_rate: SpeakingRate,
+    speaking_rate: Arc<SpeakingRate>,
     /// The jobs this process is working on (one delivery at a time each,
     /// and each job's submission turn).
     jobs_here: JobTable,
@@ -240,7 +240,7 @@ impl Pipeline {
             renders: Semaphore::new(settings.jobs.max_renders),
             starting: Semaphore::new(settings.jobs.max_starting),
             long_text: settings.long_text,
-            speaking_rate: SpeakingRate::new(),
+            speaking_rate: Arc::new(SpeakingRate::new()),
             jobs_here: JobTable::default(),
             handover: watch::Sender::new(false),
         }
@@ -250,6 +250,15 @@ impl Pipeline {
     pub fn with_fleet(mut self, fleet: Arc<super::fleet::Fleet>) -> Self {
         self.fleet = fleet;
         self
+    }
+
+    /// What this process learns and shares with the fleet: its polling
+    /// and its voices' speaking rates.
+    pub fn learning(&self) -> super::fleet::Learning {
+        super::fleet::Learning {
+            polls: self.segmind.schedule().clone(),
+            rates: self.speaking_rate.clone(),
+        }
     }
 
     /// Asks every job that is waiting on Segmind, or has yet to submit, to

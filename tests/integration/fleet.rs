@@ -279,3 +279,92 @@ async fn a_new_replica_polls_like_a_warm_one_from_the_start() {
     assert!(cold > warm, "cold {cold:?}, warm {warm:?}");
     app.stop().await;
 }
+
+/// Four sentences of prose tagged `tag`: ≈ 25 s of speech at a usual pace.
+fn prose(tag: &str) -> String {
+    (1..=4)
+        .map(|i| {
+            format!(
+                "{tag} sentence {i} tells of a calm river that winds between green hills, \
+                 where the people of the valley walk in the evening light."
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test]
+async fn a_new_replica_judges_a_fast_voice_like_a_warm_one() {
+    // Voices speak 1.7 times their usual pace: Kore's takes are ≈ 0.55 of
+    // what the prior expects, under the 0.65 below which a take is cut.
+    let mut app = spawn_app_with(
+        |sim| {
+            sim.speech = segmind_sim::model::SpeechModel::Realistic {
+                cap: segmind_sim::model::OUTPUT_CAP,
+            };
+            sim.pace = 1.7;
+        },
+        |s| s.fleet.publish_interval = Duration::from_millis(300),
+    )
+    .await;
+    // The first replica learns the pace from its takes (the first ones are
+    // judged cut and synthesized again), then shares it and stops.
+    for i in 0..8 {
+        let tag = format!("Learning-{i}");
+        app.publish_json(json!({"text": prose(&tag), "job_id": tag}))
+            .await;
+        app.next_event().await;
+    }
+    app.publish_json(json!({"text": prose("Warm-first"), "job_id": "warm-first"}))
+        .await;
+    assert_eq!(outcome(&app.next_event().await).1, "completed");
+    assert_eq!(paid_for(&app, "Warm-first"), 1, "the warm replica's take");
+    wait_for(
+        "the learned rates on the stream",
+        Duration::from_secs(10),
+        || async {
+            app.metric("tts_fleet_records_total{kind=\"priors\"}")
+                .await
+                .unwrap_or(0.0)
+                >= 1.0
+        },
+    )
+    .await;
+    app.stop_worker().await;
+
+    // A new replica: its first take of the voice.
+    app.restart_worker(|_| {}).await;
+    wait_for(
+        "the new replica to read the rates",
+        Duration::from_secs(10),
+        || async {
+            app.metric("tts_fleet_records_total{kind=\"priors\"}")
+                .await
+                .unwrap_or(0.0)
+                >= 1.0
+        },
+    )
+    .await;
+    app.publish_json(json!({"text": prose("New-first"), "job_id": "new-first"}))
+        .await;
+    let new = outcome(&app.next_event().await).1;
+    let new_takes = paid_for(&app, "New-first");
+
+    // The same without the fleet's memory.
+    app.restart_worker(|s| s.fleet.stream = None).await;
+    app.publish_json(json!({"text": prose("Cold-first"), "job_id": "cold-first"}))
+        .await;
+    let cold = outcome(&app.next_event().await).1;
+    let cold_takes = paid_for(&app, "Cold-first");
+    println!(
+        "a fast voice's first job on a new replica: {new_takes} take(s), {new} with the fleet's \
+         rates; {cold_takes} take(s), {cold} cold"
+    );
+    assert_eq!(new, "completed");
+    assert_eq!(new_takes, 1, "the new replica judged a normal take cut");
+    assert!(
+        cold_takes > 1,
+        "a cold replica is expected to call the fast take cut ({cold_takes} take)"
+    );
+    app.stop().await;
+}
