@@ -47,7 +47,8 @@ pub struct Metrics {
     /// (the courtesy copy to `reply_to`), `dead_letter` or `progress`.
     pub published: IntCounterVec,
     /// Records read from the fleet stream, by kind: `spend`, `priors`,
-    /// `cancel`, or `ignored` (another's user wrote it, or unreadable).
+    /// `usage`, `hello`, `cancel`, or `ignored` (another's user wrote it,
+    /// or unreadable).
     pub fleet_records: IntCounterVec,
     /// 1 while consumption is paused for an account-level reason (error code).
     pub paused: IntGaugeVec,

@@ -14,6 +14,15 @@
 //!   fleet's size. While calls succeed the share grows back by `limit / 40`
 //!   per minute, so replicas with work take over what idle ones leave, and
 //!   the fleet probes the limit again, as TCP flows share a link.
+//! - **Coordinated shares**: with the fleet stream (`worker::fleet`),
+//!   replicas say every few seconds what they use and whether calls wait on
+//!   their budget ([`RateBudget::usage`]); each then takes the fleet's
+//!   target (96 % of the limit) less what the replicas that want no more
+//!   use, split evenly among those that want more and itself
+//!   ([`RateBudget::set_peers`], [`split`]). A replica that stops hearing
+//!   from the stream falls back to its own AIMD share. A 429 then cuts the
+//!   fleet's target by a tenth (once per window; other traffic on the
+//!   account), and the target grows back as the share does.
 //! - **Reset**: a 429's `x-rate-limit-reset-at-utc` (or `Retry-After`) pauses
 //!   every new call of the replica until then, plus a random jitter, so the
 //!   fleet does not wake in one burst.
@@ -114,6 +123,30 @@ struct State {
     /// When the current rate-limit window began, as far as this replica
     /// knows: its start, or the end of its last pause.
     window_start: Instant,
+    /// What the fleet's replicas may use together, calls per second, while
+    /// they coordinate.
+    target: f64,
+    /// What the other replicas last said, and when it was set.
+    peers: Option<(Peers, Instant)>,
+}
+
+/// What the other replicas of the fleet are doing with the account, as
+/// they last said through the fleet stream.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Peers {
+    /// Replicas whose calls wait on their budget: they would use more.
+    pub wanting: usize,
+    /// Calls a second the others use (they want no more).
+    pub idle_use: f64,
+}
+
+/// What this replica says of its budget ([`RateBudget::usage`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Usage {
+    /// Calls a second over the last [`RECENT_SPAN`].
+    pub per_second: f64,
+    /// Whether calls wait on the budget (it would use more).
+    pub wanting: bool,
 }
 
 impl State {
@@ -126,6 +159,13 @@ impl State {
         if let Some(waker) = self.line.head().and_then(|t| self.wakers.get(&t)) {
             waker.notify_one();
         }
+    }
+
+    /// Whether the fleet's word is recent enough to split the target by.
+    fn coordinated(&self, now: Instant) -> Option<Peers> {
+        self.peers
+            .filter(|(_, at)| now.saturating_duration_since(*at) <= PEERS_FRESH)
+            .map(|(p, _)| p)
     }
 
     fn record(&mut self, at: Instant) {
@@ -146,6 +186,16 @@ const GROWTH_PER_MINUTE: f64 = 1.0 / 40.0;
 const DECREASE: f64 = 0.8;
 /// The span over which a replica counts its own calls.
 const USAGE_SPAN: Duration = Duration::from_secs(60);
+/// The span [`Usage::per_second`] is measured over: short, so a replica
+/// that went quiet stops counting against the others within seconds.
+pub const RECENT_SPAN: Duration = Duration::from_secs(10);
+/// What coordinated replicas use together, as a fraction of the limit: a
+/// margin for the stream's lag and a replica's first calls.
+const COORDINATED_TARGET: f64 = 0.96;
+/// What a 429 leaves of the coordinated target.
+const COORDINATED_DECREASE: f64 = 0.9;
+/// How long what the other replicas said holds without news.
+pub const PEERS_FRESH: Duration = Duration::from_secs(15);
 /// The longest pause a rate-limit answer can cause when its wait does not
 /// fit the clock (the client clamps hints to `segmind.retry_max` first).
 const MAX_PAUSE: Duration = Duration::from_secs(3600);
@@ -175,6 +225,8 @@ impl RateBudget {
                 wakers: HashMap::new(),
                 recent: VecDeque::new(),
                 window_start: now,
+                target: limit.unwrap_or(0.0) * COORDINATED_TARGET,
+                peers: None,
             }),
             metrics,
         }
@@ -261,8 +313,45 @@ impl RateBudget {
         if now < s.paused_until {
             return;
         }
-        s.share = (s.share + limit * GROWTH_PER_MINUTE * dt / 60.0).min(limit);
+        let growth = limit * GROWTH_PER_MINUTE * dt / 60.0;
+        if let Some(peers) = s.coordinated(now) {
+            s.target = (s.target + growth).min(limit * COORDINATED_TARGET);
+            s.share = split(limit, s.target, peers);
+        } else {
+            s.share = (s.share + growth).min(limit);
+        }
         self.metrics.rate_share.set(s.share * 60.0);
+    }
+
+    /// What the other replicas say they do (the fleet stream): while it is
+    /// fresh, this replica's share is its [`split`] of the fleet's target.
+    pub fn set_peers(&self, peers: Peers) {
+        let Some(limit) = self.limit else { return };
+        let mut s = self.state();
+        let now = Instant::now();
+        s.peers = Some((peers, now));
+        s.share = split(limit, s.target, peers);
+        self.metrics.rate_share.set(s.share * 60.0);
+    }
+
+    /// What this replica does with its budget, to tell the others; `None`
+    /// without a limit.
+    pub fn usage(&self) -> Option<Usage> {
+        self.limit?;
+        let s = self.state();
+        let now = Instant::now();
+        let since = now.checked_sub(RECENT_SPAN);
+        let calls = s
+            .recent
+            .iter()
+            .rev()
+            .take_while(|t| since.is_none_or(|since| **t >= since))
+            .count();
+        Some(Usage {
+            per_second: calls as f64 / RECENT_SPAN.as_secs_f64(),
+            wanting: s.line.head().is_some()
+                || s.next_free.max(s.paused_until) > now + interval(s.share),
+        })
     }
 
     /// A call was answered 429: cut the share to what was used (once per
@@ -283,7 +372,12 @@ impl RateBudget {
                 s.recent.pop_front();
             }
             let used = s.recent.len() as f64 / USAGE_SPAN.as_secs_f64();
-            s.share = (s.share.min(used) * DECREASE).max(limit * MIN_SHARE);
+            if let Some(peers) = s.coordinated(now) {
+                s.target = (s.target * COORDINATED_DECREASE).max(limit * MIN_SHARE);
+                s.share = split(limit, s.target, peers);
+            } else {
+                s.share = (s.share.min(used) * DECREASE).max(limit * MIN_SHARE);
+            }
             self.metrics.rate_share.set(s.share * 60.0);
         }
         let wait = reset_in.unwrap_or_else(|| interval(s.share));
@@ -324,6 +418,19 @@ impl RateBudget {
             Some((free.saturating_duration_since(now)).max(Duration::from_millis(50)))
         }
     }
+}
+
+/// A coordinated replica's share: the fleet's `target` less what the
+/// replicas that want no more use, split evenly between those that want
+/// more and this one (which may want more any moment), within
+/// [`MIN_SHARE`] and the `limit`. Pure.
+pub fn split(limit: f64, target: f64, peers: Peers) -> f64 {
+    let idle = if peers.idle_use.is_finite() {
+        peers.idle_use.max(0.0)
+    } else {
+        0.0
+    };
+    ((target - idle) / (peers.wanting as f64 + 1.0)).clamp(limit * MIN_SHARE, limit)
 }
 
 fn interval(share: f64) -> Duration {
@@ -403,6 +510,7 @@ impl Drop for InLine<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
 
     fn budget(limit: u32) -> RateBudget {
         RateBudget::new(Some(limit), Metrics::new())
@@ -556,6 +664,116 @@ mod tests {
         // Ten minutes at 1/40 of the limit a minute: 0.8 + 10 a minute.
         let share = b.metrics.rate_share.get();
         assert!((share - 10.8).abs() < 0.2, "{share}");
+    }
+
+    #[test]
+    fn coordinated_replicas_split_the_target_and_leave_what_idle_ones_use() {
+        let limit = 1.0; // 60 a minute
+        let target = limit * COORDINATED_TARGET;
+        let alone = Peers::default();
+        assert!((split(limit, target, alone) - 0.96).abs() < 1e-9);
+        // Three busy replicas: a third each, 96 % of the limit together.
+        let busy = Peers {
+            wanting: 2,
+            idle_use: 0.0,
+        };
+        assert!((3.0 * split(limit, target, busy) - 0.96).abs() < 1e-9);
+        // A quiet one using 0.16 a second leaves the rest to the two busy.
+        let quiet = Peers {
+            wanting: 1,
+            idle_use: 0.16,
+        };
+        assert!((split(limit, target, quiet) - 0.4).abs() < 1e-9);
+        // However many replicas or whatever they say: the floor, the limit.
+        let crowd = Peers {
+            wanting: 10_000,
+            idle_use: f64::NAN,
+        };
+        assert_eq!(split(limit, target, crowd), limit * MIN_SHARE);
+        let odd = Peers {
+            wanting: 0,
+            idle_use: -5.0,
+        };
+        assert_eq!(split(limit, target, odd), 0.96);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_coordinated_replica_paces_at_its_split_until_the_fleet_goes_quiet() {
+        let b = budget(60);
+        b.set_peers(Peers {
+            wanting: 2,
+            idle_use: 0.0,
+        });
+        // 96 % of 60 a minute over three: 19.2 a minute, 3.125 s apart.
+        assert!((b.metrics.rate_share.get() - 19.2).abs() < 1e-9);
+        let start = Instant::now();
+        for _ in 0..5 {
+            b.acquire(Priority::Paid).await.unwrap();
+        }
+        assert_eq!(start.elapsed(), Duration::from_millis(12_500));
+        // Successes do not grow a coordinated share past its split…
+        b.set_peers(Peers {
+            wanting: 2,
+            idle_use: 0.0,
+        });
+        for _ in 0..2 {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            b.on_success();
+        }
+        assert!((b.metrics.rate_share.get() - 19.2).abs() < 1e-9);
+        // …until the fleet has said nothing for a while: then it grows on
+        // its own (AIMD), 1/40 of the limit a minute.
+        tokio::time::sleep(PEERS_FRESH).await;
+        for _ in 0..12 {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            b.on_success();
+        }
+        let share = b.metrics.rate_share.get();
+        assert!((share - 20.7).abs() < 0.1, "{share}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_cuts_a_coordinated_fleets_target_by_a_tenth_once_a_window() {
+        let b = budget(60);
+        let busy = Peers {
+            wanting: 1,
+            idle_use: 0.0,
+        };
+        b.set_peers(busy);
+        assert!((b.metrics.rate_share.get() - 28.8).abs() < 1e-9);
+        b.on_rate_limited(Some(Duration::from_secs(20)));
+        b.on_rate_limited(Some(Duration::from_secs(20)));
+        assert!((b.metrics.rate_share.get() - 25.92).abs() < 1e-9);
+        // It grows back while calls succeed, to 96 % at most.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        for _ in 0..120 {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            b.set_peers(busy);
+            b.on_success();
+        }
+        assert!((b.metrics.rate_share.get() - 28.8).abs() < 1e-9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn usage_says_what_the_last_seconds_used_and_whether_calls_wait() {
+        let b = budget(60);
+        for _ in 0..3 {
+            b.acquire(Priority::Paid).await.unwrap();
+        }
+        // Three calls in the last 10 s; the next slot is a second away.
+        let u = b.usage().unwrap();
+        assert!((u.per_second - 0.3).abs() < 1e-9, "{u:?}");
+        assert!(!u.wanting);
+        // Paid calls reserved beyond the next slot: calls wait.
+        for _ in 0..3 {
+            let _ = b.acquire(Priority::Paid).now_or_never();
+        }
+        assert!(b.usage().unwrap().wanting);
+        // Quiet for longer than the span: nothing used.
+        tokio::time::sleep(RECENT_SPAN * 2).await;
+        let u = b.usage().unwrap();
+        assert_eq!(u.per_second, 0.0);
+        assert!(RateBudget::new(None, Metrics::new()).usage().is_none());
     }
 
     #[tokio::test(start_paused = true)]

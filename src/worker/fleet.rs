@@ -11,12 +11,19 @@
 //!   cancelled job's next submission is withheld, whichever replica holds
 //!   it. With tenants, the cancel's broker-validated `user_id` names the
 //!   tenant: a producer cancels only its own jobs.
-//! - **Priors**: what a replica's polling learned ([`PollSchedule::snapshot`])
+//! - **Priors**: what a replica's polling learned (`PollSchedule::snapshot`)
 //!   and the speaking rates its quality gate learned
 //!   ([`SpeakingRate::snapshot`]), every `fleet.publish_interval`. A replica
 //!   that has learned little of its own starts from the newest snapshot it
 //!   reads (it replays `fleet.replay` back at start), so its first jobs are
 //!   polled and judged like a warm replica's.
+//!
+//! - **Usage**: what a replica does with the account's rate limit
+//!   ([`RateBudget::usage`]): calls a second lately and whether calls wait
+//!   on its budget, every [`USAGE_INTERVAL`] while it is busy and at once
+//!   when that changes. Each replica splits the fleet's target among the
+//!   replicas that say they want more ([`RateBudget::set_peers`]), instead
+//!   of each finding its share by 429s.
 //!
 //! Records a worker appends carry its own RabbitMQ user as the validated
 //! `user_id`; records with another `user_id` (a producer writing to the
@@ -50,8 +57,8 @@ use crate::config::{Settings, TenantIdentity};
 use crate::job::{Flow, JobId, Tenant, Voice};
 use crate::metrics::Metrics;
 use crate::quality::{LearnedRate, SpeakingRate};
-use crate::segmind::budget::{Gate, Withheld};
-use crate::segmind::poll::PollSchedule;
+use crate::segmind::SegmindClient;
+use crate::segmind::budget::{Gate, PEERS_FRESH, Peers, RateBudget, Usage, Withheld};
 use crate::spoken::Script;
 
 /// Jobs of its own a replica's polling must have learned from before it
@@ -59,6 +66,11 @@ use crate::spoken::Script;
 const MIN_LEARNED: u64 = 16;
 /// Records waiting to be appended while the broker is away.
 const OUTBOX: usize = 4096;
+/// How often a busy replica says what it uses of the rate limit.
+pub const USAGE_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a replica looks at its own usage (and tells at once when it
+/// starts or stops wanting more).
+const USAGE_CHECK: Duration = Duration::from_secs(1);
 
 /// A record a worker appends to the stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +101,15 @@ enum Record {
     /// Appended by a replica when it starts tailing: reading it back means
     /// it has read everything before (caught up).
     Hello { source: String, nonce: String },
+    /// What a replica does with the account's rate limit.
+    Usage {
+        source: String,
+        at: DateTime<Utc>,
+        /// Calls a minute, lately.
+        per_minute: f64,
+        /// Whether calls wait on its budget (it would use more).
+        wanting: bool,
+    },
 }
 
 /// A voice's (or pair's) speaking rate in a script, as a record carries it.
@@ -260,6 +281,32 @@ pub struct Fleet {
     caught_up: tokio::sync::watch::Sender<bool>,
     /// The nonce of the hello this replica waits to read back.
     hello: Mutex<Option<String>>,
+    /// What the other replicas last said of their rate-limit usage.
+    peers: Mutex<HashMap<String, Peer>>,
+}
+
+/// A replica's last [`Record::Usage`].
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    at: DateTime<Utc>,
+    per_second: f64,
+    wanting: bool,
+}
+
+/// The other replicas that spoke within [`PEERS_FRESH`] of `now`. Pure.
+fn peers_view(peers: &HashMap<String, Peer>, now: DateTime<Utc>) -> Peers {
+    let fresh = chrono::Duration::from_std(PEERS_FRESH).unwrap_or(chrono::Duration::seconds(15));
+    peers
+        .values()
+        .filter(|p| now - p.at <= fresh)
+        .fold(Peers::default(), |mut view, p| {
+            if p.wanting {
+                view.wanting += 1;
+            } else {
+                view.idle_use += p.per_second;
+            }
+            view
+        })
 }
 
 impl Fleet {
@@ -291,6 +338,7 @@ impl Fleet {
             records: metrics.fleet_records.clone(),
             caught_up: tokio::sync::watch::Sender::new(false),
             hello: Mutex::new(None),
+            peers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -338,14 +386,7 @@ impl Fleet {
     }
 
     /// Applies one message read from the stream.
-    fn read(
-        &self,
-        properties: &BasicProperties,
-        exchange: &str,
-        body: &[u8],
-        schedule: &dyn PollSchedule,
-        rates: &SpeakingRate,
-    ) {
+    fn read(&self, properties: &BasicProperties, exchange: &str, body: &[u8], learning: &Learning) {
         if exchange == self.control_exchange {
             let kind = if self.read_cancel(properties, body) {
                 "cancel"
@@ -369,6 +410,7 @@ impl Fleet {
             Ok(Record::Spend { .. }) => "spend",
             Ok(Record::Priors { .. }) => "priors",
             Ok(Record::Hello { .. }) => "hello",
+            Ok(Record::Usage { .. }) => "usage",
             Err(_) => "ignored",
         };
         self.records.with_label_values(&[kind]).inc();
@@ -392,7 +434,7 @@ impl Fleet {
                 polls,
                 rates: shared,
             }) if source != self.source => {
-                if schedule.seed(&polls, MIN_LEARNED) {
+                if learning.client.schedule().seed(&polls, MIN_LEARNED) {
                     info!(
                         from = %source,
                         samples = polls.len(),
@@ -401,7 +443,7 @@ impl Fleet {
                 }
                 let learned: Vec<LearnedRate> =
                     shared.into_iter().filter_map(SharedRate::learned).collect();
-                let seeded = rates.seed(&learned);
+                let seeded = learning.rates.seed(&learned);
                 if seeded > 0 {
                     info!(
                         from = %source,
@@ -409,6 +451,23 @@ impl Fleet {
                         "speaking rates start from what another replica learned"
                     );
                 }
+            }
+            Ok(Record::Usage {
+                source,
+                at,
+                per_minute,
+                wanting,
+            }) if source != self.source => {
+                let now = Utc::now();
+                let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+                // Not trusted into the future: it would never go stale.
+                let peer = Peer {
+                    at: at.min(now),
+                    per_second: per_minute / 60.0,
+                    wanting,
+                };
+                peers.insert(source, peer);
+                learning.client.budget().set_peers(peers_view(&peers, now));
             }
             Ok(Record::Hello { source, nonce }) if source == self.source => {
                 let mine = self
@@ -424,6 +483,31 @@ impl Fleet {
             Ok(_) => {}
             Err(e) => debug!(error = %e, "an unreadable fleet record is ignored"),
         }
+    }
+
+    /// Appends this replica's usage when it is worth telling, and splits
+    /// its budget by what the others said (stale words drop out).
+    fn tell_usage(&self, budget: &RateBudget, told: &mut Told) {
+        let Some(usage) = budget.usage() else { return };
+        if told.due(usage, tokio::time::Instant::now()) {
+            self.tell(usage, told);
+        }
+        let peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        budget.set_peers(peers_view(&peers, Utc::now()));
+    }
+
+    /// Appends `usage` as this replica's word.
+    fn tell(&self, usage: Usage, told: &mut Told) {
+        self.append(&Record::Usage {
+            source: self.source.clone(),
+            at: Utc::now(),
+            per_minute: usage.per_second * 60.0,
+            wanting: usage.wanting,
+        });
+        *told = Told {
+            wanting: Some(usage.wanting),
+            at: Some(tokio::time::Instant::now()),
+        };
     }
 
     /// Reads a cancellation; whether it was one.
@@ -539,10 +623,29 @@ impl Gate for Fleet {
 /// What a replica learns and shares through the stream.
 #[derive(Clone)]
 pub struct Learning {
-    /// Its polling ([`PollSchedule`]).
-    pub polls: Arc<dyn PollSchedule>,
+    /// Its Segmind client: its polling (`PollSchedule`) and its rate budget.
+    pub client: Arc<SegmindClient>,
     /// Its voices' speaking rates (the quality gate).
     pub rates: Arc<SpeakingRate>,
+}
+
+/// What a replica last said of its usage, to tell again when it changes.
+#[derive(Debug, Default)]
+struct Told {
+    wanting: Option<bool>,
+    at: Option<tokio::time::Instant>,
+}
+
+impl Told {
+    /// Whether `usage` is worth a record now: the replica starts or stops
+    /// wanting more, or it is busy and its last word is getting old. Pure.
+    fn due(&self, usage: Usage, now: tokio::time::Instant) -> bool {
+        let changed = self.wanting != Some(usage.wanting)
+            && (usage.wanting || usage.per_second > 0.0 || self.wanting.is_some());
+        let busy = usage.wanting || usage.per_second > 0.0;
+        let old = self.at.is_none_or(|at| now - at >= USAGE_INTERVAL);
+        changed || (busy && old)
+    }
 }
 
 pub async fn run(
@@ -589,6 +692,21 @@ async fn tail(
     });
     let mut ticker = tokio::time::interval(fleet.publish_interval);
     ticker.tick().await;
+    let mut usage_ticker = tokio::time::interval(USAGE_CHECK);
+    usage_ticker.tick().await;
+    // A replica starts because work waits (the autoscaler scales on queue
+    // depth): the others make room for it before its first call, not a
+    // few seconds after. It says otherwise at its first check if idle.
+    let mut told = Told::default();
+    if let Some(usage) = learning.client.budget().usage() {
+        fleet.tell(
+            Usage {
+                wanting: true,
+                ..usage
+            },
+            &mut told,
+        );
+    }
     loop {
         tokio::select! {
             next = consumer.next() => {
@@ -601,8 +719,7 @@ async fn tail(
                     &delivery.properties,
                     delivery.exchange.as_str(),
                     &delivery.data,
-                    learning.polls.as_ref(),
-                    &learning.rates,
+                    learning,
                 );
                 delivery.acker.ack(BasicAckOptions::default()).await?;
             }
@@ -616,10 +733,13 @@ async fn tail(
                     warn!(error = %e, "could not append a record to the fleet stream");
                 }
             }
+            _ = usage_ticker.tick() => {
+                fleet.tell_usage(learning.client.budget(), &mut told);
+            }
             _ = ticker.tick() => {
                 let now = Utc::now();
                 fleet.ledger().prune(now.date_naive(), now, fleet.cancel_window);
-                let polls = learning.polls.snapshot(MIN_LEARNED).unwrap_or_default();
+                let polls = learning.client.schedule().snapshot(MIN_LEARNED).unwrap_or_default();
                 let rates: Vec<SharedRate> =
                     learning.rates.snapshot().iter().map(SharedRate::from).collect();
                 if !polls.is_empty() || !rates.is_empty() {
@@ -710,6 +830,71 @@ mod tests {
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(v["kind"], "spend");
         assert_eq!(v["day"], "2026-12-07");
+        assert_eq!(serde_json::from_value::<Record>(v).unwrap(), r);
+    }
+
+    #[test]
+    fn the_fleets_word_on_usage_counts_fresh_replicas_only() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let peer = |secs_ago: i64, per_second: f64, wanting: bool| Peer {
+            at: now - chrono::Duration::seconds(secs_ago),
+            per_second,
+            wanting,
+        };
+        let peers: HashMap<String, Peer> = [
+            ("busy-1", peer(2, 0.3, true)),
+            ("busy-2", peer(14, 0.3, true)),
+            ("quiet", peer(4, 0.1, false)),
+            ("gone", peer(16, 0.5, true)),
+            ("gone-quiet", peer(60, 0.5, false)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let view = peers_view(&peers, now);
+        assert_eq!(view.wanting, 2);
+        assert!((view.idle_use - 0.1).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_replica_tells_its_usage_when_it_changes_and_while_busy() {
+        let t0 = tokio::time::Instant::now();
+        let usage = |per_second: f64, wanting: bool| Usage {
+            per_second,
+            wanting,
+        };
+        let never = Told::default();
+        // Nothing to say: a replica that never called.
+        assert!(!never.due(usage(0.0, false), t0));
+        assert!(never.due(usage(0.2, false), t0));
+        let told = Told {
+            wanting: Some(false),
+            at: Some(t0),
+        };
+        // It starts wanting more: at once.
+        assert!(told.due(usage(0.2, true), t0 + Duration::from_secs(1)));
+        // Busy as before: every interval.
+        assert!(!told.due(usage(0.2, false), t0 + Duration::from_secs(4)));
+        assert!(told.due(usage(0.2, false), t0 + USAGE_INTERVAL));
+        // It stops wanting: at once, and then no more while idle.
+        let wanting = Told {
+            wanting: Some(true),
+            at: Some(t0),
+        };
+        assert!(wanting.due(usage(0.0, false), t0 + Duration::from_secs(1)));
+        assert!(!told.due(usage(0.0, false), t0 + USAGE_INTERVAL * 10));
+    }
+
+    #[test]
+    fn a_usage_record_keeps_its_shape_on_the_wire() {
+        let r = Record::Usage {
+            source: "pod-1".into(),
+            at: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+            per_minute: 16.0,
+            wanting: true,
+        };
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["kind"], "usage");
         assert_eq!(serde_json::from_value::<Record>(v).unwrap(), r);
     }
 

@@ -252,11 +252,11 @@ impl Pipeline {
         self
     }
 
-    /// What this process learns and shares with the fleet: its polling
-    /// and its voices' speaking rates.
+    /// What this process learns and shares with the fleet: its polling,
+    /// its rate budget and its voices' speaking rates.
     pub fn learning(&self) -> super::fleet::Learning {
         super::fleet::Learning {
-            polls: self.segmind.schedule().clone(),
+            client: self.segmind.clone(),
             rates: self.speaking_rate.clone(),
         }
     }
