@@ -46,9 +46,9 @@ pub struct Metrics {
     /// Messages published with confirmation, by kind: `event`, `reply`
     /// (the courtesy copy to `reply_to`), `dead_letter` or `progress`.
     pub published: IntCounterVec,
-    /// Records read from the fleet stream, by kind: `spend`, `priors`,
-    /// `usage`, `hello`, `cancel`, or `ignored` (another's user wrote it,
-    /// or unreadable).
+    /// Records read from the fleet stream and its usage exchange, by kind:
+    /// `spend`, `priors`, `usage`, `hello`, `cancel`, or `ignored`
+    /// (another's user wrote it, or unreadable).
     pub fleet_records: IntCounterVec,
     /// 1 while consumption is paused for an account-level reason (error code).
     pub paused: IntGaugeVec,

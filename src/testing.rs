@@ -103,4 +103,9 @@ pub mod wire {
 pub mod worker {
     pub use crate::worker::pause::PauseGate;
     pub use crate::worker::{JobEnd, Pipeline};
+
+    /// The fleet's broker objects, for clean-up.
+    pub mod fleet {
+        pub use crate::worker::fleet::USAGE_SUFFIX;
+    }
 }

@@ -14,9 +14,10 @@
 //!   fleet's size. While calls succeed the share grows back by `limit / 40`
 //!   per minute, so replicas with work take over what idle ones leave, and
 //!   the fleet probes the limit again, as TCP flows share a link.
-//! - **Coordinated shares**: with the fleet stream (`worker::fleet`),
-//!   replicas say every few seconds what they use and whether calls wait on
-//!   their budget ([`RateBudget::usage`]); each then takes the fleet's
+//! - **Coordinated shares**: with the fleet stream (`worker::fleet`, its
+//!   usage exchange), replicas say every few seconds what they use and
+//!   whether calls wait on their budget ([`RateBudget::usage`]); each then
+//!   takes the fleet's
 //!   target (96 % of the limit) less what the replicas that want no more
 //!   use, split evenly among those that want more and itself
 //!   ([`RateBudget::set_peers`], [`split`]). A replica that stops hearing
@@ -332,6 +333,11 @@ impl RateBudget {
         s.peers = Some((peers, now));
         s.share = split(limit, s.target, peers);
         self.metrics.rate_share.set(s.share * 60.0);
+    }
+
+    /// The account's limit, calls a second; `None` = unlimited.
+    pub fn limit_per_second(&self) -> Option<f64> {
+        self.limit
     }
 
     /// What this replica does with its budget, to tell the others; `None`

@@ -20,10 +20,13 @@
 //!
 //! - **Usage**: what a replica does with the account's rate limit
 //!   ([`RateBudget::usage`]): calls a second lately and whether calls wait
-//!   on its budget, every [`USAGE_INTERVAL`] while it is busy and at once
-//!   when that changes. Each replica splits the fleet's target among the
-//!   replicas that say they want more ([`RateBudget::set_peers`]), instead
-//!   of each finding its share by 429s.
+//!   on its budget, every [`USAGE_INTERVAL`] and at once when that changes.
+//!   Not kept in the stream (a new replica needs only the last seconds):
+//!   published to the `{stream}.usage` fanout exchange, which every
+//!   replica reads through a queue of its own for the session. Each replica
+//!   splits the fleet's target among the replicas that say they want more
+//!   ([`RateBudget::set_peers`]), instead of each finding its share by
+//!   429s, while its own word comes back to it (the exchange round-trips).
 //!
 //! Records a worker appends carry its own RabbitMQ user as the validated
 //! `user_id`; records with another `user_id` (a producer writing to the
@@ -71,6 +74,15 @@ pub const USAGE_INTERVAL: Duration = Duration::from_secs(5);
 /// How often a replica looks at its own usage (and tells at once when it
 /// starts or stops wanting more).
 const USAGE_CHECK: Duration = Duration::from_secs(1);
+/// A usage record older than this by its sender's clock is not news.
+const USAGE_TOO_OLD: Duration = Duration::from_secs(60);
+
+/// Where records go: the stream, or the usage exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Destination {
+    Stream,
+    Usage,
+}
 
 /// A record a worker appends to the stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,7 +113,8 @@ enum Record {
     /// Appended by a replica when it starts tailing: reading it back means
     /// it has read everything before (caught up).
     Hello { source: String, nonce: String },
-    /// What a replica does with the account's rate limit.
+    /// What a replica does with the account's rate limit (on the usage
+    /// exchange, not the stream).
     Usage {
         source: String,
         at: DateTime<Utc>,
@@ -109,6 +122,9 @@ enum Record {
         per_minute: f64,
         /// Whether calls wait on its budget (it would use more).
         wanting: bool,
+        /// Its first word: the others tell theirs at once.
+        #[serde(default)]
+        starting: bool,
     },
 }
 
@@ -272,8 +288,8 @@ pub struct Fleet {
     worker_user: String,
     tenants: TenantIdentity,
     max_job_id_len: usize,
-    outbox: mpsc::Sender<Vec<u8>>,
-    pending: tokio::sync::Mutex<mpsc::Receiver<Vec<u8>>>,
+    outbox: mpsc::Sender<(Destination, Vec<u8>)>,
+    pending: tokio::sync::Mutex<mpsc::Receiver<(Destination, Vec<u8>)>>,
     /// The next stream offset to read (0: start from the replay window).
     next_offset: AtomicU64,
     records: prometheus::IntCounterVec,
@@ -283,27 +299,32 @@ pub struct Fleet {
     hello: Mutex<Option<String>>,
     /// What the other replicas last said of their rate-limit usage.
     peers: Mutex<HashMap<String, Peer>>,
+    /// When this replica last heard its own usage back.
+    heard_self: Mutex<Option<tokio::time::Instant>>,
+    /// Another replica started: tell this one's usage at the next check.
+    retell: std::sync::atomic::AtomicBool,
 }
 
-/// A replica's last [`Record::Usage`].
+/// A replica's last [`Record::Usage`], as heard here.
 #[derive(Debug, Clone, Copy)]
 struct Peer {
-    at: DateTime<Utc>,
+    /// When it was heard, by this replica's clock (not the sender's).
+    heard: tokio::time::Instant,
     per_second: f64,
     wanting: bool,
 }
 
-/// The other replicas that spoke within [`PEERS_FRESH`] of `now`. Pure.
-fn peers_view(peers: &HashMap<String, Peer>, now: DateTime<Utc>) -> Peers {
-    let fresh = chrono::Duration::from_std(PEERS_FRESH).unwrap_or(chrono::Duration::seconds(15));
+/// The other replicas heard within [`PEERS_FRESH`] of `now`; what one says
+/// it uses counts within `0..=limit` (calls a second). Pure.
+fn peers_view(peers: &HashMap<String, Peer>, now: tokio::time::Instant, limit: f64) -> Peers {
     peers
         .values()
-        .filter(|p| now - p.at <= fresh)
+        .filter(|p| now.saturating_duration_since(p.heard) <= PEERS_FRESH)
         .fold(Peers::default(), |mut view, p| {
             if p.wanting {
                 view.wanting += 1;
-            } else {
-                view.idle_use += p.per_second;
+            } else if p.per_second.is_finite() {
+                view.idle_use += p.per_second.clamp(0.0, limit);
             }
             view
         })
@@ -339,6 +360,8 @@ impl Fleet {
             caught_up: tokio::sync::watch::Sender::new(false),
             hello: Mutex::new(None),
             peers: Mutex::new(HashMap::new()),
+            heard_self: Mutex::new(None),
+            retell: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -375,9 +398,13 @@ impl Fleet {
     }
 
     fn append(&self, record: &Record) {
+        self.send(Destination::Stream, record);
+    }
+
+    fn send(&self, to: Destination, record: &Record) {
         match serde_json::to_vec(record) {
             Ok(body) => {
-                if self.outbox.try_send(body).is_err() {
+                if self.outbox.try_send((to, body)).is_err() {
                     warn!("the fleet stream's outbox is full; a record is dropped");
                 }
             }
@@ -452,22 +479,38 @@ impl Fleet {
                     );
                 }
             }
+            Ok(Record::Usage { source, .. }) if source == self.source => {
+                *self
+                    .heard_self
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(tokio::time::Instant::now());
+                self.split_budget(learning.client.budget());
+            }
             Ok(Record::Usage {
                 source,
                 at,
                 per_minute,
                 wanting,
-            }) if source != self.source => {
-                let now = Utc::now();
-                let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
-                // Not trusted into the future: it would never go stale.
+                starting,
+            }) => {
+                let old = chrono::Duration::from_std(USAGE_TOO_OLD).unwrap_or_default();
+                if Utc::now() - at > old {
+                    debug!(from = %source, "an old usage record is ignored");
+                    return;
+                }
+                if starting {
+                    self.retell.store(true, Ordering::Relaxed);
+                }
                 let peer = Peer {
-                    at: at.min(now),
+                    heard: tokio::time::Instant::now(),
                     per_second: per_minute / 60.0,
                     wanting,
                 };
-                peers.insert(source, peer);
-                learning.client.budget().set_peers(peers_view(&peers, now));
+                self.peers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(source, peer);
+                self.split_budget(learning.client.budget());
             }
             Ok(Record::Hello { source, nonce }) if source == self.source => {
                 let mine = self
@@ -485,29 +528,65 @@ impl Fleet {
         }
     }
 
-    /// Appends this replica's usage when it is worth telling, and splits
-    /// its budget by what the others said (stale words drop out).
+    /// Tells this replica's usage when it is worth telling, forgets the
+    /// replicas gone quiet and splits the budget by what the others said.
     fn tell_usage(&self, budget: &RateBudget, told: &mut Told) {
         let Some(usage) = budget.usage() else { return };
-        if told.due(usage, tokio::time::Instant::now()) {
-            self.tell(usage, told);
+        let now = tokio::time::Instant::now();
+        if self.retell.swap(false, Ordering::Relaxed) {
+            told.at = None;
         }
-        let peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
-        budget.set_peers(peers_view(&peers, Utc::now()));
+        if told.due(usage, now) {
+            self.tell(usage, false, told);
+        }
+        self.peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, p| now.saturating_duration_since(p.heard) <= PEERS_FRESH);
+        self.split_budget(budget);
     }
 
-    /// Appends `usage` as this replica's word.
-    fn tell(&self, usage: Usage, told: &mut Told) {
-        self.append(&Record::Usage {
-            source: self.source.clone(),
-            at: Utc::now(),
-            per_minute: usage.per_second * 60.0,
-            wanting: usage.wanting,
-        });
+    /// Sends `usage` as this replica's word.
+    fn tell(&self, usage: Usage, starting: bool, told: &mut Told) {
+        self.send(
+            Destination::Usage,
+            &Record::Usage {
+                source: self.source.clone(),
+                at: Utc::now(),
+                per_minute: usage.per_second * 60.0,
+                wanting: usage.wanting,
+                starting,
+            },
+        );
+        let now = tokio::time::Instant::now();
         *told = Told {
             wanting: Some(usage.wanting),
-            at: Some(tokio::time::Instant::now()),
+            at: Some(now),
+            hold_until: told.hold_until,
         };
+    }
+
+    /// Splits `budget` by what the other replicas said, while this
+    /// replica's own word comes back (the exchange round-trips); else the
+    /// budget, left without news, falls back to its own share.
+    fn split_budget(&self, budget: &RateBudget) {
+        let Some(limit) = budget.limit_per_second() else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        let heard = *self
+            .heard_self
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if heard.is_none_or(|at| now.saturating_duration_since(at) > PEERS_FRESH) {
+            return;
+        }
+        let view = peers_view(
+            &self.peers.lock().unwrap_or_else(PoisonError::into_inner),
+            now,
+            limit,
+        );
+        budget.set_peers(view);
     }
 
     /// Reads a cancellation; whether it was one.
@@ -617,9 +696,6 @@ impl Gate for Fleet {
     }
 }
 
-/// Tails the stream and appends this replica's records for one broker
-/// session; returns when the session's connection fails. Does nothing
-/// without a stream.
 /// What a replica learns and shares through the stream.
 #[derive(Clone)]
 pub struct Learning {
@@ -634,20 +710,28 @@ pub struct Learning {
 struct Told {
     wanting: Option<bool>,
     at: Option<tokio::time::Instant>,
+    /// Until then a starting replica's "wanting" stands: it has not
+    /// consumed yet.
+    hold_until: Option<tokio::time::Instant>,
 }
 
 impl Told {
     /// Whether `usage` is worth a record now: the replica starts or stops
-    /// wanting more, or it is busy and its last word is getting old. Pure.
+    /// wanting more, or its last word is getting old. Pure.
     fn due(&self, usage: Usage, now: tokio::time::Instant) -> bool {
-        let changed = self.wanting != Some(usage.wanting)
-            && (usage.wanting || usage.per_second > 0.0 || self.wanting.is_some());
-        let busy = usage.wanting || usage.per_second > 0.0;
+        let held = self.hold_until.is_some_and(|until| now < until);
+        if held && !usage.wanting {
+            return false;
+        }
+        let changed = self.wanting != Some(usage.wanting);
         let old = self.at.is_none_or(|at| now - at >= USAGE_INTERVAL);
-        changed || (busy && old)
+        changed || old
     }
 }
 
+/// Tails the stream and appends this replica's records for one broker
+/// session; returns when the session's connection fails. Does nothing
+/// without a stream.
 pub async fn run(
     fleet: Arc<Fleet>,
     connection: Arc<Connection>,
@@ -682,6 +766,9 @@ async fn tail(
             args,
         )
         .await?;
+    // The usage exchange, read through a queue of this session's own.
+    let usage_exchange = format!("{stream}{USAGE_SUFFIX}");
+    let mut usage_consumer = usage_consumer(&channel, &usage_exchange, &fleet.source).await?;
     let mut pending = fleet.pending.lock().await;
     // Appended now, read back once everything before it has been read.
     let nonce = uuid::Uuid::new_v4().simple().to_string();
@@ -696,14 +783,19 @@ async fn tail(
     usage_ticker.tick().await;
     // A replica starts because work waits (the autoscaler scales on queue
     // depth): the others make room for it before its first call, not a
-    // few seconds after. It says otherwise at its first check if idle.
-    let mut told = Told::default();
+    // few seconds after, and tell theirs at once. It says otherwise after
+    // a few seconds if it has nothing to do.
+    let mut told = Told {
+        hold_until: Some(tokio::time::Instant::now() + USAGE_INTERVAL),
+        ..Told::default()
+    };
     if let Some(usage) = learning.client.budget().usage() {
         fleet.tell(
             Usage {
                 wanting: true,
                 ..usage
             },
+            true,
             &mut told,
         );
     }
@@ -723,14 +815,32 @@ async fn tail(
                 );
                 delivery.acker.ack(BasicAckOptions::default()).await?;
             }
-            Some(body) = pending.recv() => {
+            next = usage_consumer.next() => {
+                let Some(delivery) = next else { return Ok(()) };
+                let delivery = delivery?;
+                fleet.read(
+                    &delivery.properties,
+                    delivery.exchange.as_str(),
+                    &delivery.data,
+                    learning,
+                );
+            }
+            Some((to, body)) = pending.recv() => {
                 let properties = BasicProperties::default()
                     .with_content_type("application/json".into())
-                    .with_delivery_mode(2)
                     .with_user_id(fleet.worker_user.as_str().into())
                     .with_timestamp(Utc::now().timestamp().max(0) as u64);
-                if let Err(e) = publisher.publish("", stream, &body, properties, false).await {
-                    warn!(error = %e, "could not append a record to the fleet stream");
+                let sent = match to {
+                    Destination::Stream => {
+                        let properties = properties.with_delivery_mode(2);
+                        publisher.publish("", stream, &body, properties, false).await
+                    }
+                    Destination::Usage => {
+                        publisher.publish(&usage_exchange, "", &body, properties, false).await
+                    }
+                };
+                if let Err(e) = sent {
+                    warn!(error = %e, "could not send a record to the fleet");
                 }
             }
             _ = usage_ticker.tick() => {
@@ -748,6 +858,62 @@ async fn tail(
             }
         }
     }
+}
+
+/// The suffix of the stream's name that names the usage exchange.
+pub const USAGE_SUFFIX: &str = ".usage";
+
+/// Declares the usage exchange (fanout) and a queue of this session's own
+/// bound to it (exclusive: it goes with the connection), and consumes it.
+async fn usage_consumer(
+    channel: &lapin::Channel,
+    exchange: &str,
+    source: &str,
+) -> Result<lapin::Consumer, lapin::Error> {
+    use lapin::ExchangeKind;
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().as_str().into(),
+            exchange.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .basic_consume(
+            queue.name().as_str().into(),
+            format!("usage-{source}").as_str().into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// The offset RabbitMQ gives a stream delivery (`x-stream-offset`).
@@ -835,9 +1001,10 @@ mod tests {
 
     #[test]
     fn the_fleets_word_on_usage_counts_fresh_replicas_only() {
-        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
-        let peer = |secs_ago: i64, per_second: f64, wanting: bool| Peer {
-            at: now - chrono::Duration::seconds(secs_ago),
+        let t0 = tokio::time::Instant::now();
+        let now = t0 + Duration::from_secs(60);
+        let peer = |secs_ago: u64, per_second: f64, wanting: bool| Peer {
+            heard: now - Duration::from_secs(secs_ago),
             per_second,
             wanting,
         };
@@ -847,42 +1014,52 @@ mod tests {
             ("quiet", peer(4, 0.1, false)),
             ("gone", peer(16, 0.5, true)),
             ("gone-quiet", peer(60, 0.5, false)),
+            // What a replica says it uses counts within the limit.
+            ("boasting", peer(1, 1e300, false)),
+            ("odd", peer(1, f64::NAN, false)),
+            ("negative", peer(1, -5.0, false)),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        let view = peers_view(&peers, now);
+        let view = peers_view(&peers, now, 1.0);
         assert_eq!(view.wanting, 2);
-        assert!((view.idle_use - 0.1).abs() < 1e-9);
+        assert!((view.idle_use - 1.1).abs() < 1e-9, "{view:?}");
     }
 
     #[test]
-    fn a_replica_tells_its_usage_when_it_changes_and_while_busy() {
+    fn a_replica_tells_its_usage_when_it_changes_and_every_interval() {
         let t0 = tokio::time::Instant::now();
         let usage = |per_second: f64, wanting: bool| Usage {
             per_second,
             wanting,
         };
-        let never = Told::default();
-        // Nothing to say: a replica that never called.
-        assert!(!never.due(usage(0.0, false), t0));
-        assert!(never.due(usage(0.2, false), t0));
+        // Its first word, busy or not.
+        assert!(Told::default().due(usage(0.0, false), t0));
         let told = Told {
             wanting: Some(false),
             at: Some(t0),
+            hold_until: None,
         };
         // It starts wanting more: at once.
         assert!(told.due(usage(0.2, true), t0 + Duration::from_secs(1)));
-        // Busy as before: every interval.
+        // As before: every interval.
         assert!(!told.due(usage(0.2, false), t0 + Duration::from_secs(4)));
-        assert!(told.due(usage(0.2, false), t0 + USAGE_INTERVAL));
-        // It stops wanting: at once, and then no more while idle.
+        assert!(told.due(usage(0.0, false), t0 + USAGE_INTERVAL));
+        // It stops wanting: at once…
         let wanting = Told {
             wanting: Some(true),
             at: Some(t0),
+            hold_until: None,
         };
         assert!(wanting.due(usage(0.0, false), t0 + Duration::from_secs(1)));
-        assert!(!told.due(usage(0.0, false), t0 + USAGE_INTERVAL * 10));
+        // …unless it is starting and has not consumed yet.
+        let starting = Told {
+            hold_until: Some(t0 + USAGE_INTERVAL),
+            ..wanting
+        };
+        assert!(!starting.due(usage(0.0, false), t0 + Duration::from_secs(1)));
+        assert!(starting.due(usage(0.0, false), t0 + USAGE_INTERVAL));
     }
 
     #[test]
@@ -892,6 +1069,7 @@ mod tests {
             at: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
             per_minute: 16.0,
             wanting: true,
+            starting: false,
         };
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(v["kind"], "usage");

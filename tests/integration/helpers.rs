@@ -626,7 +626,12 @@ impl TestApp {
                 .queue_delete(q.into(), QueueDeleteOptions::default())
                 .await;
         }
-        for exchange in [&amqp.events_exchange, &self.settings.fleet.control_exchange] {
+        let usage =
+            fleet.map(|f| format!("{f}{}", tts_worker::testing::worker::fleet::USAGE_SUFFIX));
+        for exchange in [&amqp.events_exchange, &self.settings.fleet.control_exchange]
+            .into_iter()
+            .chain(usage.as_ref())
+        {
             let _ = self
                 .channel
                 .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())

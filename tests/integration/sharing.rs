@@ -1,6 +1,7 @@
 //! Many producers, one fleet (issue 25, items 1 and 2): on a rate-limited
 //! account, an interactive lane is not held up by a bulk lane's backlog,
-//! and within a lane one tenant's backlog does not hold up another's jobs.
+//! within a lane one tenant's backlog does not hold up another's jobs, and
+//! a delivery handed over at shutdown returns to its own lane.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use tts_worker::testing::config::{Lane, RateScope};
 
 use crate::helpers::{TestApp, spawn_app_with, wait_for};
 use crate::long_text::narration;
+use tts_worker::testing::broker;
 
 /// Publishes `body` to `queue` (a lane) on the default exchange.
 async fn publish_to(app: &TestApp, queue: &str, body: serde_json::Value) {
@@ -178,5 +180,53 @@ async fn a_tenants_backlog_does_not_hold_up_another_tenant_in_the_same_lane() {
     // B has every other slot while A's wait (2x on a saturated account);
     // first come, first served would put B behind A's 30 waiting jobs (4x).
     assert!(ratio < 3.0, "{ratio:.2}x the time alone");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_handed_over_at_shutdown_returns_to_its_own_lane() {
+    let mut bulk = String::new();
+    let mut app = spawn_app_with(
+        |_| {},
+        |s| {
+            // Long enough for the job to finish if the worker held it.
+            s.shutdown.grace_period = Duration::from_secs(20);
+            bulk = format!("{}.bulk", s.amqp.requests_queue);
+            s.amqp.lanes = vec![
+                Lane {
+                    queue: s.amqp.requests_queue.clone(),
+                    weight: 10,
+                },
+                Lane {
+                    queue: bulk.clone(),
+                    weight: 1,
+                },
+            ];
+        },
+    )
+    .await;
+    let body = json!({"text": "a long bulk chapter [[sim:latency=4]]", "job_id": "bulk-long"});
+    publish_to(&app, &bulk, body).await;
+    wait_for("its submission", Duration::from_secs(10), || {
+        let accepted = app.sim.stats().submits_accepted;
+        async move { accepted >= 1 }
+    })
+    .await;
+    app.stop_worker().await;
+    let bulk_ready = broker::queue_depth(&app.channel, &bulk)
+        .await
+        .expect("the bulk lane exists");
+    assert_eq!(bulk_ready, 1, "handed back to the bulk lane");
+    assert_eq!(app.requests_ready().await, 0, "not to the interactive lane");
+
+    // The next replica resumes it from its lane without paying again.
+    app.restart_worker(|_| {}).await;
+    let received = app.next_event().await;
+    assert_eq!(received.completed().job_id, "bulk-long");
+    assert_eq!(
+        app.sim.stats().submits_accepted,
+        1,
+        "resumed, not submitted again"
+    );
     app.stop().await;
 }
