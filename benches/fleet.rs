@@ -726,7 +726,12 @@ fn worker_env(env: Vec<(String, String)>, sim: &SimHandle, tag: &str) -> Vec<(St
         .collect();
     vars.extend([
         ("SEGMIND_API_KEY".into(), API_KEY.into()),
-        ("RUST_LOG".into(), "warn".into()),
+        // BENCH_WORKER_LOG: the workers' log filter (e.g. to see their
+        // rate-budget decisions: `warn,tts_worker::segmind::budget=debug`).
+        (
+            "RUST_LOG".into(),
+            std::env::var("BENCH_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+        ),
         ("TTS__SEGMIND__BASE_URL".into(), sim.base_url()),
         (
             "TTS__SEGMIND__MEDIA_ALLOW_PRIVATE".into(),

@@ -21,9 +21,10 @@
 //!   target (96 % of the limit) less what the replicas that want no more
 //!   use, split evenly among those that want more and itself
 //!   ([`RateBudget::set_peers`], [`split`]). A replica that stops hearing
-//!   from the stream falls back to its own AIMD share. A 429 then cuts the
-//!   fleet's target by a tenth (once per window; other traffic on the
-//!   account), and the target grows back as the share does.
+//!   from the stream falls back to its own AIMD share. A 429 in a window
+//!   right after another window's 429 (other traffic on the account, not a
+//!   one-off overfill as replicas join) cuts the fleet's target by a tenth,
+//!   and the target grows back as the share does.
 //! - **Reset**: a 429's `x-rate-limit-reset-at-utc` (or `Retry-After`) pauses
 //!   every new call of the replica until then, plus a random jitter, so the
 //!   fleet does not wake in one burst.
@@ -54,7 +55,7 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::job::Flow;
 use crate::metrics::Metrics;
@@ -129,6 +130,8 @@ struct State {
     target: f64,
     /// What the other replicas last said, and when it was set.
     peers: Option<(Peers, Instant)>,
+    /// When a 429 last came while coordinating.
+    last_coordinated_429: Option<Instant>,
 }
 
 /// What the other replicas of the fleet are doing with the account, as
@@ -193,8 +196,11 @@ pub const RECENT_SPAN: Duration = Duration::from_secs(10);
 /// What coordinated replicas use together, as a fraction of the limit: a
 /// margin for the stream's lag and a replica's first calls.
 const COORDINATED_TARGET: f64 = 0.96;
-/// What a 429 leaves of the coordinated target.
+/// What a 429 leaves of the coordinated target, when the window before
+/// had one too.
 const COORDINATED_DECREASE: f64 = 0.9;
+/// A coordinated 429 within this of the last one is a repeated overfill.
+const REPEATED_429: Duration = Duration::from_secs(150);
 /// How long what the other replicas said holds without news.
 pub const PEERS_FRESH: Duration = Duration::from_secs(15);
 /// The longest pause a rate-limit answer can cause when its wait does not
@@ -228,6 +234,7 @@ impl RateBudget {
                 window_start: now,
                 target: limit.unwrap_or(0.0) * COORDINATED_TARGET,
                 peers: None,
+                last_coordinated_429: None,
             }),
             metrics,
         }
@@ -331,7 +338,16 @@ impl RateBudget {
         let mut s = self.state();
         let now = Instant::now();
         s.peers = Some((peers, now));
-        s.share = split(limit, s.target, peers);
+        let share = split(limit, s.target, peers);
+        if (share - s.share).abs() > 1e-9 {
+            debug!(
+                share_per_minute = share * 60.0,
+                wanting = peers.wanting,
+                idle_per_minute = peers.idle_use * 60.0,
+                "this replica's split of the fleet's rate limit"
+            );
+        }
+        s.share = share;
         self.metrics.rate_share.set(s.share * 60.0);
     }
 
@@ -379,7 +395,16 @@ impl RateBudget {
             }
             let used = s.recent.len() as f64 / USAGE_SPAN.as_secs_f64();
             if let Some(peers) = s.coordinated(now) {
-                s.target = (s.target * COORDINATED_DECREASE).max(limit * MIN_SHARE);
+                // A window overfilled once (replicas joining, a burst) costs
+                // only the pause to its reset; windows overfilled one after
+                // the other (other traffic on the account) cut the target.
+                let repeated = s
+                    .last_coordinated_429
+                    .is_some_and(|at| now.saturating_duration_since(at) <= REPEATED_429);
+                if repeated {
+                    s.target = (s.target * COORDINATED_DECREASE).max(limit * MIN_SHARE);
+                }
+                s.last_coordinated_429 = Some(now);
                 s.share = split(limit, s.target, peers);
             } else {
                 s.share = (s.share.min(used) * DECREASE).max(limit * MIN_SHARE);
@@ -739,7 +764,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_429_cuts_a_coordinated_fleets_target_by_a_tenth_once_a_window() {
+    async fn repeated_429s_cut_a_coordinated_fleets_target_by_a_tenth_a_one_off_does_not() {
         let b = budget(60);
         let busy = Peers {
             wanting: 1,
@@ -747,6 +772,12 @@ mod tests {
         };
         b.set_peers(busy);
         assert!((b.metrics.rate_share.get() - 28.8).abs() < 1e-9);
+        // A window overfilled once (replicas joining): only the pause.
+        b.on_rate_limited(Some(Duration::from_secs(20)));
+        assert!((b.metrics.rate_share.get() - 28.8).abs() < 1e-9);
+        // The next window overfilled too: other traffic; cut once for it.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        b.set_peers(busy);
         b.on_rate_limited(Some(Duration::from_secs(20)));
         b.on_rate_limited(Some(Duration::from_secs(20)));
         assert!((b.metrics.rate_share.get() - 25.92).abs() < 1e-9);
@@ -757,6 +788,9 @@ mod tests {
             b.set_peers(busy);
             b.on_success();
         }
+        assert!((b.metrics.rate_share.get() - 28.8).abs() < 1e-9);
+        // Long after: a one-off again.
+        b.on_rate_limited(Some(Duration::from_secs(20)));
         assert!((b.metrics.rate_share.get() - 28.8).abs() < 1e-9);
     }
 

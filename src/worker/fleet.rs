@@ -301,8 +301,8 @@ pub struct Fleet {
     peers: Mutex<HashMap<String, Peer>>,
     /// When this replica last heard its own usage back.
     heard_self: Mutex<Option<tokio::time::Instant>>,
-    /// Another replica started: tell this one's usage at the next check.
-    retell: std::sync::atomic::AtomicBool,
+    /// Until then this replica, starting, says it wants more.
+    starting_until: Mutex<Option<tokio::time::Instant>>,
 }
 
 /// A replica's last [`Record::Usage`], as heard here.
@@ -361,7 +361,7 @@ impl Fleet {
             hello: Mutex::new(None),
             peers: Mutex::new(HashMap::new()),
             heard_self: Mutex::new(None),
-            retell: std::sync::atomic::AtomicBool::new(false),
+            starting_until: Mutex::new(None),
         })
     }
 
@@ -498,8 +498,20 @@ impl Fleet {
                     debug!(from = %source, "an old usage record is ignored");
                     return;
                 }
-                if starting {
-                    self.retell.store(true, Ordering::Relaxed);
+                if starting && let Some(usage) = learning.client.budget().usage() {
+                    // Answered at once: it learns the fleet before it
+                    // consumes (it waits for the stream's catch-up). A
+                    // replica itself starting says it wants more.
+                    let held = self
+                        .starting_until
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .is_some_and(|until| tokio::time::Instant::now() < until);
+                    let usage = Usage {
+                        wanting: usage.wanting || held,
+                        ..usage
+                    };
+                    self.send(Destination::Usage, &self.usage_record(usage, false));
                 }
                 let peer = Peer {
                     heard: tokio::time::Instant::now(),
@@ -533,9 +545,6 @@ impl Fleet {
     fn tell_usage(&self, budget: &RateBudget, told: &mut Told) {
         let Some(usage) = budget.usage() else { return };
         let now = tokio::time::Instant::now();
-        if self.retell.swap(false, Ordering::Relaxed) {
-            told.at = None;
-        }
         if told.due(usage, now) {
             self.tell(usage, false, told);
         }
@@ -546,18 +555,19 @@ impl Fleet {
         self.split_budget(budget);
     }
 
+    fn usage_record(&self, usage: Usage, starting: bool) -> Record {
+        Record::Usage {
+            source: self.source.clone(),
+            at: Utc::now(),
+            per_minute: usage.per_second * 60.0,
+            wanting: usage.wanting,
+            starting,
+        }
+    }
+
     /// Sends `usage` as this replica's word.
     fn tell(&self, usage: Usage, starting: bool, told: &mut Told) {
-        self.send(
-            Destination::Usage,
-            &Record::Usage {
-                source: self.source.clone(),
-                at: Utc::now(),
-                per_minute: usage.per_second * 60.0,
-                wanting: usage.wanting,
-                starting,
-            },
-        );
+        self.send(Destination::Usage, &self.usage_record(usage, starting));
         let now = tokio::time::Instant::now();
         *told = Told {
             wanting: Some(usage.wanting),
@@ -785,8 +795,13 @@ async fn tail(
     // depth): the others make room for it before its first call, not a
     // few seconds after, and tell theirs at once. It says otherwise after
     // a few seconds if it has nothing to do.
+    let hold_until = tokio::time::Instant::now() + USAGE_INTERVAL;
+    *fleet
+        .starting_until
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(hold_until);
     let mut told = Told {
-        hold_until: Some(tokio::time::Instant::now() + USAGE_INTERVAL),
+        hold_until: Some(hold_until),
         ..Told::default()
     };
     if let Some(usage) = learning.client.budget().usage() {
