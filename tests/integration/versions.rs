@@ -76,12 +76,19 @@ async fn a_newer_version_request_passes_an_older_replica_without_being_dead_lett
         Some("corr-v2"),
         "the hand-backs kept the request's properties"
     );
-    assert_eq!(
-        upgraded
-            .metric("tts_jobs_total{outcome=\"completed\"}")
-            .await,
-        Some(1.0)
-    );
+    // Counted once the delivery is settled (acked, its lease released),
+    // which may be a moment after its event.
+    wait_for(
+        "the newer replica to count the job",
+        Duration::from_secs(10),
+        || async {
+            upgraded
+                .metric("tts_jobs_total{outcome=\"completed\"}")
+                .await
+                == Some(1.0)
+        },
+    )
+    .await;
     assert_eq!(
         app.metric("tts_jobs_total{outcome=\"completed\"}").await,
         Some(1.0),
