@@ -66,6 +66,10 @@ impl Chaos {
             ),
             ("TTS__AMQP__MAX_IN_FLIGHT", "16".into()),
             ("TTS__S3__PREFIX", format!("{tag}/")),
+            // A fleet stream of the scenario's own: another scenario's (or
+            // an earlier run's) priors and cancellations stay out of it.
+            ("TTS__FLEET__STREAM", format!("{tag}.fleet")),
+            ("TTS__FLEET__CONTROL_EXCHANGE", format!("{tag}.control")),
             ("TTS__S3__MAX_ATTEMPTS", "2".into()),
             ("TTS__SEGMIND__POLL_PRIOR_LATENCY", "0.3".into()),
             ("TTS__SEGMIND__POLL_PRIOR_SPREAD", "0.15".into()),
@@ -309,12 +313,22 @@ impl Chaos {
                 Some(settings.amqp.requests_queue.as_str()),
                 Some(settings.amqp.dead_letter_queue.as_str()),
                 settings.amqp.events_queue.as_deref(),
+                settings.fleet.stream.as_deref(),
             ]
             .into_iter()
             .flatten()
             {
                 let _ = ch
                     .queue_delete(q.into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            let usage = settings.fleet.stream.as_ref().map(|s| format!("{s}.usage"));
+            for x in [Some(&settings.fleet.control_exchange), usage.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                let _ = ch
+                    .exchange_delete(x.as_str().into(), Default::default())
                     .await;
             }
             let _ = conn.close(200, "scenario done".into()).await;
