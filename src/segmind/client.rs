@@ -251,17 +251,13 @@ impl SegmindClient {
                 since_submit: submitted_at.elapsed(),
                 text_chars,
             });
-            // A plan that would poll past the deadline (a text longer than
-            // any it learned from) polls once at the deadline instead of
-            // giving up unpolled: the job may well be done by then.
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if Instant::now() + wait >= deadline {
                 return Err(SegmindError::Deadline {
                     request_id: Some(job.request_id.clone()),
                     waited: started.elapsed(),
                 });
             }
-            tokio::time::sleep(wait.min(left)).await;
+            tokio::time::sleep(wait).await;
             polls += 1;
             let done =
                 Box::pin(self.retrying(Call::Status, deadline, calls, || self.poll_status(job)))
